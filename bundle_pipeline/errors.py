@@ -1,0 +1,70 @@
+"""BundleError: every failure a user can cause, with a status code and the place it names."""
+
+from __future__ import annotations
+
+STATUSES = (
+    "PARAM_INVALID",
+    "GRAPH_INVALID",
+    "UNSUPPORTED_OP",
+    "VARIABLE_CONFLICT",
+    "OPTION_INVALID",
+    "IO_ERROR",
+    "BUNDLE_CORRUPT",
+    "RUNTIME_ERROR",
+)
+
+
+class BundleError(Exception):
+    """A user-facing failure: ``status`` is one of STATUSES, ``where`` names the file/graph/node/option.
+
+    ``str(err)`` is one line: ``STATUS: where: message``.
+    """
+
+    status = "PARAM_INVALID"
+
+    def __init__(self, message: str, where: str | None = None, status: str | None = None):
+        if status is not None:
+            self.status = status
+        if self.status not in STATUSES:
+            raise ValueError(f"unknown BundleError status {self.status!r}")
+        self.message = " ".join(str(message).split())
+        self.where = where
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        place = f"{self.where}: " if self.where else ""
+        return f"{self.status}: {place}{self.message}"
+
+
+class ParamInvalid(BundleError):
+    status = "PARAM_INVALID"
+
+
+class GraphInvalid(BundleError):
+    status = "GRAPH_INVALID"
+
+
+class UnsupportedOp(BundleError):
+    status = "UNSUPPORTED_OP"
+
+
+class VariableConflict(BundleError):
+    status = "VARIABLE_CONFLICT"
+
+
+class OptionInvalid(BundleError):
+    status = "OPTION_INVALID"
+
+
+class BundleIOError(BundleError):
+    status = "IO_ERROR"
+
+
+class BundleCorrupt(BundleError):
+    status = "BUNDLE_CORRUPT"
+
+
+class RuntimeFailure(BundleError):
+    """Bad feeds or unset variables at run time, and kernel failures (``while executing <node>``)."""
+
+    status = "RUNTIME_ERROR"

@@ -1,0 +1,154 @@
+"""The graph IR every stage after parse works on: structure only, weight values live elsewhere.
+
+A ``Graph`` is a topologically ordered list of ``Node``s over named values. Every value has a static
+``TensorType``. A value is exactly one of: a graph input (a feed, or a variable the graph reads), a
+weight (an initializer or ``Constant`` whose bytes live in the weight table, referenced by name), a
+const (a small integer tensor that steers shapes, inlined here because it is structure), or the
+output of exactly one node. ``formats`` records each value's storage format (ND when absent).
+
+The IR serialises to canonical JSON (``to_json``/``from_json``) so its hash is a content hash.
+``lint()`` returns every broken invariant with a hint on how to fix it, like ``torch.fx.Graph.lint``.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+IR_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TensorType:
+    shape: tuple[int, ...]
+    dtype: str  # numpy dtype name: float32, int64, bool, ...
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+    def to_json(self) -> dict:
+        return {"shape": list(self.shape), "dtype": self.dtype}
+
+    @staticmethod
+    def from_json(d: dict) -> TensorType:
+        return TensorType(tuple(int(x) for x in d["shape"]), str(d["dtype"]))
+
+
+@dataclass
+class Node:
+    name: str
+    op_type: str
+    inputs: list[str]  # "" marks an omitted optional input
+    outputs: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "op": self.op_type, "inputs": self.inputs, "outputs": self.outputs,
+                "attrs": {k: encode_attr(v) for k, v in sorted(self.attrs.items())}}
+
+    @staticmethod
+    def from_json(d: dict) -> Node:
+        return Node(d["name"], d["op"], list(d["inputs"]), list(d["outputs"]),
+                    {k: decode_attr(v) for k, v in d["attrs"].items()})
+
+
+@dataclass
+class Graph:
+    name: str
+    opset: int
+    inputs: list[str]
+    outputs: list[str]
+    nodes: list[Node]
+    types: dict[str, TensorType]
+    weights: list[str] = field(default_factory=list)
+    consts: dict[str, np.ndarray] = field(default_factory=dict)
+    formats: dict[str, str] = field(default_factory=dict)
+
+    def format_of(self, value: str) -> str:
+        return self.formats.get(value, "ND")
+
+    def producers(self) -> dict[str, Node]:
+        return {out: node for node in self.nodes for out in node.outputs if out}
+
+    def consumers(self) -> dict[str, list[Node]]:
+        users: dict[str, list[Node]] = {}
+        for node in self.nodes:
+            for name in node.inputs:
+                if name:
+                    users.setdefault(name, []).append(node)
+        return users
+
+    def to_json(self) -> dict:
+        return {
+            "ir_version": IR_VERSION, "name": self.name, "opset": self.opset,
+            "inputs": self.inputs, "outputs": self.outputs,
+            "nodes": [n.to_json() for n in self.nodes],
+            "types": {k: t.to_json() for k, t in sorted(self.types.items())},
+            "weights": sorted(self.weights),
+            "consts": {k: encode_tensor(v) for k, v in sorted(self.consts.items())},
+            "formats": dict(sorted(self.formats.items())),
+        }
+
+    @staticmethod
+    def from_json(d: dict) -> Graph:
+        return Graph(
+            name=d["name"], opset=int(d["opset"]), inputs=list(d["inputs"]), outputs=list(d["outputs"]),
+            nodes=[Node.from_json(n) for n in d["nodes"]],
+            types={k: TensorType.from_json(t) for k, t in d["types"].items()},
+            weights=list(d["weights"]),
+            consts={k: decode_tensor(v) for k, v in d["consts"].items()},
+            formats=dict(d.get("formats", {})),
+        )
+
+    def lint(self) -> list[str]:
+        """Every broken invariant, each with how to fix it; empty when the graph is well formed."""
+        errors: list[str] = []
+        defined: set[str] = set()
+        for kind, names in (("input", self.inputs), ("weight", self.weights), ("const", list(self.consts))):
+            for name in names:
+                if name in defined:
+                    errors.append(f"{kind} {name!r} is defined twice; rename one of them")
+                defined.add(name)
+        for node in self.nodes:
+            for name in node.inputs:
+                if name and name not in defined:
+                    errors.append(f"node {node.name!r} ({node.op_type}) reads {name!r} before it is defined; "
+                                  f"order nodes topologically or add it as an input/weight")
+            for name in node.outputs:
+                if name in defined:
+                    errors.append(f"node {node.name!r} redefines {name!r}; values are SSA, rename the output")
+                defined.add(name)
+        errors += [f"graph output {o!r} is never defined; produce it with a node" for o in self.outputs
+                   if o not in defined]
+        errors += [f"value {v!r} has no type; run shape inference or set input_shape" for v in sorted(defined)
+                   if v and v not in self.types]
+        return errors
+
+
+def encode_tensor(arr: np.ndarray) -> dict:
+    """Small tensors as JSON: dtype, shape and base64 of the little-endian bytes."""
+    arr = np.ascontiguousarray(arr)
+    data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+    return {"dtype": arr.dtype.name, "shape": list(arr.shape), "b64": base64.b64encode(data).decode()}
+
+
+def decode_tensor(d: dict) -> np.ndarray:
+    dtype = np.dtype(d["dtype"]).newbyteorder("<")
+    arr = np.frombuffer(base64.b64decode(d["b64"]), dtype=dtype).reshape(d["shape"])
+    return arr.astype(arr.dtype.newbyteorder("="))
+
+
+def encode_attr(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return {"tensor": encode_tensor(value)}
+    return value
+
+
+def decode_attr(value: Any) -> Any:
+    if isinstance(value, dict) and "tensor" in value:
+        return decode_tensor(value["tensor"])
+    return value

@@ -1,0 +1,35 @@
+"""Canonical content hashing: bytes, JSON-able objects and tensors all hash to 64 hex digits (blake3)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import blake3
+import numpy as np
+
+HASH_VERSION = "1"
+
+
+def hash_bytes(data: bytes | memoryview) -> str:
+    """blake3 hex digest of raw bytes."""
+    return blake3.blake3(data, max_threads=blake3.blake3.AUTO if len(data) > 1 << 22 else 1).hexdigest()
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Deterministic JSON encoding: sorted keys, no whitespace, no NaN (they are not portable)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
+
+
+def hash_json(obj: Any) -> str:
+    """Hash of the canonical JSON of ``obj``; use for task keys and stage outputs."""
+    return hash_bytes(canonical_json(obj))
+
+
+def tensor_hash(arr: np.ndarray) -> str:
+    """Hash of a tensor's dtype, shape and C-order bytes: equal values give equal hashes."""
+    arr = np.ascontiguousarray(arr)
+    h = blake3.blake3(max_threads=blake3.blake3.AUTO if arr.nbytes > 1 << 22 else 1)
+    h.update(canonical_json({"dtype": arr.dtype.str, "shape": list(arr.shape), "v": HASH_VERSION}))
+    h.update(arr.reshape(-1).view(np.uint8))
+    return h.hexdigest()

@@ -1,0 +1,297 @@
+"""ONNX -> IR: load (with external data), check, fix input shapes, fold shape arithmetic, split weights.
+
+The result of ``import_model`` is the IR ``Graph`` (structure) and a dict of weight arrays. Integer
+tensors of at most ``CONST_MAX_ELEMENTS`` elements steer shapes (Reshape targets, Slice bounds, ...) and
+are inlined as consts; every other initializer or ``Constant`` output is a weight.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import helper, numpy_helper, shape_inference
+
+from ..errors import BundleIOError, GraphInvalid, OptionInvalid, UnsupportedOp
+from .graph import Graph, Node, TensorType
+
+CONST_MAX_ELEMENTS = 1024
+CONST_DTYPES = (np.int64, np.int32)
+# Ops whose result never depends on data at compile time or must not be folded.
+UNFOLDABLE = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+                        "Dropout", "If", "Loop", "Scan"})
+
+
+def load_model(source: str | bytes | os.PathLike, where: str) -> onnx.ModelProto:
+    """Parse ONNX bytes or a file, loading external data relative to the file."""
+    try:
+        if isinstance(source, bytes):
+            model = onnx.load_model_from_string(source)
+        else:
+            path = Path(source)
+            model = onnx.load_model(str(path), load_external_data=False)
+            onnx.load_external_data_for_model(model, str(path.parent))
+    except FileNotFoundError as err:
+        raise BundleIOError(f"file not found: {err.filename or source}", where) from None
+    except (DecodeError, ValueError, RuntimeError) as err:
+        raise GraphInvalid(f"not a valid ONNX model (truncated or not ONNX): {err}", where) from None
+    except OSError as err:
+        raise BundleIOError(f"cannot read model: {err}", where) from None
+    if not model.graph.node and not model.graph.output:
+        raise GraphInvalid("not a valid ONNX model: it has no nodes and no outputs", where)
+    return model
+
+
+def check_model(model: onnx.ModelProto, where: str) -> None:
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as err:
+        first = str(err).strip().splitlines()[0]
+        raise GraphInvalid(f"onnx.checker: {first}", where) from None
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return 21
+
+
+def set_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, list[int]], where: str) -> None:
+    """Apply the ``input_shape`` option: named graph inputs get these static dims."""
+    inputs = {i.name: i for i in model.graph.input}
+    for name, dims in shapes.items():
+        if name not in inputs:
+            raise OptionInvalid(f"input_shape names {name!r}, which is not a graph input "
+                                f"(inputs: {', '.join(inputs)})", where)
+        tensor_type = inputs[name].type.tensor_type
+        rank = len(tensor_type.shape.dim)
+        if tensor_type.HasField("shape") and rank != len(dims):
+            raise OptionInvalid(f"input_shape for {name!r} has {len(dims)} dims, the input has rank {rank}", where)
+        tensor_type.shape.Clear()
+        for d in dims:
+            tensor_type.shape.dim.add().dim_value = d
+
+
+def prune_outputs(model: onnx.ModelProto, out_nodes: str, where: str) -> None:
+    """Apply ``out_nodes``: ``node:index;tensor_name;...`` become the only graph outputs."""
+    by_node = {n.name: n for n in model.graph.node}
+    wanted: list[str] = []
+    for item in filter(None, (p.strip() for p in out_nodes.split(";"))):
+        node_name, sep, index = item.rpartition(":")
+        if sep and node_name in by_node and index.isdigit():
+            outs = by_node[node_name].output
+            if int(index) >= len(outs):
+                raise OptionInvalid(f"out_nodes: node {node_name!r} has {len(outs)} outputs, not {index}", where)
+            wanted.append(outs[int(index)])
+        elif item in {o for n in model.graph.node for o in n.output}:
+            wanted.append(item)
+        else:
+            raise OptionInvalid(f"out_nodes: {item!r} names no node output; use node_name:index or a tensor name",
+                                where)
+    value_info = {v.name: v for v in list(model.graph.value_info) + list(model.graph.output)}
+    del model.graph.output[:]
+    for name in wanted:
+        info = value_info.get(name) or helper.make_empty_tensor_value_info(name)
+        model.graph.output.append(info)
+    _drop_dead_nodes(model)
+
+
+def _drop_dead_nodes(model: onnx.ModelProto) -> None:
+    live = {o.name for o in model.graph.output}
+    kept = []
+    for node in reversed(model.graph.node):
+        if any(o in live for o in node.output):
+            kept.append(node)
+            live.update(i for i in node.input if i)
+    del model.graph.node[:]
+    model.graph.node.extend(reversed(kept))
+
+
+def infer_shapes(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
+    try:
+        return shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise GraphInvalid(f"shape inference failed: {first}", where) from None
+
+
+def fold_constants(model: onnx.ModelProto, opset: int, where: str) -> onnx.ModelProto:
+    """Replace nodes whose inputs are all known small consts (or static shapes) by initializers."""
+    from ..runtime.kernels import KernelError, run_kernel  # the runtime's kernels define op semantics
+
+    graph = model.graph
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer if _is_const_array_proto(t)}
+    types = _static_types(model)
+    kept: list[onnx.NodeProto] = []
+    folded: list[onnx.TensorProto] = []
+    for node in graph.node:
+        values = _foldable_inputs(node, consts, types)
+        if values is None:
+            kept.append(node)
+            continue
+        try:
+            outs = run_kernel(node.op_type, values, _attrs(node), opset)
+        except KernelError as err:
+            raise GraphInvalid(f"while folding node {node.name!r} ({node.op_type}): {err}", where) from None
+        small = all(np.asarray(o).size <= CONST_MAX_ELEMENTS for o in outs[: len(node.output)])
+        if not small:
+            kept.append(node)
+            continue
+        for name, value in zip(node.output, outs, strict=False):
+            if name:
+                consts[name] = np.asarray(value)
+                folded.append(numpy_helper.from_array(np.asarray(value), name))
+    del graph.node[:]
+    graph.node.extend(kept)
+    graph.initializer.extend(folded)
+    return model
+
+
+def _foldable_inputs(node: onnx.NodeProto, consts: dict, types: dict) -> list | None:
+    if node.op_type in UNFOLDABLE or node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type in ("Shape", "Size") and node.input[0] in types:
+        return [np.zeros(types[node.input[0]], dtype=np.uint8)]  # only the shape is read
+    if node.op_type == "Constant":
+        # Only integer constants steer shapes; float Constants are weights (they may become variables).
+        value = _constant_value(node)
+        return [] if value.dtype in CONST_DTYPES and value.size <= CONST_MAX_ELEMENTS else None
+    if not node.input or not all(i == "" or i in consts for i in node.input):
+        return None
+    return [consts[i] if i else None for i in node.input]
+
+
+def _static_types(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    infos = list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output)
+    for info in infos:
+        tt = info.type.tensor_type
+        if tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
+            shapes[info.name] = tuple(d.dim_value for d in tt.shape.dim)
+    for init in model.graph.initializer:
+        shapes[init.name] = tuple(init.dims)
+    return shapes
+
+
+def _is_const_array_proto(t: onnx.TensorProto) -> bool:
+    size = int(np.prod(t.dims, dtype=np.int64))
+    return t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) and size <= CONST_MAX_ELEMENTS
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    out = {}
+    for attr in node.attribute:
+        if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+            raise UnsupportedOp(f"node {node.name!r} ({node.op_type}) has a subgraph attribute {attr.name!r}; "
+                                f"control flow is not supported yet")
+        value = helper.get_attribute_value(attr)
+        if isinstance(value, bytes):
+            value = value.decode()
+        elif isinstance(value, list) and value and isinstance(value[0], bytes):
+            value = [v.decode() for v in value]
+        elif isinstance(value, onnx.TensorProto):
+            value = numpy_helper.to_array(value)
+        elif isinstance(value, onnx.SparseTensorProto):
+            raise UnsupportedOp(f"node {node.name!r}: sparse tensor attributes are not supported")
+        out[attr.name] = value
+    return out
+
+
+def to_ir(model: onnx.ModelProto, name: str, where: str) -> tuple[Graph, dict[str, np.ndarray]]:
+    """Build the IR graph and the weight arrays from a folded, shape-inferred model."""
+    g = model.graph
+    types = _tensor_types(model, where)
+    initializers = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    consts = {k: v for k, v in initializers.items() if v.dtype in CONST_DTYPES and v.size <= CONST_MAX_ELEMENTS}
+    weights = {k: v for k, v in initializers.items() if k not in consts}
+    nodes: list[Node] = []
+    for index, node in enumerate(g.node):
+        if node.domain not in ("", "ai.onnx"):
+            raise UnsupportedOp(f"node {node.name or index!r} uses op domain {node.domain!r}", where)
+        attrs = _attrs(node)
+        if node.op_type == "Constant":
+            _constant_to_tensor(node, attrs, consts, weights, where)
+            continue
+        nodes.append(Node(node.name or f"{node.op_type}_{index}", node.op_type, list(node.input),
+                          list(node.output), attrs))
+    for name, arr in {**consts, **weights}.items():
+        types[name] = TensorType(tuple(arr.shape), arr.dtype.name)
+    feeds = [i.name for i in g.input if i.name not in initializers]
+    graph = Graph(name=name, opset=default_opset(model), inputs=feeds, outputs=[o.name for o in g.output],
+                  nodes=nodes, types=types, weights=sorted(weights), consts=consts)
+    _check_static(graph, model, where)
+    return graph, weights
+
+
+def _constant_value(node: onnx.NodeProto) -> np.ndarray:
+    from ..runtime.kernels import run_kernel
+
+    return np.asarray(run_kernel("Constant", [], _attrs(node), 21)[0])
+
+
+def _constant_to_tensor(node: onnx.NodeProto, attrs: dict, consts: dict, weights: dict, where: str) -> None:
+    value = _constant_value(node)
+    target = consts if value.dtype in CONST_DTYPES and value.size <= CONST_MAX_ELEMENTS else weights
+    target[node.output[0]] = value
+
+
+def _tensor_types(model: onnx.ModelProto, where: str) -> dict[str, TensorType]:
+    types: dict[str, TensorType] = {}
+    for info in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
+        tt = info.type.tensor_type
+        if not info.type.HasField("tensor_type"):
+            raise UnsupportedOp(f"value {info.name!r} is not a tensor (sequences/maps are not supported)", where)
+        if not tt.HasField("shape") or not all(d.HasField("dim_value") for d in tt.shape.dim):
+            continue
+        try:
+            dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        except KeyError:
+            raise UnsupportedOp(f"value {info.name!r} has an unsupported element type {tt.elem_type}", where) from None
+        types[info.name] = TensorType(tuple(d.dim_value for d in tt.shape.dim), np.dtype(dtype).name)
+    return types
+
+
+def _check_static(graph: Graph, model: onnx.ModelProto, where: str) -> None:
+    for info in model.graph.input:
+        if info.name in graph.inputs and info.name not in graph.types:
+            dims = [d.dim_param or "?" if not d.HasField("dim_value") else str(d.dim_value)
+                    for d in info.type.tensor_type.shape.dim]
+            raise GraphInvalid(f"input {info.name!r} has a dynamic shape [{','.join(dims)}]; set the build option "
+                               f"input_shape, e.g. input_shape: \"{info.name}:"
+                               f"{','.join(d if d.isdigit() else '1' for d in dims)}\"", where)
+    for node in graph.nodes:
+        for out in node.outputs:
+            if out and out not in graph.types:
+                raise GraphInvalid(f"node {node.name!r} ({node.op_type}): could not infer a static shape for output "
+                                   f"{out!r}; set input_shape so every shape is static", where)
+
+
+def import_model(source: str | bytes | os.PathLike, name: str, input_shapes: Mapping[str, list[int]],
+                 out_nodes: str, where: str) -> tuple[Graph, dict[str, np.ndarray]]:
+    """The whole parse: load, check, apply options, infer shapes, fold, re-infer, convert."""
+    model = load_model(source, where)
+    check_model(model, where)
+    if input_shapes:
+        set_input_shapes(model, input_shapes, where)
+    _clear_inferred(model)
+    model = infer_shapes(model, where)
+    if out_nodes:
+        prune_outputs(model, out_nodes, where)
+    model = fold_constants(model, default_opset(model), where)
+    _clear_inferred(model)
+    model = infer_shapes(model, where)
+    return to_ir(model, name, where)
+
+
+def _clear_inferred(model: onnx.ModelProto) -> None:
+    """Drop stale value_info so inference recomputes every intermediate shape from the inputs."""
+    del model.graph.value_info[:]
+    for out in model.graph.output:
+        tt = out.type.tensor_type
+        if tt.HasField("shape") and not all(d.HasField("dim_value") for d in tt.shape.dim):
+            tt.ClearField("shape")

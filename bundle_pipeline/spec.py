@@ -1,0 +1,158 @@
+"""bundle.yaml -> validated BundleSpec; errors name the file, key and line."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import BundleIOError, ParamInvalid
+from .options import validate_options
+
+ROLES = ("init", "update", "infer")
+TOP_KEYS = {"name", "target", "output", "cache", "variables", "graphs"}
+GRAPH_KEYS = {"name", "role", "model", "options"}
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One graph of a bundle: its model source is a path or serialized ONNX bytes."""
+
+    name: str
+    role: str
+    model: str | bytes
+    options: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BundleSpec:
+    name: str
+    target: str
+    output: str
+    cache: str
+    graphs: tuple[GraphSpec, ...]
+    variables: tuple[str, ...] | None = None
+    spec_path: str | None = None
+
+    @property
+    def zipped(self) -> bool:
+        return self.output.endswith(".zip")
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader that records the line of every mapping so errors can point at it."""
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict:
+    mapping = loader.construct_mapping(node, deep=True)
+    mapping["__line__"] = node.start_mark.line + 1
+    return mapping
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_spec(path: str | os.PathLike, target: str | None = None, output: str | None = None,
+              cache: str | None = None) -> BundleSpec:
+    """Read and validate a bundle.yaml; CLI overrides win over the file's values."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise BundleIOError(f"cannot read spec: {err.strerror or err}", str(path)) from None
+    try:
+        raw = yaml.load(text, Loader=_LineLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ParamInvalid(f"not valid YAML: {getattr(err, 'problem', err)}", f"{path}{line}") from None
+    if not isinstance(raw, dict):
+        raise ParamInvalid("a bundle spec must be a mapping with 'name' and 'graphs'", str(path))
+    return _build_spec(raw, path, target, output, cache)
+
+
+def _build_spec(raw: dict, path: Path, target: str | None, output: str | None,
+                cache: str | None) -> BundleSpec:
+    where = f"{path}:{raw.get('__line__', 1)}"
+    _check_keys(raw, TOP_KEYS, where)
+    base = path.parent.resolve()
+    name = _text(raw, "name", where, default=path.stem)
+    graphs_raw = raw.get("graphs")
+    if not isinstance(graphs_raw, list) or not graphs_raw:
+        raise ParamInvalid("'graphs' must be a non-empty list of {name, role, model, options}", where)
+    graphs = tuple(_graph(g, base, path) for g in graphs_raw)
+    variables = raw.get("variables")
+    if variables is not None and not (isinstance(variables, list) and all(isinstance(v, str) for v in variables)):
+        raise ParamInvalid("'variables' must be a list of tensor names", where)
+    out = output or _text(raw, "output", where, default=f"build/{name}.bundle")
+    cache_dir = cache or _text(raw, "cache", where, default=".bundle-cache")
+    spec = BundleSpec(
+        name=name,
+        target=target or _text(raw, "target", where, default="cpu"),
+        output=_resolve(base, out),
+        cache=cache_dir if "://" in cache_dir else _resolve(base, cache_dir),
+        graphs=graphs,
+        variables=tuple(variables) if variables is not None else None,
+        spec_path=str(path.resolve()),
+    )
+    check_graph_set(spec.graphs, str(path))
+    return spec
+
+
+def _graph(raw: Any, base: Path, path: Path) -> GraphSpec:
+    if not isinstance(raw, dict):
+        raise ParamInvalid("each entry of 'graphs' must be a mapping {name, role, model, options}", str(path))
+    where = f"{path}:{raw.get('__line__', 1)}"
+    _check_keys(raw, GRAPH_KEYS, where)
+    model = _text(raw, "model", where)
+    name = _text(raw, "name", where, default=Path(model).stem)
+    role = _text(raw, "role", where, default="infer")
+    options = raw.get("options") or {}
+    if not isinstance(options, dict):
+        raise ParamInvalid(f"graph {name}: 'options' must be a mapping", where)
+    options = {k: v for k, v in options.items() if k != "__line__"}
+    return GraphSpec(name=name, role=role, model=_resolve(base, model), options=options)
+
+
+def check_graph_set(graphs: tuple[GraphSpec, ...] | list[GraphSpec], where: str) -> None:
+    """Roles, unique names, options only on infer graphs; fills option defaults in place of validation."""
+    seen: set[str] = set()
+    for g in graphs:
+        if g.role not in ROLES:
+            raise ParamInvalid(f"graph {g.name}: role {g.role!r} is not one of {', '.join(ROLES)}", where)
+        if g.name in seen:
+            raise ParamInvalid(f"duplicate graph name {g.name!r}; graph names must be unique", where)
+        seen.add(g.name)
+        if g.role != "infer" and g.options:
+            raise ParamInvalid(f"graph {g.name}: options are accepted only on infer graphs "
+                               f"(got {', '.join(sorted(g.options))} on a {g.role} graph)", where)
+        if g.role == "infer":
+            validate_options(g.options, f"{where}: graph {g.name}")
+    roles = [g.role for g in graphs]
+    if roles.count("init") > 1:
+        raise ParamInvalid(f"at most one init graph is allowed, got {roles.count('init')}", where)
+    if "infer" not in roles:
+        raise ParamInvalid("a bundle needs at least one infer graph", where)
+
+
+def _check_keys(raw: dict, allowed: set[str], where: str) -> None:
+    unknown = sorted(k for k in raw if k != "__line__" and k not in allowed)
+    if unknown:
+        raise ParamInvalid(f"unknown key {unknown[0]!r}; accepted keys: {', '.join(sorted(allowed))}", where)
+
+
+def _text(raw: dict, key: str, where: str, default: str | None = None) -> str:
+    value = raw.get(key, default)
+    if value is None:
+        raise ParamInvalid(f"missing required key {key!r}", where)
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        raise ParamInvalid(f"key {key!r} must be a string", where)
+    return str(value)
+
+
+def _resolve(base: Path, value: str) -> str:
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else base / p)

@@ -1,0 +1,123 @@
+"""pack: programs + variable table + constant pool -> a zarr v3 bundle (directory or stored zip), atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BundleIOError
+
+NAME = "pack"
+VERSION = "1"
+FORMAT_VERSION = 1
+CHUNK_BYTES = 1 << 20  # ~1 MiB chunks along axis 0: an edited tensor rewrites only its touched chunks
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def manifest(name: str, target: str, graphs: list[dict], variables: dict, var_formats: dict,
+             storage: dict) -> dict:
+    """The root attributes: everything the runtime needs except the tensor bytes."""
+
+    return {
+        "format_version": FORMAT_VERSION, "name": name, "target": target,
+        "graphs": [{"name": g["name"], "role": g["role"], "options": g["options"], "program": g["program"],
+                    "bindings": storage["bindings"].get(g["name"], {})} for g in graphs],
+        "variables": [{"name": n, "shape": v["shape"], "dtype": v["dtype"], "format": var_formats[n],
+                       "nbytes": int(np.prod(v["shape"], dtype=np.int64)) * np.dtype(v["dtype"]).itemsize,
+                       "readers": v["readers"], "writers": v["writers"], "source": v["source"],
+                       "initial": storage["initial"].get(n)} for n, v in sorted(variables.items())],
+        "constants": {cid: {**c, "array": f"constants/{cid}"} for cid, c in sorted(storage["constants"].items())},
+    }
+
+
+def run(meta: dict, read_tensor: Callable[[str], np.ndarray], out_path: str) -> str:
+    """Write the bundle described by ``meta`` (from ``manifest``) to ``out_path``; return its digest.
+
+    The bundle is staged beside the destination and renamed into place, so a failure leaves the
+    previous bundle untouched. A ``.zip`` destination gets the stored-zip form of the same entries.
+    """
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        write_directory(stage_dir, meta, read_tensor)
+        digest = bundle_digest(stage_dir)
+        if out.suffix == ".zip":
+            staged_zip = stage_dir.with_suffix(".zip.tmp")
+            write_zip(stage_dir, staged_zip)
+            os.replace(staged_zip, out)
+        else:
+            _replace_dir(stage_dir, out)
+        return digest
+    except OSError as err:
+        raise BundleIOError(f"cannot write bundle: {err}", str(out)) from None
+    finally:
+        shutil.rmtree(stage_dir, ignore_errors=True)
+        stage_dir.with_suffix(".zip.tmp").unlink(missing_ok=True)
+
+
+def write_directory(root: Path, meta: dict, read_tensor: Callable[[str], np.ndarray]) -> None:
+    import zarr
+
+    group = zarr.open_group(zarr.storage.LocalStore(root), mode="w", attributes=meta)
+    for const in meta["constants"].values():
+        value = read_tensor(const["hash"])
+        array = group.create_array(const["array"], shape=value.shape, dtype=value.dtype,
+                                   chunks=_chunks(value), fill_value=0, write_data=True)
+        if value.size:
+            array[...] = value
+
+
+def _chunks(value: np.ndarray) -> tuple[int, ...]:
+    if value.ndim == 0:
+        return ()
+    row = max(1, int(np.prod(value.shape[1:], dtype=np.int64)) * value.dtype.itemsize)
+    return (max(1, min(value.shape[0], CHUNK_BYTES // row)), *(max(1, d) for d in value.shape[1:]))
+
+
+def _replace_dir(staged: Path, out: Path) -> None:
+    if out.is_file():
+        out.unlink()
+    if not out.exists():
+        os.replace(staged, out)
+        return
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(out, old)
+    os.replace(staged, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def entries(root: Path) -> list[str]:
+    """Sorted relative paths (posix) of every file under a bundle directory."""
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def write_zip(root: Path, dest: Path) -> None:
+    """Byte-reproducible zip: sorted entries, fixed timestamps, stored (chunks are already compressed)."""
+    with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_STORED) as zf:
+        for rel in entries(root):
+            info = zipfile.ZipInfo(rel, date_time=ZIP_EPOCH)
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, (root / rel).read_bytes())
+
+
+def bundle_digest(path: str | os.PathLike) -> str:
+    """sha256 of the sorted listing (relative path, sha256 of bytes); equal for directory and zip forms."""
+    path = Path(path)
+    listing = hashlib.sha256()
+    if path.is_dir():
+        items = ((rel, (path / rel).read_bytes()) for rel in entries(path))
+    else:
+        zf = zipfile.ZipFile(path)
+        items = ((name, zf.read(name)) for name in sorted(zf.namelist()) if not name.endswith("/"))
+    for rel, data in items:
+        listing.update(f"{rel}\t{hashlib.sha256(data).hexdigest()}\n".encode())
+    return listing.hexdigest()

@@ -1,0 +1,32 @@
+"""parse: ONNX model -> structure (IR graph without weight bytes) + weight arrays."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import GraphInvalid
+from ..ir.onnx_import import import_model
+from ..options import parse_input_shape
+
+NAME = "parse"
+VERSION = "1"
+
+
+@dataclass
+class ParseOutput:
+    structure: dict  # Graph.to_json()
+    weights: dict[str, np.ndarray]
+
+
+def run(source: str | bytes | os.PathLike, params: dict) -> ParseOutput:
+    """params: graph (name), where (file or graph label for errors), input_shape, out_nodes."""
+    where = params["where"]
+    shapes = parse_input_shape(params.get("input_shape", ""), where) if params.get("input_shape") else {}
+    graph, weights = import_model(source, params["graph"], shapes, params.get("out_nodes", ""), where)
+    problems = graph.lint()
+    if problems:
+        raise GraphInvalid(f"graph {graph.name}: {problems[0]}", where)
+    return ParseOutput(graph.to_json(), weights)

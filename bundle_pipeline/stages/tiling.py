@@ -1,0 +1,76 @@
+"""tiling: per kernel, tile shapes that keep the workspace under the target's budget (cpu: im2col, matmul)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..ir.graph import Graph, Node, TensorType
+from ..targets import Target
+
+NAME = "tiling"
+VERSION = "1"
+
+
+def run(structure: dict, target: Target) -> dict[str, dict]:
+    """Tiling data per node name, only for nodes whose untiled workspace would exceed the budget."""
+    graph = Graph.from_json(structure)
+    budget = int(target.buffers["workspace_bytes"])
+    plan: dict[str, dict] = {}
+    for node in graph.nodes:
+        types = [graph.types[i] if i else None for i in node.inputs]
+        tiling = choose(node, types, graph.types[node.outputs[0]], budget)
+        if tiling:
+            plan[node.name] = tiling
+    return plan
+
+
+def choose(node: Node, inputs: list[TensorType | None], output: TensorType, budget: int) -> dict | None:
+    """The tiling of one kernel, a function of its signature only (op, attrs, types, budget)."""
+    if node.op_type == "Conv":
+        return _conv(node, inputs, output, budget)
+    if node.op_type in ("MatMul", "Gemm"):
+        return _matmul(node, inputs, budget)
+    return None
+
+
+def _conv(node: Node, inputs: list[TensorType | None], output: TensorType, budget: int) -> dict | None:
+    """im2col materialises (output positions x C/group*prod(kernel)) per chunk of output positions."""
+    weight = inputs[1]
+    itemsize = np.dtype(weight.dtype).itemsize
+    column = int(np.prod(weight.shape[1:])) * itemsize  # bytes of one im2col row
+    positions = int(np.prod(output.shape[2:]))
+    if positions * column <= budget:
+        return None
+    tile_hw = max(1, budget // column)
+    return {"tile_hw": tile_hw, "workspace_bytes": tile_hw * column}
+
+
+def _matmul(node: Node, inputs: list[TensorType | None], budget: int) -> dict | None:
+    """Blocks of tile_m x tile_n outputs: A rows (tile_m x K) + B cols (K x tile_n) + the block stay in budget."""
+    a, b = inputs[0], inputs[1]
+    if len(a.shape) < 2 or len(b.shape) < 2:
+        return None
+    trans_a = node.op_type == "Gemm" and node.attrs.get("transA", 0)
+    trans_b = node.op_type == "Gemm" and node.attrs.get("transB", 0)
+    m, k = (a.shape[-1], a.shape[-2]) if trans_a else (a.shape[-2], a.shape[-1])
+    n = b.shape[-2] if trans_b else b.shape[-1]
+    itemsize = max(np.dtype(a.dtype).itemsize, 4)
+
+    def workspace(tm: int, tn: int) -> int:
+        return (tm * k + k * tn + tm * tn) * itemsize
+
+    if workspace(m, n) <= budget:
+        return None
+    tile_m, tile_n = _pow2_floor(m), _pow2_floor(n)
+    while workspace(tile_m, tile_n) > budget and (tile_m > 1 or tile_n > 1):
+        if tile_m >= tile_n and tile_m > 1:
+            tile_m //= 2
+        else:
+            tile_n //= 2
+    return {"tile_m": tile_m, "tile_n": tile_n, "workspace_bytes": workspace(tile_m, tile_n)}
+
+
+def _pow2_floor(x: int) -> int:
+    return 1 << max(0, int(math.log2(max(1, x))))
