@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import GraphInvalid
-from ..ir.onnx_import import import_model
 from ..options import parse_input_shape
 
 NAME = "parse"
@@ -23,6 +22,8 @@ class ParseOutput:
 
 def run(source: str | bytes | os.PathLike, params: dict) -> ParseOutput:
     """params: graph (name), where (file or graph label for errors), input_shape, out_nodes."""
+    from ..ir.onnx_import import import_model  # onnx is heavy: only a parse that runs pays for it
+
     where = params["where"]
     shapes = parse_input_shape(params.get("input_shape", ""), where) if params.get("input_shape") else {}
     graph, weights = import_model(source, params["graph"], shapes, params.get("out_nodes", ""), where)

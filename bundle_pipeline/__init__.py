@@ -1,0 +1,14 @@
+"""bundle-pipeline: compile bundles of ONNX graphs that share weights into one offline model.
+
+Seed-style API (see DESIGN.md section 1)::
+
+    buf = bundle_build_model([GraphWithOptions("init.onnx", role="init"), ...])
+    bundle_save_model("model.bundle", buf)
+    runtime.load_bundle("model.bundle").run("infer", {"x": x})
+"""
+
+from .api import GraphWithOptions, ModelBuffer, bundle_build_model, bundle_save_model
+from .errors import BundleError
+
+__all__ = ["BundleError", "GraphWithOptions", "ModelBuffer", "bundle_build_model", "bundle_save_model"]
+__version__ = "0.1.0"

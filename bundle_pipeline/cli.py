@@ -1,0 +1,164 @@
+"""The bundle-pipeline command line (typer): run, exec, inspect, cache. Errors print one line, no traceback."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .errors import BundleError, ParamInvalid
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Compile bundles of ONNX graphs that share weights into one offline model.")
+cache_app = typer.Typer(no_args_is_help=True, help="Manage the build cache.")
+app.add_typer(cache_app, name="cache")
+
+
+def one_line_errors(fn):
+    """A BundleError becomes one line on stderr and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except BundleError as err:
+            typer.echo(f"error: {err.one_line()}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+@app.command()
+@one_line_errors
+def run(
+    specs: Annotated[list[Path], typer.Argument(help="bundle.yaml files")],
+    target: Annotated[str | None, typer.Option(help="cpu (npu: not built yet)")] = None,
+    out: Annotated[str | None, typer.Option(help="bundle output path (a .zip suffix writes one file)")] = None,
+    cache: Annotated[str | None, typer.Option(help="cache directory or fsspec URL")] = None,
+    force: Annotated[bool, typer.Option(help="ignore cached results and re-run every task")] = False,
+    scheduler: Annotated[str, typer.Option(help="sync | threads")] = "threads",
+    workers: Annotated[int | None, typer.Option(help="threads for the threads scheduler")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON report as the last line")] = False,
+) -> None:
+    """Build bundles; a second run of an unchanged spec executes no task."""
+    from .pipeline import build_many
+    from .spec import load_spec
+
+    if out and len(specs) > 1:
+        raise ParamInvalid("--out applies to one spec; give one spec or set 'output' in each", "--out")
+    loaded = [load_spec(s, target=target, output=out, cache=cache) for s in specs]
+    for report in build_many(loaded, scheduler=scheduler, force=force, workers=workers):
+        ran = sum(t.status == "ran" for t in report.tasks)
+        if as_json:
+            typer.echo(json.dumps(report.to_json()))
+        else:
+            typer.echo(f"built {report.bundle}  digest {report.digest[:16]}  {report.seconds:.2f}s  "
+                       f"{ran} ran, {len(report.tasks) - ran} cached")
+
+
+@app.command("exec")
+@one_line_errors
+def exec_(
+    bundle: Annotated[Path, typer.Argument(help="bundle directory or file")],
+    graph: Annotated[str, typer.Argument(help="infer graph to run")],
+    inputs: Annotated[list[str] | None, typer.Option("-i", "--input", help="NAME=FILE.npy feed")] = None,
+    updates: Annotated[list[str] | None, typer.Option("-u", "--update", help="NAME=FILE.npy update feed")] = None,
+    update_graph: Annotated[str | None, typer.Option(help="update graph for -u (default: the only one)")] = None,
+    out_dir: Annotated[Path | None, typer.Option("-o", "--out", help="write outputs as NAME.npy here")] = None,
+) -> None:
+    """Load a bundle (runs init), apply -u updates, run GRAPH on -i feeds."""
+    import numpy as np
+
+    from .runtime import load_bundle
+
+    loaded = load_bundle(bundle)
+    if updates:
+        loaded.update(_read_feeds(updates), graph=update_graph)
+    outputs = loaded.run(graph, _read_feeds(inputs or []))
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    for name, value in outputs.items():
+        if out_dir:
+            np.save(out_dir / f"{_file_safe(name)}.npy", value)
+        typer.echo(f"{name}: {value.dtype}{list(value.shape)}  mean {float(np.mean(value)) if value.size else 0:.6g}")
+
+
+@app.command()
+@one_line_errors
+def inspect(
+    bundle: Annotated[Path, typer.Argument(help="bundle directory or file")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Show a bundle's graphs, variables (format, size, readers, writers) and constants."""
+    from .inspect import describe
+
+    info = describe(str(bundle))
+    if as_json:
+        typer.echo(json.dumps(info))
+        return
+    typer.echo(f"bundle {bundle}  target {info['target']}  digest {info['digest'][:16]}")
+    for g in info["graphs"]:
+        typer.echo(f"  graph {g['name']:<16} {g['role']:<7} steps {g['steps']:<5} transdata {g['transdata']:<3} "
+                   f"arena {g['arena_bytes']} B  options {g['options']}")
+    for v in info["variables"]:
+        typer.echo(f"  var   {v['name']:<24} {v['dtype']}{v['shape']} {v['format']:<6} {v['nbytes']} B  "
+                   f"readers {','.join(v['readers'])}  writers {','.join(v['writers']) or '-'}")
+    typer.echo(f"  constants {info['constants']['count']} ({info['constants']['nbytes']} B, stored once each)")
+
+
+@cache_app.command("info")
+@one_line_errors
+def cache_info(root: Annotated[str, typer.Argument(help="cache directory or URL")] = ".bundle-cache") -> None:
+    from .cache import Cache
+
+    typer.echo(json.dumps(Cache(root).info()))
+
+
+@cache_app.command("verify")
+@one_line_errors
+def cache_verify(root: Annotated[str, typer.Argument(help="cache directory or URL")] = ".bundle-cache") -> None:
+    """Re-hash every entry; corrupt entries are deleted (they become misses)."""
+    from .cache import Cache
+
+    typer.echo(json.dumps(Cache(root).verify()))
+
+
+@cache_app.command("gc")
+@one_line_errors
+def cache_gc(root: Annotated[str, typer.Argument(help="cache directory or URL")] = ".bundle-cache",
+             older_than: Annotated[float, typer.Option(help="only entries older than this many seconds")] = 0) -> None:
+    """Remove leftovers of interrupted writes."""
+    from .cache import Cache
+
+    typer.echo(json.dumps(Cache(root).gc(older_than_s=older_than)))
+
+
+def _read_feeds(items: list[str]) -> dict:
+    import numpy as np
+
+    feeds = {}
+    for item in items:
+        name, sep, file = item.partition("=")
+        if not sep or not name or not file:
+            raise ParamInvalid(f"feed {item!r} must look like NAME=FILE.npy", "-i/-u")
+        try:
+            feeds[name] = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise ParamInvalid(f"cannot read {file}: {err}", f"feed {name}") from None
+    return feeds
+
+
+def _file_safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

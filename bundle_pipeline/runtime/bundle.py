@@ -1,0 +1,122 @@
+"""Load a bundle (directory or zip), validate it, and run its graphs over one shared variable store.
+
+State kept by a ``LoadedBundle``: the manifest, the constant pool (read once, hashes verified), the
+``VariableStore`` and one ``Executor`` (with its arena) per graph. Loading never runs code from the bundle:
+programs are data, validated against the kernel table before anything executes.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BundleCorrupt, BundleIOError, ParamInvalid
+from ..ir.hashing import tensor_hash
+from .executor import Executor, VariableStore
+from .validate import validate_manifest
+
+SUPPORTED_FORMAT_VERSIONS = (1,)
+
+
+class LoadedBundle:
+    def __init__(self, path: str, manifest: dict, constants: dict[str, np.ndarray]):
+        self.path = path
+        self.manifest = manifest
+        self.roles = {g["name"]: g["role"] for g in manifest["graphs"]}
+        self.variables = VariableStore(manifest["variables"])
+        for var in manifest["variables"]:
+            if var["initial"] is not None:
+                self.variables.write(var["name"], constants[var["initial"]])
+        self.executors = {g["name"]: Executor(g["program"], {w: constants[c] for w, c in g["bindings"].items()},
+                                              self.variables) for g in manifest["graphs"]}
+
+    @property
+    def graphs(self) -> list[str]:
+        return list(self.roles)
+
+    def init(self) -> None:
+        """Run the init graph (if any): its outputs become the variables' values."""
+        for name, role in self.roles.items():
+            if role == "init":
+                self._run_writing(name, {})
+
+    def update(self, feeds: Mapping[str, np.ndarray], graph: str | None = None) -> dict[str, np.ndarray]:
+        """Run an update graph; the variables it writes are refreshed in place."""
+        updates = [n for n, r in self.roles.items() if r == "update"]
+        if graph is None:
+            if len(updates) != 1:
+                raise ParamInvalid(f"the bundle has {len(updates)} update graphs ({', '.join(updates) or 'none'}); "
+                                   f"name one with graph=", self.path)
+            graph = updates[0]
+        self._check_graph(graph, "update")
+        return self._run_writing(graph, feeds)
+
+    def run(self, graph: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run an infer graph: output name -> array."""
+        self._check_graph(graph, "infer")
+        return self.executors[graph].run(feeds)
+
+    def variable(self, name: str) -> np.ndarray:
+        if name not in self.variables.table:
+            raise ParamInvalid(f"no variable {name!r}; variables: {', '.join(self.variables.table)}", self.path)
+        return self.variables.read(name, "variable()").copy()
+
+    def _run_writing(self, graph: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        executor = self.executors[graph]
+        outputs = executor.run(feeds)
+        for out in executor.program["outputs"]:
+            if out["variable"]:
+                self.variables.write(out["name"], outputs[out["name"]])
+        return outputs
+
+    def _check_graph(self, graph: str, role: str) -> None:
+        if graph not in self.roles:
+            raise ParamInvalid(f"no graph {graph!r}; graphs: {', '.join(self.roles)}", self.path)
+        if self.roles[graph] != role:
+            raise ParamInvalid(f"graph {graph!r} is a {self.roles[graph]} graph, not {role}", self.path)
+
+
+def load_bundle(path: str | os.PathLike, run_init: bool = True) -> LoadedBundle:
+    """Open a directory or zip bundle, verify it, allocate the variables once and run the init graph."""
+    path = str(path)
+    group = open_group(path)
+    manifest = dict(group.attrs)
+    validate_manifest(manifest, path)
+    constants = {cid: _read_constant(group, cid, c, path) for cid, c in manifest["constants"].items()}
+    bundle = LoadedBundle(path, manifest, constants)
+    if run_init:
+        bundle.init()
+    return bundle
+
+
+def open_group(path: str):
+    import zarr
+    from zarr.errors import GroupNotFoundError, NodeTypeValidationError
+
+    p = Path(path)
+    if not p.exists():
+        raise BundleIOError("bundle not found", path)
+    try:
+        if p.is_dir():
+            store = zarr.storage.LocalStore(p, read_only=True)
+        else:
+            if not zipfile.is_zipfile(p):
+                raise BundleCorrupt("not a bundle: neither a bundle directory nor a zip file", path)
+            store = zarr.storage.ZipStore(p, mode="r")
+        return zarr.open_group(store, mode="r")
+    except (GroupNotFoundError, NodeTypeValidationError, FileNotFoundError, ValueError, KeyError) as err:
+        raise BundleCorrupt(f"not a bundle: {err}", path) from None
+
+
+def _read_constant(group, cid: str, const: dict, path: str) -> np.ndarray:
+    try:
+        value = np.asarray(group[const["array"]][...])
+    except (KeyError, ValueError, OSError) as err:
+        raise BundleCorrupt(f"constant {cid!r} cannot be read: {err}", path) from None
+    if tensor_hash(value) != const["hash"]:
+        raise BundleCorrupt(f"constant {cid!r} does not match its recorded hash", path)
+    return value

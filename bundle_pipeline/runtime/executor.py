@@ -1,0 +1,130 @@
+"""Interpreter of one compiled program: binds feeds, variables and constants, runs kernels into a planned arena.
+
+State kept per ``Executor``: the program (validated data), the arena (allocated once, ``arena_bytes``
+long, reused by every run), and references to the bundle's constant and variable storage. Override
+points, as in ``torch.fx.Interpreter``: ``bind`` (inputs of a run), ``run_step`` (one kernel call),
+``call_kernel`` (the kernel itself), ``store`` (where an output goes), ``collect`` (what a run returns).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from ..errors import ParamInvalid, RuntimeFailure
+from ..ir.graph import decode_attr, decode_tensor
+from .kernels import KernelError, run_kernel
+
+# Formats that share one physical layout (row-major); TransData between them moves no bytes.
+ROW_MAJOR = frozenset({"ND", "NCHW"})
+
+
+class Executor:
+    def __init__(self, program: dict, constants: Mapping[str, np.ndarray], variables: VariableStore):
+        self.program = program
+        self.name = program["graph"]
+        self.variables = variables
+        self.arena = np.zeros(int(program["arena_bytes"]), dtype=np.uint8)
+        self.fixed: dict[str, np.ndarray] = {k: decode_tensor(v) for k, v in program["consts"].items()}
+        self.fixed.update(constants)
+        self.attrs = [{k: decode_attr(v) for k, v in step["attrs"].items()} for step in program["steps"]]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        env = self.bind(feeds)
+        for step, attrs in zip(self.program["steps"], self.attrs, strict=True):
+            self.run_step(step, attrs, env)
+        return self.collect(env)
+
+    def bind(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        env = dict(self.fixed)
+        env.update(self.check_feeds(feeds))
+        for name in self.program["reads"]:
+            env[name] = self.variables.read(name, self.name)
+        return env
+
+    def check_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        expected = {f["name"]: f for f in self.program["feeds"]}
+        unknown = sorted(set(feeds) - set(expected))
+        if unknown:
+            raise ParamInvalid(f"unknown feed {unknown[0]!r}; graph {self.name} takes: {', '.join(expected) or 'none'}",
+                               f"graph {self.name}")
+        bound = {}
+        for name, spec in expected.items():
+            if name not in feeds:
+                raise ParamInvalid(f"missing feed {name!r} ({spec['dtype']}{spec['shape']})", f"graph {self.name}")
+            value = np.asarray(feeds[name])
+            if value.dtype != np.dtype(spec["dtype"]) or list(value.shape) != list(spec["shape"]):
+                raise ParamInvalid(f"feed {name!r} is {value.dtype}{list(value.shape)}, expected "
+                                   f"{spec['dtype']}{spec['shape']}", f"graph {self.name}")
+            bound[name] = value
+        return bound
+
+    def run_step(self, step: dict, attrs: dict, env: dict[str, np.ndarray]) -> None:
+        args = [env[name] if name else None for name in step["inputs"]]
+        try:
+            outs = self.call_kernel(step, attrs, args)
+        except KernelError as err:
+            raise RuntimeFailure(f"while executing node {step['node']} ({step['op']}): {err}",
+                                 f"graph {self.name}") from None
+        for name, value in zip(step["outputs"], outs, strict=False):
+            if name:
+                env[name] = self.store(step, name, value)
+
+    def call_kernel(self, step: dict, attrs: dict, args: list[np.ndarray | None]) -> list[np.ndarray]:
+        if step["op"] == "TransData":
+            return [transdata(args[0], attrs["src_format"], attrs["dst_format"])]
+        if step.get("precision") == "fp16":
+            # force_fp16: cube inputs rounded to fp16, products accumulated in fp32 as on the device
+            args = [a.astype(np.float16).astype(np.float32) if i < 2 and a is not None else a
+                    for i, a in enumerate(args)]
+        return run_kernel(step["op"], args, attrs, self.program["opset"], step.get("tiling"))
+
+    def store(self, step: dict, name: str, value: np.ndarray) -> np.ndarray:
+        """Copy a kernel result into its planned arena view; shape and dtype must match the plan."""
+        plan = self.program["values"][name]
+        value = np.asarray(value)
+        if list(value.shape) != plan["shape"] or value.dtype != np.dtype(plan["dtype"]):
+            raise RuntimeFailure(f"while executing node {step['node']} ({step['op']}): output {name!r} is "
+                                 f"{value.dtype}{list(value.shape)}, the plan says {plan['dtype']}{plan['shape']}",
+                                 f"graph {self.name}")
+        view = arena_view(self.arena, plan)
+        np.copyto(view, value)
+        return view
+
+    def collect(self, env: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs are copied out of the arena, which the next run overwrites."""
+        return {out["name"]: np.array(env[out["name"]], copy=True) for out in self.program["outputs"]}
+
+
+def arena_view(arena: np.ndarray, plan: dict) -> np.ndarray:
+    dtype = np.dtype(plan["dtype"])
+    count = int(np.prod(plan["shape"], dtype=np.int64))
+    start = int(plan["offset"])
+    return arena[start:start + count * dtype.itemsize].view(dtype).reshape(plan["shape"])
+
+
+def transdata(x: np.ndarray, src: str, dst: str) -> np.ndarray:
+    if src in ROW_MAJOR and dst in ROW_MAJOR:
+        return x
+    raise KernelError(f"TransData {src} -> {dst} is not available on this target")
+
+
+class VariableStore:
+    """The bundle's variables: allocated once at load, shared by every graph, written in place."""
+
+    def __init__(self, table: list[dict]):
+        self.table = {v["name"]: v for v in table}
+        self.values = {name: np.zeros(v["shape"], dtype=np.dtype(v["dtype"])) for name, v in self.table.items()}
+        self.is_set = dict.fromkeys(self.table, False)
+
+    def read(self, name: str, graph: str) -> np.ndarray:
+        if not self.is_set[name]:
+            writers = ", ".join(self.table[name]["writers"]) or "none"
+            raise RuntimeFailure(f"variable {name!r} is unset; run the init graph or an update first "
+                                 f"(writers: {writers})", f"graph {graph}")
+        return self.values[name]
+
+    def write(self, name: str, value: np.ndarray) -> None:
+        np.copyto(self.values[name], value)
+        self.is_set[name] = True

@@ -1,0 +1,61 @@
+"""Task factories: one BundleSpec -> per-graph tasks (parse, formats, tiling, codegen) + bundle tasks."""
+
+from __future__ import annotations
+
+from ..options import options_for, validate_options
+from ..spec import BundleSpec, GraphSpec
+from .steps import VERSIONS
+from .task import Dep, Task
+
+
+def _task(bundle: str, step: str, graph: str | None, deps: list[Dep], params: dict,
+          context: dict | None = None) -> Task:
+    stage = step.split(".")[0]
+    tid = f"{bundle}/{stage}:{graph}" if graph else f"{bundle}/{step}"
+    return Task(tid, stage, step, VERSIONS[step], graph, tuple(deps), params, context or {})
+
+
+def _options(g: GraphSpec) -> dict[str, str]:
+    return validate_options(g.options, f"graph {g.name}") if g.role == "infer" else {}
+
+
+def _source(g: GraphSpec) -> dict:
+    return {"bytes": g.model} if isinstance(g.model, bytes) else {"path": g.model}
+
+
+def bundle_tasks(spec: BundleSpec) -> list[Task]:
+    """All tasks of one bundle in dependency order; ids are ``<bundle>/<stage>:<graph>`` or ``<bundle>/<step>``."""
+    b, target = spec.name, spec.target
+    ids = {(stage, g.name): f"{b}/{stage}:{g.name}" for g in spec.graphs
+           for stage in ("parse", "formats", "tiling", "codegen")}
+    tasks: list[Task] = []
+    for g in spec.graphs:
+        opts = _options(g)
+        where = g.model if isinstance(g.model, str) else f"graph {g.name}"
+        tasks.append(_task(b, "parse", g.name, [], options_for("parse", opts) if opts else
+                           {"input_shape": "", "out_nodes": ""}, {"source": _source(g), "where": where}))
+    graph_list = [{"name": g.name, "role": g.role} for g in spec.graphs]
+    structure_deps = [Dep(f"structure:{g.name}", ids["parse", g.name], "structure") for g in spec.graphs]
+    weight_deps = [Dep(f"weights:{g.name}", ids["parse", g.name], "weights") for g in spec.graphs]
+    dedupe_id, assign_id = f"{b}/dedupe", f"{b}/formats.assign"
+    tasks.append(_task(b, "dedupe", None, structure_deps + weight_deps,
+                       {"graphs": graph_list, "variables": list(spec.variables) if spec.variables else None}))
+    tasks.append(_task(b, "formats.assign", None, [*structure_deps, Dep("variables", dedupe_id, "variables")],
+                       {"graphs": [g.name for g in spec.graphs], "target": target}))
+    for g in spec.graphs:
+        tasks.append(_task(b, "formats", g.name, [Dep("structure", ids["parse", g.name], "structure"),
+                                                  Dep("var_formats", assign_id, "var_formats")], {"target": target}))
+        tasks.append(_task(b, "tiling", g.name, [Dep("structure", ids["formats", g.name], "structure")],
+                           {"target": target}))
+        tasks.append(_task(b, "codegen", g.name, [Dep("structure", ids["formats", g.name], "structure"),
+                                                  Dep("tiling", ids["tiling", g.name], "tiling"),
+                                                  Dep("variables", dedupe_id, "variables")],
+                           {"role": g.role, "options": options_for("codegen", _options(g))}))
+    program_deps = [Dep(f"program:{g.name}", ids["codegen", g.name], "program") for g in spec.graphs]
+    tasks.append(_task(b, "pack", None, [*program_deps, Dep("variables", dedupe_id, "variables"),
+                                         Dep("var_formats", assign_id, "var_formats"),
+                                         Dep("storage", dedupe_id, "storage")],
+                       {"name": b, "target": target,
+                        "graphs": [{**g, "options": _options(spec.graphs[i])} for i, g in enumerate(graph_list)]},
+                       {"out": spec.output}))
+    return tasks

@@ -1,0 +1,71 @@
+"""Run one task against the cache: compute its key, return the recorded outputs on a hit, else run the step."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..cache import Cache
+from ..ir.hashing import hash_json
+from ..targets import get_target
+from .sources import source_digest
+from .steps import STEPS
+from .task import Task, TaskResult, input_hashes, task_key, timed
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What every task needs besides its inputs; small and picklable so any scheduler can ship it."""
+
+    cache_root: str
+    target: str
+    force: bool = False
+
+
+def task_inputs(task: Task, ctx: BuildContext, cache: Cache, upstream: dict[str, TaskResult]) -> dict[str, str]:
+    inputs = input_hashes(task, upstream)
+    if task.step == "parse":
+        inputs["model"] = source_digest(task.context["source"], cache, task.context["where"])
+    return inputs
+
+
+def execute_task(task: Task, ctx: BuildContext, *upstream_results: TaskResult) -> TaskResult:
+    """Constructive trace with early cutoff: the key reads input content hashes, never upstream keys."""
+    cache = Cache(ctx.cache_root)
+    upstream = {r.id: r for r in upstream_results}
+    inputs = task_inputs(task, ctx, cache, upstream)
+    key = task_key(task, inputs, get_target(ctx.target).fingerprint)
+    record = None if ctx.force else cache.get_action(key)
+    if record is not None and _still_valid(task, record, cache):
+        return TaskResult(task.id, task.stage, task.graph, key, record["outputs"], "cached", 0.0,
+                          {"recorded_seconds": record.get("seconds", 0.0)})
+    outputs, seconds = timed(STEPS[task.step], task, cache, inputs)
+    record = {"task": task.id, "outputs": outputs, "seconds": seconds, "inputs": inputs, "params": task.params}
+    if task.step == "pack":
+        record["stamp"] = output_stamp(task.context["out"])
+    cache.put_action(key, record)
+    return TaskResult(task.id, task.stage, task.graph, key, outputs, "ran", seconds)
+
+
+def _still_valid(task: Task, record: dict, cache: Cache) -> bool:
+    """A hit needs its outputs in the cache; pack's output must also still be the bundle it wrote."""
+    if task.step == "pack":
+        return record.get("stamp") == output_stamp(task.context["out"])
+    return all(cache.has_object(h) for h in record["outputs"].values())
+
+
+def output_stamp(path: str) -> str | None:
+    """Stat fingerprint of a written bundle (every entry's path, size, mtime_ns, inode); None when absent."""
+    root = Path(path)
+    if root.is_file():
+        st = root.stat()
+        return hash_json([root.name, st.st_size, st.st_mtime_ns, st.st_ino])
+    if not root.is_dir():
+        return None
+    rows = []
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            st = os.stat(os.path.join(dirpath, name))
+            rows.append([os.path.relpath(os.path.join(dirpath, name), root), st.st_size, st.st_mtime_ns, st.st_ino])
+    return hash_json(sorted(rows))
