@@ -1,0 +1,52 @@
+"""NumPy kernel library: executes ONNX default-domain ops (opsets 11-21) given as data."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import elementwise, linalg, nn, reduce, resize, rnn, tensor
+from ._registry import KERNELS, Attrs, KernelError, Tiling
+
+__all__ = ["SUPPORTED_OPS", "KernelError", "run_kernel"]
+
+_MODULES = (elementwise, linalg, nn, reduce, resize, rnn, tensor)  # imported for their registrations
+
+SUPPORTED_OPS: frozenset[str] = frozenset(KERNELS)
+
+
+def run_kernel(
+    op_type: str,
+    inputs: list[np.ndarray | None],
+    attrs: Attrs,
+    opset: int,
+    tiling: Tiling = None,
+) -> list[np.ndarray]:
+    """Run one ONNX node of the default domain and return its outputs in ONNX order.
+
+    inputs: positional ONNX inputs; an omitted optional input is None, and trailing omitted ones may
+        be left out of the list.
+    attrs: decoded attribute values (int, float, str, lists, np.ndarray for tensors); absent
+        attributes take their ONNX defaults. Split without a 'split' input/attribute needs the node's
+        output count: from opset 18 that is the ``num_outputs`` attribute, and for older opsets the
+        caller passes the same key (``attrs["num_outputs"] = len(node.output)``).
+    opset: the model's default-domain opset (11..21); semantics follow that opset's definition.
+    tiling: optional compiler tiling data that bounds workspace and never changes the numbers
+        (beyond float summation order): Conv ``{"tile_hw": n}`` = output spatial positions per
+        im2col chunk (chunk workspace n * C/group * prod(kernel_shape) elements);
+        MatMul/Gemm ``{"tile_m": m, "tile_n": n}`` = output blocks over the last two dims.
+        Other ops, ConvTranspose included, ignore it.
+
+    Returns at least the required outputs and as many optional outputs as the op defines (e.g.
+    MaxPool's Indices, Dropout's mask, LSTM's Y_h/Y_c, LayerNormalization's Mean/InvStdDev);
+    callers use the first N they need. Output dtypes are exactly ONNX's. Outputs may be views of
+    inputs (Identity, Reshape, Expand, Slice, ...) and may be read-only: callers copy them into
+    their own buffers before writing. Inputs are never modified.
+
+    Raises KernelError (a ValueError) for an unsupported op, an invalid attribute value or an
+    input combination the op does not accept.
+    """
+    fn = KERNELS.get(op_type)
+    if fn is None:
+        raise KernelError(f"no kernel for op {op_type}")
+    arrays = [None if x is None else np.asarray(x) for x in inputs]
+    return fn(arrays, dict(attrs), int(opset), tiling)

@@ -1,0 +1,300 @@
+"""Elementwise kernels: arithmetic, comparisons, logic, activations, Where, Cast."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from ._registry import (
+    Attrs,
+    Inputs,
+    KernelError,
+    Tiling,
+    arg,
+    broadcast_shape,
+    choice,
+    kernel,
+    need,
+    onnx_dtype,
+    wide,
+)
+
+Unary = Callable[[np.ndarray, Attrs], np.ndarray]
+Binary = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def _unary(op: str, fn: Unary) -> None:
+    """Register a one-input kernel whose result keeps the input dtype."""
+
+    def run(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+        x = need(inputs, 0, "X")
+        # Overflow/invalid warnings are expected (exp of large values, log of 0); ONNX wants inf/nan.
+        with np.errstate(all="ignore"):
+            y = fn(x, attrs)
+        return [np.asarray(y).astype(x.dtype, copy=False)]
+
+    kernel(op)(run)
+
+
+def _binary(op: str, fn: Binary, out_dtype: np.dtype | None = None) -> None:
+    """Register a broadcasting two-input kernel; result dtype = first input's unless ``out_dtype``."""
+
+    def run(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+        a, b = need(inputs, 0, "A"), need(inputs, 1, "B")
+        broadcast_shape(a.shape, b.shape)
+        with np.errstate(all="ignore"):
+            y = np.asarray(fn(a, b))
+        return [y.astype(out_dtype or a.dtype, copy=False)]
+
+    kernel(op)(run)
+
+
+# ---- erf (numpy has none; scipy is not a dependency) ----
+
+_TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
+
+
+def _erf_series(x: np.ndarray, terms: int) -> np.ndarray:
+    """Maclaurin series of erf, accurate for small |x| (float64)."""
+    x2 = x * x
+    term = x.copy()
+    total = x.copy()
+    for n in range(1, terms):
+        term = term * (-x2) / n
+        total += term / (2 * n + 1)
+    return _TWO_OVER_SQRT_PI * total
+
+
+def _erfc_cf(x: np.ndarray, terms: int = 60) -> np.ndarray:
+    """erfc(x) for x >= 3 by its continued fraction, evaluated bottom-up (float64)."""
+    frac = np.zeros_like(x)
+    for k in range(terms, 0, -1):
+        frac = (k / 2.0) / (x + frac)
+    return np.exp(-x * x) / math.sqrt(math.pi) / (x + frac)
+
+
+def _erfc_nr(z: np.ndarray) -> np.ndarray:
+    """Numerical Recipes erfc for z >= 0: fractional error < 1.2e-7, plenty for float32."""
+    t = 1.0 / (1.0 + 0.5 * z)
+    poly = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
+        -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (
+            -0.82215223 + t * 0.17087277))))))))
+    return t * np.exp(-z * z + poly)
+
+
+def erf(x: np.ndarray) -> np.ndarray:
+    """Vectorised error function; float64 inputs get ~1e-14 accuracy, others ~1e-7 relative."""
+    xd = np.asarray(x, dtype=np.float64)
+    ax = np.abs(xd)
+    out = np.empty_like(xd)
+    precise = x.dtype == np.float64
+    small = ax < (3.0 if precise else 0.5)
+    # Small |x| uses the series so that erf(x) ~ 2x/sqrt(pi) keeps its relative accuracy near 0.
+    out[small] = _erf_series(xd[small], 60 if precise else 12)
+    big = ~small & ~np.isnan(xd)
+    tail = _erfc_cf(ax[big]) if precise else _erfc_nr(ax[big])
+    out[big] = np.sign(xd[big]) * (1.0 - tail)
+    out[np.isnan(xd)] = np.nan
+    return out
+
+
+# ---- arithmetic ----
+
+
+def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if a.dtype.kind in "iu" and b.dtype.kind in "iu":
+        # ONNX integer Div truncates toward zero like C; numpy floor-divides.
+        q = np.floor_divide(a, b)
+        fix = (np.remainder(a, b) != 0) & ((a < 0) != (b < 0))
+        return np.where(fix & (b != 0), q + 1, q)
+    return np.divide(a, b)
+
+
+def _pow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    # The result keeps the base dtype (opset 12+ allows a different exponent type).
+    if a.dtype.kind in "iu":
+        return np.power(a.astype(np.float64), b.astype(np.float64))
+    return np.power(wide(a), b.astype(wide(a).dtype, copy=False))
+
+
+def _mod_kernel(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+    a, b = need(inputs, 0, "A"), need(inputs, 1, "B")
+    broadcast_shape(a.shape, b.shape)
+    fmod = int(attrs.get("fmod", 0))
+    if fmod not in (0, 1):
+        raise KernelError(f"attribute fmod={fmod} must be 0 or 1")
+    with np.errstate(all="ignore"):
+        # fmod=1: sign of the dividend (C fmod); fmod=0: sign of the divisor (python %).
+        y = np.fmod(a, b) if fmod else np.mod(a, b)
+    return [y.astype(a.dtype, copy=False)]
+
+
+kernel("Mod")(_mod_kernel)
+
+_binary("Add", np.add)
+_binary("Sub", np.subtract)
+_binary("Mul", np.multiply)
+_binary("Div", _div)
+_binary("Pow", _pow)
+_binary("Equal", np.equal, np.dtype(bool))
+_binary("Less", np.less, np.dtype(bool))
+_binary("Greater", np.greater, np.dtype(bool))
+_binary("LessOrEqual", np.less_equal, np.dtype(bool))
+_binary("GreaterOrEqual", np.greater_equal, np.dtype(bool))
+_binary("And", np.logical_and, np.dtype(bool))
+_binary("Or", np.logical_or, np.dtype(bool))
+_binary("Xor", np.logical_xor, np.dtype(bool))
+
+
+def _variadic_kernel(fn: Binary, mean: bool = False) -> Callable[..., list[np.ndarray]]:
+    def run(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+        xs = [np.asarray(x) for x in inputs if x is not None]
+        if not xs:
+            raise KernelError("variadic op needs at least one input")
+        broadcast_shape(*[x.shape for x in xs])
+        acc = xs[0]
+        with np.errstate(all="ignore"):
+            for x in xs[1:]:
+                acc = fn(acc, x)
+            if mean:
+                acc = acc / len(xs)
+        return [np.broadcast_to(acc, broadcast_shape(*[x.shape for x in xs])).astype(xs[0].dtype)]
+
+    return run
+
+
+kernel("Max")(_variadic_kernel(np.maximum))
+kernel("Min")(_variadic_kernel(np.minimum))
+kernel("Sum")(_variadic_kernel(np.add))
+kernel("Mean")(_variadic_kernel(np.add, mean=True))
+
+
+# ---- unary math ----
+
+_unary("Sqrt", lambda x, a: np.sqrt(x))
+_unary("Reciprocal", lambda x, a: np.reciprocal(x))
+_unary("Exp", lambda x, a: np.exp(x))
+_unary("Log", lambda x, a: np.log(x))
+_unary("Tanh", lambda x, a: np.tanh(x))
+_unary("Abs", lambda x, a: np.abs(x))
+_unary("Neg", lambda x, a: np.negative(x))
+_unary("Floor", lambda x, a: np.floor(x))
+_unary("Ceil", lambda x, a: np.ceil(x))
+_unary("Sin", lambda x, a: np.sin(x))
+_unary("Cos", lambda x, a: np.cos(x))
+_unary("Sign", lambda x, a: np.sign(x))
+_unary("Erf", lambda x, a: erf(x))
+_unary("Not", lambda x, a: np.logical_not(x))
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Overflow-free logistic function."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def _softplus(x: np.ndarray) -> np.ndarray:
+    return np.logaddexp(0, x)
+
+
+def _clip_bound(inputs: Inputs, attrs: Attrs, i: int, name: str) -> np.ndarray | None:
+    # opset >= 11 passes min/max as optional inputs; older models used attributes.
+    v = arg(inputs, i)
+    if v is not None:
+        if np.asarray(v).size != 1:
+            raise KernelError(f"Clip {name} must be a scalar")
+        return np.asarray(v).reshape(())
+    return np.asarray(attrs[name]) if name in attrs else None
+
+
+@kernel("Clip")
+def _clip(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+    x = need(inputs, 0, "input")
+    lo, hi = _clip_bound(inputs, attrs, 1, "min"), _clip_bound(inputs, attrs, 2, "max")
+    y = x
+    # max after min: when min > max every value becomes max, as the spec requires.
+    if lo is not None:
+        y = np.maximum(y, lo.astype(x.dtype))
+    if hi is not None:
+        y = np.minimum(y, hi.astype(x.dtype))
+    return [np.asarray(y).astype(x.dtype, copy=False)]
+
+
+def _gelu(x: np.ndarray, attrs: Attrs) -> np.ndarray:
+    approx = choice(attrs, "approximate", "none", ("none", "tanh"))
+    xf = wide(x)
+    if approx == "tanh":
+        inner = math.sqrt(2.0 / math.pi) * (xf + 0.044715 * xf**3)
+        return 0.5 * xf * (1.0 + np.tanh(inner))
+    return 0.5 * xf * (1.0 + erf(xf / math.sqrt(2.0)).astype(xf.dtype))
+
+
+def _f(attrs: Attrs, name: str, default: float) -> float:
+    return float(attrs.get(name, default))
+
+
+_unary("Sigmoid", lambda x, a: sigmoid(x))
+_unary("Relu", lambda x, a: np.maximum(x, np.zeros((), x.dtype)))
+_unary("LeakyRelu", lambda x, a: np.where(x >= 0, x, x * _f(a, "alpha", 0.01)))
+_unary(
+    "HardSigmoid",
+    lambda x, a: np.clip(_f(a, "alpha", 0.2) * wide(x) + _f(a, "beta", 0.5), 0.0, 1.0),
+)
+_unary("HardSwish", lambda x, a: wide(x) * np.clip(wide(x) / 6.0 + 0.5, 0.0, 1.0))
+_unary("Elu", lambda x, a: np.where(x >= 0, x, _f(a, "alpha", 1.0) * np.expm1(x)))
+_unary(
+    "Selu",
+    lambda x, a: _f(a, "gamma", 1.05070102214813232421875)
+    * np.where(x > 0, x, _f(a, "alpha", 1.67326319217681884765625) * np.expm1(x)),
+)
+_unary("Softplus", lambda x, a: _softplus(x))
+_unary("Softsign", lambda x, a: x / (1 + np.abs(x)))
+_unary("Mish", lambda x, a: wide(x) * np.tanh(_softplus(wide(x))))
+_unary("Gelu", _gelu)
+
+
+@kernel("PRelu")
+def _prelu(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+    x, slope = need(inputs, 0, "X"), need(inputs, 1, "slope")
+    if broadcast_shape(x.shape, slope.shape) != x.shape:
+        raise KernelError(f"PRelu slope shape {slope.shape} does not broadcast to X {x.shape}")
+    return [np.where(x < 0, x * slope, x).astype(x.dtype, copy=False)]
+
+
+@kernel("Where")
+def _where(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+    c, x, y = need(inputs, 0, "condition"), need(inputs, 1, "X"), need(inputs, 2, "Y")
+    broadcast_shape(c.shape, x.shape, y.shape)
+    return [np.where(c.astype(bool, copy=False), x, y).astype(x.dtype, copy=False)]
+
+
+# ---- Cast ----
+
+
+def cast_array(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """ONNX Cast between numpy-representable types (saturate only concerns float8, so it is moot)."""
+    if dtype == object:
+        # numpy's shortest round-trip repr, as the ONNX reference renders numbers.
+        return x.astype(str).astype(object)
+    if x.dtype == object:
+        # Strings parse as numbers ("INF", "-inf", "NaN" included); bools parse via float.
+        parsed = np.array([float(v) for v in x.reshape(-1)], dtype=np.float64).reshape(x.shape)
+        return cast_array(parsed, dtype)
+    with np.errstate(all="ignore"):
+        return x.astype(dtype)
+
+
+@kernel("Cast")
+def _cast(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+    x = need(inputs, 0, "input")
+    if "to" not in attrs:
+        raise KernelError("attribute 'to' is required")
+    return [cast_array(x, onnx_dtype(attrs["to"]))]
+
+
+@kernel("CastLike")
+def _cast_like(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+    x, like = need(inputs, 0, "input"), need(inputs, 1, "target_type")
+    return [cast_array(x, like.dtype)]

@@ -1,0 +1,111 @@
+"""ONNX backend node test cases run straight through run_kernel, for every supported op."""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+from onnx.backend.test.loader import load_model_tests
+
+from bundle_pipeline.runtime.kernels import SUPPORTED_OPS, KernelError, run_kernel
+
+# Cases that cannot pass by design, each with the reason. Matched as regular expressions on the name.
+EXCLUDED: dict[str, str] = {
+    # element types numpy cannot represent (inputs or outputs are float8/float4/int4/uint4/int2/bfloat16)
+    r".*(float8|FLOAT8|e4m3|e5m2|e8m0|FLOAT4|float4|INT4|UINT4|int4|uint4|INT2|UINT2|int2|uint2).*": "no numpy dtype",
+    r".*(bfloat16|BFLOAT16).*": "no numpy dtype",
+    # Dropout in training mode draws random masks; only the reference's RNG reproduces them
+    r"test_training_dropout(_default|_mask|_default_mask)?$": "random training-mode dropout",
+}
+
+
+def _decode(attr: onnx.AttributeProto) -> object:
+    value = helper.get_attribute_value(attr)
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, onnx.TensorProto):
+        return numpy_helper.to_array(value)
+    if isinstance(value, list) and value and isinstance(value[0], bytes):
+        return [v.decode() for v in value]
+    return value
+
+
+def _array(value: object) -> np.ndarray:
+    # A few cases (Cast/CastLike) store their data as TensorProto.
+    return numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else np.asarray(value)
+
+
+def _single_node_cases() -> list:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cases = load_model_tests(kind="node")
+    out = []
+    for case in cases:
+        graph = case.model.graph
+        if len(graph.node) != 1 or graph.node[0].domain not in ("", "ai.onnx"):
+            continue
+        if graph.node[0].op_type in SUPPORTED_OPS:
+            out.append(case)
+    return out
+
+
+CASES = _single_node_cases()
+
+
+def _excluded(name: str) -> str | None:
+    return next((why for pat, why in EXCLUDED.items() if re.fullmatch(pat, name)), None)
+
+
+def _assert_same(name: str, got: np.ndarray, want: np.ndarray, rtol: float, atol: float) -> None:
+    assert got.dtype == want.dtype, f"{name}: dtype {got.dtype} != {want.dtype}"
+    assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
+    if want.dtype == object or want.dtype.kind in "biu":
+        np.testing.assert_array_equal(got, want, err_msg=name)
+    else:
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, equal_nan=True, err_msg=name)
+
+
+def run_case(case) -> None:
+    """Run one backend case through run_kernel and compare every output of every data set."""
+    graph = case.model.graph
+    node = graph.node[0]
+    opset = next(o.version for o in case.model.opset_import if o.domain in ("", "ai.onnx"))
+    attrs = {a.name: _decode(a) for a in node.attribute}
+    if node.op_type == "Split" and "split" not in attrs and "num_outputs" not in attrs:
+        attrs["num_outputs"] = len(node.output)  # the executor passes the node's output count
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    in_names = [i.name for i in graph.input if i.name not in inits]
+    out_names = [o.name for o in graph.output]
+    for raw_feeds, raw_expected in case.data_sets:
+        feeds, expected = [_array(f) for f in raw_feeds], [_array(e) for e in raw_expected]
+        values = dict(zip(in_names, feeds, strict=False)) | inits
+        inputs = [values[n] if n else None for n in node.input]
+        outs = run_kernel(node.op_type, inputs, attrs, opset)
+        for pos, name in enumerate(node.output):
+            if name and name in out_names:
+                want = np.asarray(expected[out_names.index(name)])
+                _assert_same(f"{case.name}:{name}", np.asarray(outs[pos]), want, case.rtol, case.atol)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_node_case(case) -> None:
+    why = _excluded(case.name)
+    if why:
+        pytest.skip(why)
+    run_case(case)
+
+
+def test_node_suite_coverage() -> None:
+    """Most supported ops have backend cases and nearly all cases are run (not excluded)."""
+    excluded = [c.name for c in CASES if _excluded(c.name)]
+    assert len(CASES) > 500
+    assert len(excluded) < len(CASES) // 4
+
+
+def test_unsupported_op_raises() -> None:
+    with pytest.raises(KernelError, match="no kernel for op NoSuchOp"):
+        run_kernel("NoSuchOp", [np.zeros(1)], {}, 17)
