@@ -1,0 +1,180 @@
+"""Input stat state: hash an input file once, then trust its stat signature until it changes.
+
+On-disk state
+-------------
+One JSON file, ``state/stat.json``, kept on the *local* disk: inside the cache root when the root
+is local, else under ``~/.cache/bundle-pipeline/state/<hash of root>/`` (or the Cache's
+``state_dir``), since the entries describe this machine's files::
+
+    {"v": 1, "entries": {"/abs/path/model.onnx": [size, mtime_ns, inode, device, "<blake3 hex>"]}}
+
+A file whose current ``os.stat`` gives the same (size, mtime_ns, inode, device) as its entry is
+not read again, as in make, git and Bazel; anything else is re-hashed, streaming 8 MiB reads
+through one incremental blake3 hasher. Rewriting a file without changing its size, mtime and
+inode (``os.utime`` to the old time) is therefore not noticed, by design.
+
+Two rules keep a stale entry from ever being *recorded*:
+
+- a file modified while it was read (signature before != after) is re-read, and never recorded;
+- a file modified less than ``racy_window_ns`` (2 s) before the read started is hashed but not
+  recorded: on filesystems with coarse timestamps (1-2 s on ext3/FAT/HFS+/some NFS, a clock
+  tick on ext4) a second write in that window could keep the same mtime ("racy git" problem).
+
+The file is rewritten atomically (temp + ``os.replace``) after each new entry, merged with what
+is on disk at that moment, so concurrent processes can at worst lose each other's entries
+(which only costs a re-hash). An unreadable or corrupt state file is treated as empty.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import blake3
+
+from bundle_pipeline.ir.hashing import canonical_json
+
+if TYPE_CHECKING:
+    from bundle_pipeline.cache.store import LocalBackend
+
+STATE_FORMAT = 1
+READ_BYTES = 8 << 20
+RACY_WINDOW_NS = 2_000_000_000
+_HASH_RE = re.compile(r"[0-9a-f]{64}")
+
+Signature = tuple[int, int, int, int]
+
+
+def signature(st: os.stat_result) -> Signature:
+    """The part of a stat that changes whenever the content can have changed."""
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+
+def hash_stream(f: Any) -> str:
+    """blake3 of a binary file object read to the end in 8 MiB pieces (equals ``hash_bytes``)."""
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    buf = bytearray(READ_BYTES)
+    view = memoryview(buf)
+    while n := f.readinto(buf):
+        hasher.update(view[:n])
+    return hasher.hexdigest()
+
+
+def _valid_entry(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 5
+        and all(isinstance(x, int) and not isinstance(x, bool) for x in value[:4])
+        and isinstance(value[4], str)
+        and _HASH_RE.fullmatch(value[4]) is not None
+    )
+
+
+class StatState:
+    """Path -> (stat signature, content hash) cache backed by one JSON file; thread-safe."""
+
+    racy_window_ns = RACY_WINDOW_NS
+
+    def __init__(self, backend: LocalBackend, rel: str):
+        self._backend = backend
+        self._rel = rel
+        self._lock = threading.Lock()
+        self._entries: dict[str, list[Any]] | None = None  # loaded on first use
+
+    @property
+    def path(self) -> str:
+        return self._backend.path(self._rel)
+
+    def file_hash(self, path: str | os.PathLike[str]) -> str:
+        """Content hash of a local file; FileNotFoundError when it does not exist."""
+        abspath = os.path.abspath(os.fspath(path))
+        sig = signature(os.stat(abspath))
+        with self._lock:
+            entry = self._loaded().get(abspath)
+        if entry is not None and tuple(entry[:4]) == sig:
+            return entry[4]
+        h, read_sig, trusted = self._hash_file(abspath)
+        if trusted:
+            self._record(abspath, read_sig, h)
+        return h
+
+    def _hash_file(self, path: str) -> tuple[str, Signature, bool]:
+        """Hash a file; also return the signature it had while read and whether to record it."""
+        for _ in range(3):
+            start_ns = time.time_ns()
+            with open(path, "rb") as f:
+                before = signature(os.fstat(f.fileno()))
+                h = hash_stream(f)
+                after = signature(os.fstat(f.fileno()))
+            if before == after:
+                return h, after, after[1] < start_ns - self.racy_window_ns
+        return h, after, False  # still being written: use what we read, remember nothing
+
+    def _loaded(self) -> dict[str, list[Any]]:
+        if self._entries is None:
+            self._entries = self._read_disk()
+        return self._entries
+
+    def _read_disk(self) -> dict[str, list[Any]]:
+        try:
+            payload = json.loads(self._backend.read(self._rel))
+        except (FileNotFoundError, ValueError):  # absent, truncated or garbled: start over
+            return {}
+        if not isinstance(payload, dict) or payload.get("v") != STATE_FORMAT:
+            return {}
+        entries = payload.get("entries")
+        if not isinstance(entries, dict):
+            return {}
+        return {k: v for k, v in entries.items() if isinstance(k, str) and _valid_entry(v)}
+
+    def _record(self, path: str, sig: Signature, h: str) -> None:
+        with self._lock:
+            merged = self._read_disk()  # keep what other processes saved since we loaded
+            merged[path] = [*sig, h]
+            self._entries = merged
+            self._write(merged)
+
+    def _write(self, entries: dict[str, list[Any]]) -> None:
+        data = canonical_json({"v": STATE_FORMAT, "entries": entries})
+        # Losing the state only costs re-hashing later, so a read-only or full disk is not an error
+        with contextlib.suppress(OSError):
+            self._backend.write_atomic(self._rel, data)
+
+    def prune_missing(self) -> int:
+        """Drop entries whose file is gone or changed; return how many were dropped."""
+        with self._lock:
+            entries = self._read_disk()
+            keep = {}
+            for path, entry in entries.items():
+                try:
+                    if signature(os.stat(path)) == tuple(entry[:4]):
+                        keep[path] = entry
+                except OSError:
+                    pass  # deleted or unreadable: the entry can never hit again
+            dropped = len(entries) - len(keep)
+            if dropped:
+                self._write(keep)
+            self._entries = keep
+            return dropped
+
+    def remove_temps(self, prefix: str, older_than_s: float = 0) -> int:
+        """Remove leftover temp files (named ``prefix...``) of interrupted saves; return how many."""
+        folder = os.path.dirname(self.path)
+        try:
+            names = [n for n in os.listdir(folder) if n.startswith(prefix)]
+        except FileNotFoundError:
+            return 0
+        removed = 0
+        now = time.time()
+        for name in names:
+            full = os.path.join(folder, name)
+            with contextlib.suppress(FileNotFoundError):
+                if older_than_s <= 0 or now - os.stat(full).st_mtime >= older_than_s:
+                    os.unlink(full)
+                    removed += 1
+        return removed

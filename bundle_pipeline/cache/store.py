@@ -1,0 +1,592 @@
+"""Content-addressed build cache on a local directory or any fsspec URL: objects, tensors, actions.
+
+On-disk state
+-------------
+Everything lives under one root (``.bundle-cache/`` by default, or ``memory://...``, ``s3://...``)::
+
+    objects/<h[:2]>/<h>          bytes whose blake3 hash (``hash_bytes``) is ``h``; stage outputs
+                                 (canonical JSON via ``put_json``, msgpack, ...)
+    tensors/<h[:2]>/<h>/         a zarr v3 array whose ``tensor_hash`` is ``h`` (see ``tensors.py``)
+    actions/<key[:2]>/<key>      canonical JSON ``{"checksum": hash_json(record), "record": record,
+                                 "v": 1}`` mapping a task key to its record (output hashes, timing)
+    state/stat.json              input-file stat state, local roots only (see ``statstate.py``)
+    */<xx>/.tmp-<uuid>           a write in progress, or a leftover of a crashed one (``gc`` removes)
+
+Every write goes to a ``.tmp-`` name next to its destination and is then renamed into place:
+``os.replace`` on local disks (atomic), ``fs.mv`` on other fsspec filesystems. Object stores have
+no atomic rename, so there a reader can meet a half-copied entry; that is harmless because an
+entry only counts when it verifies: object bytes must hash to their name, a tensor must hash to
+its name, an action's checksum must match its record. Anything else is a miss, never a wrong
+answer, and corrupt objects/tensors are deleted when found. Nothing here is ever fsync'ed for the
+same reason: after a power loss a torn entry fails verification and is rebuilt.
+
+Reachability (``gc(keep_actions=...)``): a kept action keeps the objects named by the values of
+its record's ``"outputs"`` dict (a hash, or a list of hashes). A kept object whose bytes are a JSON
+object with a top-level ``"tensors"`` dict (name -> tensor hash) keeps those tensors. Nothing else
+is followed, so a stage output that refers to tensors must list them under ``"tensors"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
+
+from bundle_pipeline.cache import statstate, tensors
+from bundle_pipeline.ir.hashing import canonical_json, hash_bytes, hash_json
+
+TEMP_PREFIX = ".tmp-"
+AREAS = ("objects", "tensors", "actions")
+ACTION_FORMAT = 1
+DEFAULT_CHUNK_BYTES = 1 << 20
+
+_HASH_RE = re.compile(r"[0-9a-f]{64}")
+# Action keys are usually hashes, but any short file-name-safe word works; a leading "." is
+# reserved for temp names and "/" could escape the shard directory.
+_KEY_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{1,254}")
+
+
+class CacheMiss(KeyError):
+    """The entry is missing, or was corrupt (and has been removed)."""
+
+
+def temp_name() -> str:
+    """A fresh temp entry name; unique across processes and hosts sharing a cache."""
+    return f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+
+
+def check_hash(h: str) -> str:
+    """Return ``h`` if it is a 64-hex-digit content hash, else raise ValueError (never a path)."""
+    if not isinstance(h, str) or not _HASH_RE.fullmatch(h):
+        raise ValueError(f"not a content hash: {h!r}")
+    return h
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it is a usable action key, else raise ValueError."""
+    if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
+        raise ValueError(f"invalid action key {key!r}: use 2-255 chars of [0-9A-Za-z._-], not starting with '.'")
+    return key
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One listed cache entry: a file (objects, actions) or a directory (tensors, temp dirs)."""
+
+    rel: str  # path relative to the cache root, "<area>/<shard>/<name>"
+    shard: str
+    name: str
+    size: int  # bytes, summed over the tree for directories
+    mtime: float | None  # newest modification time (epoch seconds), None when the fs doesn't say
+
+    @property
+    def is_temp(self) -> bool:
+        return self.name.startswith(TEMP_PREFIX)
+
+
+class LocalBackend:
+    """File operations on a local directory: plain ``os`` calls, atomic ``os.replace``."""
+
+    is_local = True
+
+    def __init__(self, root: str):
+        self.root = root
+
+    def path(self, rel: str) -> str:
+        return os.path.join(self.root, rel)
+
+    def read(self, rel: str) -> bytes:
+        with open(self.path(rel), "rb") as f:
+            return f.read()
+
+    def exists(self, rel: str) -> bool:
+        return os.path.exists(self.path(rel))
+
+    def write_atomic(self, rel: str, data: bytes) -> None:
+        final = self.path(rel)
+        folder = os.path.dirname(final)
+        tmp = os.path.join(folder, temp_name())
+        try:
+            try:
+                with open(tmp, "xb") as f:
+                    f.write(data)
+            except FileNotFoundError:  # directories are created lazily, on the first write into them
+                os.makedirs(folder, exist_ok=True)
+                with open(tmp, "xb") as f:
+                    f.write(data)
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def remove(self, rel: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path(rel))
+
+    def remove_tree(self, rel: str) -> None:
+        path = self.path(rel)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            self.remove(rel)
+
+    def new_dir(self, rel: str) -> None:
+        os.makedirs(self.path(rel), exist_ok=True)
+
+    def publish_dir(self, tmp_rel: str, final_rel: str) -> bool:
+        """Rename a finished temp directory into place; False when the destination already exists."""
+        try:
+            os.replace(self.path(tmp_rel), self.path(final_rel))
+        except OSError:
+            # rename(2) refuses to replace a non-empty directory: someone else published it first
+            if os.path.isdir(self.path(final_rel)):
+                return False
+            raise
+        return True
+
+    def entries(self, area: str) -> Iterator[Entry]:
+        top = self.path(area)
+        for shard in _scandir(top):
+            if not shard.is_dir(follow_symlinks=False):
+                continue
+            for e in _scandir(shard.path):
+                if e.is_dir(follow_symlinks=False):
+                    size, mtime = _tree_stats(e.path)
+                else:
+                    st = e.stat(follow_symlinks=False)
+                    size, mtime = st.st_size, st.st_mtime
+                yield Entry(f"{area}/{shard.name}/{e.name}", shard.name, e.name, size, mtime)
+
+    def prune_empty_dirs(self, area: str) -> None:
+        for shard in _scandir(self.path(area)):
+            with contextlib.suppress(OSError):  # not empty, or raced with a writer: keep it
+                os.rmdir(shard.path)
+
+    def zarr_store(self, rel: str, read_only: bool) -> Any:
+        from zarr.storage import LocalStore
+
+        return LocalStore(self.path(rel), read_only=read_only)
+
+
+class FsspecBackend:
+    """File operations through an fsspec filesystem; ``fs.mv`` is not atomic on object stores."""
+
+    is_local = False
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, root_path: str, storage_options: dict[str, Any]):
+        self.fs = fs
+        self.root = root_path.rstrip("/")
+        self.storage_options = storage_options
+
+    def path(self, rel: str) -> str:
+        return f"{self.root}/{rel}"
+
+    def read(self, rel: str) -> bytes:
+        return self.fs.cat_file(self.path(rel))
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self.path(rel))
+
+    def write_atomic(self, rel: str, data: bytes) -> None:
+        final = self.path(rel)
+        tmp = f"{final.rsplit('/', 1)[0]}/{temp_name()}"
+        self.fs.pipe_file(tmp, data)
+        try:
+            self.fs.mv(tmp, final)
+        except BaseException:
+            self._rm(tmp)
+            raise
+
+    def remove(self, rel: str) -> None:
+        self._rm(self.path(rel))
+
+    def remove_tree(self, rel: str) -> None:
+        self._rm(self.path(rel), recursive=True)
+
+    def new_dir(self, rel: str) -> None:
+        self.fs.makedirs(self.path(rel), exist_ok=True)
+
+    def publish_dir(self, tmp_rel: str, final_rel: str) -> bool:
+        """Move a finished temp tree into place, ``zarr.json`` last so its presence marks a
+        fully copied entry for ``has_tensor``; False when the destination already exists."""
+        src, dst = self.path(tmp_rel), self.path(final_rel)
+        if self.fs.exists(f"{dst}/zarr.json"):
+            self._rm(src, recursive=True)
+            return False
+        files = sorted(self.fs.find(src), key=lambda p: p.endswith("/zarr.json"))
+        moves = [(p, dst + p[len(src) :]) for p in files]
+        body, marker = moves[:-1], moves[-1:]
+        for group in (body, marker):
+            if group:
+                self.fs.mv([s for s, _ in group], [d for _, d in group])
+        self._rm(src, recursive=True)
+        return True
+
+    def entries(self, area: str) -> Iterator[Entry]:
+        top = self.path(area)
+        try:
+            found = self.fs.find(top, detail=True)
+        except FileNotFoundError:
+            return
+        grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for path, info in found.items():
+            parts = path[len(top) + 1 :].split("/")
+            if len(parts) >= 2:
+                grouped.setdefault((parts[0], parts[1]), []).append(info)
+        for (shard, name), infos in sorted(grouped.items()):
+            mtimes = [m for m in (_info_mtime(i) for i in infos) if m is not None]
+            size = sum(int(i.get("size") or 0) for i in infos)
+            yield Entry(f"{area}/{shard}/{name}", shard, name, size, max(mtimes) if mtimes else None)
+
+    def prune_empty_dirs(self, area: str) -> None:
+        """Object stores have no real directories; nothing to prune."""
+
+    def zarr_store(self, rel: str, read_only: bool) -> Any:
+        from zarr.storage import FsspecStore
+
+        url = self.fs.unstrip_protocol(self.path(rel))
+        return FsspecStore.from_url(url, storage_options=self.storage_options, read_only=read_only)
+
+    def _rm(self, path: str, recursive: bool = False) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(path, recursive=recursive)
+
+
+Backend = LocalBackend | FsspecBackend
+
+
+def _scandir(path: str) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as it:
+            return sorted(it, key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _tree_stats(path: str) -> tuple[int, float]:
+    """Total size and newest mtime under a directory (the newest file tells if a writer is alive)."""
+    size, mtime = 0, os.stat(path).st_mtime
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                st = os.stat(os.path.join(dirpath, name), follow_symlinks=False)
+                size += st.st_size
+                mtime = max(mtime, st.st_mtime)
+    return size, mtime
+
+
+def _info_mtime(info: dict[str, Any]) -> float | None:
+    """Modification time from an fsspec info dict; each filesystem names it differently."""
+    for key in ("mtime", "LastModified", "last_modified", "updated", "created", "modified"):
+        value = info.get(key)
+        if isinstance(value, datetime):
+            return value.timestamp()
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    return None
+
+
+def open_backend(root: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> Backend:
+    """Pick the backend for ``root``: plain ``os`` for local paths and ``file://`` URLs, fsspec otherwise."""
+    opts = dict(storage_options or {})
+    fs, path = url_to_fs(os.fspath(root), **opts)
+    if isinstance(fs, LocalFileSystem):
+        return LocalBackend(os.path.abspath(path))
+    return FsspecBackend(fs, path, opts)
+
+
+def _default_state_dir(root: str) -> str:
+    """Where a remote cache keeps this machine's stat state: under the user's local cache dir."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "bundle-pipeline", "state", hash_bytes(root.encode())[:16])
+
+
+def _rebuild_cache(root: str, options: dict[str, Any]) -> Cache:
+    return Cache(root, **options)
+
+
+class Cache:
+    """The build cache: content-addressed objects and tensors, task actions, input stat state.
+
+    ``root`` is a local path or an fsspec URL; directories are created on first write.
+    ``chunk_bytes`` sets the tensor chunk size. The stat state lives in ``<root>/state/stat.json``
+    for local roots and in ``state_dir`` (default ``~/.cache/bundle-pipeline/state/<root hash>/``)
+    for remote ones, because it records paths, inodes and mtimes of *this* machine's files.
+    Sent to another process (dask), a Cache is rebuilt from its root and options alone.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        storage_options: dict[str, Any] | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
+    ):
+        if chunk_bytes <= 0:
+            raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
+        self._options: dict[str, Any] = {
+            "chunk_bytes": chunk_bytes,
+            "storage_options": storage_options,
+            "state_dir": None if state_dir is None else os.fspath(state_dir),
+        }
+        self._backend = open_backend(root, storage_options)
+        given = os.fspath(root)
+        self.root: str = self._backend.root if self._backend.is_local else given.rstrip("/")
+        self.chunk_bytes = chunk_bytes
+        if state_dir is not None:
+            state_backend: Backend = LocalBackend(os.path.abspath(os.fspath(state_dir)))
+        elif self._backend.is_local:
+            state_backend = self._backend
+        else:
+            state_backend = LocalBackend(_default_state_dir(self.root))
+        self._stat = statstate.StatState(state_backend, "state/stat.json")
+
+    def __repr__(self) -> str:
+        return f"Cache({self.root!r})"
+
+    def __reduce__(self) -> tuple[Any, tuple[str, dict[str, Any]]]:
+        return _rebuild_cache, (self.root, self._options)
+
+    # -- objects ---------------------------------------------------------------------------------
+
+    def put_object(self, data: bytes) -> str:
+        """Store ``data`` under its hash and return the hash; a no-op when already stored."""
+        data = bytes(data)
+        h = hash_bytes(data)
+        rel = _object_rel(h)
+        if not self._backend.exists(rel):
+            self._backend.write_atomic(rel, data)
+        return h
+
+    def get_object(self, h: str) -> bytes:
+        """The bytes stored under ``h``; CacheMiss when missing or corrupt (a corrupt entry is deleted)."""
+        rel = _object_rel(check_hash(h))
+        try:
+            data = self._backend.read(rel)
+        except FileNotFoundError:
+            raise CacheMiss(h) from None
+        if hash_bytes(data) != h:
+            self._backend.remove(rel)
+            raise CacheMiss(h)
+        return data
+
+    def has_object(self, h: str) -> bool:
+        """Whether an entry exists (unverified: ``get_object`` may still miss)."""
+        return self._backend.exists(_object_rel(check_hash(h)))
+
+    def put_json(self, obj: Any) -> str:
+        """Store the canonical JSON of ``obj`` as an object; equal values give equal hashes."""
+        return self.put_object(canonical_json(obj))
+
+    def get_json(self, h: str) -> Any:
+        return json.loads(self.get_object(h))
+
+    # -- tensors ---------------------------------------------------------------------------------
+
+    def put_tensor(self, arr: Any) -> str:
+        """Store an array as zarr under its ``tensor_hash`` and return the hash; idempotent."""
+        return tensors.put_tensor(self._backend, arr, self.chunk_bytes, temp_name())
+
+    def get_tensor(self, h: str, verify: bool = True) -> Any:
+        """The array stored under ``h`` (verified unless ``verify=False``); CacheMiss when missing/corrupt."""
+        arr = tensors.get_tensor(self._backend, check_hash(h), verify=verify)
+        if arr is None:
+            raise CacheMiss(h)
+        return arr
+
+    def has_tensor(self, h: str) -> bool:
+        """Whether a published entry exists (unverified)."""
+        return self._backend.exists(f"{tensors.tensor_rel(check_hash(h))}/zarr.json")
+
+    def tensor_chunks(self, h: str) -> list[str]:
+        """``hash_bytes`` of each stored chunk's decoded bytes, in chunk (C) order."""
+        hashes = tensors.chunk_hashes(self._backend, check_hash(h))
+        if hashes is None:
+            raise CacheMiss(h)
+        return hashes
+
+    # -- actions ---------------------------------------------------------------------------------
+
+    def put_action(self, key: str, record: dict[str, Any]) -> None:
+        """Store (or replace) the record of task ``key``, checksummed so truncation is detected."""
+        if not isinstance(record, dict):
+            raise TypeError(f"an action record must be a dict, got {type(record).__name__}")
+        payload = {"checksum": hash_json(record), "record": record, "v": ACTION_FORMAT}
+        self._backend.write_atomic(_action_rel(check_key(key)), canonical_json(payload))
+
+    def get_action(self, key: str) -> dict[str, Any] | None:
+        """The record of task ``key``, or None when missing or corrupt; never raises on bad data."""
+        try:
+            data = self._backend.read(_action_rel(check_key(key)))
+        except FileNotFoundError:
+            return None
+        return _decode_action(data)
+
+    # -- input files -----------------------------------------------------------------------------
+
+    def file_hash(self, path: str | os.PathLike[str]) -> str:
+        """``hash_bytes`` of a local file's content, re-hashed only when its stat changed."""
+        return self._stat.file_hash(path)
+
+    # -- maintenance -----------------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        """Entry counts and bytes per area, plus temp leftovers."""
+        out: dict[str, Any] = {"root": self.root}
+        temp = {"count": 0, "bytes": 0}
+        for area in AREAS:
+            stats = {"count": 0, "bytes": 0}
+            for e in self._backend.entries(area):
+                bucket = temp if e.is_temp else stats
+                bucket["count"] += 1
+                bucket["bytes"] += e.size
+            out[area] = stats
+        out["temp"] = temp
+        return out
+
+    def verify(self) -> dict[str, Any]:
+        """Re-hash every object and tensor (and check every action); delete and list the corrupt ones."""
+        checked, corrupt = 0, []
+        for area in AREAS:
+            for e in self._backend.entries(area):
+                if e.is_temp or e.name.startswith("."):
+                    continue
+                checked += 1
+                if not self._entry_ok(area, e):
+                    self._backend.remove_tree(e.rel)
+                    corrupt.append(self._backend.path(e.rel))
+        return {"checked": checked, "corrupt": corrupt}
+
+    def _entry_ok(self, area: str, e: Entry) -> bool:
+        if area == "actions":
+            try:
+                return (
+                    _KEY_RE.fullmatch(e.name) is not None
+                    and e.shard == e.name[:2]
+                    and (_decode_action(self._backend.read(e.rel)) is not None)
+                )
+            except FileNotFoundError:
+                return True  # replaced or removed by someone else meanwhile: nothing to judge
+        if not _HASH_RE.fullmatch(e.name) or e.shard != e.name[:2]:
+            return False
+        if area == "tensors":
+            return tensors.get_tensor(self._backend, e.name, verify=True, missing_is_corrupt=True) is not None
+        try:
+            self.get_object(e.name)
+        except CacheMiss:
+            return False
+        return True
+
+    def gc(self, keep_actions: set[str] | None = None, older_than_s: float = 0) -> dict[str, int]:
+        """Remove temp leftovers; with ``keep_actions``, also every other action and every object or
+        tensor not reachable from the kept actions (see the module docstring). Only entries last
+        modified at least ``older_than_s`` seconds ago are removed, so a build running concurrently
+        keeps its fresh temp files and not-yet-recorded outputs. Returns counts and bytes freed."""
+        now = time.time()
+
+        def old(e: Entry) -> bool:
+            if older_than_s <= 0:
+                return True
+            return e.mtime is not None and now - e.mtime >= older_than_s
+
+        freed = {"temp_removed": 0, "actions_removed": 0, "objects_removed": 0, "tensors_removed": 0}
+        nbytes = 0
+        reach: dict[str, set[str]] | None = None
+        if keep_actions is not None:
+            reach = self._reachable(keep_actions)
+        for area in AREAS:
+            for e in self._backend.entries(area):
+                if e.is_temp:
+                    counter = "temp_removed"
+                elif reach is not None and e.name not in reach[area]:
+                    counter = f"{area}_removed"
+                else:
+                    continue
+                if old(e):
+                    self._backend.remove_tree(e.rel)
+                    freed[counter] += 1
+                    nbytes += e.size
+            self._backend.prune_empty_dirs(area)
+        freed["temp_removed"] += self._stat.remove_temps(TEMP_PREFIX, older_than_s)
+        freed["stat_entries_pruned"] = self._stat.prune_missing()
+        freed["bytes_freed"] = nbytes
+        return freed
+
+    def _reachable(self, keep_actions: Iterable[str]) -> dict[str, set[str]]:
+        kept = {k for k in keep_actions if isinstance(k, str) and _KEY_RE.fullmatch(k)}
+        objects: set[str] = set()
+        for key in kept:
+            record = self.get_action(key)
+            outputs = record.get("outputs") if record else None
+            if isinstance(outputs, dict):
+                objects.update(_hashes_in(outputs.values()))
+        tensor_set: set[str] = set()
+        for h in objects:
+            tensor_set.update(self._tensors_named_by(h))
+        return {"actions": kept, "objects": objects, "tensors": tensor_set}
+
+    def _tensors_named_by(self, h: str) -> set[str]:
+        """Tensor hashes listed under a top-level "tensors" dict of a JSON object (the gc convention)."""
+        try:
+            data = self.get_object(h)
+        except CacheMiss:
+            return set()
+        if not data.startswith(b"{"):
+            return set()  # msgpack or other binary output: never refers to tensors
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            return set()
+        mapping = obj.get("tensors") if isinstance(obj, dict) else None
+        return _hashes_in(mapping.values()) if isinstance(mapping, dict) else set()
+
+
+def _hashes_in(values: Iterable[Any]) -> set[str]:
+    out: set[str] = set()
+    for v in values:
+        items = v if isinstance(v, list | tuple) else [v]
+        out.update(x for x in items if isinstance(x, str) and _HASH_RE.fullmatch(x))
+    return out
+
+
+def _object_rel(h: str) -> str:
+    return f"objects/{h[:2]}/{h}"
+
+
+def _action_rel(key: str) -> str:
+    return f"actions/{key[:2]}/{key}"
+
+
+def _decode_action(data: bytes) -> dict[str, Any] | None:
+    """The record inside an action file, or None when the file is not an intact action."""
+    try:
+        payload = json.loads(data)
+    except (ValueError, RecursionError):  # includes UnicodeDecodeError from truncated UTF-8
+        return None
+    if not isinstance(payload, dict) or payload.get("v") != ACTION_FORMAT:
+        return None
+    record = payload.get("record")
+    if not isinstance(record, dict):
+        return None
+    try:
+        ok = payload.get("checksum") == hash_json(record)
+    except ValueError:  # a NaN smuggled in by hand: canonical_json refuses it
+        return None
+    return record if ok else None

@@ -1,0 +1,247 @@
+"""Tensor store: numpy arrays as uncompressed zarr v3 arrays named by their ``tensor_hash``.
+
+On-disk state
+-------------
+``tensors/<h[:2]>/<h>/`` is a zarr v3 array (``LocalStore`` on local disks, ``FsspecStore``
+elsewhere) holding the C-order values of the array whose ``tensor_hash`` is ``h``::
+
+    zarr.json        shape, dtype, chunk grid, codecs [bytes(little)], fill_value 0, and
+                     attributes {"bundle_pipeline": {"tensor_hash": h, "chunk_hashes": [...],
+                     "checksum": hash_json([h, chunk_hashes])}}
+    c/<i>/<j>/...    one file per chunk, every chunk written (write_empty_chunks) so a missing
+                     chunk file is damage, not "all zeros"
+
+Chunks are ~``chunk_bytes`` (1 MiB) slabs along axis 0, full size on the other axes (see
+``chunk_shape``), so a weight edit rewrites only the chunks it touches and ``chunk_hashes`` tells
+later stages which ones those are. ``chunk_hashes[i]`` is ``hash_bytes`` of chunk i's decoded bytes
+as zarr returns them: a full chunk shape, edge chunks padded with the fill value 0.
+
+No compression: measured on 256 MiB of random float32 weights (2 cores, ext4), zstd level 3 wrote
+at ~0.5 GB/s and read at ~1 GB/s for an 8 % size saving, against ~1.1 GB/s / ~2 GB/s uncompressed,
+and trained weights compress about as badly as random ones. Uncompressed chunks also make the
+stored chunk file equal to its decoded bytes. The layout is fixed, so the same array always gives
+byte-identical files. Arrays are written to ``tensors/<h[:2]>/.tmp-<uuid>/`` and then renamed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import zarr
+import zarr.errors
+from zarr.codecs import BytesCodec
+
+from bundle_pipeline.ir.hashing import hash_bytes, hash_json, tensor_hash
+
+if TYPE_CHECKING:
+    from bundle_pipeline.cache.store import Backend
+
+ATTR = "bundle_pipeline"
+
+# Every ONNX tensor type numpy represents natively (STRING, BFLOAT16 and the FLOAT8/4 types have
+# no native numpy dtype; callers carry them as raw uint8/uint16).
+SUPPORTED_DTYPES = frozenset(
+    np.dtype(t)
+    for t in (
+        "bool",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "float16",
+        "float32",
+        "float64",
+        "complex64",
+        "complex128",
+    )
+)
+
+# What zarr/numpy raise on a damaged entry: bad JSON, metadata of the wrong shape (zarr calls
+# .get on whatever the JSON holds, hence AttributeError), wrong-sized chunk bytes. Other OSErrors
+# (network, permissions) propagate: they say nothing about the entry's contents.
+_DAMAGE_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    zarr.errors.BaseZarrError,
+)
+
+
+def tensor_rel(h: str) -> str:
+    return f"tensors/{h[:2]}/{h}"
+
+
+def chunk_shape(shape: tuple[int, ...], itemsize: int, chunk_bytes: int) -> tuple[int, ...]:
+    """Chunk shape for an array: slabs of whole rows along axis 0 totalling about ``chunk_bytes``.
+
+    When a single row is already larger than ``chunk_bytes`` the slab moves to the first axis whose
+    trailing block fits (leading axes get chunk size 1), so huge rows are still split.
+    """
+    if not shape:
+        return ()
+    for axis in range(len(shape)):
+        block = itemsize * math.prod(shape[axis + 1 :])
+        if block <= chunk_bytes or axis == len(shape) - 1:
+            rows = min(shape[axis], max(1, chunk_bytes // max(block, 1)))
+            chunks = (1,) * axis + (rows,) + tuple(shape[axis + 1 :])
+            return tuple(max(1, c) for c in chunks)  # zarr needs positive chunk sizes
+    raise AssertionError("unreachable")
+
+
+def normalise(arr: Any) -> np.ndarray:
+    """C-contiguous, native-byte-order copy-if-needed of ``arr``; TypeError for unsupported dtypes."""
+    arr = np.asarray(arr)
+    if arr.dtype.newbyteorder("=") not in SUPPORTED_DTYPES:
+        raise TypeError(
+            f"cannot store dtype {arr.dtype} as a tensor; supported: "
+            f"{', '.join(sorted(str(d) for d in SUPPORTED_DTYPES))}"
+        )
+    # Stored files are little-endian and read back in native order, so hash the native form.
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    # not np.ascontiguousarray: it turns a 0-d array into shape (1,)
+    return arr if arr.flags.c_contiguous else arr.copy(order="C")
+
+
+def _grid(shape: tuple[int, ...], chunks: tuple[int, ...]) -> Iterator[tuple[slice, ...]]:
+    """Chunk regions in C order (zarr's chunk order for a regular grid)."""
+    counts = [math.ceil(s / c) for s, c in zip(shape, chunks, strict=True)]
+    for idx in itertools.product(*(range(n) for n in counts)):
+        yield tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(idx, chunks, shape, strict=True))
+
+
+def compute_chunk_hashes(arr: np.ndarray, chunks: tuple[int, ...]) -> list[str]:
+    """``hash_bytes`` of each chunk's decoded bytes; edge chunks are padded with zeros like zarr's."""
+    out = []
+    for region in _grid(arr.shape, chunks):
+        block = arr[region]
+        if block.shape != chunks:
+            padded = np.zeros(chunks, dtype=arr.dtype)
+            padded[tuple(slice(0, n) for n in block.shape)] = block
+            block = padded
+        flat = block.reshape(-1)  # a copy when the region is not contiguous
+        out.append(hash_bytes(memoryview(np.ascontiguousarray(flat).view(np.uint8))))
+    return out
+
+
+def _attrs(h: str, chunk_hashes: list[str]) -> dict[str, Any]:
+    return {ATTR: {"tensor_hash": h, "chunk_hashes": chunk_hashes, "checksum": hash_json([h, chunk_hashes])}}
+
+
+def put_tensor(backend: Backend, arr: Any, chunk_bytes: int, tmp_name: str) -> str:
+    """Write ``arr`` under its tensor hash unless already there; return the hash.
+
+    The array is written to ``tensors/<h[:2]>/<tmp_name>`` first, then renamed into place.
+    """
+    arr = normalise(arr)
+    h = tensor_hash(arr)
+    final = tensor_rel(h)
+    if backend.exists(f"{final}/zarr.json"):
+        return h
+    chunks = chunk_shape(arr.shape, arr.dtype.itemsize, chunk_bytes)
+    tmp = f"tensors/{h[:2]}/{tmp_name}"
+    try:
+        backend.new_dir(tmp)
+        z = zarr.create_array(
+            backend.zarr_store(tmp, read_only=False),
+            shape=arr.shape,
+            dtype=arr.dtype,
+            chunks=chunks,
+            filters=None,
+            compressors=None,
+            serializer=BytesCodec(endian="little" if arr.dtype.itemsize > 1 else None),
+            fill_value=False if arr.dtype == np.bool_ else 0,
+            attributes=_attrs(h, compute_chunk_hashes(arr, chunks)),
+            zarr_format=3,
+            config={"write_empty_chunks": True},
+        )
+        if arr.size:
+            z[...] = arr
+        _publish(backend, tmp, final)
+    finally:
+        backend.remove_tree(tmp)  # no-op after a successful rename
+    return h
+
+
+def _publish(backend: Backend, tmp: str, final: str) -> None:
+    if backend.publish_dir(tmp, final):
+        return
+    if backend.exists(f"{final}/zarr.json"):
+        return  # a concurrent writer published the same content first
+    # A destination without zarr.json is debris (a half-copied remote entry): replace it once.
+    backend.remove_tree(final)
+    if not backend.publish_dir(tmp, final) and not backend.exists(f"{final}/zarr.json"):
+        raise OSError(f"could not publish tensor {final}")
+
+
+def _open(backend: Backend, h: str) -> Any:
+    return zarr.open_array(backend.zarr_store(tensor_rel(h), read_only=True), mode="r", zarr_format=3)
+
+
+def _meta(z: Any, h: str) -> dict[str, Any]:
+    """Our attributes of an open array, checked against ``h``; ValueError when they don't match."""
+    meta = z.attrs.get(ATTR)
+    if not isinstance(meta, dict) or meta.get("tensor_hash") != h:
+        raise ValueError("tensor attributes missing or for another hash")
+    hashes = meta.get("chunk_hashes")
+    if meta.get("checksum") != hash_json([h, hashes]) or len(hashes) != math.prod(z.cdata_shape):
+        raise ValueError("tensor chunk hash list damaged")
+    return meta
+
+
+def get_tensor(backend: Backend, h: str, verify: bool = True, missing_is_corrupt: bool = False) -> np.ndarray | None:
+    """Read the array stored under ``h``; None on a miss. A damaged entry, or with ``verify`` one
+    whose values don't hash to ``h``, is deleted and reported as a miss."""
+    try:
+        z = _open(backend, h)
+        _meta(z, h)
+        arr = np.asarray(z[...]) if z.size else np.zeros(z.shape, dtype=z.dtype)
+    except FileNotFoundError:
+        # No zarr.json: absent, or (object stores) still being copied in by another writer
+        if missing_is_corrupt:
+            backend.remove_tree(tensor_rel(h))
+        return None
+    except _DAMAGE_ERRORS:
+        backend.remove_tree(tensor_rel(h))
+        return None
+    if verify and tensor_hash(arr) != h:
+        backend.remove_tree(tensor_rel(h))
+        return None
+    return arr
+
+
+def chunk_hashes(backend: Backend, h: str) -> list[str] | None:
+    """The per-chunk hashes of tensor ``h``, recorded at write time from the true values; None on a
+    miss (a damaged zarr.json is deleted). The chunk data itself is not read."""
+    try:
+        raw = backend.read(f"{tensor_rel(h)}/zarr.json")
+    except FileNotFoundError:
+        return None
+    try:
+        meta = json.loads(raw)
+        shape = meta["shape"]
+        chunks = meta["chunk_grid"]["configuration"]["chunk_shape"]
+        attrs = meta["attributes"][ATTR]
+        hashes = attrs["chunk_hashes"]
+        ok = (
+            attrs["tensor_hash"] == h
+            and attrs["checksum"] == hash_json([h, hashes])
+            and len(hashes) == math.prod(math.ceil(s / c) for s, c in zip(shape, chunks, strict=True))
+        )
+    except _DAMAGE_ERRORS:
+        ok = False
+    if not ok:
+        backend.remove_tree(tensor_rel(h))
+        return None
+    return list(hashes)
