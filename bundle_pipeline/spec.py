@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from .errors import BundleIOError, ParamInvalid
+from .errors import BundleIOError, OptionInvalid, ParamInvalid
 from .options import validate_options
 
 ROLES = ("init", "update", "infer")
@@ -127,7 +127,7 @@ def check_graph_set(graphs: tuple[GraphSpec, ...] | list[GraphSpec], where: str)
             raise ParamInvalid(f"duplicate graph name {g.name!r}; graph names must be unique", where)
         seen.add(g.name)
         if g.role != "infer" and g.options:
-            raise ParamInvalid(f"graph {g.name}: options are accepted only on infer graphs "
+            raise OptionInvalid(f"graph {g.name}: options are accepted only on infer graphs "
                                f"(got {', '.join(sorted(g.options))} on a {g.role} graph)", where)
         if g.role == "infer":
             validate_options(g.options, f"{where}: graph {g.name}")

@@ -171,11 +171,16 @@ def _static_types(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     infos = list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output)
     for info in infos:
         tt = info.type.tensor_type
-        if tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
+        if _is_static(tt):
             shapes[info.name] = tuple(d.dim_value for d in tt.shape.dim)
     for init in model.graph.initializer:
         shapes[init.name] = tuple(init.dims)
     return shapes
+
+
+def _is_static(tt: onnx.TypeProto.Tensor) -> bool:
+    """Every dim known and non-negative (exporters write -1 for 'unknown')."""
+    return tt.HasField("shape") and all(d.HasField("dim_value") and d.dim_value >= 0 for d in tt.shape.dim)
 
 
 def _is_const_array_proto(t: onnx.TensorProto) -> bool:
@@ -213,6 +218,7 @@ def to_ir(model: onnx.ModelProto, name: str, where: str) -> tuple[Graph, dict[st
     for index, node in enumerate(g.node):
         if node.domain not in ("", "ai.onnx"):
             raise UnsupportedOp(f"node {node.name or index!r} uses op domain {node.domain!r}", where)
+        _check_supported(node, index, where)
         attrs = _attrs(node)
         if node.op_type == "Constant":
             _constant_to_tensor(node, attrs, consts, weights, where)
@@ -226,6 +232,14 @@ def to_ir(model: onnx.ModelProto, name: str, where: str) -> tuple[Graph, dict[st
                   nodes=nodes, types=types, weights=sorted(weights), consts=consts)
     _check_static(graph, model, where)
     return graph, weights
+
+
+def _check_supported(node: onnx.NodeProto, index: int, where: str) -> None:
+    from ..runtime.kernels import SUPPORTED_OPS
+
+    if node.op_type not in SUPPORTED_OPS:
+        raise UnsupportedOp(f"node {node.name or index!r} uses op {node.op_type}, which the kernel library does not "
+                            f"support", where)
 
 
 def _constant_value(node: onnx.NodeProto) -> np.ndarray:
@@ -246,7 +260,7 @@ def _tensor_types(model: onnx.ModelProto, where: str) -> dict[str, TensorType]:
         tt = info.type.tensor_type
         if not info.type.HasField("tensor_type"):
             raise UnsupportedOp(f"value {info.name!r} is not a tensor (sequences/maps are not supported)", where)
-        if not tt.HasField("shape") or not all(d.HasField("dim_value") for d in tt.shape.dim):
+        if not _is_static(tt):
             continue
         try:
             dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type)
@@ -259,7 +273,7 @@ def _tensor_types(model: onnx.ModelProto, where: str) -> dict[str, TensorType]:
 def _check_static(graph: Graph, model: onnx.ModelProto, where: str) -> None:
     for info in model.graph.input:
         if info.name in graph.inputs and info.name not in graph.types:
-            dims = [d.dim_param or "?" if not d.HasField("dim_value") else str(d.dim_value)
+            dims = [str(d.dim_value) if d.HasField("dim_value") and d.dim_value >= 0 else d.dim_param or "?"
                     for d in info.type.tensor_type.shape.dim]
             raise GraphInvalid(f"input {info.name!r} has a dynamic shape [{','.join(dims)}]; set the build option "
                                f"input_shape, e.g. input_shape: \"{info.name}:"
@@ -293,5 +307,5 @@ def _clear_inferred(model: onnx.ModelProto) -> None:
     del model.graph.value_info[:]
     for out in model.graph.output:
         tt = out.type.tensor_type
-        if tt.HasField("shape") and not all(d.HasField("dim_value") for d in tt.shape.dim):
+        if tt.HasField("shape") and not _is_static(tt):
             tt.ClearField("shape")

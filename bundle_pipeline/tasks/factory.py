@@ -31,7 +31,7 @@ def bundle_tasks(spec: BundleSpec) -> list[Task]:
     tasks: list[Task] = []
     for g in spec.graphs:
         opts = _options(g)
-        where = g.model if isinstance(g.model, str) else f"graph {g.name}"
+        where = f"graph {g.name} ({g.model})" if isinstance(g.model, str) else f"graph {g.name}"
         tasks.append(_task(b, "parse", g.name, [], options_for("parse", opts) if opts else
                            {"input_shape": "", "out_nodes": ""}, {"source": _source(g), "where": where}))
     graph_list = [{"name": g.name, "role": g.role} for g in spec.graphs]
