@@ -54,7 +54,7 @@ def test_same_inputs_give_byte_identical_bundles(tmp_path):
     built = models.cnn(tmp_path / "cnn")
     digests = set()
     for i, out in enumerate(["a/x.bundle", "b/y.bundle", "c/z.zip"]):
-        spec, report = build_spec(built, tmp_path / f"cache{i}", output=str(tmp_path / out))
+        _spec, report = build_spec(built, tmp_path / f"cache{i}", output=str(tmp_path / out))
         digests.add(report.digest)
     assert len(digests) == 1
     files = [sorted(p.relative_to(tmp_path / d).as_posix() for p in (tmp_path / d).rglob("*") if p.is_file())

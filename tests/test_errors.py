@@ -208,7 +208,7 @@ def test_wrong_feeds_at_run_time(good_bundle):
 
 
 def test_cli_exec_wrong_feed_is_one_line(good_bundle, tmp_path):
-    built, spec, _ = good_bundle
+    _built, spec, _ = good_bundle
     np.save(tmp_path / "x.npy", np.zeros((1, 1), np.float32))
     result = CliRunner().invoke(app, ["exec", spec.output, "infer", "-i", f"x={tmp_path / 'x.npy'}"])
     assert result.exit_code == 1
