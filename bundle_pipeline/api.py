@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from .errors import BundleIOError, ParamInvalid
 from .spec import BundleSpec, GraphSpec, check_graph_set
+from .targets import get_target
 
 if TYPE_CHECKING:  # onnx is imported lazily: a no-op CLI build must not pay for it
     import onnx
@@ -53,6 +54,7 @@ def bundle_build_model(graphs: Sequence[GraphWithOptions], target: str = "cpu",
         spec = BundleSpec(name="bundle", target=target, output=str(out),
                           cache=str(cache) if cache is not None else str(Path(tmp) / "cache"), graphs=specs)
         check_graph_set(spec.graphs, "graphs")
+        get_target(target)
         build(spec)
         return ModelBuffer(out.read_bytes())
 
@@ -95,7 +97,7 @@ def _default_name(graph: object, role: str, index: int) -> str:
 def _infer_role(index: int, graphs: Sequence[GraphWithOptions]) -> str:
     """init: no feeds and every output read by another graph; update: feeds and the same; else infer."""
     io = [_io_names(g.graph) for g in graphs]
-    feeds, outputs = io[index]
+    feeds, outputs, _ = io[index]
     read_elsewhere = set().union(*(io[j][2] for j in range(len(graphs)) if j != index))
     if outputs and outputs <= read_elsewhere:
         return "update" if feeds else "init"

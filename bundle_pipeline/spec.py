@@ -11,6 +11,7 @@ import yaml
 
 from .errors import BundleIOError, OptionInvalid, ParamInvalid
 from .options import validate_options
+from .targets import get_target
 
 ROLES = ("init", "update", "infer")
 TOP_KEYS = {"name", "target", "output", "cache", "variables", "graphs"}
@@ -99,6 +100,7 @@ def _build_spec(raw: dict, path: Path, target: str | None, output: str | None,
         spec_path=str(path.resolve()),
     )
     check_graph_set(spec.graphs, str(path))
+    get_target(spec.target)  # an unknown target fails here, naming the accepted ones
     return spec
 
 

@@ -96,3 +96,27 @@ def test_shared_variables_are_stored_once(tmp_path, tmp_cache):
     unique = sum(len(b) for b in set(_weight_bytes(infer).values()))
     on_disk = sum(p.stat().st_size for p in Path(spec.output).rglob("*") if p.is_file())
     assert on_disk <= 1.05 * unique, (on_disk, unique)
+
+
+def test_large_conv_and_matmul_are_tiled_and_match_ort(tmp_path, tmp_cache):
+    """im2col of this conv (4096 positions x 576) and this matmul exceed the cpu workspace budget."""
+    rng = np.random.default_rng(5)
+    w = onnx.numpy_helper.from_array(rng.standard_normal((64, 64, 3, 3)).astype(np.float32) * 0.05, "conv.w")
+    m = onnx.numpy_helper.from_array(rng.standard_normal((64, 1024)).astype(np.float32) * 0.05, "fc.w")
+    nodes = [onnx.helper.make_node("Conv", ["x", "conv.w"], ["c"], pads=[1, 1, 1, 1]),
+             onnx.helper.make_node("Reshape", ["c", "shape"], ["r"]),
+             onnx.helper.make_node("Transpose", ["r"], ["t"], perm=[1, 0]),
+             onnx.helper.make_node("MatMul", ["t", "fc.w"], ["y"])]
+    shape = onnx.numpy_helper.from_array(np.array([64, 4096], np.int64), "shape")
+    graph = onnx.helper.make_graph(
+        nodes, "big", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64, 64, 64])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4096, 1024])], [w, m, shape])
+    infer = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    built = models.write_bundle(tmp_path / "tiled", "tiled", {"infer": infer})
+    spec, _ = build_spec(built, tmp_cache)
+    bundle = load_bundle(spec.output)
+    steps = {s["op"]: s for s in bundle.manifest["graphs"][-1]["program"]["steps"]}
+    assert steps["Conv"]["tiling"]["workspace_bytes"] <= 4 << 20 and steps["Conv"]["tiling"]["tile_hw"] < 4096
+    assert steps["MatMul"]["tiling"]["workspace_bytes"] <= 4 << 20
+    feeds = built.feeds(rng)
+    assert_outputs_close(bundle.run("infer", feeds), ort_run(built.graph().path, feeds))
