@@ -26,6 +26,7 @@ class GraphSpec:
     role: str
     model: str | bytes
     options: dict[str, str] = field(default_factory=dict)
+    where: str = field(default="", compare=False)  # file:line of its entry, for error messages
 
 
 @dataclass(frozen=True)
@@ -116,23 +117,24 @@ def _graph(raw: Any, base: Path, path: Path) -> GraphSpec:
     if not isinstance(options, dict):
         raise ParamInvalid(f"graph {name}: 'options' must be a mapping", where)
     options = {k: v for k, v in options.items() if k != "__line__"}
-    return GraphSpec(name=name, role=role, model=_resolve(base, model), options=options)
+    return GraphSpec(name=name, role=role, model=_resolve(base, model), options=options, where=where)
 
 
 def check_graph_set(graphs: tuple[GraphSpec, ...] | list[GraphSpec], where: str) -> None:
-    """Roles, unique names, options only on infer graphs; fills option defaults in place of validation."""
+    """Roles, unique names, at most one init, at least one infer, valid options only on infer graphs."""
     seen: set[str] = set()
     for g in graphs:
+        at = g.where or where
         if g.role not in ROLES:
-            raise ParamInvalid(f"graph {g.name}: role {g.role!r} is not one of {', '.join(ROLES)}", where)
+            raise ParamInvalid(f"graph {g.name}: role {g.role!r} is not one of {', '.join(ROLES)}", at)
         if g.name in seen:
-            raise ParamInvalid(f"duplicate graph name {g.name!r}; graph names must be unique", where)
+            raise ParamInvalid(f"duplicate graph name {g.name!r}; graph names must be unique", at)
         seen.add(g.name)
         if g.role != "infer" and g.options:
             raise OptionInvalid(f"graph {g.name}: options are accepted only on infer graphs "
-                               f"(got {', '.join(sorted(g.options))} on a {g.role} graph)", where)
+                                f"(got {', '.join(sorted(g.options))} on a {g.role} graph)", at)
         if g.role == "infer":
-            validate_options(g.options, f"{where}: graph {g.name}")
+            validate_options(g.options, f"{at}: graph {g.name}")
     roles = [g.role for g in graphs]
     if roles.count("init") > 1:
         raise ParamInvalid(f"at most one init graph is allowed, got {roles.count('init')}", where)
