@@ -66,8 +66,16 @@ def tolerances(dtype: np.dtype) -> tuple[float, float]:
     return (1e-3, 1e-3) if dtype == np.float16 else (1e-5, 1e-6)
 
 
-def check(op: str, inputs: list, attrs: dict | None = None, opset: int = 17, n_out: int = 1,
-          engine: str = "onnx", extra: dict | None = None, tol: tuple[float, float] | None = None) -> list:
+def check(
+    op: str,
+    inputs: list,
+    attrs: dict | None = None,
+    opset: int = 17,
+    n_out: int = 1,
+    engine: str = "onnx",
+    extra: dict | None = None,
+    tol: tuple[float, float] | None = None,
+) -> list:
     """Assert run_kernel == the reference engine on the first n_out outputs (dtype, shape, values)."""
     attrs = attrs or {}
     snapshot = [None if x is None else x.copy() for x in inputs]
@@ -98,38 +106,61 @@ def case(name: str, op: str, inputs: list, attrs: dict | None = None, opset: int
 
 A, B = f32(2, 3, 4), f32(3, 1)
 IA, IB = ints(-20, 20, 3, 4), ints(1, 7, 4) * np.array([1, -1, 1, -1])
-ELEMENTWISE = [
-    case(f"{op}-bcast", op, [A, B]) for op in ("Add", "Sub", "Mul", "Div", "Equal", "Less", "Greater")
-] + [
-    case(f"{op}-int64", op, [IA, IB], opset=13) for op in ("Add", "Sub", "Mul", "Div", "Max", "Min")
-] + [
-    case(f"{op}-fp16", op, [f16(3, 4), f16(4)]) for op in ("Add", "Sub", "Mul", "Div", "Max", "Min")
-] + [
-    case(f"{op}-bool", op, [ints(0, 2, 3, 4).astype(bool), ints(0, 2, 4).astype(bool)]) for op in ("And", "Or", "Xor")
-] + [
-    case("GreaterOrEqual", "GreaterOrEqual", [IA, IB], opset=16),
-    case("LessOrEqual", "LessOrEqual", [A, B], opset=16),
-    case("Pow-float", "Pow", [pos32(3, 4), f32(4)], opset=15),
-    case("Pow-int-base-float-exp", "Pow", [ints(0, 5, 3, 4), pos32(4)], opset=15),
-    case("Pow-fp16", "Pow", [np.abs(f16(3, 4)) + np.float16(0.5), f16(4)], opset=15),
-    case("Mod-int", "Mod", [IA, IB], opset=13),
-    case("Mod-int-fmod", "Mod", [IA, IB], {"fmod": 1}, opset=13),
-    case("Mod-float-fmod", "Mod", [A, B], {"fmod": 1}, opset=13),
-    case("Max-variadic", "Max", [f32(3, 1), f32(4), f32(1, 4)]),
-    case("Min-variadic", "Min", [f32(3, 1), f32(4), f32(1, 4)]),
-    case("Where", "Where", [ints(0, 2, 3, 4).astype(bool), f32(4), f32(3, 1)]),
-    case("Where-int", "Where", [ints(0, 2, 4).astype(bool), IA, IB]),
-    case("Not", "Not", [ints(0, 2, 5).astype(bool)]),
-    case("PRelu", "PRelu", [f32(2, 3, 4), f32(3, 1)]),
-    case("PRelu-fp16", "PRelu", [f16(2, 3, 4), f16(4)]),
-]
+ELEMENTWISE = (
+    [case(f"{op}-bcast", op, [A, B]) for op in ("Add", "Sub", "Mul", "Div", "Equal", "Less", "Greater")]
+    + [case(f"{op}-int64", op, [IA, IB], opset=13) for op in ("Add", "Sub", "Mul", "Div", "Max", "Min")]
+    + [case(f"{op}-fp16", op, [f16(3, 4), f16(4)]) for op in ("Add", "Sub", "Mul", "Div", "Max", "Min")]
+    + [
+        case(f"{op}-bool", op, [ints(0, 2, 3, 4).astype(bool), ints(0, 2, 4).astype(bool)])
+        for op in ("And", "Or", "Xor")
+    ]
+    + [
+        case("GreaterOrEqual", "GreaterOrEqual", [IA, IB], opset=16),
+        case("LessOrEqual", "LessOrEqual", [A, B], opset=16),
+        case("Pow-float", "Pow", [pos32(3, 4), f32(4)], opset=15),
+        case("Pow-int-base-float-exp", "Pow", [ints(0, 5, 3, 4), pos32(4)], opset=15),
+        case("Pow-fp16", "Pow", [np.abs(f16(3, 4)) + np.float16(0.5), f16(4)], opset=15),
+        case("Mod-int", "Mod", [IA, IB], opset=13),
+        case("Mod-int-fmod", "Mod", [IA, IB], {"fmod": 1}, opset=13),
+        case("Mod-float-fmod", "Mod", [A, B], {"fmod": 1}, opset=13),
+        case("Max-variadic", "Max", [f32(3, 1), f32(4), f32(1, 4)]),
+        case("Min-variadic", "Min", [f32(3, 1), f32(4), f32(1, 4)]),
+        case("Where", "Where", [ints(0, 2, 3, 4).astype(bool), f32(4), f32(3, 1)]),
+        case("Where-int", "Where", [ints(0, 2, 4).astype(bool), IA, IB]),
+        case("Not", "Not", [ints(0, 2, 5).astype(bool)]),
+        case("PRelu", "PRelu", [f32(2, 3, 4), f32(3, 1)]),
+        case("PRelu-fp16", "PRelu", [f16(2, 3, 4), f16(4)]),
+    ]
+)
 for _op in ("Sqrt", "Reciprocal", "Log"):
     ELEMENTWISE += [case(_op, _op, [pos32(3, 5)]), case(f"{_op}-fp16", _op, [pos32(3, 5).astype(np.float16)])]
-for _op in ("Exp", "Tanh", "Sigmoid", "Relu", "Erf", "Abs", "Neg", "Floor", "Ceil", "Sin", "Cos", "Sign",
-            "Softplus", "Softsign", "Mish", "HardSwish", "Elu", "Selu", "LeakyRelu", "HardSigmoid"):
+for _op in (
+    "Exp",
+    "Tanh",
+    "Sigmoid",
+    "Relu",
+    "Erf",
+    "Abs",
+    "Neg",
+    "Floor",
+    "Ceil",
+    "Sin",
+    "Cos",
+    "Sign",
+    "Softplus",
+    "Softsign",
+    "Mish",
+    "HardSwish",
+    "Elu",
+    "Selu",
+    "LeakyRelu",
+    "HardSigmoid",
+):
     _opset = 18 if _op == "Mish" else 17
-    ELEMENTWISE += [case(_op, _op, [f32(3, 7) * 3], opset=_opset),
-                    case(f"{_op}-fp16", _op, [f16(3, 7)], opset=_opset)]
+    ELEMENTWISE += [
+        case(_op, _op, [f32(3, 7) * 3], opset=_opset),
+        case(f"{_op}-fp16", _op, [f16(3, 7)], opset=_opset),
+    ]
 ELEMENTWISE += [
     case("Abs-int", "Abs", [IA]),
     case("Relu-int", "Relu", [IA], opset=14),
@@ -220,7 +251,9 @@ def test_matmul_gemm_tiling_matches_untiled(tm: int, tn: int) -> None:
     ga, gb, gc = f32(50, 37), f32(29, 50), f32(29)
     attrs = {"transA": 1, "transB": 1, "alpha": 0.7, "beta": 0.3}
     gbase = run_kernel("Gemm", [ga, gb, gc], attrs, 13)[0]
-    np.testing.assert_allclose(run_kernel("Gemm", [ga, gb, gc], attrs, 13, tiling)[0], gbase, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        run_kernel("Gemm", [ga, gb, gc], attrs, 13, tiling)[0], gbase, rtol=1e-5, atol=1e-5
+    )
 
 
 # ---------------------------------------------------------------- Conv / ConvTranspose
@@ -236,8 +269,19 @@ CONV = [
     case("2d-same-lower", "Conv", [X4, f32(6, 4, 4, 4)], {"auto_pad": "SAME_LOWER", "strides": [2, 3]}),
     case("2d-valid", "Conv", [X4, W4], {"auto_pad": "VALID", "strides": [2, 2]}, opset=21),
     case("2d-1x1", "Conv", [X4, f32(3, 4, 1, 1)]),
-    case("3d", "Conv", [f32(1, 2, 5, 6, 4), f32(3, 2, 2, 3, 2), f32(3)], {"pads": [1, 0, 1, 0, 1, 1], "strides": [1, 2, 1]}),
-    case("2d-fp16", "Conv", [f16(1, 3, 7, 7), f16(4, 3, 3, 3), f16(4)], {"pads": [1, 1, 1, 1]}, tol=(3e-3, 3e-3)),
+    case(
+        "3d",
+        "Conv",
+        [f32(1, 2, 5, 6, 4), f32(3, 2, 2, 3, 2), f32(3)],
+        {"pads": [1, 0, 1, 0, 1, 1], "strides": [1, 2, 1]},
+    ),
+    case(
+        "2d-fp16",
+        "Conv",
+        [f16(1, 3, 7, 7), f16(4, 3, 3, 3), f16(4)],
+        {"pads": [1, 1, 1, 1]},
+        tol=(3e-3, 3e-3),
+    ),
 ]
 
 
@@ -267,15 +311,47 @@ def test_conv_tiling_matches_untiled(tile: int, shape: tuple, wshape: tuple, att
 XT = f32(2, 4, 5, 4)
 CONV_T = [
     case("1d", "ConvTranspose", [f32(1, 3, 6), f32(3, 2, 3), f32(2)], {"strides": [2]}),
-    case("2d-strides-pads", "ConvTranspose", [XT, f32(4, 3, 3, 3), f32(3)], {"strides": [2, 3], "pads": [1, 0, 1, 2]}),
-    case("2d-output-padding", "ConvTranspose", [XT, f32(4, 3, 3, 3)], {"strides": [3, 2], "output_padding": [1, 1]}),
-    case("2d-output-shape", "ConvTranspose", [XT, f32(4, 3, 3, 3)], {"strides": [3, 2], "output_shape": [16, 10]}),
+    case(
+        "2d-strides-pads",
+        "ConvTranspose",
+        [XT, f32(4, 3, 3, 3), f32(3)],
+        {"strides": [2, 3], "pads": [1, 0, 1, 2]},
+    ),
+    case(
+        "2d-output-padding",
+        "ConvTranspose",
+        [XT, f32(4, 3, 3, 3)],
+        {"strides": [3, 2], "output_padding": [1, 1]},
+    ),
+    case(
+        "2d-output-shape",
+        "ConvTranspose",
+        [XT, f32(4, 3, 3, 3)],
+        {"strides": [3, 2], "output_shape": [16, 10]},
+    ),
     case("2d-dilations", "ConvTranspose", [XT, f32(4, 2, 2, 3)], {"dilations": [2, 2]}, opset=11),
-    case("2d-group", "ConvTranspose", [XT, f32(4, 3, 3, 3), f32(6)], {"group": 2, "strides": [2, 2]}, engine="ort"),
-    case("2d-same-upper", "ConvTranspose", [XT, f32(4, 3, 3, 3)], {"auto_pad": "SAME_UPPER", "strides": [2, 2]}),
-    case("2d-same-lower", "ConvTranspose", [XT, f32(4, 3, 4, 4)], {"auto_pad": "SAME_LOWER", "strides": [2, 2]}),
-    case("3d", "ConvTranspose", [f32(1, 2, 3, 4, 3), f32(2, 2, 2, 3, 2)], {"strides": [2, 1, 2], "pads": [0, 1, 0, 0, 1, 1]}),
-    case("2d-fp16", "ConvTranspose", [f16(1, 2, 4, 4), f16(2, 3, 3, 3)], {"strides": [2, 2]}, tol=(3e-3, 3e-3)),
+    case(
+        "2d-group",
+        "ConvTranspose",
+        [XT, f32(4, 3, 3, 3), f32(6)],
+        {"group": 2, "strides": [2, 2]},
+        engine="ort",
+    ),
+    case(
+        "2d-same-upper", "ConvTranspose", [XT, f32(4, 3, 3, 3)], {"auto_pad": "SAME_UPPER", "strides": [2, 2]}
+    ),
+    case(
+        "2d-same-lower", "ConvTranspose", [XT, f32(4, 3, 4, 4)], {"auto_pad": "SAME_LOWER", "strides": [2, 2]}
+    ),
+    case(
+        "3d",
+        "ConvTranspose",
+        [f32(1, 2, 3, 4, 3), f32(2, 2, 2, 3, 2)],
+        {"strides": [2, 1, 2], "pads": [0, 1, 0, 0, 1, 1]},
+    ),
+    case(
+        "2d-fp16", "ConvTranspose", [f16(1, 2, 4, 4), f16(2, 3, 3, 3)], {"strides": [2, 2]}, tol=(3e-3, 3e-3)
+    ),
 ]
 
 
@@ -289,33 +365,141 @@ def test_conv_transpose(op: str, inputs: list, attrs: dict, opset: int, kw: dict
 XP = f32(2, 3, 9, 8)
 POOL = [
     case("max-basic", "MaxPool", [XP], {"kernel_shape": [3, 3]}, engine="ort", n_out=2),
-    case("max-strides-pads", "MaxPool", [XP], {"kernel_shape": [3, 2], "strides": [2, 2], "pads": [1, 0, 1, 1]},
-         engine="ort", n_out=2),
-    case("max-dilations", "MaxPool", [XP], {"kernel_shape": [2, 2], "dilations": [2, 3]}, opset=12, engine="ort", n_out=2),
-    case("max-ceil", "MaxPool", [XP], {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}, engine="ort", n_out=2),
-    case("max-same-upper", "MaxPool", [XP], {"kernel_shape": [3, 2], "strides": [2, 2], "auto_pad": "SAME_UPPER"},
-         engine="ort", n_out=2),
-    case("max-same-lower", "MaxPool", [XP], {"kernel_shape": [2, 3], "auto_pad": "SAME_LOWER"}, engine="ort", n_out=2),
-    case("max-valid", "MaxPool", [XP], {"kernel_shape": [2, 3], "strides": [2, 2], "auto_pad": "VALID"}, engine="ort"),
-    case("max-storage-order", "MaxPool", [XP], {"kernel_shape": [2, 2], "storage_order": 1}, engine="ort", n_out=2),
+    case(
+        "max-strides-pads",
+        "MaxPool",
+        [XP],
+        {"kernel_shape": [3, 2], "strides": [2, 2], "pads": [1, 0, 1, 1]},
+        engine="ort",
+        n_out=2,
+    ),
+    case(
+        "max-dilations",
+        "MaxPool",
+        [XP],
+        {"kernel_shape": [2, 2], "dilations": [2, 3]},
+        opset=12,
+        engine="ort",
+        n_out=2,
+    ),
+    case(
+        "max-ceil",
+        "MaxPool",
+        [XP],
+        {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1},
+        engine="ort",
+        n_out=2,
+    ),
+    case(
+        "max-same-upper",
+        "MaxPool",
+        [XP],
+        {"kernel_shape": [3, 2], "strides": [2, 2], "auto_pad": "SAME_UPPER"},
+        engine="ort",
+        n_out=2,
+    ),
+    case(
+        "max-same-lower",
+        "MaxPool",
+        [XP],
+        {"kernel_shape": [2, 3], "auto_pad": "SAME_LOWER"},
+        engine="ort",
+        n_out=2,
+    ),
+    case(
+        "max-valid",
+        "MaxPool",
+        [XP],
+        {"kernel_shape": [2, 3], "strides": [2, 2], "auto_pad": "VALID"},
+        engine="ort",
+    ),
+    case(
+        "max-storage-order",
+        "MaxPool",
+        [XP],
+        {"kernel_shape": [2, 2], "storage_order": 1},
+        engine="ort",
+        n_out=2,
+    ),
     case("max-1d", "MaxPool", [f32(2, 3, 10)], {"kernel_shape": [3], "strides": [2]}, engine="ort", n_out=2),
-    case("max-3d", "MaxPool", [f32(1, 2, 5, 4, 6)], {"kernel_shape": [2, 2, 3], "pads": [1, 0, 1, 0, 1, 1]},
-         engine="ort", n_out=2),
-    case("max-uint8", "MaxPool", [ints(0, 255, 1, 2, 5, 5, dtype=np.uint8)], {"kernel_shape": [2, 2]}, opset=12, engine="ort"),
-    case("max-fp16", "MaxPool", [f16(1, 2, 6, 6)], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}, engine="ort"),
+    case(
+        "max-3d",
+        "MaxPool",
+        [f32(1, 2, 5, 4, 6)],
+        {"kernel_shape": [2, 2, 3], "pads": [1, 0, 1, 0, 1, 1]},
+        engine="ort",
+        n_out=2,
+    ),
+    case(
+        "max-uint8",
+        "MaxPool",
+        [ints(0, 255, 1, 2, 5, 5, dtype=np.uint8)],
+        {"kernel_shape": [2, 2]},
+        opset=12,
+        engine="ort",
+    ),
+    case(
+        "max-fp16", "MaxPool", [f16(1, 2, 6, 6)], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}, engine="ort"
+    ),
     case("avg-basic", "AveragePool", [XP], {"kernel_shape": [3, 3]}),
-    case("avg-pads-exclude", "AveragePool", [XP], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [2, 2]}),
-    case("avg-pads-include", "AveragePool", [XP], {"kernel_shape": [3, 3], "pads": [1, 2, 1, 0], "count_include_pad": 1}),
-    case("avg-ceil", "AveragePool", [XP], {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1}, engine="ort"),
-    case("avg-ceil-include", "AveragePool", [XP], {"kernel_shape": [2, 3], "strides": [2, 2], "ceil_mode": 1,
-                                                   "pads": [1, 1, 1, 1], "count_include_pad": 1}, engine="ort"),
-    case("avg-same-upper", "AveragePool", [XP], {"kernel_shape": [3, 2], "strides": [2, 2], "auto_pad": "SAME_UPPER"}),
+    case(
+        "avg-pads-exclude",
+        "AveragePool",
+        [XP],
+        {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [2, 2]},
+    ),
+    case(
+        "avg-pads-include",
+        "AveragePool",
+        [XP],
+        {"kernel_shape": [3, 3], "pads": [1, 2, 1, 0], "count_include_pad": 1},
+    ),
+    case(
+        "avg-ceil",
+        "AveragePool",
+        [XP],
+        {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1},
+        engine="ort",
+    ),
+    case(
+        "avg-ceil-include",
+        "AveragePool",
+        [XP],
+        {
+            "kernel_shape": [2, 3],
+            "strides": [2, 2],
+            "ceil_mode": 1,
+            "pads": [1, 1, 1, 1],
+            "count_include_pad": 1,
+        },
+        engine="ort",
+    ),
+    case(
+        "avg-same-upper",
+        "AveragePool",
+        [XP],
+        {"kernel_shape": [3, 2], "strides": [2, 2], "auto_pad": "SAME_UPPER"},
+    ),
     case("avg-same-lower", "AveragePool", [XP], {"kernel_shape": [3, 3], "auto_pad": "SAME_LOWER"}),
-    case("avg-valid", "AveragePool", [XP], {"kernel_shape": [3, 3], "auto_pad": "VALID", "strides": [2, 1]}, opset=11),
-    case("avg-dilations-19", "AveragePool", [XP], {"kernel_shape": [2, 2], "dilations": [2, 2], "pads": [1, 1, 0, 1]},
-         opset=19, engine="ort"),
+    case(
+        "avg-valid",
+        "AveragePool",
+        [XP],
+        {"kernel_shape": [3, 3], "auto_pad": "VALID", "strides": [2, 1]},
+        opset=11,
+    ),
+    case(
+        "avg-dilations-19",
+        "AveragePool",
+        [XP],
+        {"kernel_shape": [2, 2], "dilations": [2, 2], "pads": [1, 1, 0, 1]},
+        opset=19,
+        engine="ort",
+    ),
     case("avg-1d", "AveragePool", [f32(2, 3, 10)], {"kernel_shape": [4], "strides": [3]}),
-    case("avg-3d", "AveragePool", [f32(1, 2, 5, 4, 6)], {"kernel_shape": [2, 2, 3], "pads": [1, 0, 1, 0, 1, 1]}),
+    case(
+        "avg-3d", "AveragePool", [f32(1, 2, 5, 4, 6)], {"kernel_shape": [2, 2, 3], "pads": [1, 0, 1, 0, 1, 1]}
+    ),
     case("avg-fp16", "AveragePool", [f16(1, 2, 6, 6)], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}),
     case("gap", "GlobalAveragePool", [XP]),
     case("gmp", "GlobalMaxPool", [f32(2, 3, 4, 5, 2)], engine="ort"),
@@ -331,18 +515,35 @@ def test_pool(op: str, inputs: list, attrs: dict, opset: int, kw: dict) -> None:
 C3 = 3
 BN_PARAMS = [f32(C3), f32(C3), f32(C3), pos32(C3)]
 NORM = [
-    case("bn-11", "BatchNormalization", [f32(2, C3, 4, 5), *BN_PARAMS], {"epsilon": 1e-3}, opset=11,
-         engine="ort"),  # the reference treats opset-9..13 BatchNormalization as training
+    case(
+        "bn-11",
+        "BatchNormalization",
+        [f32(2, C3, 4, 5), *BN_PARAMS],
+        {"epsilon": 1e-3},
+        opset=11,
+        engine="ort",
+    ),  # the reference treats opset-9..13 BatchNormalization as training
     case("bn-15-2d", "BatchNormalization", [f32(4, C3), *BN_PARAMS], opset=15),
-    case("bn-15-fp16", "BatchNormalization", [f16(2, C3, 4), *[p.astype(np.float16) for p in BN_PARAMS]], opset=15),
+    case(
+        "bn-15-fp16",
+        "BatchNormalization",
+        [f16(2, C3, 4), *[p.astype(np.float16) for p in BN_PARAMS]],
+        opset=15,
+    ),
     case("bn-15-fp16-f32-params", "BatchNormalization", [f16(2, C3, 4), *BN_PARAMS], opset=15),
-    case("bn-14-training", "BatchNormalization", [f32(2, C3, 4, 5), *BN_PARAMS], {"training_mode": 1, "momentum": 0.8},
-         opset=14, n_out=3),
+    case(
+        "bn-14-training",
+        "BatchNormalization",
+        [f32(2, C3, 4, 5), *BN_PARAMS],
+        {"training_mode": 1, "momentum": 0.8},
+        opset=14,
+        n_out=3,
+    ),
     case("ln-last", "LayerNormalization", [f32(2, 3, 8), f32(8), f32(8)], n_out=3),
     case("ln-axis1", "LayerNormalization", [f32(2, 3, 8), f32(3, 8)], {"axis": 1, "epsilon": 1e-3}, n_out=3),
     case("ln-neg-axis", "LayerNormalization", [f32(2, 3, 4, 5), f32(4, 5), f32(5)], {"axis": -2}, n_out=3),
     case("ln-fp16", "LayerNormalization", [f16(2, 8), f16(8), f16(8)], n_out=3, engine="ort"),
-        case("instnorm", "InstanceNormalization", [f32(2, 3, 4, 5), f32(3), f32(3)], {"epsilon": 1e-3}),
+    case("instnorm", "InstanceNormalization", [f32(2, 3, 4, 5), f32(3), f32(3)], {"epsilon": 1e-3}),
     case("instnorm-fp16", "InstanceNormalization", [f16(2, 3, 6), f16(3), f16(3)]),
 ]
 
@@ -372,8 +573,12 @@ REDUCE += [
     case("ReduceMax-empty", "ReduceMax", [np.zeros((2, 0, 3), np.float32), i64(1)], opset=18),
     case("ReduceMin-20-bool", "ReduceMin", [ints(0, 2, 3, 4).astype(bool), i64(1)], opset=20),
     case("ArgMax", "ArgMax", [XR], {"axis": 1}),
-    case("ArgMax-last-keep0", "ArgMax", [ints(0, 3, 4, 5).astype(np.float32)],
-         {"axis": -1, "keepdims": 0, "select_last_index": 1}),
+    case(
+        "ArgMax-last-keep0",
+        "ArgMax",
+        [ints(0, 3, 4, 5).astype(np.float32)],
+        {"axis": -1, "keepdims": 0, "select_last_index": 1},
+    ),
     case("ArgMin-last", "ArgMin", [ints(0, 3, 4, 5)], {"axis": 0, "select_last_index": 1}),
     case("ArgMin-11", "ArgMin", [XR], {"keepdims": 0}, opset=11),
     case("Softmax-11-axis1", "Softmax", [XR], {"axis": 1}, opset=11, engine="ort"),
@@ -384,7 +589,13 @@ REDUCE += [
     case("LogSoftmax-11-axis1", "LogSoftmax", [XR], {"axis": 1}, opset=11, engine="ort"),
     case("LogSoftmax-13", "LogSoftmax", [XR * 20], {"axis": 0}, opset=13),
     case("TopK", "TopK", [XR, i64(3)], n_out=2),
-    case("TopK-smallest-axis0", "TopK", [ints(0, 4, 5, 4).astype(np.float32), i64(2)], {"largest": 0, "axis": 0}, n_out=2),
+    case(
+        "TopK-smallest-axis0",
+        "TopK",
+        [ints(0, 4, 5, 4).astype(np.float32), i64(2)],
+        {"largest": 0, "axis": 0},
+        n_out=2,
+    ),
     case("TopK-ties-int", "TopK", [ints(0, 3, 3, 8), i64(4)], n_out=2, opset=11),
     case("TopK-uint8", "TopK", [ints(0, 3, 3, 8, dtype=np.uint8), i64(4)], n_out=2, opset=11),
     case("CumSum", "CumSum", [XR, np.array(1, np.int32)]),
@@ -403,7 +614,9 @@ def test_reduce(op: str, inputs: list, attrs: dict, opset: int, kw: dict) -> Non
 XS = f32(2, 3, 4)
 TENSOR = [
     case("Reshape", "Reshape", [XS, i64(0, -1)]),
-    case("Reshape-allowzero", "Reshape", [np.zeros((0, 3), np.float32), i64(3, 0)], {"allowzero": 1}, opset=14),
+    case(
+        "Reshape-allowzero", "Reshape", [np.zeros((0, 3), np.float32), i64(3, 0)], {"allowzero": 1}, opset=14
+    ),
     case("Reshape-11", "Reshape", [XS, i64(4, 0, -1)], opset=11),
     case("Flatten", "Flatten", [XS], {"axis": 2}),
     case("Flatten-neg", "Flatten", [XS], {"axis": -1}, opset=11),
@@ -490,45 +703,145 @@ XZ = f32(1, 2, 4, 5)
 RESIZE = []
 for _coord in ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric"):
     for _mode in ("nearest", "linear", "cubic"):
-        RESIZE.append(case(f"{_mode}-{_coord}-up", "Resize", [XZ, None, np.array([1, 1, 1.7, 2.2], np.float32)],
-                           {"mode": _mode, "coordinate_transformation_mode": _coord}, opset=13))
-        RESIZE.append(case(f"{_mode}-{_coord}-down-sizes", "Resize", [XZ, None, None, i64(1, 2, 3, 2)],
-                           {"mode": _mode, "coordinate_transformation_mode": _coord}, opset=13))
+        RESIZE.append(
+            case(
+                f"{_mode}-{_coord}-up",
+                "Resize",
+                [XZ, None, np.array([1, 1, 1.7, 2.2], np.float32)],
+                {"mode": _mode, "coordinate_transformation_mode": _coord},
+                opset=13,
+            )
+        )
+        RESIZE.append(
+            case(
+                f"{_mode}-{_coord}-down-sizes",
+                "Resize",
+                [XZ, None, None, i64(1, 2, 3, 2)],
+                {"mode": _mode, "coordinate_transformation_mode": _coord},
+                opset=13,
+            )
+        )
 for _nm in ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil"):
-    RESIZE.append(case(f"nearest-{_nm}", "Resize", [XZ, None, np.array([1, 1, 2.5, 1.5], np.float32)],
-                       {"mode": "nearest", "nearest_mode": _nm, "coordinate_transformation_mode": "asymmetric"}))
+    RESIZE.append(
+        case(
+            f"nearest-{_nm}",
+            "Resize",
+            [XZ, None, np.array([1, 1, 2.5, 1.5], np.float32)],
+            {"mode": "nearest", "nearest_mode": _nm, "coordinate_transformation_mode": "asymmetric"},
+        )
+    )
 RESIZE += [
-    case("11-scales-roi-empty", "Resize", [XZ, np.zeros(0, np.float32), np.array([1, 1, 2, 2], np.float32)],
-         {"mode": "linear"}, opset=11),
-    case("11-sizes", "Resize", [XZ, np.zeros(0, np.float32), np.zeros(0, np.float32), i64(1, 2, 7, 3)],
-         {"mode": "cubic"}, opset=11),
-    case("11-tf-crop", "Resize", [XZ, np.array([0, 0, 0.2, -0.1, 1, 1, 0.9, 1.3], np.float32),
-                                  np.zeros(0, np.float32), i64(1, 2, 5, 6)],
-         {"mode": "linear", "coordinate_transformation_mode": "tf_crop_and_resize", "extrapolation_value": 9.0},
-         opset=11),
-    case("13-tf-crop-nearest", "Resize", [XZ, np.array([0, 0, 0.1, -0.2, 1, 1, 1.2, 0.8], np.float32), None,
-                                          i64(1, 2, 6, 4)],
-         {"mode": "nearest", "coordinate_transformation_mode": "tf_crop_and_resize"}, opset=13),
-    case("cubic-a-exclude", "Resize", [XZ, None, np.array([1, 1, 1.6, 0.6], np.float32)],
-         {"mode": "cubic", "cubic_coeff_a": -0.5, "exclude_outside": 1}),
-    case("18-antialias-linear", "Resize", [f32(1, 1, 12, 13), None, np.array([1, 1, 0.4, 0.6], np.float32)],
-         {"mode": "linear", "antialias": 1}, opset=18),
-    case("18-antialias-cubic", "Resize", [f32(1, 1, 12, 13), None, None, i64(1, 1, 5, 4)],
-         {"mode": "cubic", "antialias": 1}, opset=18),
-    case("18-axes-scales", "Resize", [XZ, None, np.array([2.0, 0.5], np.float32)],
-         {"mode": "linear", "axes": [3, 2]}, opset=18),
-    case("18-axes-sizes-not-larger", "Resize", [XZ, None, None, i64(7, 8)],
-         {"mode": "linear", "axes": [2, 3], "keep_aspect_ratio_policy": "not_larger"}, opset=18),
-    case("18-not-smaller", "Resize", [XZ, None, None, i64(1, 2, 7, 8)],
-         {"mode": "nearest", "keep_aspect_ratio_policy": "not_smaller"}, opset=18),
-    case("19-half-pixel-symmetric", "Resize", [XZ, None, np.array([1, 1, 1.7, 2.3], np.float32)],
-         {"mode": "linear", "coordinate_transformation_mode": "half_pixel_symmetric"}, opset=19),
-    case("21-nearest-uint8", "Resize", [ints(0, 255, 1, 1, 3, 4, dtype=np.uint8), None,
-                                        np.array([1, 1, 2, 2], np.float32)], {"mode": "nearest"}, opset=21),
-    case("21-linear-uint8", "Resize", [ints(0, 255, 1, 1, 3, 4, dtype=np.uint8), None,
-                                       np.array([1, 1, 1.5, 2], np.float32)], {"mode": "linear"}, opset=21),
-    case("fp16-linear", "Resize", [f16(1, 2, 4, 5), None, np.array([1, 1, 2, 2], np.float32)], {"mode": "linear"}),
-    case("3d-input-linear", "Resize", [f32(2, 3, 4), None, np.array([1, 2.0, 0.75], np.float32)], {"mode": "linear"}),
+    case(
+        "11-scales-roi-empty",
+        "Resize",
+        [XZ, np.zeros(0, np.float32), np.array([1, 1, 2, 2], np.float32)],
+        {"mode": "linear"},
+        opset=11,
+    ),
+    case(
+        "11-sizes",
+        "Resize",
+        [XZ, np.zeros(0, np.float32), np.zeros(0, np.float32), i64(1, 2, 7, 3)],
+        {"mode": "cubic"},
+        opset=11,
+    ),
+    case(
+        "11-tf-crop",
+        "Resize",
+        [
+            XZ,
+            np.array([0, 0, 0.2, -0.1, 1, 1, 0.9, 1.3], np.float32),
+            np.zeros(0, np.float32),
+            i64(1, 2, 5, 6),
+        ],
+        {
+            "mode": "linear",
+            "coordinate_transformation_mode": "tf_crop_and_resize",
+            "extrapolation_value": 9.0,
+        },
+        opset=11,
+    ),
+    case(
+        "13-tf-crop-nearest",
+        "Resize",
+        [XZ, np.array([0, 0, 0.1, -0.2, 1, 1, 1.2, 0.8], np.float32), None, i64(1, 2, 6, 4)],
+        {"mode": "nearest", "coordinate_transformation_mode": "tf_crop_and_resize"},
+        opset=13,
+    ),
+    case(
+        "cubic-a-exclude",
+        "Resize",
+        [XZ, None, np.array([1, 1, 1.6, 0.6], np.float32)],
+        {"mode": "cubic", "cubic_coeff_a": -0.5, "exclude_outside": 1},
+    ),
+    case(
+        "18-antialias-linear",
+        "Resize",
+        [f32(1, 1, 12, 13), None, np.array([1, 1, 0.4, 0.6], np.float32)],
+        {"mode": "linear", "antialias": 1},
+        opset=18,
+    ),
+    case(
+        "18-antialias-cubic",
+        "Resize",
+        [f32(1, 1, 12, 13), None, None, i64(1, 1, 5, 4)],
+        {"mode": "cubic", "antialias": 1},
+        opset=18,
+    ),
+    case(
+        "18-axes-scales",
+        "Resize",
+        [XZ, None, np.array([2.0, 0.5], np.float32)],
+        {"mode": "linear", "axes": [3, 2]},
+        opset=18,
+    ),
+    case(
+        "18-axes-sizes-not-larger",
+        "Resize",
+        [XZ, None, None, i64(7, 8)],
+        {"mode": "linear", "axes": [2, 3], "keep_aspect_ratio_policy": "not_larger"},
+        opset=18,
+    ),
+    case(
+        "18-not-smaller",
+        "Resize",
+        [XZ, None, None, i64(1, 2, 7, 8)],
+        {"mode": "nearest", "keep_aspect_ratio_policy": "not_smaller"},
+        opset=18,
+    ),
+    case(
+        "19-half-pixel-symmetric",
+        "Resize",
+        [XZ, None, np.array([1, 1, 1.7, 2.3], np.float32)],
+        {"mode": "linear", "coordinate_transformation_mode": "half_pixel_symmetric"},
+        opset=19,
+    ),
+    case(
+        "21-nearest-uint8",
+        "Resize",
+        [ints(0, 255, 1, 1, 3, 4, dtype=np.uint8), None, np.array([1, 1, 2, 2], np.float32)],
+        {"mode": "nearest"},
+        opset=21,
+    ),
+    case(
+        "21-linear-uint8",
+        "Resize",
+        [ints(0, 255, 1, 1, 3, 4, dtype=np.uint8), None, np.array([1, 1, 1.5, 2], np.float32)],
+        {"mode": "linear"},
+        opset=21,
+    ),
+    case(
+        "fp16-linear",
+        "Resize",
+        [f16(1, 2, 4, 5), None, np.array([1, 1, 2, 2], np.float32)],
+        {"mode": "linear"},
+    ),
+    case(
+        "3d-input-linear",
+        "Resize",
+        [f32(2, 3, 4), None, np.array([1, 2.0, 0.75], np.float32)],
+        {"mode": "linear"},
+    ),
 ]
 
 
@@ -541,22 +854,37 @@ def test_resize(op: str, inputs: list, attrs: dict, opset: int, kw: dict) -> Non
 
 def test_resize_tf_half_pixel_for_nn_opset11() -> None:
     x = f32(1, 1, 3, 4)
-    y = run_kernel("Resize", [x, None, np.array([1, 1, 2, 2], np.float32)],
-                   {"mode": "nearest", "coordinate_transformation_mode": "tf_half_pixel_for_nn"}, 11)[0]
-    model = one_node_model("Resize", [x, np.zeros(0, np.float32), np.array([1, 1, 2, 2], np.float32)],
-                           {"mode": "nearest", "coordinate_transformation_mode": "tf_half_pixel_for_nn"}, 11,
-                           [np.dtype(np.float32)])
+    y = run_kernel(
+        "Resize",
+        [x, None, np.array([1, 1, 2, 2], np.float32)],
+        {"mode": "nearest", "coordinate_transformation_mode": "tf_half_pixel_for_nn"},
+        11,
+    )[0]
+    model = one_node_model(
+        "Resize",
+        [x, np.zeros(0, np.float32), np.array([1, 1, 2, 2], np.float32)],
+        {"mode": "nearest", "coordinate_transformation_mode": "tf_half_pixel_for_nn"},
+        11,
+        [np.dtype(np.float32)],
+    )
     want = reference(model, [x, np.zeros(0, np.float32), np.array([1, 1, 2, 2], np.float32)], "ort")[0]
     np.testing.assert_array_equal(y, want)
 
 
-# ---------------------------------------------------------------- LSTM (onnxruntime implements every attribute)
+# ---------------------------------------------------------------- LSTM (onnxruntime has every attribute)
 
 SEQ, BATCH, INP, HID = 5, 3, 4, 6
 
 
-def lstm_inputs(dirs: int, *, bias: bool = True, lens: bool = False, init: bool = False, peep: bool = False,
-                layout: int = 0) -> list:
+def lstm_inputs(
+    dirs: int,
+    *,
+    bias: bool = True,
+    lens: bool = False,
+    init: bool = False,
+    peep: bool = False,
+    layout: int = 0,
+) -> list:
     x = f32(SEQ, BATCH, INP) if layout == 0 else f32(BATCH, SEQ, INP)
     w, r = f32(dirs, 4 * HID, INP) * 0.5, f32(dirs, 4 * HID, HID) * 0.5
     b = f32(dirs, 8 * HID) * 0.3 if bias else None
@@ -570,21 +898,82 @@ def lstm_inputs(dirs: int, *, bias: bool = True, lens: bool = False, init: bool 
 
 LSTM = [
     case("forward", "LSTM", lstm_inputs(1), {"hidden_size": HID}, opset=14, n_out=3, engine="ort"),
-    case("forward-onnx-ref", "LSTM", lstm_inputs(1, init=True, peep=True), {"hidden_size": HID}, opset=14, n_out=3),
-    case("reverse", "LSTM", lstm_inputs(1, init=True), {"hidden_size": HID, "direction": "reverse"},
-         opset=14, n_out=3, engine="ort"),
-    case("bidirectional", "LSTM", lstm_inputs(2, peep=True), {"hidden_size": HID, "direction": "bidirectional"},
-         opset=14, n_out=3, engine="ort"),
-    case("seq-lens-bidi", "LSTM", lstm_inputs(2, lens=True, init=True),
-         {"hidden_size": HID, "direction": "bidirectional"}, opset=14, n_out=3, engine="ort"),
-    case("seq-lens-reverse", "LSTM", lstm_inputs(1, lens=True), {"hidden_size": HID, "direction": "reverse"},
-         opset=14, n_out=3, engine="ort"),
-    case("clip-input-forget", "LSTM", lstm_inputs(1, peep=True), {"hidden_size": HID, "clip": 0.5, "input_forget": 1},
-         opset=14, n_out=3, engine="ort"),
-    case("activations", "LSTM", lstm_inputs(1),
-         {"hidden_size": HID, "activations": ["HardSigmoid", "LeakyRelu", "Tanh"],
-          "activation_alpha": [0.3, 0.05], "activation_beta": [0.4]}, opset=14, n_out=3, engine="ort"),
-    case("no-bias-11", "LSTM", lstm_inputs(1, bias=False), {"hidden_size": HID}, opset=11, n_out=3, engine="ort"),
+    case(
+        "forward-onnx-ref",
+        "LSTM",
+        lstm_inputs(1, init=True, peep=True),
+        {"hidden_size": HID},
+        opset=14,
+        n_out=3,
+    ),
+    case(
+        "reverse",
+        "LSTM",
+        lstm_inputs(1, init=True),
+        {"hidden_size": HID, "direction": "reverse"},
+        opset=14,
+        n_out=3,
+        engine="ort",
+    ),
+    case(
+        "bidirectional",
+        "LSTM",
+        lstm_inputs(2, peep=True),
+        {"hidden_size": HID, "direction": "bidirectional"},
+        opset=14,
+        n_out=3,
+        engine="ort",
+    ),
+    case(
+        "seq-lens-bidi",
+        "LSTM",
+        lstm_inputs(2, lens=True, init=True),
+        {"hidden_size": HID, "direction": "bidirectional"},
+        opset=14,
+        n_out=3,
+        engine="ort",
+    ),
+    case(
+        "seq-lens-reverse",
+        "LSTM",
+        lstm_inputs(1, lens=True),
+        {"hidden_size": HID, "direction": "reverse"},
+        opset=14,
+        n_out=3,
+        engine="ort",
+    ),
+    case(
+        "clip-input-forget",
+        "LSTM",
+        lstm_inputs(1, peep=True),
+        {"hidden_size": HID, "clip": 0.5, "input_forget": 1},
+        opset=14,
+        n_out=3,
+        engine="ort",
+    ),
+    case(
+        "activations",
+        "LSTM",
+        lstm_inputs(1),
+        {
+            "hidden_size": HID,
+            "activations": ["HardSigmoid", "LeakyRelu", "Tanh"],
+            "activation_alpha": [0.3, 0.05],
+            "activation_beta": [0.4],
+        },
+        opset=14,
+        n_out=3,
+        engine="ort",
+    ),
+    case(
+        "no-bias-11",
+        "LSTM",
+        lstm_inputs(1, bias=False),
+        {"hidden_size": HID},
+        opset=11,
+        n_out=3,
+        engine="ort",
+    ),
 ]
 
 
@@ -599,7 +988,9 @@ def test_lstm_layout1_is_batch_major_layout0() -> None:
     attrs = {"hidden_size": HID, "direction": "bidirectional"}
     y1, yh1, yc1 = run_kernel("LSTM", [x, w, r, b, sl, h0, c0, p], {**attrs, "layout": 1}, 14)
     t = (1, 0, 2)
-    y0, yh0, yc0 = run_kernel("LSTM", [x.transpose(t), w, r, b, sl, h0.transpose(t), c0.transpose(t), p], attrs, 14)
+    y0, yh0, yc0 = run_kernel(
+        "LSTM", [x.transpose(t), w, r, b, sl, h0.transpose(t), c0.transpose(t), p], attrs, 14
+    )
     np.testing.assert_allclose(y1, y0.transpose(2, 0, 1, 3), rtol=1e-6)
     np.testing.assert_allclose(yh1, yh0.transpose(t), rtol=1e-6)
     np.testing.assert_allclose(yc1, yc0.transpose(t), rtol=1e-6)
@@ -615,8 +1006,12 @@ def test_lstm_layout1_is_batch_major_layout0() -> None:
         ("Conv", [X4, W4], {"auto_pad": "SAME_MIDDLE"}, "auto_pad"),
         ("MaxPool", [XP], {"kernel_shape": [2, 2], "auto_pad": "bogus"}, "auto_pad"),
         ("Resize", [XZ, None, np.array([1, 1, 2, 2], np.float32)], {"mode": "bilinear"}, "mode"),
-        ("Resize", [XZ, None, np.array([1, 1, 2, 2], np.float32)],
-         {"coordinate_transformation_mode": "weird"}, "coordinate_transformation_mode"),
+        (
+            "Resize",
+            [XZ, None, np.array([1, 1, 2, 2], np.float32)],
+            {"coordinate_transformation_mode": "weird"},
+            "coordinate_transformation_mode",
+        ),
         ("Pad", [XS, i64(0, 0, 0, 0, 0, 0)], {"mode": "mirror"}, "mode"),
         ("Gelu", [XS], {"approximate": "fast"}, "approximate"),
         ("LSTM", lstm_inputs(1), {"hidden_size": HID, "direction": "sideways"}, "direction"),
@@ -640,16 +1035,101 @@ def test_unknown_op_and_error_type() -> None:
 
 
 def test_supported_ops_cover_the_brief() -> None:
-    wanted = set(
-        "Add Sub Mul Div Pow Sqrt Reciprocal Exp Log Tanh Sigmoid HardSigmoid HardSwish Relu LeakyRelu Clip Erf "
-        "Gelu Max Min Equal Less Greater Not Where Cast MatMul Gemm Conv ConvTranspose BatchNormalization "
-        "LayerNormalization MaxPool AveragePool GlobalAveragePool GlobalMaxPool ReduceSum ReduceMean ReduceMax "
-        "Softmax Reshape Flatten Expand Concat Slice Split Squeeze Unsqueeze Transpose Shape Size Gather Pad "
-        "Resize Constant ConstantOfShape Identity Dropout LSTM Abs Neg Floor Ceil Sin Cos Sign Range Tile And Or "
-        "Xor GreaterOrEqual LessOrEqual Mod ReduceMin ReduceProd ArgMax ArgMin CastLike Softplus Elu Selu PRelu "
-        "Mish Softsign LogSoftmax InstanceNormalization DepthToSpace SpaceToDepth GatherElements TopK CumSum "
-        "NonZero".split()
-    )
+    wanted = {
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Pow",
+        "Sqrt",
+        "Reciprocal",
+        "Exp",
+        "Log",
+        "Tanh",
+        "Sigmoid",
+        "HardSigmoid",
+        "HardSwish",
+        "Relu",
+        "LeakyRelu",
+        "Clip",
+        "Erf",
+        "Gelu",
+        "Max",
+        "Min",
+        "Equal",
+        "Less",
+        "Greater",
+        "Not",
+        "Where",
+        "Cast",
+        "MatMul",
+        "Gemm",
+        "Conv",
+        "ConvTranspose",
+        "BatchNormalization",
+        "LayerNormalization",
+        "MaxPool",
+        "AveragePool",
+        "GlobalAveragePool",
+        "GlobalMaxPool",
+        "ReduceSum",
+        "ReduceMean",
+        "ReduceMax",
+        "Softmax",
+        "Reshape",
+        "Flatten",
+        "Expand",
+        "Concat",
+        "Slice",
+        "Split",
+        "Squeeze",
+        "Unsqueeze",
+        "Transpose",
+        "Shape",
+        "Size",
+        "Gather",
+        "Pad",
+        "Resize",
+        "Constant",
+        "ConstantOfShape",
+        "Identity",
+        "Dropout",
+        "LSTM",
+        "Abs",
+        "Neg",
+        "Floor",
+        "Ceil",
+        "Sin",
+        "Cos",
+        "Sign",
+        "Range",
+        "Tile",
+        "And",
+        "Or",
+        "Xor",
+        "GreaterOrEqual",
+        "LessOrEqual",
+        "Mod",
+        "ReduceMin",
+        "ReduceProd",
+        "ArgMax",
+        "ArgMin",
+        "CastLike",
+        "Softplus",
+        "Elu",
+        "Selu",
+        "PRelu",
+        "Mish",
+        "Softsign",
+        "LogSoftmax",
+        "InstanceNormalization",
+        "DepthToSpace",
+        "SpaceToDepth",
+        "GatherElements",
+        "TopK",
+        "CumSum",
+        "NonZero",
+    }
     assert wanted <= SUPPORTED_OPS
     assert isinstance(SUPPORTED_OPS, frozenset)
 

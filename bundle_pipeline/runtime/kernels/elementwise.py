@@ -78,9 +78,23 @@ def _erfc_cf(x: np.ndarray, terms: int = 60) -> np.ndarray:
 def _erfc_nr(z: np.ndarray) -> np.ndarray:
     """Numerical Recipes erfc for z >= 0: fractional error < 1.2e-7, plenty for float32."""
     t = 1.0 / (1.0 + 0.5 * z)
-    poly = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
-        -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (
-            -0.82215223 + t * 0.17087277))))))))
+    poly = -1.26551223 + t * (
+        1.00002368
+        + t
+        * (
+            0.37409196
+            + t
+            * (
+                0.09678418
+                + t
+                * (
+                    -0.18628806
+                    + t
+                    * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))
+                )
+            )
+        )
+    )
     return t * np.exp(-z * z + poly)
 
 
@@ -246,8 +260,10 @@ _unary("HardSwish", lambda x, a: wide(x) * np.clip(wide(x) / 6.0 + 0.5, 0.0, 1.0
 _unary("Elu", lambda x, a: np.where(x >= 0, x, _f(a, "alpha", 1.0) * np.expm1(x)))
 _unary(
     "Selu",
-    lambda x, a: _f(a, "gamma", 1.05070102214813232421875)
-    * np.where(x > 0, x, _f(a, "alpha", 1.67326319217681884765625) * np.expm1(x)),
+    lambda x, a: (
+        _f(a, "gamma", 1.05070102214813232421875)
+        * np.where(x > 0, x, _f(a, "alpha", 1.67326319217681884765625) * np.expm1(x))
+    ),
 )
 _unary("Softplus", lambda x, a: _softplus(x))
 _unary("Softsign", lambda x, a: x / (1 + np.abs(x)))
@@ -275,7 +291,7 @@ def _where(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.
 
 def cast_array(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """ONNX Cast between numpy-representable types (saturate only concerns float8, so it is moot)."""
-    if dtype == object:
+    if dtype.kind == "O":
         # numpy's shortest round-trip repr, as the ONNX reference renders numbers.
         return x.astype(str).astype(object)
     if x.dtype == object:

@@ -93,8 +93,13 @@ def _pad_to_windows(
 
 
 def windows(
-    x: np.ndarray, begin: list[int], out: list[int], strides: list[int], dilations: list[int],
-    kernel_shape: list[int], value: float,
+    x: np.ndarray,
+    begin: list[int],
+    out: list[int],
+    strides: list[int],
+    dilations: list[int],
+    kernel_shape: list[int],
+    value: float,
 ) -> np.ndarray:
     """View of shape (*x.shape[:-nd], *out, *kernel_shape): every window, strided and dilated."""
     nd = len(begin)
@@ -164,7 +169,9 @@ def _conv_transpose(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) ->
     group = int(attrs.get("group", 1))
     n, c = x.shape[:2]
     if group < 1 or c % group or w.shape[0] != c:
-        raise KernelError(f"ConvTranspose: attribute group={group} incompatible with X {x.shape}, W {w.shape}")
+        raise KernelError(
+            f"ConvTranspose: attribute group={group} incompatible with X {x.shape}, W {w.shape}"
+        )
     cg, mg = c // group, w.shape[1]
     m = mg * group
     ks = _conv_weights(attrs, w, nd)
@@ -173,10 +180,17 @@ def _conv_transpose(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) ->
     dil = _spatial_attr(attrs, "dilations", nd, 1)
     out_pad = _spatial_attr(attrs, "output_padding", nd, 0)
     auto_pad = choice(attrs, "auto_pad", "NOTSET", _AUTO_PAD)
-    full = [s * (i - 1) + op + (k - 1) * d + 1 for s, i, op, k, d in zip(strides, in_shape, out_pad, ks, dil)]
+    full = [
+        s * (i - 1) + op + (k - 1) * d + 1
+        for s, i, op, k, d in zip(strides, in_shape, out_pad, ks, dil, strict=True)
+    ]
     if "output_shape" in attrs or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         # Pads are derived from the requested output shape (spec: explicit pads are then ignored).
-        out = int_list(attrs["output_shape"]) if "output_shape" in attrs else [i * s for i, s in zip(in_shape, strides)]
+        out = (
+            int_list(attrs["output_shape"])
+            if "output_shape" in attrs
+            else [i * s for i, s in zip(in_shape, strides, strict=True)]
+        )
         out = out[-nd:]
         begin = [_same_pads(f - o, auto_pad == "SAME_UPPER")[0] for f, o in zip(full, out, strict=True)]
     elif auto_pad == "VALID":
@@ -184,7 +198,7 @@ def _conv_transpose(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) ->
     else:
         pads = _spatial_attr(attrs, "pads", 2 * nd, 0)
         begin = pads[:nd]
-        out = [f - pb - pe for f, pb, pe in zip(full, pads[:nd], pads[nd:])]
+        out = [f - pb - pe for f, pb, pe in zip(full, pads[:nd], pads[nd:], strict=True)]
     if min(out, default=1) < 1:
         raise KernelError(f"ConvTranspose: output shape {out} is empty")
     xf = wide(x)
@@ -222,7 +236,9 @@ def _pool_setup(x: np.ndarray, attrs: Attrs) -> tuple[list[int], list[int], list
     ks = int_list(attrs["kernel_shape"])
     if len(ks) != x.ndim - 2:
         raise KernelError(f"attribute kernel_shape={ks} does not match input rank {x.ndim}")
-    strides, dil, begin, end, out = window_geometry(list(x.shape[2:]), ks, attrs, bool(attrs.get("ceil_mode", 0)))
+    strides, dil, begin, end, out = window_geometry(
+        list(x.shape[2:]), ks, attrs, bool(attrs.get("ceil_mode", 0))
+    )
     return ks, strides, dil, begin, out + end  # end pads packed after out to keep one return shape
 
 
@@ -289,7 +305,11 @@ def _global(fn: str) -> Kernel:
     def run(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
         x = need(inputs, 0, "X")
         axes = tuple(range(2, x.ndim))
-        y = np.mean(wide(x), axis=axes, keepdims=True) if fn == "mean" else np.max(x, axis=axes, keepdims=True)
+        y = (
+            np.mean(wide(x), axis=axes, keepdims=True)
+            if fn == "mean"
+            else np.max(x, axis=axes, keepdims=True)
+        )
         return [y.astype(x.dtype, copy=False)]
 
     return run
@@ -362,5 +382,7 @@ def _instance_norm(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> 
     axes = tuple(range(2, x.ndim))
     mean = xf.mean(axis=axes, keepdims=True)
     var = ((xf - mean) ** 2).mean(axis=axes, keepdims=True)
-    y = (xf - mean) / np.sqrt(var + eps) * _per_channel(wide(scale), x.ndim) + _per_channel(wide(bias), x.ndim)
+    y = (xf - mean) / np.sqrt(var + eps) * _per_channel(wide(scale), x.ndim) + _per_channel(
+        wide(bias), x.ndim
+    )
     return [y.astype(x.dtype, copy=False)]

@@ -152,7 +152,10 @@ def _cumsum(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np
     y = np.cumsum(xc, axis=axis)
     if int(attrs.get("exclusive", 0)):
         # Shift by one along axis: y[i] = sum of elements before i.
-        y = np.concatenate([np.zeros_like(np.take(y, [0], axis=axis)), np.take(y, np.arange(x.shape[axis] - 1), axis=axis)], axis=axis)
+        y = np.concatenate(
+            [np.zeros_like(np.take(y, [0], axis=axis)), np.take(y, np.arange(x.shape[axis] - 1), axis=axis)],
+            axis=axis,
+        )
     if int(attrs.get("reverse", 0)):
         y = np.flip(y, axis)
     return [y.astype(x.dtype, copy=False)]

@@ -137,11 +137,16 @@ def _resize(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np
     coord_modes += ("tf_half_pixel_for_nn",) if opset < 13 else ()
     coord = choice(attrs, "coordinate_transformation_mode", "half_pixel", coord_modes)
     nearest_mode = choice(
-        attrs, "nearest_mode", "round_prefer_floor", ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
+        attrs,
+        "nearest_mode",
+        "round_prefer_floor",
+        ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil"),
     )
     if mode == "nearest" and int(attrs.get("antialias", 0)):
         raise KernelError("attribute antialias=1 is not defined for mode 'nearest'")
-    axes = norm_axes(int_list(attrs["axes"]), x.ndim) if opset >= 18 and "axes" in attrs else list(range(x.ndim))
+    axes = (
+        norm_axes(int_list(attrs["axes"]), x.ndim) if opset >= 18 and "axes" in attrs else list(range(x.ndim))
+    )
     scales, sizes = _output_plan(x, inputs, attrs, opset, axes)
     roi_in = arg(inputs, 1)
     roi = None

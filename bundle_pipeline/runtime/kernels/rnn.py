@@ -49,8 +49,15 @@ def _activations(attrs: Attrs, num_dirs: int) -> list[tuple[Act, Act, Act]]:
 
 
 def _run_direction(
-    xp: np.ndarray, r: np.ndarray, p: np.ndarray, h: np.ndarray, c: np.ndarray, valid: np.ndarray,
-    acts: tuple[Act, Act, Act], clip: float | None, input_forget: bool,
+    xp: np.ndarray,
+    r: np.ndarray,
+    p: np.ndarray,
+    h: np.ndarray,
+    c: np.ndarray,
+    valid: np.ndarray,
+    acts: tuple[Act, Act, Act],
+    clip: float | None,
+    input_forget: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Steps over time; xp holds the input projections (+ biases), valid[t, b] masks padded steps."""
     f_act, g_act, h_act = acts
@@ -130,4 +137,3 @@ def _lstm(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.n
     if layout == 1:
         y_all, y_h, y_c = y_all.transpose(2, 0, 1, 3), y_h.transpose(1, 0, 2), y_c.transpose(1, 0, 2)
     return [a.astype(x.dtype, copy=False) for a in (y_all, y_h, y_c)]
-

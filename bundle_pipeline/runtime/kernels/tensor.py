@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -168,7 +169,7 @@ def _split(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.
     else:
         raise KernelError("Split: give 'split' or num_outputs (the node's output count)")
     offsets = np.cumsum([0, *sizes])
-    return [x[(slice(None),) * axis + (slice(int(lo), int(hi)),)] for lo, hi in zip(offsets, offsets[1:])]
+    return [x[(slice(None),) * axis + (slice(int(lo), int(hi)),)] for lo, hi in itertools.pairwise(offsets)]
 
 
 @kernel("Squeeze")
@@ -211,7 +212,7 @@ def _shape(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.
     x = need(inputs, 0, "data")
     start, end = int(attrs.get("start", 0)), attrs.get("end")
     # start/end (opset 15) clamp like python slices.
-    dims = x.shape[start:None if end is None else int(end)]
+    dims = x.shape[start : None if end is None else int(end)]
     return [np.array(dims, dtype=np.int64)]
 
 
@@ -267,7 +268,9 @@ def _pad(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.nd
     for i, a in enumerate(axes):
         before[a], after[a] = pads[i], pads[i + len(axes)]
     # Negative pads crop first; then numpy pads the rest.
-    crop = tuple(slice(max(-b, 0), x.shape[k] - max(-e, 0)) for k, (b, e) in enumerate(zip(before, after)))
+    crop = tuple(
+        slice(max(-b, 0), x.shape[k] - max(-e, 0)) for k, (b, e) in enumerate(zip(before, after, strict=True))
+    )
     x_c = x[crop]
     width = [(max(b, 0), max(e, 0)) for b, e in zip(before, after, strict=True)]
     if mode == "constant":
