@@ -352,6 +352,13 @@ CONV_T = [
     case(
         "2d-fp16", "ConvTranspose", [f16(1, 2, 4, 4), f16(2, 3, 3, 3)], {"strides": [2, 2]}, tol=(3e-3, 3e-3)
     ),
+    case(
+        "2d-output-shape-odd-total-pad",
+        "ConvTranspose",
+        [f32(1, 2, 5, 4), f32(2, 3, 3, 3)],
+        {"strides": [2, 2], "output_shape": [10, 9]},
+        engine="ort",
+    ),
 ]
 
 
@@ -567,6 +574,7 @@ for _op in ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd"):
         case(f"{_op}-18-fp16", _op, [f16(3, 4), i64(1)], opset=18),
         case(f"{_op}-int", _op, [ints(-3, 4, 3, 4)], {"axes": [1]}, opset=13 if _op != "ReduceSum" else 11),
     ]
+REDUCE += [case("Softmax-11-neg-axis", "Softmax", [XR], {"axis": -2}, opset=11, engine="ort")]
 REDUCE += [
     case("ReduceSum-13-input", "ReduceSum", [XR, i64(0, -1)], {"keepdims": 0}, opset=13),
     case("ReduceSum-13-noop", "ReduceSum", [XR], {"noop_with_empty_axes": 1}, opset=13),
@@ -683,6 +691,11 @@ TENSOR = [
 @pytest.mark.parametrize(("op", "inputs", "attrs", "opset", "kw"), TENSOR)
 def test_tensor(op: str, inputs: list, attrs: dict, opset: int, kw: dict) -> None:
     check(op, inputs, attrs, opset, **kw)
+
+
+def test_empty_axes_attribute_reduces_everything() -> None:
+    y = run_kernel("ReduceMean", [XS], {"axes": [], "keepdims": 0}, 11)[0]
+    np.testing.assert_allclose(y, XS.mean(), rtol=1e-6)
 
 
 def test_dropout_mask_of_ones_in_inference() -> None:

@@ -99,9 +99,10 @@ kernel("ArgMin")(_arg_kernel(np.argmin))
 def _softmax_kernel(log: bool) -> Callable[..., list[np.ndarray]]:
     def run(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
         x = need(inputs, 0, "input")
-        axis = norm_axis(int(attrs.get("axis", -1 if opset >= 13 else 1)), max(x.ndim, 1))
+        axis = int(attrs.get("axis", -1 if opset >= 13 else 1))
         xf = wide(x)
         shape = xf.shape
+        axis = norm_axis(axis, x.ndim)
         if opset < 13:
             # Before opset 13 the input is coerced to 2-D at axis and normalised over the second dim.
             xf = xf.reshape(math.prod(shape[:axis]), math.prod(shape[axis:]))

@@ -30,7 +30,8 @@ def axes_from(inputs: Inputs, attrs: Attrs, opset: int, input_since: int, index:
         a = arg(inputs, index)
         # An empty axes tensor means "not given" for these ops.
         return int_list(a) if a is not None and np.asarray(a).size else None
-    return int_list(attrs["axes"]) if "axes" in attrs else None
+    # An empty axes attribute also means "all axes" (as onnxruntime reads it).
+    return int_list(attrs["axes"]) if "axes" in attrs and len(attrs["axes"]) else None
 
 
 @kernel("Identity")
