@@ -133,7 +133,8 @@ def _pow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.power(wide(a), b.astype(wide(a).dtype, copy=False))
 
 
-def _mod_kernel(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+@kernel("Mod")
+def _mod(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
     a, b = need(inputs, 0, "A"), need(inputs, 1, "B")
     broadcast_shape(a.shape, b.shape)
     fmod = int(attrs.get("fmod", 0))
@@ -144,8 +145,6 @@ def _mod_kernel(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> lis
         y = np.fmod(a, b) if fmod else np.mod(a, b)
     return [y.astype(a.dtype, copy=False)]
 
-
-kernel("Mod")(_mod_kernel)
 
 _binary("Add", np.add)
 _binary("Sub", np.subtract)

@@ -136,13 +136,15 @@ def _conv(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.n
     strides, dil, begin, _end, out = window_geometry(list(x.shape[2:]), ks, attrs)
     xf, wf = wide(x), wide(w).astype(wide(x).dtype, copy=False)
     win = windows(xf, begin, out, strides, dil, ks, 0.0)  # (N, C, *out, *ks)
+    # Channels next to the kernel axes, so one output position's patch (Cg, *ks) is one im2col row.
+    rows = np.moveaxis(win, 1, 1 + nd)  # view (N, *out, C, *ks)
     cg, mg, kk, p = c // group, m // group, math.prod(ks), math.prod(out)
     # Weights as (G, Cg*K, Mg): one im2col row times this gives Mg outputs of its group.
     wmat = wf.reshape(group, mg, cg * kk).transpose(0, 2, 1)
     tile = int((tiling or {}).get("tile_hw", 0) or 0)
     if tile <= 0 or tile >= p:
-        # Whole im2col at once, for every image and group: (N, G, P, Cg*K) @ (G, Cg*K, Mg).
-        cols = win.reshape(n, group, cg, p, kk).transpose(0, 1, 3, 2, 4).reshape(n, group, p, cg * kk)
+        # Whole im2col at once (one copy), for every image and group: (N, G, P, Cg*K) @ (G, Cg*K, Mg).
+        cols = rows.reshape(n, p, group, cg * kk).transpose(0, 2, 1, 3)
         y = np.matmul(cols, wmat).transpose(0, 1, 3, 2).reshape(n, m, p)
     else:
         y = np.empty((n, m, p), dtype=xf.dtype)
@@ -150,9 +152,9 @@ def _conv(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.n
             pos = np.arange(start, min(start + tile, p))
             coords = np.unravel_index(pos, out)
             for i, g in itertools.product(range(n), range(group)):
-                # Gather this chunk's windows only: workspace tile * Cg * K elements.
-                patch = win[i, g * cg : (g + 1) * cg][(slice(None), *coords)]  # (Cg, tile, *ks)
-                cols = patch.transpose(1, 0, *range(2, 2 + nd)).reshape(len(pos), cg * kk)
+                # Gather this chunk's rows only: a contiguous (tile, Cg, *ks) workspace, reshaped for free.
+                patch = rows[(i, *coords, slice(g * cg, (g + 1) * cg))]
+                cols = patch.reshape(len(pos), cg * kk)
                 y[i, g * mg : (g + 1) * mg, start : start + len(pos)] = (cols @ wmat[g]).T
     if b is not None:
         y = y + wide(b).astype(y.dtype, copy=False).reshape(1, m, 1)

@@ -22,7 +22,7 @@ from ._registry import (
 )
 from .tensor import axes_from
 
-# op -> (numpy reduction, opset from which axes is an input, empty-set identity or None)
+# op -> (numpy reduction, opset from which axes is an input rather than an attribute)
 _REDUCE: dict[str, tuple[Callable[..., np.ndarray], int]] = {
     "ReduceSum": (np.sum, 13),
     "ReduceMean": (np.mean, 18),
