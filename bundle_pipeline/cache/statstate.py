@@ -2,9 +2,9 @@
 
 On-disk state
 -------------
-One JSON file, ``state/stat.json``, kept on the *local* disk: inside the cache root when the root
-is local, else under ``~/.cache/bundle-pipeline/state/<hash of root>/`` (or the Cache's
-``state_dir``), since the entries describe this machine's files::
+One JSON file kept on the *local* disk: ``<root>/state/stat.json`` when the cache root is local,
+else ``<state_dir>/stat.json`` with state_dir defaulting to
+``~/.cache/bundle-pipeline/state/<hash of root>/``, since the entries describe this machine's files::
 
     {"v": 1, "entries": {"/abs/path/model.onnx": [size, mtime_ns, inode, device, "<blake3 hex>"]}}
 

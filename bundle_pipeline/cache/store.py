@@ -41,6 +41,7 @@ from datetime import datetime
 from typing import Any
 
 import fsspec
+import numpy as np
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
@@ -325,9 +326,11 @@ class Cache:
     """The build cache: content-addressed objects and tensors, task actions, input stat state.
 
     ``root`` is a local path or an fsspec URL; directories are created on first write.
-    ``chunk_bytes`` sets the tensor chunk size. The stat state lives in ``<root>/state/stat.json``
-    for local roots and in ``state_dir`` (default ``~/.cache/bundle-pipeline/state/<root hash>/``)
-    for remote ones, because it records paths, inodes and mtimes of *this* machine's files.
+    ``chunk_bytes`` sets the tensor chunk size. The stat state is ``<root>/state/stat.json`` for
+    local roots and ``<state_dir>/stat.json`` for remote ones (default state_dir:
+    ``$XDG_CACHE_HOME or ~/.cache`` + ``/bundle-pipeline/state/<hash of root>``), because it records
+    paths, inodes and mtimes of *this* machine's files; ``state_dir`` may also be given for a
+    local root to keep the state elsewhere.
     Sent to another process (dask), a Cache is rebuilt from its root and options alone.
     """
 
@@ -351,12 +354,11 @@ class Cache:
         self.root: str = self._backend.root if self._backend.is_local else given.rstrip("/")
         self.chunk_bytes = chunk_bytes
         if state_dir is not None:
-            state_backend: Backend = LocalBackend(os.path.abspath(os.fspath(state_dir)))
-        elif self._backend.is_local:
-            state_backend = self._backend
+            self._stat = statstate.StatState(LocalBackend(os.path.abspath(os.fspath(state_dir))), "stat.json")
+        elif isinstance(self._backend, LocalBackend):
+            self._stat = statstate.StatState(self._backend, "state/stat.json")
         else:
-            state_backend = LocalBackend(_default_state_dir(self.root))
-        self._stat = statstate.StatState(state_backend, "state/stat.json")
+            self._stat = statstate.StatState(LocalBackend(_default_state_dir(self.root)), "stat.json")
 
     def __repr__(self) -> str:
         return f"Cache({self.root!r})"
@@ -396,15 +398,16 @@ class Cache:
         return self.put_object(canonical_json(obj))
 
     def get_json(self, h: str) -> Any:
+        """The value of a JSON object stored by ``put_json``; CacheMiss like ``get_object``."""
         return json.loads(self.get_object(h))
 
     # -- tensors ---------------------------------------------------------------------------------
 
-    def put_tensor(self, arr: Any) -> str:
+    def put_tensor(self, arr: np.ndarray) -> str:
         """Store an array as zarr under its ``tensor_hash`` and return the hash; idempotent."""
         return tensors.put_tensor(self._backend, arr, self.chunk_bytes, temp_name())
 
-    def get_tensor(self, h: str, verify: bool = True) -> Any:
+    def get_tensor(self, h: str, verify: bool = True) -> np.ndarray:
         """The array stored under ``h`` (verified unless ``verify=False``); CacheMiss when missing/corrupt."""
         arr = tensors.get_tensor(self._backend, check_hash(h), verify=verify)
         if arr is None:

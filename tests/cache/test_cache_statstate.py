@@ -190,7 +190,7 @@ def test_remote_root_keeps_state_on_local_disk(tmp_path, reads):
         h = c.file_hash(f)
         assert Cache(f"memory://{name}", state_dir=tmp_path / "state").file_hash(f) == h
         assert len(reads) == 1
-        assert (tmp_path / "state" / "state" / "stat.json").exists()
+        assert (tmp_path / "state" / "stat.json").exists()
         assert not fsspec.filesystem("memory").exists(f"/{name}/state")
     finally:
         fs = fsspec.filesystem("memory")
@@ -201,7 +201,8 @@ def test_remote_root_keeps_state_on_local_disk(tmp_path, reads):
 def test_default_remote_state_dir_is_per_root_under_xdg_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     a, b = Cache("memory://root-a"), Cache("memory://root-b")
-    assert a._stat.path.startswith(str(tmp_path / "xdg" / "bundle-pipeline" / "state"))
+    assert a._stat.path.startswith(str(tmp_path / "xdg" / "bundle-pipeline" / "state") + os.sep)
+    assert a._stat.path.endswith(os.sep + "stat.json")
     assert a._stat.path != b._stat.path
 
 

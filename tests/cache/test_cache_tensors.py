@@ -274,3 +274,51 @@ def test_half_published_remote_entry_is_replaced(memory_root):
 )
 def test_scalar_and_one_element_vector_have_distinct_hashes():
     assert tensor_hash(np.array(3.0)) != tensor_hash(np.array([3.0]))
+
+
+@pytest.mark.parametrize("dtype", ["bool", "int8", "uint16", "float16", "float32", "int64", "complex128"])
+def test_local_fast_read_matches_zarr(tmp_path, monkeypatch, dtype):
+    from bundle_pipeline.cache import tensors as tensors_mod
+
+    for i, shape in enumerate([(), (0, 2), (1,), (50, 3), (7, 2, 3), (3, 40)]):
+        c = Cache(tmp_path / f"cache{i}", chunk_bytes=48)  # () and (1,) may collide, see the xfail
+        arr = sample(dtype, shape, seed=i)
+        h = c.put_tensor(arr)
+        with monkeypatch.context() as m:  # the zarr read path must not be needed locally
+            m.setattr(tensors_mod, "_read_zarr", lambda *a: pytest.fail("zarr read used"))
+            fast = c.get_tensor(h)
+        assert_same(fast, arr)
+        assert_same(tensors_mod._read_zarr(c._backend, h), arr)
+
+
+def test_foreign_zarr_layout_falls_back_to_zarr(tmp_path):
+    import zarr
+    from zarr.codecs import ZstdCodec
+
+    from bundle_pipeline.cache import tensors as tensors_mod
+
+    c = Cache(tmp_path / "cache")
+    arr = np.arange(1000, dtype=np.float32).reshape(100, 10)
+    h = tensor_hash(arr)
+    attrs = tensors_mod._attrs(h, tensors_mod.compute_chunk_hashes(arr, (30, 10)))
+    z = zarr.create_array(
+        c._backend.zarr_store(f"tensors/{h[:2]}/{h}", read_only=False),
+        shape=arr.shape,
+        dtype=arr.dtype,
+        chunks=(30, 10),
+        compressors=ZstdCodec(level=3),
+        attributes=attrs,
+    )
+    z[...] = arr
+    assert c.has_tensor(h)
+    assert_same(c.get_tensor(h), arr)
+    assert len(c.tensor_chunks(h)) == 4
+
+
+def test_missing_chunk_is_caught_even_unverified_locally(tmp_path):
+    c = Cache(tmp_path / "cache", chunk_bytes=64)
+    h = c.put_tensor(np.arange(1, 65, dtype=np.int32))
+    os.unlink(os.path.join(c.root, "tensors", h[:2], h, "c", "1"))
+    with pytest.raises(CacheMiss):
+        c.get_tensor(h, verify=False)
+    assert not c.has_tensor(h)
