@@ -29,7 +29,8 @@ _ACTS: dict[str, tuple[int, int, tuple[float, float], Callable[[float, float], A
 
 def _activations(attrs: Attrs, num_dirs: int) -> list[tuple[Act, Act, Act]]:
     """(f, g, h) per direction; alpha/beta values are consumed in order by the functions that take them."""
-    names = [str(s) for s in attrs.get("activations", ["Sigmoid", "Tanh", "Tanh"] * num_dirs)]
+    raw = attrs.get("activations", ["Sigmoid", "Tanh", "Tanh"] * num_dirs)
+    names = [s.decode() if isinstance(s, bytes) else str(s) for s in raw]
     if len(names) == 3 and num_dirs == 2:
         names = names * 2
     if len(names) != 3 * num_dirs:
