@@ -258,7 +258,7 @@ def _read_plain(root: str, meta: _Meta) -> np.ndarray:
             with open(path, "rb", buffering=0) as f:
                 if os.fstat(f.fileno()).st_size != chunk_nbytes:
                     raise ValueError(f"chunk file has the wrong size: {path}")
-                target = out[region]
+                target = out[(*region, ...)]  # the Ellipsis keeps a 0-d result a view, not a scalar
                 if target.shape == meta.chunks and target.flags.c_contiguous:
                     _read_exact(f, memoryview(target.reshape(-1).view(np.uint8)))  # a view into out
                 else:  # an edge chunk: zarr stored it padded to the full chunk shape

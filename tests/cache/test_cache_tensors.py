@@ -322,3 +322,13 @@ def test_missing_chunk_is_caught_even_unverified_locally(tmp_path):
     with pytest.raises(CacheMiss):
         c.get_tensor(h, verify=False)
     assert not c.has_tensor(h)
+
+
+def test_scalars_read_back_their_own_values(tmp_path):
+    c = Cache(tmp_path / "cache")
+    values = [np.array(v, dtype=dt) for v in (1.5, -2.0, 12345.0) for dt in ("float32", "float64", "int64")]
+    hashes = [c.put_tensor(v) for v in values]
+    fresh = Cache(tmp_path / "cache")
+    for h, v in reversed(list(zip(hashes, values, strict=True))):
+        assert_same(fresh.get_tensor(h), v)
+        assert_same(fresh.get_tensor(h, verify=False), v)
