@@ -204,6 +204,8 @@ def _attrs(node: onnx.NodeProto) -> dict:
         elif isinstance(value, onnx.SparseTensorProto):
             raise UnsupportedOp(f"node {node.name!r}: sparse tensor attributes are not supported")
         out[attr.name] = value
+    if node.op_type == "Split" and "num_outputs" not in out:
+        out["num_outputs"] = len(node.output)  # before opset 18 the count lives only in the node's outputs
     return out
 
 
