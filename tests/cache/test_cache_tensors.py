@@ -332,3 +332,19 @@ def test_scalars_read_back_their_own_values(tmp_path):
     for h, v in reversed(list(zip(hashes, values, strict=True))):
         assert_same(fresh.get_tensor(h), v)
         assert_same(fresh.get_tensor(h, verify=False), v)
+
+
+def test_concurrent_puts_of_one_tensor_publish_once(tmp_path):
+    import threading
+
+    arr = sample("float32", (300, 11), seed=9)
+    caches = [Cache(tmp_path / "cache", chunk_bytes=1024) for _ in range(4)]
+    got = []
+    threads = [threading.Thread(target=lambda c=c: got.append(c.put_tensor(arr))) for c in caches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == [tensor_hash(arr)] * 4
+    assert caches[0].info()["tensors"]["count"] == 1 and caches[0].info()["temp"]["count"] == 0
+    assert_same(caches[0].get_tensor(got[0]), arr)
