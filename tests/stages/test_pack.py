@@ -1,0 +1,136 @@
+"""pack: manifest + constant pool -> a zarr v3 bundle, as a directory or a stored zip, reproducibly and atomically."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from bundle_pipeline.ir.hashing import tensor_hash
+from bundle_pipeline.stages import pack
+
+RNG = np.random.default_rng(0)
+TENSORS = [
+    RNG.standard_normal((3, 4)).astype(np.float32),
+    RNG.standard_normal((300_000,)).astype(np.float32),  # > CHUNK_BYTES: several chunks
+    np.array(2.5, np.float32),
+    np.arange(6, dtype=np.int64).reshape(2, 3),
+    np.zeros((0, 3), np.float32),
+]
+BY_HASH = {tensor_hash(t): t for t in TENSORS}
+
+
+def meta(tensors=TENSORS) -> dict:
+    constants = {f"infer.t{i}": {"hash": tensor_hash(t), "shape": list(t.shape), "dtype": t.dtype.name}
+                 for i, t in enumerate(tensors)}
+    storage = {"constants": constants, "bindings": {"infer": {f"t{i}": f"infer.t{i}" for i in range(len(tensors))}},
+               "initial": {"v": "infer.t0"}}
+    variables = {"v": {"shape": [3, 4], "dtype": "float32", "readers": ["infer"], "writers": ["update"],
+                       "source": "initializer"}}
+    graphs = [{"name": "update", "role": "update", "options": {}, "program": {"graph": "update", "steps": []}},
+              {"name": "infer", "role": "infer", "options": {"precision_mode": "force_fp16"},
+               "program": {"graph": "infer", "steps": [{"op": "Relu"}]}}]
+    return pack.manifest("demo", "cpu", graphs, variables, {"v": "ND"}, storage)
+
+
+def files(root: Path) -> dict[str, bytes]:
+    return {rel: (root / rel).read_bytes() for rel in pack.entries(root)}
+
+
+def test_manifest_lists_graphs_variables_and_constants():
+    m = meta()
+    assert m["format_version"] == pack.FORMAT_VERSION and m["target"] == "cpu" and m["name"] == "demo"
+    assert [g["name"] for g in m["graphs"]] == ["update", "infer"]
+    assert m["graphs"][0]["bindings"] == {} and m["graphs"][1]["bindings"]["t0"] == "infer.t0"
+    assert m["variables"] == [{"name": "v", "shape": [3, 4], "dtype": "float32", "format": "ND", "nbytes": 48,
+                               "readers": ["infer"], "writers": ["update"], "source": "initializer",
+                               "initial": "infer.t0"}]
+    assert m["constants"]["infer.t1"]["array"] == "constants/infer.t1"
+
+
+def test_directory_and_zip_have_the_same_digest_and_content(tmp_path):
+    d = pack.run(meta(), BY_HASH.__getitem__, str(tmp_path / "b.bundle"))
+    z = pack.run(meta(), BY_HASH.__getitem__, str(tmp_path / "b.zip"))
+    assert d == z == pack.bundle_digest(tmp_path / "b.bundle") == pack.bundle_digest(tmp_path / "b.zip")
+    with zipfile.ZipFile(tmp_path / "b.zip") as zf:
+        assert {n: zf.read(n) for n in zf.namelist()} == files(tmp_path / "b.bundle")
+    for store in (zarr.storage.LocalStore(tmp_path / "b.bundle", read_only=True),
+                  zarr.storage.ZipStore(tmp_path / "b.zip", mode="r")):
+        group = zarr.open_group(store, mode="r")
+        assert group.attrs.asdict() == meta()
+        for i, t in enumerate(TENSORS):
+            array = group[f"constants/infer.t{i}"]
+            assert array.shape == t.shape and array.dtype == t.dtype
+            np.testing.assert_array_equal(array[...], t)
+        store.close()
+    assert sum(1 for rel in files(tmp_path / "b.bundle") if rel.startswith("constants/infer.t1/c/")) > 1
+
+
+def test_digest_changes_with_a_tensor(tmp_path):
+    edited = [t.copy() for t in TENSORS]
+    edited[1][7] += 1
+    by_hash = {tensor_hash(t): t for t in edited}
+    a = pack.run(meta(), BY_HASH.__getitem__, str(tmp_path / "a.bundle"))
+    b = pack.run(meta(edited), by_hash.__getitem__, str(tmp_path / "b.bundle"))
+    assert a != b
+
+
+def test_writing_twice_gives_byte_identical_files(tmp_path):
+    for out in ("one.bundle", "two/other.bundle", "one.zip", "two/other.zip"):
+        pack.run(meta(), BY_HASH.__getitem__, str(tmp_path / out))
+    assert files(tmp_path / "one.bundle") == files(tmp_path / "two/other.bundle")
+    assert (tmp_path / "one.zip").read_bytes() == (tmp_path / "two/other.zip").read_bytes()
+    before = (tmp_path / "one.zip").read_bytes()
+    pack.run(meta(), BY_HASH.__getitem__, str(tmp_path / "one.zip"))  # rewrite in place
+    assert (tmp_path / "one.zip").read_bytes() == before
+
+
+def test_zip_is_sorted_stored_with_fixed_timestamps(tmp_path):
+    pack.run(meta(), BY_HASH.__getitem__, str(tmp_path / "b.zip"))
+    with zipfile.ZipFile(tmp_path / "b.zip") as zf:
+        infos = zf.infolist()
+        assert zf.testzip() is None
+    names = [i.filename for i in infos]
+    assert names == sorted(names) and len(names) == len(set(names))
+    assert "zarr.json" in names and not any(n.endswith("/") for n in names)
+    assert {i.date_time for i in infos} == {pack.ZIP_EPOCH}
+    assert {i.compress_type for i in infos} == {zipfile.ZIP_STORED}
+
+
+def failing_reader(h: str) -> np.ndarray:
+    if BY_HASH[h].shape == (300_000,):
+        raise RuntimeError("tensor store unavailable")
+    return BY_HASH[h]
+
+
+@pytest.mark.parametrize("name", ["b.bundle", "b.zip"])
+def test_failed_write_leaves_the_previous_bundle_and_no_temp_files(tmp_path, name):
+    out = tmp_path / "out" / name
+    old_tensors = [np.ones((2, 2), np.float32)]
+    old_hash = {tensor_hash(t): t for t in old_tensors}
+    digest = pack.run(meta(old_tensors), old_hash.__getitem__, str(out))
+    snapshot = files(out) if out.is_dir() else out.read_bytes()
+    with pytest.raises(RuntimeError, match="tensor store unavailable"):
+        pack.run(meta(), failing_reader, str(out))
+    assert (files(out) if out.is_dir() else out.read_bytes()) == snapshot
+    assert pack.bundle_digest(out) == digest
+    assert sorted(p.name for p in out.parent.iterdir()) == [name]  # no staging dirs, no .old, no .zip.tmp
+
+
+def test_failed_first_write_leaves_nothing(tmp_path):
+    with pytest.raises(RuntimeError):
+        pack.run(meta(), failing_reader, str(tmp_path / "new" / "b.bundle"))
+    assert list((tmp_path / "new").iterdir()) == []
+
+
+def test_replacing_a_bundle_removes_stale_entries(tmp_path):
+    out = tmp_path / "b.bundle"
+    pack.run(meta(), BY_HASH.__getitem__, str(out))
+    fewer = TENSORS[:1]
+    digest = pack.run(meta(fewer), {tensor_hash(t): t for t in fewer}.__getitem__, str(out))
+    assert not any(rel.startswith("constants/infer.t1") for rel in pack.entries(out))
+    assert pack.bundle_digest(out) == digest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.bundle"]
