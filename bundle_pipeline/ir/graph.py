@@ -118,7 +118,7 @@ class Graph:
                 if name and name not in defined:
                     errors.append(f"node {node.name!r} ({node.op_type}) reads {name!r} before it is defined; "
                                   f"order nodes topologically or add it as an input/weight")
-            for name in node.outputs:
+            for name in filter(None, node.outputs):  # "" marks an omitted optional output
                 if name in defined:
                     errors.append(f"node {node.name!r} redefines {name!r}; values are SSA, rename the output")
                 defined.add(name)
@@ -131,7 +131,7 @@ class Graph:
 
 def encode_tensor(arr: np.ndarray) -> dict:
     """Small tensors as JSON: dtype, shape and base64 of the little-endian bytes."""
-    arr = np.ascontiguousarray(arr)
+    arr = np.asarray(arr, order="C")  # not ascontiguousarray: it turns 0-d into shape (1,)
     data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
     return {"dtype": arr.dtype.name, "shape": list(arr.shape), "b64": base64.b64encode(data).decode()}
 

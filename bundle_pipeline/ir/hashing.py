@@ -28,7 +28,7 @@ def hash_json(obj: Any) -> str:
 
 def tensor_hash(arr: np.ndarray) -> str:
     """Hash of a tensor's dtype, shape and C-order bytes: equal values give equal hashes."""
-    arr = np.ascontiguousarray(arr)
+    arr = np.asarray(arr, order="C")  # keeps 0-d arrays 0-d, so a scalar and [x] hash apart
     h = blake3.blake3(max_threads=blake3.blake3.AUTO if arr.nbytes > 1 << 22 else 1)
     h.update(canonical_json({"dtype": arr.dtype.str, "shape": list(arr.shape), "v": HASH_VERSION}))
     h.update(arr.reshape(-1).view(np.uint8))

@@ -227,8 +227,8 @@ def to_ir(model: onnx.ModelProto, name: str, where: str) -> tuple[Graph, dict[st
             continue
         nodes.append(Node(node.name or f"{node.op_type}_{index}", node.op_type, list(node.input),
                           list(node.output), attrs))
-    for name, arr in {**consts, **weights}.items():
-        types[name] = TensorType(tuple(arr.shape), arr.dtype.name)
+    for tensor, arr in {**consts, **weights}.items():
+        types[tensor] = TensorType(tuple(arr.shape), arr.dtype.name)
     feeds = [i.name for i in g.input if i.name not in initializers]
     graph = Graph(name=name, opset=default_opset(model), inputs=feeds, outputs=[o.name for o in g.output],
                   nodes=nodes, types=types, weights=sorted(weights), consts=consts)

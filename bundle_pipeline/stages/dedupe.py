@@ -32,7 +32,8 @@ def _writes(g: dict) -> set[str]:
 
 def _variable_names(graphs: list[dict], declared: list[str] | None) -> set[str]:
     names = set(declared or [])
-    everywhere = set().union(*(_reads(g) | set(g["structure"]["outputs"]) for g in graphs))
+    everywhere = set().union(*(_reads(g) | set(g["structure"]["outputs"]) | set(g["structure"]["consts"])
+                               for g in graphs))
     for name in sorted(names - everywhere):
         raise ParamInvalid(f"variable {name!r} is listed in 'variables' but no graph reads or writes it",
                            "variables")

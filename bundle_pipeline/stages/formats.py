@@ -26,10 +26,13 @@ def assign(structures: dict[str, dict], variables: dict, target: Target) -> dict
         ttype = TensorType(tuple(var["shape"]), var["dtype"])
         natural = natural_format(len(ttype.shape), target)
         candidates = [f for f in target.formats if f == natural or f not in ("NCHW", "ND")]
-        consumers = [node for g in var["readers"] for node in graphs[g].consumers().get(name, [])]
+        consumers = {g: graphs[g].consumers().get(name, []) for g in var["readers"]}
 
-        def cost(fmt: str, consumers: list[Node] = consumers, ttype: TensorType = ttype) -> int:
-            return sum(ttype.nbytes for node in consumers if fmt not in target.kernel(node.op_type).inputs)
+        def cost(fmt: str, consumers: dict = consumers, ttype: TensorType = ttype) -> int:
+            # insert() converts a value once per graph and destination format, however many nodes read it
+            return sum(ttype.nbytes * len({target.kernel(n.op_type).inputs[0] for n in nodes
+                                           if fmt not in target.kernel(n.op_type).inputs})
+                       for nodes in consumers.values())
 
         chosen[name] = min(candidates, key=lambda f: (cost(f), f != natural, f))
     return chosen
@@ -67,14 +70,18 @@ def insert(structure: dict, var_formats: dict[str, str], target: Target) -> dict
         nodes.append(node)
         for out in node.outputs:
             if out:
-                rank = len(graph.types[out].shape)
-                formats[out] = kernel.output if kernel.output in ("ND", natural_format(rank, target)) else "ND"
+                formats[out] = _output_format(kernel.output, len(graph.types[out].shape), target)
     graph.nodes, graph.formats = nodes, formats
     for out in graph.outputs:
         wanted = var_formats.get(out, natural_format(len(graph.types[out].shape), target))
         if formats[out] != wanted:
             _convert_output(graph, out, wanted)
     return graph.to_json()
+
+
+def _output_format(produced: str, rank: int, target: Target) -> str:
+    """ND and NCHW name the same row-major bytes: a standard-layout result is labelled by its rank."""
+    return natural_format(rank, target) if produced in ("ND", "NCHW") else produced
 
 
 def _convert_output(graph: Graph, out: str, dst: str) -> None:

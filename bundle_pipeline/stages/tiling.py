@@ -11,6 +11,7 @@ from ..targets import Target
 
 NAME = "tiling"
 VERSION = "1"
+TILED_OPS = frozenset({"Conv", "MatMul", "Gemm"})  # the kernels whose workspace grows with the problem
 
 
 def run(structure: dict, target: Target) -> dict[str, dict]:
@@ -19,6 +20,8 @@ def run(structure: dict, target: Target) -> dict[str, dict]:
     budget = int(target.buffers["workspace_bytes"])
     plan: dict[str, dict] = {}
     for node in graph.nodes:
+        if node.op_type not in TILED_OPS:
+            continue
         types = [graph.types[i] if i else None for i in node.inputs]
         tiling = choose(node, types, graph.types[node.outputs[0]], budget)
         if tiling:

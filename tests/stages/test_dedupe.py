@@ -176,9 +176,6 @@ def test_declared_variable_without_a_value_is_graph_invalid():
     assert "never written" in err.message and "infer" in err.message
 
 
-@pytest.mark.xfail(reason="BUG: dedupe._reads ignores consts, so _variable_names rejects a declared const as 'no graph "
-                          "reads or writes it' (PARAM_INVALID) and its dedicated const check is unreachable",
-                   strict=True)
 def test_shape_steering_const_cannot_be_a_variable():
     infer = graph("infer", "infer", """
 agraph (float[2,3] x) => (float[3,2] y) <int64[2] shp = {3, 2}> { y = Reshape(x, shp) }""")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import onnx.parser
-import pytest
 
 from bundle_pipeline.ir.graph import Graph
 from bundle_pipeline.ir.hashing import tensor_hash
@@ -100,16 +99,9 @@ agraph (float[1,2,5,5] x, float[4,2,3,3] k, float[2,3] a, float[3,4] w) => (floa
     assert Graph.from_json(s).format_of("k") == "NCHW"
     assert Graph.from_json(s).format_of("w") == "ND"
     s = formats.insert(structures["update"], chosen, cpu)
-    assert [n["outputs"] for n in transdatas(s) if n["outputs"] != ["k"]] == []  # k: see the xfail below
+    assert transdatas(s) == []
 
 
-CPU_4D_XFAIL = pytest.mark.xfail(
-    reason="BUG: formats.insert records the output of a default kernel (output ND) as ND even when it is 4-D, then "
-           "'converts' it with a TransData ND->NCHW when it is a graph output or writes a 4-D variable, on the cpu "
-           "target whose formats share one layout", strict=True)
-
-
-@CPU_4D_XFAIL
 def test_cpu_target_update_writing_a_4d_variable_needs_no_transdata():
     structures, variables = bundle({
         "update": ("update", "agraph (float[4,2,3,3] k_new) => (float[4,2,3,3] k) { k = Identity(k_new) }"),
@@ -121,7 +113,6 @@ def test_cpu_target_update_writing_a_4d_variable_needs_no_transdata():
     assert [n["outputs"] for n in s["nodes"]] == [["k"]]
 
 
-@CPU_4D_XFAIL
 def test_cpu_target_elementwise_4d_output_needs_no_transdata():
     s = formats.insert(structure("""
 agraph (float[1,2,5,5] x, float[3,2,3,3] w) => (float[1,3,3,3] y) {
@@ -204,9 +195,6 @@ def test_chosen_format_matches_the_cheapest_measured_insertion():
     assert formats.assign(structures, variables, FAKE)["w"] == min(measured, key=measured.get)
 
 
-@pytest.mark.xfail(reason="BUG: formats.assign charges one TransData per consuming node, but insert converts a value "
-                          "once per graph; three MatMuls in one graph (1 real conversion) outvote two Relus in two "
-                          "graphs (2 real conversions), so FMT_B is picked though ND moves fewer bytes", strict=True)
 def test_chosen_format_is_cheapest_when_one_graph_has_many_consumers():
     many = ("infer", """
 agraph (float[2,3] x, float[3,4] w) => (float[2,4] y) {
@@ -255,9 +243,6 @@ agraph (float[2,3] x, float[3,4] w) => (float[2,4] y, float[3,4] r) {
     assert graph.format_of("r") == "ND"
 
 
-@pytest.mark.xfail(reason="BUG: formats.insert labels a kernel output in a non-standard format (here MatMul -> "
-                          "FMT_B) as ND, so the graph output is returned in FMT_B without a TransData back",
-                   strict=True)
 def test_kernel_output_in_another_format_is_converted_back_for_users():
     s = formats.insert(structure("agraph (float[2,3] x, float[3,4] w) => (float[2,4] y) { y = MatMul(x, w) }"),
                        {}, fake_target(matmul_output="FMT_B"))

@@ -246,20 +246,14 @@ def test_lint_reports_missing_output_and_missing_type():
     assert any("'y' has no type" in p and "input_shape" in p for p in problems)
 
 
-# ---- bugs found while writing these tests (see the xfail reasons) ----
+# ---- regressions: bugs found while writing these tests ----
 
 
-@pytest.mark.xfail(reason="BUG: onnx_import.to_ir's loop `for name, arr in {**consts, **weights}.items()` "
-                          "shadows its `name` parameter, so the graph is named after its last weight/const",
-                   strict=True)
 def test_structure_is_named_after_the_graph_param():
     out = run(DYNAMIC, input_shape="x:2,3")  # has a weight 'b'
     assert out.structure["name"] == "g"
 
 
-@pytest.mark.xfail(reason="BUG: ir.graph.encode_tensor uses np.ascontiguousarray, which turns a 0-d const into "
-                          "shape [1]; a scalar Gather index then yields an output of the wrong rank at run time",
-                   strict=True)
 def test_scalar_int_constant_keeps_its_rank():
     m = model("""
 agraph (float[2,3] x) => (float[3] y) {
@@ -272,8 +266,6 @@ agraph (float[2,3] x) => (float[3] y) {
     assert const(s, "i").shape == ()
 
 
-@pytest.mark.xfail(reason="BUG: Graph.lint adds the omitted-output marker '' to `defined`, so a second node "
-                          "with an omitted optional output is reported as redefining ''", strict=True)
 def test_two_nodes_with_omitted_optional_outputs_pass_lint():
     m = model("""
 agraph (float[5,1,3] x, float[1,16,3] w, float[1,16,4] r, float[1,16,4] r2) => (float[1,1,4] h, float[1,1,4] h2) {
