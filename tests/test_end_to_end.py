@@ -120,3 +120,27 @@ def test_large_conv_and_matmul_are_tiled_and_match_ort(tmp_path, tmp_cache):
     assert steps["MatMul"]["tiling"]["workspace_bytes"] <= 4 << 20
     feeds = built.feeds(rng)
     assert_outputs_close(bundle.run("infer", feeds), ort_run(built.graph().path, feeds))
+
+
+def test_lstm_with_omitted_output_and_update(tmp_path, tmp_cache):
+    """An LSTM whose Y output is omitted (only Y_h used), its weights refreshed by the update graph."""
+    rng = np.random.default_rng(11)
+    hidden, inp, seq, batch = 8, 5, 6, 2
+    tensors = {"W": (1, 4 * hidden, inp), "R": (1, 4 * hidden, hidden), "B": (1, 8 * hidden)}
+    inits = [onnx.numpy_helper.from_array(rng.standard_normal(s).astype(np.float32) * 0.3, n)
+             for n, s in tensors.items()]
+    nodes = [onnx.helper.make_node("LSTM", ["x", "W", "R", "B"], ["", "h"], hidden_size=hidden),
+             onnx.helper.make_node("Squeeze", ["h", "axes"], ["y"])]
+    inits.append(onnx.numpy_helper.from_array(np.array([0], np.int64), "axes"))
+    graph = onnx.helper.make_graph(
+        nodes, "lstm", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [seq, batch, inp])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [batch, hidden])], inits)
+    infer = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 14)])
+    built = models.write_bundle(tmp_path / "lstm", "lstm", {"infer": infer}, var_names=list(tensors))
+    spec, _ = build_spec(built, tmp_cache)
+    bundle = load_bundle(spec.output)
+    feeds = built.feeds(rng)
+    assert_outputs_close(bundle.run("infer", feeds), ort_run(built.graph().path, feeds))
+    new = built.new_weights(rng)
+    bundle.update({f"{k}.new": v for k, v in new.items()})
+    assert_outputs_close(bundle.run("infer", feeds), ort_run(built.graph().path, feeds, weights=new))
