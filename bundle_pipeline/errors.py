@@ -31,9 +31,17 @@ class BundleError(Exception):
         self.where = where
         super().__init__(self.one_line())
 
+    def __reduce__(self):
+        # keep status and place when a worker process sends the error back (dask pickles exceptions)
+        return (_rebuild_error, (type(self), self.message, self.where, self.status))
+
     def one_line(self) -> str:
         place = f"{self.where}: " if self.where else ""
         return f"{self.status}: {place}{self.message}"
+
+
+def _rebuild_error(cls: type, message: str, where: str | None, status: str) -> BundleError:
+    return cls(message, where, status)
 
 
 class ParamInvalid(BundleError):

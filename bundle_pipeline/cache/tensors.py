@@ -40,9 +40,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import zarr
-import zarr.errors
-from zarr.codecs import BytesCodec
 
 from bundle_pipeline.ir.hashing import hash_bytes, hash_json, tensor_hash
 
@@ -76,14 +73,11 @@ SUPPORTED_DTYPES = frozenset(
 # What zarr/numpy raise on a damaged entry: bad JSON, metadata of the wrong shape (zarr calls
 # .get on whatever the JSON holds, hence AttributeError), wrong-sized chunk bytes. Other OSErrors
 # (network, permissions) propagate: they say nothing about the entry's contents.
-_DAMAGE_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError,
-    TypeError,
-    KeyError,
-    IndexError,
-    AttributeError,
-    zarr.errors.BaseZarrError,
-)
+def damage_errors() -> tuple[type[BaseException], ...]:
+    # zarr is imported lazily: a no-op build only stats inputs and reads JSON records
+    import zarr.errors
+
+    return (ValueError, TypeError, KeyError, IndexError, AttributeError, zarr.errors.BaseZarrError)
 
 
 def tensor_rel(h: str) -> str:
@@ -161,6 +155,9 @@ def put_tensor(backend: Backend, arr: Any, chunk_bytes: int, tmp_name: str) -> s
     tmp = f"tensors/{h[:2]}/{tmp_name}"
     try:
         backend.new_dir(tmp)
+        import zarr
+        from zarr.codecs import BytesCodec
+
         z = zarr.create_array(
             backend.zarr_store(tmp, read_only=False),
             shape=arr.shape,
@@ -206,7 +203,7 @@ class _Meta:
 
 def _load_meta(backend: Backend, h: str) -> _Meta:
     """Parse and check ``tensors/.../<h>/zarr.json``; FileNotFoundError when absent, one of
-    _DAMAGE_ERRORS when it is not the metadata of tensor ``h``."""
+    damage_errors() when it is not the metadata of tensor ``h``."""
     meta = json.loads(backend.read(f"{tensor_rel(h)}/zarr.json"))
     shape = tuple(int(n) for n in meta["shape"])
     chunks = tuple(int(n) for n in meta["chunk_grid"]["configuration"]["chunk_shape"])
@@ -287,6 +284,8 @@ def _read_exact(f: Any, view: memoryview) -> None:
 
 
 def _read_zarr(backend: Backend, h: str) -> np.ndarray:
+    import zarr
+
     z = zarr.open_array(backend.zarr_store(tensor_rel(h), read_only=True), mode="r", zarr_format=3)
     return np.asarray(z[...]) if z.size else np.zeros(z.shape, dtype=z.dtype)
 
@@ -305,7 +304,7 @@ def get_tensor(backend: Backend, h: str, verify: bool = True, missing_is_corrupt
         if missing_is_corrupt:
             backend.remove_tree(tensor_rel(h))
         return None
-    except _DAMAGE_ERRORS:
+    except damage_errors():
         backend.remove_tree(tensor_rel(h))
         return None
     if arr.shape != meta.shape or (verify and tensor_hash(arr) != h):
@@ -321,6 +320,6 @@ def chunk_hashes(backend: Backend, h: str) -> list[str] | None:
         return _load_meta(backend, h).chunk_hashes
     except FileNotFoundError:
         return None
-    except _DAMAGE_ERRORS:
+    except damage_errors():
         backend.remove_tree(tensor_rel(h))
         return None

@@ -1,19 +1,19 @@
-"""Build bundles: spec -> tasks -> DAG -> dask execution -> a report of what ran and what was cached."""
+"""Build bundles: specs -> tasks -> one DAG -> rebuilder (what is up to date) -> scheduler (the rest)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 
-import networkx as nx
-
+from ..cache import Cache
+from ..errors import ParamInvalid
 from ..spec import BundleSpec
 from ..tasks.factory import bundle_tasks
 from ..tasks.runner import BuildContext
 from ..tasks.task import TaskResult
-from .dag import build_dag, to_dask
-
-SCHEDULERS = ("sync", "threads")
+from .dag import build_dag
+from .rebuild import Plan, plan, remember
+from .schedule import check_scheduler, run_stale
 
 
 @dataclass
@@ -28,35 +28,50 @@ class BuildReport:
                 "tasks": [t.report() for t in self.tasks]}
 
 
-def build(spec: BundleSpec, scheduler: str = "threads", force: bool = False, workers: int | None = None) -> BuildReport:
+def identity(spec: BundleSpec) -> str:
+    """Which spec a last-build record belongs to: its file, or its name for API builds."""
+    return spec.spec_path or f"api:{spec.name}"
+
+
+def prepare(specs: list[BundleSpec], force: bool = False):
+    """Tasks, DAG and per-bundle contexts of a set of specs (bundle names must be unique)."""
+    names = [s.name for s in specs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ParamInvalid(f"two specs are both named {duplicates[0]!r}; bundle names must be unique in one run",
+                           "name")
+    tasks = {s.name: bundle_tasks(s) for s in specs}
+    dag = build_dag([t for ts in tasks.values() for t in ts])
+    ctxs = {s.name: BuildContext(cache_root=s.cache, target=s.target, force=force) for s in specs}
+    return tasks, dag, ctxs
+
+
+def status(specs: list[BundleSpec]) -> Plan:
+    """What a run would execute, and why, without running anything."""
+    _, dag, ctxs = prepare(specs)
+    return plan(dag, ctxs, {s.name: identity(s) for s in specs})
+
+
+def build(spec: BundleSpec, scheduler: str | None = None, force: bool = False,
+          workers: int | None = None) -> BuildReport:
     return build_many([spec], scheduler, force, workers)[0]
 
 
-def build_many(specs: list[BundleSpec], scheduler: str = "threads", force: bool = False,
+def build_many(specs: list[BundleSpec], scheduler: str | None = None, force: bool = False,
                workers: int | None = None) -> list[BuildReport]:
-    """One DAG for all bundles, so they share workers; every spec must use the same cache and target."""
+    """One DAG for all bundles, so they share workers and the kernel cache."""
+    check_scheduler(scheduler, workers)
     start = time.perf_counter()
-    tasks = [t for spec in specs for t in bundle_tasks(spec)]
-    dag = build_dag(tasks)
-    ctx = BuildContext(cache_root=specs[0].cache, target=specs[0].target, force=force)
-    results = _run(to_dask(dag, ctx), list(nx.topological_sort(dag)), scheduler, workers)
+    tasks, dag, ctxs = prepare(specs, force)
+    found = plan(dag, ctxs, {s.name: identity(s) for s in specs})
+    stale = list(found.stale)  # topological order, as plan walked them
+    results = dict(found.resolved)
+    if stale:
+        results.update(run_stale(dag, stale, found.resolved, ctxs, scheduler, workers))
     seconds = time.perf_counter() - start
     reports = []
     for spec in specs:
-        mine = [results[t.id] for t in bundle_tasks(spec)]
-        pack = results[f"{spec.name}/pack"]
-        reports.append(BuildReport(spec.output, pack.outputs["digest"], seconds, mine))
+        mine = [results[t.id] for t in tasks[spec.name]]
+        remember(Cache(spec.cache), identity(spec), mine)
+        reports.append(BuildReport(spec.output, results[f"{spec.name}/pack"].outputs["digest"], seconds, mine))
     return reports
-
-
-def _run(graph: dict, keys: list[str], scheduler: str, workers: int | None) -> dict[str, TaskResult]:
-    import dask
-    import dask.threaded
-
-    if scheduler == "sync":
-        values = dask.get(graph, keys)
-    elif scheduler == "threads":
-        values = dask.threaded.get(graph, keys, num_workers=workers)
-    else:
-        raise ValueError(f"unknown scheduler {scheduler!r}; use one of {SCHEDULERS}")
-    return dict(zip(keys, values, strict=True))

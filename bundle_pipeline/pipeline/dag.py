@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import networkx as nx
 
-from ..tasks.runner import BuildContext, execute_task
 from ..tasks.task import Task
 
 
@@ -18,12 +17,3 @@ def build_dag(tasks: list[Task]) -> nx.DiGraph:
     if not nx.is_directed_acyclic_graph(dag):
         raise ValueError(f"task graph has a cycle: {nx.find_cycle(dag)}")  # a factory bug, not user input
     return dag
-
-
-def to_dask(dag: nx.DiGraph, ctx: BuildContext) -> dict:
-    """``{task id: (execute_task, task, ctx, *upstream ids)}``: dask substitutes upstream results (small refs)."""
-    graph = {}
-    for tid in nx.topological_sort(dag):
-        upstream = sorted(dag.predecessors(tid))
-        graph[tid] = (execute_task, dag.nodes[tid]["task"], ctx, *upstream)
-    return graph

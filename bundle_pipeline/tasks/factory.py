@@ -12,7 +12,7 @@ def _task(bundle: str, step: str, graph: str | None, deps: list[Dep], params: di
           context: dict | None = None) -> Task:
     stage = step.split(".")[0]
     tid = f"{bundle}/{stage}:{graph}" if graph else f"{bundle}/{step}"
-    return Task(tid, stage, step, VERSIONS[step], graph, tuple(deps), params, context or {})
+    return Task(tid, bundle, stage, step, VERSIONS[step], graph, tuple(deps), params, context or {})
 
 
 def _options(g: GraphSpec) -> dict[str, str]:

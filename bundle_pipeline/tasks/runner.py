@@ -16,36 +16,51 @@ from .task import Task, TaskResult, input_hashes, task_key, timed
 
 @dataclass(frozen=True)
 class BuildContext:
-    """What every task needs besides its inputs; small and picklable so any scheduler can ship it."""
+    """What every task of one bundle needs besides its inputs; small and picklable so any scheduler can ship it."""
 
     cache_root: str
     target: str
     force: bool = False
 
 
-def task_inputs(task: Task, ctx: BuildContext, cache: Cache, upstream: dict[str, TaskResult]) -> dict[str, str]:
+@dataclass
+class Lookup:
+    key: str
+    inputs: dict[str, str]
+    record: dict | None  # the cached record when it is a valid hit
+
+
+def lookup(task: Task, ctx: BuildContext, upstream: dict[str, TaskResult], cache: Cache) -> Lookup:
+    """The task's key from its inputs' content hashes, and its cached record if still valid."""
     inputs = input_hashes(task, upstream)
     if task.step == "parse":
         inputs["model"] = source_digest(task.context["source"], cache, task.context["where"])
-    return inputs
+    key = task_key(task, inputs, get_target(ctx.target).fingerprint)
+    record = None if ctx.force else cache.get_action(key)
+    if record is not None and not _still_valid(task, record, cache):
+        record = None
+    return Lookup(key, inputs, record)
+
+
+def cached_result(task: Task, found: Lookup) -> TaskResult:
+    return TaskResult(task.id, task.stage, task.graph, found.key, found.record["outputs"], "cached", 0.0,
+                      {"recorded_seconds": found.record.get("seconds", 0.0)})
 
 
 def execute_task(task: Task, ctx: BuildContext, *upstream_results: TaskResult) -> TaskResult:
     """Constructive trace with early cutoff: the key reads input content hashes, never upstream keys."""
     cache = Cache(ctx.cache_root)
-    upstream = {r.id: r for r in upstream_results}
-    inputs = task_inputs(task, ctx, cache, upstream)
-    key = task_key(task, inputs, get_target(ctx.target).fingerprint)
-    record = None if ctx.force else cache.get_action(key)
-    if record is not None and _still_valid(task, record, cache):
-        return TaskResult(task.id, task.stage, task.graph, key, record["outputs"], "cached", 0.0,
-                          {"recorded_seconds": record.get("seconds", 0.0)})
-    outputs, seconds = timed(STEPS[task.step], task, cache, inputs)
-    record = {"task": task.id, "outputs": outputs, "seconds": seconds, "inputs": inputs, "params": task.params}
+    found = lookup(task, ctx, {r.id: r for r in upstream_results}, cache)
+    if found.record is not None:
+        return cached_result(task, found)
+    outputs, seconds = timed(STEPS[task.step], task, cache, found.inputs)
+    extra = outputs.pop("_extra", {}) if isinstance(outputs.get("_extra"), dict) else {}
+    record = {"task": task.id, "outputs": outputs, "seconds": seconds, "inputs": found.inputs,
+              "params": task.params, "version": task.version, "target": get_target(ctx.target).fingerprint}
     if task.step == "pack":
         record["stamp"] = output_stamp(task.context["out"])
-    cache.put_action(key, record)
-    return TaskResult(task.id, task.stage, task.graph, key, outputs, "ran", seconds)
+    cache.put_action(found.key, record)
+    return TaskResult(task.id, task.stage, task.graph, found.key, outputs, "ran", seconds, extra)
 
 
 def _still_valid(task: Task, record: dict, cache: Cache) -> bool:

@@ -30,6 +30,7 @@ class Dep:
 @dataclass(frozen=True)
 class Task:
     id: str
+    bundle: str  # the bundle (spec name) it belongs to: selects its BuildContext
     stage: str  # parse | dedupe | formats | tiling | codegen | pack
     step: str  # the function in tasks.steps that runs it (formats has two: bundle-level and per graph)
     version: str
