@@ -32,25 +32,28 @@ def one_line_errors(fn):
     return wrapper
 
 
+SpecsArg = Annotated[list[Path], typer.Argument(help="bundle.yaml files, or directories of them")]
+TargetOpt = Annotated[str | None, typer.Option(help="cpu (npu: not built yet)")]
+CacheOpt = Annotated[str | None, typer.Option(help="cache directory or fsspec URL")]
+
+
 @app.command()
 @one_line_errors
 def run(
-    specs: Annotated[list[Path], typer.Argument(help="bundle.yaml files")],
-    target: Annotated[str | None, typer.Option(help="cpu (npu: not built yet)")] = None,
+    specs: SpecsArg,
+    target: TargetOpt = None,
     out: Annotated[str | None, typer.Option(help="bundle output path (a .zip suffix writes one file)")] = None,
-    cache: Annotated[str | None, typer.Option(help="cache directory or fsspec URL")] = None,
+    cache: CacheOpt = None,
     force: Annotated[bool, typer.Option(help="ignore cached results and re-run every task")] = False,
-    scheduler: Annotated[str, typer.Option(help="sync | threads")] = "threads",
-    workers: Annotated[int | None, typer.Option(help="threads for the threads scheduler")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print a JSON report as the last line")] = False,
+    scheduler: Annotated[str | None, typer.Option(help="sync | threads (default) | processes | tcp://HOST:PORT")]
+    = None,
+    workers: Annotated[int | None, typer.Option(help="worker count; alone, a LocalCluster of N processes")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON report line per bundle")] = False,
 ) -> None:
-    """Build bundles; a second run of an unchanged spec executes no task."""
+    """Build bundles in one DAG; a second run of an unchanged spec executes no task."""
     from .pipeline import build_many
-    from .spec import load_spec
 
-    if out and len(specs) > 1:
-        raise ParamInvalid("--out applies to one spec; give one spec or set 'output' in each", "--out")
-    loaded = [load_spec(s, target=target, output=out, cache=cache) for s in specs]
+    loaded = _load_specs(specs, target, out, cache)
     for report in build_many(loaded, scheduler=scheduler, force=force, workers=workers):
         ran = sum(t.status == "ran" for t in report.tasks)
         if as_json:
@@ -58,6 +61,53 @@ def run(
         else:
             typer.echo(f"built {report.bundle}  digest {report.digest[:16]}  {report.seconds:.2f}s  "
                        f"{ran} ran, {len(report.tasks) - ran} cached")
+
+
+@app.command()
+@one_line_errors
+def status(
+    specs: SpecsArg,
+    target: TargetOpt = None,
+    cache: CacheOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help='last line: {"stale": [{"id", "reason"}]}')] = False,
+) -> None:
+    """List the tasks a run would execute and why (which file, tensor, option, version or target changed)."""
+    from .pipeline import status as plan_status
+
+    found = plan_status(_load_specs(specs, target, None, cache))
+    stale = [{"id": s.id, "reason": s.reason} for s in found.stale.values()]
+    if not as_json:
+        typer.echo(f"{len(stale)} stale, {len(found.resolved)} up to date")
+        for item in stale:
+            typer.echo(f"  {item['id']:<32} {item['reason']}")
+        return
+    typer.echo(json.dumps({"stale": stale}))
+
+
+@app.command()
+@one_line_errors
+def explain(
+    spec: Annotated[Path, typer.Argument(help="bundle.yaml")],
+    task: Annotated[str, typer.Argument(help="task id, e.g. demo/codegen:infer (the bundle prefix may be omitted)")],
+    target: TargetOpt = None,
+    cache: CacheOpt = None,
+) -> None:
+    """Show one task's key inputs, last build vs now, like `ninja -d explain`."""
+    from .pipeline.explain import explain_task
+
+    for line in explain_task(_load_specs([spec], target, None, cache)[0], task):
+        typer.echo(line)
+
+
+def _load_specs(paths: list[Path], target: str | None, out: str | None, cache: str | None) -> list:
+    from .spec import load_spec
+
+    files = [f for p in paths for f in (sorted(p.glob("*.yaml")) + sorted(p.glob("*.yml")) if p.is_dir() else [p])]
+    if not files:
+        raise ParamInvalid(f"no bundle specs (*.yaml) in {', '.join(map(str, paths))}", "specs")
+    if out and len(files) > 1:
+        raise ParamInvalid("--out applies to one spec; give one spec or set 'output' in each", "--out")
+    return [load_spec(f, target=target, output=out, cache=cache) for f in files]
 
 
 @app.command("exec")
