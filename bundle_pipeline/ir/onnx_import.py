@@ -17,6 +17,7 @@ from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper, shape_inference
 
 from ..errors import BundleIOError, GraphInvalid, OptionInvalid, UnsupportedOp
+from .external import ExternalRef
 from .graph import Graph, Node, TensorType
 
 CONST_MAX_ELEMENTS = 1024
@@ -26,15 +27,14 @@ UNFOLDABLE = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "Ra
                         "Dropout", "If", "Loop", "Scan"})
 
 
-def load_model(source: str | bytes | os.PathLike, where: str) -> onnx.ModelProto:
-    """Parse ONNX bytes or a file, loading external data relative to the file."""
+def load_model(source: str | bytes | os.PathLike, where: str) -> tuple[onnx.ModelProto, Path | None]:
+    """Parse ONNX bytes or a file; external data stays on disk (see ``detach_weights``)."""
     try:
         if isinstance(source, bytes):
-            model = onnx.load_model_from_string(source)
+            model, base = onnx.load_model_from_string(source), None
         else:
             path = Path(source)
-            model = onnx.load_model(str(path), load_external_data=False)
-            onnx.load_external_data_for_model(model, str(path.parent))
+            model, base = onnx.load_model(str(path), load_external_data=False), path.parent
     except FileNotFoundError as err:
         raise BundleIOError(f"file not found: {err.filename or source}", where) from None
     except (DecodeError, ValueError, RuntimeError) as err:
@@ -43,7 +43,60 @@ def load_model(source: str | bytes | os.PathLike, where: str) -> onnx.ModelProto
         raise BundleIOError(f"cannot read model: {err}", where) from None
     if not model.graph.node and not model.graph.output:
         raise GraphInvalid("not a valid ONNX model: it has no nodes and no outputs", where)
-    return model
+    return model, base
+
+
+Detached = dict[str, "np.ndarray | ExternalRef"]
+
+
+def detach_weights(model: onnx.ModelProto, base: Path | None, where: str) -> Detached:
+    """Take large initializers out of the proto, leaving typed graph inputs in their place.
+
+    Shape inference and checking then copy kilobytes instead of the weights (onnx serialises the
+    whole model for each), and external data is never read here: it becomes an ``ExternalRef``.
+    Small tensors stay (folding and data propagation read their values); small external ones are
+    loaded now.
+    """
+    graph = model.graph
+    inputs = {i.name for i in graph.input}
+    detached: Detached = {}
+    keep = []
+    for t in graph.initializer:
+        external = t.data_location == onnx.TensorProto.EXTERNAL
+        if int(np.prod(t.dims, dtype=np.int64)) <= CONST_MAX_ELEMENTS:
+            if external:
+                _load_external(t, base, where)
+            keep.append(t)
+            continue
+        detached[t.name] = _external_ref(t, base, where) if external else numpy_helper.to_array(t)
+        if t.name not in inputs:
+            graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    return detached
+
+
+def _external_info(t: onnx.TensorProto, base: Path | None, where: str) -> tuple[Path, int, int]:
+    info = {e.key: e.value for e in t.external_data}
+    if base is None:
+        raise GraphInvalid(f"tensor {t.name!r} uses external data, which needs the model as a file path", where)
+    path = base / info.get("location", "")
+    if not path.is_file():
+        raise BundleIOError(f"external data file {info.get('location')!r} of tensor {t.name!r} not found", where)
+    return path, int(info.get("offset", 0)), int(info.get("length", 0))
+
+
+def _external_ref(t: onnx.TensorProto, base: Path | None, where: str) -> ExternalRef:
+    path, offset, length = _external_info(t, base, where)
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).name
+    return ExternalRef(str(path), offset, length, dtype, tuple(int(d) for d in t.dims))
+
+
+def _load_external(t: onnx.TensorProto, base: Path | None, where: str) -> None:
+    _external_info(t, base, where)  # existence, with a clear error
+    onnx.external_data_helper.load_external_data_for_tensor(t, str(base))
+    t.data_location = onnx.TensorProto.DEFAULT
+    del t.external_data[:]
 
 
 def check_model(model: onnx.ModelProto, where: str) -> None:
@@ -209,13 +262,14 @@ def _attrs(node: onnx.NodeProto) -> dict:
     return out
 
 
-def to_ir(model: onnx.ModelProto, name: str, where: str) -> tuple[Graph, dict[str, np.ndarray]]:
-    """Build the IR graph and the weight arrays from a folded, shape-inferred model."""
+def to_ir(model: onnx.ModelProto, name: str, detached: Detached, where: str) -> tuple[Graph, Detached]:
+    """Build the IR graph and the weights (arrays or external refs) from a folded, shape-inferred model."""
     g = model.graph
     types = _tensor_types(model, where)
     initializers = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     consts = {k: v for k, v in initializers.items() if v.dtype in CONST_DTYPES and v.size <= CONST_MAX_ELEMENTS}
-    weights = {k: v for k, v in initializers.items() if k not in consts}
+    weights: Detached = {k: v for k, v in initializers.items() if k not in consts}
+    weights.update(detached)
     nodes: list[Node] = []
     for index, node in enumerate(g.node):
         if node.domain not in ("", "ai.onnx"):
@@ -227,9 +281,10 @@ def to_ir(model: onnx.ModelProto, name: str, where: str) -> tuple[Graph, dict[st
             continue
         nodes.append(Node(node.name or f"{node.op_type}_{index}", node.op_type, list(node.input),
                           list(node.output), attrs))
+    _drop_unused(nodes, g, consts, weights)
     for tensor, arr in {**consts, **weights}.items():
-        types[tensor] = TensorType(tuple(arr.shape), arr.dtype.name)
-    feeds = [i.name for i in g.input if i.name not in initializers]
+        types[tensor] = TensorType(tuple(arr.shape), np.dtype(arr.dtype).name)
+    feeds = [i.name for i in g.input if i.name not in initializers and i.name not in detached]
     graph = Graph(name=name, opset=default_opset(model), inputs=feeds, outputs=[o.name for o in g.output],
                   nodes=nodes, types=types, weights=sorted(weights), consts=consts)
     _check_static(graph, model, where)
@@ -242,6 +297,14 @@ def _check_supported(node: onnx.NodeProto, index: int, where: str) -> None:
     if node.op_type not in SUPPORTED_OPS:
         raise UnsupportedOp(f"node {node.name or index!r} uses op {node.op_type}, which the kernel library does not "
                             f"support", where)
+
+
+def _drop_unused(nodes: list[Node], g: onnx.GraphProto, consts: dict, weights: dict) -> None:
+    """Tensors no node reads and no output names (e.g. after out_nodes pruning) are not stored."""
+    used = {i for n in nodes for i in n.inputs} | {o.name for o in g.output}
+    for table in (consts, weights):
+        for tensor in [t for t in table if t not in used]:
+            del table[tensor]
 
 
 def _constant_value(node: onnx.NodeProto) -> np.ndarray:
@@ -268,6 +331,9 @@ def _tensor_types(model: onnx.ModelProto, where: str) -> dict[str, TensorType]:
             dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type)
         except KeyError:
             raise UnsupportedOp(f"value {info.name!r} has an unsupported element type {tt.elem_type}", where) from None
+        if np.dtype(dtype).type.__module__ != "numpy":  # ml_dtypes: bfloat16, float8*, float4, int4, int2, ...
+            raise UnsupportedOp(f"value {info.name!r} has element type "
+                                f"{helper.tensor_dtype_to_string(tt.elem_type)}, which numpy cannot represent", where)
         types[info.name] = TensorType(tuple(d.dim_value for d in tt.shape.dim), np.dtype(dtype).name)
     return types
 
@@ -288,9 +354,10 @@ def _check_static(graph: Graph, model: onnx.ModelProto, where: str) -> None:
 
 
 def import_model(source: str | bytes | os.PathLike, name: str, input_shapes: Mapping[str, list[int]],
-                 out_nodes: str, where: str) -> tuple[Graph, dict[str, np.ndarray]]:
-    """The whole parse: load, check, apply options, infer shapes, fold, re-infer, convert."""
-    model = load_model(source, where)
+                 out_nodes: str, where: str) -> tuple[Graph, Detached]:
+    """The whole parse: load, detach weights, check, apply options, infer shapes, fold, re-infer, convert."""
+    model, base = load_model(source, where)
+    detached = detach_weights(model, base, where)
     check_model(model, where)
     if input_shapes:
         set_input_shapes(model, input_shapes, where)
@@ -301,7 +368,7 @@ def import_model(source: str | bytes | os.PathLike, name: str, input_shapes: Map
     model = fold_constants(model, default_opset(model), where)
     _clear_inferred(model)
     model = infer_shapes(model, where)
-    return to_ir(model, name, where)
+    return to_ir(model, name, detached, where)
 
 
 def _clear_inferred(model: onnx.ModelProto) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import GraphInvalid
+from ..ir.external import ExternalRef
 from ..options import parse_input_shape
 
 NAME = "parse"
@@ -17,7 +18,7 @@ VERSION = "1"
 @dataclass
 class ParseOutput:
     structure: dict  # Graph.to_json()
-    weights: dict[str, np.ndarray]
+    weights: dict[str, np.ndarray | ExternalRef]  # external-data weights stay on disk until needed
 
 
 def run(source: str | bytes | os.PathLike, params: dict) -> ParseOutput:

@@ -6,9 +6,15 @@ hashes. Only hashes leave a step, so a scheduler moves references, never arrays.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 
 from ..cache import Cache
+from ..ir.external import ExternalRef
+from ..ir.hashing import hash_json
 from ..stages import codegen, dedupe, formats, pack, parse, tiling
 from ..targets import get_target
 from .task import Task
@@ -20,8 +26,30 @@ def step_parse(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, st
     src = task.context["source"]
     source = src["bytes"] if "bytes" in src else src["path"]
     result = parse.run(source, {**task.params, "graph": task.graph, "where": task.context["where"]})
-    tensors = {name: cache.put_tensor(arr) for name, arr in sorted(result.weights.items())}
+    tensors = store_weights(cache, result.weights)
     return {"structure": cache.put_json(result.structure), "weights": cache.put_json({"tensors": tensors})}
+
+
+def store_weights(cache: Cache, weights: dict[str, np.ndarray | ExternalRef]) -> dict[str, str]:
+    """Weight name -> tensor hash. An external-data tensor whose file is unchanged is not read again:
+    its hash is remembered per (file content hash, offset, dtype, shape)."""
+    names = sorted(weights)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # hashing and file I/O release the GIL
+        hashes = list(pool.map(lambda n: _store_weight(cache, weights[n]), names))
+    return dict(zip(names, hashes, strict=True))
+
+
+def _store_weight(cache: Cache, value: np.ndarray | ExternalRef) -> str:
+    if not isinstance(value, ExternalRef):
+        return cache.put_tensor(value)
+    memo = hash_json({"external-tensor": cache.file_hash(value.path), "offset": value.offset,
+                      "dtype": value.dtype, "shape": list(value.shape)})
+    record = cache.get_action(memo)
+    if record is not None and cache.has_tensor(record["tensor"]):
+        return record["tensor"]
+    digest = cache.put_tensor(value.load())
+    cache.put_action(memo, {"tensor": digest})
+    return digest
 
 
 def step_dedupe(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, str]:

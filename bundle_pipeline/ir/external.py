@@ -1,0 +1,28 @@
+"""ExternalRef: a weight left in its ONNX external-data file, read only when its bytes are needed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import BundleIOError
+
+
+@dataclass(frozen=True)
+class ExternalRef:
+    """A weight whose bytes stay in an external-data file until someone needs them."""
+
+    path: str
+    offset: int
+    length: int
+    dtype: str
+    shape: tuple[int, ...]
+
+    def load(self) -> np.ndarray:
+        count = int(np.prod(self.shape, dtype=np.int64))
+        data = np.fromfile(self.path, dtype=np.dtype(self.dtype).newbyteorder("<"), count=count, offset=self.offset)
+        if data.size != count:
+            raise BundleIOError(f"external data file is shorter than the tensor needs ({self.length} bytes at "
+                                f"offset {self.offset})", self.path)
+        return data.astype(self.dtype, copy=False).reshape(self.shape)
