@@ -1,0 +1,110 @@
+"""An ``onnx.backend.base.Backend`` over the whole compiler: each model becomes a one-infer-graph bundle.
+
+``prepare(model, target="cpu")`` compiles the model with the public API (``bundle_build_model``), writes
+the bundle to a temp file, loads it with ``runtime.load_bundle`` and returns a ``BundleBackendRep``;
+``rep.run(inputs)`` feeds positional inputs in graph-input order (initializers are constants, not feeds)
+and returns the outputs in graph-output order. This is how the ONNX backend node suite measures us::
+
+    from bundle_pipeline.backend import BundleBackend
+    rep = BundleBackend.prepare(model, target="cpu")
+    outputs = rep.run([x, y])
+
+Builds in one process share one cache directory (a temp dir removed at exit), so identical kernels,
+programs and weights compiled for one model are reused by the next.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx.backend.base import Backend, BackendRep, Device, DeviceType, namedtupledict
+
+from .api import GraphWithOptions, bundle_build_model, bundle_save_model
+from .errors import ParamInvalid
+from .runtime import LoadedBundle, load_bundle
+
+GRAPH = "infer"
+_cache_lock = threading.Lock()
+_cache_dir: str | None = None
+
+
+def shared_cache_dir() -> str:
+    """The process-wide build cache of the backend (created on first use, removed at exit)."""
+    global _cache_dir
+    with _cache_lock:
+        if _cache_dir is None:
+            _cache_dir = tempfile.mkdtemp(prefix="bundle-pipeline-backend-")
+            atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+        return _cache_dir
+
+
+class BundleBackendRep(BackendRep):
+    """A compiled, loaded bundle with one infer graph; ``run`` maps positional inputs to its feeds."""
+
+    def __init__(self, bundle: LoadedBundle, feeds: Sequence[str], outputs: Sequence[str]):
+        self.bundle = bundle
+        self.feeds = list(feeds)
+        self.outputs = list(outputs)
+
+    def run(self, inputs: Any, **kwargs: Any) -> tuple[Any, ...]:
+        if isinstance(inputs, Mapping):
+            feeds = {name: np.asarray(value) for name, value in inputs.items()}
+        else:
+            if isinstance(inputs, np.ndarray):
+                inputs = [inputs]
+            inputs = list(inputs)
+            if len(inputs) != len(self.feeds):
+                raise ParamInvalid(f"the model takes {len(self.feeds)} inputs ({', '.join(self.feeds) or 'none'}), "
+                                   f"got {len(inputs)}", f"graph {GRAPH}")
+            feeds = {name: np.asarray(value) for name, value in zip(self.feeds, inputs, strict=True)}
+        results = self.bundle.run(GRAPH, feeds)
+        return namedtupledict("Outputs", self.outputs)(*[results[name] for name in self.outputs])
+
+
+class BundleBackend(Backend):
+    """Compile with bundle-pipeline for ``target`` (kwarg, default ``"cpu"``) and run with its runtime."""
+
+    @classmethod
+    def prepare(cls, model: onnx.ModelProto, device: str = "CPU", target: str = "cpu",
+                build_options: Mapping[str, str] | None = None, cache: str | os.PathLike | None = None,
+                **kwargs: Any) -> BundleBackendRep:
+        if not cls.supports_device(device):
+            raise ParamInvalid(f"device {device!r} is not supported; use CPU", "device")
+        graph = model.graph
+        initializers = {t.name for t in graph.initializer}
+        feeds = [i.name for i in graph.input if i.name not in initializers]
+        outputs = [o.name for o in graph.output]
+        buffer = bundle_build_model([GraphWithOptions(model, dict(build_options or {}), role="infer", name=GRAPH)],
+                                    target=target, cache=cache if cache is not None else shared_cache_dir())
+        fd, path = tempfile.mkstemp(prefix="backend-", suffix=".bundle.zip")
+        os.close(fd)
+        try:
+            bundle_save_model(path, buffer)
+            bundle = load_bundle(path)  # constants are read into memory: the file is not needed afterwards
+        finally:
+            os.unlink(path)
+        return BundleBackendRep(bundle, feeds, outputs)
+
+    @classmethod
+    def run_model(cls, model: onnx.ModelProto, inputs: Any, device: str = "CPU", **kwargs: Any) -> tuple[Any, ...]:
+        return cls.prepare(model, device, **kwargs).run(inputs)
+
+    @classmethod
+    def supports_device(cls, device: str) -> bool:
+        try:
+            return Device(device).type == DeviceType.CPU
+        except AttributeError:
+            return False
+
+
+prepare = BundleBackend.prepare
+run_model = BundleBackend.run_model
+supports_device = BundleBackend.supports_device

@@ -1,0 +1,2 @@
+"""placeholder"""
+EXCLUSIONS: dict[str, str] = {}
