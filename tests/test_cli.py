@@ -33,7 +33,7 @@ def test_run_json_then_noop(tmp_path):
     first = run_cli("run", str(demo / "bundle.yaml"), "--json")
     assert first.returncode == 0, first.stderr
     report = json.loads(first.stdout.strip().splitlines()[-1])
-    assert set(report) == {"bundle", "digest", "seconds", "tasks"}
+    assert {"bundle", "digest", "seconds", "tasks"} <= set(report)
     stages = {t["stage"] for t in report["tasks"]}
     assert stages == {"parse", "dedupe", "formats", "tiling", "codegen", "pack"}
     for t in report["tasks"]:

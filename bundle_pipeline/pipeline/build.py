@@ -25,7 +25,12 @@ class BuildReport:
 
     def to_json(self) -> dict:
         return {"bundle": self.bundle, "digest": self.digest, "seconds": round(self.seconds, 6),
-                "tasks": [t.report() for t in self.tasks]}
+                "tasks": [t.report() for t in self.tasks], "kernel_cache": self.kernel_cache()}
+
+    def kernel_cache(self) -> dict[str, int]:
+        """Kernel-level decisions reused (hits) or made (misses) by the tiling/codegen tasks that ran."""
+        return {"hits": sum(t.extra.get("kernel_hits", 0) for t in self.tasks),
+                "misses": sum(t.extra.get("kernel_misses", 0) for t in self.tasks)}
 
 
 def identity(spec: BundleSpec) -> str:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from ..ir.graph import Graph, encode_tensor
+from collections.abc import Callable
+
+from ..ir.graph import Graph, Node, encode_tensor
+
+Memo = Callable[[dict, Callable[[], dict]], dict]
 
 NAME = "codegen"
 VERSION = "1"
@@ -10,12 +14,17 @@ ALIGN = 64  # arena offsets are 64-byte aligned so every dtype view is aligned
 CUBE_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose"})
 
 
-def run(structure: dict, tiling: dict[str, dict], variables: dict, role: str, options: dict) -> dict:
-    """The program the runtime executes. ``options``: exec_disable_reused_memory, precision_mode."""
+def run(structure: dict, tiling: dict[str, dict], variables: dict, role: str, options: dict,
+        memo: Memo | None = None) -> dict:
+    """The program the runtime executes. ``options``: exec_disable_reused_memory, precision_mode.
+
+    ``memo(signature, decide)`` may return the kernel data recorded for the same kernel signature.
+    """
     graph = Graph.from_json(structure)
     reads = [v for v in [*graph.inputs, *graph.weights] if v in variables]
     fp16 = options.get("precision_mode") == "force_fp16"
-    steps = [_step(node, tiling, fp16, graph) for node in graph.nodes]
+    memo = memo or (lambda _signature, decide: decide())
+    steps = [_step(node, tiling.get(node.name), fp16, graph, memo) for node in graph.nodes]
     reuse = options.get("exec_disable_reused_memory", "0") != "1"
     buffers, arena = plan_buffers(graph, reuse)
     return {
@@ -37,12 +46,20 @@ def _typed(graph: Graph, name: str) -> dict:
     return {"name": name, **graph.types[name].to_json()}
 
 
-def _step(node, tiling: dict[str, dict], fp16: bool, graph: Graph) -> dict:
+def _step(node: Node, tiling: dict | None, fp16: bool, graph: Graph, memo: Memo) -> dict:
     step = {"node": node.name, "op": node.op_type, "inputs": node.inputs, "outputs": node.outputs,
-            "attrs": node.to_json()["attrs"], "tiling": tiling.get(node.name)}
-    if fp16 and node.op_type in CUBE_OPS and graph.types[node.inputs[0]].dtype == "float32":
-        step["precision"] = "fp16"
-    return step
+            "attrs": node.to_json()["attrs"]}
+    if node.op_type not in CUBE_OPS:
+        return {**step, "tiling": tiling}
+    dtype = graph.types[node.inputs[0]].dtype
+    signature = {"op": node.op_type, "attrs": step["attrs"], "tiling": tiling, "dtype": dtype, "fp16": fp16,
+                 "inputs": [graph.types[i].to_json() if i else None for i in node.inputs]}
+    return {**step, **memo(signature, lambda: _kernel_data(tiling, fp16 and dtype == "float32"))}
+
+
+def _kernel_data(tiling: dict | None, fp16: bool) -> dict:
+    """What the runtime needs besides the node: tiling data and the precision of the cube inputs."""
+    return {"tiling": tiling, **({"precision": "fp16"} if fp16 else {})}
 
 
 def plan_buffers(graph: Graph, reuse: bool) -> tuple[dict[str, dict], int]:

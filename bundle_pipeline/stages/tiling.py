@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -14,19 +15,36 @@ VERSION = "1"
 TILED_OPS = frozenset({"Conv", "MatMul", "Gemm"})  # the kernels whose workspace grows with the problem
 
 
-def run(structure: dict, target: Target) -> dict[str, dict]:
-    """Tiling data per node name, only for nodes whose untiled workspace would exceed the budget."""
+Memo = Callable[[dict, Callable[[], "dict | None"]], "dict | None"]
+
+
+def run(structure: dict, target: Target, memo: Memo | None = None) -> dict[str, dict]:
+    """Tiling data per node name, only for nodes whose untiled workspace would exceed the budget.
+
+    ``memo(signature, decide)`` may return a decision recorded for the same kernel signature.
+    """
     graph = Graph.from_json(structure)
     budget = int(target.buffers["workspace_bytes"])
+    memo = memo or (lambda _signature, decide: decide())
     plan: dict[str, dict] = {}
     for node in graph.nodes:
         if node.op_type not in TILED_OPS:
             continue
         types = [graph.types[i] if i else None for i in node.inputs]
-        tiling = choose(node, types, graph.types[node.outputs[0]], budget)
+        output = graph.types[node.outputs[0]]
+        signature = kernel_signature(node, types, output, graph, budget)
+        tiling = memo(signature, lambda node=node, types=types, output=output: choose(node, types, output, budget))
         if tiling:
             plan[node.name] = tiling
     return plan
+
+
+def kernel_signature(node: Node, inputs: list[TensorType | None], output: TensorType, graph: Graph,
+                     budget: int) -> dict:
+    """Everything a kernel decision may depend on: op, attributes, types, formats, budget."""
+    return {"op": node.op_type, "attrs": node.to_json()["attrs"],
+            "inputs": [t.to_json() if t else None for t in inputs], "output": output.to_json(),
+            "formats": [graph.format_of(i) if i else None for i in node.inputs], "budget": budget}
 
 
 def choose(node: Node, inputs: list[TensorType | None], output: TensorType, budget: int) -> dict | None:

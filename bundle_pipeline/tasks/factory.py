@@ -50,7 +50,7 @@ def bundle_tasks(spec: BundleSpec) -> list[Task]:
         tasks.append(_task(b, "codegen", g.name, [Dep("structure", ids["formats", g.name], "structure"),
                                                   Dep("tiling", ids["tiling", g.name], "tiling"),
                                                   Dep("variables", dedupe_id, "variables")],
-                           {"role": g.role, "options": options_for("codegen", _options(g))}))
+                           {"role": g.role, "options": options_for("codegen", _options(g)), "target": target}))
     program_deps = [Dep(f"program:{g.name}", ids["codegen", g.name], "program") for g in spec.graphs]
     tasks.append(_task(b, "pack", None, [*program_deps, Dep("variables", dedupe_id, "variables"),
                                          Dep("var_formats", assign_id, "var_formats"),

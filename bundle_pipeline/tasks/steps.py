@@ -17,6 +17,7 @@ from ..ir.external import ExternalRef
 from ..ir.hashing import hash_json
 from ..stages import codegen, dedupe, formats, pack, parse, tiling
 from ..targets import get_target
+from .kernel_cache import KernelCache
 from .task import Task
 
 Step = Callable[[Task, Cache, dict[str, str]], dict[str, str]]
@@ -74,15 +75,19 @@ def step_formats(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, 
     return {"structure": cache.put_json(structure)}
 
 
-def step_tiling(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, str]:
-    plan = tiling.run(cache.get_json(inputs["structure"]), get_target(task.params["target"]))
-    return {"tiling": cache.put_json(plan)}
+def step_tiling(task: Task, cache: Cache, inputs: dict[str, str]) -> dict:
+    target = get_target(task.params["target"])
+    kernels = KernelCache(cache, "tiling", tiling.VERSION, target.fingerprint)
+    plan = tiling.run(cache.get_json(inputs["structure"]), target, kernels.get)
+    return {"tiling": cache.put_json(plan), "_extra": kernels.stats()}
 
 
-def step_codegen(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, str]:
+def step_codegen(task: Task, cache: Cache, inputs: dict[str, str]) -> dict:
+    kernels = KernelCache(cache, "codegen", codegen.VERSION, get_target(task.params["target"]).fingerprint)
     program = codegen.run(cache.get_json(inputs["structure"]), cache.get_json(inputs["tiling"]),
-                          cache.get_json(inputs["variables"]), task.params["role"], task.params["options"])
-    return {"program": cache.put_json(program)}
+                          cache.get_json(inputs["variables"]), task.params["role"], task.params["options"],
+                          kernels.get)
+    return {"program": cache.put_json(program), "_extra": kernels.stats()}
 
 
 def step_pack(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, str]:
