@@ -1,0 +1,97 @@
+"""Run a command as a child process and measure its wall time and peak RSS (own and whole process tree)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+SAMPLE_S = 0.02
+
+
+@dataclass
+class Measured:
+    """One child run: ``maxrss_kib`` from ``wait4`` (largest single process of the child and the
+    descendants it waited for); ``tree_peak_kib`` = the largest sampled sum of RSS over the child's
+    process tree (matters when it starts worker processes), sampled every 20 ms, at least ``maxrss_kib``."""
+
+    argv: list[str]
+    returncode: int
+    wall_s: float
+    maxrss_kib: int
+    tree_peak_kib: int
+    stdout: str
+    stderr: str
+
+    def last_json(self) -> dict | None:
+        """The JSON object printed as the last stdout line, if any."""
+        for line in reversed(self.stdout.strip().splitlines()):
+            if line.startswith("{"):
+                try:
+                    return json.loads(line)
+                except ValueError:
+                    return None
+        return None
+
+    def summary(self) -> dict:
+        out = asdict(self)
+        out["stdout"] = self.stdout[-2000:]
+        out["stderr"] = self.stderr[-2000:]
+        return out
+
+
+def _tree_rss_kib(pid: int) -> int:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            continue
+    return total // 1024
+
+
+class _TreeSampler(threading.Thread):
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid, self.peak_kib = pid, 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.peak_kib = max(self.peak_kib, _tree_rss_kib(self.pid))
+            self._stop_event.wait(SAMPLE_S)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+
+
+def run_measured(argv: Sequence[str], cwd: str | Path | None = None, env: dict | None = None) -> Measured:
+    """Spawn ``argv``, reap it with ``os.wait4`` for its own rusage; stdout/stderr go through temp files."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(list(argv), cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        sampler = _TreeSampler(proc.pid)
+        sampler.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        sampler.stop()
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: keep Popen from waiting again
+        out.seek(0)
+        err.seek(0)
+        return Measured(list(argv), proc.returncode, wall, int(usage.ru_maxrss),
+                        max(sampler.peak_kib, int(usage.ru_maxrss)),
+                        out.read().decode(errors="replace"), err.read().decode(errors="replace"))
