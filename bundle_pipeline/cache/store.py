@@ -176,6 +176,15 @@ class LocalBackend:
             with contextlib.suppress(OSError):  # not empty, or raced with a writer: keep it
                 os.rmdir(shard.path)
 
+    def export_tree(self, rel: str, dest: str) -> None:
+        """Materialise the tree at ``rel`` under local ``dest``: hard links (no bytes copied), else copies."""
+        top = self.path(rel)
+        for dirpath, _, files in os.walk(top):
+            target = os.path.join(dest, os.path.relpath(dirpath, top))
+            os.makedirs(target, exist_ok=True)
+            for name in files:
+                _link_or_copy(os.path.join(dirpath, name), os.path.join(target, name))
+
     def zarr_store(self, rel: str, read_only: bool) -> Any:
         from zarr.storage import LocalStore
 
@@ -255,6 +264,15 @@ class FsspecBackend:
     def prune_empty_dirs(self, area: str) -> None:
         """Object stores have no real directories; nothing to prune."""
 
+    def export_tree(self, rel: str, dest: str) -> None:
+        """Download the tree at ``rel`` under local ``dest``."""
+        top = self.path(rel)
+        for path in self.fs.find(top):
+            target = os.path.join(dest, *path[len(top) + 1 :].split("/"))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "wb") as f:
+                f.write(self.fs.cat_file(path))
+
     def zarr_store(self, rel: str, read_only: bool) -> Any:
         from zarr.storage import FsspecStore
 
@@ -267,6 +285,13 @@ class FsspecBackend:
 
 
 Backend = LocalBackend | FsspecBackend
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or links not allowed: copy the bytes instead
+        shutil.copyfile(src, dst)
 
 
 def _scandir(path: str) -> list[os.DirEntry[str]]:
@@ -417,6 +442,18 @@ class Cache:
     def has_tensor(self, h: str) -> bool:
         """Whether a published entry exists (unverified)."""
         return self._backend.exists(f"{tensors.tensor_rel(check_hash(h))}/zarr.json")
+
+    def export_tensor(self, h: str, dest: str | os.PathLike[str]) -> None:
+        """Place tensor ``h``'s zarr array (metadata + chunk files) at local directory ``dest``.
+
+        A local cache hard-links the chunk files, so a bundle re-pack writes no tensor bytes. The
+        entry must not be modified through ``dest`` (it is the cache's own file); readers verify
+        hashes, so such damage would read as a miss, never as a wrong value.
+        """
+        rel = tensors.tensor_rel(check_hash(h))
+        if not self.has_tensor(h):
+            raise CacheMiss(h)
+        self._backend.export_tree(rel, os.fspath(dest))
 
     def tensor_chunks(self, h: str) -> list[str]:
         """``hash_bytes`` of each stored chunk's decoded bytes, in chunk (C) order."""

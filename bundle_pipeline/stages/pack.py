@@ -17,7 +17,6 @@ from ..errors import BundleIOError
 NAME = "pack"
 VERSION = "1"
 FORMAT_VERSION = 1
-CHUNK_BYTES = 1 << 20  # ~1 MiB chunks along axis 0: an edited tensor rewrites only its touched chunks
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
@@ -37,17 +36,26 @@ def manifest(name: str, target: str, graphs: list[dict], variables: dict, var_fo
     }
 
 
-def run(meta: dict, read_tensor: Callable[[str], np.ndarray], out_path: str) -> str:
+PlaceTensor = Callable[[str, Path], None]  # (tensor hash, array directory to create) -> None
+
+
+def run(meta: dict, place_tensor: PlaceTensor, out_path: str) -> str:
     """Write the bundle described by ``meta`` (from ``manifest``) to ``out_path``; return its digest.
 
-    The bundle is staged beside the destination and renamed into place, so a failure leaves the
-    previous bundle untouched. A ``.zip`` destination gets the stored-zip form of the same entries.
+    ``place_tensor(hash, dir)`` puts a stored tensor's zarr array at ``dir``; the cache hard-links its
+    chunk files, so re-packing a directory bundle writes metadata only, whatever changed. The bundle
+    is staged beside the destination and renamed into place, so a failure leaves the previous bundle
+    untouched. A ``.zip`` destination gets the stored-zip form of the same entries, read from the
+    staged (linked) chunk files: no tensor is recomputed.
     """
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        write_directory(stage_dir, meta, read_tensor)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as err:
+        raise BundleIOError(f"cannot write bundle: {err}", str(out)) from None
+    try:
+        write_directory(stage_dir, meta, place_tensor)
         digest = bundle_digest(stage_dir)
         if out.suffix == ".zip":
             staged_zip = stage_dir.with_suffix(".zip.tmp")
@@ -63,23 +71,13 @@ def run(meta: dict, read_tensor: Callable[[str], np.ndarray], out_path: str) -> 
         stage_dir.with_suffix(".zip.tmp").unlink(missing_ok=True)
 
 
-def write_directory(root: Path, meta: dict, read_tensor: Callable[[str], np.ndarray]) -> None:
+def write_directory(root: Path, meta: dict, place_tensor: PlaceTensor) -> None:
     import zarr
 
     group = zarr.open_group(zarr.storage.LocalStore(root), mode="w", attributes=meta)
+    group.create_group("constants")
     for const in meta["constants"].values():
-        value = read_tensor(const["hash"])
-        array = group.create_array(const["array"], shape=value.shape, dtype=value.dtype,
-                                   chunks=_chunks(value), fill_value=0, write_data=True)
-        if value.size:
-            array[...] = value
-
-
-def _chunks(value: np.ndarray) -> tuple[int, ...]:
-    if value.ndim == 0:
-        return ()
-    row = max(1, int(np.prod(value.shape[1:], dtype=np.int64)) * value.dtype.itemsize)
-    return (max(1, min(value.shape[0], CHUNK_BYTES // row)), *(max(1, d) for d in value.shape[1:]))
+        place_tensor(const["hash"], root / const["array"])
 
 
 def _replace_dir(staged: Path, out: Path) -> None:

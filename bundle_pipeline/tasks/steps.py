@@ -95,7 +95,7 @@ def step_pack(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, str
     storage = cache.get_json(inputs["storage"])
     meta = pack.manifest(task.params["name"], task.params["target"], graphs, cache.get_json(inputs["variables"]),
                          cache.get_json(inputs["var_formats"]), storage)
-    digest = pack.run(meta, lambda h: cache.get_tensor(h), task.context["out"])
+    digest = pack.run(meta, cache.export_tensor, task.context["out"])
     return {"digest": digest, "manifest": cache.put_json(meta)}
 
 

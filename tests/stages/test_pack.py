@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import zarr
 
+from bundle_pipeline.cache import Cache
 from bundle_pipeline.ir.hashing import tensor_hash
 from bundle_pipeline.stages import pack
 
 RNG = np.random.default_rng(0)
 TENSORS = [
     RNG.standard_normal((3, 4)).astype(np.float32),
-    RNG.standard_normal((300_000,)).astype(np.float32),  # > CHUNK_BYTES: several chunks
+    RNG.standard_normal((300_000,)).astype(np.float32),  # > 1 MiB: several chunks
     np.array(2.5, np.float32),
     np.arange(6, dtype=np.int64).reshape(2, 3),
     np.zeros((0, 3), np.float32),
@@ -36,6 +37,14 @@ def meta(tensors=TENSORS) -> dict:
     return pack.manifest("demo", "cpu", graphs, variables, {"v": "ND"}, storage)
 
 
+def place(by_hash: dict, tmp_path: Path):
+    """The cache's exporter (hard links) over a fresh cache holding these tensors."""
+    cache = Cache(tmp_path / "tensor-cache")
+    for t in by_hash.values():
+        cache.put_tensor(t)
+    return cache.export_tensor
+
+
 def files(root: Path) -> dict[str, bytes]:
     return {rel: (root / rel).read_bytes() for rel in pack.entries(root)}
 
@@ -52,8 +61,8 @@ def test_manifest_lists_graphs_variables_and_constants():
 
 
 def test_directory_and_zip_have_the_same_digest_and_content(tmp_path):
-    d = pack.run(meta(), BY_HASH.__getitem__, str(tmp_path / "b.bundle"))
-    z = pack.run(meta(), BY_HASH.__getitem__, str(tmp_path / "b.zip"))
+    d = pack.run(meta(), place(BY_HASH, tmp_path), str(tmp_path / "b.bundle"))
+    z = pack.run(meta(), place(BY_HASH, tmp_path), str(tmp_path / "b.zip"))
     assert d == z == pack.bundle_digest(tmp_path / "b.bundle") == pack.bundle_digest(tmp_path / "b.zip")
     with zipfile.ZipFile(tmp_path / "b.zip") as zf:
         assert {n: zf.read(n) for n in zf.namelist()} == files(tmp_path / "b.bundle")
@@ -73,23 +82,23 @@ def test_digest_changes_with_a_tensor(tmp_path):
     edited = [t.copy() for t in TENSORS]
     edited[1][7] += 1
     by_hash = {tensor_hash(t): t for t in edited}
-    a = pack.run(meta(), BY_HASH.__getitem__, str(tmp_path / "a.bundle"))
-    b = pack.run(meta(edited), by_hash.__getitem__, str(tmp_path / "b.bundle"))
+    a = pack.run(meta(), place(BY_HASH, tmp_path), str(tmp_path / "a.bundle"))
+    b = pack.run(meta(edited), place(by_hash, tmp_path), str(tmp_path / "b.bundle"))
     assert a != b
 
 
 def test_writing_twice_gives_byte_identical_files(tmp_path):
     for out in ("one.bundle", "two/other.bundle", "one.zip", "two/other.zip"):
-        pack.run(meta(), BY_HASH.__getitem__, str(tmp_path / out))
+        pack.run(meta(), place(BY_HASH, tmp_path), str(tmp_path / out))
     assert files(tmp_path / "one.bundle") == files(tmp_path / "two/other.bundle")
     assert (tmp_path / "one.zip").read_bytes() == (tmp_path / "two/other.zip").read_bytes()
     before = (tmp_path / "one.zip").read_bytes()
-    pack.run(meta(), BY_HASH.__getitem__, str(tmp_path / "one.zip"))  # rewrite in place
+    pack.run(meta(), place(BY_HASH, tmp_path), str(tmp_path / "one.zip"))  # rewrite in place
     assert (tmp_path / "one.zip").read_bytes() == before
 
 
 def test_zip_is_sorted_stored_with_fixed_timestamps(tmp_path):
-    pack.run(meta(), BY_HASH.__getitem__, str(tmp_path / "b.zip"))
+    pack.run(meta(), place(BY_HASH, tmp_path), str(tmp_path / "b.zip"))
     with zipfile.ZipFile(tmp_path / "b.zip") as zf:
         infos = zf.infolist()
         assert zf.testzip() is None
@@ -100,10 +109,15 @@ def test_zip_is_sorted_stored_with_fixed_timestamps(tmp_path):
     assert {i.compress_type for i in infos} == {zipfile.ZIP_STORED}
 
 
-def failing_reader(h: str) -> np.ndarray:
-    if BY_HASH[h].shape == (300_000,):
-        raise RuntimeError("tensor store unavailable")
-    return BY_HASH[h]
+def failing_place(tmp_path: Path):
+    """Places every tensor but the big one, which fails as an unavailable tensor store would."""
+    ok = place(BY_HASH, tmp_path)
+
+    def placer(h: str, dest: Path) -> None:
+        if BY_HASH[h].shape == (300_000,):
+            raise RuntimeError("tensor store unavailable")
+        ok(h, dest)
+    return placer
 
 
 @pytest.mark.parametrize("name", ["b.bundle", "b.zip"])
@@ -111,10 +125,10 @@ def test_failed_write_leaves_the_previous_bundle_and_no_temp_files(tmp_path, nam
     out = tmp_path / "out" / name
     old_tensors = [np.ones((2, 2), np.float32)]
     old_hash = {tensor_hash(t): t for t in old_tensors}
-    digest = pack.run(meta(old_tensors), old_hash.__getitem__, str(out))
+    digest = pack.run(meta(old_tensors), place(old_hash, tmp_path), str(out))
     snapshot = files(out) if out.is_dir() else out.read_bytes()
     with pytest.raises(RuntimeError, match="tensor store unavailable"):
-        pack.run(meta(), failing_reader, str(out))
+        pack.run(meta(), failing_place(tmp_path), str(out))
     assert (files(out) if out.is_dir() else out.read_bytes()) == snapshot
     assert pack.bundle_digest(out) == digest
     assert sorted(p.name for p in out.parent.iterdir()) == [name]  # no staging dirs, no .old, no .zip.tmp
@@ -122,15 +136,25 @@ def test_failed_write_leaves_the_previous_bundle_and_no_temp_files(tmp_path, nam
 
 def test_failed_first_write_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError):
-        pack.run(meta(), failing_reader, str(tmp_path / "new" / "b.bundle"))
+        pack.run(meta(), failing_place(tmp_path), str(tmp_path / "new" / "b.bundle"))
     assert list((tmp_path / "new").iterdir()) == []
 
 
 def test_replacing_a_bundle_removes_stale_entries(tmp_path):
     out = tmp_path / "b.bundle"
-    pack.run(meta(), BY_HASH.__getitem__, str(out))
+    pack.run(meta(), place(BY_HASH, tmp_path), str(out))
     fewer = TENSORS[:1]
-    digest = pack.run(meta(fewer), {tensor_hash(t): t for t in fewer}.__getitem__, str(out))
+    digest = pack.run(meta(fewer), place({tensor_hash(t): t for t in fewer}, tmp_path), str(out))
     assert not any(rel.startswith("constants/infer.t1") for rel in pack.entries(out))
     assert pack.bundle_digest(out) == digest
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.bundle"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.bundle", "tensor-cache"]  # no staging leftovers
+
+
+def test_directory_repack_links_cached_chunks_instead_of_writing_them(tmp_path):
+    """A local cache hard-links chunk files into the bundle: a re-pack writes metadata, not tensor bytes."""
+    out = tmp_path / "b.bundle"
+    pack.run(meta(), place(BY_HASH, tmp_path), str(out))
+    chunk_files = [out / rel for rel in pack.entries(out) if "/c/" in rel or rel.endswith("/c")]
+    assert chunk_files and all(p.stat().st_nlink >= 2 for p in chunk_files)
+    cache_inodes = {p.stat().st_ino for p in (tmp_path / "tensor-cache").rglob("*") if p.is_file()}
+    assert {p.stat().st_ino for p in chunk_files} <= cache_inodes
