@@ -69,19 +69,26 @@ def status(
     specs: SpecsArg,
     target: TargetOpt = None,
     cache: CacheOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help='last line: {"stale": [{"id", "reason"}]}')] = False,
+    as_json: Annotated[bool, typer.Option("--json", help='last line: {"stale": [{"id", "reason"}], "maybe": [...]}')]
+    = False,
 ) -> None:
-    """List the tasks a run would execute and why (which file, tensor, option, version or target changed)."""
+    """List the tasks a run would execute and why (which file, tensor, option, version or target changed).
+
+    "stale" tasks certainly run; "maybe" tasks sit downstream of one and run unless its new output
+    equals the old (early cutoff), which only running it can tell.
+    """
     from .pipeline import status as plan_status
 
     found = plan_status(_load_specs(specs, target, None, cache))
-    stale = [{"id": s.id, "reason": s.reason} for s in found.stale.values()]
+    stale = [{"id": s.id, "reason": s.reason} for s in found.definite()]
+    maybe = [{"id": s.id, "reason": s.reason} for s in found.pending()]
     if not as_json:
-        typer.echo(f"{len(stale)} stale, {len(found.resolved)} up to date")
-        for item in stale:
+        typer.echo(f"{len(stale)} stale, {len(maybe)} downstream (run unless cut off early), "
+                   f"{len(found.resolved)} up to date")
+        for item in stale + maybe:
             typer.echo(f"  {item['id']:<32} {item['reason']}")
         return
-    typer.echo(json.dumps({"stale": stale}))
+    typer.echo(json.dumps({"stale": stale, "maybe": maybe}))
 
 
 @app.command()

@@ -34,6 +34,14 @@ class Plan:
     resolved: dict[str, TaskResult] = field(default_factory=dict)
     stale: dict[str, Stale] = field(default_factory=dict)
 
+    def definite(self) -> list[Stale]:
+        """Tasks whose key is known to miss: a run executes them."""
+        return [s for s in self.stale.values() if s.found is not None]
+
+    def pending(self) -> list[Stale]:
+        """Tasks downstream of a stale one: a run executes them unless early cutoff spares them."""
+        return [s for s in self.stale.values() if s.found is None]
+
 
 def plan(dag: nx.DiGraph, ctxs: dict[str, BuildContext], identities: dict[str, str]) -> Plan:
     """Resolve every task whose key hits; explain why each other task is stale."""

@@ -1,0 +1,231 @@
+"""Incremental builds: which tasks run after each kind of edit (from the --json report), early cutoff,
+kernel cache reuse, schedulers, status/explain, several bundles in one run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import models
+import numpy as np
+import onnx
+import pytest
+import yaml
+from onnx import numpy_helper
+from typer.testing import CliRunner
+
+from bundle_pipeline import targets
+from bundle_pipeline.cli import app
+from bundle_pipeline.pipeline import build, build_many
+from bundle_pipeline.runtime import load_bundle
+from bundle_pipeline.spec import load_spec
+from bundle_pipeline.stages.pack import entries
+from bundle_pipeline.tasks import steps
+
+
+def ran(report) -> set[str]:
+    """Task ids that ran, without the bundle prefix."""
+    return {t.id.split("/", 1)[1] for t in report.tasks if t.status == "ran"}
+
+
+@pytest.fixture
+def shared_bundle(tmp_path):
+    built = models.shared(tmp_path / "shared")
+    spec = load_spec(built.spec, cache=str(tmp_path / "cache"))
+    first = build(spec)
+    assert {t.status for t in first.tasks} == {"ran"}
+    return built, spec, first
+
+
+def edit_initializer(path: Path, name: str, fn) -> None:
+    model = onnx.load(path)
+    t = next(t for t in model.graph.initializer if t.name == name)
+    t.CopyFrom(numpy_helper.from_array(fn(numpy_helper.to_array(t)), name))
+    onnx.save(model, path)
+
+
+def test_noop_runs_nothing(shared_bundle):
+    _, spec, first = shared_bundle
+    again = build(spec)
+    assert ran(again) == set() and again.digest == first.digest
+
+
+def test_weight_only_edit_skips_formats_tiling_codegen(shared_bundle):
+    built, spec, first = shared_bundle
+    edit_initializer(built.graph("infer_c").path, "c.offset", lambda a: a + 1)
+    report = build(spec)
+    assert ran(report) == {"parse:infer_c", "dedupe", "pack"}
+    assert report.digest != first.digest
+    feeds = built.feeds(np.random.default_rng(0), "infer_c")
+    from oracle import assert_outputs_close, ort_run
+    assert_outputs_close(load_bundle(spec.output).run("infer_c", feeds), ort_run(built.graph("infer_c").path, feeds))
+
+
+def test_one_graph_edit_reruns_that_graph_and_bundle_tasks_only(shared_bundle):
+    built, spec, _ = shared_bundle
+    model = onnx.load(built.graph("infer_b").path)
+    out = model.graph.output[0].name
+    last = next(n for n in model.graph.node if out in n.output)
+    last.output[list(last.output).index(out)] = "pre_relu"
+    model.graph.node.append(onnx.helper.make_node("Relu", ["pre_relu"], [out]))
+    onnx.save(model, built.graph("infer_b").path)
+    report = build(spec)
+    assert ran(report) == {"parse:infer_b", "dedupe", "formats.assign", "formats:infer_b", "tiling:infer_b",
+                           "codegen:infer_b", "pack"}
+
+
+def test_option_change_on_one_infer_graph_reruns_its_codegen(shared_bundle):
+    built, spec, _ = shared_bundle
+    text = yaml.safe_load(built.spec.read_text())
+    next(g for g in text["graphs"] if g["name"] == "infer_a")["options"] = {"exec_disable_reused_memory": "1"}
+    built.spec.write_text(yaml.safe_dump(text))
+    report = build(load_spec(built.spec, cache=spec.cache))
+    assert ran(report) == {"codegen:infer_a", "pack"}
+
+
+def test_target_change_reruns_everything(shared_bundle, monkeypatch):
+    _, spec, first = shared_bundle
+    cpu = targets.get_target("cpu")
+    changed = targets.Target(cpu.name, cpu.formats, {**cpu.buffers, "workspace_bytes": 1 << 20}, cpu.kernels,
+                             fingerprint="a-different-target")
+    monkeypatch.setattr(targets, "get_target", lambda name: changed)
+    for module in ("bundle_pipeline.tasks.runner", "bundle_pipeline.tasks.steps"):
+        monkeypatch.setattr(f"{module}.get_target", lambda name: changed)
+    report = build(spec, scheduler="sync")
+    assert ran(report) == {t.id.split("/", 1)[1] for t in first.tasks}
+
+
+def test_stage_version_bump_reruns_that_stage_and_cuts_off_early(shared_bundle, monkeypatch):
+    _, spec, _ = shared_bundle
+    monkeypatch.setitem(steps.VERSIONS, "tiling", "bumped")
+    report = build(spec, scheduler="sync")
+    # tiling re-runs everywhere; its output is unchanged, so codegen and pack hit (early cutoff)
+    assert ran(report) == {"tiling:init", "tiling:update", "tiling:infer_a", "tiling:infer_b", "tiling:infer_c"}
+
+
+def test_edit_with_identical_parse_output_reruns_only_parse(shared_bundle):
+    built, spec, _ = shared_bundle
+    path = built.graph("infer_a").path
+    model = onnx.load(path)
+    model.doc_string = "re-exported by another tool"
+    onnx.save(model, path)
+    report = build(spec)
+    assert ran(report) == {"parse:infer_a"}
+
+
+def test_second_bundle_reuses_the_kernel_cache(tmp_path):
+    """Another bundle whose infer graph differs (so its tiling/codegen tasks run) but has the same layers."""
+    cache = str(tmp_path / "cache")
+    a = models.cnn(tmp_path / "a")
+    first = build(load_spec(a.spec, cache=cache))
+    assert first.kernel_cache()["misses"] > 0
+    b = models.cnn(tmp_path / "b", seed=1)
+    model = onnx.load(b.graph().path)
+    out = model.graph.output[0].name
+    last = next(n for n in model.graph.node if out in n.output)
+    last.output[list(last.output).index(out)] = "pre_relu"
+    model.graph.node.append(onnx.helper.make_node("Relu", ["pre_relu"], [out]))
+    onnx.save(model, b.graph().path)
+    b.spec.write_text(b.spec.read_text().replace("name: cnn", "name: cnn_b"))
+    second = build(load_spec(b.spec, cache=cache))
+    assert {"tiling:infer", "codegen:infer"} <= ran(second)
+    cube_kernels = sum(1 for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul"))
+    assert second.kernel_cache() == {"hits": 2 * cube_kernels, "misses": 0}  # one tiling + one codegen each
+
+
+@pytest.mark.slow
+def test_schedulers_give_byte_identical_bundles(tmp_path):
+    built = models.cnn(tmp_path / "cnn")
+    digests = {}
+    for name, kwargs in {"sync": {"scheduler": "sync"}, "threads": {"scheduler": "threads"},
+                         "processes": {"scheduler": "processes", "workers": 2},
+                         "local-cluster-2": {"workers": 2}}.items():
+        spec = load_spec(built.spec, cache=str(tmp_path / f"cache-{name}"), output=str(tmp_path / f"{name}.bundle"))
+        report = build(spec, **kwargs)
+        assert {t.status for t in report.tasks} == {"ran"}
+        digests[name] = report.digest
+    assert len(set(digests.values())) == 1, digests
+
+
+def test_status_and_explain_name_what_changed(shared_bundle):
+    built, spec, _ = shared_bundle
+    runner = CliRunner()
+    args = ["--cache", spec.cache]
+    result = runner.invoke(app, ["status", str(built.spec), *args, "--json"])
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"stale": [], "maybe": []}
+    edit_initializer(built.graph("infer_c").path, "c.offset", lambda a: a * 2)
+    stale = json.loads(runner.invoke(app, ["status", str(built.spec), *args, "--json"]).stdout.splitlines()[-1])
+    reasons = {s["id"].split("/", 1)[1]: s["reason"] for s in stale["stale"]}
+    assert list(reasons) == ["parse:infer_c"]
+    assert reasons["parse:infer_c"].startswith("file changed: ") and "infer_c.onnx" in reasons["parse:infer_c"]
+    maybe = {s["id"].split("/", 1)[1]: s["reason"] for s in stale["maybe"]}
+    assert "upstream shared/parse:infer_c" in maybe["dedupe"] and "parse:infer_a" not in maybe
+    build(spec)  # the parse output now differs in one tensor: dedupe's reason names it
+    edit_initializer(built.graph("infer_c").path, "c.offset", lambda a: a * 3)
+    build(load_spec(built.spec, cache=spec.cache))
+    edit_initializer(built.graph("infer_c").path, "c.offset", lambda a: a + 5)
+    explained = runner.invoke(app, ["explain", str(built.spec), "parse:infer_c", *args])
+    assert explained.exit_code == 0 and "stale: file changed" in explained.stdout
+    assert "changed  input model" in explained.stdout
+    assert "same     param input_shape" in explained.stdout
+
+
+def test_option_reason_in_status(shared_bundle):
+    built, spec, _ = shared_bundle
+    text = yaml.safe_load(built.spec.read_text())
+    next(g for g in text["graphs"] if g["name"] == "infer_a")["options"] = {"exec_disable_reused_memory": "1"}
+    built.spec.write_text(yaml.safe_dump(text))
+    result = CliRunner().invoke(app, ["status", str(built.spec), "--cache", spec.cache, "--json"])
+    status = json.loads(result.stdout.splitlines()[-1])
+    stale = status["stale"]
+    assert [s["id"] for s in stale] == ["shared/codegen:infer_a"]
+    assert [s["id"] for s in status["maybe"]] == ["shared/pack"]
+    assert "option changed" in stale[0]["reason"] and "exec_disable_reused_memory" in stale[0]["reason"]
+
+
+def test_many_bundles_in_one_run_share_the_dag(tmp_path):
+    specs_dir = tmp_path / "specs"
+    specs_dir.mkdir()
+    for builder in (models.mlp, models.cnn):
+        built = builder(tmp_path / builder.__name__)
+        text = yaml.safe_load(built.spec.read_text())
+        text["cache"] = str(tmp_path / "cache")
+        text["output"] = str(tmp_path / "out" / f"{builder.__name__}.bundle")
+        text["graphs"] = [{**g, "model": str(built.directory / g["model"])} for g in text["graphs"]]
+        (specs_dir / f"{builder.__name__}.yaml").write_text(yaml.safe_dump(text))
+    result = CliRunner().invoke(app, ["run", str(specs_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert [Path(r["bundle"]).name for r in lines] == ["cnn.bundle", "mlp.bundle"]
+    assert all(t["status"] == "ran" for r in lines for t in r["tasks"])
+    again = build_many([load_spec(p) for p in sorted(specs_dir.glob("*.yaml"))])
+    assert all(ran(r) == set() for r in again)
+
+
+def test_weight_edit_rewrites_only_that_tensors_chunks(tmp_path):
+    built = models.mlp(tmp_path / "mlp")
+    spec = load_spec(built.spec, cache=str(tmp_path / "cache"))
+    build(spec)
+    before = {rel: (Path(spec.output) / rel).stat().st_ino for rel in entries(Path(spec.output))}
+    var = built.variables[0]
+    edit_initializer(built.init, f"{var}.init", lambda a: a + 1)
+    assert ran(build(spec)) == {"parse:init", "dedupe", "pack"}
+    after = {rel: (Path(spec.output) / rel).stat().st_ino for rel in entries(Path(spec.output))}
+    changed = {rel for rel in after if before.get(rel) != after[rel] and "/c" in rel}
+    assert changed and all(rel.startswith(f"constants/init.{var}.init/") for rel in changed), changed
+
+
+def test_noop_run_imports_no_onnx_zarr_or_dask(tmp_path):
+    built = models.mlp(tmp_path / "mlp")
+    cache = str(tmp_path / "cache")
+    build(load_spec(built.spec, cache=cache))
+    code = ("import sys\nfrom bundle_pipeline.cli import app\n"
+            f"try:\n    app(['run', {str(built.spec)!r}, '--cache', {cache!r}, '--json'])\n"
+            "except SystemExit:\n    pass\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'onnx', 'zarr', 'dask', 'distributed'}))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    lines = proc.stdout.strip().splitlines()
+    assert {t["status"] for t in json.loads(lines[-2])["tasks"]} == {"cached"}
+    assert lines[-1] == "[]"
