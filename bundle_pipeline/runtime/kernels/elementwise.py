@@ -313,3 +313,90 @@ def _cast(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.n
 def _cast_like(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
     x, like = need(inputs, 0, "input"), need(inputs, 1, "target_type")
     return [cast_array(x, like.dtype)]
+
+
+# ---- more unary math (trigonometric, hyperbolic, rounding, tests) ----
+
+_unary("Tan", lambda x, a: np.tan(x))
+_unary("Asin", lambda x, a: np.arcsin(x))
+_unary("Acos", lambda x, a: np.arccos(x))
+_unary("Atan", lambda x, a: np.arctan(x))
+_unary("Sinh", lambda x, a: np.sinh(x))
+_unary("Cosh", lambda x, a: np.cosh(x))
+_unary("Asinh", lambda x, a: np.arcsinh(x))
+_unary("Acosh", lambda x, a: np.arccosh(x))
+_unary("Atanh", lambda x, a: np.arctanh(x))
+_unary("Round", lambda x, a: np.round(x))  # halves to even, as ONNX requires
+_unary("Celu", lambda x, a: np.maximum(0, x) + np.minimum(0, _f(a, "alpha", 1.0) * np.expm1(x / _f(a, "alpha", 1.0))))
+_unary("ThresholdedRelu", lambda x, a: np.where(x > _f(a, "alpha", 1.0), x, 0))
+_unary("Swish", lambda x, a: wide(x) * sigmoid(_f(a, "alpha", 1.0) * wide(x)))
+_unary(
+    "Shrink",
+    lambda x, a: np.where(
+        x < -_f(a, "lambd", 0.5),
+        x + _f(a, "bias", 0.0),
+        np.where(x > _f(a, "lambd", 0.5), x - _f(a, "bias", 0.0), 0),
+    ),
+)
+
+
+@kernel("IsNaN")
+def _isnan(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+    return [np.isnan(need(inputs, 0, "X"))]
+
+
+@kernel("IsInf")
+def _isinf(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+    x = need(inputs, 0, "X")
+    neg, pos = int(attrs.get("detect_negative", 1)), int(attrs.get("detect_positive", 1))
+    return [np.isinf(x) & (((x < 0) & bool(neg)) | ((x > 0) & bool(pos)))]
+
+
+@kernel("SwiGLU")
+def _swiglu(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+    a, b = need(inputs, 0, "A"), need(inputs, 1, "B")
+    if a.shape != b.shape or a.dtype != b.dtype:
+        raise KernelError(f"SwiGLU: A {a.dtype}{a.shape} and B {b.dtype}{b.shape} must have one shape and dtype")
+    with np.errstate(all="ignore"):
+        y = wide(a) * sigmoid(_f(attrs, "alpha", 1.0) * wide(a)) * wide(b)
+    return [y.astype(a.dtype)]
+
+
+# ---- bitwise ----
+
+_binary("BitwiseAnd", np.bitwise_and)
+_binary("BitwiseOr", np.bitwise_or)
+_binary("BitwiseXor", np.bitwise_xor)
+_unary("BitwiseNot", lambda x, a: np.invert(x))
+
+
+@kernel("BitShift")
+def _bitshift(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+    x, y = need(inputs, 0, "X"), need(inputs, 1, "Y")
+    direction = choice(attrs, "direction", "", ("LEFT", "RIGHT"))
+    if x.dtype.kind not in "iu" or y.dtype != x.dtype:
+        raise KernelError(f"BitShift takes two tensors of one integer type, got {x.dtype} and {y.dtype}")
+    x, y = np.broadcast_arrays(x, y)
+    bits = x.dtype.itemsize * 8
+    # Shifts by a negative amount or >= the width move every bit out: 0, or -1 for a negative right shift.
+    out_of_range = (y < 0) | (y >= bits)
+    shift = np.where(out_of_range, 0, y)
+    if direction == "RIGHT":
+        out = np.right_shift(x, shift.astype(x.dtype))  # arithmetic for signed types
+        spill = np.where(x < 0, -1, 0) if x.dtype.kind == "i" else 0
+    else:
+        unsigned = np.dtype(f"u{x.dtype.itemsize}")  # left shifts of signed values wrap as two's complement
+        out = np.left_shift(x.astype(unsigned), shift.astype(unsigned)).astype(x.dtype)
+        spill = 0
+    return [np.where(out_of_range, spill, out).astype(x.dtype)]
+
+
+@kernel("BitCast")
+def _bitcast(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+    x = need(inputs, 0, "input")
+    dtype = onnx_dtype(attrs.get("to", 0))
+    if dtype.kind in "OV" or x.dtype.kind in "OV":
+        raise KernelError(f"BitCast between {x.dtype} and {dtype} is not supported")
+    if dtype.itemsize != x.dtype.itemsize:
+        raise KernelError(f"BitCast needs types of one bit width, got {x.dtype} and {dtype}")
+    return [np.asarray(x, order="C").view(dtype)]  # not ascontiguousarray: it turns 0-d into (1,)

@@ -19,6 +19,7 @@ from ._registry import (
     int_list,
     kernel,
     need,
+    norm_axes,
     norm_axis,
     onnx_dtype,
     wide,
@@ -388,3 +389,148 @@ def _instance_norm(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> 
         wide(bias), x.ndim
     )
     return [y.astype(x.dtype, copy=False)]
+
+
+@kernel("GroupNormalization")
+def _group_norm(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+    x, scale, bias = need(inputs, 0, "X"), need(inputs, 1, "scale"), need(inputs, 2, "bias")
+    groups = int(attrs.get("num_groups", 0))
+    eps = float(attrs.get("epsilon", 1e-5))
+    if x.ndim < 2 or groups < 1 or x.shape[1] % groups:
+        raise KernelError(f"GroupNormalization: num_groups={groups} does not divide the channels of {x.shape}")
+    n, c = x.shape[:2]
+    # Opset 18 scales per group, opset 21 per channel; statistics in stash_type (float32 by default).
+    per = c if opset >= 21 else groups
+    if scale.size != per or bias.size != per:
+        raise KernelError(f"GroupNormalization: scale/bias need {per} entries at opset {opset}")
+    stash = onnx_dtype(int(attrs.get("stash_type", 1)), "stash_type") if opset >= 21 else wide(x).dtype
+    xg = x.astype(stash).reshape(n, groups, -1)
+    mean = xg.mean(axis=-1, keepdims=True)
+    var = ((xg - mean) ** 2).mean(axis=-1, keepdims=True)
+    norm = ((xg - mean) / np.sqrt(var + np.asarray(eps, stash))).reshape(x.shape)
+    if per == groups:
+        norm = norm.reshape(n, groups, -1)
+        y = norm * scale.astype(stash).reshape(1, groups, 1) + bias.astype(stash).reshape(1, groups, 1)
+    else:
+        y = norm * _per_channel(scale.astype(stash), x.ndim) + _per_channel(bias.astype(stash), x.ndim)
+    return [y.reshape(x.shape).astype(x.dtype)]
+
+
+@kernel("RMSNormalization")
+def _rms_norm(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+    x, scale = need(inputs, 0, "X"), need(inputs, 1, "scale")
+    axis = norm_axis(int(attrs.get("axis", -1)), x.ndim)
+    eps = float(attrs.get("epsilon", 1e-5))
+    stash = onnx_dtype(int(attrs.get("stash_type", 1)), "stash_type")
+    xs = x.astype(stash)
+    ms = np.mean(xs * xs, axis=tuple(range(axis, x.ndim)), keepdims=True)
+    y = xs / np.sqrt(ms + np.asarray(eps, stash)) * scale.astype(stash)
+    return [y.astype(x.dtype)]
+
+
+@kernel("MeanVarianceNormalization")
+def _mvn(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+    x = need(inputs, 0, "X")
+    axes = tuple(norm_axes(int_list(attrs.get("axes", [0, 2, 3])), x.ndim))
+    xf = wide(x)
+    mean = xf.mean(axis=axes, keepdims=True)
+    # The function body's formula: sqrt(E[x^2] - E[x]^2) + 1e-9.
+    std = np.sqrt(np.maximum((xf * xf).mean(axis=axes, keepdims=True) - mean * mean, 0))
+    return [((xf - mean) / (std + 1e-9)).astype(x.dtype)]
+
+
+@kernel("LpNormalization")
+def _lp_norm(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+    x = need(inputs, 0, "input")
+    axis = norm_axis(int(attrs.get("axis", -1)), x.ndim)
+    p = int(attrs.get("p", 2))
+    if p not in (1, 2):
+        raise KernelError(f"attribute p={p} must be 1 or 2")
+    xf = wide(x)
+    norm = np.sum(np.abs(xf), axis=axis, keepdims=True) if p == 1 else np.sqrt(
+        np.sum(xf * xf, axis=axis, keepdims=True))
+    with np.errstate(all="ignore"):
+        y = np.where(norm == 0, 0, xf / norm)  # a zero vector stays zero
+    return [y.astype(x.dtype)]
+
+
+@kernel("LpPool")
+def _lp_pool(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+    x = need(inputs, 0, "X")
+    p = float(attrs.get("p", 2))
+    ks, strides, dil, begin, out_end = _pool_setup(x, attrs)
+    nd = len(ks)
+    win = windows(np.abs(wide(x)) ** p, begin, out_end[:nd], strides, dil, ks, 0.0)  # pads add nothing
+    return [(win.sum(axis=tuple(range(-nd, 0))) ** (1.0 / p)).astype(x.dtype)]
+
+
+@kernel("LRN")
+def _lrn(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+    x = need(inputs, 0, "X")
+    size = int(attrs.get("size", 0))
+    if x.ndim < 3 or size < 1:
+        raise KernelError(f"LRN: size={size} must be >= 1 and the input N-D (rank >= 3), got {x.shape}")
+    alpha, beta, bias = float(attrs.get("alpha", 1e-4)), float(attrs.get("beta", 0.75)), float(attrs.get("bias", 1.0))
+    xf = wide(x)
+    sq = np.moveaxis(xf * xf, 1, -1)
+    # Channel window [c - floor((size-1)/2), c + ceil((size-1)/2)], clipped to the channels.
+    lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+    padded = np.pad(sq, [(0, 0)] * (sq.ndim - 1) + [(lo, hi)])
+    total = sliding_window_view(padded, size, axis=-1).sum(axis=-1)
+    y = xf / (bias + alpha / size * np.moveaxis(total, -1, 1)) ** beta
+    return [y.astype(x.dtype)]
+
+
+@kernel("MaxUnpool")
+def _max_unpool(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+    x, idx, out_in = need(inputs, 0, "X"), need(inputs, 1, "I"), arg(inputs, 2)
+    if "kernel_shape" not in attrs or idx.shape != x.shape:
+        raise KernelError("MaxUnpool needs kernel_shape and indices of X's shape")
+    ks = int_list(attrs["kernel_shape"])
+    nd = len(ks)
+    strides = _spatial_attr(attrs, "strides", nd, 1)
+    pads = _spatial_attr(attrs, "pads", 2 * nd, 0)
+    inferred = [(i - 1) * s - (pb + pe) + k for i, s, pb, pe, k in
+                zip(x.shape[2:], strides, pads[:nd], pads[nd:], ks, strict=True)]
+    full = [*x.shape[:2], *inferred]
+    y = np.zeros(math.prod(full), dtype=x.dtype)
+    flat = idx.reshape(-1).astype(np.int64)
+    if flat.size and (flat.min() < 0 or flat.max() >= y.size):
+        raise KernelError("MaxUnpool: indices out of range of the output")
+    y[flat] = x.reshape(-1)  # indices address the flattened inferred shape (as onnx's tests and reference)
+    y = y.reshape(full)
+    if out_in is None:
+        return [y]
+    # A given output_shape (at least the inferred one) pads the inferred result at the end.
+    shape = int_list(out_in)
+    if len(shape) != x.ndim or any(o < f for o, f in zip(shape, full, strict=True)):
+        raise KernelError(f"MaxUnpool: output_shape {shape} smaller than the inferred {full}")
+    out = np.zeros(shape, dtype=x.dtype)
+    out[tuple(slice(0, f) for f in full)] = y
+    return [out]
+
+
+@kernel("Col2Im")
+def _col2im(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+    x, image, block = need(inputs, 0, "input"), int_list(need(inputs, 1, "image_shape")), int_list(
+        need(inputs, 2, "block_shape"))
+    nd = len(image)
+    if len(block) != nd or x.ndim != 3 or x.shape[1] % math.prod(block):
+        raise KernelError(f"Col2Im: input {x.shape}, image_shape {image}, block_shape {block} do not fit")
+    dil = _spatial_attr(attrs, "dilations", nd, 1)
+    pads = _spatial_attr(attrs, "pads", 2 * nd, 0)
+    strides = _spatial_attr(attrs, "strides", nd, 1)
+    blocks = [(i + pb + pe - d * (k - 1) - 1) // s + 1 for i, pb, pe, d, k, s in
+              zip(image, pads[:nd], pads[nd:], dil, block, strides, strict=True)]
+    if math.prod(blocks) != x.shape[2]:
+        raise KernelError(f"Col2Im: {x.shape[2]} columns, expected {blocks} sliding blocks")
+    n, c = x.shape[0], x.shape[1] // math.prod(block)
+    cols = x.reshape(n, c, *block, *blocks)
+    buf = np.zeros((n, c, *[i + pb + pe for i, pb, pe in zip(image, pads[:nd], pads[nd:], strict=True)]),
+                   dtype=x.dtype)
+    for koff in itertools.product(*[range(k) for k in block]):
+        dst = tuple(slice(j * d, j * d + (b - 1) * s + 1, s) for j, d, b, s in zip(koff, dil, blocks, strides,
+                                                                                  strict=True))
+        buf[(Ellipsis, *dst)] += cols[(slice(None), slice(None), *koff)]
+    crop = tuple(slice(pb, pb + i) for pb, i in zip(pads[:nd], image, strict=True))
+    return [buf[(Ellipsis, *crop)]]

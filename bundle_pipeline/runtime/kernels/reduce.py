@@ -1,4 +1,4 @@
-"""Reductions and axis-wise kernels: Reduce*, ArgMax/ArgMin, Softmax, LogSoftmax, TopK, CumSum."""
+"""Reductions and axis-wise kernels: Reduce*, ArgMax/ArgMin, Softmax, LogSoftmax, Hardmax, TopK, CumSum, CumProd."""
 
 from __future__ import annotations
 
@@ -29,7 +29,22 @@ _REDUCE: dict[str, tuple[Callable[..., np.ndarray], int]] = {
     "ReduceMax": (np.max, 18),
     "ReduceMin": (np.min, 18),
     "ReduceProd": (np.prod, 18),
+    "ReduceL1": (lambda x, axis, keepdims: np.sum(np.abs(x), axis=axis, keepdims=keepdims), 18),
+    "ReduceL2": (lambda x, axis, keepdims: np.sqrt(np.sum(np.square(x), axis=axis, keepdims=keepdims)), 18),
+    "ReduceSumSquare": (lambda x, axis, keepdims: np.sum(np.square(x), axis=axis, keepdims=keepdims), 18),
+    "ReduceLogSum": (lambda x, axis, keepdims: np.log(np.sum(x, axis=axis, keepdims=keepdims)), 18),
+    "ReduceLogSumExp": (lambda x, axis, keepdims: _log_sum_exp(x, axis, keepdims), 18),
 }
+
+
+def _log_sum_exp(x: np.ndarray, axis: tuple[int, ...], keepdims: bool) -> np.ndarray:
+    """log(sum(exp(x))) shifted by the max so large inputs do not overflow; -inf over an empty set."""
+    if x.size == 0:
+        return np.log(np.sum(np.exp(x), axis=axis, keepdims=keepdims))
+    top = np.max(x, axis=axis, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0)
+    y = np.log(np.sum(np.exp(x - top), axis=axis, keepdims=True)) + top
+    return y if keepdims else np.squeeze(y, axis=axis)
 
 
 def _empty_identity(op: str, dtype: np.dtype) -> object:
@@ -59,7 +74,7 @@ def _reduce_kernel(op: str) -> None:
             axes = list(range(x.ndim))
         ax = tuple(norm_axes(axes, x.ndim))
         xc = wide(x)
-        if op in ("ReduceSum", "ReduceProd") and x.dtype.kind in "iub":
+        if op in ("ReduceSum", "ReduceProd", "ReduceL1", "ReduceSumSquare") and x.dtype.kind in "iub":
             xc = x  # integer sums wrap in the input type, as ONNX Runtime does
         kwargs: dict[str, object] = {}
         if op in ("ReduceMax", "ReduceMin") and x.size == 0:
@@ -140,23 +155,44 @@ def _topk(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.n
     return [np.take_along_axis(x, idx, axis=axis), idx.astype(np.int64)]
 
 
-@kernel("CumSum")
-def _cumsum(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
-    x = need(inputs, 0, "x")
-    axis_in = arg(inputs, 1)
-    if axis_in is None:
-        raise KernelError("CumSum: axis input is required")
-    axis = norm_axis(int(scalar(axis_in)), x.ndim)
-    xc = wide(x)
-    if int(attrs.get("reverse", 0)):
-        xc = np.flip(xc, axis)
-    y = np.cumsum(xc, axis=axis)
-    if int(attrs.get("exclusive", 0)):
-        # Shift by one along axis: y[i] = sum of elements before i.
-        y = np.concatenate(
-            [np.zeros_like(np.take(y, [0], axis=axis)), np.take(y, np.arange(x.shape[axis] - 1), axis=axis)],
-            axis=axis,
-        )
-    if int(attrs.get("reverse", 0)):
-        y = np.flip(y, axis)
-    return [y.astype(x.dtype, copy=False)]
+def _cumulative(fn: Callable[..., np.ndarray], identity: int) -> Callable[..., list[np.ndarray]]:
+    """CumSum / CumProd: axis is a scalar input; exclusive shifts in the identity, reverse runs backwards."""
+
+    def run(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+        x = need(inputs, 0, "x")
+        axis_in = arg(inputs, 1)
+        if axis_in is None:
+            raise KernelError("axis input is required")
+        axis = norm_axis(int(scalar(axis_in)), x.ndim)
+        xc = wide(x)
+        reverse = bool(int(attrs.get("reverse", 0)))
+        if reverse:
+            xc = np.flip(xc, axis)
+        y = fn(xc, axis=axis)
+        if int(attrs.get("exclusive", 0)):
+            # Shift by one along axis: y[i] combines the elements before i.
+            first = np.full_like(np.take(y, [0], axis=axis), identity)
+            y = np.concatenate([first, np.take(y, np.arange(x.shape[axis] - 1), axis=axis)], axis=axis)
+        if reverse:
+            y = np.flip(y, axis)
+        return [y.astype(x.dtype, copy=False)]
+
+    return run
+
+
+kernel("CumSum")(_cumulative(np.cumsum, 0))
+kernel("CumProd")(_cumulative(np.cumprod, 1))
+
+
+@kernel("Hardmax")
+def _hardmax(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+    x = need(inputs, 0, "input")
+    axis = norm_axis(int(attrs.get("axis", -1 if opset >= 13 else 1)), x.ndim)
+    shape = x.shape
+    if opset < 13:
+        x = x.reshape(math.prod(shape[:axis]), math.prod(shape[axis:]))  # coerced to 2-D before opset 13
+        axis = 1
+    y = np.zeros_like(x)
+    if x.size:
+        np.put_along_axis(y, np.expand_dims(np.argmax(x, axis=axis), axis), 1, axis=axis)  # first max wins
+    return [y.reshape(shape)]

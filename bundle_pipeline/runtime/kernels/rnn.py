@@ -1,4 +1,4 @@
-"""LSTM: forward/reverse/bidirectional, sequence_lens, peepholes, custom activations, clip, layouts."""
+"""LSTM, GRU, RNN: forward/reverse/bidirectional, sequence_lens, peepholes, custom activations, clip, layouts."""
 
 from __future__ import annotations
 
@@ -27,14 +27,16 @@ _ACTS: dict[str, tuple[int, int, tuple[float, float], Callable[[float, float], A
 }
 
 
-def _activations(attrs: Attrs, num_dirs: int) -> list[tuple[Act, Act, Act]]:
-    """(f, g, h) per direction; alpha/beta values are consumed in order by the functions that take them."""
-    raw = attrs.get("activations", ["Sigmoid", "Tanh", "Tanh"] * num_dirs)
+def _activations(attrs: Attrs, num_dirs: int, defaults: tuple[str, ...] = ("Sigmoid", "Tanh", "Tanh")) -> list:
+    """(f, g, h) per direction (GRU: f, g; RNN: f); alpha/beta values are consumed in order by the functions
+    that take them."""
+    per = len(defaults)
+    raw = attrs.get("activations", list(defaults) * num_dirs)
     names = [s.decode() if isinstance(s, bytes) else str(s) for s in raw]
-    if len(names) == 3 and num_dirs == 2:
+    if len(names) == per and num_dirs == 2:
         names = names * 2
-    if len(names) != 3 * num_dirs:
-        raise KernelError(f"attribute activations needs {3 * num_dirs} entries, got {len(names)}")
+    if len(names) != per * num_dirs:
+        raise KernelError(f"attribute activations needs {per * num_dirs} entries, got {len(names)}")
     alphas = list(attrs.get("activation_alpha", []))
     betas = list(attrs.get("activation_beta", []))
     funcs: list[Act] = []
@@ -46,7 +48,7 @@ def _activations(attrs: Attrs, num_dirs: int) -> list[tuple[Act, Act, Act]]:
         a = float(alphas.pop(0)) if n_a and alphas else da
         b = float(betas.pop(0)) if n_b and betas else db
         funcs.append(make(a, b))
-    return [(funcs[3 * d], funcs[3 * d + 1], funcs[3 * d + 2]) for d in range(num_dirs)]
+    return [tuple(funcs[per * d : per * (d + 1)]) for d in range(num_dirs)]
 
 
 def _run_direction(
@@ -138,3 +140,84 @@ def _lstm(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.n
     if layout == 1:
         y_all, y_h, y_c = y_all.transpose(2, 0, 1, 3), y_h.transpose(1, 0, 2), y_c.transpose(1, 0, 2)
     return [a.astype(x.dtype, copy=False) for a in (y_all, y_h, y_c)]
+
+
+def _gru_or_rnn(inputs: Inputs, attrs: Attrs, gates: int, defaults: tuple[str, ...]) -> list[np.ndarray]:
+    """GRU (3 gates: z, r, h) or RNN (1 gate): shared handling of layouts, directions and sequence_lens."""
+    x, w, r = need(inputs, 0, "X"), need(inputs, 1, "W"), need(inputs, 2, "R")
+    b, seq_lens, h0 = arg(inputs, 3), arg(inputs, 4), arg(inputs, 5)
+    direction = choice(attrs, "direction", "forward", ("forward", "reverse", "bidirectional"))
+    num_dirs = 2 if direction == "bidirectional" else 1
+    layout = int(attrs.get("layout", 0))
+    if layout not in (0, 1):
+        raise KernelError(f"attribute layout={layout} must be 0 or 1")
+    dt = wide(x).dtype
+    xs = wide(x).astype(dt, copy=False)
+    if layout == 1:
+        xs = xs.transpose(1, 0, 2)  # -> [seq, batch, input]
+    seq, batch = xs.shape[:2]
+    hidden = int(attrs.get("hidden_size", r.shape[-1]))
+    if w.shape[0] != num_dirs or w.shape[1] != gates * hidden or r.shape[1:] != (gates * hidden, hidden):
+        raise KernelError(f"W {w.shape} / R {r.shape} do not match direction and hidden_size={hidden}")
+    b = np.zeros((num_dirs, 2 * gates * hidden), dt) if b is None else wide(b).astype(dt)
+    if h0 is None:
+        h0 = np.zeros((num_dirs, batch, hidden), dt)
+    else:
+        h0 = wide(h0).astype(dt)
+        h0 = h0.transpose(1, 0, 2) if layout == 1 else h0
+    lens = np.full(batch, seq, np.int64) if seq_lens is None else np.asarray(seq_lens, np.int64)
+    if lens.shape != (batch,) or lens.min(initial=0) < 0 or lens.max(initial=0) > seq:
+        raise KernelError(f"sequence_lens {lens.tolist()} invalid for seq_length {seq}")
+    clip = float(attrs["clip"]) if "clip" in attrs else None
+    before_reset = bool(int(attrs.get("linear_before_reset", 0)))
+    acts = _activations(attrs, num_dirs, defaults)
+    steps = np.arange(seq)[:, None]
+    valid = steps < lens[None, :]
+    rev_idx = np.where(valid, lens[None, :] - 1 - steps, steps)
+
+    def clipped(v: np.ndarray) -> np.ndarray:
+        return np.clip(v, -clip, clip) if clip is not None else v
+
+    ys, hs = [], []
+    for d in range(num_dirs):
+        reverse = direction == "reverse" or d == 1
+        xd = np.take_along_axis(xs, rev_idx[:, :, None], axis=0) if reverse else xs
+        wd, rd = wide(w[d]).astype(dt), wide(r[d]).astype(dt)
+        wb, rb = b[d, : gates * hidden], b[d, gates * hidden :]
+        xp = xd @ wd.T + wb  # input projections of every step at once
+        h = h0[d]
+        y = np.zeros((seq, batch, hidden), dt)
+        for t in range(seq):
+            if gates == 1:
+                h_new = acts[d][0](clipped(xp[t] + h @ rd.T + rb))
+            else:
+                f_act, g_act = acts[d]
+                xz, xr, xh = np.split(xp[t], 3, axis=-1)
+                rz, rr, rh = np.split(rd, 3, axis=0)
+                bz, br, bh = np.split(rb, 3)
+                z = f_act(clipped(xz + h @ rz.T + bz))
+                rg = f_act(clipped(xr + h @ rr.T + br))
+                pre = xh + rg * (h @ rh.T + bh) if before_reset else xh + (rg * h) @ rh.T + bh
+                h_new = (1 - z) * g_act(clipped(pre)) + z * h
+            m = valid[t][:, None]
+            # Padded steps (t >= sequence_lens[b]) keep the state and emit zeros.
+            h = np.where(m, h_new, h)
+            y[t] = np.where(m, h_new, 0)
+        if reverse:
+            y = np.take_along_axis(y, rev_idx[:, :, None], axis=0) * valid[:, :, None]
+        ys.append(y)
+        hs.append(h)
+    y_all, y_h = np.stack(ys, axis=1), np.stack(hs)  # [seq, dirs, batch, hidden], [dirs, batch, hidden]
+    if layout == 1:
+        y_all, y_h = y_all.transpose(2, 0, 1, 3), y_h.transpose(1, 0, 2)
+    return [a.astype(x.dtype, copy=False) for a in (y_all, y_h)]
+
+
+@kernel("GRU")
+def _gru(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+    return _gru_or_rnn(inputs, attrs, 3, ("Sigmoid", "Tanh"))
+
+
+@kernel("RNN")
+def _rnn(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+    return _gru_or_rnn(inputs, attrs, 1, ("Tanh",))
