@@ -26,10 +26,17 @@ from onnx import numpy_helper
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_RESULTS = BENCH_DIR / "results" / "incremental.json"
 RACY_WAIT_S = 2.2  # the stat state records no file modified < 2 s before it was read ("racy git")
-CLI = "bundle-pipeline"
 VERSIONS_OF = ("bundle-pipeline", "numpy", "onnx", "onnxruntime", "openvino", "dask", "distributed", "zarr",
                "blake3", "networkx", "typer", "psutil")
-MiB = 1 << 20
+
+
+def cli_path() -> str:
+    """The console script beside this interpreter (skips a version manager's shell shim), else PATH's."""
+    beside = Path(sys.executable).parent / "bundle-pipeline"
+    return str(beside) if beside.is_file() else (shutil.which("bundle-pipeline") or "bundle-pipeline")
+
+
+CLI = cli_path()
 
 
 # ---------------------------------------------------------------- one CLI build
@@ -63,7 +70,8 @@ def build_record(m: Measured) -> dict:
 
 def cli_build(label: str, spec: Path, cache: Path, out: Path, extra: Sequence[str] = ()) -> dict:
     argv = [CLI, "run", str(spec), "--json", "--cache", str(cache), "--out", str(out), *extra]
-    rec = build_record(run_measured(argv))
+    load = os.getloadavg()[0]
+    rec = {**build_record(run_measured(argv)), "loadavg_1m_before": load}
     status = f"{rec['ran']} ran, {rec['cached']} cached" if "error" not in rec else "FAILED"
     print(f"    {label}: {rec['wall_s']:.2f} s, "
           f"{rec['maxrss_kib'] / 1024:.0f} MiB, {status}", flush=True)
@@ -381,6 +389,8 @@ NOTES = [
     "(files younger than that are hashed but not recorded, by design).",
     "no-op / edits reuse the cold build's cache; (a)(b)(c) cold, no-op and edit builds use the CLI's default "
     "scheduler; workers runs pass only --workers N (contract: a distributed.LocalCluster of N worker processes).",
+    "The CLI is run as the console script beside the interpreter (cli in the JSON), not through a pyenv shim.",
+    "The machine is shared: loadavg_1m_before of each run says how busy it was.",
     "maxrss = ru_maxrss from wait4 (largest single process); tree peak = sampled sum over the process tree.",
     "Peers compile original.onnx: the network the bundle was split from, every weight an initializer; (a) points "
     "at the bundle's own external files, so the weight edit reaches both with one rewrite.",
@@ -399,7 +409,7 @@ def run(scale: float = 1.0, only: Sequence[str] = generate.KINDS, skip_peers: bo
     targets, per_scenario, peer = target_figures(bundles), scenario_figures(bundles), peer_figures(bundles)
     payload = {"benchmark": "incremental", "started": started, "scale": scale, "only": list(only),
                "command": [sys.executable, *sys.argv], "machine": machine_info(),
-               "cli_workers_help": cli_workers_help(),
+               "cli": CLI, "cli_workers_help": cli_workers_help(),
                "peers": ctx.peers, "notes": NOTES, "bundles": bundles,
                "figures": [f.__dict__ for f in targets + per_scenario + peer]}
     write_json(results, payload)
