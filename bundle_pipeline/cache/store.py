@@ -287,6 +287,25 @@ class FsspecBackend:
 Backend = LocalBackend | FsspecBackend
 
 
+def _file_stats(root: str) -> dict[str, tuple[list[int], str]]:
+    """rel path -> ([size, mtime_ns, ctime_ns, inode], absolute path) for every file under ``root``."""
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            st = os.stat(path)
+            rel = os.path.relpath(path, root).replace(os.sep, "/")
+            out[rel] = ([st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino], path)
+    return out
+
+
+def _sha256_file(path: str) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def _link_or_copy(src: str, dst: str) -> None:
     try:
         os.link(src, dst)
@@ -443,17 +462,36 @@ class Cache:
         """Whether a published entry exists (unverified)."""
         return self._backend.exists(f"{tensors.tensor_rel(check_hash(h))}/zarr.json")
 
-    def export_tensor(self, h: str, dest: str | os.PathLike[str]) -> None:
+    def export_tensor(self, h: str, dest: str | os.PathLike[str]) -> dict[str, str]:
         """Place tensor ``h``'s zarr array (metadata + chunk files) at local directory ``dest``.
 
         A local cache hard-links the chunk files, so a bundle re-pack writes no tensor bytes. The
         entry must not be modified through ``dest`` (it is the cache's own file); readers verify
-        hashes, so such damage would read as a miss, never as a wrong value.
+        hashes, so such damage would read as a miss, never as a wrong value. Returns the sha256 of
+        each placed file by its path relative to ``dest`` (posix separators).
         """
         rel = tensors.tensor_rel(check_hash(h))
         if not self.has_tensor(h):
             raise CacheMiss(h)
         self._backend.export_tree(rel, os.fspath(dest))
+        return self._entry_sha256(h, os.fspath(dest))
+
+    def _entry_sha256(self, h: str, exported: str) -> dict[str, str]:
+        """sha256 of each file of tensor entry ``h`` (bundle digests list them), remembered per file stat.
+
+        Entries are immutable, so a file whose (size, mtime_ns, ctime_ns, inode) is unchanged still has
+        the remembered digest; a changed stat (first export, or a write through a hard link) makes us
+        verify the whole tensor against ``h`` (CacheMiss when damaged) and hash the files again.
+        """
+        memo_key = hash_json({"entry-sha256": h})
+        files = _file_stats(exported)
+        record = self.get_action(memo_key)
+        if record is not None and record.get("stats") == {rel: st for rel, (st, _) in files.items()}:
+            return dict(record["sha256"])
+        self.get_tensor(h, verify=True)
+        digests = {rel: _sha256_file(path) for rel, (_, path) in files.items()}
+        self.put_action(memo_key, {"stats": {rel: st for rel, (st, _) in files.items()}, "sha256": digests})
+        return digests
 
     def tensor_chunks(self, h: str) -> list[str]:
         """``hash_bytes`` of each stored chunk's decoded bytes, in chunk (C) order."""

@@ -36,7 +36,8 @@ def manifest(name: str, target: str, graphs: list[dict], variables: dict, var_fo
     }
 
 
-PlaceTensor = Callable[[str, Path], None]  # (tensor hash, array directory to create) -> None
+# (tensor hash, array directory to create) -> sha256 of each file placed, by path relative to that directory
+PlaceTensor = Callable[[str, Path], "dict[str, str] | None"]
 
 
 def run(meta: dict, place_tensor: PlaceTensor, out_path: str) -> str:
@@ -55,8 +56,8 @@ def run(meta: dict, place_tensor: PlaceTensor, out_path: str) -> str:
     except OSError as err:
         raise BundleIOError(f"cannot write bundle: {err}", str(out)) from None
     try:
-        write_directory(stage_dir, meta, place_tensor)
-        digest = bundle_digest(stage_dir)
+        known = write_directory(stage_dir, meta, place_tensor)
+        digest = bundle_digest(stage_dir, known)
         if out.suffix == ".zip":
             staged_zip = stage_dir.with_suffix(".zip.tmp")
             write_zip(stage_dir, staged_zip)
@@ -71,13 +72,17 @@ def run(meta: dict, place_tensor: PlaceTensor, out_path: str) -> str:
         stage_dir.with_suffix(".zip.tmp").unlink(missing_ok=True)
 
 
-def write_directory(root: Path, meta: dict, place_tensor: PlaceTensor) -> None:
+def write_directory(root: Path, meta: dict, place_tensor: PlaceTensor) -> dict[str, str]:
+    """Write the bundle's metadata and place its arrays; return the sha256 the placer already knows."""
     import zarr
 
     group = zarr.open_group(zarr.storage.LocalStore(root), mode="w", attributes=meta)
     group.create_group("constants")
+    known: dict[str, str] = {}
     for const in meta["constants"].values():
-        place_tensor(const["hash"], root / const["array"])
+        placed = place_tensor(const["hash"], root / const["array"]) or {}
+        known.update({f"{const['array']}/{rel}": digest for rel, digest in placed.items()})
+    return known
 
 
 def _replace_dir(staged: Path, out: Path) -> None:
@@ -107,15 +112,23 @@ def write_zip(root: Path, dest: Path) -> None:
             zf.writestr(info, (root / rel).read_bytes())
 
 
-def bundle_digest(path: str | os.PathLike) -> str:
-    """sha256 of the sorted listing (relative path, sha256 of bytes); equal for directory and zip forms."""
-    path = Path(path)
+def bundle_digest(path: str | os.PathLike, known: dict[str, str] | None = None) -> str:
+    """sha256 of the sorted listing (relative path, sha256 of bytes); equal for directory and zip forms.
+
+    ``known`` gives entries whose sha256 is already established (the cache's verified tensor files),
+    so packing a large bundle hashes only its metadata.
+    """
+    path, known = Path(path), known or {}
     listing = hashlib.sha256()
     if path.is_dir():
-        items = ((rel, (path / rel).read_bytes()) for rel in entries(path))
+        items = ((rel, known.get(rel) or _sha256((path / rel).read_bytes())) for rel in entries(path))
     else:
         zf = zipfile.ZipFile(path)
-        items = ((name, zf.read(name)) for name in sorted(zf.namelist()) if not name.endswith("/"))
-    for rel, data in items:
-        listing.update(f"{rel}\t{hashlib.sha256(data).hexdigest()}\n".encode())
+        items = ((name, _sha256(zf.read(name))) for name in sorted(zf.namelist()) if not name.endswith("/"))
+    for rel, digest in items:
+        listing.update(f"{rel}\t{digest}\n".encode())
     return listing.hexdigest()
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

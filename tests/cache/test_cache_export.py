@@ -1,0 +1,36 @@
+"""export_tensor: hard-linked tensor entries with remembered sha256; damage through a link is detected."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+
+from bundle_pipeline.cache import Cache, CacheMiss
+
+
+def test_export_links_files_and_returns_their_sha256(tmp_path):
+    cache = Cache(tmp_path / "c")
+    arr = np.random.default_rng(0).standard_normal((600, 1024)).astype(np.float32)  # 3 chunks of ~1 MiB
+    h = cache.put_tensor(arr)
+    digests = cache.export_tensor(h, tmp_path / "out")
+    on_disk = {p.relative_to(tmp_path / "out").as_posix(): p for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert set(digests) == set(on_disk) and "zarr.json" in digests
+    for rel, path in on_disk.items():
+        assert digests[rel] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert path.stat().st_nlink >= 2
+    assert cache.export_tensor(h, tmp_path / "again") == digests  # remembered, same answer
+
+
+def test_write_through_a_link_is_detected_on_next_export(tmp_path):
+    cache = Cache(tmp_path / "c")
+    h = cache.put_tensor(np.arange(300_000, dtype=np.float32))
+    cache.export_tensor(h, tmp_path / "out")
+    chunk = next(p for p in (tmp_path / "out").rglob("*") if p.is_file() and p.name != "zarr.json")
+    with open(chunk, "r+b") as f:  # in place: the cache shares this inode
+        f.write(b"\xff\xff\xff\xff")
+    os.utime(chunk, ns=(0, 0))  # even with the mtime put back, ctime moved
+    with pytest.raises(CacheMiss):
+        cache.export_tensor(h, tmp_path / "out2")
