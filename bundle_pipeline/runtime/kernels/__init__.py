@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import elementwise, linalg, nn, reduce, resize, rnn, tensor
+from . import attention, elementwise, linalg, loss, nn, reduce, resize, rnn, tensor
 from ._registry import KERNELS, Attrs, KernelError, Tiling
 
 __all__ = ["SUPPORTED_OPS", "KernelError", "run_kernel"]
 
-_MODULES = (elementwise, linalg, nn, reduce, resize, rnn, tensor)  # imported for their registrations
+_MODULES = (attention, elementwise, linalg, loss, nn, reduce, resize, rnn, tensor)  # imported for their registrations
 
 SUPPORTED_OPS: frozenset[str] = frozenset(KERNELS)
 
