@@ -288,14 +288,14 @@ Backend = LocalBackend | FsspecBackend
 
 
 def _file_stats(root: str) -> dict[str, tuple[list[int], str]]:
-    """rel path -> ([size, mtime_ns, ctime_ns, inode], absolute path) for every file under ``root``."""
+    """rel path -> ([size, mtime_ns, inode], absolute path) for every file under ``root``."""
     out = {}
     for dirpath, _, names in os.walk(root):
         for name in names:
             path = os.path.join(dirpath, name)
             st = os.stat(path)
             rel = os.path.relpath(path, root).replace(os.sep, "/")
-            out[rel] = ([st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino], path)
+            out[rel] = ([st.st_size, st.st_mtime_ns, st.st_ino], path)
     return out
 
 
@@ -479,9 +479,10 @@ class Cache:
     def _entry_sha256(self, h: str, exported: str) -> dict[str, str]:
         """sha256 of each file of tensor entry ``h`` (bundle digests list them), remembered per file stat.
 
-        Entries are immutable, so a file whose (size, mtime_ns, ctime_ns, inode) is unchanged still has
-        the remembered digest; a changed stat (first export, or a write through a hard link) makes us
-        verify the whole tensor against ``h`` (CacheMiss when damaged) and hash the files again.
+        Entries are immutable, so a file whose (size, mtime_ns, inode) is unchanged still has the
+        remembered digest (ctime is no use: every new hard link changes it); a changed stat (first
+        export, or a write through a hard link) makes us verify the whole tensor against ``h``
+        (CacheMiss when damaged) and hash the files again.
         """
         memo_key = hash_json({"entry-sha256": h})
         files = _file_stats(exported)
