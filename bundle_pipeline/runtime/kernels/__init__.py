@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import attention, elementwise, linalg, loss, nn, reduce, resize, rnn, tensor
+from . import attention, elementwise, linalg, loss, nn, quant, reduce, resize, rnn, signal, tensor
 from ._registry import KERNELS, Attrs, KernelError, Tiling
 
 __all__ = ["SUPPORTED_OPS", "KernelError", "run_kernel"]
 
-_MODULES = (attention, elementwise, linalg, loss, nn, reduce, resize, rnn, tensor)  # imported for their registrations
+# imported for their registrations
+_MODULES = (attention, elementwise, linalg, loss, nn, quant, reduce, resize, rnn, signal, tensor)
 
 SUPPORTED_OPS: frozenset[str] = frozenset(KERNELS)
 

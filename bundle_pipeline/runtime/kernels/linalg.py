@@ -1,4 +1,4 @@
-"""MatMul and Gemm, optionally computed in output blocks of tile_m x tile_n (same numbers either way)."""
+"""MatMul and Gemm, optionally computed in output blocks of tile_m x tile_n (same numbers either way); Einsum, Det."""
 
 from __future__ import annotations
 
@@ -67,3 +67,24 @@ def _gemm(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.n
         cw = wide(c).astype(y.dtype, copy=False)
         y = y + (cw if beta == 1.0 else cw * np.asarray(beta, dtype=y.dtype))
     return [np.asarray(y).astype(a.dtype, copy=False)]
+
+
+@kernel("Einsum")
+def _einsum(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+    xs = [np.asarray(x) for x in inputs if x is not None]
+    equation = str(attrs.get("equation", "")).replace(" ", "")
+    if not xs or not equation:
+        raise KernelError("Einsum needs inputs and attribute 'equation'")
+    try:
+        y = np.einsum(equation, *[wide(x) for x in xs], optimize=len(xs) > 2)
+    except ValueError as err:
+        raise KernelError(f"Einsum equation {equation!r}: {err}") from None
+    return [np.asarray(y).astype(xs[0].dtype, copy=False)]
+
+
+@kernel("Det")
+def _det(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+    x = need(inputs, 0, "X")
+    if x.ndim < 2 or x.shape[-1] != x.shape[-2]:
+        raise KernelError(f"Det needs square matrices in the last two axes, got {x.shape}")
+    return [np.asarray(np.linalg.det(wide(x))).astype(x.dtype)]
