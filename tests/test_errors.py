@@ -118,11 +118,13 @@ def variable_never_written(b):
 
 
 def unsupported_op(b):
-    def add_det(m: onnx.ModelProto) -> None:
-        m.graph.node.append(helper.make_node("Det", ["sq"], ["det"], name="my_det"))
+    """An op from a domain we have no kernels for (a custom op a exporter left in the graph)."""
+    def add_custom(m: onnx.ModelProto) -> None:
+        m.opset_import.append(helper.make_opsetid("com.example", 1))
+        m.graph.node.append(helper.make_node("FancyOp", ["sq"], ["fancy"], name="my_fancy", domain="com.example"))
         m.graph.input.append(helper.make_tensor_value_info("sq", onnx.TensorProto.FLOAT, [3, 3]))
-        m.graph.output.append(helper.make_tensor_value_info("det", onnx.TensorProto.FLOAT, []))
-    _edit_model(b.directory / "infer.onnx", add_det)
+        m.graph.output.append(helper.make_tensor_value_info("fancy", onnx.TensorProto.FLOAT, [3, 3]))
+    _edit_model(b.directory / "infer.onnx", add_custom)
 
 
 def dynamic_shape(b):
@@ -145,7 +147,7 @@ CASES = {
     "variable_shape_conflict": (variable_shape_conflict, "VARIABLE_CONFLICT", "in graph init"),
     "variable_dtype_conflict": (variable_dtype_conflict, "VARIABLE_CONFLICT", "float64"),
     "variable_never_written": (variable_never_written, "GRAPH_INVALID", "'ghost'"),
-    "unsupported_op": (unsupported_op, "UNSUPPORTED_OP", "Det"),
+    "unsupported_op": (unsupported_op, "UNSUPPORTED_OP", "'my_fancy' (FancyOp)"),
     "dynamic_shape": (dynamic_shape, "GRAPH_INVALID", "input_shape"),
 }
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -18,6 +20,16 @@ class ExternalRef:
     length: int
     dtype: str
     shape: tuple[int, ...]
+
+    def to_json(self, model_dir: Path) -> dict:
+        """Location relative to the model's directory, so moving a project keeps the structure's hash."""
+        return {"location": Path(os.path.relpath(self.path, model_dir)).as_posix(), "offset": self.offset,
+                "length": self.length, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @staticmethod
+    def from_json(d: dict, model_dir: Path) -> ExternalRef:
+        return ExternalRef(str(model_dir / d["location"]), int(d["offset"]), int(d["length"]), d["dtype"],
+                           tuple(d["shape"]))
 
     def load(self) -> np.ndarray:
         count = int(np.prod(self.shape, dtype=np.int64))

@@ -273,7 +273,8 @@ def to_ir(model: onnx.ModelProto, name: str, detached: Detached, where: str) -> 
     nodes: list[Node] = []
     for index, node in enumerate(g.node):
         if node.domain not in ("", "ai.onnx"):
-            raise UnsupportedOp(f"node {node.name or index!r} uses op domain {node.domain!r}", where)
+            raise UnsupportedOp(f"node {node.name or index!r} ({node.op_type}) uses op domain {node.domain!r}; "
+                                f"only the default ONNX domain is supported", where)
         _check_supported(node, index, where)
         attrs = _attrs(node)
         if node.op_type == "Constant":

@@ -105,6 +105,8 @@ def _describe_input(task: Task, name: str, old: str | None, new: str | None, cac
     if name == "model":
         src = task.context["source"]
         return f"file changed: {src.get('path', 'in-memory model')}"
+    if name.startswith("file:"):
+        return f"file changed: {name[5:]} (external data)"
     if name.startswith("weights") and old and new:
         tensors = _tensor_diff(cache, old, new)
         if tensors:

@@ -11,7 +11,7 @@ from .task import Dep, Task
 def _task(bundle: str, step: str, graph: str | None, deps: list[Dep], params: dict,
           context: dict | None = None) -> Task:
     stage = step.split(".")[0]
-    tid = f"{bundle}/{stage}:{graph}" if graph else f"{bundle}/{step}"
+    tid = f"{bundle}/{step}:{graph}" if graph else f"{bundle}/{step}"
     return Task(tid, bundle, stage, step, VERSIONS[step], graph, tuple(deps), params, context or {})
 
 
@@ -24,7 +24,12 @@ def _source(g: GraphSpec) -> dict:
 
 
 def bundle_tasks(spec: BundleSpec) -> list[Task]:
-    """All tasks of one bundle in dependency order; ids are ``<bundle>/<stage>:<graph>`` or ``<bundle>/<step>``."""
+    """All tasks of one bundle in dependency order; ids are ``<bundle>/<step>:<graph>`` or ``<bundle>/<step>``.
+
+    Steps: parse (structure + weight refs from the ONNX file), parse.weights (weight table: reads
+    external-data files only when they changed), dedupe, formats.assign (bundle-level variable
+    formats), formats, tiling, codegen (per graph), pack.
+    """
     b, target = spec.name, spec.target
     ids = {(stage, g.name): f"{b}/{stage}:{g.name}" for g in spec.graphs
            for stage in ("parse", "formats", "tiling", "codegen")}
@@ -32,11 +37,13 @@ def bundle_tasks(spec: BundleSpec) -> list[Task]:
     for g in spec.graphs:
         opts = _options(g)
         where = f"graph {g.name} ({g.model})" if isinstance(g.model, str) else f"graph {g.name}"
+        context = {"source": _source(g), "where": where}
         tasks.append(_task(b, "parse", g.name, [], options_for("parse", opts) if opts else
-                           {"input_shape": "", "out_nodes": ""}, {"source": _source(g), "where": where}))
+                           {"input_shape": "", "out_nodes": ""}, context))
+        tasks.append(_task(b, "parse.weights", g.name, [Dep("refs", ids["parse", g.name], "refs")], {}, context))
     graph_list = [{"name": g.name, "role": g.role} for g in spec.graphs]
     structure_deps = [Dep(f"structure:{g.name}", ids["parse", g.name], "structure") for g in spec.graphs]
-    weight_deps = [Dep(f"weights:{g.name}", ids["parse", g.name], "weights") for g in spec.graphs]
+    weight_deps = [Dep(f"weights:{g.name}", f"{b}/parse.weights:{g.name}", "weights") for g in spec.graphs]
     dedupe_id, assign_id = f"{b}/dedupe", f"{b}/formats.assign"
     tasks.append(_task(b, "dedupe", None, structure_deps + weight_deps,
                        {"graphs": graph_list, "variables": list(spec.variables) if spec.variables else None}))

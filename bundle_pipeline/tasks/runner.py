@@ -9,7 +9,7 @@ from pathlib import Path
 from ..cache import Cache
 from ..ir.hashing import hash_json
 from ..targets import get_target
-from .sources import source_digest
+from .sources import external_digests, source_digest
 from .steps import STEPS
 from .task import Task, TaskResult, input_hashes, task_key, timed
 
@@ -35,6 +35,9 @@ def lookup(task: Task, ctx: BuildContext, upstream: dict[str, TaskResult], cache
     inputs = input_hashes(task, upstream)
     if task.step == "parse":
         inputs["model"] = source_digest(task.context["source"], cache, task.context["where"])
+    elif task.step == "parse.weights":
+        model_dir = Path(task.context["source"].get("path", ".")).parent
+        inputs.update(external_digests(cache.get_json(inputs["refs"]), model_dir, cache, task.context["where"]))
     key = task_key(task, inputs, get_target(ctx.target).fingerprint)
     record = None if ctx.force else cache.get_action(key)
     if record is not None and not _still_valid(task, record, cache):

@@ -1,4 +1,4 @@
-"""Content digests of a parse task's sources: the ONNX file plus every external-data file it names."""
+"""Content digests of what parse tasks read: the ONNX file, and the external-data files its weights name."""
 
 from __future__ import annotations
 
@@ -6,46 +6,27 @@ from pathlib import Path
 
 from ..cache import Cache
 from ..errors import BundleIOError
-from ..ir.hashing import hash_bytes, hash_json
+from ..ir.hashing import hash_bytes
 
 
 def source_digest(src: dict, cache: Cache, where: str) -> str:
-    """The model's content hash; files are hashed through the cache's stat state, so unchanged files cost a stat."""
+    """The ONNX file's content hash (through the cache's stat state: an unchanged file costs a stat).
+
+    External-data files are not part of it: they are inputs of the ``parse.weights`` task, so an edit
+    of one weight file leaves the structure parse cached.
+    """
     if "bytes" in src:
         return hash_bytes(src["bytes"])
-    path = Path(src["path"])
-    main = _file_hash(cache, path, where)
-    external = {loc: _file_hash(cache, path.parent / loc, f"{where}: external data") for loc in
-                external_locations(path, main, cache)}
-    return hash_json({"model": main, "external": external}) if external else main
+    return file_digest(cache, Path(src["path"]), where)
 
 
-def external_locations(path: Path, digest: str, cache: Cache) -> list[str]:
-    """Relative external-data paths named by the model; remembered per model hash to avoid re-parsing."""
-    key = hash_json({"external-data-of": digest})
-    record = cache.get_action(key)
-    if record is not None:
-        return list(record["files"])
-    files = _scan_external(path)
-    cache.put_action(key, {"files": files})
-    return files
+def external_digests(refs: dict, model_dir: Path, cache: Cache, where: str) -> dict[str, str]:
+    """``file:<location>`` -> content hash for every external-data file the weight refs name."""
+    locations = sorted({r["external"]["location"] for r in refs.values() if "external" in r})
+    return {f"file:{loc}": file_digest(cache, model_dir / loc, f"{where}: external data") for loc in locations}
 
 
-def _scan_external(path: Path) -> list[str]:
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    try:
-        model = onnx.load_model(str(path), load_external_data=False)
-    except (DecodeError, ValueError, RuntimeError, OSError):
-        return []  # parse reports the bad file with a proper error
-    tensors = list(model.graph.initializer) + [a.t for n in model.graph.node for a in n.attribute if a.HasField("t")]
-    locations = {e.value for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL
-                 for e in t.external_data if e.key == "location"}
-    return sorted(locations)
-
-
-def _file_hash(cache: Cache, path: Path, where: str) -> str:
+def file_digest(cache: Cache, path: Path, where: str) -> str:
     try:
         return cache.file_hash(path)
     except FileNotFoundError:

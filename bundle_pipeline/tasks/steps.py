@@ -9,8 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-
-import numpy as np
+from pathlib import Path
 
 from ..cache import Cache
 from ..ir.external import ExternalRef
@@ -24,33 +23,44 @@ Step = Callable[[Task, Cache, dict[str, str]], dict[str, str]]
 
 
 def step_parse(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, str]:
+    """Structure + weight refs: inline weights are stored now, external-data ones only located."""
     src = task.context["source"]
     source = src["bytes"] if "bytes" in src else src["path"]
     result = parse.run(source, {**task.params, "graph": task.graph, "where": task.context["where"]})
-    tensors = store_weights(cache, result.weights)
-    return {"structure": cache.put_json(result.structure), "weights": cache.put_json({"tensors": tensors})}
+    inline = {n: w for n, w in result.weights.items() if not isinstance(w, ExternalRef)}
+    refs = {n: {"tensor": h} for n, h in _parallel(lambda w: cache.put_tensor(w), inline).items()}
+    model_dir = Path(src["path"]).parent if "path" in src else Path()
+    refs.update({n: {"external": w.to_json(model_dir)} for n, w in result.weights.items() if n not in inline})
+    return {"structure": cache.put_json(result.structure), "refs": cache.put_json(dict(sorted(refs.items())))}
 
 
-def store_weights(cache: Cache, weights: dict[str, np.ndarray | ExternalRef]) -> dict[str, str]:
-    """Weight name -> tensor hash. An external-data tensor whose file is unchanged is not read again:
+def step_weights(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, str]:
+    """Weight table name -> tensor hash. An external tensor whose file is unchanged is not read again:
     its hash is remembered per (file content hash, offset, dtype, shape)."""
-    names = sorted(weights)
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # hashing and file I/O release the GIL
-        hashes = list(pool.map(lambda n: _store_weight(cache, weights[n]), names))
-    return dict(zip(names, hashes, strict=True))
+    refs = cache.get_json(inputs["refs"])
+    model_dir = Path(task.context["source"].get("path", ".")).parent
+
+    def resolve(ref: dict) -> str:
+        if "tensor" in ref:
+            return ref["tensor"]
+        external = ExternalRef.from_json(ref["external"], model_dir)
+        memo = hash_json({"external-tensor": inputs[f"file:{ref['external']['location']}"],
+                          "offset": external.offset, "dtype": external.dtype, "shape": list(external.shape)})
+        record = cache.get_action(memo)
+        if record is not None and cache.has_tensor(record["tensor"]):
+            return record["tensor"]
+        digest = cache.put_tensor(external.load())
+        cache.put_action(memo, {"tensor": digest})
+        return digest
+
+    return {"weights": cache.put_json({"tensors": _parallel(resolve, refs)})}
 
 
-def _store_weight(cache: Cache, value: np.ndarray | ExternalRef) -> str:
-    if not isinstance(value, ExternalRef):
-        return cache.put_tensor(value)
-    memo = hash_json({"external-tensor": cache.file_hash(value.path), "offset": value.offset,
-                      "dtype": value.dtype, "shape": list(value.shape)})
-    record = cache.get_action(memo)
-    if record is not None and cache.has_tensor(record["tensor"]):
-        return record["tensor"]
-    digest = cache.put_tensor(value.load())
-    cache.put_action(memo, {"tensor": digest})
-    return digest
+def _parallel(fn: Callable, items: dict) -> dict[str, str]:
+    """Map over a dict's values in threads: hashing and file I/O release the GIL."""
+    names = sorted(items)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        return dict(zip(names, pool.map(lambda n: fn(items[n]), names), strict=True))
 
 
 def step_dedupe(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, str]:
@@ -100,8 +110,9 @@ def step_pack(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, str
 
 
 STEPS: dict[str, Step] = {
-    "parse": step_parse, "dedupe": step_dedupe, "formats.assign": step_formats_assign,
+    "parse": step_parse, "parse.weights": step_weights, "dedupe": step_dedupe, "formats.assign": step_formats_assign,
     "formats": step_formats, "tiling": step_tiling, "codegen": step_codegen, "pack": step_pack,
 }
-VERSIONS = {"parse": parse.VERSION, "dedupe": dedupe.VERSION, "formats.assign": formats.VERSION,
-            "formats": formats.VERSION, "tiling": tiling.VERSION, "codegen": codegen.VERSION, "pack": pack.VERSION}
+VERSIONS = {"parse": parse.VERSION, "parse.weights": parse.VERSION, "dedupe": dedupe.VERSION,
+            "formats.assign": formats.VERSION, "formats": formats.VERSION, "tiling": tiling.VERSION,
+            "codegen": codegen.VERSION, "pack": pack.VERSION}
