@@ -1,10 +1,18 @@
-"""Run a command as a child process and measure its wall time and peak RSS (own and whole process tree)."""
+"""Run a command as a child process and measure its wall time and peak RSS (own and whole process tree).
+
+Linux charges a process's ``ru_maxrss`` with the memory image it had before ``exec``: a child forked
+from a big benchmark process would report the parent's size. So the command runs under a small
+launcher (this file as a script), which times it and reaps it with ``wait4``; only the launcher is
+forked from the benchmark process.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -47,11 +55,11 @@ class Measured:
 
 
 def _tree_rss_kib(pid: int) -> int:
+    """Sum of RSS over the descendants of ``pid`` (the launcher itself excluded)."""
     import psutil
 
     try:
-        proc = psutil.Process(pid)
-        procs = [proc, *proc.children(recursive=True)]
+        procs = psutil.Process(pid).children(recursive=True)
     except psutil.Error:
         return 0
     total = 0
@@ -80,18 +88,46 @@ class _TreeSampler(threading.Thread):
 
 
 def run_measured(argv: Sequence[str], cwd: str | Path | None = None, env: dict | None = None) -> Measured:
-    """Spawn ``argv``, reap it with ``os.wait4`` for its own rusage; stdout/stderr go through temp files."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(list(argv), cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+    """Run ``argv`` under the launcher; stdout/stderr go through temp files, the launcher's report through one."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile(suffix=".json") as report:
+        launcher = [sys.executable, str(Path(__file__).resolve()), "--report", report.name, "--", *argv]
+        proc = subprocess.Popen(launcher, cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
         sampler = _TreeSampler(proc.pid)
         sampler.start()
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
+        proc.wait()
         sampler.stop()
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: keep Popen from waiting again
         out.seek(0)
         err.seek(0)
-        return Measured(list(argv), proc.returncode, wall, int(usage.ru_maxrss),
-                        max(sampler.peak_kib, int(usage.ru_maxrss)),
-                        out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+        try:
+            got = json.loads(Path(report.name).read_text())
+        except ValueError:
+            got = {"returncode": proc.returncode, "wall_s": float("nan"), "maxrss_kib": 0}
+    return Measured(list(argv), got["returncode"], got["wall_s"], got["maxrss_kib"],
+                    max(sampler.peak_kib, got["maxrss_kib"]), stdout, stderr)
+
+
+def launch(argv: Sequence[str]) -> dict:
+    """In the launcher: spawn ``argv`` (inheriting stdio), reap it with ``os.wait4``; wall time and ru_maxrss."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: keep Popen from waiting again
+    return {"returncode": proc.returncode, "wall_s": wall, "maxrss_kib": int(usage.ru_maxrss)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="launcher: run a command, write its wall time and peak RSS")
+    parser.add_argument("--report", type=Path, required=True)
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    result = launch(command)
+    args.report.write_text(json.dumps(result))
+    return result["returncode"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
