@@ -194,6 +194,32 @@ def cache_gc(root: Annotated[str, typer.Argument(help="cache directory or URL")]
     typer.echo(json.dumps(Cache(root).gc(older_than_s=older_than)))
 
 
+@app.command()
+@one_line_errors
+def split(
+    model: Annotated[Path, typer.Argument(help="ONNX inference model")],
+    outdir: Annotated[Path, typer.Argument(help="directory for init.onnx, update.onnx, infer.onnx, bundle.yaml")],
+    const_names: Annotated[str | None, typer.Option(help="comma-separated tensors to make variables "
+                                                         "(default: float weights of at least --min-bytes)")] = None,
+    min_bytes: Annotated[int | None, typer.Option(help="smallest weight the default selection takes, in bytes "
+                                                       "[default: 8, a float32 scalar stays constant]")] = None,
+    input_shape: Annotated[str | None, typer.Option(help="infer graph option, CANN syntax name:d0,d1;name2:...")]
+    = None,
+) -> None:
+    """Split one model into weight-refreshable init / update / infer graphs (aclgrphConvertToWeightRefreshableGraphs)
+    and write a bundle.yaml that builds them."""
+    from .split import DEFAULT_MIN_BYTES, split_model_file
+
+    names = None if const_names is None else [n for n in const_names.split(",") if n.strip()]
+    if names is not None and not names:
+        raise ParamInvalid("--const-names names no tensor", "--const-names")
+    graphs, spec = split_model_file(model, outdir, names, DEFAULT_MIN_BYTES if min_bytes is None else min_bytes,
+                                    input_shape or "")
+    nbytes = sum(t.ByteSize() for t in graphs.var_init.graph.initializer)
+    typer.echo(f"split {model} -> {spec}: {len(graphs.variables)} variables ({nbytes} B); "
+               f"build with: bundle-pipeline run {spec}")
+
+
 def _read_feeds(items: list[str]) -> dict:
     import numpy as np
 

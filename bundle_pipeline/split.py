@@ -1,0 +1,468 @@
+"""split: one ONNX inference model -> weight-refreshable init / update / infer graphs.
+
+The ONNX counterpart of CANN's ``aclgrphConvertToWeightRefreshableGraphs``. Each selected weight ``W``
+(an initializer, or the output of a ``Constant`` node; the variable keeps that tensor name) becomes a
+bundle variable (DESIGN.md section 2):
+
+- infer graph: the original graph, with ``W`` read through a graph input named ``W`` (the initializer or
+  ``Constant`` node is gone, so the weight bytes live in the init graph only);
+- init graph: constant ``W.init`` (the original value) -> Identity -> output ``W``;
+- update graph: input ``W.new`` (standard layout, the original shape and dtype) -> Identity -> output ``W``.
+
+Default selection: floating-point tensors of at least ``min_bytes`` bytes that feed data inputs. Tensors
+whose *values* steer shapes stay constants: the (op, input index) pairs of ``SHAPE_INPUTS``, and,
+transitively, every tensor that reaches one of them through other nodes (a weight cast to int64 and used
+as a Reshape target steers a shape just the same). Only the inputs of ``TYPE_ONLY_INPUTS`` stop the
+propagation, as those read a tensor's shape or dtype, never its values.
+
+onnx is imported inside the functions: ``import bundle_pipeline`` must stay cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import BundleIOError, GraphInvalid, OptionInvalid, ParamInvalid
+from .options import parse_input_shape
+
+if TYPE_CHECKING:
+    import onnx
+
+DEFAULT_MIN_BYTES = 8  # a float32 scalar (eps, clip bound, 0.5, ...) stays a constant; a 2-element bias does not
+INIT_SUFFIX = ".init"
+NEW_SUFFIX = ".new"
+EXTERNAL_DATA_BYTES = 1 << 30  # init.onnx keeps its weights in init.onnx.data above this (protobuf caps at 2 GiB)
+
+# (op type) -> input indices whose *values* steer output shapes (or output counts); such tensors stay constants.
+SHAPE_INPUTS: dict[str, tuple[int, ...]] = {
+    "Reshape": (1,),                      # shape
+    "Slice": (1, 2, 3, 4),                # starts, ends, axes, steps
+    "Resize": (1, 2, 3),                  # roi, scales, sizes
+    "Upsample": (1,),                     # scales
+    "Expand": (1,),                       # shape
+    "Tile": (1,),                         # repeats
+    "ConstantOfShape": (0,),              # shape
+    "Pad": (1, 3),                        # pads, axes (2, constant_value, is data)
+    "CenterCropPad": (1, 2),              # shape, axes
+    "TopK": (1,),                         # k
+    "Split": (1,),                        # split sizes
+    "Squeeze": (1,),                      # axes
+    "Unsqueeze": (1,),                    # axes
+    "ReduceSum": (1,), "ReduceMean": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "ReduceProd": (1,),
+    "ReduceL1": (1,), "ReduceL2": (1,), "ReduceLogSum": (1,), "ReduceLogSumExp": (1,),
+    "ReduceSumSquare": (1,),              # axes
+    "Range": (0, 1, 2),                   # start, limit, delta: the output length
+    "OneHot": (1,),                       # depth
+    "CumSum": (1,),                       # axis
+    "Trilu": (1,),                        # k (which elements survive; kept static as CANN keeps it const)
+    "Compress": (1,),                     # condition: the output length
+    "NonZero": (0,),                      # output length depends on the values
+    "Unique": (0,),
+    "NonMaxSuppression": (2, 3, 4),       # max boxes, iou and score thresholds: the output length
+    "MaxUnpool": (2,),                    # output_shape
+    "Col2Im": (1, 2),                     # image_shape, block_shape
+    "AffineGrid": (1,),                   # size
+    "DFT": (1, 2),                        # dft_length, axis
+    "STFT": (1, 3),                       # frame_step, frame_length
+    "HannWindow": (0,), "HammingWindow": (0,), "BlackmanWindow": (0,),  # size
+    "MelWeightMatrix": (0, 1),            # num_mel_bins, dft_length
+}
+# (op type, input index) that read only a tensor's shape or dtype: a shape-steering output does not make them steer.
+TYPE_ONLY_INPUTS = frozenset({("Shape", 0), ("Size", 0), ("EyeLike", 0), ("RandomNormalLike", 0),
+                              ("RandomUniformLike", 0), ("CastLike", 1)})
+
+
+@dataclass(frozen=True)
+class WeightRefreshableGraphs:
+    """CANN's ``WeightRefreshableGraphs``: ``infer`` reads the variables, ``var_init`` writes their original
+    values, ``var_update`` writes them from inputs ``<W>.new``. ``variables`` lists the variable names."""
+
+    infer: onnx.ModelProto
+    var_init: onnx.ModelProto
+    var_update: onnx.ModelProto
+    variables: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    """A weight candidate: an initializer or the output of a top-level Constant node."""
+
+    name: str
+    proto: onnx.TensorProto | None  # None: a Constant whose value is not a dense numeric tensor
+    source: str  # "initializer" or "Constant node <name>"
+    node_index: int | None = None
+    why_not: str = ""  # set when it cannot be a variable at all (string/sparse constant)
+
+    @property
+    def nbytes(self) -> int:
+        import numpy as np
+        from onnx import helper
+
+        if self.proto is None:
+            return 0
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(self.proto.data_type)).itemsize
+        return int(np.prod(list(self.proto.dims), dtype=np.int64)) * itemsize
+
+
+def convert_to_weight_refreshable_graphs(model: onnx.ModelProto | str | os.PathLike,
+                                         const_names: Sequence[str] | None = None,
+                                         min_bytes: int = DEFAULT_MIN_BYTES) -> WeightRefreshableGraphs:
+    """Split ``model`` (a ModelProto or a path) into weight-refreshable graphs.
+
+    ``const_names``: the tensors to make variables (initializer names, Constant output names, or
+    Constant node names); None selects every floating-point tensor of at least ``min_bytes`` bytes that
+    feeds data inputs. Errors are ``BundleError``s: PARAM_INVALID for a bad name list or a model with
+    nothing to split, GRAPH_INVALID / IO_ERROR for a model that cannot be read.
+    """
+    import onnx
+
+    where = str(model) if isinstance(model, str | os.PathLike) else f"model {model.graph.name or '(unnamed)'}"
+    if isinstance(model, onnx.ModelProto):
+        source = onnx.ModelProto()
+        source.CopyFrom(model)
+    else:
+        source = load(model, where)
+    if isinstance(min_bytes, bool) or not isinstance(min_bytes, int) or min_bytes < 0:
+        raise ParamInvalid(f"min_bytes must be a non-negative integer, got {min_bytes!r}", where)
+    tensors = weight_tensors(source.graph)
+    steering = shape_steering(source.graph)
+    used = {i for node in source.graph.node for i in node.input} | _subgraph_reads(source.graph)
+    outputs = {o.name for o in source.graph.output}
+    if const_names is None:
+        names = [t.name for t in tensors.values()
+                 if _is_float(t) and t.nbytes >= min_bytes and t.name in used and t.name not in steering
+                 and t.name not in outputs]
+        if not names:
+            raise ParamInvalid(_nothing_to_split(tensors, steering, min_bytes), where)
+    else:
+        names = _check_names(const_names, tensors, steering, used, outputs, source.graph, where)
+    _check_name_clashes(names, source.graph, where)
+    chosen = [tensors[n] for n in names]
+    infer = _infer_model(source, chosen)
+    var_init = _init_model(source, chosen)
+    var_update = _update_model(source, chosen)
+    for role, m in (("infer", infer), ("init", var_init), ("update", var_update)):
+        _check(m, f"{where}: {role} graph")
+    return WeightRefreshableGraphs(infer, var_init, var_update, tuple(names))
+
+
+def load(path: str | os.PathLike, where: str) -> onnx.ModelProto:
+    """Read a model file with its external data (the init graph needs the bytes)."""
+    import onnx
+
+    from .ir.onnx_import import load_model
+
+    model, base = load_model(path, where)
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(base))
+    except (OSError, ValueError) as err:
+        raise BundleIOError(f"cannot read the model's external data: {err}", where) from None
+    return model
+
+
+# ---------------------------------------------------------------- analysis
+
+
+def weight_tensors(graph: onnx.GraphProto) -> dict[str, _Tensor]:
+    """Initializers and top-level Constant outputs, by tensor name, in graph order."""
+    found: dict[str, _Tensor] = {t.name: _Tensor(t.name, t, "initializer") for t in graph.initializer}
+    for index, node in enumerate(graph.node):
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or not node.output:
+            continue
+        label = f"Constant node {node.name!r}" if node.name else f"Constant node #{index}"
+        proto, why_not = _constant_proto(node)
+        if proto is not None:
+            proto.name = node.output[0]
+        found[node.output[0]] = _Tensor(node.output[0], proto, label, index, why_not)
+    return found
+
+
+def _constant_proto(node: onnx.NodeProto) -> tuple[onnx.TensorProto | None, str]:
+    """The Constant's value as a dense TensorProto (bytes copied as they are), or None and why not."""
+    from onnx import TensorProto, helper
+
+    for attr in node.attribute:
+        if attr.name == "value":
+            proto = TensorProto()
+            proto.CopyFrom(attr.t)
+            if proto.data_type in (TensorProto.STRING, TensorProto.UNDEFINED):
+                return None, "it holds strings"
+            return proto, ""
+        if attr.name == "value_float":
+            return helper.make_tensor("", TensorProto.FLOAT, [], [attr.f]), ""
+        if attr.name == "value_floats":
+            return helper.make_tensor("", TensorProto.FLOAT, [len(attr.floats)], list(attr.floats)), ""
+        if attr.name == "value_int":
+            return helper.make_tensor("", TensorProto.INT64, [], [attr.i]), ""
+        if attr.name == "value_ints":
+            return helper.make_tensor("", TensorProto.INT64, [len(attr.ints)], list(attr.ints)), ""
+        if attr.name in ("value_string", "value_strings"):
+            return None, "it holds strings"
+        if attr.name == "sparse_value":
+            return None, "it is a sparse tensor"
+    return None, "it has no value attribute"
+
+
+def shape_steering(graph: onnx.GraphProto) -> dict[str, str]:
+    """Tensor name -> why its values steer shapes: a SHAPE_INPUTS input, or an input of a node whose output does.
+
+    Nodes are in topological order (ONNX requires it), so one reverse pass sees every consumer first.
+    """
+    steering: dict[str, str] = {}
+    for index in range(len(graph.node) - 1, -1, -1):
+        node = graph.node[index]
+        label = f"{node.op_type} node {node.name!r}" if node.name else f"{node.op_type} node #{index}"
+        for i in SHAPE_INPUTS.get(node.op_type, ()):
+            if i < len(node.input) and node.input[i]:
+                steering.setdefault(node.input[i], f"it is input {i} of {label}, which steers the output shape")
+        reached = next((o for o in node.output if o in steering), None)
+        if reached is None:
+            continue
+        for i, name in enumerate(node.input):
+            if name and (node.op_type, i) not in TYPE_ONLY_INPUTS:
+                steering.setdefault(name, f"it feeds {label}, whose output {reached!r} steers shapes")
+    return steering
+
+
+def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
+    """Names read inside If/Loop/Scan bodies (outer-scope references count as uses)."""
+    from onnx import AttributeProto
+
+    names: set[str] = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            bodies = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)
+            for body in bodies:
+                names |= {i for n in body.node for i in n.input} | _subgraph_reads(body)
+    return names
+
+
+def _is_float(t: _Tensor) -> bool:
+    from onnx import TensorProto
+
+    return t.proto is not None and t.proto.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE,
+                                                         TensorProto.BFLOAT16)
+
+
+def _nothing_to_split(tensors: Mapping[str, _Tensor], steering: Mapping[str, str], min_bytes: int) -> str:
+    floats = [t for t in tensors.values() if _is_float(t)]
+    small = sum(t.nbytes < min_bytes for t in floats)
+    steer = sum(t.name in steering for t in floats)
+    return (f"no weights to split: the model has {len(tensors)} initializers/Constant tensors, {len(floats)} of "
+            f"them floating point ({small} below min_bytes={min_bytes}, {steer} steering shapes); lower "
+            f"--min-bytes or name the tensors with const_names")
+
+
+def _check_names(const_names: Sequence[str], tensors: Mapping[str, _Tensor], steering: Mapping[str, str],
+                 used: set[str], outputs: set[str], graph: onnx.GraphProto, where: str) -> list[str]:
+    if isinstance(const_names, str):
+        raise ParamInvalid("const_names must be a list of tensor names, not one string", where)
+    names = [str(n).strip() for n in const_names]
+    if not names:
+        raise ParamInvalid("const_names is empty; name at least one tensor, or pass None for the default "
+                           "selection", where)
+    by_node = {graph.node[t.node_index].name: t.name for t in tensors.values()
+               if t.node_index is not None and graph.node[t.node_index].name}
+    resolved: list[str] = []
+    for name in names:
+        tensor = name if name in tensors else by_node.get(name)
+        if tensor is None:
+            close = sorted(t for t in tensors if name.lower() in t.lower())[:5]
+            hint = f"; similar: {', '.join(close)}" if close else f"; the model has {len(tensors)} candidates"
+            raise ParamInvalid(f"const_names: {name!r} is no initializer or Constant output of the model{hint}", where)
+        t = tensors[tensor]
+        if tensor in resolved:
+            raise ParamInvalid(f"const_names: {name!r} is named twice", where)
+        if t.proto is None:
+            raise ParamInvalid(f"const_names: {name!r} ({t.source}) cannot be a variable: {t.why_not}", where)
+        if tensor in steering:
+            raise ParamInvalid(f"const_names: {name!r} steers shapes and stays a constant: {steering[tensor]}", where)
+        if tensor not in used:
+            raise ParamInvalid(f"const_names: {name!r} is read by no node", where)
+        if tensor in outputs:
+            raise ParamInvalid(f"const_names: {name!r} is a graph output; an infer graph cannot write a variable",
+                               where)
+        resolved.append(tensor)
+    return resolved
+
+
+def _check_name_clashes(names: Sequence[str], graph: onnx.GraphProto, where: str) -> None:
+    """The update graph's inputs are named ``<W>.new``: none may be a variable name itself."""
+    chosen = set(names)
+    for name in names:
+        if name + NEW_SUFFIX in chosen:
+            raise ParamInvalid(f"variables {name!r} and {name + NEW_SUFFIX!r} clash: the update graph's input for "
+                               f"{name!r} is named {name + NEW_SUFFIX!r}; leave one of them constant", where)
+
+
+# ---------------------------------------------------------------- the three graphs
+
+
+def _value_info(name: str, proto: onnx.TensorProto) -> onnx.ValueInfoProto:
+    from onnx import helper
+
+    return helper.make_tensor_value_info(name, proto.data_type, list(proto.dims))
+
+
+def _infer_model(source: onnx.ModelProto, chosen: Sequence[_Tensor]) -> onnx.ModelProto:
+    """The original graph reading each variable through a graph input of its name."""
+    import onnx
+
+    model = onnx.ModelProto()
+    model.CopyFrom(source)
+    graph = model.graph
+    names = {t.name for t in chosen}
+    drop_nodes = {t.node_index for t in chosen if t.node_index is not None}
+    kept_nodes = [n for i, n in enumerate(graph.node) if i not in drop_nodes]
+    del graph.node[:]
+    graph.node.extend(kept_nodes)
+    kept_inits = [t for t in graph.initializer if t.name not in names]
+    del graph.initializer[:]
+    graph.initializer.extend(kept_inits)
+    kept_info = [v for v in graph.value_info if v.name not in names]
+    del graph.value_info[:]
+    graph.value_info.extend(kept_info)
+    inputs = [i for i in graph.input if i.name not in names]  # an overridable initializer's input is re-added
+    del graph.input[:]
+    graph.input.extend(inputs + [_value_info(t.name, t.proto) for t in chosen])
+    return model
+
+
+def _init_name(name: str, taken: set[str]) -> str:
+    candidate, n = name + INIT_SUFFIX, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}{INIT_SUFFIX}{n}"
+    taken.add(candidate)
+    return candidate
+
+
+def _init_model(source: onnx.ModelProto, chosen: Sequence[_Tensor]) -> onnx.ModelProto:
+    """No inputs; constant ``<W>.init`` (the original bytes) -> Identity -> output ``W``."""
+    from onnx import TensorProto, helper
+
+    taken = {t.name for t in chosen}
+    nodes, inits, outputs = [], [], []
+    for t in chosen:
+        const = TensorProto()
+        const.CopyFrom(t.proto)
+        const.name = _init_name(t.name, taken)
+        inits.append(const)
+        nodes.append(helper.make_node("Identity", [const.name], [t.name], name=f"init/{t.name}"))
+        outputs.append(_value_info(t.name, t.proto))
+    graph = helper.make_graph(nodes, f"{source.graph.name or 'model'}_init", [], outputs, initializer=inits)
+    return _model_like(source, graph)
+
+
+def _update_model(source: onnx.ModelProto, chosen: Sequence[_Tensor]) -> onnx.ModelProto:
+    """Input ``<W>.new`` in the standard layout -> Identity -> output ``W``."""
+    from onnx import helper
+
+    nodes = [helper.make_node("Identity", [t.name + NEW_SUFFIX], [t.name], name=f"update/{t.name}") for t in chosen]
+    inputs = [_value_info(t.name + NEW_SUFFIX, t.proto) for t in chosen]
+    outputs = [_value_info(t.name, t.proto) for t in chosen]
+    graph = helper.make_graph(nodes, f"{source.graph.name or 'model'}_update", inputs, outputs)
+    return _model_like(source, graph)
+
+
+def _model_like(source: onnx.ModelProto, graph: onnx.GraphProto) -> onnx.ModelProto:
+    from onnx import helper
+
+    opsets = [o for o in source.opset_import if o.domain in ("", "ai.onnx")] or [helper.make_opsetid("", 17)]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="bundle-pipeline split")
+    model.ir_version = source.ir_version
+    return model
+
+
+def _check(model: onnx.ModelProto, where: str) -> None:
+    import onnx
+
+    try:
+        if model.ByteSize() < EXTERNAL_DATA_BYTES:
+            onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise GraphInvalid(f"the split graph does not pass onnx.checker: {first}", where) from None
+
+
+# ---------------------------------------------------------------- files
+
+
+def check_input_shape(graphs: WeightRefreshableGraphs, input_shape: str, where: str = "--input-shape") -> None:
+    """``input_shape`` (CANN syntax) must parse and name feeds of the infer graph with their rank."""
+    shapes = parse_input_shape(input_shape, where)
+    if not shapes and input_shape.strip():
+        raise OptionInvalid(f"input_shape {input_shape!r} names no input; expected name:d0,d1;name2:...", where)
+    feeds = {i.name: i for i in graphs.infer.graph.input if i.name not in set(graphs.variables)}
+    for name, dims in shapes.items():
+        if name not in feeds:
+            raise OptionInvalid(f"input_shape names {name!r}, which is not an input of the model "
+                                f"(inputs: {', '.join(feeds) or 'none'})", where)
+        tensor_type = feeds[name].type.tensor_type
+        if tensor_type.HasField("shape") and len(tensor_type.shape.dim) != len(dims):
+            raise OptionInvalid(f"input_shape for {name!r} has {len(dims)} dims, the input has rank "
+                                f"{len(tensor_type.shape.dim)}", where)
+
+
+def write_split(graphs: WeightRefreshableGraphs, outdir: str | os.PathLike, name: str,
+                input_shape: str = "") -> Path:
+    """Write init.onnx, update.onnx, infer.onnx and a bundle.yaml that builds them; returns the spec path.
+
+    Every file goes to a temporary name first and is renamed, so a failure leaves no partial file.
+    """
+    import onnx
+    import yaml
+
+    out = Path(outdir)
+    if input_shape:
+        check_input_shape(graphs, input_shape)
+    infer_entry: dict = {"name": "infer", "role": "infer", "model": "infer.onnx"}
+    if input_shape:
+        infer_entry["options"] = {"input_shape": input_shape}
+    spec = {"name": _bundle_name(name), "target": "cpu", "output": f"build/{_bundle_name(name)}.bundle",
+            "variables": list(graphs.variables),
+            "graphs": [{"name": "init", "role": "init", "model": "init.onnx"},
+                       {"name": "update", "role": "update", "model": "update.onnx"}, infer_entry]}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".split-", dir=out) as tmp:
+            staged = Path(tmp)
+            for file, model in (("infer.onnx", graphs.infer), ("update.onnx", graphs.var_update),
+                                ("init.onnx", graphs.var_init)):
+                large = model.ByteSize() >= EXTERNAL_DATA_BYTES
+                if large:  # saving as external data rewrites the proto: keep the caller's intact
+                    model = _copy(model)
+                onnx.save_model(model, staged / file, save_as_external_data=large, all_tensors_to_one_file=True,
+                                location=f"{file}.data")
+            (staged / "bundle.yaml").write_text(yaml.safe_dump(spec, sort_keys=False, width=1000))
+            for f in sorted(staged.iterdir()):
+                os.replace(f, out / f.name)
+    except OSError as err:
+        raise BundleIOError(f"cannot write the split graphs: {err}", str(out)) from None
+    return out / "bundle.yaml"
+
+
+def split_model_file(model: str | os.PathLike, outdir: str | os.PathLike, const_names: Iterable[str] | None = None,
+                     min_bytes: int = DEFAULT_MIN_BYTES, input_shape: str = "") -> tuple[WeightRefreshableGraphs, Path]:
+    """``bundle-pipeline split``: convert and write; the input shape is checked before anything is written."""
+    graphs = convert_to_weight_refreshable_graphs(model, None if const_names is None else list(const_names),
+                                                  min_bytes)
+    return graphs, write_split(graphs, outdir, Path(model).stem, input_shape)
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    import onnx
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def _bundle_name(stem: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", stem).strip("._") or "model"
