@@ -7,8 +7,16 @@ Seed-style API (see DESIGN.md section 1)::
     runtime.load_bundle("model.bundle").run("infer", {"x": x})
 """
 
-from .api import GraphWithOptions, ModelBuffer, bundle_build_model, bundle_save_model
+from .api import (
+    GraphWithOptions,
+    ModelBuffer,
+    WeightRefreshableGraphs,
+    bundle_build_model,
+    bundle_save_model,
+    convert_to_weight_refreshable_graphs,
+)
 from .errors import BundleError
 
-__all__ = ["BundleError", "GraphWithOptions", "ModelBuffer", "bundle_build_model", "bundle_save_model"]
+__all__ = ["BundleError", "GraphWithOptions", "ModelBuffer", "WeightRefreshableGraphs", "bundle_build_model",
+           "bundle_save_model", "convert_to_weight_refreshable_graphs"]
 __version__ = "0.1.0"

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from .errors import BundleIOError, ParamInvalid
 from .spec import BundleSpec, GraphSpec, check_graph_set
+from .split import DEFAULT_MIN_BYTES, WeightRefreshableGraphs
 from .targets import get_target
 
 if TYPE_CHECKING:  # onnx is imported lazily: a no-op CLI build must not pay for it
@@ -70,6 +71,16 @@ def bundle_save_model(path: str | os.PathLike, model: ModelBuffer) -> None:
         os.replace(tmp, dest)
     except OSError as err:
         raise BundleIOError(f"cannot save bundle: {err}", str(dest)) from None
+
+
+def convert_to_weight_refreshable_graphs(model: onnx.ModelProto | str | os.PathLike,
+                                         const_names: Sequence[str] | None = None,
+                                         min_bytes: int = DEFAULT_MIN_BYTES) -> WeightRefreshableGraphs:
+    """CANN's aclgrphConvertToWeightRefreshableGraphs: (infer, var_init, var_update) with the named (or, when
+    ``const_names`` is None, every float weight of at least ``min_bytes``) tensors as variables. See ``split``."""
+    from .split import convert_to_weight_refreshable_graphs as convert
+
+    return convert(model, const_names, min_bytes)
 
 
 def _graph_specs(graphs: Sequence[GraphWithOptions]) -> tuple[GraphSpec, ...]:
