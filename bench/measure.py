@@ -1,10 +1,4 @@
-"""Run a command as a child process and measure its wall time and peak RSS (own and whole process tree).
-
-Linux charges a process's ``ru_maxrss`` with the memory image it had before ``exec``: a child forked
-from a big benchmark process would report the parent's size. So the command runs under a small
-launcher (this file as a script), which times it and reaps it with ``wait4``; only the launcher is
-forked from the benchmark process.
-"""
+"""Run a command as a child process and measure its wall time and peak RSS (own and whole process tree)."""
 
 from __future__ import annotations
 
@@ -88,7 +82,12 @@ class _TreeSampler(threading.Thread):
 
 
 def run_measured(argv: Sequence[str], cwd: str | Path | None = None, env: dict | None = None) -> Measured:
-    """Run ``argv`` under the launcher; stdout/stderr go through temp files, the launcher's report through one."""
+    """Run ``argv`` under the launcher; stdout/stderr go through temp files, the launcher's report through one.
+
+    Linux charges a process's ``ru_maxrss`` with the memory image it had before ``exec``, so a child
+    forked straight from a big benchmark process would report the parent's size. The launcher (this
+    file as a script) is small: it times the command and reaps it with ``wait4``.
+    """
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
             tempfile.NamedTemporaryFile(suffix=".json") as report:
         launcher = [sys.executable, str(Path(__file__).resolve()), "--report", report.name, "--", *argv]
