@@ -1,0 +1,168 @@
+"""Storage formats of the npu target: exact layouts, zero padding, conversions both ways (TransData).
+
+Layouts (C0 = N0 = M0 = 16; ``ceil(x/16)`` written x1; every physical array is C-contiguous row-major):
+
+- ``ND``: any rank, the logical array as is. ``NCHW``: rank 4 only, the same bytes as ND, so a
+  conversion between the two is the identity.
+- ``NC1HWC0`` (feature maps): NCHW (N, C, H, W) -> (N, C1, H, W, C0); element [n, c, h, w] is at
+  [n, c // 16, h, w, c % 16]. Rank 4 only (3-D and 5-D feature maps stay ND).
+- ``FRACTAL_Z`` (conv weights): OIHW (O, I, KH, KW) -> (I1 * KH * KW, O1, 16, 16); element [o, i, kh, kw]
+  is at [(i // 16) * KH * KW + kh * KW + kw, o // 16, o % 16, i % 16]. Rank 4 only. Each 16x16 fractal
+  is one (N0 = output channels) x (C0 = input channels) block the cube unit reads in one go.
+- ``FRACTAL_NZ`` (matrices): [..., M, N] -> [..., N1, M1, 16, 16]; element [..., m, n] is at
+  [..., n // 16, m // 16, m % 16, n % 16]: column-major over 16x16 fractals ("N" order), each fractal
+  row-major ("Z"). Rank >= 2; a vector is not representable (FormatError; callers keep it ND).
+
+Lanes of the physical array that hold no logical element (C, O, I, M or N rounded up to 16) are
+padding and are always zero: ``to_format`` writes zeros there and every npu kernel keeps them zero,
+so a kernel may compute on whole fractals and reductions only need to care about the padded axis.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+
+import numpy as np
+
+C0 = 16  # lanes per fractal edge: C0 = N0 = M0 = K0 on this core
+FORMATS = ("ND", "NCHW", "NC1HWC0", "FRACTAL_Z", "FRACTAL_NZ")
+STANDARD = ("ND", "NCHW")  # the layouts users feed and read; same row-major bytes
+
+
+class FormatError(ValueError):
+    """A format name, rank or physical shape that cannot represent the given logical tensor."""
+
+
+def _blocks(x: int) -> int:
+    return -(-x // C0)
+
+
+def _check(fmt: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in shape)
+    if fmt not in FORMATS:
+        raise FormatError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
+    if not accepts(fmt, shape):
+        raise FormatError(f"format {fmt} cannot hold a tensor of shape {shape}")
+    return shape
+
+
+def accepts(fmt: str, shape: tuple[int, ...]) -> bool:
+    """Whether a logical tensor of ``shape`` can be held in ``fmt``."""
+    rank = len(shape)
+    if fmt == "ND":
+        return True
+    if fmt in ("NCHW", "NC1HWC0", "FRACTAL_Z"):
+        return rank == 4
+    if fmt == "FRACTAL_NZ":
+        return rank >= 2
+    return False
+
+
+def storage_shape(fmt: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Physical shape of a logical tensor of ``shape`` stored in ``fmt``."""
+    shape = _check(fmt, shape)
+    if fmt in STANDARD:
+        return shape
+    if fmt == "NC1HWC0":
+        n, c, h, w = shape
+        return (n, _blocks(c), h, w, C0)
+    if fmt == "FRACTAL_Z":
+        o, i, kh, kw = shape
+        return (_blocks(i) * kh * kw, _blocks(o), C0, C0)
+    *batch, m, n = shape
+    return (*batch, _blocks(n), _blocks(m), C0, C0)
+
+
+def _pad_axes(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """Zero-pad the given axes up to a multiple of 16."""
+    widths = [(0, 0)] * x.ndim
+    for a in axes:
+        widths[a] = (0, _blocks(x.shape[a]) * C0 - x.shape[a])
+    return np.pad(x, widths) if any(w != (0, 0) for w in widths) else x
+
+
+def to_format(x: np.ndarray, fmt: str) -> np.ndarray:
+    """Convert a tensor from the standard layout (ND/NCHW) into ``fmt``; a new contiguous array."""
+    x = np.asarray(x)
+    shape = _check(fmt, x.shape)
+    if fmt in STANDARD:
+        return np.ascontiguousarray(x)
+    if fmt == "NC1HWC0":
+        n, _c, h, w = shape
+        xp = _pad_axes(x, (1,))
+        return np.ascontiguousarray(xp.reshape(n, -1, C0, h, w).transpose(0, 1, 3, 4, 2))
+    if fmt == "FRACTAL_Z":
+        _o, _i, kh, kw = shape
+        wp = _pad_axes(x, (0, 1))
+        o1, i1 = wp.shape[0] // C0, wp.shape[1] // C0
+        # (O1, O0, I1, I0, KH, KW) -> (I1, KH, KW, O1, O0, I0)
+        blocks = wp.reshape(o1, C0, i1, C0, kh, kw).transpose(2, 4, 5, 0, 1, 3)
+        return np.ascontiguousarray(blocks).reshape(i1 * kh * kw, o1, C0, C0)
+    b = x.ndim - 2
+    xp = _pad_axes(x, (b, b + 1))
+    m1, n1 = xp.shape[b] // C0, xp.shape[b + 1] // C0
+    # (..., M1, M0, N1, N0) -> (..., N1, M1, M0, N0)
+    tiles = xp.reshape(*x.shape[:b], m1, C0, n1, C0)
+    batch = tuple(range(b))
+    return np.ascontiguousarray(tiles.transpose(*batch, b + 2, b, b + 1, b + 3))
+
+
+def from_format(y: np.ndarray, fmt: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Convert a physical array in ``fmt`` back to the standard layout of logical ``shape``."""
+    y = np.asarray(y)
+    shape = _check(fmt, shape)
+    expected = storage_shape(fmt, shape)
+    if y.shape != expected:
+        raise FormatError(f"{fmt} array of shape {y.shape} does not hold logical {shape} (needs {expected})")
+    if fmt in STANDARD:
+        return np.ascontiguousarray(y)
+    if fmt == "NC1HWC0":
+        n, c, h, w = shape
+        full = y.transpose(0, 1, 4, 2, 3).reshape(n, -1, h, w)
+        return np.ascontiguousarray(full[:, :c])
+    if fmt == "FRACTAL_Z":
+        o, i, kh, kw = shape
+        i1, o1 = _blocks(i), _blocks(o)
+        # (I1, KH, KW, O1, O0, I0) -> (O1, O0, I1, I0, KH, KW)
+        full = y.reshape(i1, kh, kw, o1, C0, C0).transpose(3, 4, 0, 5, 1, 2).reshape(o1 * C0, i1 * C0, kh, kw)
+        return np.ascontiguousarray(full[:o, :i])
+    *batch, m, n = shape
+    b = len(batch)
+    n1, m1 = y.shape[b], y.shape[b + 1]
+    axes = tuple(range(b))
+    full = y.transpose(*axes, b + 1, b + 2, b, b + 3).reshape(*batch, m1 * C0, n1 * C0)
+    return np.ascontiguousarray(full[..., :m, :n])
+
+
+def transdata(x: np.ndarray, src: str, dst: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Convert a physical array from ``src`` to ``dst`` (via the standard layout) for logical ``shape``."""
+    if src in STANDARD and dst in STANDARD:
+        # Same bytes: only check that both formats can label this tensor.
+        _check(dst, _check(src, shape))
+        return from_format(x, src, shape)
+    return to_format(from_format(x, src, shape), dst)
+
+
+@cache
+def _pad_mask(fmt: str, shape: tuple[int, ...]) -> np.ndarray:
+    mask = ~to_format(np.ones(shape, dtype=bool), fmt)
+    mask.flags.writeable = False  # shared between callers through the cache
+    return mask
+
+
+def pad_mask(fmt: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Boolean array of the storage shape, True on padding lanes (read-only, cached per (fmt, shape))."""
+    return _pad_mask(fmt, _check(fmt, shape))
+
+
+def has_padding(fmt: str, shape: tuple[int, ...]) -> bool:
+    """Whether ``fmt`` pads this tensor at all (cheap: no mask is built)."""
+    return math.prod(storage_shape(fmt, shape)) != math.prod(_check(fmt, shape))
+
+
+def zero_padding(y: np.ndarray, fmt: str, shape: tuple[int, ...]) -> np.ndarray:
+    """``y`` with its padding lanes set to zero (a new array when there is padding, else ``y`` itself)."""
+    if not has_padding(fmt, shape):
+        return y
+    return np.where(pad_mask(fmt, shape), np.zeros((), dtype=y.dtype), y)
