@@ -89,9 +89,9 @@ def to_format(x: np.ndarray, fmt: str) -> np.ndarray:
     if fmt in STANDARD:
         return np.ascontiguousarray(x)
     if fmt == "NC1HWC0":
-        n, _c, h, w = shape
+        n, c, h, w = shape
         xp = _pad_axes(x, (1,))
-        return np.ascontiguousarray(xp.reshape(n, -1, C0, h, w).transpose(0, 1, 3, 4, 2))
+        return np.ascontiguousarray(xp.reshape(n, _blocks(c), C0, h, w).transpose(0, 1, 3, 4, 2))
     if fmt == "FRACTAL_Z":
         _o, _i, kh, kw = shape
         wp = _pad_axes(x, (0, 1))
@@ -119,7 +119,7 @@ def from_format(y: np.ndarray, fmt: str, shape: tuple[int, ...]) -> np.ndarray:
         return np.ascontiguousarray(y)
     if fmt == "NC1HWC0":
         n, c, h, w = shape
-        full = y.transpose(0, 1, 4, 2, 3).reshape(n, -1, h, w)
+        full = y.transpose(0, 1, 4, 2, 3).reshape(n, y.shape[1] * C0, h, w)
         return np.ascontiguousarray(full[:, :c])
     if fmt == "FRACTAL_Z":
         o, i, kh, kw = shape

@@ -109,7 +109,7 @@ def _channel_vector(v: np.ndarray, c: int, dtype: np.dtype) -> np.ndarray:
         raise KernelError(f"per-channel parameter of {v.size} values for {c} channels")
     padded = np.zeros(-(-c // C0) * C0, dtype=dtype)
     padded[:c] = v
-    return padded.reshape(1, -1, 1, 1, C0)
+    return padded.reshape(1, padded.size // C0, 1, 1, C0)
 
 
 # ---- fractal <-> dense tiles ----
@@ -414,7 +414,7 @@ def _pad_lanes(shape: tuple[int, ...]) -> np.ndarray:
     """NC1HWC0 padding mask of a logical NCHW shape, broadcastable: (1, C1, 1, 1, C0)."""
     c = shape[1]
     lanes = np.arange(-(-c // C0) * C0) >= c
-    return lanes.reshape(1, -1, 1, 1, C0)
+    return lanes.reshape(1, lanes.size // C0, 1, 1, C0)
 
 
 def _reduce_axes(call: Call) -> list[int] | None:
