@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import attention, elementwise, image, linalg, loss, nn, quant, reduce, resize, rnn, signal, tensor
+from . import attention, elementwise, image, linalg, loss, nn, quant, reduce, resize, rnn, signal, tensor, text
 from ._registry import KERNELS, Attrs, KernelError, Tiling
 
 __all__ = ["SUPPORTED_OPS", "KernelError", "run_kernel"]
 
 # imported for their registrations
-_MODULES = (attention, elementwise, image, linalg, loss, nn, quant, reduce, resize, rnn, signal, tensor)
+_MODULES = (attention, elementwise, image, linalg, loss, nn, quant, reduce, resize, rnn, signal, tensor, text)
 
 SUPPORTED_OPS: frozenset[str] = frozenset(KERNELS)
 

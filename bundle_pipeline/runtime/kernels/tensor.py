@@ -576,3 +576,19 @@ def _upsample(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[
         src = np.minimum(np.floor(np.arange(n) / s).astype(np.int64), x.shape[a] - 1)
         y = np.take(y, src, axis=a)
     return [y]
+
+
+# ---- optional values given as plain tensors (an omitted input is None) ----
+
+
+@kernel("OptionalHasElement")
+def _optional_has_element(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+    return [np.array(arg(inputs, 0) is not None)]
+
+
+@kernel("OptionalGetElement")
+def _optional_get_element(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+    x = arg(inputs, 0)
+    if x is None:
+        raise KernelError("OptionalGetElement of an empty optional")
+    return [x]
