@@ -12,8 +12,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..errors import ParamInvalid, RuntimeFailure
+from ..errors import BundleCorrupt, ParamInvalid, RuntimeFailure
 from ..ir.graph import decode_attr, decode_tensor
+from . import approx, inplace
 from .kernels import KernelError, run_kernel
 
 # Formats that share one physical layout (row-major); TransData between them moves no bytes.
@@ -21,6 +22,10 @@ ROW_MAJOR = frozenset({"ND", "NCHW"})
 
 
 class Executor:
+    # Elementwise float steps write straight into their planned arena view (runtime/inplace.py); False makes
+    # every step go through the kernel library and a copy-in (bench/memory.py compares the two).
+    write_in_place = True
+
     def __init__(self, program: dict, constants: Mapping[str, np.ndarray], variables: VariableStore):
         self.program = program
         self.name = program["graph"]
@@ -29,6 +34,10 @@ class Executor:
         self.fixed: dict[str, np.ndarray] = {k: decode_tensor(v) for k, v in program["consts"].items()}
         self.fixed.update(constants)
         self.attrs = [{k: decode_attr(v) for k, v in step["attrs"].items()} for step in program["steps"]]
+        for step in program["steps"]:
+            if "impl" in step and (step["impl"] != "high_performance" or step["op"] not in approx.APPROX):
+                raise BundleCorrupt(f"node {step['node']!r} ({step['op']}) asks for implementation "
+                                    f"{step.get('impl')!r}, which the runtime does not have", f"graph {self.name}")
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         env = self.bind(feeds)
@@ -62,6 +71,11 @@ class Executor:
 
     def run_step(self, step: dict, attrs: dict, env: dict[str, np.ndarray]) -> None:
         args = [env[name] if name else None for name in step["inputs"]]
+        if self.write_in_place and self._plain(step):
+            view = arena_view(self.arena, self.program["values"][step["outputs"][0]])
+            if inplace.run_into(step["op"], args, view):
+                env[step["outputs"][0]] = view
+                return
         try:
             outs = self.call_kernel(step, attrs, args)
         except KernelError as err:
@@ -71,9 +85,17 @@ class Executor:
             if name:
                 env[name] = self.store(step, name, value)
 
+    def _plain(self, step: dict) -> bool:
+        """One planned output, exact implementation, every value in the standard layout: inplace may take it."""
+        formats = self.program.get("formats", {})
+        return (len(step["outputs"]) == 1 and step["outputs"][0] in self.program["values"] and "impl" not in step
+                and "precision" not in step and not any(v in formats for v in [*step["inputs"], *step["outputs"]]))
+
     def call_kernel(self, step: dict, attrs: dict, args: list[np.ndarray | None]) -> list[np.ndarray]:
         if step["op"] == "TransData":
             return [transdata(args[0], attrs["src_format"], attrs["dst_format"])]
+        if step.get("impl") == "high_performance":  # op_select_implmode: the approximate kernel
+            return approx.run(step["op"], args, attrs)
         if step.get("precision") == "fp16":
             # force_fp16: cube inputs rounded to fp16, products accumulated in fp32 as on the device
             args = [a.astype(np.float16).astype(np.float32) if i < 2 and a is not None else a

@@ -1,35 +1,50 @@
-"""codegen: per-graph program as data: kernel calls with tiling data and a liveness-based buffer plan."""
+"""codegen: per-graph program as data: kernel calls with tiling data and a liveness-based buffer plan.
+
+Options it reads (infer graphs; see options.py): ``exec_disable_reused_memory`` (buffer plan),
+``precision_mode`` (cube steps marked ``"precision": "fp16"``), ``input_format`` (NHWC: 4-D feeds are declared
+NHWC and a leading Transpose step makes the NCHW value the graph reads) and ``op_select_implmode``
+(high_performance: Gelu/Erf/Exp/Tanh/Sigmoid steps marked ``"impl": "high_performance"``). The runtime only
+executes what the program says.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..ir.graph import Graph, Node, encode_tensor
+from ..errors import OptionInvalid
+from ..ir.graph import Graph, Node, TensorType, encode_tensor
 
 Memo = Callable[[dict, Callable[[], dict]], dict]
 
 NAME = "codegen"
-VERSION = "1"
+VERSION = "2"
 ALIGN = 64  # arena offsets are 64-byte aligned so every dtype view is aligned
 CUBE_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose"})
+APPROX_OPS = frozenset({"Gelu", "Erf", "Exp", "Tanh", "Sigmoid"})  # runtime/approx.py has their fast forms
+FLOAT_DTYPES = frozenset({"float16", "float32", "float64"})
+NHWC_TO_NCHW = [0, 3, 1, 2]
 
 
 def run(structure: dict, tiling: dict[str, dict], variables: dict, role: str, options: dict,
         memo: Memo | None = None) -> dict:
-    """The program the runtime executes. ``options``: exec_disable_reused_memory, precision_mode.
+    """The program the runtime executes. ``options``: the codegen subset of the graph's build options.
 
     ``memo(signature, decide)`` may return the kernel data recorded for the same kernel signature.
     """
     graph = Graph.from_json(structure)
+    layouts = apply_input_format(graph, variables, options.get("input_format", "NCHW"))
     reads = [v for v in [*graph.inputs, *graph.weights] if v in variables]
     fp16 = options.get("precision_mode") == "force_fp16"
+    fast = options.get("op_select_implmode", "high_precision") == "high_performance"
     memo = memo or (lambda _signature, decide: decide())
-    steps = [_step(node, tiling.get(node.name), fp16, graph, memo) for node in graph.nodes]
+    steps = [_step(node, tiling.get(node.name), fp16, fast, graph, memo) for node in graph.nodes]
     reuse = options.get("exec_disable_reused_memory", "0") != "1"
     buffers, arena = plan_buffers(graph, reuse)
+    _, other = plan_buffers(graph, not reuse)  # for inspect: what the other setting would cost
     return {
         "graph": graph.name, "role": role, "opset": graph.opset,
-        "feeds": [_typed(graph, v) for v in graph.inputs if v not in variables],
+        "feeds": [{**_typed(graph, v), **({"layout": layouts[v]} if v in layouts else {})}
+                  for v in graph.inputs if v not in variables],
         "reads": sorted(reads),
         "weights": sorted(w for w in graph.weights if w not in variables),
         "consts": {k: encode_tensor(v) for k, v in sorted(graph.consts.items())},
@@ -38,19 +53,60 @@ def run(structure: dict, tiling: dict[str, dict], variables: dict, role: str, op
         "steps": steps,
         "arena_bytes": arena,
         "reuse_memory": reuse,
+        "arena_bytes_by_reuse": {"on": arena if reuse else other, "off": other if reuse else arena},
         "formats": {k: v for k, v in sorted(graph.formats.items()) if v != "ND"},
     }
+
+
+def apply_input_format(graph: Graph, variables: dict, input_format: str) -> dict[str, str]:
+    """NHWC: every 4-D feed ``x`` is declared [N,H,W,C]; a leading Transpose step writes ``x@nchw`` [N,C,H,W]
+    and every node that read ``x`` reads that instead. Returns feed name -> declared layout (changed feeds only).
+
+    NCHW and ND are the standard layout the graph already reads: nothing changes.
+    """
+    if input_format != "NHWC":
+        return {}
+    feeds = [v for v in graph.inputs if v not in variables]
+    four_d = [v for v in feeds if len(graph.types[v].shape) == 4]
+    if not four_d:
+        shown = ", ".join(f"{v}{list(graph.types[v].shape)}" for v in feeds) or "none"
+        raise OptionInvalid(f"input_format NHWC applies to 4-D inputs and graph {graph.name} has none "
+                            f"(inputs: {shown}); use NCHW or ND", f"graph {graph.name}")
+    leading = []
+    for name in four_d:
+        internal = _fresh(f"{name}@nchw", graph.types)
+        n, c, h, w = graph.types[name].shape
+        dtype = graph.types[name].dtype
+        graph.types[internal] = TensorType((n, c, h, w), dtype)
+        graph.types[name] = TensorType((n, h, w, c), dtype)
+        for node in graph.nodes:
+            node.inputs = [internal if i == name else i for i in node.inputs]
+        if name in graph.formats:
+            graph.formats[internal] = graph.formats.pop(name)
+        leading.append(Node(_fresh(f"input_format/{name}", {n.name for n in graph.nodes}), "Transpose", [name],
+                            [internal], {"perm": list(NHWC_TO_NCHW)}))
+    graph.nodes[:0] = leading
+    return dict.fromkeys(four_d, "NHWC")
+
+
+def _fresh(name: str, taken) -> str:
+    candidate, n = name, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}~{n}"
+    return candidate
 
 
 def _typed(graph: Graph, name: str) -> dict:
     return {"name": name, **graph.types[name].to_json()}
 
 
-def _step(node: Node, tiling: dict | None, fp16: bool, graph: Graph, memo: Memo) -> dict:
+def _step(node: Node, tiling: dict | None, fp16: bool, fast: bool, graph: Graph, memo: Memo) -> dict:
     step = {"node": node.name, "op": node.op_type, "inputs": node.inputs, "outputs": node.outputs,
             "attrs": node.to_json()["attrs"]}
     if node.op_type not in CUBE_OPS:
-        return {**step, "tiling": tiling}
+        approx = fast and node.op_type in APPROX_OPS and graph.types[node.inputs[0]].dtype in FLOAT_DTYPES
+        return {**step, "tiling": tiling, **({"impl": "high_performance"} if approx else {})}
     dtype = graph.types[node.inputs[0]].dtype
     signature = {"op": node.op_type, "attrs": step["attrs"], "tiling": tiling, "dtype": dtype, "fp16": fp16,
                  "inputs": [graph.types[i].to_json() if i else None for i in node.inputs]}
