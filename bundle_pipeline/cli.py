@@ -159,8 +159,11 @@ def inspect(
         return
     typer.echo(f"bundle {bundle}  target {info['target']}  digest {info['digest'][:16]}")
     for g in info["graphs"]:
+        other = g.get("arena_bytes_by_reuse") or {}
+        flipped = "off" if g.get("reuse_memory", True) else "on"
+        alt = f" (reuse {flipped}: {other[flipped]} B)" if flipped in other else ""
         typer.echo(f"  graph {g['name']:<16} {g['role']:<7} steps {g['steps']:<5} transdata {g['transdata']:<3} "
-                   f"arena {g['arena_bytes']} B  options {g['options']}")
+                   f"arena {g['arena_bytes']} B{alt}  options {g['options']}")
     for v in info["variables"]:
         typer.echo(f"  var   {v['name']:<24} {v['dtype']}{v['shape']} {v['format']:<6} {v['nbytes']} B  "
                    f"readers {','.join(v['readers'])}  writers {','.join(v['writers']) or '-'}")

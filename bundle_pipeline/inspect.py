@@ -12,7 +12,8 @@ def describe(path: str) -> dict:
     validate_manifest(manifest, path)
     graphs = [{"name": g["name"], "role": g["role"],
                "transdata": sum(s["op"] == "TransData" for s in g["program"]["steps"]),
-               "arena_bytes": g["program"]["arena_bytes"], "steps": len(g["program"]["steps"]),
+               "arena_bytes": g["program"]["arena_bytes"], "reuse_memory": g["program"].get("reuse_memory", True),
+               "arena_bytes_by_reuse": g["program"].get("arena_bytes_by_reuse"), "steps": len(g["program"]["steps"]),
                "options": g["options"]} for g in manifest["graphs"]]
     variables = [{k: v[k] for k in ("name", "shape", "dtype", "format", "nbytes", "readers", "writers")}
                  for v in manifest["variables"]]
