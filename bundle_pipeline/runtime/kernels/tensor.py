@@ -578,17 +578,22 @@ def _upsample(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[
     return [y]
 
 
-# ---- optional values given as plain tensors (an omitted input is None) ----
+# ---- optional values given as plain tensors: an empty optional is None (or np.asarray(None)) ----
+
+
+def _optional(inputs: Inputs) -> np.ndarray | None:
+    x = arg(inputs, 0)
+    return None if x is None or (x.dtype == object and x.shape == () and x.item() is None) else x
 
 
 @kernel("OptionalHasElement")
 def _optional_has_element(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
-    return [np.array(arg(inputs, 0) is not None)]
+    return [np.array(_optional(inputs) is not None)]
 
 
 @kernel("OptionalGetElement")
 def _optional_get_element(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
-    x = arg(inputs, 0)
+    x = _optional(inputs)
     if x is None:
         raise KernelError("OptionalGetElement of an empty optional")
     return [x]
