@@ -74,6 +74,12 @@ def storage_shape(fmt: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     return (*batch, _blocks(n), _blocks(m), C0, C0)
 
 
+def c_contiguous(x: np.ndarray) -> np.ndarray:
+    """``x`` as a C-contiguous array of the same shape (unlike np.ascontiguousarray, keeps 0-d arrays 0-d)."""
+    x = np.asarray(x)
+    return x if x.flags.c_contiguous else x.copy(order="C")
+
+
 def _pad_axes(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     """Zero-pad the given axes up to a multiple of 16."""
     widths = [(0, 0)] * x.ndim
@@ -87,25 +93,25 @@ def to_format(x: np.ndarray, fmt: str) -> np.ndarray:
     x = np.asarray(x)
     shape = _check(fmt, x.shape)
     if fmt in STANDARD:
-        return np.ascontiguousarray(x)
+        return c_contiguous(x)
     if fmt == "NC1HWC0":
         n, c, h, w = shape
         xp = _pad_axes(x, (1,))
-        return np.ascontiguousarray(xp.reshape(n, _blocks(c), C0, h, w).transpose(0, 1, 3, 4, 2))
+        return c_contiguous(xp.reshape(n, _blocks(c), C0, h, w).transpose(0, 1, 3, 4, 2))
     if fmt == "FRACTAL_Z":
         _o, _i, kh, kw = shape
         wp = _pad_axes(x, (0, 1))
         o1, i1 = wp.shape[0] // C0, wp.shape[1] // C0
         # (O1, O0, I1, I0, KH, KW) -> (I1, KH, KW, O1, O0, I0)
         blocks = wp.reshape(o1, C0, i1, C0, kh, kw).transpose(2, 4, 5, 0, 1, 3)
-        return np.ascontiguousarray(blocks).reshape(i1 * kh * kw, o1, C0, C0)
+        return c_contiguous(blocks).reshape(i1 * kh * kw, o1, C0, C0)
     b = x.ndim - 2
     xp = _pad_axes(x, (b, b + 1))
     m1, n1 = xp.shape[b] // C0, xp.shape[b + 1] // C0
     # (..., M1, M0, N1, N0) -> (..., N1, M1, M0, N0)
     tiles = xp.reshape(*x.shape[:b], m1, C0, n1, C0)
     batch = tuple(range(b))
-    return np.ascontiguousarray(tiles.transpose(*batch, b + 2, b, b + 1, b + 3))
+    return c_contiguous(tiles.transpose(*batch, b + 2, b, b + 1, b + 3))
 
 
 def from_format(y: np.ndarray, fmt: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -116,23 +122,23 @@ def from_format(y: np.ndarray, fmt: str, shape: tuple[int, ...]) -> np.ndarray:
     if y.shape != expected:
         raise FormatError(f"{fmt} array of shape {y.shape} does not hold logical {shape} (needs {expected})")
     if fmt in STANDARD:
-        return np.ascontiguousarray(y)
+        return c_contiguous(y)
     if fmt == "NC1HWC0":
         n, c, h, w = shape
         full = y.transpose(0, 1, 4, 2, 3).reshape(n, y.shape[1] * C0, h, w)
-        return np.ascontiguousarray(full[:, :c])
+        return c_contiguous(full[:, :c])
     if fmt == "FRACTAL_Z":
         o, i, kh, kw = shape
         i1, o1 = _blocks(i), _blocks(o)
         # (I1, KH, KW, O1, O0, I0) -> (O1, O0, I1, I0, KH, KW)
         full = y.reshape(i1, kh, kw, o1, C0, C0).transpose(3, 4, 0, 5, 1, 2).reshape(o1 * C0, i1 * C0, kh, kw)
-        return np.ascontiguousarray(full[:o, :i])
+        return c_contiguous(full[:o, :i])
     *batch, m, n = shape
     b = len(batch)
     n1, m1 = y.shape[b], y.shape[b + 1]
     axes = tuple(range(b))
     full = y.transpose(*axes, b + 1, b + 2, b, b + 3).reshape(*batch, m1 * C0, n1 * C0)
-    return np.ascontiguousarray(full[..., :m, :n])
+    return c_contiguous(full[..., :m, :n])
 
 
 def transdata(x: np.ndarray, src: str, dst: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -146,7 +152,7 @@ def transdata(x: np.ndarray, src: str, dst: str, shape: tuple[int, ...]) -> np.n
 
 @cache
 def _pad_mask(fmt: str, shape: tuple[int, ...]) -> np.ndarray:
-    mask = ~to_format(np.ones(shape, dtype=bool), fmt)
+    mask = np.asarray(~to_format(np.ones(shape, dtype=bool), fmt))  # 0-d stays an array
     mask.flags.writeable = False  # shared between callers through the cache
     return mask
 

@@ -33,7 +33,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .formats import C0, FORMATS, STANDARD, FormatError, accepts, from_format, storage_shape, to_format, zero_padding
+from .formats import (
+    C0,
+    FORMATS,
+    STANDARD,
+    FormatError,
+    accepts,
+    c_contiguous,
+    from_format,
+    storage_shape,
+    to_format,
+    zero_padding,
+)
 from .kernels import run_kernel
 from .kernels._registry import KernelError, norm_axes, norm_axis, wide
 from .kernels.nn import window_geometry, windows
@@ -363,7 +374,7 @@ def _run_pool(call: Call) -> np.ndarray:
         cw = _window_counts(w, out[1], strides[1], dil[1], ks[1], begin[1], end[1], include)
         count = np.maximum(np.multiply.outer(ch, cw), 1)
         y = win.sum(axis=(-2, -1)) / count.astype(win.dtype)
-    return np.ascontiguousarray(np.moveaxis(y, 2, 4)).astype(x5.dtype, copy=False)
+    return c_contiguous(np.moveaxis(y, 2, 4)).astype(x5.dtype, copy=False)
 
 
 def _check_global(call: Call) -> None:
@@ -469,7 +480,7 @@ def _run_reduce(call: Call) -> np.ndarray:
     r = r.astype(x5.dtype, copy=False)
     keep_shape = _reduced_shape(shape, axes, True)
     if 1 not in axes and call.out_format == "NC1HWC0" and tuple(call.out_shape) == keep_shape:
-        return np.ascontiguousarray(r)  # C kept: the physical keepdims result is already NC1HWC0
+        return c_contiguous(r)  # C kept: the physical keepdims result is already NC1HWC0
     std = r.reshape(keep_shape) if 1 in axes else from_format(r, "NC1HWC0", keep_shape)
     return to_format(std.reshape(call.out_shape), call.out_format)
 
@@ -645,4 +656,4 @@ def run_npu_kernel(op_type: str, inputs: list[np.ndarray | None], attrs: dict, o
             raise KernelError(f"{op_type}: input {i} has physical shape {x.shape}, not that of {shape} in {fmt}")
     y = op.run(call)
     # The invariant every consumer relies on: padding lanes are zero after every kernel.
-    return zero_padding(np.ascontiguousarray(y), out_format, call.out_shape)
+    return zero_padding(c_contiguous(y), out_format, call.out_shape)
