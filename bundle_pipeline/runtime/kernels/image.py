@@ -129,15 +129,15 @@ def _roi_align(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list
     h, w = x.shape[2:]
     xf = wide(x).astype(np.float64)
     out = np.zeros((rois.shape[0], x.shape[1], oh, ow))
-    for r, (roi, b) in enumerate(zip(rois.astype(np.float64), idx.astype(np.int64), strict=True)):
-        offset = 0.5 if half else 0.0
-        x0, y0, x1, y1 = roi * scale - offset
+    ft = wide(rois).dtype.type  # ROI geometry in the ROIs' precision: bin counts round as onnxruntime's do
+    for r, (roi, b) in enumerate(zip(wide(rois), idx.astype(np.int64), strict=True)):
+        x0, y0, x1, y1 = roi * ft(scale) - ft(0.5 if half else 0.0)
         rw, rh = x1 - x0, y1 - y0
         if not half:
-            rw, rh = max(rw, 1.0), max(rh, 1.0)  # malformed ROIs are forced to 1x1
-        bh, bw = rh / oh, rw / ow
-        gh = ratio if ratio > 0 else math.ceil(rh / oh)
-        gw = ratio if ratio > 0 else math.ceil(rw / ow)
+            rw, rh = max(rw, ft(1)), max(rh, ft(1))  # malformed ROIs are forced to 1x1
+        bh, bw = rh / ft(oh), rw / ft(ow)
+        gh = ratio if ratio > 0 else math.ceil(rh / ft(oh))
+        gw = ratio if ratio > 0 else math.ceil(rw / ft(ow))
         # Sample points: (oh, gh) rows x (ow, gw) columns, bilinear at each.
         ys = y0 + np.arange(oh)[:, None] * bh + (np.arange(gh)[None, :] + 0.5) * bh / gh
         xs = x0 + np.arange(ow)[:, None] * bw + (np.arange(gw)[None, :] + 0.5) * bw / gw
