@@ -239,11 +239,16 @@ def _run_matmul(call: Call) -> np.ndarray:
     mp, np_, kp = (-(-d // C0) * C0 for d in (m, n, k))
     tiles = (_tile(call.tiling, "tile_m", mp), _tile(call.tiling, "tile_n", np_), _tile(call.tiling, "tile_k", kp))
 
+    # The fractal grids unpacked once into dense zero-padded matrices (what the L1 -> L0 fractal loads
+    # do tile by tile), so tiles are views and the simulation costs about the GEMM itself.
+    a_dense = _dense(a_grid).astype(acc, copy=False)  # [.., Mp, Kp]
+    b_dense = _dense(b_grid).astype(acc, copy=False)  # [.., Kp, Np]
+
     def a_tile(rows: slice, ks: slice) -> np.ndarray:
-        return _dense(a_grid[..., _fractal_slice(ks), _fractal_slice(rows), :, :])
+        return a_dense[..., rows, ks]
 
     def b_tile(ks: slice, cols: slice) -> np.ndarray:
-        return _dense(b_grid[..., _fractal_slice(cols), _fractal_slice(ks), :, :])
+        return b_dense[..., ks, cols]
 
     def store(rows: slice, cols: slice, tile: np.ndarray) -> None:
         # Epilogue on the output tile (vector unit): alpha, beta * C, cast, back to fractals.
@@ -311,8 +316,10 @@ def _run_conv(call: Call) -> np.ndarray:
         tile = rows_view[:, ph[:, None], pw[:, None], c1[None, :], kh[None, :], kw[None, :], :]
         return tile.reshape(n, len(pos), len(blocks) * C0)
 
+    w_dense = _dense(w_grid).astype(acc, copy=False)  # [K, O1*16], unpacked once as for MatMul's B
+
     def b_tile(ks_: slice, cols: slice) -> np.ndarray:
-        return _dense(w_grid[_fractal_slice(cols), _fractal_slice(ks_), :, :])
+        return w_dense[ks_, cols]
 
     def store(rows: slice, cols: slice, tile: np.ndarray) -> None:
         if bias_row is not None:
@@ -644,10 +651,10 @@ def run_npu_kernel(op_type: str, inputs: list[np.ndarray | None], attrs: dict, o
         Conv (elements, multiples of 16; absent keys mean the whole axis); other keys are ignored.
     Raises KernelError when the call has no native implementation (see ``supports``) or is invalid.
     """
-    arrays = [None if x is None else np.asarray(x) for x in inputs]
-    shapes = [None if s is None else tuple(int(d) for d in s) for s in in_shapes]
-    shapes += [None] * (len(arrays) - len(shapes))
-    formats = list(in_formats) + [None] * (len(arrays) - len(in_formats))
+    count = max(len(inputs), len(in_formats), len(in_shapes))  # trailing omitted inputs may be left out
+    arrays = [None if x is None else np.asarray(x) for x in inputs] + [None] * (count - len(inputs))
+    shapes = [None if s is None else tuple(int(d) for d in s) for s in in_shapes] + [None] * (count - len(in_shapes))
+    formats = list(in_formats) + [None] * (count - len(in_formats))
     call = Call(op_type, arrays, dict(attrs), int(opset), formats, out_format, shapes,
                 tuple(int(d) for d in out_shape), tiling)
     op = _check_call(call)
