@@ -18,6 +18,17 @@ layouts up to float summation order.
   summation order (exactly the same for data whose sums are exact).
 - **Reductions over a padded axis** ignore the padding: ReduceMean divides by the real C, ReduceMax
   masks padding lanes with the lowest value, Softmax masks padded N lanes with -inf.
+- **What each native op takes**: MatMul A, B in FRACTAL_NZ (rank >= 2, batch axes broadcast; a 1-D
+  operand stays ND and runs on the cpu kernel). Gemm A, B in FRACTAL_NZ with alpha/beta/transA/transB
+  (a transposed operand is the same fractals read transposed, no copy); C either ND of any shape that
+  broadcasts to [M, N] (scalar, [N], [1, N], [M, 1], [M, N]) or FRACTAL_NZ of shape [M, N]. Conv X in
+  NC1HWC0, W in FRACTAL_Z, optional B in ND [O]; 2-D, group 1, any strides/pads/dilations/auto_pad.
+  MaxPool (output Y only), AveragePool, GlobalAveragePool/GlobalMaxPool and BatchNormalization
+  (inference; scale/B/mean/var in ND [C]) on 4-D NC1HWC0. ReduceSum/ReduceMean/ReduceMax of a 4-D
+  NC1HWC0 tensor over any axes (C included), result in NC1HWC0/NCHW (keepdims) or ND. Softmax and
+  LogSoftmax over the last axis of FRACTAL_NZ. Elementwise ops (``ELEMENTWISE_OPS``) on operands in
+  one format: NC1HWC0 operands may broadcast over N, H, W (not C), FRACTAL_NZ operands over batch
+  axes, FRACTAL_Z operands not at all; one-element ND operands broadcast as scalars.
 - **Fallback**: ``NPU_FORMAT_OPS`` lists the ops with a native implementation and the formats each
   input position accepts; ``supports(...)`` says whether one call is native (e.g. Conv needs
   group == 1 and 2-D, BatchNormalization inference mode, Reduce* axes known). Everything else the
@@ -50,7 +61,7 @@ from .kernels._registry import KernelError, norm_axes, norm_axis, wide
 from .kernels.nn import window_geometry, windows
 from .kernels.tensor import axes_from
 
-__all__ = ["NPU_FORMAT_OPS", "Call", "KernelError", "NativeOp", "run_npu_kernel", "supports"]
+__all__ = ["ELEMENTWISE_OPS", "NPU_FORMAT_OPS", "Call", "KernelError", "NativeOp", "run_npu_kernel", "supports"]
 
 
 @dataclass(frozen=True)
