@@ -320,3 +320,19 @@ def test_elementwise_steps_write_into_the_arena_without_temporaries(monkeypatch)
     np.testing.assert_array_equal(in_place["y"], copied["y"])
     # copy-in: each step's 1 MiB result is a temporary before it lands in the arena; in place: none
     assert peak_in_place < 0.1 * 4 * n and peak_copied >= 4 * n, (peak_in_place, peak_copied)
+
+
+def test_memory_benchmark_reports_the_plan_and_the_run(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import memory
+
+    out = tmp_path / "memory.json"
+    assert memory.main(["--only", "cnn", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    on, off = (next(r for r in rows if r["reuse"] is flag) for flag in (True, False))
+    assert on["arena_bytes"] < off["arena_bytes"] == on["arena_bytes_other"]
+    assert on["run_peak_bytes"] > 0 and on["peak_step"]["op"] == "Conv"  # im2col dominates the cnn
+    assert on["total_peak_bytes"] == on["arena_bytes"] + on["run_peak_bytes"]
