@@ -144,6 +144,10 @@ def convert_to_weight_refreshable_graphs(model: onnx.ModelProto | str | os.PathL
         names = _check_names(const_names, tensors, steering, used, outputs, source.graph, where)
     _check_name_clashes(names, source.graph, where)
     chosen = [tensors[n] for n in names]
+    external = [t.name for t in chosen if t.proto.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        raise ParamInvalid(f"weight {external[0]!r} is external data that was not loaded; pass the model's path, or "
+                           f"a ModelProto loaded with its external data (onnx.load(path))", where)
     infer = _infer_model(source, chosen)
     var_init = _init_model(source, chosen)
     var_update = _update_model(source, chosen)

@@ -293,3 +293,14 @@ def test_cli_unreadable_models(tmp_path):
     empty = runner.invoke(app, ["split", str(tmp_path / "ints.onnx"), str(tmp_path / "out")])
     assert empty.exit_code == 1 and "no weights to split" in empty.output
     assert len(empty.output.strip().splitlines()) == 1
+
+
+def test_external_data_models_split_from_their_path(tmp_path):
+    model = mixed_model()
+    onnx.save(model, tmp_path / "ext.onnx", save_as_external_data=True, location="ext.data", size_threshold=0)
+    graphs = bp.convert_to_weight_refreshable_graphs(tmp_path / "ext.onnx")
+    values = dict(zip(graphs.variables, ort_session(graphs.var_init).run(None, {}), strict=True))
+    np.testing.assert_array_equal(values["fc.w"], numpy_helper.to_array(model.graph.initializer[1]))
+    with pytest.raises(bp.BundleError) as err:
+        bp.convert_to_weight_refreshable_graphs(onnx.load(tmp_path / "ext.onnx", load_external_data=False))
+    assert err.value.status == "PARAM_INVALID" and "external data" in str(err.value)
