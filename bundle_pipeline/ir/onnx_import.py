@@ -352,6 +352,13 @@ def _check_static(graph: Graph, model: onnx.ModelProto, where: str) -> None:
             if out and out not in graph.types:
                 raise GraphInvalid(f"node {node.name!r} ({node.op_type}): could not infer a static shape for output "
                                    f"{out!r}; set input_shape so every shape is static", where)
+            if out and graph.types[out].dtype == "object":
+                raise UnsupportedOp(f"node {node.name!r} ({node.op_type}): output {out!r} is a string tensor; "
+                                    f"strings are supported only as graph inputs", where)
+    for name in graph.weights:
+        if graph.types[name].dtype == "object":
+            raise UnsupportedOp(f"constant {name!r} is a string tensor; strings are supported only as graph inputs",
+                                where)
 
 
 def import_model(source: str | bytes | os.PathLike, name: str, input_shapes: Mapping[str, list[int]],
