@@ -297,10 +297,11 @@ def test_cli_unreadable_models(tmp_path):
 
 def test_external_data_models_split_from_their_path(tmp_path):
     model = mixed_model()
+    fc_w = numpy_helper.to_array(model.graph.initializer[1])
     onnx.save(model, tmp_path / "ext.onnx", save_as_external_data=True, location="ext.data", size_threshold=0)
     graphs = bp.convert_to_weight_refreshable_graphs(tmp_path / "ext.onnx")
     values = dict(zip(graphs.variables, ort_session(graphs.var_init).run(None, {}), strict=True))
-    np.testing.assert_array_equal(values["fc.w"], numpy_helper.to_array(model.graph.initializer[1]))
+    np.testing.assert_array_equal(values["fc.w"], fc_w)
     with pytest.raises(bp.BundleError) as err:
         bp.convert_to_weight_refreshable_graphs(onnx.load(tmp_path / "ext.onnx", load_external_data=False))
     assert err.value.status == "PARAM_INVALID" and "external data" in str(err.value)
