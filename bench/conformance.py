@@ -1,12 +1,14 @@
 """ONNX backend node suite conformance: passed / failed / excluded per op type and in total, for one target.
 
     python bench/conformance.py --target cpu [--json] [--jobs N] [--failures] [--check-exclusions] [-k REGEX]
+                                [--out PATH]
 
 Every node case is compiled through ``bundle_pipeline.backend`` (one-infer-graph bundle), loaded and run;
 a case passes when its outputs match as onnx's own runner checks them. Excluded cases (with their reasons)
 come from ``tests/conformance/exclusions.py``, the list the pytest suite skips. ``--check-exclusions`` also
 runs the excluded cases and lists those that pass (stale entries). With ``--json`` the last line is
-``{"target", "passed", "failed", "excluded", "total"}``.
+``{"target", "passed", "failed", "excluded", "total"}``. A full run (no ``-k``) also writes the per-op table,
+every failure and every exclusion to ``bench/results/conformance_<target>.json`` (or ``--out``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "conforma
 from node_suite import exclusion, node_cases, op_type, run_case
 
 from bundle_pipeline.targets import KNOWN_TARGETS
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _run_one(job: tuple[str, str, bool]) -> tuple[str, str, str, float]:
@@ -54,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check-exclusions", action="store_true",
                         help="also run excluded cases and list those that pass")
     parser.add_argument("-k", dest="pattern", default=None, help="only cases whose name matches this regex")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON results file (default for a full run: bench/results/conformance_<target>.json)")
     args = parser.parse_args(argv)
     if args.target not in KNOWN_TARGETS:
         if args.target == "npu":
@@ -99,10 +105,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(stale)} excluded cases pass (stale exclusions)")
         for name, why in stale:
             print(f"STALE {name}: {why}")
+    summary = {"target": args.target, "passed": totals["passed"], "failed": totals["failed"],
+               "excluded": totals["excluded"], "total": total}
+    out = args.out or (None if args.pattern else RESULTS / f"conformance_{args.target}.json")
+    if out is not None:
+        _write_results(out, {**summary, "seconds": round(seconds, 1), "per_op": {op: dict(c) for op, c in
+                                                                                 sorted(per_op.items())},
+                             "failed_cases": {n: d for n, s, d, _ in results if s == "failed"},
+                             "excluded_cases": {n: d for n, s, d, _ in results if s in ("excluded", "stale")}})
     if args.json:
-        print(json.dumps({"target": args.target, "passed": totals["passed"], "failed": totals["failed"],
-                          "excluded": totals["excluded"], "total": total}))
+        print(json.dumps(summary))
     return 0
+
+
+def _write_results(path: Path, data: dict) -> None:
+    """Atomic write (temp + rename), so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""NumPy kernel library: executes ONNX default-domain ops (opsets 11-21) given as data."""
+"""NumPy kernel library: executes ONNX default-domain ops (opsets 11-21, and the ops added up to opset 28:
+Attention, RotaryEmbedding, RMSNormalization, TensorScatter, Swish, CumProd, BitCast, LinearAttention, ...)
+given as data. Element types are numpy's: no bfloat16, float8, float4, int4 or int2."""
 
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ def run_kernel(
         attributes take their ONNX defaults. Split without a 'split' input/attribute needs the node's
         output count: from opset 18 that is the ``num_outputs`` attribute, and for older opsets the
         caller passes the same key (``attrs["num_outputs"] = len(node.output)``).
-    opset: the model's default-domain opset (11..21); semantics follow that opset's definition.
+    opset: the model's default-domain opset (11..28); semantics follow that opset's definition.
     tiling: optional compiler tiling data that bounds workspace and never changes the numbers
         (beyond float summation order): Conv ``{"tile_hw": n}`` = output spatial positions per
         im2col chunk (chunk workspace n * C/group * prod(kernel_shape) elements);
