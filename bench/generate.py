@@ -15,7 +15,7 @@ import onnx
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 OPSET = 17
 IR_VERSION = 8
 BATCH = 4
@@ -189,7 +189,11 @@ def _external_original(layout: Layout, files: dict[str, str]) -> onnx.ModelProto
 
 C_GRAPHS = 32
 C_LAYERS = 3
-C_EDIT_GRAPH = "g07"
+
+
+def c_edit_graph(index: int) -> str:
+    """The graph the ``index``-th structure edit changes: g07, g12, g17, ... (distinct for 32 edits)."""
+    return f"g{(7 + 5 * index) % C_GRAPHS:02d}"
 
 
 def c_widths(scale: float) -> list[int]:
@@ -324,7 +328,8 @@ def _write_c(directory: Path, scale: float) -> dict:
     (directory / "bundle.yaml").write_text(spec_text("c", names))
     files = [directory / f"{g}.onnx" for g in ("init", "update", *names)]
     tensors = sum(len(onnx.load(str(f)).graph.initializer) for f in files)
-    return {"widths": widths, "edit": {"graph": C_EDIT_GRAPH, "change": "append a Relu after the last layer"},
+    return {"widths": widths, "edit": {"graphs": "g07, g12, g17, ... (one per repeat)",
+                                        "change": "append a Relu after the last layer"},
             "weight_bytes": tensor_bytes(files), "tensors": tensors}
 
 

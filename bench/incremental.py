@@ -128,9 +128,9 @@ def edit_single_file(directory: Path, manifest: dict) -> dict:
     return {"rewritten": list(sizes), "bytes_rewritten": sizes["infer.onnx"]}
 
 
-def edit_structure(directory: Path, manifest: dict) -> dict:
-    """(c): one infer graph gets a Relu after its last layer."""
-    graph = manifest["edit"]["graph"]
+def edit_structure(directory: Path, manifest: dict, index: int = 0) -> dict:
+    """(c): one infer graph (a different one for each ``index``) gets a Relu after its last layer."""
+    graph = generate.c_edit_graph(index)
     k = int(graph[1:])
     generate.save(generate.c_infer(k, manifest["widths"][k], extra_relu=True), directory / f"{graph}.onnx", False)
     return {"rewritten": [f"{graph}.onnx"], "bytes_rewritten": (directory / f"{graph}.onnx").stat().st_size}
@@ -144,6 +144,33 @@ class Ctx:
     data: Path
     scale: float
     peers: dict[str, str]
+    repeat: int = 3
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """Repeats of one scenario: the median run (by wall time) stands for it; peaks are the max of all runs."""
+    failed = [r for r in runs if "error" in r]
+    if failed:
+        return {**failed[0], "runs": len(runs)}
+    ordered = sorted(runs, key=lambda r: r["wall_s"])
+    median = ordered[(len(ordered) - 1) // 2]
+    return {**median, "repeats": len(runs), "wall_s_min": ordered[0]["wall_s"],
+            "wall_s_all": [r["wall_s"] for r in runs], "ran_all": [r["ran"] for r in runs],
+            "maxrss_kib": max(r["maxrss_kib"] for r in runs), "tree_peak_kib": max(r["tree_peak_kib"] for r in runs),
+            "loadavg_1m_before_all": [r["loadavg_1m_before"] for r in runs]}
+
+
+def repeated(n: int, label: str, once: Callable[[int], dict]) -> dict:
+    """Run ``once(i)`` for i < n (each a full CLI build, set up by ``once``) and aggregate."""
+    return aggregate([once(i) for i in range(n)]) | {"label": label}
+
+
+def cold_builds(ctx: Ctx, label: str, spec: Path, cache: Path, out: Path, extra: Sequence[str] = ()) -> dict:
+    def once(_: int) -> dict:
+        fresh(cache, out)
+        return cli_build(label, spec, cache, out, extra)
+
+    return repeated(ctx.repeat, label, once)
 
 
 def run_big(kind: str, ctx: Ctx) -> dict:
@@ -154,21 +181,27 @@ def run_big(kind: str, ctx: Ctx) -> dict:
     spec, cache, out = directory / "bundle.yaml", directory / "cache", directory / "build" / f"{kind}.bundle"
     result: dict = {"manifest": manifest, "racy_wait_s": wait_out_racy_window(directory), "scenarios": {}}
     scen = result["scenarios"]
-    fresh(cache, out)
-    scen["cold"] = cli_build("cold", spec, cache, out)
-    scen["noop"] = cli_build("noop", spec, cache, out)
+    scen["cold"] = cold_builds(ctx, "cold", spec, cache, out)
+    scen["noop"] = repeated(ctx.repeat, "noop", lambda _: cli_build("noop", spec, cache, out))
     peer_work, model = ctx.data / "peers" / kind, directory / "original.onnx"
     before = peers.before_edit(model, peer_work, kind == "a", ctx.peers) if ctx.peers else {}
     mark_edited(directory, manifest)
-    result["edit"] = (edit_external if kind == "a" else edit_single_file)(directory, manifest)
-    scen["weight_edit"] = cli_build("weight_edit", spec, cache, out)
+    edit = edit_external if kind == "a" else edit_single_file
+    edits: list[dict] = []
+
+    def once(_: int) -> dict:
+        edits.append(edit(directory, manifest))  # each edit gives the tensor new values again
+        return cli_build("weight_edit", spec, cache, out)
+
+    scen["weight_edit"] = repeated(ctx.repeat, "weight_edit", once)
+    result["edit"] = edits[0]
     after = peers.after_edit(model, peer_work, kind == "a", ctx.peers, before) if ctx.peers else {}
     result["peers"] = {**before, **after}
     return result
 
 
 def run_many(ctx: Ctx) -> dict:
-    """(c): cold (default scheduler), no-op, cold with --workers 1 and 2, then a structure edit of one graph."""
+    """(c): cold (default scheduler), no-op, cold with --workers 1 and 2, then structure edits of one graph."""
     print(f"[c] generating / checking data (scale {ctx.scale})", flush=True)
     manifest = generate.ensure("c", ctx.data, ctx.scale)
     directory = ctx.data / "c"
@@ -176,16 +209,20 @@ def run_many(ctx: Ctx) -> dict:
     result: dict = {"manifest": manifest, "racy_wait_s": wait_out_racy_window(directory), "scenarios": {}}
     scen = result["scenarios"]
     cache, out = directory / "cache", directory / "build" / "c.bundle"
-    fresh(cache, out)
-    scen["cold"] = cli_build("cold", spec, cache, out)
-    scen["noop"] = cli_build("noop", spec, cache, out)
+    scen["cold"] = cold_builds(ctx, "cold", spec, cache, out)
+    scen["noop"] = repeated(ctx.repeat, "noop", lambda _: cli_build("noop", spec, cache, out))
     for n in (1, 2):
         wcache, wout = directory / f"cache-workers{n}", directory / "build" / f"c-workers{n}.bundle"
-        fresh(wcache, wout)
-        scen[f"cold_workers{n}"] = cli_build(f"cold_workers{n}", spec, wcache, wout, ["--workers", str(n)])
+        scen[f"cold_workers{n}"] = cold_builds(ctx, f"cold_workers{n}", spec, wcache, wout, ["--workers", str(n)])
     mark_edited(directory, manifest)
-    result["edit"] = edit_structure(directory, manifest)
-    scen["structure_edit"] = cli_build("structure_edit", spec, cache, out)
+    edits: list[dict] = []
+
+    def once(i: int) -> dict:
+        edits.append(edit_structure(directory, manifest, i))  # a different graph each time
+        return cli_build("structure_edit", spec, cache, out)
+
+    scen["structure_edit"] = repeated(ctx.repeat, "structure_edit", once)
+    result["edits"] = edits
     return result
 
 
@@ -387,6 +424,8 @@ NOTES = [
     "cold = fresh --cache dir and no previous bundle; the inputs are in the OS page cache (just generated).",
     "Before each cold build the benchmark waits until the inputs are > 2 s old, so the stat state records them "
     "(files younger than that are hashed but not recorded, by design).",
+    "Each CLI scenario runs --repeat times (cold: fresh cache each time; edits: a new edit each time, (c) on a "
+    "different graph each time); the figures use the median run, peaks the max over runs; peers run once.",
     "no-op / edits reuse the cold build's cache; (a)(b)(c) cold, no-op and edit builds use the CLI's default "
     "scheduler; workers runs pass only --workers N (contract: a distributed.LocalCluster of N worker processes).",
     "The CLI is run as the console script beside the interpreter (cli in the JSON), not through a pyenv shim.",
@@ -401,13 +440,13 @@ SCENARIOS: dict[str, Callable[[Ctx], dict]] = {"a": lambda c: run_big("a", c), "
 
 
 def run(scale: float = 1.0, only: Sequence[str] = generate.KINDS, skip_peers: bool = False,
-        data: Path = generate.DEFAULT_DATA, results: Path = DEFAULT_RESULTS) -> dict:
+        data: Path = generate.DEFAULT_DATA, results: Path = DEFAULT_RESULTS, repeat: int = 3) -> dict:
     """Run the chosen bundles' scenarios, print the tables, write the JSON; return the payload."""
     started = datetime.now(UTC).isoformat(timespec="seconds")
-    ctx = Ctx(data, scale, {} if skip_peers else peers.available())
+    ctx = Ctx(data, scale, {} if skip_peers else peers.available(), repeat)
     bundles = {kind: SCENARIOS[kind](ctx) for kind in only}
     targets, per_scenario, peer = target_figures(bundles), scenario_figures(bundles), peer_figures(bundles)
-    payload = {"benchmark": "incremental", "started": started, "scale": scale, "only": list(only),
+    payload = {"benchmark": "incremental", "started": started, "scale": scale, "only": list(only), "repeat": repeat,
                "command": [sys.executable, *sys.argv], "machine": machine_info(),
                "cli": CLI, "cli_workers_help": cli_workers_help(),
                "peers": ctx.peers, "notes": NOTES, "bundles": bundles,
@@ -428,12 +467,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--skip-peers", action="store_true", help="do not run ONNX Runtime / OpenVINO")
     parser.add_argument("--data", type=Path, default=generate.DEFAULT_DATA, help="generated bundles and caches")
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="JSON output")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per CLI scenario; figures use the median")
     args = parser.parse_args(argv)
     only = [k.strip() for k in args.only.split(",") if k.strip()]
     unknown = sorted(set(only) - set(generate.KINDS))
     if unknown:
         parser.error(f"unknown bundle {unknown[0]!r}; use a subset of a,b,c")
-    return run(args.scale, only, args.skip_peers, args.data, args.results)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    return run(args.scale, only, args.skip_peers, args.data, args.results, args.repeat)
 
 
 if __name__ == "__main__":

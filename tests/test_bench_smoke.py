@@ -54,11 +54,21 @@ def test_weight_edits_change_values(tmp_path):
         np.testing.assert_array_equal(after, _initializer(directory / "original.onnx", name))
 
 
+def test_repeats_report_the_median_run_and_the_largest_peak():
+    runs = [{"wall_s": w, "ran": 0, "maxrss_kib": m, "tree_peak_kib": m, "loadavg_1m_before": 1.0, "tag": t}
+            for w, m, t in ((3.0, 10, "slow"), (1.0, 30, "fast"), (2.0, 20, "mid"))]
+    agg = incremental.aggregate(runs)
+    assert agg["tag"] == "mid" and agg["wall_s"] == 2.0 and agg["wall_s_min"] == 1.0 and agg["repeats"] == 3
+    assert agg["maxrss_kib"] == agg["tree_peak_kib"] == 30 and agg["wall_s_all"] == [3.0, 1.0, 2.0]
+    assert "error" in incremental.aggregate([*runs, {"wall_s": 0.1, "error": "boom"}])
+    assert len({generate.c_edit_graph(i) for i in range(generate.C_GRAPHS)}) == generate.C_GRAPHS
+
+
 @pytest.mark.slow
 def test_incremental_benchmark_on_c(tmp_path):
     results = tmp_path / "results" / "incremental.json"
     incremental.main(["--scale", str(TINY), "--skip-peers", "--only", "c", "--data", str(tmp_path / "data"),
-                      "--results", str(results)])
+                      "--results", str(results), "--repeat", "1"])
     payload = json.loads(results.read_text())
     assert {"benchmark", "scale", "machine", "bundles", "figures", "notes"} <= set(payload)
     assert {"cpu_count", "python", "packages"} <= set(payload["machine"])
@@ -66,10 +76,11 @@ def test_incremental_benchmark_on_c(tmp_path):
     assert set(scenarios) == {"cold", "noop", "cold_workers1", "cold_workers2", "structure_edit"}
     for name, rec in scenarios.items():
         assert rec["returncode"] == 0 and "error" not in rec, (name, rec.get("error"))
-        assert rec["maxrss_kib"] > 0 and rec["stages"]
+        assert rec["maxrss_kib"] > 0 and rec["stages"] and rec["repeats"] == 1 and len(rec["wall_s_all"]) == 1
     total = scenarios["cold"]["ran"] + scenarios["cold"]["cached"]
-    assert scenarios["cold"]["ran"] == total
-    assert scenarios["noop"]["ran"] == 0 and scenarios["noop"]["cached"] == total
-    assert "c/parse:g07" in scenarios["structure_edit"]["ran_tasks"]
+    assert scenarios["cold"]["ran_all"] == [total]
+    assert scenarios["noop"]["ran_all"] == [0] and scenarios["noop"]["cached"] == total
+    edited = [t for t in scenarios["structure_edit"]["ran_tasks"] if t.startswith("c/parse:")]
+    assert edited == [f"c/parse:{generate.c_edit_graph(0)}"]
     names = {f["name"] for f in payload["figures"]}
     assert "cold (c) speedup, --workers 2 vs 1" in names and "one-graph edit (c), % of cold" in names
