@@ -11,7 +11,7 @@ from ..ir.graph import Graph, Node, TensorType
 from ..targets import Target
 
 NAME = "tiling"
-VERSION = "1"
+VERSION = "2"
 TILED_OPS = frozenset({"Conv", "MatMul", "Gemm"})  # the kernels whose workspace grows with the problem
 
 
@@ -57,14 +57,16 @@ def choose(node: Node, inputs: list[TensorType | None], output: TensorType, budg
 
 
 def _conv(node: Node, inputs: list[TensorType | None], output: TensorType, budget: int) -> dict | None:
-    """im2col materialises (output positions x C/group*prod(kernel)) per chunk of output positions."""
+    """Untiled, the kernel builds one im2col of (batch x groups x output positions x C/group*prod(kernel));
+    tiled, one chunk of ``tile_hw`` positions for one image and group at a time."""
     weight = inputs[1]
     itemsize = np.dtype(weight.dtype).itemsize
-    column = int(np.prod(weight.shape[1:])) * itemsize  # bytes of one im2col row
+    column = int(np.prod(weight.shape[1:])) * itemsize  # bytes of one im2col row of one group
     positions = int(np.prod(output.shape[2:]))
-    if positions * column <= budget:
+    images_x_groups = output.shape[0] * int(node.attrs.get("group", 1))
+    if images_x_groups * positions * column <= budget:
         return None
-    tile_hw = max(1, budget // column)
+    tile_hw = max(1, min(positions, budget // column))
     return {"tile_hw": tile_hw, "workspace_bytes": tile_hw * column}
 
 

@@ -34,7 +34,8 @@ def run_kernel(
         caller passes the same key (``attrs["num_outputs"] = len(node.output)``).
     opset: the model's default-domain opset (11..28); semantics follow that opset's definition.
     tiling: optional compiler tiling data that bounds workspace and never changes the numbers
-        (beyond float summation order): Conv ``{"tile_hw": n}`` = output spatial positions per
+        (beyond float summation order): Conv ``{"tile_hw": n}`` = output spatial positions (of one image
+        and group) per
         im2col chunk (chunk workspace n * C/group * prod(kernel_shape) elements);
         MatMul/Gemm ``{"tile_m": m, "tile_n": n}`` = output blocks over the last two dims.
         Other ops, ConvTranspose included, ignore it.

@@ -143,8 +143,9 @@ def _conv(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.n
     # Weights as (G, Cg*K, Mg): one im2col row times this gives Mg outputs of its group.
     wmat = wf.reshape(group, mg, cg * kk).transpose(0, 2, 1)
     tile = int((tiling or {}).get("tile_hw", 0) or 0)
-    if tile <= 0 or tile >= p:
+    if tile <= 0:
         # Whole im2col at once (one copy), for every image and group: (N, G, P, Cg*K) @ (G, Cg*K, Mg).
+        # A tile >= P still loops per image and group below: that bounds the workspace to one image.
         cols = rows.reshape(n, p, group, cg * kk).transpose(0, 2, 1, 3)
         y = np.matmul(cols, wmat).transpose(0, 1, 3, 2).reshape(n, m, p)
     else:
