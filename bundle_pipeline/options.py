@@ -19,8 +19,11 @@ from .errors import OptionInvalid
 OPTIONS: dict[str, tuple[tuple[str, ...] | None, str, str]] = {
     # 1: every intermediate gets its own arena bytes (no liveness-based reuse).
     "exec_disable_reused_memory": (("0", "1"), "0", "codegen"),
-    # force_fp16 casts cube-unit inputs (MatMul/Gemm/Conv/ConvTranspose) to fp16, accumulating in fp32.
-    "precision_mode": (("must_keep_origin_dtype", "force_fp16"), "must_keep_origin_dtype", "codegen"),
+    # allow_fp32_to_fp16: cube-unit ops (MatMul/Gemm/Conv/ConvTranspose) take fp16 inputs and accumulate in
+    # fp32, as the device's cube does; vector ops keep fp32. force_fp16: the same, and every other float32 op
+    # also computes on fp16-rounded inputs and rounds its result to fp16 (stored as float32).
+    "precision_mode": (("must_keep_origin_dtype", "allow_fp32_to_fp16", "force_fp16"), "must_keep_origin_dtype",
+                       "codegen"),
     "input_shape": (None, "", "parse"),
     # the layout the caller feeds 4-D inputs in: NHWC makes the program transpose them to NCHW first.
     "input_format": (("NCHW", "NHWC", "ND"), "NCHW", "codegen"),
@@ -37,11 +40,10 @@ ALIASES: dict[str, str] = {
     "ge.opSelectImplmode": "op_select_implmode",
 }
 
-# Values CANN accepts that this target does not, with the reason the error gives.
-NOT_ON_CPU: dict[tuple[str, str], str] = {
-    ("precision_mode", "allow_fp32_to_fp16"): "it is meant for the npu target, which is not built yet",
-    ("precision_mode", "allow_mix_precision"): "it is meant for the npu target, which is not built yet",
-    ("precision_mode", "force_fp32"): "on cpu it would be must_keep_origin_dtype under another name",
+# Values CANN accepts that bundle-pipeline does not, with the reason the error gives.
+NOT_ACCEPTED: dict[tuple[str, str], str] = {
+    ("precision_mode", "allow_mix_precision"): "mixed precision by op lists is not modelled; use allow_fp32_to_fp16",
+    ("precision_mode", "force_fp32"): "it would be must_keep_origin_dtype under another name",
 }
 
 _SHAPE_ITEM = re.compile(r"^(?P<name>[^:;]+):(?P<dims>-?\d+(,-?\d+)*)?$")
@@ -71,7 +73,7 @@ def validate_options(options: Mapping[str, object] | None, where: str) -> dict[s
         value = _as_text(raw)
         accepted = OPTIONS[key][0]
         if accepted is not None and value not in accepted:
-            reason = NOT_ON_CPU.get((key, value))
+            reason = NOT_ACCEPTED.get((key, value))
             why = f" ({reason})" if reason else ""
             raise OptionInvalid(f"option {key}={value!r} is not accepted{why}; use one of: {', '.join(accepted)}",
                                 where)

@@ -4,7 +4,9 @@ A ``Graph`` is a topologically ordered list of ``Node``s over named values. Ever
 ``TensorType``. A value is exactly one of: a graph input (a feed, or a variable the graph reads), a
 weight (an initializer or ``Constant`` whose bytes live in the weight table, referenced by name), a
 const (a small integer tensor that steers shapes, inlined here because it is structure), or the
-output of exactly one node. ``formats`` records each value's storage format (ND when absent).
+output of exactly one node. ``formats`` records each value's storage format (ND when absent);
+``native`` names the nodes the target runs natively on formatted data (the rest run the portable
+kernels on standard layouts).
 
 The IR serialises to canonical JSON (``to_json``/``from_json``) so its hash is a content hash.
 ``lint()`` returns every broken invariant with a hint on how to fix it, like ``torch.fx.Graph.lint``.
@@ -67,6 +69,7 @@ class Graph:
     weights: list[str] = field(default_factory=list)
     consts: dict[str, np.ndarray] = field(default_factory=dict)
     formats: dict[str, str] = field(default_factory=dict)
+    native: list[str] = field(default_factory=list)  # nodes the target runs natively on formatted data
 
     def format_of(self, value: str) -> str:
         return self.formats.get(value, "ND")
@@ -91,6 +94,7 @@ class Graph:
             "weights": sorted(self.weights),
             "consts": {k: encode_tensor(v) for k, v in sorted(self.consts.items())},
             "formats": dict(sorted(self.formats.items())),
+            "native": sorted(self.native),
         }
 
     @staticmethod
@@ -102,6 +106,7 @@ class Graph:
             weights=list(d["weights"]),
             consts={k: decode_tensor(v) for k, v in d["consts"].items()},
             formats=dict(d.get("formats", {})),
+            native=list(d.get("native", [])),
         )
 
     def lint(self) -> list[str]:

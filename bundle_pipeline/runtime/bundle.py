@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import BundleCorrupt, BundleIOError, ParamInvalid
 from ..ir.hashing import tensor_hash
+from . import formats
 from .executor import Executor, VariableStore
 from .validate import validate_manifest
 
@@ -63,7 +64,9 @@ class LoadedBundle:
     def variable(self, name: str) -> np.ndarray:
         if name not in self.variables.table:
             raise ParamInvalid(f"no variable {name!r}; variables: {', '.join(self.variables.table)}", self.path)
-        return self.variables.read(name, "variable()").copy()
+        value = self.variables.read(name, "variable()")
+        var = self.variables.table[name]
+        return formats.from_format(value, var["format"], tuple(var["shape"])).copy()
 
     def _run_writing(self, graph: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         executor = self.executors[graph]

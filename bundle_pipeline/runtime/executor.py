@@ -14,8 +14,9 @@ import numpy as np
 
 from ..errors import BundleCorrupt, ParamInvalid, RuntimeFailure
 from ..ir.graph import decode_attr, decode_tensor
-from . import approx, inplace
+from . import approx, formats, inplace
 from .kernels import KernelError, run_kernel
+from .npu import run_npu_kernel
 
 # Formats that share one physical layout (row-major); TransData between them moves no bytes.
 ROW_MAJOR = frozenset({"ND", "NCHW"})
@@ -93,22 +94,35 @@ class Executor:
 
     def call_kernel(self, step: dict, attrs: dict, args: list[np.ndarray | None]) -> list[np.ndarray]:
         if step["op"] == "TransData":
-            return [transdata(args[0], attrs["src_format"], attrs["dst_format"])]
+            layout = step.get("layout", {})
+            return [transdata(args[0], attrs["src_format"], attrs["dst_format"], layout.get("out_shape"))]
         if step.get("impl") == "high_performance":  # op_select_implmode: the approximate kernel
             return approx.run(step["op"], args, attrs)
-        if step.get("precision") == "fp16":
-            # force_fp16: cube inputs rounded to fp16, products accumulated in fp32 as on the device
-            args = [a.astype(np.float16).astype(np.float32) if i < 2 and a is not None else a
-                    for i, a in enumerate(args)]
+        precision = step.get("precision")
+        if precision == "fp16":
+            # cube inputs rounded to fp16, products accumulated in fp32 as on the device
+            args = [_fp16(a) if i < 2 else a for i, a in enumerate(args)]
+        elif precision == "fp16_round":  # force_fp16 on a vector op: fp16 in, fp16 out (kept as float32)
+            return [_fp16(out) for out in self._dispatch(step, attrs, [_fp16(a) for a in args])]
+        return self._dispatch(step, attrs, args)
+
+    def _dispatch(self, step: dict, attrs: dict, args: list[np.ndarray | None]) -> list[np.ndarray]:
+        """The target's native kernel on formatted data, or the portable kernel on standard layouts."""
+        if step.get("native"):
+            layout = step["layout"]
+            shapes = [None if s is None else tuple(s) for s in layout["in_shapes"]]  # () is a real shape
+            return [run_npu_kernel(step["op"], args, attrs, self.program["opset"], layout["in_formats"],
+                                   layout["out_format"], shapes, tuple(layout["out_shape"]), step.get("tiling"))]
         return run_kernel(step["op"], args, attrs, self.program["opset"], step.get("tiling"))
 
     def store(self, step: dict, name: str, value: np.ndarray) -> np.ndarray:
         """Copy a kernel result into its planned arena view; shape and dtype must match the plan."""
         plan = self.program["values"][name]
         value = np.asarray(value)
-        if list(value.shape) != plan["shape"] or value.dtype != np.dtype(plan["dtype"]):
+        shape = plan.get("storage", plan["shape"])
+        if list(value.shape) != shape or value.dtype != np.dtype(plan["dtype"]):
             raise RuntimeFailure(f"while executing node {step['node']} ({step['op']}): output {name!r} is "
-                                 f"{value.dtype}{list(value.shape)}, the plan says {plan['dtype']}{plan['shape']}",
+                                 f"{value.dtype}{list(value.shape)}, the plan says {plan['dtype']}{shape}",
                                  f"graph {self.name}")
         view = arena_view(self.arena, plan)
         np.copyto(view, value)
@@ -120,16 +134,28 @@ class Executor:
 
 
 def arena_view(arena: np.ndarray, plan: dict) -> np.ndarray:
+    """The planned bytes of one value, as its stored (physical) shape."""
     dtype = np.dtype(plan["dtype"])
-    count = int(np.prod(plan["shape"], dtype=np.int64))
+    shape = plan.get("storage", plan["shape"])
+    count = int(np.prod(shape, dtype=np.int64))
     start = int(plan["offset"])
-    return arena[start:start + count * dtype.itemsize].view(dtype).reshape(plan["shape"])
+    return arena[start:start + count * dtype.itemsize].view(dtype).reshape(shape)
 
 
-def transdata(x: np.ndarray, src: str, dst: str) -> np.ndarray:
+def transdata(x: np.ndarray, src: str, dst: str, shape: list[int] | None) -> np.ndarray:
+    """Convert between storage formats; ``shape`` is the logical shape (padding is dropped/zeroed)."""
     if src in ROW_MAJOR and dst in ROW_MAJOR:
         return x
-    raise KernelError(f"TransData {src} -> {dst} is not available on this target")
+    try:
+        return formats.transdata(x, src, dst, tuple(shape if shape is not None else x.shape))
+    except formats.FormatError as err:
+        raise KernelError(f"TransData {src} -> {dst}: {err}") from None
+
+
+def _fp16(a: np.ndarray | None) -> np.ndarray | None:
+    if a is None or a.dtype != np.float32:
+        return a
+    return a.astype(np.float16).astype(np.float32)
 
 
 class VariableStore:
@@ -137,7 +163,9 @@ class VariableStore:
 
     def __init__(self, table: list[dict]):
         self.table = {v["name"]: v for v in table}
-        self.values = {name: np.zeros(v["shape"], dtype=np.dtype(v["dtype"])) for name, v in self.table.items()}
+        # stored bytes: the variable's format (e.g. FRACTAL_NZ) as its physical shape
+        self.values = {name: np.zeros(v.get("storage", v["shape"]), dtype=np.dtype(v["dtype"]))
+                       for name, v in self.table.items()}
         self.is_set = dict.fromkeys(self.table, False)
 
     def read(self, name: str, graph: str) -> np.ndarray:

@@ -6,6 +6,7 @@ import numpy as np
 
 from ..errors import BundleCorrupt
 from .kernels import SUPPORTED_OPS
+from .npu import NPU_FORMAT_OPS
 
 FORMAT_VERSIONS = (1,)
 DTYPES = frozenset({"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
@@ -63,6 +64,8 @@ def _program_problem(g: dict, variables: dict, constants: dict) -> str | None:
     for step in p["steps"]:
         if step["op"] not in SUPPORTED_OPS and step["op"] not in EXECUTOR_OPS:
             return f"node {step.get('node')!r} uses op {step['op']!r}, which the kernel library does not have"
+        if step.get("native") and step["op"] not in NPU_FORMAT_OPS:
+            return f"node {step.get('node')!r} asks for a native {step['op']!r} kernel, which the runtime does not have"
         undefined = [i for i in step["inputs"] if i and i not in defined]
         if undefined:
             return f"node {step['node']!r} reads undefined value {undefined[0]!r}"
@@ -78,5 +81,8 @@ def _program_problem(g: dict, variables: dict, constants: dict) -> str | None:
 
 
 def _fits(plan: dict, arena: int) -> bool:
-    nbytes = int(np.prod(plan["shape"], dtype=np.int64)) * np.dtype(plan["dtype"]).itemsize
+    storage = plan.get("storage", plan["shape"])
+    if not isinstance(storage, list) or not all(isinstance(d, int) and d >= 0 for d in storage):
+        return False
+    nbytes = int(np.prod(storage, dtype=np.int64)) * np.dtype(plan["dtype"]).itemsize
     return isinstance(plan.get("offset"), int) and plan["offset"] >= 0 and plan["offset"] + nbytes <= arena

@@ -9,17 +9,23 @@ executes what the program says.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+
+import numpy as np
 
 from ..errors import OptionInvalid
 from ..ir.graph import Graph, Node, TensorType, encode_tensor
+from ..runtime.formats import STANDARD, storage_shape
 
 Memo = Callable[[dict, Callable[[], dict]], dict]
 
 NAME = "codegen"
-VERSION = "2"
+VERSION = "3"
 ALIGN = 64  # arena offsets are 64-byte aligned so every dtype view is aligned
 CUBE_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose"})
+MOVE_OPS = frozenset({"TransData", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Concat",
+                      "Split", "Slice", "Gather", "Expand", "Tile", "Pad", "Shape", "Size", "Cast", "Dropout"})
 APPROX_OPS = frozenset({"Gelu", "Erf", "Exp", "Tanh", "Sigmoid"})  # runtime/approx.py has their fast forms
 FLOAT_DTYPES = frozenset({"float16", "float32", "float64"})
 NHWC_TO_NCHW = [0, 3, 1, 2]
@@ -34,10 +40,10 @@ def run(structure: dict, tiling: dict[str, dict], variables: dict, role: str, op
     graph = Graph.from_json(structure)
     layouts = apply_input_format(graph, variables, options.get("input_format", "NCHW"))
     reads = [v for v in [*graph.inputs, *graph.weights] if v in variables]
-    fp16 = options.get("precision_mode") == "force_fp16"
+    precision = options.get("precision_mode", "must_keep_origin_dtype")
     fast = options.get("op_select_implmode", "high_precision") == "high_performance"
     memo = memo or (lambda _signature, decide: decide())
-    steps = [_step(node, tiling.get(node.name), fp16, fast, graph, memo) for node in graph.nodes]
+    steps = [_step(node, tiling.get(node.name), precision, fast, graph, memo) for node in graph.nodes]
     reuse = options.get("exec_disable_reused_memory", "0") != "1"
     buffers, arena = plan_buffers(graph, reuse)
     _, other = plan_buffers(graph, not reuse)  # for inspect: what the other setting would cost
@@ -54,7 +60,7 @@ def run(structure: dict, tiling: dict[str, dict], variables: dict, role: str, op
         "arena_bytes": arena,
         "reuse_memory": reuse,
         "arena_bytes_by_reuse": {"on": arena if reuse else other, "off": other if reuse else arena},
-        "formats": {k: v for k, v in sorted(graph.formats.items()) if v != "ND"},
+        "formats": {k: v for k, v in sorted(graph.formats.items()) if v not in STANDARD},
     }
 
 
@@ -101,21 +107,42 @@ def _typed(graph: Graph, name: str) -> dict:
     return {"name": name, **graph.types[name].to_json()}
 
 
-def _step(node: Node, tiling: dict | None, fp16: bool, fast: bool, graph: Graph, memo: Memo) -> dict:
+def _step(node: Node, tiling: dict | None, precision: str, fast: bool, graph: Graph, memo: Memo) -> dict:
     step = {"node": node.name, "op": node.op_type, "inputs": node.inputs, "outputs": node.outputs,
             "attrs": node.to_json()["attrs"]}
+    if node.name in graph.native or node.op_type == "TransData":
+        step.update(_layout_data(node, graph))
+    dtype = graph.types[node.inputs[0]].dtype if node.inputs and node.inputs[0] else None
     if node.op_type not in CUBE_OPS:
-        approx = fast and node.op_type in APPROX_OPS and graph.types[node.inputs[0]].dtype in FLOAT_DTYPES
-        return {**step, "tiling": tiling, **({"impl": "high_performance"} if approx else {})}
-    dtype = graph.types[node.inputs[0]].dtype
+        approx = fast and node.op_type in APPROX_OPS and dtype in FLOAT_DTYPES
+        rounded = precision == "force_fp16" and _float32_step(node, graph)
+        return {**step, "tiling": tiling, **({"impl": "high_performance"} if approx else {}),
+                **({"precision": "fp16_round"} if rounded else {})}
+    fp16 = precision in ("allow_fp32_to_fp16", "force_fp16") and dtype == "float32"
     signature = {"op": node.op_type, "attrs": step["attrs"], "tiling": tiling, "dtype": dtype, "fp16": fp16,
-                 "inputs": [graph.types[i].to_json() if i else None for i in node.inputs]}
-    return {**step, **memo(signature, lambda: _kernel_data(tiling, fp16 and dtype == "float32"))}
+                 "inputs": [graph.types[i].to_json() if i else None for i in node.inputs],
+                 "native": node.name in graph.native}
+    return {**step, **memo(signature, lambda: _kernel_data(tiling, fp16))}
+
+
+def _layout_data(node: Node, graph: Graph) -> dict:
+    """What a formatted kernel needs besides the arrays: each operand's format and logical shape."""
+    return {"native": node.op_type != "TransData",
+            "layout": {"in_formats": [graph.format_of(i) if i else None for i in node.inputs],
+                       "in_shapes": [list(graph.types[i].shape) if i else None for i in node.inputs],
+                       "out_format": graph.format_of(node.outputs[0]),
+                       "out_shape": list(graph.types[node.outputs[0]].shape)}}
 
 
 def _kernel_data(tiling: dict | None, fp16: bool) -> dict:
     """What the runtime needs besides the node: tiling data and the precision of the cube inputs."""
     return {"tiling": tiling, **({"precision": "fp16"} if fp16 else {})}
+
+
+def _float32_step(node: Node, graph: Graph) -> bool:
+    """force_fp16 rounds float32 vector ops; shape/data movement ops move values and round nothing."""
+    outs = [graph.types[o].dtype for o in node.outputs if o]
+    return node.op_type not in MOVE_OPS and bool(outs) and all(d == "float32" for d in outs)
 
 
 def plan_buffers(graph: Graph, reuse: bool) -> tuple[dict[str, dict], int]:
@@ -136,12 +163,15 @@ def plan_buffers(graph: Graph, reuse: bool) -> tuple[dict[str, dict], int]:
     arena = 0
     for index, node in enumerate(graph.nodes):
         for name in filter(None, node.outputs):
-            size = _aligned(graph.types[name].nbytes)
+            fmt = graph.format_of(name)
+            storage = storage_shape(fmt, graph.types[name].shape)
+            size = _aligned(math.prod(storage) * np.dtype(graph.types[name].dtype).itemsize)
             life_end = end if name in graph.outputs else max(index, last_use.get(name, index))
             live = [(o, s) for (a, b, o, s) in placed if not reuse or (a <= life_end and index <= b)]
             offset = _first_fit(live, size)
             placed.append((index, life_end, offset, size))
-            buffers[name] = {**graph.types[name].to_json(), "offset": offset}
+            buffers[name] = {**graph.types[name].to_json(), "offset": offset,
+                             **({"format": fmt, "storage": list(storage)} if fmt not in STANDARD else {})}
             arena = max(arena, offset + size)
     return buffers, arena
 

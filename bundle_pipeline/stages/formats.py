@@ -1,12 +1,25 @@
-"""formats: one storage format per variable for the bundle, then TransData where a kernel wants another."""
+"""formats: one storage format per variable for the bundle, then every value's format, TransData where needed.
+
+Per node the target's kernel table says which formats each input position takes and what comes out;
+a native kernel (npu: Conv in NC1HWC0 x FRACTAL_Z, MatMul in FRACTAL_NZ, elementwise in the operands'
+format...) is used when ``runtime.npu.supports`` accepts the call, else the node runs the portable
+kernel on standard layouts (ND / NCHW, which are the same row-major bytes). Where a value is in another
+format than its reader wants, a TransData node converts it, except for weights: their conversion is
+folded into the stored constant (the ``formats.weights`` task transforms the bytes). Feeds and infer
+outputs are standard layouts; a graph output that writes a variable ends in that variable's format,
+so an update writes the stored bytes in place.
+"""
 
 from __future__ import annotations
 
-from ..ir.graph import Graph, Node, TensorType
-from ..targets import Target
+import math
+
+from ..ir.graph import Graph, Node
+from ..runtime.formats import accepts, storage_shape
+from ..targets import STANDARD, Target
 
 NAME = "formats"
-VERSION = "1"
+VERSION = "2"
 
 
 def natural_format(rank: int, target: Target) -> str:
@@ -14,74 +27,123 @@ def natural_format(rank: int, target: Target) -> str:
     return "NCHW" if rank == 4 and "NCHW" in target.formats else "ND"
 
 
-def assign(structures: dict[str, dict], variables: dict, target: Target) -> dict[str, str]:
-    """Bundle-level step: pick each variable's format to minimise TransData bytes over all its readers.
+def same_layout(a: str, b: str) -> bool:
+    return a == b or (a in STANDARD and b in STANDARD)
 
-    Cost of a candidate = sum over reading kernels that do not accept it of the variable's bytes (each
-    such read needs a TransData). Ties go to the natural format, so the cpu target keeps ND/NCHW.
+
+def native_plan(node: Node, graph: Graph, target: Target, formats: dict[str, str]
+                ) -> tuple[list[str | None], str] | None:
+    """(input formats, output format) when the target runs this node natively, else None."""
+    from ..runtime.npu import supports
+
+    kernel = target.kernel(node.op_type)
+    if not kernel.native or not node.outputs or not node.outputs[0]:
+        return None
+    shapes = [graph.types[i].shape if i else None for i in node.inputs]
+    if kernel.same_format:
+        operands = [formats.get(i, "ND") for i, s in zip(node.inputs, shapes, strict=True)
+                    if i and math.prod(s) > 1]
+        chosen = next((f for f in operands if f not in STANDARD), None)
+        if chosen is None:
+            return None  # standard operands: the portable kernel is as good
+        in_formats = [None if not i else chosen if math.prod(s) > 1 else "ND"
+                      for i, s in zip(node.inputs, shapes, strict=True)]
+        out = chosen
+    else:
+        in_formats = [kernel.accepted(p)[0] if i else None for p, i in enumerate(node.inputs)]
+        out = kernel.output
+    out_shape = graph.types[node.outputs[0]].shape
+    values = [graph.consts.get(i) if i else None for i in node.inputs]
+    if not supports(node.op_type, node.attrs, graph.opset, in_formats, shapes, out, out_shape, values):
+        return None
+    return in_formats, out
+
+
+def _wanted(node: Node, position: int, graph: Graph, target: Target, formats: dict[str, str]) -> str:
+    plan = native_plan(node, graph, target, formats)
+    if plan is not None and plan[0][position] is not None:
+        return plan[0][position]
+    return natural_format(len(graph.types[node.inputs[position]].shape), target)
+
+
+def assign(structures: dict[str, dict], variables: dict, target: Target) -> dict[str, str]:
+    """Bundle-level step: each variable's one format, minimising the bytes TransData moves.
+
+    Cost of a candidate format = (bytes converted per inference: for each reading graph, the variable's
+    storage bytes once per distinct format its readers want other than the candidate; bytes converted
+    per refresh: once per writing graph, which computes standard layouts). Reads are compared first
+    because they happen on every inference; ties go to the natural (standard) format.
     """
     graphs = {name: Graph.from_json(s) for name, s in structures.items()}
     chosen: dict[str, str] = {}
     for name, var in variables.items():
-        ttype = TensorType(tuple(var["shape"]), var["dtype"])
-        natural = natural_format(len(ttype.shape), target)
-        candidates = [f for f in target.formats if f == natural or f not in ("NCHW", "ND")]
-        consumers = {g: graphs[g].consumers().get(name, []) for g in var["readers"]}
+        shape = tuple(var["shape"])
+        natural = natural_format(len(shape), target)
+        candidates = [natural] + [f for f in target.formats if f not in STANDARD and accepts(f, shape)]
+        nbytes = math.prod(storage_shape(natural, shape))
 
-        def cost(fmt: str, consumers: dict = consumers, ttype: TensorType = ttype) -> int:
-            # insert() converts a value once per graph and destination format, however many nodes read it
-            return sum(ttype.nbytes * len({target.kernel(n.op_type).inputs[0] for n in nodes
-                                           if fmt not in target.kernel(n.op_type).inputs})
-                       for nodes in consumers.values())
+        def cost(fmt: str, name: str = name, var: dict = var, nbytes: int = nbytes,
+                 natural: str = natural) -> tuple[int, int, bool]:
+            reads = 0
+            for g in var["readers"]:
+                graph = graphs[g]
+                formats = {v: fmt if v == name else natural_format(len(graph.types[v].shape), target)
+                           for v in [*graph.inputs, *graph.weights, *graph.consts]}
+                wanted = {_wanted(n, p, graph, target, formats) for n in graph.consumers().get(name, [])
+                          for p, i in enumerate(n.inputs) if i == name}
+                reads += nbytes * sum(1 for w in wanted if not same_layout(w, fmt))
+            writes = nbytes * len(var["writers"]) * (fmt not in STANDARD)
+            return reads, writes, fmt != natural
 
-        chosen[name] = min(candidates, key=lambda f: (cost(f), f != natural, f))
+        chosen[name] = min(candidates, key=lambda f, cost=cost: (*cost(f), f))
     return chosen
 
 
 def insert(structure: dict, var_formats: dict[str, str], target: Target) -> dict:
-    """Per-graph step: give every value a format; insert TransData where a consumer cannot take it.
-
-    Graph outputs that write a variable are converted to that variable's stored format, so an update
-    writes the stored bytes in place; other outputs return to the natural layout users read.
-    """
+    """Per-graph step: every value's format, TransData nodes where a reader needs another, native nodes."""
     graph = Graph.from_json(structure)
     formats = {v: var_formats.get(v, natural_format(len(graph.types[v].shape), target))
                for v in [*graph.inputs, *graph.weights, *graph.consts]}
+    foldable = {w for w in graph.weights if w not in var_formats}  # constants: convert the stored bytes
     converted: dict[tuple[str, str], str] = {}
     nodes: list[Node] = []
+    native: list[str] = []
 
     def convert(value: str, dst: str) -> str:
-        if formats[value] == dst:
+        if same_layout(formats[value], dst):
             return value
-        key = (value, dst)
-        if key not in converted:
+        if value in foldable:
+            formats[value] = dst  # the first reader decides the stored format of a constant
+            foldable.discard(value)
+            return value
+        if (value, dst) not in converted:
             out = f"{value}@{dst}"
             nodes.append(Node(f"TransData_{out}", "TransData", [value], [out],
                               {"src_format": formats[value], "dst_format": dst}))
             graph.types[out] = graph.types[value]
             formats[out] = dst
-            converted[key] = out
-        return converted[key]
+            converted[value, dst] = out
+        return converted[value, dst]
 
     for node in graph.nodes:
-        kernel = target.kernel(node.op_type)
-        node.inputs = [convert(i, kernel.inputs[0]) if i and formats[i] not in kernel.inputs else i
-                       for i in node.inputs]
+        plan = native_plan(node, graph, target, formats)
+        wanted = plan[0] if plan else [natural_format(len(graph.types[i].shape), target) if i else None
+                                       for i in node.inputs]
+        node.inputs = [convert(i, w) if i else i for i, w in zip(node.inputs, wanted, strict=True)]
+        foldable.difference_update(node.inputs)  # a constant read as it is keeps its format
         nodes.append(node)
-        for out in node.outputs:
+        for index, out in enumerate(node.outputs):
             if out:
-                formats[out] = _output_format(kernel.output, len(graph.types[out].shape), target)
-    graph.nodes, graph.formats = nodes, formats
+                rank = len(graph.types[out].shape)
+                formats[out] = plan[1] if plan and index == 0 else natural_format(rank, target)
+        if plan:
+            native.append(node.name)
+    graph.nodes, graph.formats, graph.native = nodes, formats, native
     for out in graph.outputs:
         wanted = var_formats.get(out, natural_format(len(graph.types[out].shape), target))
-        if formats[out] != wanted:
+        if not same_layout(formats[out], wanted):
             _convert_output(graph, out, wanted)
     return graph.to_json()
-
-
-def _output_format(produced: str, rank: int, target: Target) -> str:
-    """ND and NCHW name the same row-major bytes: a standard-layout result is labelled by its rank."""
-    return natural_format(rank, target) if produced in ("ND", "NCHW") else produced
 
 
 def _convert_output(graph: Graph, out: str, dst: str) -> None:
@@ -95,6 +157,12 @@ def _convert_output(graph: Graph, out: str, dst: str) -> None:
     graph.formats[out] = dst
     graph.nodes.append(Node(f"TransData_{out}", "TransData", [pre], [out],
                             {"src_format": graph.formats[pre], "dst_format": dst}))
+
+
+def weight_formats(structure: dict) -> dict[str, str]:
+    """The stored format of each weight of a formatted graph (what formats.weights converts to)."""
+    formats = structure.get("formats", {})
+    return {w: formats.get(w, "ND") for w in structure["weights"]}
 
 
 def transdata_count(structure: dict) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BundleIOError
+from ..runtime.formats import storage_shape
 
 NAME = "pack"
 VERSION = "1"
@@ -29,7 +30,9 @@ def manifest(name: str, target: str, graphs: list[dict], variables: dict, var_fo
         "graphs": [{"name": g["name"], "role": g["role"], "options": g["options"], "program": g["program"],
                     "bindings": storage["bindings"].get(g["name"], {})} for g in graphs],
         "variables": [{"name": n, "shape": v["shape"], "dtype": v["dtype"], "format": var_formats[n],
-                       "nbytes": int(np.prod(v["shape"], dtype=np.int64)) * np.dtype(v["dtype"]).itemsize,
+                       "storage": list(storage_shape(var_formats[n], tuple(v["shape"]))),
+                       "nbytes": int(np.prod(storage_shape(var_formats[n], tuple(v["shape"])), dtype=np.int64))
+                       * np.dtype(v["dtype"]).itemsize,
                        "readers": v["readers"], "writers": v["writers"], "source": v["source"],
                        "initial": storage["initial"].get(n)} for n, v in sorted(variables.items())],
         "constants": {cid: {**c, "array": f"constants/{cid}"} for cid, c in sorted(storage["constants"].items())},

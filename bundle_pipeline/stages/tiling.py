@@ -11,7 +11,7 @@ from ..ir.graph import Graph, Node, TensorType
 from ..targets import Target
 
 NAME = "tiling"
-VERSION = "2"
+VERSION = "3"
 TILED_OPS = frozenset({"Conv", "MatMul", "Gemm"})  # the kernels whose workspace grows with the problem
 
 
@@ -27,13 +27,18 @@ def run(structure: dict, target: Target, memo: Memo | None = None) -> dict[str, 
     budget = int(target.buffers["workspace_bytes"])
     memo = memo or (lambda _signature, decide: decide())
     plan: dict[str, dict] = {}
+    native = set(graph.native)
     for node in graph.nodes:
         if node.op_type not in TILED_OPS:
             continue
         types = [graph.types[i] if i else None for i in node.inputs]
         output = graph.types[node.outputs[0]]
-        signature = kernel_signature(node, types, output, graph, budget)
-        tiling = memo(signature, lambda node=node, types=types, output=output: choose(node, types, output, budget))
+        if node.name in native:  # the target's cube unit: search tile shapes against its buffers
+            signature = {**kernel_signature(node, types, output, graph, 0), "buffers": target.buffers}
+            tiling = memo(signature, lambda n=node, t=types, o=output: search_native(n, t, o, target))
+        else:
+            signature = kernel_signature(node, types, output, graph, budget)
+            tiling = memo(signature, lambda n=node, t=types, o=output: choose(n, t, o, budget))
         if tiling:
             plan[node.name] = tiling
     return plan
@@ -45,6 +50,25 @@ def kernel_signature(node: Node, inputs: list[TensorType | None], output: Tensor
     return {"op": node.op_type, "attrs": node.to_json()["attrs"],
             "inputs": [t.to_json() if t else None for t in inputs], "output": output.to_json(),
             "formats": [graph.format_of(i) if i else None for i in node.inputs], "budget": budget}
+
+
+def search_native(node: Node, inputs: list[TensorType | None], output: TensorType, target: Target) -> dict:
+    """Tile shapes (multiples of 16) for a native cube kernel: the argmin of tiling_search's cost model."""
+    from .tiling_search import Buffers, search_conv, search_matmul
+
+    buffers = Buffers.from_target(target.buffers)
+    in_bytes, out_bytes = np.dtype(inputs[0].dtype).itemsize, np.dtype(output.dtype).itemsize
+    if node.op_type == "Conv":
+        (n, c, h, w), (o, _, kh, kw) = inputs[0].shape, inputs[1].shape
+        found = search_conv(n, c, h, w, o, kh, kw, output.shape[2], output.shape[3], in_bytes, out_bytes, buffers)
+    else:
+        a, b = inputs[0].shape, inputs[1].shape
+        trans_a = node.op_type == "Gemm" and node.attrs.get("transA", 0)
+        trans_b = node.op_type == "Gemm" and node.attrs.get("transB", 0)
+        m, k = (a[-1], a[-2]) if trans_a else (a[-2], a[-1])
+        n = b[-2] if trans_b else b[-1]
+        found = search_matmul(m, n, k, in_bytes, out_bytes, buffers)
+    return found
 
 
 def choose(node: Node, inputs: list[TensorType | None], output: TensorType, budget: int) -> dict | None:

@@ -11,13 +11,25 @@ import yaml
 from ..errors import ParamInvalid
 from ..ir.hashing import hash_json
 
-KNOWN_TARGETS = ("cpu",)
+KNOWN_TARGETS = ("cpu", "npu")
+STANDARD = ("ND", "NCHW")  # same row-major bytes; the layouts users feed and read
 
 
 @dataclass(frozen=True)
 class KernelFormats:
-    inputs: tuple[str, ...]  # formats the kernel accepts on every input
-    output: str  # format it produces
+    """Formats one kernel takes and gives. ``inputs`` has one tuple per input position (the last repeats);
+    ``output`` is a format, or ``SAME`` for elementwise kernels whose operands share one format."""
+
+    inputs: tuple[tuple[str, ...], ...]
+    output: str
+    native: bool  # False: the target's fallback (standard layouts, cpu kernels)
+
+    def accepted(self, position: int) -> tuple[str, ...]:
+        return self.inputs[min(position, len(self.inputs) - 1)]
+
+    @property
+    def same_format(self) -> bool:
+        return self.output == "SAME"
 
 
 @dataclass(frozen=True)
@@ -32,12 +44,18 @@ class Target:
         return self.kernels.get(op_type, self.kernels["default"])
 
 
+def _kernel_formats(entry: dict, native: bool) -> KernelFormats:
+    raw = entry["inputs"]
+    per_position = raw if raw and isinstance(raw[0], list) else [raw]
+    return KernelFormats(tuple(tuple(p) for p in per_position), entry["outputs"], native)
+
+
 @cache
 def get_target(name: str) -> Target:
     if name not in KNOWN_TARGETS:
-        hint = " (the npu target is not built yet)" if name == "npu" else ""
-        raise ParamInvalid(f"unknown target {name!r}{hint}; available: {', '.join(KNOWN_TARGETS)}", "target")
+        raise ParamInvalid(f"unknown target {name!r}; available: {', '.join(KNOWN_TARGETS)}", "target")
     raw = yaml.safe_load(resources.files(__package__).joinpath(f"{name}.yaml").read_text())
-    kernels = {op: KernelFormats(tuple(k["inputs"]), k["outputs"]) for op, k in raw["kernels"].items()}
+    native = bool(raw.get("native_kernels", False))
+    kernels = {op: _kernel_formats(k, native and op != "default") for op, k in raw["kernels"].items()}
     return Target(name=raw["name"], formats=tuple(raw["formats"]), buffers=dict(raw["buffers"]),
                   kernels=kernels, fingerprint=hash_json(raw))

@@ -28,7 +28,8 @@ def bundle_tasks(spec: BundleSpec) -> list[Task]:
 
     Steps: parse (structure + weight refs from the ONNX file), parse.weights (weight table: reads
     external-data files only when they changed), dedupe, formats.assign (bundle-level variable
-    formats), formats, tiling, codegen (per graph), pack.
+    formats), formats, tiling, codegen (per graph), formats.weights (constants converted to their
+    stored formats), pack.
     """
     b, target = spec.name, spec.target
     ids = {(stage, g.name): f"{b}/{stage}:{g.name}" for g in spec.graphs
@@ -58,10 +59,14 @@ def bundle_tasks(spec: BundleSpec) -> list[Task]:
                                                   Dep("tiling", ids["tiling", g.name], "tiling"),
                                                   Dep("variables", dedupe_id, "variables")],
                            {"role": g.role, "options": options_for("codegen", _options(g)), "target": target}))
+    formatted = [Dep(f"structure:{g.name}", ids["formats", g.name], "structure") for g in spec.graphs]
+    tasks.append(_task(b, "formats.weights", None, [*formatted, Dep("storage", dedupe_id, "storage"),
+                                                    Dep("var_formats", assign_id, "var_formats")],
+                       {"graphs": [g.name for g in spec.graphs]}))
     program_deps = [Dep(f"program:{g.name}", ids["codegen", g.name], "program") for g in spec.graphs]
     tasks.append(_task(b, "pack", None, [*program_deps, Dep("variables", dedupe_id, "variables"),
                                          Dep("var_formats", assign_id, "var_formats"),
-                                         Dep("storage", dedupe_id, "storage")],
+                                         Dep("stored", f"{b}/formats.weights", "stored")],
                        {"name": b, "target": target,
                         "graphs": [{**g, "options": _options(spec.graphs[i])} for i, g in enumerate(graph_list)]},
                        {"out": spec.output}))

@@ -14,6 +14,7 @@ from pathlib import Path
 from ..cache import Cache
 from ..ir.external import ExternalRef
 from ..ir.hashing import hash_json
+from ..runtime.formats import STANDARD, storage_shape, to_format
 from ..stages import codegen, dedupe, formats, pack, parse, tiling
 from ..targets import get_target
 from .kernel_cache import KernelCache
@@ -85,6 +86,48 @@ def step_formats(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, 
     return {"structure": cache.put_json(structure)}
 
 
+def step_weight_formats(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, str]:
+    """Constants and variable initial values converted to the formats their readers store them in.
+
+    A conversion is remembered per (tensor hash, format), so after a weight edit only the changed
+    tensors are converted again. Standard layouts (ND/NCHW) are the parsed bytes themselves.
+    """
+    storage = cache.get_json(inputs["storage"])
+    var_formats = cache.get_json(inputs["var_formats"])
+    wanted = {g: formats.weight_formats(cache.get_json(inputs[f"structure:{g}"])) for g in task.params["graphs"]}
+    stored, bindings, initial = {}, {}, {}
+
+    def place(cid: str, fmt: str) -> str:
+        sid = cid if fmt in STANDARD else f"{cid}@{fmt}"
+        if sid not in stored:
+            const = storage["constants"][cid]
+            digest = _transformed(cache, const["hash"], fmt)
+            shape = tuple(const["shape"])
+            stored[sid] = {**const, "hash": digest, **({"format": fmt, "storage": list(storage_shape(fmt, shape))}
+                                                       if fmt not in STANDARD else {})}
+        return sid
+
+    for graph, bound in storage["bindings"].items():
+        bindings[graph] = {w: place(cid, wanted[graph].get(w, "ND")) for w, cid in sorted(bound.items())}
+    for var, cid in sorted(storage["initial"].items()):
+        initial[var] = place(cid, var_formats.get(var, "ND"))
+    result = {"constants": dict(sorted(stored.items())), "bindings": bindings, "initial": initial,
+              "tensors": {c["hash"]: c["hash"] for c in stored.values()}}
+    return {"stored": cache.put_json(result)}
+
+
+def _transformed(cache: Cache, digest: str, fmt: str) -> str:
+    if fmt in STANDARD:
+        return digest
+    memo = hash_json({"transform": digest, "format": fmt, "version": formats.VERSION})
+    record = cache.get_action(memo)
+    if record is not None and cache.has_tensor(record["tensor"]):
+        return record["tensor"]
+    converted = cache.put_tensor(to_format(cache.get_tensor(digest), fmt))
+    cache.put_action(memo, {"tensor": converted})
+    return converted
+
+
 def step_tiling(task: Task, cache: Cache, inputs: dict[str, str]) -> dict:
     target = get_target(task.params["target"])
     kernels = KernelCache(cache, "tiling", tiling.VERSION, target.fingerprint)
@@ -102,7 +145,7 @@ def step_codegen(task: Task, cache: Cache, inputs: dict[str, str]) -> dict:
 
 def step_pack(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, str]:
     graphs = [{**g, "program": cache.get_json(inputs[f"program:{g['name']}"])} for g in task.params["graphs"]]
-    storage = cache.get_json(inputs["storage"])
+    storage = cache.get_json(inputs["stored"])
     meta = pack.manifest(task.params["name"], task.params["target"], graphs, cache.get_json(inputs["variables"]),
                          cache.get_json(inputs["var_formats"]), storage)
     digest = pack.run(meta, cache.export_tensor, task.context["out"])
@@ -111,8 +154,9 @@ def step_pack(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, str
 
 STEPS: dict[str, Step] = {
     "parse": step_parse, "parse.weights": step_weights, "dedupe": step_dedupe, "formats.assign": step_formats_assign,
+    "formats.weights": step_weight_formats,
     "formats": step_formats, "tiling": step_tiling, "codegen": step_codegen, "pack": step_pack,
 }
 VERSIONS = {"parse": parse.VERSION, "parse.weights": parse.VERSION, "dedupe": dedupe.VERSION,
-            "formats.assign": formats.VERSION, "formats": formats.VERSION, "tiling": tiling.VERSION,
-            "codegen": codegen.VERSION, "pack": pack.VERSION}
+            "formats.assign": formats.VERSION, "formats.weights": formats.VERSION, "formats": formats.VERSION,
+            "tiling": tiling.VERSION, "codegen": codegen.VERSION, "pack": pack.VERSION}
