@@ -13,7 +13,7 @@ from ..tasks.runner import BuildContext
 from ..tasks.task import TaskResult
 from .dag import build_dag
 from .rebuild import Plan, plan, remember
-from .schedule import check_scheduler, run_stale
+from .schedule import Event, Observer, check_scheduler, run_stale
 
 
 @dataclass
@@ -58,21 +58,28 @@ def status(specs: list[BundleSpec]) -> Plan:
 
 
 def build(spec: BundleSpec, scheduler: str | None = None, force: bool = False,
-          workers: int | None = None) -> BuildReport:
-    return build_many([spec], scheduler, force, workers)[0]
+          workers: int | None = None, on_event: Observer | None = None) -> BuildReport:
+    return build_many([spec], scheduler, force, workers, on_event)[0]
 
 
 def build_many(specs: list[BundleSpec], scheduler: str | None = None, force: bool = False,
-               workers: int | None = None) -> list[BuildReport]:
-    """One DAG for all bundles, so they share workers and the kernel cache."""
+               workers: int | None = None, on_event: Observer | None = None) -> list[BuildReport]:
+    """One DAG for all bundles, so they share workers and the kernel cache.
+
+    ``on_event`` (progress displays, build profiles) gets ``Event("plan", data={"dag", "plan", "started",
+    "finished"})`` once the up-to-date tasks are known, then the scheduler's "start"/"finish" events.
+    """
     check_scheduler(scheduler, workers)
     start = time.perf_counter()
+    started = time.time()
     tasks, dag, ctxs = prepare(specs, force)
     found = plan(dag, ctxs, {s.name: identity(s) for s in specs})
+    if on_event:
+        on_event(Event("plan", data={"dag": dag, "plan": found, "started": started, "finished": time.time()}))
     stale = list(found.stale)  # topological order, as plan walked them
     results = dict(found.resolved)
     if stale:
-        results.update(run_stale(dag, stale, found.resolved, ctxs, scheduler, workers))
+        results.update(run_stale(dag, stale, found.resolved, ctxs, scheduler, workers, on_event))
     seconds = time.perf_counter() - start
     reports = []
     for spec in specs:

@@ -3,12 +3,20 @@
 Only small references travel between tasks: each task returns a ``TaskResult`` of content hashes,
 and reads and writes data through the cache. Already-resolved upstream results are passed in as
 literal values, so the scheduler never sees the up-to-date part of the DAG.
+
+Observers (``on_event``) get ``Event("start", task_id)`` when a local scheduler hands a task to a worker
+and ``Event("finish", task_id, result)`` when its result is back; with ``distributed`` only "finish"
+(the result's ``extra`` says on which worker and when it ran, for every scheduler). Ctrl-C
+(KeyboardInterrupt) stops handing out tasks, waits for the running ones (each writes atomically) and re-raises.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import networkx as nx
 
@@ -17,6 +25,20 @@ from ..tasks.runner import BuildContext, execute_task
 from ..tasks.task import TaskResult
 
 SCHEDULERS = ("sync", "threads", "processes", "tcp://HOST:PORT")
+
+
+@dataclass
+class Event:
+    """A build event for observers: "plan" (from build_many), "start" or "finish" of one task."""
+
+    kind: str
+    task: str | None = None
+    result: TaskResult | None = None
+    at: float = field(default_factory=time.time)  # epoch seconds
+    data: dict = field(default_factory=dict)  # "plan": {"dag", "plan", "started", "finished"}
+
+
+Observer = Callable[[Event], None]
 
 
 def check_scheduler(scheduler: str | None, workers: int | None) -> None:
@@ -30,45 +52,81 @@ def check_scheduler(scheduler: str | None, workers: int | None) -> None:
 
 
 def run_stale(dag: nx.DiGraph, stale: list[str], resolved: dict[str, TaskResult], ctxs: dict[str, BuildContext],
-              scheduler: str | None, workers: int | None) -> dict[str, TaskResult]:
+              scheduler: str | None, workers: int | None, on_event: Observer | None = None) -> dict[str, TaskResult]:
     """Execute the stale tasks; return their results by task id."""
     graph = {}
     for tid in stale:
         task = dag.nodes[tid]["task"]
         upstream = [resolved.get(p, p) for p in sorted(dag.predecessors(tid))]  # literal when resolved
         graph[tid] = (execute_task, task, ctxs[task.bundle], *upstream)
-    with _getter(scheduler, workers) as get:
+    notify = on_event or (lambda event: None)
+    with _getter(scheduler, workers, notify) as get:
         values = get(graph, stale)
     return dict(zip(stale, values, strict=True))
 
 
 @contextmanager
-def _getter(scheduler: str | None, workers: int | None) -> Iterator:
+def _getter(scheduler: str | None, workers: int | None, notify: Observer) -> Iterator:
     if scheduler is None and workers is not None:
-        with _local_cluster(workers) as get:
-            yield get
+        with _local_cluster(workers) as client:
+            yield _distributed_getter(client, notify)
         return
     if scheduler is not None and scheduler.startswith("tcp://"):
         from distributed import Client
 
         with Client(scheduler, set_as_default=False) as client:
-            yield client.get
+            yield _distributed_getter(client, notify)
         return
-    yield _local_getter(scheduler or "threads", workers)
+    with _local_getter(scheduler or "threads", workers, notify) as get:
+        yield get
 
 
-def _local_getter(scheduler: str, workers: int | None):
+@contextmanager
+def _local_getter(scheduler: str, workers: int | None, notify: Observer) -> Iterator:
+    """dask's local schedulers with callbacks; the thread pool is ours so Ctrl-C can wait for running tasks."""
     import dask
+    from dask.callbacks import Callback, normalize_callback
 
+    ours = Callback(pretask=lambda key, dsk, state: notify(Event("start", key)),
+                    posttask=lambda key, result, dsk, state, worker_id: notify(Event("finish", key, result)))
+    callbacks = [*Callback.active, normalize_callback(ours)]  # a caller's `with ProgressBar():` still works
     if scheduler == "sync":
-        return dask.get
-    if scheduler == "threads":
-        import dask.threaded
+        yield lambda graph, keys: dask.get(graph, keys, callbacks=callbacks)
+        return
+    if scheduler == "processes":
+        import dask.multiprocessing
 
-        return lambda graph, keys: dask.threaded.get(graph, keys, num_workers=workers)
-    import dask.multiprocessing
+        yield lambda graph, keys: dask.multiprocessing.get(graph, keys, num_workers=workers, callbacks=callbacks)
+        return
+    from concurrent.futures import ThreadPoolExecutor
 
-    return lambda graph, keys: dask.multiprocessing.get(graph, keys, num_workers=workers)
+    import dask.threaded
+
+    pool = ThreadPoolExecutor(workers or os.cpu_count() or 1, thread_name_prefix="bundle-pipeline")
+    try:
+        yield lambda graph, keys: dask.threaded.get(graph, keys, pool=pool, callbacks=callbacks)
+    finally:  # on Ctrl-C too: no new task starts; the running ones finish their atomic writes
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _distributed_getter(client, notify: Observer):
+    """``client.get`` that reports each task as its result arrives."""
+
+    def get(graph: dict, keys: list[str]) -> list[TaskResult]:
+        from distributed import as_completed
+
+        futures = client.get(graph, keys, sync=False)
+        by_key = {f.key: f for f in futures}
+        try:
+            for future in as_completed(futures, loop=client.loop):
+                result = future.result()  # re-raises the task's own exception (e.g. a BundleError)
+                notify(Event("finish", future.key, result))
+        except BaseException:
+            client.cancel(futures)
+            raise
+        return [by_key[k].result() for k in keys]
+
+    return get
 
 
 @contextmanager
@@ -78,4 +136,4 @@ def _local_cluster(workers: int) -> Iterator:
 
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                       silence_logs=40) as cluster, Client(cluster, set_as_default=False) as client:
-        yield client.get
+        yield client

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,10 +56,11 @@ def cached_result(task: Task, found: Lookup) -> TaskResult:
 
 def execute_task(task: Task, ctx: BuildContext, *upstream_results: TaskResult) -> TaskResult:
     """Constructive trace with early cutoff: the key reads input content hashes, never upstream keys."""
+    start = time.time()
     cache = Cache(ctx.cache_root)
     found = lookup(task, ctx, {r.id: r for r in upstream_results}, cache)
     if found.record is not None:
-        return cached_result(task, found)
+        return _stamped(cached_result(task, found), start)
     outputs, seconds = timed(STEPS[task.step], task, cache, found.inputs)
     extra = outputs.pop("_extra", {}) if isinstance(outputs.get("_extra"), dict) else {}
     record = {"task": task.id, "outputs": outputs, "seconds": seconds, "inputs": found.inputs,
@@ -63,7 +68,26 @@ def execute_task(task: Task, ctx: BuildContext, *upstream_results: TaskResult) -
     if task.step == "pack":
         record["stamp"] = output_stamp(task.context["out"])
     cache.put_action(found.key, record)
-    return TaskResult(task.id, task.stage, task.graph, found.key, outputs, "ran", seconds, extra)
+    return _stamped(TaskResult(task.id, task.stage, task.graph, found.key, outputs, "ran", seconds, extra), start)
+
+
+def _stamped(result: TaskResult, start: float) -> TaskResult:
+    """Where and when a task executed, for build profiles: wall-clock start/stop (epoch seconds) and worker."""
+    result.extra.update(start=start, stop=time.time(), worker=worker_name(), pid=os.getpid(),
+                        thread=threading.current_thread().name)
+    return result
+
+
+def worker_name() -> str:
+    """The dask.distributed worker's address when running on one, else ``host:pid``."""
+    if "distributed" in sys.modules:
+        try:
+            from distributed import get_worker
+
+            return str(get_worker().address)
+        except ValueError:  # not inside a distributed worker
+            pass
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _still_valid(task: Task, record: dict, cache: Cache) -> bool:
