@@ -162,12 +162,16 @@ def inspect(
         other = g.get("arena_bytes_by_reuse") or {}
         flipped = "off" if g.get("reuse_memory", True) else "on"
         alt = f" (reuse {flipped}: {other[flipped]} B)" if flipped in other else ""
-        typer.echo(f"  graph {g['name']:<16} {g['role']:<7} steps {g['steps']:<5} transdata {g['transdata']:<3} "
-                   f"arena {g['arena_bytes']} B{alt}  options {g['options']}")
+        typer.echo(f"  graph {g['name']:<16} {g['role']:<7} steps {g['steps']:<5} native {g['native_steps']:<4} "
+                   f"transdata {g['transdata']} ({g['transdata_bytes']} B)  arena {g['arena_bytes']} B{alt}  "
+                   f"options {g['options']}")
+        for k in g["kernels"]:
+            typer.echo(f"      {k['op']:<8} {k['node']:<24} {'native' if k['native'] else 'portable':<8} {k['tiling']}")
     for v in info["variables"]:
         typer.echo(f"  var   {v['name']:<24} {v['dtype']}{v['shape']} {v['format']:<6} {v['nbytes']} B  "
                    f"readers {','.join(v['readers'])}  writers {','.join(v['writers']) or '-'}")
-    typer.echo(f"  constants {info['constants']['count']} ({info['constants']['nbytes']} B, stored once each)")
+    typer.echo(f"  constants {info['constants']['count']} ({info['constants']['nbytes']} B, stored once each; "
+               f"{info['constants']['converted']} stored in a target format)")
 
 
 @cache_app.command("info")
