@@ -1,4 +1,6 @@
-"""The bundle-pipeline command line (typer): run, exec, inspect, cache. Errors print one line, no traceback."""
+"""The bundle-pipeline command line (typer): run, status, explain, dag, exec, inspect, split, cache.
+
+Errors print one line, no traceback."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from .errors import BundleError, ParamInvalid
+from .errors import BundleError, BundleIOError, ParamInvalid
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compile bundles of ONNX graphs that share weights into one offline model.")
@@ -49,12 +51,34 @@ def run(
     = None,
     workers: Annotated[int | None, typer.Option(help="worker count; alone, a LocalCluster of N processes")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON report line per bundle")] = False,
+    profile: Annotated[Path | None, typer.Option(help="write a Chrome trace of the build here (open it in "
+                                                      "ui.perfetto.dev or chrome://tracing)")] = None,
 ) -> None:
-    """Build bundles in one DAG; a second run of an unchanged spec executes no task."""
-    from .pipeline import build_many
+    """Build bundles in one DAG; a second run of an unchanged spec executes no task.
 
-    loaded = _load_specs(specs, target, out, cache)
-    for report in build_many(loaded, scheduler=scheduler, force=force, workers=workers):
+    On a terminal a live display shows each stage's progress, cache hits and the running tasks; in a pipe,
+    one plain line per task that runs (on stderr); with --json, nothing but the reports. Ctrl-C waits for
+    the running tasks (each writes atomically), leaves the previous bundle in place and exits with 130.
+    """
+    from .pipeline import build_many
+    from .pipeline.progress import fan_out, show_progress
+
+    try:
+        loaded = _load_specs(specs, target, out, cache)
+        recorder = None
+        if profile is not None:
+            from .pipeline.profile import TraceRecorder
+
+            recorder = TraceRecorder()
+        with show_progress(as_json) as display:
+            reports = build_many(loaded, scheduler=scheduler, force=force, workers=workers,
+                                 on_event=fan_out([display, recorder]))
+        if recorder is not None:
+            recorder.write(profile)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: unfinished tasks left no output; the previous bundle is unchanged", err=True)
+        raise typer.Exit(130) from None
+    for report in reports:
         ran = sum(t.status == "ran" for t in report.tasks)
         if as_json:
             typer.echo(json.dumps(report.to_json()))
@@ -104,6 +128,36 @@ def explain(
 
     for line in explain_task(_load_specs([spec], target, None, cache)[0], task):
         typer.echo(line)
+
+
+@app.command()
+@one_line_errors
+def dag(
+    specs: SpecsArg,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="dot | json | html")] = "dot",
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="write to this file instead of stdout")] = None,
+    target: TargetOpt = None,
+    cache: CacheOpt = None,
+) -> None:
+    """Draw the task graph: each task's stage, graph, status (cached / stale / maybe) and recorded duration.
+
+    dot is Graphviz input; json is {"nodes", "edges", ...}; html is one self-contained page (inline SVG,
+    no network) that draws the DAG in a browser.
+    """
+    from .pipeline.dagview import FORMATS, render, task_graph
+
+    if fmt not in FORMATS:
+        raise ParamInvalid(f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}", "--format")
+    text = render(task_graph(_load_specs(specs, target, None, cache)), fmt)
+    if out is None:
+        typer.echo(text, nl=not text.endswith("\n"))
+        return
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    except OSError as err:
+        raise BundleIOError(f"cannot write: {err.strerror or err}", str(out)) from None
+    typer.echo(f"wrote {out}", err=True)
 
 
 def _load_specs(paths: list[Path], target: str | None, out: str | None, cache: str | None) -> list:
