@@ -60,10 +60,10 @@ def run(
     one plain line per task that runs (on stderr); with --json, nothing but the reports. Ctrl-C waits for
     the running tasks (each writes atomically), leaves the previous bundle in place and exits with 130.
     """
-    from .pipeline import build_many
-    from .pipeline.progress import fan_out, show_progress
-
     try:
+        from .pipeline import build_many
+        from .pipeline.progress import fan_out, show_progress
+
         loaded = _load_specs(specs, target, out, cache)
         recorder = None
         if profile is not None:

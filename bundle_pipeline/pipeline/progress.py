@@ -92,8 +92,8 @@ class PlainProgress:
 
     def close(self, interrupted: bool = False) -> None:
         if interrupted:
-            self._line(f"interrupted after {self.counts.finished} of {self.counts.to_run} tasks "
-                       f"({self.counts.elapsed():.1f}s)")
+            self._line(f"interrupted at {self.counts.elapsed():.1f}s: {self.counts.finished} of "
+                       f"{self.counts.to_run} tasks had finished")
 
     def _line(self, text: str) -> None:
         self.stream.write(text + "\n")
@@ -151,7 +151,8 @@ class RichProgress:
             self.live.stop()
             self.live = None
         if interrupted:
-            self.stream.write(f"interrupted after {self.counts.finished} of {self.counts.to_run} tasks\n")
+            self.stream.write(f"interrupted at {self.counts.elapsed():.1f}s: {self.counts.finished} of "
+                              f"{self.counts.to_run} tasks had finished\n")
             self.stream.flush()
 
 
