@@ -38,7 +38,8 @@ def test_run_json_then_noop(tmp_path):
     assert stages == {"parse", "dedupe", "formats", "tiling", "codegen", "pack"}
     for t in report["tasks"]:
         assert set(t) == {"id", "stage", "graph", "status", "seconds"} and t["status"] == "ran"
-        assert (t["graph"] is None) == (t["stage"] in ("dedupe", "pack") or t["id"].endswith("formats.assign"))
+        assert (t["graph"] is None) == (t["stage"] in ("dedupe", "pack") or t["id"].endswith(("formats.assign",
+                                                                                               "formats.weights")))
     second = json.loads(run_cli("run", str(demo / "bundle.yaml"), "--json").stdout.strip().splitlines()[-1])
     assert {t["status"] for t in second["tasks"]} == {"cached"} and second["digest"] == report["digest"]
 

@@ -70,7 +70,7 @@ def test_cann_spellings_are_aliases_of_the_snake_case_keys():
                          "out_nodes, precision_mode (CANN spellings ge.exec.disableReuseMemory"),
     ({"input_format": "NC1HWC0"}, "use one of: NCHW, NHWC, ND"),
     ({"op_select_implmode": "fast"}, "use one of: high_precision, high_performance"),
-    ({"precision_mode": "allow_fp32_to_fp16"}, "npu target"),
+    ({"precision_mode": "allow_mix_precision"}, "use allow_fp32_to_fp16"),
     ({"ge.exec.precision_mode": "force_fp32"}, "must_keep_origin_dtype"),
     ({"input_shape": "x:1,a"}, "malformed"),
     ({"input_shape": "x:1;x:2"}, "twice"),

@@ -69,34 +69,61 @@ def _wanted(node: Node, position: int, graph: Graph, target: Target, formats: di
 def assign(structures: dict[str, dict], variables: dict, target: Target) -> dict[str, str]:
     """Bundle-level step: each variable's one format, minimising the bytes TransData moves.
 
-    Cost of a candidate format = (bytes converted per inference: for each reading graph, the variable's
-    storage bytes once per distinct format its readers want other than the candidate; bytes converted
-    per refresh: once per writing graph, which computes standard layouts). Reads are compared first
-    because they happen on every inference; ties go to the natural (standard) format.
+    Candidates are the natural (standard) layout and the formats the variable's readers' kernels want.
+    A candidate's cost is measured, not estimated: ``insert`` runs on every reading graph with the
+    variable in that format and the TransData bytes it adds are summed (so a conversion that an
+    elementwise kernel merely moves downstream still counts). Reads happen on every inference, so they
+    are compared first; then the bytes the writers (init/update graphs, which compute standard
+    layouts) convert per refresh; ties go to the natural layout.
     """
     graphs = {name: Graph.from_json(s) for name, s in structures.items()}
     chosen: dict[str, str] = {}
     for name, var in variables.items():
         shape = tuple(var["shape"])
         natural = natural_format(len(shape), target)
-        candidates = [natural] + [f for f in target.formats if f not in STANDARD and accepts(f, shape)]
-        nbytes = math.prod(storage_shape(natural, shape))
+        wanted = _wanted_formats(name, var, graphs, target)
+        candidates = [natural, *sorted(f for f in wanted if f not in STANDARD and accepts(f, shape))]
+        if len(candidates) == 1:
+            chosen[name] = natural
+            continue
+        nbytes = math.prod(storage_shape(natural, shape)) * _itemsize(var["dtype"])
 
         def cost(fmt: str, name: str = name, var: dict = var, nbytes: int = nbytes,
                  natural: str = natural) -> tuple[int, int, bool]:
-            reads = 0
-            for g in var["readers"]:
-                graph = graphs[g]
-                formats = {v: fmt if v == name else natural_format(len(graph.types[v].shape), target)
-                           for v in [*graph.inputs, *graph.weights, *graph.consts]}
-                wanted = {_wanted(n, p, graph, target, formats) for n in graph.consumers().get(name, [])
-                          for p, i in enumerate(n.inputs) if i == name}
-                reads += nbytes * sum(1 for w in wanted if not same_layout(w, fmt))
+            reads = sum(transdata_bytes(insert(structures[g], {name: fmt}, target)) for g in var["readers"])
             writes = nbytes * len(var["writers"]) * (fmt not in STANDARD)
             return reads, writes, fmt != natural
 
         chosen[name] = min(candidates, key=lambda f, cost=cost: (*cost(f), f))
     return chosen
+
+
+def _wanted_formats(name: str, var: dict, graphs: dict[str, Graph], target: Target) -> set[str]:
+    wanted = set()
+    for g in var["readers"]:
+        graph = graphs[g]
+        formats = {v: natural_format(len(graph.types[v].shape), target)
+                   for v in [*graph.inputs, *graph.weights, *graph.consts]}
+        wanted |= {_wanted(n, p, graph, target, formats) for n in graph.consumers().get(name, [])
+                   for p, i in enumerate(n.inputs) if i == name}
+    return wanted
+
+
+def _itemsize(dtype: str) -> int:
+    import numpy as np
+
+    return np.dtype(dtype).itemsize
+
+
+def transdata_bytes(structure: dict) -> int:
+    """Bytes TransData nodes read, in their source format's storage shape."""
+    total = 0
+    for node in structure["nodes"]:
+        if node["op"] == "TransData":
+            ttype = structure["types"][node["inputs"][0]]
+            src = node["attrs"]["src_format"]
+            total += math.prod(storage_shape(src, tuple(ttype["shape"]))) * _itemsize(ttype["dtype"])
+    return total
 
 
 def insert(structure: dict, var_formats: dict[str, str], target: Target) -> dict:

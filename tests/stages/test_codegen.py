@@ -170,15 +170,18 @@ agraph (float[1,2,5,5] x, float[3,2,3,3] k, float[4,6] a, float[6,5] b, float[5,
 """
 
 
-def test_force_fp16_marks_cube_steps_only():
+def test_allow_fp32_to_fp16_marks_cube_steps_only_and_force_fp16_also_rounds_vector_ops():
     s = structure(CUBES)
     plain = codegen.run(s, {}, {}, "infer", {"precision_mode": "must_keep_origin_dtype"})
     assert all("precision" not in step for step in plain["steps"])
+    allowed = codegen.run(s, {}, {}, "infer", {"precision_mode": "allow_fp32_to_fp16"})
+    marked = {step["op"]: step.get("precision") for step in allowed["steps"]}
+    assert marked == {"Conv": "fp16", "MatMul": None, "Gemm": "fp16", "Relu": None}
+    by_node = {tuple(step["outputs"]): step.get("precision") for step in allowed["steps"]}
+    assert by_node[("m",)] == "fp16" and by_node[("n",)] is None  # an int32 MatMul stays exact
     forced = codegen.run(s, {}, {}, "infer", {"precision_mode": "force_fp16"})
     marked = {step["op"]: step.get("precision") for step in forced["steps"]}
-    assert marked == {"Conv": "fp16", "MatMul": None, "Gemm": "fp16", "Relu": None}
-    by_node = {tuple(step["outputs"]): step.get("precision") for step in forced["steps"]}
-    assert by_node[("m",)] == "fp16" and by_node[("n",)] is None  # an int32 MatMul stays exact
+    assert marked == {"Conv": "fp16", "MatMul": None, "Gemm": "fp16", "Relu": "fp16_round"}
     assert [st_["op"] for st_ in forced["steps"]] == [st_["op"] for st_ in plain["steps"]]
 
 

@@ -54,7 +54,8 @@ def test_manifest_lists_graphs_variables_and_constants():
     assert m["format_version"] == pack.FORMAT_VERSION and m["target"] == "cpu" and m["name"] == "demo"
     assert [g["name"] for g in m["graphs"]] == ["update", "infer"]
     assert m["graphs"][0]["bindings"] == {} and m["graphs"][1]["bindings"]["t0"] == "infer.t0"
-    assert m["variables"] == [{"name": "v", "shape": [3, 4], "dtype": "float32", "format": "ND", "nbytes": 48,
+    assert m["variables"] == [{"name": "v", "shape": [3, 4], "dtype": "float32", "format": "ND", "storage": [3, 4],
+                               "nbytes": 48,
                                "readers": ["infer"], "writers": ["update"], "source": "initializer",
                                "initial": "infer.t0"}]
     assert m["constants"]["infer.t1"]["array"] == "constants/infer.t1"
