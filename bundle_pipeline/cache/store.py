@@ -13,17 +13,38 @@ Everything lives under one root (``.bundle-cache/`` by default, or ``memory://..
     */<xx>/.tmp-<uuid>           a write in progress, or a leftover of a crashed one (``gc`` removes)
 
 Every write goes to a ``.tmp-`` name next to its destination and is then renamed into place:
-``os.replace`` on local disks (atomic), ``fs.mv`` on other fsspec filesystems. Object stores have
-no atomic rename, so there a reader can meet a half-copied entry; that is harmless because an
-entry only counts when it verifies: object bytes must hash to their name, a tensor must hash to
-its name, an action's checksum must match its record. Anything else is a miss, never a wrong
-answer, and corrupt objects/tensors are deleted when found. Nothing here is ever fsync'ed for the
-same reason: after a power loss a torn entry fails verification and is rebuilt.
+``os.replace`` on local disks (atomic), ``fs.mv`` on other fsspec filesystems. On object stores
+whose single PUT is all-or-nothing (S3, GCS, Azure, ``memory://``) a file is PUT straight to its
+name instead: the rename would be a copy + delete there, no more atomic than the PUT. Tensor
+directories are always written under a temp name and published file by file, ``zarr.json`` last.
+A reader can meet a half-copied tensor directory; that is harmless because an entry only counts
+when it verifies: object bytes must hash to their name, a tensor must hash to its name, an
+action's checksum must match its record. Anything else is a miss, never a wrong answer, and
+corrupt objects/tensors are deleted when found. Nothing here is ever fsync'ed for the same reason:
+after a power loss a torn entry fails verification and is rebuilt.
+
+Remote roots (``s3://bucket/prefix``, ...) are opened with fsspec; credentials and endpoints come
+from fsspec's configuration, e.g. ``FSSPEC_S3_ENDPOINT_URL=http://127.0.0.1:9000`` (fsspec reads
+``FSSPEC_<PROTOCOL>_<OPTION>`` environment variables at import) or ``AWS_ENDPOINT_URL`` and the
+usual ``AWS_*`` variables for s3fs, or ``storage_options``. Every process that opens the cache (dask
+workers included) rebuilds it from the root URL, so set them in every process's environment.
+Listing caches are turned off for object stores: other machines write the same bucket.
 
 Reachability (``gc(keep_actions=...)``): a kept action keeps the objects named by the values of
 its record's ``"outputs"`` dict (a hash, or a list of hashes). A kept object whose bytes are a JSON
 object with a top-level ``"tensors"`` dict (name -> tensor hash) keeps those tensors. Nothing else
 is followed, so a stage output that refers to tensors must list them under ``"tensors"``.
+``newest_builds()`` gives the usual roots: every ``last-build`` record the pipeline writes (one per
+spec: ``{"identity", "tasks": {task id: action key}}``) and the task records it names. Other
+records (kernel-level decisions, memos of external tensors and exported files) are not roots.
+
+Eviction (``gc(max_bytes=N)``): while the cache holds more than N bytes, unreachable entries go
+first, then reachable ones, each group least recently used first. An entry's last use is its
+newest access, modification or status-change time (atime, mtime, ctime: reads, writes and the hard
+links a bundle re-pack makes) on local disks, its modification time on object stores; a reachable
+entry also counts as used when a kept action reaching it was. Evicting a reachable object or tensor
+also removes the kept actions that reach it, so no record is left pointing at missing data. gc
+reads records with ``O_NOATIME`` where it can, so it does not make everything look recent.
 """
 
 from __future__ import annotations
@@ -42,7 +63,7 @@ from typing import Any
 
 import fsspec
 import numpy as np
-from fsspec.core import url_to_fs
+from fsspec.core import split_protocol, url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 from bundle_pipeline.cache import statstate, tensors
@@ -50,6 +71,10 @@ from bundle_pipeline.ir.hashing import canonical_json, hash_bytes, hash_json
 
 TEMP_PREFIX = ".tmp-"
 AREAS = ("objects", "tensors", "actions")
+# Object stores where one PUT is atomic (the object appears whole or not at all): no temp + rename.
+ATOMIC_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "abfs", "az", "memory"})
+# Object stores with directory-listing caches, which would go stale while other machines write.
+LISTING_CACHE_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "abfs", "az"})
 ACTION_FORMAT = 1
 DEFAULT_CHUNK_BYTES = 1 << 20
 
@@ -91,6 +116,7 @@ class Entry:
     name: str
     size: int  # bytes, summed over the tree for directories
     mtime: float | None  # newest modification time (epoch seconds), None when the fs doesn't say
+    used: float | None = None  # newest of atime, mtime, ctime (local disks); mtime elsewhere
 
     @property
     def is_temp(self) -> bool:
@@ -111,6 +137,24 @@ class LocalBackend:
     def read(self, rel: str) -> bytes:
         with open(self.path(rel), "rb") as f:
             return f.read()
+
+    def read_quiet(self, rel: str) -> bytes:
+        """``read`` without updating the access time (O_NOATIME, allowed to the owner and root)."""
+        path = self.path(rel)
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOATIME", 0))
+        except PermissionError:  # not the file's owner: O_NOATIME is refused, read normally
+            fd = os.open(path, os.O_RDONLY)
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
+
+    def read_many(self, rels: list[str]) -> dict[str, bytes]:
+        """The bytes of each readable entry of ``rels`` (missing ones are left out), atime untouched."""
+        out = {}
+        for rel in rels:
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                out[rel] = self.read_quiet(rel)
+        return out
 
     def exists(self, rel: str) -> bool:
         return os.path.exists(self.path(rel))
@@ -164,12 +208,15 @@ class LocalBackend:
             if not shard.is_dir(follow_symlinks=False):
                 continue
             for e in _scandir(shard.path):
-                if e.is_dir(follow_symlinks=False):
-                    size, mtime = _tree_stats(e.path)
-                else:
-                    st = e.stat(follow_symlinks=False)
-                    size, mtime = st.st_size, st.st_mtime
-                yield Entry(f"{area}/{shard.name}/{e.name}", shard.name, e.name, size, mtime)
+                try:
+                    if e.is_dir(follow_symlinks=False):
+                        size, mtime, used = _tree_stats(e.path)
+                    else:
+                        st = e.stat(follow_symlinks=False)
+                        size, mtime, used = st.st_size, st.st_mtime, max(st.st_atime, st.st_mtime, st.st_ctime)
+                except FileNotFoundError:  # removed by someone else while listing
+                    continue
+                yield Entry(f"{area}/{shard.name}/{e.name}", shard.name, e.name, size, mtime, used)
 
     def prune_empty_dirs(self, area: str) -> None:
         for shard in _scandir(self.path(area)):
@@ -204,14 +251,32 @@ class FsspecBackend:
     def path(self, rel: str) -> str:
         return f"{self.root}/{rel}"
 
+    @property
+    def atomic_put(self) -> bool:
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple | list) else (self.fs.protocol,)
+        return any(p in ATOMIC_PUT_PROTOCOLS for p in protocols)
+
     def read(self, rel: str) -> bytes:
         return self.fs.cat_file(self.path(rel))
+
+    read_quiet = read  # object stores keep no access times
+
+    def read_many(self, rels: list[str]) -> dict[str, bytes]:
+        """The bytes of each readable entry of ``rels``, fetched concurrently where fsspec can."""
+        if not rels:
+            return {}
+        paths = {self.path(rel): rel for rel in rels}
+        found = self.fs.cat(list(paths), on_error="omit")
+        return {paths[p]: data for p, data in found.items() if p in paths and isinstance(data, bytes)}
 
     def exists(self, rel: str) -> bool:
         return self.fs.exists(self.path(rel))
 
     def write_atomic(self, rel: str, data: bytes) -> None:
         final = self.path(rel)
+        if self.atomic_put:
+            self.fs.pipe_file(final, data)
+            return
         tmp = f"{final.rsplit('/', 1)[0]}/{temp_name()}"
         self.fs.pipe_file(tmp, data)
         try:
@@ -259,19 +324,21 @@ class FsspecBackend:
         for (shard, name), infos in sorted(grouped.items()):
             mtimes = [m for m in (_info_mtime(i) for i in infos) if m is not None]
             size = sum(int(i.get("size") or 0) for i in infos)
-            yield Entry(f"{area}/{shard}/{name}", shard, name, size, max(mtimes) if mtimes else None)
+            newest = max(mtimes) if mtimes else None
+            yield Entry(f"{area}/{shard}/{name}", shard, name, size, newest, newest)
 
     def prune_empty_dirs(self, area: str) -> None:
         """Object stores have no real directories; nothing to prune."""
 
     def export_tree(self, rel: str, dest: str) -> None:
-        """Download the tree at ``rel`` under local ``dest``."""
+        """Download the tree at ``rel`` under local ``dest`` (one batched, concurrent ``get``)."""
         top = self.path(rel)
-        for path in self.fs.find(top):
-            target = os.path.join(dest, *path[len(top) + 1 :].split("/"))
+        remote = self.fs.find(top)
+        local = [os.path.join(dest, *path[len(top) + 1 :].split("/")) for path in remote]
+        for target in local:
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            with open(target, "wb") as f:
-                f.write(self.fs.cat_file(path))
+        if remote:
+            self.fs.get(remote, local)
 
     def zarr_store(self, rel: str, read_only: bool) -> Any:
         from zarr.storage import FsspecStore
@@ -321,16 +388,19 @@ def _scandir(path: str) -> list[os.DirEntry[str]]:
         return []
 
 
-def _tree_stats(path: str) -> tuple[int, float]:
-    """Total size and newest mtime under a directory (the newest file tells if a writer is alive)."""
-    size, mtime = 0, os.stat(path).st_mtime
+def _tree_stats(path: str) -> tuple[int, float, float]:
+    """Total size, newest mtime (the newest file tells if a writer is alive) and newest use
+    (atime, mtime or ctime: a hard link to a chunk file changes its ctime) under a directory."""
+    st = os.stat(path)
+    size, mtime, used = 0, st.st_mtime, st.st_mtime
     for dirpath, _, files in os.walk(path):
         for name in files:
             with contextlib.suppress(FileNotFoundError):
                 st = os.stat(os.path.join(dirpath, name), follow_symlinks=False)
                 size += st.st_size
                 mtime = max(mtime, st.st_mtime)
-    return size, mtime
+                used = max(used, st.st_atime, st.st_mtime, st.st_ctime)
+    return size, mtime, used
 
 
 def _info_mtime(info: dict[str, Any]) -> float | None:
@@ -350,6 +420,9 @@ def _info_mtime(info: dict[str, Any]) -> float | None:
 def open_backend(root: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> Backend:
     """Pick the backend for ``root``: plain ``os`` for local paths and ``file://`` URLs, fsspec otherwise."""
     opts = dict(storage_options or {})
+    protocol = split_protocol(os.fspath(root))[0]
+    if protocol in LISTING_CACHE_PROTOCOLS:
+        opts.setdefault("use_listings_cache", False)
     fs, path = url_to_fs(os.fspath(root), **opts)
     if isinstance(fs, LocalFileSystem):
         return LocalBackend(os.path.abspath(path))
@@ -473,8 +546,16 @@ class Cache:
         rel = tensors.tensor_rel(check_hash(h))
         if not self.has_tensor(h):
             raise CacheMiss(h)
-        self._backend.export_tree(rel, os.fspath(dest))
-        return self._entry_sha256(h, os.fspath(dest))
+        dest = os.fspath(dest)
+        self._backend.export_tree(rel, dest)
+        if self._backend.is_local:
+            return self._entry_sha256(h, dest)
+        # A remote entry was downloaded: verify the local copy (not the remote entry a second time)
+        if not tensors.verify_local_copy(dest, h):
+            shutil.rmtree(dest, ignore_errors=True)
+            self._backend.remove_tree(rel)
+            raise CacheMiss(h)
+        return {rel_path: _sha256_file(path) for rel_path, (_, path) in _file_stats(dest).items()}
 
     def _entry_sha256(self, h: str, exported: str) -> dict[str, str]:
         """sha256 of each file of tensor entry ``h`` (bundle digests list them), remembered per file stat.
@@ -518,6 +599,10 @@ class Cache:
             return None
         return _decode_action(data)
 
+    def remove_action(self, key: str) -> None:
+        """Forget the record of ``key`` (its task runs again next time); a no-op when absent."""
+        self._backend.remove(_action_rel(check_key(key)))
+
     # -- input files -----------------------------------------------------------------------------
 
     def file_hash(self, path: str | os.PathLike[str]) -> str:
@@ -538,6 +623,7 @@ class Cache:
                 bucket["bytes"] += e.size
             out[area] = stats
         out["temp"] = temp
+        out["total_bytes"] = sum(out[area]["bytes"] for area in AREAS) + temp["bytes"]
         return out
 
     def verify(self) -> dict[str, Any]:
@@ -573,61 +659,111 @@ class Cache:
             return False
         return True
 
-    def gc(self, keep_actions: set[str] | None = None, older_than_s: float = 0) -> dict[str, int]:
-        """Remove temp leftovers; with ``keep_actions``, also every other action and every object or
-        tensor not reachable from the kept actions (see the module docstring). Only entries last
-        modified at least ``older_than_s`` seconds ago are removed, so a build running concurrently
-        keeps its fresh temp files and not-yet-recorded outputs. Returns counts and bytes freed."""
-        now = time.time()
+    def gc(self, keep_actions: set[str] | None = None, older_than_s: float = 0,
+           max_bytes: int | None = None, temp_older_than_s: float | None = None) -> dict[str, int]:
+        """Remove temp leftovers, then unneeded entries; return counts and bytes freed.
 
-        def old(e: Entry) -> bool:
-            if older_than_s <= 0:
-                return True
-            return e.mtime is not None and now - e.mtime >= older_than_s
-
-        freed = {"temp_removed": 0, "actions_removed": 0, "objects_removed": 0, "tensors_removed": 0}
-        nbytes = 0
-        reach: dict[str, set[str]] | None = None
-        if keep_actions is not None:
-            reach = self._reachable(keep_actions)
+        - ``keep_actions`` (e.g. ``newest_builds()``): without ``max_bytes``, every other action and
+          every object or tensor not reachable from the kept actions is removed (module docstring).
+        - ``max_bytes``: entries are evicted only while the cache holds more than that many bytes,
+          unreachable ones first, then reachable ones, least recently used first (module docstring).
+        - ``older_than_s``: only entries last used at least that long ago are removed, so a build
+          running concurrently keeps its not-yet-recorded outputs. Temp leftovers use
+          ``temp_older_than_s`` (default: the same), since removing a live writer's temp file
+          makes its write fail while a removed entry is only rebuilt.
+        """
+        sweep = _Sweep(self._backend, time.time())
+        temp_age = older_than_s if temp_older_than_s is None else temp_older_than_s
+        live: list[tuple[str, Entry]] = []
         for area in AREAS:
             for e in self._backend.entries(area):
-                if e.is_temp:
-                    counter = "temp_removed"
-                elif reach is not None and e.name not in reach[area]:
-                    counter = f"{area}_removed"
-                else:
-                    continue
-                if old(e):
-                    self._backend.remove_tree(e.rel)
-                    freed[counter] += 1
-                    nbytes += e.size
-            self._backend.prune_empty_dirs(area)
-        freed["temp_removed"] += self._stat.remove_temps(TEMP_PREFIX, older_than_s)
-        freed["stat_entries_pruned"] = self._stat.prune_missing()
-        freed["bytes_freed"] = nbytes
-        return freed
+                if not e.is_temp:
+                    live.append((area, e))
+                elif sweep.old(e, temp_age):
+                    sweep.remove("temp", e)
+        reach = self._reachable(keep_actions) if keep_actions is not None else None
 
-    def _reachable(self, keep_actions: Iterable[str]) -> dict[str, set[str]]:
+        def reachable(area: str, e: Entry) -> bool:
+            return reach is not None and e.name in reach[area]
+
+        if max_bytes is None:
+            for area, e in live:
+                if reach is not None and not reachable(area, e) and sweep.old(e, older_than_s):
+                    sweep.remove(area, e)
+        else:
+            actions = {e.name: e for area, e in live if area == "actions"}
+            reached_by = reach["reached_by"] if reach is not None else {}
+
+            def last_use(area: str, e: Entry) -> float:
+                stamps = [e.used or e.mtime or 0.0]
+                if reachable(area, e):  # a hit on a record that reaches it is a use of it
+                    stamps += [actions[k].used or 0.0 for k in reached_by.get(e.name, ()) if k in actions]
+                return max(stamps)
+
+            total = sum(e.size for _, e in live)
+            for area, e in sorted(live, key=lambda ae: (reachable(*ae), last_use(*ae), ae[1].rel)):
+                if total <= max_bytes:
+                    break
+                if not sweep.old(e, older_than_s):
+                    continue
+                total -= sweep.remove(area, e)
+                if reachable(area, e) and area != "actions":  # no record may point at missing data
+                    for key in reached_by.get(e.name, ()):
+                        if key in actions:
+                            total -= sweep.remove("actions", actions[key])
+        for area in AREAS:
+            self._backend.prune_empty_dirs(area)
+        sweep.freed["temp_removed"] += self._stat.remove_temps(TEMP_PREFIX, temp_age)
+        sweep.freed["stat_entries_pruned"] = self._stat.prune_missing()
+        sweep.freed["bytes_freed"] = sweep.nbytes
+        return sweep.freed
+
+    def newest_builds(self) -> set[str]:
+        """gc roots: the key of every ``last-build`` record and of each task record it names."""
+        keep: set[str] = set()
+        for key, record in self._action_records():
+            if _is_last_build(record):
+                keep.add(key)
+                keep.update(v for v in record["tasks"].values() if isinstance(v, str) and _KEY_RE.fullmatch(v))
+        return keep
+
+    def _action_records(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every intact action record (read without touching access times)."""
+        rels = [e.rel for e in self._backend.entries("actions") if not e.is_temp]
+        for rel, data in self._backend.read_many(rels).items():
+            record = _decode_action(data)
+            if record is not None:
+                yield rel.rsplit("/", 1)[1], record
+
+    def _reachable(self, keep_actions: Iterable[str]) -> dict[str, Any]:
+        """Kept actions, the objects and tensors they reach, and ``reached_by``: entry name -> the kept
+        actions that reach it (gc evicts those records with the entry)."""
         kept = {k for k in keep_actions if isinstance(k, str) and _KEY_RE.fullmatch(k)}
+        records = self._backend.read_many([_action_rel(k) for k in sorted(kept)])
+        reached_by: dict[str, set[str]] = {}
         objects: set[str] = set()
-        for key in kept:
-            record = self.get_action(key)
+        for rel, data in records.items():
+            record = _decode_action(data)
             outputs = record.get("outputs") if record else None
             if isinstance(outputs, dict):
-                objects.update(_hashes_in(outputs.values()))
+                key = rel.rsplit("/", 1)[1]
+                for h in _hashes_in(outputs.values()):
+                    objects.add(h)
+                    reached_by.setdefault(h, set()).add(key)
         tensor_set: set[str] = set()
         for h in objects:
-            tensor_set.update(self._tensors_named_by(h))
-        return {"actions": kept, "objects": objects, "tensors": tensor_set}
+            for t in self._tensors_named_by(h):
+                tensor_set.add(t)
+                reached_by.setdefault(t, set()).update(reached_by[h])
+        return {"actions": kept, "objects": objects, "tensors": tensor_set, "reached_by": reached_by}
 
     def _tensors_named_by(self, h: str) -> set[str]:
         """Tensor hashes listed under a top-level "tensors" dict of a JSON object (the gc convention)."""
         try:
-            data = self.get_object(h)
-        except CacheMiss:
+            data = self._backend.read_quiet(_object_rel(h))
+        except (FileNotFoundError, IsADirectoryError):
             return set()
-        if not data.startswith(b"{"):
+        if hash_bytes(data) != h or not data.startswith(b"{"):
             return set()  # msgpack or other binary output: never refers to tensors
         try:
             obj = json.loads(data)
@@ -643,6 +779,37 @@ def _hashes_in(values: Iterable[Any]) -> set[str]:
         items = v if isinstance(v, list | tuple) else [v]
         out.update(x for x in items if isinstance(x, str) and _HASH_RE.fullmatch(x))
     return out
+
+
+class _Sweep:
+    """What one gc pass removed: each entry at most once, counted per area, bytes summed."""
+
+    def __init__(self, backend: Backend, now: float):
+        self.backend, self.now = backend, now
+        self.freed = {"temp_removed": 0, "actions_removed": 0, "objects_removed": 0, "tensors_removed": 0}
+        self.nbytes = 0
+        self.done: set[str] = set()
+
+    def old(self, e: Entry, age: float) -> bool:
+        if age <= 0:
+            return True
+        stamp = e.used if e.used is not None else e.mtime
+        return stamp is not None and self.now - stamp >= age
+
+    def remove(self, area: str, e: Entry) -> int:
+        """Remove ``e`` unless already removed; return the bytes freed."""
+        if e.rel in self.done:
+            return 0
+        self.done.add(e.rel)
+        self.backend.remove_tree(e.rel)
+        self.freed[f"{area}_removed"] += 1
+        self.nbytes += e.size
+        return e.size
+
+
+def _is_last_build(record: dict[str, Any]) -> bool:
+    """The pipeline's per-spec record of its newest build: ``{"identity": ..., "tasks": {id: key}}``."""
+    return isinstance(record.get("identity"), str) and isinstance(record.get("tasks"), dict)
 
 
 def _object_rel(h: str) -> str:

@@ -204,7 +204,11 @@ class _Meta:
 def _load_meta(backend: Backend, h: str) -> _Meta:
     """Parse and check ``tensors/.../<h>/zarr.json``; FileNotFoundError when absent, one of
     damage_errors() when it is not the metadata of tensor ``h``."""
-    meta = json.loads(backend.read(f"{tensor_rel(h)}/zarr.json"))
+    return _parse_meta(backend.read(f"{tensor_rel(h)}/zarr.json"), h)
+
+
+def _parse_meta(data: bytes, h: str) -> _Meta:
+    meta = json.loads(data)
     shape = tuple(int(n) for n in meta["shape"])
     chunks = tuple(int(n) for n in meta["chunk_grid"]["configuration"]["chunk_shape"])
     attrs = meta["attributes"][ATTR]
@@ -311,6 +315,27 @@ def get_tensor(backend: Backend, h: str, verify: bool = True, missing_is_corrupt
         backend.remove_tree(tensor_rel(h))
         return None
     return arr
+
+
+def verify_local_copy(path: str, h: str) -> bool:
+    """Whether the zarr array at local directory ``path`` (an exported entry) holds tensor ``h``.
+
+    Used after downloading an entry from a remote cache: the copy is checked, not the remote again.
+    """
+    try:
+        with open(os.path.join(path, "zarr.json"), "rb") as f:
+            meta = _parse_meta(f.read(), h)
+        if meta.plain:
+            arr = _read_plain(path, meta)
+        else:
+            import zarr
+            from zarr.storage import LocalStore
+
+            z = zarr.open_array(LocalStore(path, read_only=True), mode="r", zarr_format=3)
+            arr = np.asarray(z[...]) if z.size else np.zeros(z.shape, dtype=z.dtype)
+    except (FileNotFoundError, *damage_errors()):
+        return False
+    return arr.shape == meta.shape and tensor_hash(arr) == h
 
 
 def chunk_hashes(backend: Backend, h: str) -> list[str] | None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import networkx as nx
+
 from ..cache import Cache
-from ..errors import ParamInvalid
+from ..errors import BundleIOError, ParamInvalid
 from ..spec import BundleSpec
 from ..tasks.factory import bundle_tasks
-from ..tasks.runner import BuildContext
+from ..tasks.runner import LOST, BuildContext, LostEntry, forget_holders, forget_records
 from ..tasks.task import TaskResult
 from .dag import build_dag
 from .rebuild import Plan, plan, remember
@@ -22,10 +24,13 @@ class BuildReport:
     digest: str
     seconds: float
     tasks: list[TaskResult] = field(default_factory=list)
+    # cache entries found missing or corrupt and rebuilt: {"task", "missing", "rerun": [task ids]}
+    cache_repairs: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"bundle": self.bundle, "digest": self.digest, "seconds": round(self.seconds, 6),
-                "tasks": [t.report() for t in self.tasks], "kernel_cache": self.kernel_cache()}
+                "tasks": [t.report() for t in self.tasks], "kernel_cache": self.kernel_cache(),
+                "cache_repairs": self.cache_repairs}
 
     def kernel_cache(self) -> dict[str, int]:
         """Kernel-level decisions reused (hits) or made (misses) by the tiling/codegen tasks that ran."""
@@ -71,19 +76,67 @@ def build_many(specs: list[BundleSpec], scheduler: str | None = None, force: boo
     """
     check_scheduler(scheduler, workers)
     start = time.perf_counter()
-    started = time.time()
     tasks, dag, ctxs = prepare(specs, force)
-    found = plan(dag, ctxs, {s.name: identity(s) for s in specs})
+    repairs: list[dict] = []
+    ran: dict[str, TaskResult] = {}  # tasks that ran in any round, reported as ran even if a later round hit
+    for round_ in range(MAX_REPAIR_ROUNDS + 1):
+        results = _build_round(specs, dag, ctxs, scheduler, workers, on_event, repairs)
+        ran.update({tid: r for tid, r in results.items() if r.status == "ran"})
+        lost = [r for r in results.values() if r.status == LOST]
+        if results and not lost:
+            break
+        if round_ == MAX_REPAIR_ROUNDS:
+            what = lost[0] if lost else None
+            raise BundleIOError(f"the cache keeps losing entries (last: {what.extra['missing'] if what else '?'}, "
+                                f"needed by {what.id if what else '?'}) after {MAX_REPAIR_ROUNDS} repairs; "
+                                f"check the cache storage, or run `bundle-pipeline cache verify`", specs[0].cache)
+        for r in lost:
+            repairs.append(_repair(r, dag, results, ctxs))
+    for tid, r in results.items():
+        if r.status == "cached" and tid in ran and ran[tid].key == r.key:
+            results[tid] = ran[tid]
+    seconds = time.perf_counter() - start
+    reports = []
+    for spec in specs:
+        mine = [results[t.id] for t in tasks[spec.name]]
+        try:
+            remember(Cache(spec.cache), identity(spec), mine)
+        except OSError as err:
+            raise BundleIOError(f"cannot record the build in the cache: {err.strerror or err}",
+                                str(err.filename or spec.cache)) from None
+        ids = {t.id for t in tasks[spec.name]}
+        reports.append(BuildReport(spec.output, results[f"{spec.name}/pack"].outputs["digest"], seconds, mine,
+                                   [r for r in repairs if r["task"] in ids]))
+    return reports
+
+
+# Rounds of "forget the records naming a lost cache entry, build again" before giving up (tasks/runner.py)
+MAX_REPAIR_ROUNDS = 3
+
+
+def _build_round(specs, dag, ctxs, scheduler, workers, on_event, repairs: list[dict]) -> dict[str, TaskResult]:
+    """Plan and run once; {} when the plan itself met a lost entry (it was deleted: plan again)."""
+    started = time.time()
+    try:
+        found = plan(dag, ctxs, {s.name: identity(s) for s in specs})
+    except LostEntry as lost:
+        repairs.append({"task": lost.task, "missing": lost.missing, "rerun": []})
+        return {}
     if on_event:
         on_event(Event("plan", data={"dag": dag, "plan": found, "started": started, "finished": time.time()}))
     stale = list(found.stale)  # topological order, as plan walked them
     results = dict(found.resolved)
     if stale:
         results.update(run_stale(dag, stale, found.resolved, ctxs, scheduler, workers, on_event))
-    seconds = time.perf_counter() - start
-    reports = []
-    for spec in specs:
-        mine = [results[t.id] for t in tasks[spec.name]]
-        remember(Cache(spec.cache), identity(spec), mine)
-        reports.append(BuildReport(spec.output, results[f"{spec.name}/pack"].outputs["digest"], seconds, mine))
-    return reports
+    return results
+
+
+def _repair(lost: TaskResult, dag: nx.DiGraph, results: dict[str, TaskResult], ctxs) -> dict:
+    """Forget the upstream records that name the lost entry, so the next round writes it again. When
+    none names it any more (their output objects are gone too), forget every upstream record."""
+    task = dag.nodes[lost.id]["task"]
+    upstream = [results[a] for a in nx.ancestors(dag, lost.id) if a in results]
+    missing = lost.extra["missing"]
+    cache = Cache(ctxs[task.bundle].cache_root)
+    rerun = forget_holders(missing, upstream, cache) or forget_records(upstream, cache)
+    return {"task": lost.id, "missing": missing, "rerun": rerun}

@@ -1,4 +1,28 @@
-"""Run one task against the cache: compute its key, return the recorded outputs on a hit, else run the step."""
+"""Run one task against the cache: compute its key, return the recorded outputs on a hit, else run the step.
+
+Faults
+------
+- **A lost cache entry.** A task's inputs are content hashes of upstream outputs, and those outputs may
+  name more entries (a weight table names tensors). If one of them is missing or corrupt when the task
+  reads it (the cache verifies every read and deletes what fails), the task does not raise: it returns
+  a result with status ``"lost"`` and ``extra["missing"]`` = the hash, and every task downstream of it
+  returns ``"blocked"`` without running. Nothing is recorded for them. The build (``pipeline/build.py``)
+  then calls ``forget_holders``: among the upstream results it forgets the action record of every task
+  whose outputs name that hash, directly or inside an output object, and builds again; those tasks
+  re-run and write the entry anew (a re-run parse puts the tensor back), early cutoff spares the
+  rest, and the build report lists the repair under ``cache_repairs``. A missing *direct* output is
+  simpler still: ``_still_valid`` already refuses a record whose outputs are gone, so the next plan
+  re-runs its task. Rounds are bounded (``MAX_REPAIR_ROUNDS`` in the build); a cache that keeps
+  losing entries ends the build with an ``IO_ERROR``. The same holds when the entry is lost while the
+  plan computes a key (``LostEntry``, raised by ``lookup``).
+- **Disk full, permission denied, network errors** (``OSError``) while a task reads or writes the cache
+  or a file become one ``IO_ERROR`` naming the path and whether it is in the cache. Cache writes are
+  atomic and the bundle is staged and renamed (``stages/pack.py``), so the previous bundle and every
+  recorded entry stay intact.
+- **A killed build or worker** leaves at worst temp files (``.tmp-*``, which no reader looks at and
+  ``cache gc`` removes) and outputs without an action record (harmless: they are content-addressed).
+  A task's record is written last, after its outputs, so a record never names an unwritten output.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +34,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..cache import Cache
+from ..cache import Cache, CacheMiss
+from ..errors import BundleIOError
 from ..ir.hashing import hash_json
 from ..targets import get_target
 from .sources import external_digests, source_digest
@@ -27,6 +52,21 @@ class BuildContext:
     force: bool = False
 
 
+LOST = "lost"  # status of a task that found a cache entry missing or corrupt (see the module docstring)
+BLOCKED = "blocked"  # status of a task downstream of a lost one: it did not run
+
+
+class LostEntry(Exception):
+    """Cache entry ``missing`` (a content hash) was missing or corrupt while computing ``task``'s key."""
+
+    def __init__(self, task: str, missing: str):
+        super().__init__(task, missing)
+        self.task, self.missing = task, missing
+
+    def __str__(self) -> str:
+        return f"{self.task}: cache entry {self.missing} is missing or corrupt"
+
+
 @dataclass
 class Lookup:
     key: str
@@ -35,7 +75,19 @@ class Lookup:
 
 
 def lookup(task: Task, ctx: BuildContext, upstream: dict[str, TaskResult], cache: Cache) -> Lookup:
-    """The task's key from its inputs' content hashes, and its cached record if still valid."""
+    """The task's key from its inputs' content hashes, and its cached record if still valid.
+
+    LostEntry when an entry the key depends on is missing or corrupt; IO_ERROR on an OSError.
+    """
+    try:
+        return _lookup(task, ctx, upstream, cache)
+    except CacheMiss as miss:
+        raise LostEntry(task.id, str(miss.args[0])) from None
+    except OSError as err:
+        raise io_error(err, task, cache) from None
+
+
+def _lookup(task: Task, ctx: BuildContext, upstream: dict[str, TaskResult], cache: Cache) -> Lookup:
     inputs = input_hashes(task, upstream)
     if task.step == "parse":
         inputs["model"] = source_digest(task.context["source"], cache, task.context["where"])
@@ -55,20 +107,70 @@ def cached_result(task: Task, found: Lookup) -> TaskResult:
 
 
 def execute_task(task: Task, ctx: BuildContext, *upstream_results: TaskResult) -> TaskResult:
-    """Constructive trace with early cutoff: the key reads input content hashes, never upstream keys."""
+    """Constructive trace with early cutoff: the key reads input content hashes, never upstream keys.
+
+    Returns a "lost" result when a cache entry it needs is missing or corrupt, "blocked" when an
+    upstream task was lost or blocked (see the module docstring); raises IO_ERROR on an OSError.
+    """
     start = time.time()
+    for r in upstream_results:
+        if r.status in (LOST, BLOCKED):
+            return TaskResult(task.id, task.stage, task.graph, "", {}, BLOCKED, 0.0, {"blocked_by": r.id})
     cache = Cache(ctx.cache_root)
-    found = lookup(task, ctx, {r.id: r for r in upstream_results}, cache)
-    if found.record is not None:
-        return _stamped(cached_result(task, found), start)
-    outputs, seconds = timed(STEPS[task.step], task, cache, found.inputs)
-    extra = outputs.pop("_extra", {}) if isinstance(outputs.get("_extra"), dict) else {}
-    record = {"task": task.id, "outputs": outputs, "seconds": seconds, "inputs": found.inputs,
-              "params": task.params, "version": task.version, "target": get_target(ctx.target).fingerprint}
-    if task.step == "pack":
-        record["stamp"] = output_stamp(task.context["out"])
-    cache.put_action(found.key, record)
+    try:
+        found = lookup(task, ctx, {r.id: r for r in upstream_results}, cache)
+        if found.record is not None:
+            return _stamped(cached_result(task, found), start)
+        outputs, seconds = timed(STEPS[task.step], task, cache, found.inputs)
+        extra = outputs.pop("_extra", {}) if isinstance(outputs.get("_extra"), dict) else {}
+        record = {"task": task.id, "outputs": outputs, "seconds": seconds, "inputs": found.inputs,
+                  "params": task.params, "version": task.version, "target": get_target(ctx.target).fingerprint}
+        if task.step == "pack":
+            record["stamp"] = output_stamp(task.context["out"])
+        cache.put_action(found.key, record)
+    except (CacheMiss, LostEntry) as lost:
+        missing = lost.missing if isinstance(lost, LostEntry) else str(lost.args[0])
+        return _stamped(TaskResult(task.id, task.stage, task.graph, "", {}, LOST, 0.0, {"missing": missing}), start)
+    except OSError as err:
+        raise io_error(err, task, cache) from None
     return _stamped(TaskResult(task.id, task.stage, task.graph, found.key, outputs, "ran", seconds, extra), start)
+
+
+def forget_holders(missing: str, candidates: list[TaskResult], cache: Cache) -> list[str]:
+    """Forget the action record of each candidate whose outputs name ``missing``, directly or inside one
+    of its output objects; return their task ids. Those tasks re-run next time and write it anew."""
+    needle = missing.encode()
+    holders = []
+    for r in candidates:
+        if r.key and r.status in ("ran", "cached") and (
+                missing in r.outputs.values() or any(needle in _object_bytes(cache, h) for h in r.outputs.values())):
+            cache.remove_action(r.key)
+            holders.append(r.id)
+    return sorted(holders)
+
+
+def forget_records(candidates: list[TaskResult], cache: Cache) -> list[str]:
+    """Forget the action record of every candidate that ran or hit; return their task ids."""
+    done = [r for r in candidates if r.key and r.status in ("ran", "cached")]
+    for r in done:
+        cache.remove_action(r.key)
+    return sorted(r.id for r in done)
+
+
+def _object_bytes(cache: Cache, h: str) -> bytes:
+    """An output object's verified bytes; empty when it is gone too (its own task re-runs) or not an object."""
+    try:
+        return cache.get_object(h)
+    except (CacheMiss, ValueError):
+        return b""
+
+
+def io_error(err: OSError, task: Task, cache: Cache) -> BundleIOError:
+    """One IO_ERROR line for an OSError met while running ``task``: what failed, where, and why."""
+    path = str(err.filename) if err.filename else None
+    place = "the cache" if path is None or path.startswith(cache.root) else "a file"
+    reason = err.strerror or str(err) or type(err).__name__
+    return BundleIOError(f"{task.id}: cannot read or write {place}: {reason}", path or cache.root)
 
 
 def _stamped(result: TaskResult, start: float) -> TaskResult:
