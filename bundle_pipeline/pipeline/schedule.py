@@ -4,6 +4,15 @@ Only small references travel between tasks: each task returns a ``TaskResult`` o
 and reads and writes data through the cache. Already-resolved upstream results are passed in as
 literal values, so the scheduler never sees the up-to-date part of the DAG.
 
+With an existing cluster (``tcp://HOST:PORT``, possibly other machines) the tasks that touch this
+machine's files run here, in local threads: ``parse`` and ``parse.weights`` read the ONNX and
+external-data files and store their contents in the cache, ``pack`` writes the bundle from the cache.
+The cluster's workers run the rest (dedupe, formats, tiling, codegen) and read and write nothing but
+the cache, so their cache root must be reachable from every worker (an ``s3://`` URL, or a path on a
+shared filesystem). The stale tasks run in alternating batches (``_batches``): for one bundle that is
+parse* -> cluster -> pack, which loses no parallelism since dedupe waits for every parse anyway.
+A LocalCluster (``--workers N``) shares this machine's files and runs every task on its workers.
+
 Observers (``on_event``) get ``Event("start", task_id)`` when a local scheduler hands a task to a worker
 and ``Event("finish", task_id, result)`` when its result is back; with ``distributed`` only "finish"
 (the result's ``extra`` says on which worker and when it ran, for every scheduler). Ctrl-C
@@ -20,11 +29,14 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from ..errors import ParamInvalid
+from ..errors import BundleIOError, ParamInvalid
 from ..tasks.runner import BuildContext, execute_task
 from ..tasks.task import TaskResult
 
 SCHEDULERS = ("sync", "threads", "processes", "tcp://HOST:PORT")
+# Steps that read this machine's input files or write its output: never sent to a remote cluster.
+CLIENT_STEPS = frozenset({"parse", "parse.weights", "pack"})
+CONNECT_TIMEOUT_S = 20
 
 
 @dataclass
@@ -54,15 +66,42 @@ def check_scheduler(scheduler: str | None, workers: int | None) -> None:
 def run_stale(dag: nx.DiGraph, stale: list[str], resolved: dict[str, TaskResult], ctxs: dict[str, BuildContext],
               scheduler: str | None, workers: int | None, on_event: Observer | None = None) -> dict[str, TaskResult]:
     """Execute the stale tasks; return their results by task id."""
-    graph = {}
-    for tid in stale:
-        task = dag.nodes[tid]["task"]
-        upstream = [resolved.get(p, p) for p in sorted(dag.predecessors(tid))]  # literal when resolved
-        graph[tid] = (execute_task, task, ctxs[task.bundle], *upstream)
     notify = on_event or (lambda event: None)
+    remote = scheduler is not None and scheduler.startswith("tcp://")
+    done: dict[str, TaskResult] = {}
     with _getter(scheduler, workers, notify) as get:
-        values = get(graph, stale)
-    return dict(zip(stale, values, strict=True))
+        if not remote:
+            done.update(_run_batch(get, dag, stale, resolved, ctxs))
+            return done
+        with _local_getter("threads", None, notify) as here:
+            for on_client, ids in _batches(dag, stale):
+                done.update(_run_batch(here if on_client else get, dag, ids, {**resolved, **done}, ctxs))
+    return done
+
+
+def _run_batch(get, dag: nx.DiGraph, ids: list[str], known: dict[str, TaskResult],
+               ctxs: dict[str, BuildContext]) -> dict[str, TaskResult]:
+    graph = {}
+    for tid in ids:
+        task = dag.nodes[tid]["task"]
+        upstream = [known.get(p, p) for p in sorted(dag.predecessors(tid))]  # literal when already known
+        graph[tid] = (execute_task, task, ctxs[task.bundle], *upstream)
+    return dict(zip(ids, get(graph, ids), strict=True))
+
+
+def _batches(dag: nx.DiGraph, stale: list[str]) -> list[tuple[bool, list[str]]]:
+    """Stale tasks (in topological order) as alternating batches (on_client, ids): client steps at even
+    levels, cluster steps at odd ones, each task one level past any upstream task of the other side."""
+    level: dict[str, int] = {}
+    for tid in stale:
+        here = dag.nodes[tid]["task"].step in CLIENT_STEPS
+        lv = 0 if here else 1
+        for p in dag.predecessors(tid):
+            if p in level:
+                same = (dag.nodes[p]["task"].step in CLIENT_STEPS) == here
+                lv = max(lv, level[p] if same else level[p] + 1)
+        level[tid] = lv
+    return [(lv % 2 == 0, [t for t in stale if level[t] == lv]) for lv in sorted(set(level.values()))]
 
 
 @contextmanager
@@ -74,7 +113,11 @@ def _getter(scheduler: str | None, workers: int | None, notify: Observer) -> Ite
     if scheduler is not None and scheduler.startswith("tcp://"):
         from distributed import Client
 
-        with Client(scheduler, set_as_default=False) as client:
+        try:
+            client = Client(scheduler, set_as_default=False, timeout=CONNECT_TIMEOUT_S)
+        except (OSError, TimeoutError) as err:
+            raise BundleIOError(f"cannot connect to the dask scheduler at {scheduler}: {err}", "--scheduler") from None
+        with client:
             yield _distributed_getter(client, notify)
         return
     with _local_getter(scheduler or "threads", workers, notify) as get:
@@ -114,6 +157,7 @@ def _distributed_getter(client, notify: Observer):
 
     def get(graph: dict, keys: list[str]) -> list[TaskResult]:
         from distributed import as_completed
+        from distributed.scheduler import KilledWorker
 
         futures = client.get(graph, keys, sync=False)
         by_key = {f.key: f for f in futures}
@@ -121,6 +165,11 @@ def _distributed_getter(client, notify: Observer):
             for future in as_completed(futures, loop=client.loop):
                 result = future.result()  # re-raises the task's own exception (e.g. a BundleError)
                 notify(Event("finish", future.key, result))
+        except KilledWorker as err:  # dask retried the task on other workers, and they died too
+            client.cancel(futures)
+            raise BundleIOError(f"dask workers kept dying while running {err.task!r} (dask's retries used up); "
+                                f"finished tasks are recorded, the previous bundle is unchanged",
+                                "--scheduler") from None
         except BaseException:
             client.cancel(futures)
             raise
