@@ -37,8 +37,9 @@ def native_plan(node: Node, graph: Graph, target: Target, formats: dict[str, str
     from ..runtime.npu import supports
 
     kernel = target.kernel(node.op_type)
-    if not kernel.native or not node.outputs or not node.outputs[0]:
-        return None
+    results = [o for o in node.outputs if o]
+    if not kernel.native or len(results) != 1 or results[0] != node.outputs[0]:
+        return None  # native kernels produce exactly one result (e.g. MaxPool without Indices)
     shapes = [graph.types[i].shape if i else None for i in node.inputs]
     if kernel.same_format:
         operands = [formats.get(i, "ND") for i, s in zip(node.inputs, shapes, strict=True)
