@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
+import functools
+import glob
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
+import time
+import uuid
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -55,24 +63,25 @@ def run(meta: dict, place_tensor: PlaceTensor, out_path: str) -> str:
     out = Path(out_path)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_stages(out)
         stage_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     except OSError as err:
         raise BundleIOError(f"cannot write bundle: {err}", str(out)) from None
+    staged_zip = stage_dir.with_name(stage_dir.name + ".zip.tmp")  # unique per build, like stage_dir
     try:
         known = write_directory(stage_dir, meta, place_tensor)
         digest = bundle_digest(stage_dir, known)
         if out.suffix == ".zip":
-            staged_zip = stage_dir.with_suffix(".zip.tmp")
             write_zip(stage_dir, staged_zip)
-            os.replace(staged_zip, out)
+            _swap_into_place(staged_zip, out)
         else:
-            _replace_dir(stage_dir, out)
+            _swap_into_place(stage_dir, out)
         return digest
     except OSError as err:
         raise BundleIOError(f"cannot write bundle: {err}", str(out)) from None
     finally:
-        shutil.rmtree(stage_dir, ignore_errors=True)
-        stage_dir.with_suffix(".zip.tmp").unlink(missing_ok=True)
+        for leftover in (stage_dir, staged_zip):  # after a swap: the previous bundle, file or directory
+            _remove(leftover)
 
 
 def write_directory(root: Path, meta: dict, place_tensor: PlaceTensor) -> dict[str, str]:
@@ -88,17 +97,110 @@ def write_directory(root: Path, meta: dict, place_tensor: PlaceTensor) -> dict[s
     return known
 
 
-def _replace_dir(staged: Path, out: Path) -> None:
-    if out.is_file():
-        out.unlink()
-    if not out.exists():
-        os.replace(staged, out)
+STALE_STAGE_S = 86400  # a stage directory a day old is a killed build's leftover, not a running build's
+
+
+def _swap_into_place(staged: Path, out: Path) -> None:
+    """Put ``staged`` (a directory or a file) at ``out`` so that ``out`` is always the previous bundle
+    or the new one, whole, even with concurrent builds of one output or a crash in between.
+
+    Linux: ``renameat2(RENAME_EXCHANGE)`` swaps the two atomically (``staged`` then holds the previous
+    bundle, which the caller removes). Elsewhere, or on a filesystem without it: under a lock file,
+    the previous bundle is renamed aside, the new one renamed in, and the previous one put back if that
+    fails.
+    """
+    for _ in range(8):  # concurrent builds may create/swap ``out`` between our attempts
+        if not os.path.lexists(out):
+            try:
+                os.replace(staged, out)
+                return
+            except OSError as err:
+                if err.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
+                    raise
+                continue  # another build put its bundle there first: swap with it
+        swapped = _exchange(staged, out)
+        if swapped is None:
+            break  # no RENAME_EXCHANGE here
+        if swapped:
+            return
+    with _lock(out):
+        if not os.path.lexists(out):
+            os.replace(staged, out)
+            return
+        aside = out.with_name(f".{out.name}.old-{uuid.uuid4().hex}")
+        os.replace(out, aside)
+        try:
+            os.replace(staged, out)
+        except OSError:
+            os.replace(aside, out)
+            raise
+        _remove(aside)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool | None:
+    """Atomically swap paths ``a`` and ``b``; False when ``b`` vanished, None when unsupported."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return None
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code == errno.ENOENT and os.path.lexists(a):
+        return False
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return None
+    raise OSError(code, os.strerror(code), str(b))
+
+
+@functools.cache
+def _renameat2():
+    if sys.platform != "linux":
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # glibc < 2.28, or no libc symbol table
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+@contextlib.contextmanager
+def _lock(out: Path):
+    """An exclusive lock beside ``out`` (POSIX flock), serialising the rename-aside fallback."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; renames there fail loudly instead of racing silently
+        yield
         return
-    old = out.with_name(f".{out.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(out, old)
-    os.replace(staged, out)
-    shutil.rmtree(old, ignore_errors=True)
+    with open(out.with_name(f".{out.name}.lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _remove_stale_stages(out: Path) -> None:
+    """Remove stage directories and zips of builds killed while packing ``out`` (a day old)."""
+    now = time.time()
+    for leftover in out.parent.glob(f".{glob.escape(out.name)}.*"):
+        if leftover.name.endswith(".lock"):
+            continue
+        with contextlib.suppress(OSError):
+            if now - leftover.lstat().st_mtime > STALE_STAGE_S:
+                _remove(leftover)
 
 
 def entries(root: Path) -> list[str]:
