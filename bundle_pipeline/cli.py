@@ -228,31 +228,75 @@ def inspect(
                f"{info['constants']['converted']} stored in a target format)")
 
 
-@cache_app.command("info")
-@one_line_errors
-def cache_info(root: Annotated[str, typer.Argument(help="cache directory or URL")] = ".bundle-cache") -> None:
+CacheRoot = Annotated[str, typer.Argument(help="cache directory or fsspec URL (s3://bucket/prefix, ...)")]
+
+
+def _with_cache(root: str, action: str, fn):
+    """Run ``fn(Cache(root))``; an OSError (missing bucket, permissions, network) is one IO_ERROR line."""
     from .cache import Cache
 
-    typer.echo(json.dumps(Cache(root).info()))
+    try:
+        return fn(Cache(root))
+    except OSError as err:
+        raise BundleIOError(f"cache {action} failed: {err.strerror or err}", str(err.filename or root)) from None
+
+
+@cache_app.command("info")
+@one_line_errors
+def cache_info(root: CacheRoot = ".bundle-cache") -> None:
+    """Entry counts and bytes per area (objects, tensors, actions), temp leftovers, total bytes."""
+    typer.echo(json.dumps(_with_cache(root, "info", lambda c: c.info())))
 
 
 @cache_app.command("verify")
 @one_line_errors
-def cache_verify(root: Annotated[str, typer.Argument(help="cache directory or URL")] = ".bundle-cache") -> None:
-    """Re-hash every entry; corrupt entries are deleted (they become misses)."""
-    from .cache import Cache
+def cache_verify(root: CacheRoot = ".bundle-cache") -> None:
+    """Re-hash every entry; corrupt entries are deleted (they become misses) and listed."""
+    typer.echo(json.dumps(_with_cache(root, "verify", lambda c: c.verify())))
 
-    typer.echo(json.dumps(Cache(root).verify()))
+
+GC_TEMP_GRACE_S = 3600  # a younger temp file may be a running build's write in progress
 
 
 @cache_app.command("gc")
 @one_line_errors
-def cache_gc(root: Annotated[str, typer.Argument(help="cache directory or URL")] = ".bundle-cache",
-             older_than: Annotated[float, typer.Option(help="only entries older than this many seconds")] = 0) -> None:
-    """Remove leftovers of interrupted writes."""
-    from .cache import Cache
+def cache_gc(
+    root: CacheRoot = ".bundle-cache",
+    max_bytes: Annotated[str | None, typer.Option(help="size budget, e.g. 500000000, 500M, 20G: evict only while "
+                                                       "the cache is larger, least recently used first")] = None,
+    older_than: Annotated[float, typer.Option(help="only remove entries last used at least this many days ago")]
+    = 0,
+) -> None:
+    """Keep what the newest build of each spec needs; remove the rest.
 
-    typer.echo(json.dumps(Cache(root).gc(older_than_s=older_than)))
+    The roots are the last-build records the pipeline writes for every spec (its task records and the
+    objects and tensors they reach). Without --max-bytes everything else goes: older task records,
+    kernel-level decisions, memos. With --max-bytes entries go only while the cache is over budget:
+    unreachable ones first, then the newest builds' own, least recently used first (those builds
+    re-run what they lose). Temp files of interrupted writes go once an hour old. Safe beside a
+    running build: what it loses is rebuilt (see `run --json` cache_repairs).
+    """
+    budget = None if max_bytes is None else _parse_bytes(max_bytes)
+    if older_than < 0:
+        raise ParamInvalid("--older-than must be a number of days >= 0", "--older-than")
+
+    def gc(c):
+        roots = c.newest_builds()
+        out = c.gc(keep_actions=roots, older_than_s=older_than * 86400, max_bytes=budget,
+                   temp_older_than_s=max(GC_TEMP_GRACE_S, older_than * 86400))
+        return {**out, "roots": len(roots), "total_bytes": c.info()["total_bytes"]}
+
+    typer.echo(json.dumps(_with_cache(root, "gc", gc)))
+
+
+def _parse_bytes(text: str) -> int:
+    """500, 500K, 20M, 1.5G, 2T (powers of 1024; a trailing B or iB is allowed)."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, flags=re.IGNORECASE)
+    if not m:
+        raise ParamInvalid(f"{text!r} is not a size (e.g. 500000000, 500M, 20G)", "--max-bytes")
+    return int(float(m[1]) * 1024 ** "_KMGT".index(m[2].upper() or "_"))
 
 
 @app.command()
