@@ -51,7 +51,7 @@ def _run_one(job: tuple[str, str, bool]) -> tuple[str, str, str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--target", default="cpu", help="compile target (cpu; npu once it exists)")
+    parser.add_argument("--target", default="cpu", help=f"compile target ({' | '.join(KNOWN_TARGETS)})")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of totals")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
     parser.add_argument("--failures", action="store_true", help="list every failed case with its error")
@@ -62,10 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="JSON results file (default for a full run: bench/results/conformance_<target>.json)")
     args = parser.parse_args(argv)
     if args.target not in KNOWN_TARGETS:
-        if args.target == "npu":
-            print("error: npu target not available yet", file=sys.stderr)
-        else:
-            print(f"error: unknown target {args.target!r}; available: {', '.join(KNOWN_TARGETS)}", file=sys.stderr)
+        print(f"error: unknown target {args.target!r}; available: {', '.join(KNOWN_TARGETS)}", file=sys.stderr)
         return 2
 
     names = sorted(node_cases())

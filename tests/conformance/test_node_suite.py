@@ -1,9 +1,11 @@
-"""The ONNX backend node suite, cpu target, through the whole compiler (``bundle_pipeline.backend``).
+"""The ONNX backend node suite, cpu and npu targets, through the whole compiler (``bundle_pipeline.backend``).
 
 Every node case of onnx's own backend suite is compiled as a one-infer-graph bundle, loaded and run; the
 outputs must match as onnx's runner checks them. Cases that cannot pass yet are skipped with the reason
 given in ``exclusions.py`` (shared with ``bench/conformance.py``), so this list is the documented gap.
-No case is marked slow: the slowest takes about half a second (the whole module ~35 s of CPU).
+No case is marked slow: the slowest takes about half a second (the whole module ~35 s of CPU per target).
+The npu target runs natively what its kernel table covers (Conv, MatMul/Gemm, pools, elementwise...) on
+Ascend formats, with TransData around, and the rest on standard layouts: same cases, same tolerances.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from node_suite import exclusion, node_cases, run_case
 NAMES = sorted(node_cases())
 
 
+@pytest.mark.parametrize("target", ["cpu", "npu"])
 @pytest.mark.parametrize("name", NAMES)
-def test_node_case(name: str) -> None:
+def test_node_case(name: str, target: str) -> None:
     why = exclusion(name)
     if why:
         pytest.skip(why)
-    run_case(node_cases()[name], target="cpu")
+    run_case(node_cases()[name], target=target)
 
 
 def test_suite_size_and_gap() -> None:
