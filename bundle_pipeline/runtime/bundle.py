@@ -3,18 +3,26 @@
 State kept by a ``LoadedBundle``: the manifest, the constant pool (read once, hashes verified), the
 ``VariableStore`` and one ``Executor`` (with its arena) per graph. Loading never runs code from the bundle:
 programs are data, validated against the kernel table before anything executes.
+
+A bundle is untrusted input. ``validate.py`` checks every manifest field and bounds what loading
+allocates by the bundle's size on disk; a constant's zarr metadata must match the manifest (shape,
+dtype, chunks no larger than the array, the plain ``bytes`` codec: no decompression, no object
+dtypes) before its bytes are read, and its values must hash to the recorded hash. Whatever slips
+through still surfaces as a ``BundleError``: numpy/zarr exceptions while loading are
+``BUNDLE_CORRUPT``, while running a graph ``RUNTIME_ERROR`` (``_guarded``).
 """
 
 from __future__ import annotations
 
 import os
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import BundleCorrupt, BundleIOError, ParamInvalid
+from ..errors import BundleCorrupt, BundleError, BundleIOError, ParamInvalid, RuntimeFailure
 from ..ir.hashing import tensor_hash
 from . import formats
 from .executor import Executor, VariableStore
@@ -59,7 +67,8 @@ class LoadedBundle:
     def run(self, graph: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run an infer graph: output name -> array."""
         self._check_graph(graph, "infer")
-        return self.executors[graph].run(feeds)
+        with _guarded(RuntimeFailure, f"graph {graph}"):
+            return self.executors[graph].run(feeds)
 
     def variable(self, name: str) -> np.ndarray:
         if name not in self.variables.table:
@@ -70,10 +79,11 @@ class LoadedBundle:
 
     def _run_writing(self, graph: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         executor = self.executors[graph]
-        outputs = executor.run(feeds)
-        for out in executor.program["outputs"]:
-            if out["variable"]:
-                self.variables.write(out["name"], outputs[out["name"]])
+        with _guarded(RuntimeFailure, f"graph {graph}"):
+            outputs = executor.run(feeds)
+            for out in executor.program["outputs"]:
+                if out["variable"]:
+                    self.variables.write(out["name"], outputs[out["name"]])
         return outputs
 
     def _check_graph(self, graph: str, role: str) -> None:
@@ -87,13 +97,43 @@ def load_bundle(path: str | os.PathLike, run_init: bool = True) -> LoadedBundle:
     """Open a directory or zip bundle, verify it, allocate the variables once and run the init graph."""
     path = str(path)
     group = open_group(path)
-    manifest = dict(group.attrs)
-    validate_manifest(manifest, path)
+    with _guarded(BundleCorrupt, path):
+        manifest = dict(group.attrs)
+    validate_manifest(manifest, path, stored_bytes(path))
     constants = {cid: _read_constant(group, cid, c, path) for cid, c in manifest["constants"].items()}
-    bundle = LoadedBundle(path, manifest, constants)
+    with _guarded(BundleCorrupt, path):
+        bundle = LoadedBundle(path, manifest, constants)
     if run_init:
         bundle.init()
     return bundle
+
+
+# What numpy, zarr and the kernels raise on data they cannot handle (zarr's errors are ValueErrors).
+_DATA_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, ArithmeticError, MemoryError,
+                RecursionError, NotImplementedError, zipfile.BadZipFile)
+
+
+@contextmanager
+def _guarded(error: type[BundleError], where: str) -> Iterator[None]:
+    """Turn an exception from malformed bundle data into one BundleError line (BundleErrors pass)."""
+    try:
+        yield
+    except BundleError:
+        raise
+    except _DATA_ERRORS as err:
+        raise error(f"{type(err).__name__}: {err}", where) from None
+
+
+def stored_bytes(path: str) -> int:
+    """Bytes the bundle holds: file sizes of a directory bundle, uncompressed entry sizes of a zip."""
+    p = Path(path)
+    try:
+        if p.is_dir():
+            return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+        with zipfile.ZipFile(p) as zf:
+            return sum(info.file_size for info in zf.infolist())
+    except (OSError, zipfile.BadZipFile, ValueError) as err:
+        raise BundleCorrupt(f"cannot read the bundle: {err}", path) from None
 
 
 def open_group(path: str):
@@ -111,15 +151,31 @@ def open_group(path: str):
                 raise BundleCorrupt("not a bundle: neither a bundle directory nor a zip file", path)
             store = zarr.storage.ZipStore(p, mode="r")
         return zarr.open_group(store, mode="r")
-    except (GroupNotFoundError, NodeTypeValidationError, FileNotFoundError, ValueError, KeyError) as err:
-        raise BundleCorrupt(f"not a bundle: {err}", path) from None
+    except (GroupNotFoundError, NodeTypeValidationError, OSError, *_DATA_ERRORS) as err:
+        raise BundleCorrupt(f"not a bundle: {type(err).__name__}: {err}", path) from None
 
 
 def _read_constant(group, cid: str, const: dict, path: str) -> np.ndarray:
+    import zarr
+    from zarr.codecs import BytesCodec
+
     try:
-        value = np.asarray(group[const["array"]][...])
-    except (KeyError, ValueError, OSError) as err:
-        raise BundleCorrupt(f"constant {cid!r} cannot be read: {err}", path) from None
+        arr = group[const["array"]]
+        if not isinstance(arr, zarr.Array):
+            raise BundleCorrupt(f"constant {cid!r} is not an array", path)
+        meta = arr.metadata
+        plain = (getattr(meta, "zarr_format", None) == 3 and len(meta.codecs) == 1
+                 and isinstance(meta.codecs[0], BytesCodec) and not meta.storage_transformers)
+        if not (plain and arr.shape == tuple(const["shape"]) and arr.dtype == np.dtype(const["dtype"])
+                and all(c <= max(n, 1) for c, n in zip(arr.chunks, arr.shape, strict=True))):
+            raise BundleCorrupt(f"constant {cid!r}: its array ({arr.dtype}{list(arr.shape)}, chunks "
+                                f"{list(arr.chunks)}) is not the plain {const['dtype']}{const['shape']} "
+                                f"array the manifest records", path)
+        value = np.asarray(arr[...])
+    except BundleCorrupt:
+        raise
+    except (OSError, *_DATA_ERRORS) as err:
+        raise BundleCorrupt(f"constant {cid!r} cannot be read: {type(err).__name__}: {err}", path) from None
     if tensor_hash(value) != const["hash"]:
         raise BundleCorrupt(f"constant {cid!r} does not match its recorded hash", path)
     return value

@@ -1,6 +1,22 @@
-"""Reject a malformed bundle manifest before anything runs: programs are data, checked against the kernel table."""
+"""Reject a malformed bundle manifest before anything runs: programs are data, checked against the kernel table.
+
+The manifest is untrusted input (a bundle may come from anywhere): every field the loader and the
+executor read is type-checked here, every name it refers to must exist, every planned buffer must fit
+its arena, and the memory a load would allocate (variables + arenas + inline constants) must stay
+within a budget: ``max(ALLOC_FLOOR_BYTES, ALLOC_PER_STORED_BYTE x bytes stored in the bundle)``, or
+``$BUNDLE_PIPELINE_MAX_ALLOC_BYTES``. Nothing is allocated before the check passes, so absurd shapes
+are a ``BUNDLE_CORRUPT`` error, never a huge allocation. Sizes are computed with Python integers (no
+int64 overflow). Nothing in a bundle is ever unpickled or executed: dtypes are checked against a list
+of plain numeric types (never ``object``), constants are raw little-endian bytes.
+"""
 
 from __future__ import annotations
+
+import base64
+import binascii
+import math
+import os
+import re
 
 import numpy as np
 
@@ -12,77 +28,233 @@ FORMAT_VERSIONS = (1,)
 DTYPES = frozenset({"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
                     "uint32", "uint64", "bool"})
 EXECUTOR_OPS = frozenset({"TransData"})
+ROLES = ("init", "update", "infer")
+MAX_RANK = 32
+ALLOC_FLOOR_BYTES = 1 << 30  # any bundle may plan this much memory, however little it stores
+ALLOC_PER_STORED_BYTE = 64  # ... or this many times the bytes it stores (activations dwarf small weights)
+ALLOC_ENV = "BUNDLE_PIPELINE_MAX_ALLOC_BYTES"
+# Constant ids become array paths inside the bundle: one or more plain path segments, no "..".
+_SEGMENT = re.compile(r"[0-9A-Za-z_][0-9A-Za-z_.:+-]*")
 
 
-def validate_manifest(manifest: dict, path: str) -> None:
-    problem = _first_problem(manifest)
-    if problem:
-        raise BundleCorrupt(f"malformed bundle: {problem}", path)
+class _Bad(Exception):
+    """The first problem found; becomes the BUNDLE_CORRUPT message."""
 
 
-def _first_problem(m: dict) -> str | None:
+def alloc_budget(stored_bytes: int) -> int:
+    """Bytes a bundle storing ``stored_bytes`` may make the loader allocate."""
+    override = os.environ.get(ALLOC_ENV)
+    if override:
+        try:
+            return int(override)
+        except ValueError:
+            pass
+    return max(ALLOC_FLOOR_BYTES, ALLOC_PER_STORED_BYTE * stored_bytes)
+
+
+def validate_manifest(manifest: dict, path: str, stored_bytes: int | None = None) -> None:
+    """Raise BUNDLE_CORRUPT naming the first problem. ``stored_bytes`` (the bundle's size on disk) bounds
+    the constants and, through ``alloc_budget``, what loading may allocate; None checks structure only."""
+    try:
+        _check(manifest, stored_bytes)
+    except _Bad as bad:
+        raise BundleCorrupt(f"malformed bundle: {bad}", path) from None
+
+
+def _check(m: object, stored_bytes: int | None) -> None:
+    if not isinstance(m, dict):
+        raise _Bad("the manifest is not a mapping")
     for key in ("format_version", "graphs", "variables", "constants", "target"):
         if key not in m:
-            return f"the manifest has no {key!r} (is this a bundle-pipeline bundle?)"
-    if m["format_version"] not in FORMAT_VERSIONS:
-        return f"format_version {m['format_version']} is not supported (supported: {FORMAT_VERSIONS})"
-    for cid, c in m["constants"].items():
-        if not _type_ok(c):
-            return f"constant {cid!r} has a bad shape or dtype"
-    variables = {v["name"]: v for v in m["variables"]}
-    for v in variables.values():
-        if not _type_ok(v) or (v["initial"] is not None and v["initial"] not in m["constants"]):
-            return f"variable {v['name']!r} has a bad type or initial value reference"
-    for g in m["graphs"]:
-        problem = _program_problem(g, variables, m["constants"])
-        if problem:
-            return f"graph {g.get('name')!r}: {problem}"
-    return None
+            raise _Bad(f"the manifest has no {key!r} (is this a bundle-pipeline bundle?)")
+    if type(m["format_version"]) is not int or m["format_version"] not in FORMAT_VERSIONS:
+        raise _Bad(f"format_version {m['format_version']!r} is not supported (supported: {FORMAT_VERSIONS})")
+    _need(isinstance(m["target"], str), "'target' is not a string")
+    constants = _constants(m["constants"])
+    const_bytes = sum(_nbytes(c["shape"], c["dtype"]) for c in constants.values())
+    if stored_bytes is not None and const_bytes > stored_bytes:
+        raise _Bad(f"the constants claim {const_bytes} bytes but the bundle stores only {stored_bytes}")
+    variables = _variables(m["variables"], constants)
+    graphs = m["graphs"]
+    _need(isinstance(graphs, list), "'graphs' is not a list")
+    planned = sum(_nbytes(v.get("storage", v["shape"]), v["dtype"]) for v in variables.values())
+    names: set[str] = set()
+    for g in graphs:
+        _need(isinstance(g, dict), "a graph entry is not a mapping")
+        name = g.get("name")
+        _need(isinstance(name, str) and name not in names, f"graph name {name!r} is missing, not a string or repeated")
+        names.add(name)
+        try:
+            planned += _graph(g, variables, constants)
+        except _Bad as bad:
+            raise _Bad(f"graph {name!r}: {bad}") from None
+    if stored_bytes is not None and planned > alloc_budget(stored_bytes):
+        raise _Bad(f"loading would allocate {planned} bytes (variables and arenas), more than "
+                   f"{alloc_budget(stored_bytes)} for a bundle of {stored_bytes} bytes (set ${ALLOC_ENV} to allow it)")
 
 
-def _type_ok(t: dict) -> bool:
-    shape = t.get("shape")
-    return (t.get("dtype") in DTYPES and isinstance(shape, list)
-            and all(isinstance(d, int) and d >= 0 for d in shape))
+def _need(ok: bool, problem: str) -> None:
+    if not ok:
+        raise _Bad(problem)
 
 
-def _program_problem(g: dict, variables: dict, constants: dict) -> str | None:
-    if g.get("role") not in ("init", "update", "infer") or "program" not in g:
-        return "bad role or no program"
-    p = g["program"]
-    for w, cid in g.get("bindings", {}).items():
-        if cid not in constants:
-            return f"weight {w!r} is bound to a missing constant {cid!r}"
-    defined = {f["name"] for f in p["feeds"]} | set(p["consts"]) | set(g.get("bindings", {}))
-    if any(r not in variables for r in p["reads"]):
-        return "it reads an unknown variable"
-    defined |= set(p["reads"])
-    missing_weights = [w for w in p["weights"] if w not in g.get("bindings", {})]
-    if missing_weights:
-        return f"weight {missing_weights[0]!r} has no bound constant"
-    arena = int(p["arena_bytes"])
-    for step in p["steps"]:
-        if step["op"] not in SUPPORTED_OPS and step["op"] not in EXECUTOR_OPS:
-            return f"node {step.get('node')!r} uses op {step['op']!r}, which the kernel library does not have"
-        if step.get("native") and step["op"] not in NPU_FORMAT_OPS:
-            return f"node {step.get('node')!r} asks for a native {step['op']!r} kernel, which the runtime does not have"
-        undefined = [i for i in step["inputs"] if i and i not in defined]
-        if undefined:
-            return f"node {step['node']!r} reads undefined value {undefined[0]!r}"
-        for out in filter(None, step["outputs"]):
-            plan = p["values"].get(out)
-            if plan is None or not _type_ok(plan) or not _fits(plan, arena):
-                return f"value {out!r} has no valid buffer in the arena"
-            defined.add(out)
-    for out in p["outputs"]:
-        if out["name"] not in defined or (out["variable"] and out["name"] not in variables):
-            return f"output {out['name']!r} is not produced or writes an unknown variable"
-    return None
+def _shape(value: object, what: str) -> list[int]:
+    _need(isinstance(value, list) and len(value) <= MAX_RANK
+          and all(type(d) is int and d >= 0 for d in value), f"{what} has a bad shape {_short(value)}")
+    return value  # type: ignore[return-value]
 
 
-def _fits(plan: dict, arena: int) -> bool:
-    storage = plan.get("storage", plan["shape"])
-    if not isinstance(storage, list) or not all(isinstance(d, int) and d >= 0 for d in storage):
+def _dtype(value: object, what: str) -> str:
+    _need(isinstance(value, str) and value in DTYPES, f"{what} has an unsupported dtype {_short(value)}")
+    return value  # type: ignore[return-value]
+
+
+def _nbytes(shape: list[int], dtype: str) -> int:
+    return math.prod(shape) * np.dtype(dtype).itemsize  # Python ints: no overflow
+
+
+def _strings(value: object, what: str) -> list[str]:
+    _need(isinstance(value, list) and all(isinstance(x, str) for x in value), f"{what} is not a list of names")
+    return value  # type: ignore[return-value]
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _constants(raw: object) -> dict[str, dict]:
+    _need(isinstance(raw, dict), "'constants' is not a mapping")
+    for cid, c in raw.items():  # type: ignore[union-attr]
+        what = f"constant {_short(cid)}"
+        _need(isinstance(cid, str) and all(_SEGMENT.fullmatch(s) for s in cid.split("/")), f"{what}: bad id")
+        _need(isinstance(c, dict), f"{what} is not a mapping")
+        _shape(c.get("shape"), what)
+        _dtype(c.get("dtype"), what)
+        _need(isinstance(c.get("hash"), str), f"{what} has no hash")
+        _need(c.get("array") == f"constants/{cid}", f"{what} points at array {_short(c.get('array'))}")
+    return raw  # type: ignore[return-value]
+
+
+def _variables(raw: object, constants: dict[str, dict]) -> dict[str, dict]:
+    _need(isinstance(raw, list), "'variables' is not a list")
+    out: dict[str, dict] = {}
+    for v in raw:  # type: ignore[union-attr]
+        _need(isinstance(v, dict) and isinstance(v.get("name"), str) and v["name"] not in out,
+              "a variable has no name, or a repeated one")
+        what = f"variable {v['name']!r}"
+        _shape(v.get("shape"), what)
+        dtype = _dtype(v.get("dtype"), what)
+        stored = _shape(v["storage"], f"{what} storage") if "storage" in v else v["shape"]
+        _need(isinstance(v.get("format", "ND"), str), f"{what} has a bad format")
+        _strings(v.get("readers", []), f"{what} readers")
+        _strings(v.get("writers", []), f"{what} writers")
+        initial = v.get("initial")
+        if initial is not None:
+            c = constants.get(initial) if isinstance(initial, str) else None
+            _need(c is not None, f"{what} has a bad initial value reference {_short(initial)}")
+            _need(c["dtype"] == dtype and c["shape"] == stored,
+                  f"{what}: its initial constant is {c['dtype']}{c['shape']}, the variable {dtype}{stored}")
+        out[v["name"]] = v
+    return out
+
+
+def _graph(g: dict, variables: dict[str, dict], constants: dict[str, dict]) -> int:
+    """Check one graph; return the bytes its executor allocates (arena + inline constants)."""
+    _need(g.get("role") in ROLES, f"bad role {_short(g.get('role'))}")
+    _need(isinstance(g.get("options", {}), dict), "'options' is not a mapping")
+    bindings = g.get("bindings", {})
+    _need(isinstance(bindings, dict), "'bindings' is not a mapping")
+    for w, cid in bindings.items():
+        _need(isinstance(cid, str) and cid in constants, f"weight {w!r} is bound to a missing constant {_short(cid)}")
+    p = g.get("program")
+    _need(isinstance(p, dict), "no program")
+    _need(isinstance(p.get("graph"), str), "the program has no graph name")
+    _need(type(p.get("opset")) is int, "the program has no opset")
+    arena = p.get("arena_bytes")
+    _need(type(arena) is int and arena >= 0, f"bad arena_bytes {_short(arena)}")
+    values = p.get("values")
+    _need(isinstance(values, dict), "the program has no value plans")
+    feeds = p.get("feeds")
+    _need(isinstance(feeds, list), "the program has no feed list")
+    for f in feeds:
+        _need(isinstance(f, dict) and isinstance(f.get("name"), str), "a feed has no name")
+        _shape(f.get("shape"), f"feed {f['name']!r}")
+        _dtype(f.get("dtype"), f"feed {f['name']!r}")
+    consts = p.get("consts")
+    _need(isinstance(consts, dict), "the program has no consts mapping")
+    inline = sum(_encoded_tensor(t, f"const {name!r}") for name, t in consts.items())
+    reads = _strings(p.get("reads"), "reads")
+    missing = [r for r in reads if r not in variables]
+    _need(not missing, f"it reads an unknown variable {_short(missing[:1])}")
+    weights = _strings(p.get("weights"), "weights")
+    unbound = [w for w in weights if w not in bindings]
+    _need(not unbound, f"weight {_short(unbound[:1])} has no bound constant")
+    _need(isinstance(p.get("formats", {}), dict), "'formats' is not a mapping")
+    defined = {f["name"] for f in feeds} | set(consts) | set(bindings) | set(reads)
+    steps = p.get("steps")
+    _need(isinstance(steps, list), "the program has no step list")
+    for step in steps:
+        inline += _step(step, defined, values, arena)
+    outputs = p.get("outputs")
+    _need(isinstance(outputs, list), "the program has no output list")
+    for out in outputs:
+        _need(isinstance(out, dict) and isinstance(out.get("name"), str), "an output has no name")
+        ok = out["name"] in defined and (not out.get("variable") or out["name"] in variables)
+        _need(ok, f"output {out['name']!r} is not produced or writes an unknown variable")
+    return arena + inline
+
+
+def _step(step: object, defined: set[str], values: dict, arena: int) -> int:
+    _need(isinstance(step, dict), "a step is not a mapping")
+    node = step.get("node")  # type: ignore[union-attr]
+    op = step.get("op")  # type: ignore[union-attr]
+    _need(isinstance(node, str) and isinstance(op, str), "a step has no node name or op")
+    _need(op in SUPPORTED_OPS or op in EXECUTOR_OPS,
+          f"node {node!r} uses op {_short(op)}, which the kernel library does not have")
+    if step.get("native"):  # type: ignore[union-attr]
+        _need(op in NPU_FORMAT_OPS, f"node {node!r} asks for a native {op!r} kernel, which the runtime does not have")
+    inputs = step.get("inputs")  # type: ignore[union-attr]
+    outputs = step.get("outputs")  # type: ignore[union-attr]
+    _need(isinstance(inputs, list) and all(isinstance(i, str) for i in inputs)
+          and isinstance(outputs, list) and all(isinstance(o, str) for o in outputs),
+          f"node {node!r} has bad input or output lists")
+    undefined = [i for i in inputs if i and i not in defined]
+    _need(not undefined, f"node {node!r} reads undefined value {_short(undefined[:1])}")
+    attrs = step.get("attrs", {})  # type: ignore[union-attr]
+    _need(isinstance(attrs, dict), f"node {node!r} has bad attributes")
+    inline = sum(_encoded_tensor(a["tensor"], f"node {node!r} attribute {k!r}")
+                 for k, a in attrs.items() if isinstance(a, dict) and "tensor" in a)
+    for key in ("tiling", "layout"):
+        _need(step.get(key) is None or isinstance(step[key], dict), f"node {node!r} has a bad {key}")  # type: ignore
+    for out in filter(None, outputs):
+        plan = values.get(out)
+        _need(isinstance(plan, dict) and _plan_fits(plan, arena), f"value {out!r} has no valid buffer in the arena")
+        defined.add(out)
+    return inline
+
+
+def _plan_fits(plan: dict, arena: int) -> bool:
+    try:
+        shape = _shape(plan.get("shape"), "value")
+        stored = _shape(plan["storage"], "value") if "storage" in plan else shape
+        nbytes = _nbytes(stored, _dtype(plan.get("dtype"), "value"))
+    except _Bad:
         return False
-    nbytes = int(np.prod(storage, dtype=np.int64)) * np.dtype(plan["dtype"]).itemsize
-    return isinstance(plan.get("offset"), int) and plan["offset"] >= 0 and plan["offset"] + nbytes <= arena
+    offset = plan.get("offset")
+    return type(offset) is int and offset >= 0 and offset + nbytes <= arena
+
+
+def _encoded_tensor(t: object, what: str) -> int:
+    """Check an inline tensor ``{"dtype", "shape", "b64"}``: its bytes must be exactly its shape's."""
+    _need(isinstance(t, dict), f"{what} is not a tensor")
+    shape = _shape(t.get("shape"), what)  # type: ignore[union-attr]
+    dtype = _dtype(t.get("dtype"), what)  # type: ignore[union-attr]
+    data = t.get("b64")  # type: ignore[union-attr]
+    _need(isinstance(data, str), f"{what} has no data")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise _Bad(f"{what} has malformed data") from None
+    _need(len(raw) == _nbytes(shape, dtype), f"{what} has {len(raw)} bytes, its shape needs {_nbytes(shape, dtype)}")
+    return len(raw)
