@@ -55,6 +55,11 @@ def ran_ids(report: dict | None) -> list[str]:
     return [t["id"] for t in (report or {}).get("tasks", []) if t["status"] == "ran"]
 
 
+def ran_seconds(report: dict | None) -> dict[str, float]:
+    """In-process seconds of each task that ran (where the time of an edit goes)."""
+    return {t["id"]: t["seconds"] for t in (report or {}).get("tasks", []) if t["status"] == "ran"}
+
+
 def build_record(m: Measured) -> dict:
     """What a scenario keeps of one CLI run (the report's task list is reduced to counts and ran ids)."""
     report = m.last_json()
@@ -62,7 +67,8 @@ def build_record(m: Measured) -> dict:
     rec = {"argv": m.argv, "returncode": m.returncode, "wall_s": m.wall_s, "maxrss_kib": m.maxrss_kib,
            "tree_peak_kib": m.tree_peak_kib, "in_process_s": (report or {}).get("seconds"),
            "ran": sum(c["ran"] for c in counts.values()), "cached": sum(c["cached"] for c in counts.values()),
-           "stages": counts, "ran_tasks": ran_ids(report), "digest": (report or {}).get("digest")}
+           "stages": counts, "ran_tasks": ran_ids(report), "ran_seconds": ran_seconds(report),
+           "digest": (report or {}).get("digest")}
     if m.returncode != 0 or report is None:
         rec["error"] = (m.stderr or m.stdout)[-2000:]
     return rec
@@ -389,7 +395,8 @@ def machine_info() -> dict:
     mem = next((line.split()[1] for line in _read("/proc/meminfo").splitlines() if line.startswith("MemTotal")), None)
     return {"cpu_count": os.cpu_count(), "cpu_model": cpu, "mem_total_kib": int(mem) if mem else None,
             "python": sys.version.split()[0], "platform": platform.platform(), "packages": versions,
-            "git_head": _git_head(), "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE")}
+            "git_head": _git_head(), "git_dirty_product_files": _git_dirty(),
+            "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE")}
 
 
 def _read(path: str) -> str:
@@ -399,10 +406,18 @@ def _read(path: str) -> str:
         return ""
 
 
+def _git(*args: str) -> str:
+    proc = subprocess.run(["git", "-C", str(BENCH_DIR), *args], capture_output=True, text=True, check=False)
+    return proc.stdout.strip()
+
+
 def _git_head() -> str | None:
-    proc = subprocess.run(["git", "-C", str(BENCH_DIR), "rev-parse", "HEAD"], capture_output=True, text=True,
-                          check=False)
-    return proc.stdout.strip() or None
+    return _git("rev-parse", "HEAD") or None
+
+
+def _git_dirty() -> list[str]:
+    """Uncommitted product files at the start: the editable install measures the working tree, not HEAD."""
+    return _git("status", "--porcelain", "--", "../bundle_pipeline").splitlines()
 
 
 def cli_workers_help() -> str:
