@@ -32,7 +32,7 @@ def outs(stage: str) -> list[str]:
 
 
 def test_stages_declare_existing_deps_and_the_published_results():
-    assert set(STAGES) == {"example", "incremental", "memory", "conformance"}
+    assert set(STAGES) == {"example", "incremental", "memory", "conformance-cpu", "conformance-npu"}
     for name, stage in STAGES.items():
         for dep in stage["deps"]:
             assert (ROOT / dep).exists(), (name, dep)
@@ -42,8 +42,10 @@ def test_stages_declare_existing_deps_and_the_published_results():
         if words[0] == "python":
             assert words[1] in stage["deps"] and (ROOT / words[1]).is_file()
     assert outs("example") == ["examples/demo/build/demo.bundle"]
-    assert {o for s in ("incremental", "memory", "conformance") for o in outs(s)} == {
-        "bench/results/incremental.json", "bench/results/memory.json", "bench/results/conformance_cpu.json"}
+    benches = ("incremental", "memory", "conformance-cpu", "conformance-npu")
+    assert {o for s in benches for o in outs(s)} == {
+        "bench/results/incremental.json", "bench/results/memory.json", "bench/results/conformance_cpu.json",
+        "bench/results/conformance_npu.json"}
     sys.path.insert(0, str(ROOT / "bench"))
     import incremental
     import memory
@@ -73,12 +75,13 @@ def test_memory_stage_smoke(tmp_path):
     assert {r["model"] for r in rows} == {"mlp"} and {r["reuse"] for r in rows} == {True, False}
 
 
-def test_conformance_stage_smoke(tmp_path):
+@pytest.mark.parametrize("target", ["cpu", "npu"])
+def test_conformance_stage_smoke(tmp_path, target):
     out = tmp_path / "conformance.json"
-    proc = subprocess.run(argv("conformance", "-k", "^test_relu$", "--jobs", "1", "--out", str(out)), cwd=ROOT,
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(argv(f"conformance-{target}", "-k", "^test_relu$", "--jobs", "1", "--out", str(out)),
+                          cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"target": "cpu", "passed": 1, "failed": 0,
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"target": target, "passed": 1, "failed": 0,
                                                                  "excluded": 0, "total": 1}
 
 
