@@ -57,8 +57,9 @@ def run(
     """Build bundles in one DAG; a second run of an unchanged spec executes no task.
 
     On a terminal a live display shows each stage's progress, cache hits and the running tasks; in a pipe,
-    one plain line per task that runs (on stderr); with --json, nothing but the reports. Ctrl-C waits for
-    the running tasks (each writes atomically), leaves the previous bundle in place and exits with 130.
+    one plain line per task that runs (on stderr); with --json, nothing but the reports. Ctrl-C starts no
+    new task and exits with 130; every write is atomic, so the bundle is the previous one (or the new one,
+    complete, if pack was already running) and the tasks that finished are cached for the next run.
     """
     try:
         from .pipeline import build_many
@@ -76,7 +77,8 @@ def run(
         if recorder is not None:
             recorder.write(profile)
     except KeyboardInterrupt:
-        typer.echo("interrupted: unfinished tasks left no output; the previous bundle is unchanged", err=True)
+        typer.echo("interrupted: nothing was left half-written; finished tasks are cached for the next run",
+                   err=True)
         raise typer.Exit(130) from None
     for report in reports:
         ran = sum(t.status == "ran" for t in report.tasks)
