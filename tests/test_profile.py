@@ -106,3 +106,17 @@ def test_local_cluster_profile_names_the_workers(tmp_path):
     planner = next(e for e in trace["traceEvents"] if e["name"] == "plan")
     assert planner["pid"] not in {e["pid"] for e in spans.values()}
     assert_threads_run_one_task_at_a_time(spans)
+
+
+def test_a_cache_repair_round_is_a_second_plan_and_each_task_keeps_one_span(tmp_path):
+    spec = demo_copy(tmp_path) / "bundle.yaml"
+    assert CliRunner().invoke(app, ["run", str(spec)]).exit_code == 0
+    shutil.rmtree(spec.parent / ".bundle-cache" / "tensors")  # pack must re-run and finds its tensors gone
+    shutil.rmtree(spec.parent / "build")
+    report, trace = profiled_run(spec, tmp_path / "repair.json")
+    assert report["cache_repairs"]
+    spans = check_schema(trace, report)
+    plans = [e for e in trace["traceEvents"] if e["name"] == "plan"]
+    assert len(plans) == 2 and plans[1]["ts"] >= plans[0]["ts"] + plans[0]["dur"]
+    assert spans["demo/pack"]["args"]["cache"] == "miss" and "status" not in spans["demo/pack"]["args"]
+    assert spans["demo/pack"]["ts"] >= plans[1]["ts"]  # its last execution, after the repair

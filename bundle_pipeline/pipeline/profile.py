@@ -13,6 +13,10 @@ microseconds since the build started) named by its task id, with ``cat`` = its s
   the "plan" span (the planner's lookups are not timed one by one), with ``recorded_seconds`` = what
   it took when it ran.
 
+A build that finds a cache entry lost plans again after repairing it (``pipeline/build.py``): each round
+is a "plan" span, and a task keeps the span of its last execution (``args.status`` = "lost" / "blocked"
+for one that could not finish).
+
 Timestamps are wall-clock (``time.time()``) of each worker's host: on a multi-host cluster the rows are
 as aligned as the hosts' clocks.
 """
@@ -36,32 +40,34 @@ class TraceRecorder:
 
     def __init__(self) -> None:
         self.dag = None
-        self.resolved: dict[str, TaskResult] = {}
-        self.ran: dict[str, TaskResult] = {}
-        self.started: float | None = None
-        self.planned: float | None = None
+        self.resolved: dict[str, tuple[TaskResult, float]] = {}  # task id -> (planner hit, when its plan ended)
+        self.ran: dict[str, TaskResult] = {}  # the last execution of each task the scheduler ran
+        self.plans: list[tuple[float, float, int]] = []  # (started, finished, tasks up to date) per plan
         self.planner = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, event: Event) -> None:
-        if event.kind == "plan":
+        if event.kind == "plan":  # one per round: a build plans again after repairing a lost cache entry
             self.dag = event.data["dag"]
-            self.resolved = dict(event.data["plan"].resolved)
-            self.started, self.planned = event.data["started"], event.data["finished"]
+            found = event.data["plan"]
+            for tid, result in found.resolved.items():
+                self.resolved.setdefault(tid, (result, event.data["finished"]))
+            self.plans.append((event.data["started"], event.data["finished"], len(found.resolved)))
         elif event.kind == "finish" and event.result is not None:
             self.ran[event.task] = event.result
 
     def trace(self) -> dict:
-        if self.dag is None:
+        if self.dag is None or not self.plans:
             raise ValueError("no build was observed")
-        t0 = self.started
+        t0 = self.plans[0][0]
         rows = _Rows()
         planner_pid, planner_tid = rows.ids(self.planner, PLANNER_THREAD)
-        events = [{"name": "plan", "cat": "plan", "ph": "X", "ts": 0.0, "dur": _us(self.planned - t0),
-                   "pid": planner_pid, "tid": planner_tid,
-                   "args": {"tasks": self.dag.number_of_nodes(), "up_to_date": len(self.resolved),
-                            "to_run": self.dag.number_of_nodes() - len(self.resolved)}}]
-        for tid, result in self.resolved.items():
-            events.append(self._span(tid, result, planner_pid, planner_tid, self.planned - t0, 0.0, self.planner))
+        n = self.dag.number_of_nodes()
+        events = [{"name": "plan", "cat": "plan", "ph": "X", "ts": _us(start - t0), "dur": _us(end - start),
+                   "pid": planner_pid, "tid": planner_tid, "args": {"tasks": n, "up_to_date": hits, "to_run": n - hits}}
+                  for start, end, hits in self.plans]
+        for tid, (result, planned) in self.resolved.items():
+            if tid not in self.ran:  # a task resolved in a later round after running in an earlier one ran
+                events.append(self._span(tid, result, planner_pid, planner_tid, planned - t0, 0.0, self.planner))
         for tid, result in self.ran.items():
             extra = result.extra
             worker = str(extra.get("worker", "unknown"))
@@ -70,7 +76,7 @@ class TraceRecorder:
             events.append(self._span(tid, result, pid, thread, start - t0, stop - start, worker))
         events.sort(key=lambda e: (e["ts"], e["pid"], e["tid"]))
         return {"traceEvents": rows.metadata(self.planner) + events, "displayTimeUnit": "ms",
-                "otherData": {"tool": "bundle-pipeline", "started_unix_s": t0,
+                "otherData": {"tool": "bundle-pipeline", "started_unix_s": t0, "plans": len(self.plans),
                               "bundles": sorted({self.dag.nodes[t]["task"].bundle for t in self.dag.nodes})}}
 
     def _span(self, tid: str, result: TaskResult, pid: int, thread: int, start_s: float, dur_s: float,
@@ -78,6 +84,8 @@ class TraceRecorder:
         task = self.dag.nodes[tid]["task"]
         args = {"bundle": task.bundle, "stage": task.stage, "step": task.step, "graph": task.graph,
                 "cache": "hit" if result.status == "cached" else "miss", "worker": worker, "key": result.key}
+        if result.status not in ("ran", "cached"):  # "lost" / "blocked": a cache entry went missing (repaired)
+            args["status"] = result.status
         if result.status == "cached":
             args["recorded_seconds"] = result.extra.get("recorded_seconds")
             args["resolved_by"] = "worker (early cutoff)" if tid in self.ran else "planner"

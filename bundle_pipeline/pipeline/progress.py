@@ -29,6 +29,7 @@ class Counts:
 
     def __init__(self) -> None:
         self.started = time.time()
+        self.rounds = 0  # plans seen: a build plans again after repairing a lost cache entry
         self.stage_of: dict[str, str] = {}
         self.total: dict[str, int] = {}
         self.done: dict[str, int] = {}
@@ -41,7 +42,10 @@ class Counts:
     def update(self, event: Event) -> None:
         if event.kind == "plan":
             dag, found = event.data["dag"], event.data["plan"]
-            self.started = event.data.get("started", self.started)
+            if not self.rounds:
+                self.started = event.data.get("started", self.started)
+            self.rounds += 1
+            self.total, self.done, self.hits, self.running, self.finished = {}, {}, {}, {}, 0
             for tid in dag.nodes:
                 stage = dag.nodes[tid]["task"].stage
                 self.stage_of[tid] = stage
@@ -82,11 +86,12 @@ class PlainProgress:
         c.update(event)
         if event.kind == "plan" and c.to_run:
             total = sum(c.total.values())
-            self._line(f"{total} tasks: {total - c.to_run} up to date, {c.to_run} to run")
+            again = "cache repaired, planning again: " if c.rounds > 1 else ""
+            self._line(f"{again}{total} tasks: {total - c.to_run} up to date, {c.to_run} to run")
         elif event.kind == "finish" and event.result is not None:
             r = event.result
             width = len(str(c.to_run))
-            how = "ran   " if r.status == "ran" else "cached"  # cached here: early cutoff at run time
+            how = {"ran": "ran   ", "cached": "cached"}.get(r.status, r.status)  # cached here: early cutoff
             self._line(f"[{c.finished:>{width}}/{c.to_run}] {how} {r.id}  {r.seconds:.2f}s  "
                        f"({c.elapsed():.1f}s elapsed)")
 
