@@ -35,7 +35,7 @@ def one_line_errors(fn):
 
 
 SpecsArg = Annotated[list[Path], typer.Argument(help="bundle.yaml files, or directories of them")]
-TargetOpt = Annotated[str | None, typer.Option(help="cpu (npu: not built yet)")]
+TargetOpt = Annotated[str | None, typer.Option(help="cpu | npu (default: the spec's target, else cpu)")]
 CacheOpt = Annotated[str | None, typer.Option(help="cache directory or fsspec URL")]
 
 
