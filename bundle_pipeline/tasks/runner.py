@@ -15,6 +15,8 @@ Faults
   re-runs its task. Rounds are bounded (``MAX_REPAIR_ROUNDS`` in the build); a cache that keeps
   losing entries ends the build with an ``IO_ERROR``. The same holds when the entry is lost while the
   plan computes a key (``LostEntry``, raised by ``lookup``).
+- **A malformed model** that the importer's checks miss still ends as ``GRAPH_INVALID`` naming the
+  file: exceptions from data in the ``parse`` steps are converted (``USER_INPUT_STEPS``).
 - **Disk full, permission denied, network errors** (``OSError``) while a task reads or writes the cache
   or a file become one ``IO_ERROR`` naming the path and whether it is in the cache. Cache writes are
   atomic and the bundle is staged and renamed (``stages/pack.py``), so the previous bundle and every
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..cache import Cache, CacheMiss
-from ..errors import BundleIOError
+from ..errors import BundleIOError, GraphInvalid
 from ..ir.hashing import hash_json
 from ..targets import get_target
 from .sources import external_digests, source_digest
@@ -133,7 +135,18 @@ def execute_task(task: Task, ctx: BuildContext, *upstream_results: TaskResult) -
         return _stamped(TaskResult(task.id, task.stage, task.graph, "", {}, LOST, 0.0, {"missing": missing}), start)
     except OSError as err:
         raise io_error(err, task, cache) from None
+    except _MODEL_DATA_ERRORS as err:
+        if task.step not in USER_INPUT_STEPS:
+            raise
+        raise GraphInvalid(f"cannot import the model: {type(err).__name__}: {err}", task.context["where"]) from None
     return _stamped(TaskResult(task.id, task.stage, task.graph, found.key, outputs, "ran", seconds, extra), start)
+
+
+# Steps that decode the user's files. An exception the importer did not turn into a BundleError there
+# (a malformed model the checks missed: mismatched tensor sizes, invalid UTF-8 names, ...) is still the
+# model's fault, so it becomes GRAPH_INVALID naming the file; elsewhere it is a bug and propagates.
+USER_INPUT_STEPS = frozenset({"parse", "parse.weights"})
+_MODEL_DATA_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, ArithmeticError, RecursionError)
 
 
 def forget_holders(missing: str, candidates: list[TaskResult], cache: Cache) -> list[str]:
