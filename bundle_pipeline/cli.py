@@ -57,9 +57,10 @@ def run(
     """Build bundles in one DAG; a second run of an unchanged spec executes no task.
 
     On a terminal a live display shows each stage's progress, cache hits and the running tasks; in a pipe,
-    one plain line per task that runs (on stderr); with --json, nothing but the reports. Ctrl-C starts no
-    new task and exits with 130; every write is atomic, so the bundle is the previous one (or the new one,
-    complete, if pack was already running) and the tasks that finished are cached for the next run.
+    one plain line per task that runs; with --json, nothing but the reports (errors alone go to stderr).
+    Ctrl-C starts no new task and exits with 130; every write is atomic, so the bundle is the previous one
+    (or the new one, complete, if pack was already running) and the tasks that finished are cached for the
+    next run.
     """
     try:
         from .pipeline import build_many

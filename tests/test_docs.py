@@ -153,7 +153,7 @@ def test_quick_start_runs_as_written(repo_copy):
                for piece in pieces[1:]]
     for piece, proc in zip(pieces[1:], outputs, strict=True):
         assert proc.returncode == 0, (piece, proc.stderr)
-    assert outputs[0].stdout.startswith("built ") and "demo.bundle" in outputs[0].stdout
+    assert outputs[0].stdout.splitlines()[-1].startswith("built ") and "demo.bundle" in outputs[0].stdout
     assert outputs[1].stdout.startswith("y: float32[2, 4]")
     second = next(body for lang, body, at in code_blocks(README) if lang == "bash" and "pytest" in body)
     assert second.strip() == 'pip install -e ".[test]" && python -m pytest -n auto'

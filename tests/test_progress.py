@@ -45,19 +45,34 @@ def test_plain_lines_in_a_pipe_then_nothing_for_a_noop(tmp_path):
     spec = demo_copy(tmp_path) / "bundle.yaml"
     first = subprocess.run(cli("run", str(spec)), capture_output=True, text=True, check=False)
     assert first.returncode == 0, first.stderr
-    assert "\x1b" not in first.stderr + first.stdout  # no ANSI escapes in a pipe
+    assert first.stderr == "" and "\x1b" not in first.stdout  # a build log on stdout, no ANSI escapes in a pipe
     tasks = [t.id for t in build(load_spec(spec)).tasks]  # a no-op now: lists every task
     n = len(tasks)
-    lines = first.stderr.strip().splitlines()
+    lines = first.stdout.strip().splitlines()
     assert lines[0] == f"{n} tasks: 0 up to date, {n} to run"
-    ran = lines[1:]
+    ran, last = lines[1:-1], lines[-1]
     assert [line.split("]")[0].strip("[ ") for line in ran] == [f"{i}/{n}" for i in range(1, n + 1)]
-    assert len(ran) == n and all(line.startswith("[") and " ran    " in line and "elapsed)" in line for line in ran)
+    assert all(" ran    " in line and "elapsed)" in line for line in ran)
     assert sorted(line.split("ran    ")[1].split()[0] for line in ran) == sorted(tasks)
     assert ran[-1].split("ran    ")[1].startswith("demo/pack ")
-    assert first.stdout.startswith("built ") and f"{n} ran, 0 cached" in first.stdout
+    assert last.startswith("built ") and f"{n} ran, 0 cached" in last
     again = subprocess.run(cli("run", str(spec)), capture_output=True, text=True, check=False)
-    assert again.returncode == 0 and again.stderr == ""  # nothing ran: nothing to report
+    assert again.returncode == 0 and again.stderr == ""
+    assert again.stdout.startswith("built ") and again.stdout.count("\n") == 1  # nothing ran: nothing to report
+
+
+def test_a_failing_run_prints_one_error_line_on_stderr(tmp_path):
+    spec = demo_copy(tmp_path) / "bundle.yaml"
+    (spec.parent / "update.onnx").write_bytes(b"not onnx")  # parse:update fails mid-build
+    proc = subprocess.run(cli("run", str(spec)), capture_output=True, text=True, check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: GRAPH_INVALID: ") and proc.stderr.count("\n") == 1
+    assert proc.stdout.startswith(f"{len(build_tasks(spec))} tasks: 0 up to date")
+
+
+def build_tasks(spec: Path) -> list:
+    from bundle_pipeline.tasks.factory import bundle_tasks
+
+    return bundle_tasks(load_spec(spec))
 
 
 def test_json_prints_reports_only(tmp_path):
@@ -155,14 +170,15 @@ def test_ctrl_c_stops_cleanly_and_the_next_build_is_byte_identical(tmp_path):
     proc = subprocess.Popen(cli("run", str(spec), "--cache", str(cache), "--force"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     seen = []
-    for line in proc.stderr:  # plain progress lines: interrupt once the first task has finished
+    for line in proc.stdout:  # plain progress lines: interrupt once the first task has finished
         seen.append(line)
         if line.startswith("["):
             proc.send_signal(signal.SIGINT)
             break
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, "".join(seen) + stderr
-    assert "interrupted" in stderr and "Traceback" not in stderr and stdout == ""
+    assert proc.returncode == 130, "".join(seen) + stdout + stderr
+    assert stderr.startswith("interrupted: ") and stderr.count("\n") == 1 and "Traceback" not in stderr
+    assert stdout.splitlines()[-1].startswith("interrupted at ") and "built " not in stdout
     assert bundle_digest(out) == first.digest
     assert {rel: (out / rel).read_bytes() for rel in entries(out)} == before  # previous bundle intact
     assert sorted(p.name for p in out.parent.iterdir()) == [out.name]  # no staged bundle left beside it

@@ -1,5 +1,8 @@
 """Build progress for ``run``: a rich live display on a terminal, plain lines in a pipe, nothing with ``--json``.
 
+Progress goes to stdout, with the "built ..." lines (a build log, as make and ninja print it); stderr is
+left to errors, so a failing ``run`` still prints exactly one ``error: ...`` line there.
+
 Both displays are build observers (``build_many(..., on_event=...)``): they count, per stage, the tasks
 resolved from the cache when the build was planned and the tasks the scheduler finished, the cache hits
 (planned hits plus tasks that early cutoff spared at run time), which tasks are running and the time
@@ -173,7 +176,7 @@ def choose(as_json: bool, stream: TextIO) -> str:
 def show_progress(as_json: bool, stream: TextIO | None = None) -> Iterator[Observer | None]:
     """The observer to pass to ``build_many`` (None with --json); the display is closed on the way out,
     saying how far the build got when it was interrupted."""
-    stream = stream or sys.stderr
+    stream = stream or sys.stdout
     mode = choose(as_json, stream)
     if mode == "none":
         yield None
