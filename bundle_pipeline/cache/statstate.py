@@ -23,6 +23,17 @@ Two rules keep a stale entry from ever being *recorded*:
 The file is rewritten atomically (temp + ``os.replace``) after each new entry, merged with what
 is on disk at that moment, so concurrent processes can at worst lose each other's entries
 (which only costs a re-hash). An unreadable or corrupt state file is treated as empty.
+
+Output state
+------------
+``outputs.json`` beside ``stat.json`` (``OutputState``) records, per output path of *this* machine,
+which action wrote it and the output's stat fingerprint then::
+
+    {"v": 1, "entries": {"/abs/path/demo.bundle": {"key": "<pack action key>", "stamp": "<hash>"}}}
+
+It lives here, not in the (possibly shared) action record, because it describes this machine's file:
+two machines, or two output paths, building the same bundle from one cache must not overwrite each
+other's stamp and re-pack forever. Same write discipline as ``stat.json``.
 """
 
 from __future__ import annotations
@@ -178,3 +189,44 @@ class StatState:
                     os.unlink(full)
                     removed += 1
         return removed
+
+
+class OutputState:
+    """Output path -> record of the build that wrote it (``{"key", "stamp"}``), in one local JSON file."""
+
+    def __init__(self, backend: LocalBackend, rel: str):
+        self._backend = backend
+        self._rel = rel
+        self._lock = threading.Lock()
+
+    def get(self, path: str | os.PathLike[str]) -> dict[str, Any] | None:
+        with self._lock:
+            return self._read_disk().get(os.path.abspath(os.fspath(path)))
+
+    def put(self, path: str | os.PathLike[str], record: dict[str, Any]) -> None:
+        """Record (merged with what other processes saved meanwhile); a failed write only costs a re-pack."""
+        with self._lock:
+            entries = self._read_disk()
+            entries[os.path.abspath(os.fspath(path))] = record
+            with contextlib.suppress(OSError):
+                self._backend.write_atomic(self._rel, canonical_json({"v": STATE_FORMAT, "entries": entries}))
+
+    def prune_missing(self) -> int:
+        """Drop the records of outputs that no longer exist; return how many."""
+        with self._lock:
+            entries = self._read_disk()
+            keep = {p: r for p, r in entries.items() if os.path.lexists(p)}
+            if len(keep) != len(entries):
+                with contextlib.suppress(OSError):
+                    self._backend.write_atomic(self._rel, canonical_json({"v": STATE_FORMAT, "entries": keep}))
+            return len(entries) - len(keep)
+
+    def _read_disk(self) -> dict[str, dict[str, Any]]:
+        try:
+            payload = json.loads(self._backend.read(self._rel))
+        except (FileNotFoundError, ValueError):
+            return {}
+        entries = payload.get("entries") if isinstance(payload, dict) and payload.get("v") == STATE_FORMAT else None
+        if not isinstance(entries, dict):
+            return {}
+        return {k: v for k, v in entries.items() if isinstance(k, str) and isinstance(v, dict)}

@@ -10,6 +10,7 @@ Everything lives under one root (``.bundle-cache/`` by default, or ``memory://..
     actions/<key[:2]>/<key>      canonical JSON ``{"checksum": hash_json(record), "record": record,
                                  "v": 1}`` mapping a task key to its record (output hashes, timing)
     state/stat.json              input-file stat state, local roots only (see ``statstate.py``)
+    state/outputs.json           which build wrote each output path of this machine (idem)
     */<xx>/.tmp-<uuid>           a write in progress, or a leftover of a crashed one (``gc`` removes)
 
 Every write goes to a ``.tmp-`` name next to its destination and is then renamed into place:
@@ -54,6 +55,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -288,16 +290,36 @@ class FsspecBackend:
     def remove(self, rel: str) -> None:
         self._rm(self.path(rel))
 
+    def _staging(self, rel: str, create: bool = False) -> str | None:
+        """Where a temp directory (a tensor being written by this process) is staged on local disk, on
+        stores with atomic PUTs: writing it there and uploading each file once beats writing it remotely
+        and then copying and deleting every file (an object store's "rename"). None for other entries,
+        other stores, and remote temp leftovers (gc removes those remotely)."""
+        if not (self.atomic_put and rel.rsplit("/", 1)[-1].startswith(TEMP_PREFIX)):
+            return None
+        staged = os.path.join(tempfile.gettempdir(), f"bundle-pipeline-staging-{os.getpid()}", rel.replace("/", "_"))
+        if create:
+            os.makedirs(staged, exist_ok=True)
+        return staged if os.path.isdir(staged) else None
+
     def remove_tree(self, rel: str) -> None:
+        staged = self._staging(rel)
+        if staged is not None:
+            shutil.rmtree(staged, ignore_errors=True)
+            return
         self._rm(self.path(rel), recursive=True)
 
     def new_dir(self, rel: str) -> None:
-        self.fs.makedirs(self.path(rel), exist_ok=True)
+        if self._staging(rel, create=True) is None:
+            self.fs.makedirs(self.path(rel), exist_ok=True)
 
     def publish_dir(self, tmp_rel: str, final_rel: str) -> bool:
         """Move a finished temp tree into place, ``zarr.json`` last so its presence marks a
         fully copied entry for ``has_tensor``; False when the destination already exists."""
         src, dst = self.path(tmp_rel), self.path(final_rel)
+        staged = self._staging(tmp_rel)
+        if staged is not None:
+            return self._upload_dir(staged, dst)
         if self.fs.exists(f"{dst}/zarr.json"):
             self._rm(src, recursive=True)
             return False
@@ -308,6 +330,17 @@ class FsspecBackend:
             if group:
                 self.fs.mv([s for s, _ in group], [d for _, d in group])
         self._rm(src, recursive=True)
+        return True
+
+    def _upload_dir(self, local: str, dst: str) -> bool:
+        if self.fs.exists(f"{dst}/zarr.json"):
+            return False
+        files = sorted((os.path.relpath(os.path.join(d, f), local).replace(os.sep, "/")
+                        for d, _, names in os.walk(local) for f in names), key=lambda r: r == "zarr.json")
+        body, marker = files[:-1], files[-1:]
+        for group in (body, marker):  # one concurrent batch of PUTs, then the marker
+            if group:
+                self.fs.put([os.path.join(local, *r.split("/")) for r in group], [f"{dst}/{r}" for r in group])
         return True
 
     def entries(self, area: str) -> Iterator[Entry]:
@@ -341,6 +374,11 @@ class FsspecBackend:
             self.fs.get(remote, local)
 
     def zarr_store(self, rel: str, read_only: bool) -> Any:
+        staged = self._staging(rel)
+        if staged is not None:
+            from zarr.storage import LocalStore
+
+            return LocalStore(staged, read_only=read_only)
         from zarr.storage import FsspecStore
 
         url = self.fs.unstrip_protocol(self.path(rel))
@@ -471,11 +509,13 @@ class Cache:
         self.root: str = self._backend.root if self._backend.is_local else given.rstrip("/")
         self.chunk_bytes = chunk_bytes
         if state_dir is not None:
-            self._stat = statstate.StatState(LocalBackend(os.path.abspath(os.fspath(state_dir))), "stat.json")
+            state, prefix = LocalBackend(os.path.abspath(os.fspath(state_dir))), ""
         elif isinstance(self._backend, LocalBackend):
-            self._stat = statstate.StatState(self._backend, "state/stat.json")
+            state, prefix = self._backend, "state/"
         else:
-            self._stat = statstate.StatState(LocalBackend(_default_state_dir(self.root)), "stat.json")
+            state, prefix = LocalBackend(_default_state_dir(self.root)), ""
+        self._stat = statstate.StatState(state, f"{prefix}stat.json")
+        self._outputs = statstate.OutputState(state, f"{prefix}outputs.json")
 
     def __repr__(self) -> str:
         return f"Cache({self.root!r})"
@@ -609,6 +649,13 @@ class Cache:
         """``hash_bytes`` of a local file's content, re-hashed only when its stat changed."""
         return self._stat.file_hash(path)
 
+    def output_record(self, path: str | os.PathLike[str]) -> dict[str, Any] | None:
+        """What this machine recorded about output ``path`` (see ``statstate.OutputState``)."""
+        return self._outputs.get(path)
+
+    def record_output(self, path: str | os.PathLike[str], record: dict[str, Any]) -> None:
+        self._outputs.put(path, record)
+
     # -- maintenance -----------------------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
@@ -714,7 +761,7 @@ class Cache:
         for area in AREAS:
             self._backend.prune_empty_dirs(area)
         sweep.freed["temp_removed"] += self._stat.remove_temps(TEMP_PREFIX, temp_age)
-        sweep.freed["stat_entries_pruned"] = self._stat.prune_missing()
+        sweep.freed["stat_entries_pruned"] = self._stat.prune_missing() + self._outputs.prune_missing()
         sweep.freed["bytes_freed"] = sweep.nbytes
         return sweep.freed
 

@@ -98,7 +98,7 @@ def _lookup(task: Task, ctx: BuildContext, upstream: dict[str, TaskResult], cach
         inputs.update(external_digests(cache.get_json(inputs["refs"]), model_dir, cache, task.context["where"]))
     key = task_key(task, inputs, get_target(ctx.target).fingerprint)
     record = None if ctx.force else cache.get_action(key)
-    if record is not None and not _still_valid(task, record, cache):
+    if record is not None and not _still_valid(task, key, record, cache):
         record = None
     return Lookup(key, inputs, record)
 
@@ -127,9 +127,9 @@ def execute_task(task: Task, ctx: BuildContext, *upstream_results: TaskResult) -
         extra = outputs.pop("_extra", {}) if isinstance(outputs.get("_extra"), dict) else {}
         record = {"task": task.id, "outputs": outputs, "seconds": seconds, "inputs": found.inputs,
                   "params": task.params, "version": task.version, "target": get_target(ctx.target).fingerprint}
-        if task.step == "pack":
-            record["stamp"] = output_stamp(task.context["out"])
         cache.put_action(found.key, record)
+        if task.step == "pack":  # this machine's output: recorded locally, not in the shared record
+            cache.record_output(task.context["out"], {"key": found.key, "stamp": output_stamp(task.context["out"])})
     except (CacheMiss, LostEntry) as lost:
         missing = lost.missing if isinstance(lost, LostEntry) else str(lost.args[0])
         return _stamped(TaskResult(task.id, task.stage, task.graph, "", {}, LOST, 0.0, {"missing": missing}), start)
@@ -205,10 +205,12 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _still_valid(task: Task, record: dict, cache: Cache) -> bool:
-    """A hit needs its outputs in the cache; pack's output must also still be the bundle it wrote."""
+def _still_valid(task: Task, key: str, record: dict, cache: Cache) -> bool:
+    """A hit needs its outputs in the cache; pack's output must also still be the bundle this key wrote
+    on this machine (the cache's local output state, not the shared record: see cache/statstate.py)."""
     if task.step == "pack":
-        return record.get("stamp") == output_stamp(task.context["out"])
+        out = task.context["out"]
+        return cache.output_record(out) == {"key": key, "stamp": output_stamp(out)}
     return all(cache.has_object(h) for h in record["outputs"].values())
 
 
