@@ -41,7 +41,7 @@ def built(tmp_path):
 
 
 def chunk_files(cache: str) -> list[Path]:
-    return sorted(p for p in Path(cache, "tensors").rglob("c/*") if p.is_file() and ".tmp-" not in str(p))
+    return sorted(p for p in Path(cache, "tensors").rglob("c*") if p.is_file() and ".tmp-" not in str(p))
 
 
 def program_object(cache: str) -> Path:
