@@ -8,7 +8,7 @@ elsewhere) holding the C-order values of the array whose ``tensor_hash`` is ``h`
     zarr.json        shape, dtype, chunk grid, codecs [bytes(little)], fill_value 0, and
                      attributes {"bundle_pipeline": {"tensor_hash": h, "chunk_hashes": [...],
                      "checksum": hash_json([h, chunk_hashes])}}
-    c/<i>/<j>/...    one file per chunk, every chunk written (write_empty_chunks) so a missing
+    c.<i>.<j>...     one file per chunk, every chunk written (write_empty_chunks) so a missing
                      chunk file is damage, not "all zeros"
 
 Chunks are ~``chunk_bytes`` (1 MiB) slabs along axis 0, full size on the other axes (see
@@ -167,6 +167,9 @@ def put_tensor(backend: Backend, arr: Any, chunk_bytes: int, tmp_name: str) -> s
             compressors=None,
             serializer=BytesCodec(endian="little" if arr.dtype.itemsize > 1 else None),
             fill_value=False if arr.dtype == np.bool_ else 0,
+            # flat chunk files (c.0.0) instead of nested directories (c/0/0): a bundle re-pack links every
+            # chunk file into a fresh array directory, and each directory created costs more than a link
+            chunk_key_encoding={"name": "default", "separator": "."},
             attributes=_attrs(h, compute_chunk_hashes(arr, chunks)),
             zarr_format=3,
             config={"write_empty_chunks": True},
@@ -231,7 +234,7 @@ def _parse_meta(data: bytes, h: str) -> _Meta:
 
 # The codec chains put_tensor writes (zarr omits the endianness of 1-byte types) and its chunk keys.
 _PLAIN_CODECS = ([{"name": "bytes", "configuration": {"endian": "little"}}], [{"name": "bytes"}])
-_PLAIN_KEYS = {"name": "default", "configuration": {"separator": "/"}}
+_PLAIN_KEYS = {"name": "default", "configuration": {"separator": "."}}
 
 
 def _counts(shape: tuple[int, ...], chunks: tuple[int, ...]) -> list[int]:
@@ -254,7 +257,7 @@ def _read_plain(root: str, meta: _Meta) -> np.ndarray:
 
     def read_one(idx: tuple[int, ...]) -> None:
         region = tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(idx, meta.chunks, meta.shape, strict=True))
-        path = os.path.join(root, "c", *map(str, idx))
+        path = os.path.join(root, "c" + "".join(f".{i}" for i in idx))
         try:
             with open(path, "rb", buffering=0) as f:
                 if os.fstat(f.fileno()).st_size != chunk_nbytes:

@@ -166,10 +166,11 @@ def _read_constant(group, cid: str, const: dict, path: str) -> np.ndarray:
         meta = arr.metadata
         plain = (getattr(meta, "zarr_format", None) == 3 and len(meta.codecs) == 1
                  and isinstance(meta.codecs[0], BytesCodec) and not meta.storage_transformers)
-        if not (plain and arr.shape == tuple(const["shape"]) and arr.dtype == np.dtype(const["dtype"])
+        stored = tuple(const.get("storage", const["shape"]))  # a constant kept in a target format
+        if not (plain and arr.shape == stored and arr.dtype == np.dtype(const["dtype"])
                 and all(c <= max(n, 1) for c, n in zip(arr.chunks, arr.shape, strict=True))):
             raise BundleCorrupt(f"constant {cid!r}: its array ({arr.dtype}{list(arr.shape)}, chunks "
-                                f"{list(arr.chunks)}) is not the plain {const['dtype']}{const['shape']} "
+                                f"{list(arr.chunks)}) is not the plain {const['dtype']}{list(stored)} "
                                 f"array the manifest records", path)
         value = np.asarray(arr[...])
     except BundleCorrupt:

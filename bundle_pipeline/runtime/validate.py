@@ -34,7 +34,7 @@ ALLOC_FLOOR_BYTES = 1 << 30  # any bundle may plan this much memory, however lit
 ALLOC_PER_STORED_BYTE = 64  # ... or this many times the bytes it stores (activations dwarf small weights)
 ALLOC_ENV = "BUNDLE_PIPELINE_MAX_ALLOC_BYTES"
 # Constant ids become array paths inside the bundle: one or more plain path segments, no "..".
-_SEGMENT = re.compile(r"[0-9A-Za-z_][0-9A-Za-z_.:+-]*")
+_SEGMENT = re.compile(r"[0-9A-Za-z_][0-9A-Za-z_.:+@~-]*")  # ids from dedupe: name~n, name@FORMAT
 
 
 class _Bad(Exception):
@@ -71,7 +71,7 @@ def _check(m: object, stored_bytes: int | None) -> None:
         raise _Bad(f"format_version {m['format_version']!r} is not supported (supported: {FORMAT_VERSIONS})")
     _need(isinstance(m["target"], str), "'target' is not a string")
     constants = _constants(m["constants"])
-    const_bytes = sum(_nbytes(c["shape"], c["dtype"]) for c in constants.values())
+    const_bytes = sum(_nbytes(c.get("storage", c["shape"]), c["dtype"]) for c in constants.values())
     if stored_bytes is not None and const_bytes > stored_bytes:
         raise _Bad(f"the constants claim {const_bytes} bytes but the bundle stores only {stored_bytes}")
     variables = _variables(m["variables"], constants)
@@ -130,6 +130,8 @@ def _constants(raw: object) -> dict[str, dict]:
         _need(isinstance(cid, str) and all(_SEGMENT.fullmatch(s) for s in cid.split("/")), f"{what}: bad id")
         _need(isinstance(c, dict), f"{what} is not a mapping")
         _shape(c.get("shape"), what)
+        if "storage" in c:
+            _shape(c["storage"], f"{what} storage")
         _dtype(c.get("dtype"), what)
         _need(isinstance(c.get("hash"), str), f"{what} has no hash")
         _need(c.get("array") == f"constants/{cid}", f"{what} points at array {_short(c.get('array'))}")
@@ -153,8 +155,9 @@ def _variables(raw: object, constants: dict[str, dict]) -> dict[str, dict]:
         if initial is not None:
             c = constants.get(initial) if isinstance(initial, str) else None
             _need(c is not None, f"{what} has a bad initial value reference {_short(initial)}")
-            _need(c["dtype"] == dtype and c["shape"] == stored,
-                  f"{what}: its initial constant is {c['dtype']}{c['shape']}, the variable {dtype}{stored}")
+            held = c.get("storage", c["shape"])  # both in the variable's stored format
+            _need(c["dtype"] == dtype and held == stored,
+                  f"{what}: its initial constant is {c['dtype']}{held}, the variable {dtype}{stored}")
         out[v["name"]] = v
     return out
 

@@ -157,8 +157,8 @@ def test_default_chunks_are_about_one_mib(tmp_path):
     arr = np.zeros((1000, 1024), dtype=np.float32)  # 4 MB: 256-row chunks of 1 MiB, edge 232 rows
     h = c.put_tensor(arr)
     chunks = sorted(n for n in tensor_files(c, h) if n != "zarr.json")
-    assert chunks == ["c/0/0", "c/1/0", "c/2/0", "c/3/0"]
-    assert len(tensor_files(c, h)["c/0/0"]) == 1 << 20
+    assert chunks == ["c.0.0", "c.1.0", "c.2.0", "c.3.0"]
+    assert len(tensor_files(c, h)["c.0.0"]) == 1 << 20
 
 
 def test_chunk_hashes_are_of_decoded_chunks_in_order(cache):
@@ -167,7 +167,7 @@ def test_chunk_hashes_are_of_decoded_chunks_in_order(cache):
     hashes = cache.tensor_chunks(h)
     files = tensor_files(cache, h)
     # uncompressed little-endian chunks: the stored file is the decoded chunk
-    assert hashes == [hash_bytes(files[f"c/{i}/0"]) for i in range(3)]
+    assert hashes == [hash_bytes(files[f"c.{i}.0"]) for i in range(3)]
     assert hashes[0] == hash_bytes(arr[:21].tobytes())
     edge = np.zeros((21, 3), dtype=np.float32)
     edge[:8] = arr[42:]
@@ -193,7 +193,7 @@ def test_damaged_chunks_are_misses_and_removed(cache):
     }
     for name, damage in damages.items():
         h = cache.put_tensor(arr)
-        write_file(cache, h, "c/1/0", damage(tensor_files(cache, h)["c/1/0"]))
+        write_file(cache, h, "c.1.0", damage(tensor_files(cache, h)["c.1.0"]))
         with pytest.raises(CacheMiss):
             cache.get_tensor(h)
         assert not cache.has_tensor(h), name
@@ -204,7 +204,7 @@ def test_deleted_chunk_is_a_miss_not_zeros(tmp_path):
     c = Cache(tmp_path / "cache", chunk_bytes=64)
     arr = np.arange(1, 65, dtype=np.int32)
     h = c.put_tensor(arr)
-    os.unlink(os.path.join(c.root, "tensors", h[:2], h, "c", "2"))
+    os.unlink(os.path.join(c.root, "tensors", h[:2], h, "c.2"))
     with pytest.raises(CacheMiss):
         c.get_tensor(h)
 
@@ -319,7 +319,7 @@ def test_foreign_zarr_layout_falls_back_to_zarr(tmp_path):
 def test_missing_chunk_is_caught_even_unverified_locally(tmp_path):
     c = Cache(tmp_path / "cache", chunk_bytes=64)
     h = c.put_tensor(np.arange(1, 65, dtype=np.int32))
-    os.unlink(os.path.join(c.root, "tensors", h[:2], h, "c", "1"))
+    os.unlink(os.path.join(c.root, "tensors", h[:2], h, "c.1"))
     with pytest.raises(CacheMiss):
         c.get_tensor(h, verify=False)
     assert not c.has_tensor(h)
