@@ -41,10 +41,12 @@ records (kernel-level decisions, memos of external tensors and exported files) a
 
 Eviction (``gc(max_bytes=N)``): while the cache holds more than N bytes, unreachable entries go
 first, then reachable ones, each group least recently used first. An entry's last use is its
-newest access, modification or status-change time (atime, mtime, ctime: reads, writes and the hard
-links a bundle re-pack makes) on local disks, its modification time on object stores; a reachable
-entry also counts as used when a kept action reaching it was. Evicting a reachable object or tensor
-also removes the kept actions that reach it, so no record is left pointing at missing data. gc
+newest access or modification time on local disks (atime: reads; with the usual relatime mounts it
+moves at most daily), its modification time on object stores; a reachable entry also counts as used
+when a kept action reaching it was (every build reads the records of the tasks it hits, while a
+re-pack only hard-links tensor chunks, which touches no access time). Evicting a reachable object or tensor
+also removes the kept actions that reach it, so no record is left pointing at missing data (a kept
+record is never evicted on its own: it frees next to nothing and would orphan its data). gc
 reads records with ``O_NOATIME`` where it can, so it does not make everything look recent.
 """
 
@@ -118,7 +120,7 @@ class Entry:
     name: str
     size: int  # bytes, summed over the tree for directories
     mtime: float | None  # newest modification time (epoch seconds), None when the fs doesn't say
-    used: float | None = None  # newest of atime, mtime, ctime (local disks); mtime elsewhere
+    used: float | None = None  # newest of atime and mtime (local disks); mtime elsewhere
 
     @property
     def is_temp(self) -> bool:
@@ -215,7 +217,7 @@ class LocalBackend:
                         size, mtime, used = _tree_stats(e.path)
                     else:
                         st = e.stat(follow_symlinks=False)
-                        size, mtime, used = st.st_size, st.st_mtime, max(st.st_atime, st.st_mtime, st.st_ctime)
+                        size, mtime, used = st.st_size, st.st_mtime, max(st.st_atime, st.st_mtime)
                 except FileNotFoundError:  # removed by someone else while listing
                     continue
                 yield Entry(f"{area}/{shard.name}/{e.name}", shard.name, e.name, size, mtime, used)
@@ -427,8 +429,8 @@ def _scandir(path: str) -> list[os.DirEntry[str]]:
 
 
 def _tree_stats(path: str) -> tuple[int, float, float]:
-    """Total size, newest mtime (the newest file tells if a writer is alive) and newest use
-    (atime, mtime or ctime: a hard link to a chunk file changes its ctime) under a directory."""
+    """Total size, newest mtime (the newest file tells if a writer is alive) and newest use (atime or
+    mtime) under a directory."""
     st = os.stat(path)
     size, mtime, used = 0, st.st_mtime, st.st_mtime
     for dirpath, _, files in os.walk(path):
@@ -437,7 +439,7 @@ def _tree_stats(path: str) -> tuple[int, float, float]:
                 st = os.stat(os.path.join(dirpath, name), follow_symlinks=False)
                 size += st.st_size
                 mtime = max(mtime, st.st_mtime)
-                used = max(used, st.st_atime, st.st_mtime, st.st_ctime)
+                used = max(used, st.st_atime, st.st_mtime)
     return size, mtime, used
 
 
@@ -751,8 +753,8 @@ class Cache:
             for area, e in sorted(live, key=lambda ae: (reachable(*ae), last_use(*ae), ae[1].rel)):
                 if total <= max_bytes:
                     break
-                if not sweep.old(e, older_than_s):
-                    continue
+                if not sweep.old(e, older_than_s) or (area == "actions" and reachable(area, e)):
+                    continue  # a needed record goes only with the data it reaches, below
                 total -= sweep.remove(area, e)
                 if reachable(area, e) and area != "actions":  # no record may point at missing data
                     for key in reached_by.get(e.name, ()):
