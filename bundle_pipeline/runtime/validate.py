@@ -183,7 +183,9 @@ def _graph(g: dict, variables: dict[str, dict], constants: dict[str, dict]) -> i
     for f in feeds:
         _need(isinstance(f, dict) and isinstance(f.get("name"), str), "a feed has no name")
         _shape(f.get("shape"), f"feed {f['name']!r}")
-        _dtype(f.get("dtype"), f"feed {f['name']!r}")
+        # string inputs (numpy object arrays) come from the caller at run time, never from the bundle
+        _need(f.get("dtype") == "object" or f.get("dtype") in DTYPES,
+              f"feed {f['name']!r} has an unsupported dtype {_short(f.get('dtype'))}")
     consts = p.get("consts")
     _need(isinstance(consts, dict), "the program has no consts mapping")
     inline = sum(_encoded_tensor(t, f"const {name!r}") for name, t in consts.items())
