@@ -32,6 +32,7 @@ def outs(stage: str) -> list[str]:
 
 
 def test_stages_declare_existing_deps_and_the_published_results():
+    assert (ROOT / ".dvc" / "config").is_file()  # `dvc repro` needs the repository initialised for DVC
     assert set(STAGES) == {"example", "incremental", "memory", "conformance-cpu", "conformance-npu"}
     for name, stage in STAGES.items():
         for dep in stage["deps"]:
