@@ -214,21 +214,9 @@ def inspect(
     if as_json:
         typer.echo(json.dumps(info))
         return
-    typer.echo(f"bundle {bundle}  target {info['target']}  digest {info['digest'][:16]}")
-    for g in info["graphs"]:
-        other = g.get("arena_bytes_by_reuse") or {}
-        flipped = "off" if g.get("reuse_memory", True) else "on"
-        alt = f" (reuse {flipped}: {other[flipped]} B)" if flipped in other else ""
-        typer.echo(f"  graph {g['name']:<16} {g['role']:<7} steps {g['steps']:<5} native {g['native_steps']:<4} "
-                   f"transdata {g['transdata']} ({g['transdata_bytes']} B)  arena {g['arena_bytes']} B{alt}  "
-                   f"options {g['options']}")
-        for k in g["kernels"]:
-            typer.echo(f"      {k['op']:<8} {k['node']:<24} {'native' if k['native'] else 'portable':<8} {k['tiling']}")
-    for v in info["variables"]:
-        typer.echo(f"  var   {v['name']:<24} {v['dtype']}{v['shape']} {v['format']:<6} {v['nbytes']} B  "
-                   f"readers {','.join(v['readers'])}  writers {','.join(v['writers']) or '-'}")
-    typer.echo(f"  constants {info['constants']['count']} ({info['constants']['nbytes']} B, stored once each; "
-               f"{info['constants']['converted']} stored in a target format)")
+    from .inspect import render
+
+    render(info, str(bundle))
 
 
 CacheRoot = Annotated[str, typer.Argument(help="cache directory or fsspec URL (s3://bucket/prefix, ...)")]
@@ -237,7 +225,6 @@ CacheRoot = Annotated[str, typer.Argument(help="cache directory or fsspec URL (s
 def _with_cache(root: str, action: str, fn):
     """Run ``fn(Cache(root))``; an OSError (missing bucket, permissions, network) is one IO_ERROR line."""
     from .cache import Cache
-
     try:
         return fn(Cache(root))
     except OSError as err:

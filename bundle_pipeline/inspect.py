@@ -18,10 +18,16 @@ def describe(path: str) -> dict:
     graphs = [_graph(g) for g in manifest["graphs"]]
     variables = [{k: v[k] for k in ("name", "shape", "dtype", "format", "nbytes", "readers", "writers")}
                  for v in manifest["variables"]]
-    constants = manifest["constants"].values()
+    constants = manifest["constants"]
+    stored = sum(_nbytes(c) for c in constants.values())
+    # every weight reference of every graph, plus variable initial values, as if each kept its own copy
+    references = [cid for g in manifest["graphs"] for cid in g.get("bindings", {}).values()]
+    references += [v["initial"] for v in manifest["variables"] if v.get("initial")]
+    referenced = sum(_nbytes(constants[cid]) for cid in references)
     return {"target": manifest["target"], "digest": bundle_digest(path), "graphs": graphs, "variables": variables,
-            "constants": {"count": len(constants), "nbytes": sum(_nbytes(c) for c in constants),
-                          "converted": sum(1 for c in constants if "format" in c)}}
+            "constants": {"count": len(constants), "nbytes": stored,
+                          "converted": sum(1 for c in constants.values() if "format" in c),
+                          "references": len(references), "bytes_saved": max(0, referenced - stored)}}
 
 
 def _graph(g: dict) -> dict:
@@ -51,3 +57,49 @@ def _transdata_bytes(step: dict, program: dict) -> int:
 
 def _nbytes(t: dict) -> int:
     return int(np.prod(t.get("storage", t["shape"]), dtype=np.int64)) * np.dtype(t["dtype"]).itemsize
+
+
+# option values not worth a column: the defaults of every option (inspect --json lists them all)
+NON_DEFAULT_SKIP = ("", "0", "must_keep_origin_dtype", "NCHW", "high_precision")
+
+
+def render(info: dict, path: str) -> None:
+    """``inspect`` for people: rich tables of graphs, kernels' tiling, variables and the constant pool."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"bundle {path}  target {info['target']}  digest {info['digest'][:16]}")
+    graphs = Table("graph", "role", "steps", "native", "TransData", "TransData bytes", "arena (reuse on)",
+                   "arena (reuse off)", "options", title="graphs")
+    for g in info["graphs"]:
+        by_reuse = g.get("arena_bytes_by_reuse") or {}
+        options = ", ".join(f"{k}={v}" for k, v in g["options"].items() if v not in NON_DEFAULT_SKIP)
+        graphs.add_row(g["name"], g["role"], str(g["steps"]), str(g["native_steps"]), str(g["transdata"]),
+                       _bytes(g["transdata_bytes"]), _bytes(by_reuse.get("on", g["arena_bytes"])),
+                       _bytes(by_reuse.get("off", g["arena_bytes"])), options or "-")
+    console.print(graphs)
+    kernels = Table("graph", "node", "op", "kernel", "tiling", title="tiling per kernel")
+    for g in info["graphs"]:
+        for k in g["kernels"]:
+            kernels.add_row(g["name"], k["node"], k["op"], "native" if k["native"] else "portable",
+                            " ".join(f"{key}={value}" for key, value in sorted(k["tiling"].items())))
+    if kernels.row_count:
+        console.print(kernels)
+    variables = Table("variable", "shape", "dtype", "format", "bytes", "readers", "writers", title="variables")
+    for v in info["variables"]:
+        variables.add_row(v["name"], str(v["shape"]), v["dtype"], v["format"], _bytes(v["nbytes"]),
+                          ", ".join(v["readers"]), ", ".join(v["writers"]) or "-")
+    console.print(variables)
+    c = info["constants"]
+    console.print(f"constants: {c['count']} stored once each ({_bytes(c['nbytes'])}) for {c['references']} "
+                  f"references, {_bytes(c['bytes_saved'])} saved by deduplication; {c['converted']} stored in a "
+                  f"target format")
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"

@@ -95,3 +95,19 @@ def test_exec_disable_reused_memory_grows_the_arena(tmp_path):
         info = json.loads(runner.invoke(app, ["inspect", str(out), "--json"]).stdout)
         arenas[flag] = next(g["arena_bytes"] for g in info["graphs"] if g["name"] == "infer")
     assert arenas["1"] > arenas["0"]
+
+
+def test_inspect_tables_show_dedup_savings(tmp_path):
+    """Three infer graphs sharing a trunk and holding identical scale constants: inspect reports the bytes saved."""
+    import models
+
+    built = models.shared(tmp_path / "shared")
+    runner = CliRunner()
+    assert runner.invoke(app, ["run", str(built.spec), "--cache", str(tmp_path / "cache")]).exit_code == 0
+    out = str(built.directory / "build" / "shared.bundle")
+    info = json.loads(runner.invoke(app, ["inspect", out, "--json"]).stdout)
+    assert info["constants"]["references"] > info["constants"]["count"]
+    assert info["constants"]["bytes_saved"] >= 2 * 16 * 4  # a.scale/b.scale/c.scale: float32[16] stored once
+    human = runner.invoke(app, ["inspect", out], env={"COLUMNS": "200"}).output
+    for title in ("graphs", "variables", "saved by deduplication", "trunk.weight"):
+        assert title in human

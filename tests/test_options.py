@@ -123,8 +123,10 @@ def test_exec_disable_reused_memory_grows_the_arena_and_keeps_the_numbers(tmp_pa
     feeds = {"x": np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)}
     a, b = reuse.run("infer", feeds), separate.run("infer", feeds)
     np.testing.assert_array_equal(a["y"], b["y"])
-    human = CliRunner().invoke(app, ["inspect", str(tmp_path / "reuse.zip")])
-    assert f"arena {on['arena_bytes']} B (reuse off: {off['arena_bytes']} B)" in human.output
+    human = CliRunner().invoke(app, ["inspect", str(tmp_path / "reuse.zip")], env={"COLUMNS": "200"})
+    assert "arena (reuse on)" in human.output and "arena (reuse off)" in human.output
+    for nbytes in (on["arena_bytes"], off["arena_bytes"]):
+        assert f"{nbytes / 1024:.1f} KiB" in human.output
     info = json.loads(CliRunner().invoke(app, ["inspect", str(tmp_path / "separate.zip"), "--json"]).stdout)
     assert info["graphs"][0]["arena_bytes_by_reuse"]["on"] == on["arena_bytes"]
 
