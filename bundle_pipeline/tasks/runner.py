@@ -10,17 +10,21 @@ Faults
   then calls ``forget_holders``: among the upstream results it forgets the action record of every task
   whose outputs name that hash, directly or inside an output object, and builds again; those tasks
   re-run and write the entry anew (a re-run parse puts the tensor back), early cutoff spares the
-  rest, and the build report lists the repair under ``cache_repairs``. A missing *direct* output is
-  simpler still: ``_still_valid`` already refuses a record whose outputs are gone, so the next plan
-  re-runs its task. Rounds are bounded (``MAX_REPAIR_ROUNDS`` in the build); a cache that keeps
-  losing entries ends the build with an ``IO_ERROR``. The same holds when the entry is lost while the
-  plan computes a key (``LostEntry``, raised by ``lookup``).
+  rest, and the build report lists the repair under ``cache_repairs``. When no upstream output names
+  it any more (their objects are gone too), every upstream record is forgotten (``forget_records``).
+  A missing *direct* output is simpler still: ``_still_valid`` already refuses a record whose outputs
+  are gone, so the next plan re-runs its task. Rounds are bounded (``MAX_REPAIR_ROUNDS`` in the
+  build); a cache that keeps losing entries ends the build with an ``IO_ERROR``. The same holds when
+  the entry is lost while the plan computes a key (``LostEntry``, raised by ``lookup``).
 - **A malformed model** that the importer's checks miss still ends as ``GRAPH_INVALID`` naming the
   file: exceptions from data in the ``parse`` steps are converted (``USER_INPUT_STEPS``).
 - **Disk full, permission denied, network errors** (``OSError``) while a task reads or writes the cache
   or a file become one ``IO_ERROR`` naming the path and whether it is in the cache. Cache writes are
   atomic and the bundle is staged and renamed (``stages/pack.py``), so the previous bundle and every
   recorded entry stay intact.
+- **Shared caches.** Whether pack's output is still the bundle a record describes is this machine's
+  business: ``_still_valid`` checks the cache's local output state (``cache/statstate.py``), so two
+  machines or two output paths building one bundle from one cache do not invalidate each other.
 - **A killed build or worker** leaves at worst temp files (``.tmp-*``, which no reader looks at and
   ``cache gc`` removes) and outputs without an action record (harmless: they are content-addressed).
   A task's record is written last, after its outputs, so a record never names an unwritten output.
