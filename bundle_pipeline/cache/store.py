@@ -308,6 +308,8 @@ class FsspecBackend:
         staged = self._staging(rel)
         if staged is not None:
             shutil.rmtree(staged, ignore_errors=True)
+            with contextlib.suppress(OSError):  # the per-process staging directory, once empty
+                os.rmdir(os.path.dirname(staged))
             return
         self._rm(self.path(rel), recursive=True)
 
