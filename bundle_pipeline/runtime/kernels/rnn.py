@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -86,10 +87,35 @@ def _run_direction(
     return ys, h, c
 
 
-@kernel("LSTM")
-def _lstm(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
-    x, w, r = need(inputs, 0, "X"), need(inputs, 1, "W"), need(inputs, 2, "R")
-    b, seq_lens, h0, c0, p = (arg(inputs, i) for i in range(3, 8))
+@dataclass(frozen=True)
+class _Sequence:
+    """What LSTM, GRU and RNN share: direction, layout, the input as [seq, batch, input], sizes."""
+
+    direction: str
+    num_dirs: int
+    layout: int
+    dt: np.dtype
+    xs: np.ndarray
+    seq: int
+    batch: int
+    hidden: int
+    op: str
+
+    def state(self, v: np.ndarray | None) -> np.ndarray:
+        """An initial state as [dirs, batch, hidden] (zeros when omitted)."""
+        if v is None:
+            return np.zeros((self.num_dirs, self.batch, self.hidden), self.dt)
+        v = wide(v).astype(self.dt)
+        return v.transpose(1, 0, 2) if self.layout == 1 else v
+
+    def lengths(self, seq_lens: np.ndarray | None) -> np.ndarray:
+        lens = np.full(self.batch, self.seq, np.int64) if seq_lens is None else np.asarray(seq_lens, np.int64)
+        if lens.shape != (self.batch,) or lens.min(initial=0) < 0 or lens.max(initial=0) > self.seq:
+            raise KernelError(f"{self.op}: sequence_lens {lens.tolist()} invalid for seq_length {self.seq}")
+        return lens
+
+
+def _sequence(x: np.ndarray, w: np.ndarray, r: np.ndarray, attrs: Attrs, gates: int, op: str) -> _Sequence:
     direction = choice(attrs, "direction", "forward", ("forward", "reverse", "bidirectional"))
     num_dirs = 2 if direction == "bidirectional" else 1
     layout = int(attrs.get("layout", 0))
@@ -99,23 +125,23 @@ def _lstm(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.n
     xs = wide(x).astype(dt, copy=False)
     if layout == 1:
         xs = xs.transpose(1, 0, 2)  # -> [seq, batch, input]
-    seq, batch = xs.shape[:2]
     hidden = int(attrs.get("hidden_size", r.shape[-1]))
-    if w.shape[0] != num_dirs or w.shape[1] != 4 * hidden or r.shape[1:] != (4 * hidden, hidden):
-        raise KernelError(f"LSTM: W {w.shape} / R {r.shape} do not match direction and hidden_size={hidden}")
+    if w.shape[0] != num_dirs or w.shape[1] != gates * hidden or r.shape[1:] != (gates * hidden, hidden):
+        raise KernelError(f"{op}: W {w.shape} / R {r.shape} do not match direction and hidden_size={hidden}")
+    return _Sequence(direction, num_dirs, layout, dt, xs, xs.shape[0], xs.shape[1], hidden, op)
+
+
+@kernel("LSTM")
+def _lstm(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+    x, w, r = need(inputs, 0, "X"), need(inputs, 1, "W"), need(inputs, 2, "R")
+    b, seq_lens, h0, c0, p = (arg(inputs, i) for i in range(3, 8))
+    sq = _sequence(x, w, r, attrs, gates=4, op="LSTM")
+    direction, num_dirs, layout, dt, xs = sq.direction, sq.num_dirs, sq.layout, sq.dt, sq.xs
+    seq, hidden = sq.seq, sq.hidden
     b = np.zeros((num_dirs, 8 * hidden), dt) if b is None else wide(b).astype(dt)
     p = np.zeros((num_dirs, 3 * hidden), dt) if p is None else wide(p).astype(dt)
-
-    def state(v: np.ndarray | None) -> np.ndarray:
-        if v is None:
-            return np.zeros((num_dirs, batch, hidden), dt)
-        v = wide(v).astype(dt)
-        return v.transpose(1, 0, 2) if layout == 1 else v
-
-    h0, c0 = state(h0), state(c0)
-    lens = np.full(batch, seq, np.int64) if seq_lens is None else np.asarray(seq_lens, np.int64)
-    if lens.shape != (batch,) or lens.min(initial=0) < 0 or lens.max(initial=0) > seq:
-        raise KernelError(f"LSTM: sequence_lens {lens.tolist()} invalid for seq_length {seq}")
+    h0, c0 = sq.state(h0), sq.state(c0)
+    lens = sq.lengths(seq_lens)
     clip = float(attrs["clip"]) if "clip" in attrs else None
     input_forget = bool(attrs.get("input_forget", 0))
     acts = _activations(attrs, num_dirs)
@@ -146,28 +172,12 @@ def _gru_or_rnn(inputs: Inputs, attrs: Attrs, gates: int, defaults: tuple[str, .
     """GRU (3 gates: z, r, h) or RNN (1 gate): shared handling of layouts, directions and sequence_lens."""
     x, w, r = need(inputs, 0, "X"), need(inputs, 1, "W"), need(inputs, 2, "R")
     b, seq_lens, h0 = arg(inputs, 3), arg(inputs, 4), arg(inputs, 5)
-    direction = choice(attrs, "direction", "forward", ("forward", "reverse", "bidirectional"))
-    num_dirs = 2 if direction == "bidirectional" else 1
-    layout = int(attrs.get("layout", 0))
-    if layout not in (0, 1):
-        raise KernelError(f"attribute layout={layout} must be 0 or 1")
-    dt = wide(x).dtype
-    xs = wide(x).astype(dt, copy=False)
-    if layout == 1:
-        xs = xs.transpose(1, 0, 2)  # -> [seq, batch, input]
-    seq, batch = xs.shape[:2]
-    hidden = int(attrs.get("hidden_size", r.shape[-1]))
-    if w.shape[0] != num_dirs or w.shape[1] != gates * hidden or r.shape[1:] != (gates * hidden, hidden):
-        raise KernelError(f"W {w.shape} / R {r.shape} do not match direction and hidden_size={hidden}")
+    sq = _sequence(x, w, r, attrs, gates=gates, op="GRU" if gates == 3 else "RNN")
+    direction, num_dirs, layout, dt, xs = sq.direction, sq.num_dirs, sq.layout, sq.dt, sq.xs
+    seq, batch, hidden = sq.seq, sq.batch, sq.hidden
     b = np.zeros((num_dirs, 2 * gates * hidden), dt) if b is None else wide(b).astype(dt)
-    if h0 is None:
-        h0 = np.zeros((num_dirs, batch, hidden), dt)
-    else:
-        h0 = wide(h0).astype(dt)
-        h0 = h0.transpose(1, 0, 2) if layout == 1 else h0
-    lens = np.full(batch, seq, np.int64) if seq_lens is None else np.asarray(seq_lens, np.int64)
-    if lens.shape != (batch,) or lens.min(initial=0) < 0 or lens.max(initial=0) > seq:
-        raise KernelError(f"sequence_lens {lens.tolist()} invalid for seq_length {seq}")
+    h0 = sq.state(h0)
+    lens = sq.lengths(seq_lens)
     clip = float(attrs["clip"]) if "clip" in attrs else None
     before_reset = bool(int(attrs.get("linear_before_reset", 0)))
     acts = _activations(attrs, num_dirs, defaults)
