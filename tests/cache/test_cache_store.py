@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 
-import fsspec
 import numpy as np
 import pytest
 
 from bundle_pipeline.cache import Cache, CacheMiss
 from bundle_pipeline.cache import store as store_mod
 from bundle_pipeline.ir.hashing import canonical_json, hash_bytes
-
-
-@pytest.fixture
-def memory_root():
-    name = f"bp-cache-test-{uuid.uuid4().hex}"
-    yield f"memory://{name}"
-    fs = fsspec.filesystem("memory")
-    if fs.exists(f"/{name}"):
-        fs.rm(f"/{name}", recursive=True)
 
 
 @pytest.fixture(params=["local", "memory"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import uuid
 
-import fsspec
 import numpy as np
 import pytest
 
@@ -14,15 +13,6 @@ from bundle_pipeline.ir.hashing import hash_bytes, tensor_hash
 
 DTYPES = sorted(str(d) for d in SUPPORTED_DTYPES)
 SHAPES = [(), (0,), (1,), (7,), (0, 3), (3, 0, 2), (5, 3), (2, 3, 4, 5), (1000, 3)]
-
-
-@pytest.fixture
-def memory_root():
-    name = f"bp-cache-test-{uuid.uuid4().hex}"
-    yield f"memory://{name}"
-    fs = fsspec.filesystem("memory")
-    if fs.exists(f"/{name}"):
-        fs.rm(f"/{name}", recursive=True)
 
 
 @pytest.fixture(params=["local", "memory"])
