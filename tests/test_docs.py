@@ -189,7 +189,8 @@ def test_design_notes_name_what_the_code_has(tmp_path):
         for link in re.findall(r"\]\(([^)#:]+\.md)\)", text):
             assert (DOCS / link).resolve().is_file(), (page, link)
     for link in re.findall(r"\]\(((?:docs/)?[^)#:]+\.(?:md|yaml))\)", README):
-        assert (ROOT / link).is_file(), link
+        if not link.startswith("../"):  # ../shared/DESIGN.md lives beside the repository, not in a clone
+            assert (ROOT / link).is_file(), link
     for step in VERSIONS:
         assert f"`{step}" in pages["tasks.md"], f"docs/tasks.md does not describe the {step} task"
         assert f"`{step}" in README, f"README's task table lacks {step}"
