@@ -187,3 +187,17 @@ def tmp_cache(tmp_path: Path) -> Path:
     cache = tmp_path / "cache"
     cache.mkdir()
     return cache
+
+
+@pytest.fixture
+def memory_root():
+    """A fresh fsspec memory:// root (the cache tests' remote store), removed afterwards."""
+    import uuid
+
+    import fsspec
+
+    name = f"bp-cache-test-{uuid.uuid4().hex}"
+    yield f"memory://{name}"
+    fs = fsspec.filesystem("memory")
+    if fs.exists(f"/{name}"):
+        fs.rm(f"/{name}", recursive=True)
