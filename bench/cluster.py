@@ -6,7 +6,6 @@ bench/results/cluster.json."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
@@ -20,7 +19,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,8 +32,9 @@ BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 DEFAULT_RESULTS = BENCH_DIR / "results" / "cluster.json"
 CLI = [sys.executable, "-m", "bundle_pipeline.cli"]
-S3_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
-          "AWS_EC2_METADATA_DISABLED": "true"}
+sys.path.insert(0, str(ROOT / "tests" / "cluster"))  # the servers the cluster tests start, reused here
+
+from servers import S3_ENV, dask_cluster, s3_server  # noqa: E402
 
 
 def cli_build(spec: Path, cache: str, out: Path, *extra: str, env: dict | None = None) -> tuple[float, dict]:
@@ -56,46 +56,6 @@ def settle(directory: Path) -> None:
             os.utime(f, (past, past))
 
 
-@contextlib.contextmanager
-def tcp_cluster(workdir: Path, n_workers: int, env: dict | None = None) -> Iterator[str]:
-    """``dask scheduler`` + ``dask worker`` processes on 127.0.0.1; yields the scheduler address."""
-    full_env = {**os.environ, **(env or {})}
-    sched_file = workdir / "scheduler.json"
-    procs = [subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
-                               "--no-dashboard", "--scheduler-file", str(sched_file), "--idle-timeout", "600s"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=full_env,
-                              start_new_session=True)]
-    try:
-        deadline = time.monotonic() + 120
-        while not sched_file.exists() or not sched_file.read_text().strip().endswith("}"):
-            if time.monotonic() > deadline or procs[0].poll() is not None:
-                raise RuntimeError("dask scheduler did not start")
-            time.sleep(0.1)
-        address = json.loads(sched_file.read_text())["address"]
-        for i in range(n_workers):
-            home = workdir / f"worker-{i}"
-            home.mkdir(exist_ok=True)
-            procs.append(subprocess.Popen([sys.executable, "-m", "dask", "worker", address, "--nthreads", "1",
-                                           "--no-dashboard", "--death-timeout", "60", "--local-directory", str(home)],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=full_env,
-                                          cwd=home, start_new_session=True))
-        from distributed import Client
-
-        with Client(address, timeout=120, set_as_default=False) as client:
-            client.wait_for_workers(n_workers, timeout=120)
-        yield address
-    finally:
-        for proc in reversed(procs):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-
-
 # ---------------------------------------------------------------- (1) schedulers
 
 
@@ -115,7 +75,7 @@ def schedulers(spec: Path, work: Path, repeat: int) -> dict:
 
     measure("threads")
     measure("local-cluster-2", "--workers", "2")
-    with tcp_cluster(work, 2) as address:
+    with dask_cluster(work / "tcp-cluster", 2) as address:
         measure("tcp-cluster-2", "--scheduler", address)
     results["identical_bundles"] = len(digests) == 1
     return results
@@ -126,19 +86,7 @@ def schedulers(spec: Path, work: Path, repeat: int) -> dict:
 
 def shared_s3(spec: Path, work: Path) -> dict:
     """Machine A builds into s3://…; machine B (another directory, stat state and process) builds the same spec."""
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        endpoint = f"http://127.0.0.1:{server._server.server_port}"
-        import boto3
-
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench",
-                     aws_secret_access_key="bench").create_bucket(Bucket="bench")
+    with s3_server("bench") as endpoint:
         cache = "s3://bench/cache"
         machines = {}
         for name in ("a", "b"):
@@ -156,8 +104,6 @@ def shared_s3(spec: Path, work: Path) -> dict:
         machines["identical_to_local_build"] = machines["a"]["digest"] == machines["b"]["digest"] == local["digest"]
         machines["local_cache_cold_s"] = local_wall
         return machines
-    finally:
-        server.stop()
 
 
 # ---------------------------------------------------------------- (3) kill -9 points
