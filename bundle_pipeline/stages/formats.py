@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..ir.graph import Graph, Node
 from ..runtime.formats import accepts, storage_shape
 from ..targets import STANDARD, Target
@@ -111,8 +113,6 @@ def _wanted_formats(name: str, var: dict, graphs: dict[str, Graph], target: Targ
 
 
 def _itemsize(dtype: str) -> int:
-    import numpy as np
-
     return np.dtype(dtype).itemsize
 
 
