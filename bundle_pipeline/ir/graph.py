@@ -10,23 +10,37 @@ kernels on standard layouts).
 
 The IR serialises to canonical JSON (``to_json``/``from_json``) so its hash is a content hash.
 ``lint()`` returns every broken invariant with a hint on how to fix it, like ``torch.fx.Graph.lint``.
+
+Control flow (If, Loop, Scan) keeps its bodies as ``Graph`` attributes. Bodies are closed: every outer
+value a body reads (ONNX's implicit outer-scope capture) is an explicit input of the control node, after
+its ONNX inputs, and a formal input of the body under the same name; the node's ``captures`` attribute
+counts them. So liveness, format selection and dedupe see every read without looking inside bodies. A
+body has no weights of its own (import hoists them to the top graph, which passes them in), and a body
+value whose shape depends on the iteration has ``-1`` for the unknown dims (``TensorType.dynamic``).
 """
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 IR_VERSION = 1
+CONTROL_OPS = frozenset({"If", "Loop", "Scan"})  # ops whose attributes hold bodies
 
 
 @dataclass(frozen=True)
 class TensorType:
     shape: tuple[int, ...]
     dtype: str  # numpy dtype name: float32, int64, bool, ...
+
+    @property
+    def dynamic(self) -> bool:
+        """Some dim is only known at run time (``-1``): allowed inside control-flow bodies only."""
+        return any(d < 0 for d in self.shape)
 
     @property
     def nbytes(self) -> int:
@@ -47,6 +61,10 @@ class Node:
     inputs: list[str]  # "" marks an omitted optional input
     outputs: list[str]
     attrs: dict[str, Any] = field(default_factory=dict)
+
+    def bodies(self) -> dict[str, Graph]:
+        """The subgraph attributes (If: then_branch/else_branch, Loop/Scan: body) by attribute name."""
+        return {k: v for k, v in self.attrs.items() if isinstance(v, Graph)}
 
     def to_json(self) -> dict:
         return {"name": self.name, "op": self.op_type, "inputs": self.inputs, "outputs": self.outputs,
@@ -70,6 +88,13 @@ class Graph:
     consts: dict[str, np.ndarray] = field(default_factory=dict)
     formats: dict[str, str] = field(default_factory=dict)
     native: list[str] = field(default_factory=list)  # nodes the target runs natively on formatted data
+
+    def walk(self) -> Iterator[tuple[Graph, Node]]:
+        """Every node with the graph that holds it, bodies of control-flow nodes included (depth first)."""
+        for node in self.nodes:
+            yield self, node
+            for body in node.bodies().values():
+                yield from body.walk()
 
     def format_of(self, value: str) -> str:
         return self.formats.get(value, "ND")
@@ -131,6 +156,9 @@ class Graph:
                    if o not in defined]
         errors += [f"value {v!r} has no type; run shape inference or set input_shape" for v in sorted(defined)
                    if v and v not in self.types]
+        for node in self.nodes:
+            for attr, body in node.bodies().items():
+                errors += [f"in {attr} of node {node.name!r}: {e}" for e in body.lint()]
         return errors
 
 
@@ -150,10 +178,14 @@ def decode_tensor(d: dict) -> np.ndarray:
 def encode_attr(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return {"tensor": encode_tensor(value)}
+    if isinstance(value, Graph):
+        return {"graph": value.to_json()}
     return value
 
 
 def decode_attr(value: Any) -> Any:
     if isinstance(value, dict) and "tensor" in value:
         return decode_tensor(value["tensor"])
+    if isinstance(value, dict) and "graph" in value:
+        return Graph.from_json(value["graph"])
     return value

@@ -19,8 +19,10 @@ from onnx import helper, numpy_helper, shape_inference
 from ..errors import BundleIOError, GraphInvalid, OptionInvalid, UnsupportedOp
 from .external import ExternalRef
 from .graph import Graph, Node, TensorType
+from .subgraphs import CONTROL_OPS, Scope, convert_control
 
 CONST_MAX_ELEMENTS = 1024
+MAX_FOLD_PASSES = 16  # fold + re-infer rounds; nested Ifs on static conditions need one round per level
 CONST_DTYPES = (np.int64, np.int32)
 # Ops whose result never depends on data at compile time or must not be folded.
 UNFOLDABLE = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
@@ -173,16 +175,31 @@ def infer_shapes(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
         raise GraphInvalid(f"shape inference failed: {first}", where) from None
 
 
-def fold_constants(model: onnx.ModelProto, opset: int, where: str) -> onnx.ModelProto:
-    """Replace nodes whose inputs are all known small consts (or static shapes) by initializers."""
+def fold_constants(model: onnx.ModelProto, opset: int, where: str) -> tuple[onnx.ModelProto, bool]:
+    """Replace nodes whose inputs are all known small consts (or static shapes) by initializers, in bodies
+    too, and inline every If whose condition is known. True when an If was inlined: the caller re-infers
+    shapes and folds again, as the inlined branch may make more of the graph static."""
+    types = _static_types(model.graph)
+    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if _is_const_array_proto(t)}
+    return model, _fold_graph(model.graph, consts, types, opset, where)
+
+
+def _fold_graph(graph: onnx.GraphProto, consts: dict, types: dict, opset: int, where: str) -> bool:
     from ..runtime.kernels import KernelError, run_kernel  # the runtime's kernels define op semantics
 
-    graph = model.graph
-    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer if _is_const_array_proto(t)}
-    types = _static_types(model)
+    consts.update({t.name: numpy_helper.to_array(t) for t in graph.initializer if _is_const_array_proto(t)})
+    pending = list(graph.node)
     kept: list[onnx.NodeProto] = []
     folded: list[onnx.TensorProto] = []
-    for node in graph.node:
+    inlined = False
+    while pending:
+        node = pending.pop(0)
+        if node.op_type == "If" and node.input[0] in consts:
+            pending[:0] = _inline_branch(node, bool(np.asarray(consts[node.input[0]]).reshape(-1)[0]), graph)
+            inlined = True
+            continue
+        for body in _bodies(node):
+            inlined |= _fold_graph(body, dict(consts), types, opset, where)
         values = _foldable_inputs(node, consts, types)
         if values is None:
             kept.append(node)
@@ -202,7 +219,25 @@ def fold_constants(model: onnx.ModelProto, opset: int, where: str) -> onnx.Model
     del graph.node[:]
     graph.node.extend(kept)
     graph.initializer.extend(folded)
-    return model
+    return inlined
+
+
+def _bodies(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    return [a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH] + \
+        [g for a in node.attribute if a.type == onnx.AttributeProto.GRAPHS for g in a.graphs]
+
+
+def _inline_branch(node: onnx.NodeProto, cond: bool, graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The nodes that replace an If whose condition is known: the taken branch, then an Identity per output.
+
+    The branch's initializers move to ``graph``; its value names are unique in the model (ONNX forbids
+    shadowing), so they need no renaming.
+    """
+    branch = next(a.g for a in node.attribute if a.name == ("then_branch" if cond else "else_branch"))
+    graph.initializer.extend(branch.initializer)
+    identities = [helper.make_node("Identity", [src.name], [dst], name=f"{node.name or 'If'}/{dst}")
+                  for src, dst in zip(branch.output, node.output, strict=True) if dst]
+    return [*branch.node, *identities]
 
 
 def _foldable_inputs(node: onnx.NodeProto, consts: dict, types: dict) -> list | None:
@@ -219,15 +254,18 @@ def _foldable_inputs(node: onnx.NodeProto, consts: dict, types: dict) -> list | 
     return [consts[i] if i else None for i in node.input]
 
 
-def _static_types(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+def _static_types(graph: onnx.GraphProto) -> dict[str, tuple[int, ...]]:
+    """Static shapes of every value in ``graph`` and its bodies (value names are unique in a model)."""
     shapes: dict[str, tuple[int, ...]] = {}
-    infos = list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output)
-    for info in infos:
+    for info in list(graph.input) + list(graph.value_info) + list(graph.output):
         tt = info.type.tensor_type
         if _is_static(tt):
             shapes[info.name] = tuple(d.dim_value for d in tt.shape.dim)
-    for init in model.graph.initializer:
+    for init in graph.initializer:
         shapes[init.name] = tuple(init.dims)
+    for node in graph.node:
+        for body in _bodies(node):
+            shapes.update(_static_types(body))
     return shapes
 
 
@@ -246,7 +284,7 @@ def _attrs(node: onnx.NodeProto) -> dict:
     for attr in node.attribute:
         if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
             raise UnsupportedOp(f"node {node.name!r} ({node.op_type}) has a subgraph attribute {attr.name!r}; "
-                                f"control flow is not supported yet")
+                                f"only If, Loop and Scan bodies are supported")
         value = helper.get_attribute_value(attr)
         if isinstance(value, bytes):
             value = value.decode()
@@ -270,21 +308,24 @@ def to_ir(model: onnx.ModelProto, name: str, detached: Detached, where: str) -> 
     consts = {k: v for k, v in initializers.items() if v.dtype in CONST_DTYPES and v.size <= CONST_MAX_ELEMENTS}
     weights: Detached = {k: v for k, v in initializers.items() if k not in consts}
     weights.update(detached)
+    scope = Scope(weights, {**types, **_types_of(consts), **_types_of(weights)}, default_opset(model), where,
+                  _is_const_array, _attrs, _constant_value, lambda node, index: _check_supported(node, index, where))
     nodes: list[Node] = []
     for index, node in enumerate(g.node):
-        if node.domain not in ("", "ai.onnx"):
-            raise UnsupportedOp(f"node {node.name or index!r} ({node.op_type}) uses op domain {node.domain!r}; "
-                                f"only the default ONNX domain is supported", where)
         _check_supported(node, index, where)
+        label = node.name or f"{node.op_type}_{index}"
+        if node.op_type in CONTROL_OPS:
+            nodes.append(convert_control(node, label, scope))
+            continue
         attrs = _attrs(node)
         if node.op_type == "Constant":
             _constant_to_tensor(node, attrs, consts, weights, where)
+            scope.types.update(_types_of({node.output[0]: {**consts, **weights}[node.output[0]]}))
             continue
-        nodes.append(Node(node.name or f"{node.op_type}_{index}", node.op_type, list(node.input),
-                          list(node.output), attrs))
+        nodes.append(Node(label, node.op_type, list(node.input), list(node.output), attrs))
     _drop_unused(nodes, g, consts, weights)
-    for tensor, arr in {**consts, **weights}.items():
-        types[tensor] = TensorType(tuple(arr.shape), np.dtype(arr.dtype).name)
+    _drop_dead_outputs(nodes, g, types)
+    types.update(_types_of({**consts, **weights}))
     feeds = [i.name for i in g.input if i.name not in initializers and i.name not in detached]
     graph = Graph(name=name, opset=default_opset(model), inputs=feeds, outputs=[o.name for o in g.output],
                   nodes=nodes, types=types, weights=sorted(weights), consts=consts)
@@ -292,10 +333,25 @@ def to_ir(model: onnx.ModelProto, name: str, detached: Detached, where: str) -> 
     return graph, weights
 
 
+def _types_of(tensors: Mapping[str, np.ndarray | ExternalRef]) -> dict[str, TensorType]:
+    return {k: TensorType(tuple(v.shape), np.dtype(v.dtype).name) for k, v in tensors.items()}
+
+
+def _drop_dead_outputs(nodes: list[Node], g: onnx.GraphProto, types: dict) -> None:
+    """An output nobody reads and no graph output names, whose shape inference could not tell, is
+    omitted (``""``): e.g. a Loop's final loop-carried value when only its scan output is used."""
+    read = {i for n in nodes for i in n.inputs} | {o.name for o in g.output}
+    for node in nodes:
+        node.outputs = [o if o in read or o in types else "" for o in node.outputs]
+
+
 def _check_supported(node: onnx.NodeProto, index: int, where: str) -> None:
     from ..runtime.kernels import SUPPORTED_OPS
 
-    if node.op_type not in SUPPORTED_OPS:
+    if node.domain not in ("", "ai.onnx"):
+        raise UnsupportedOp(f"node {node.name or index!r} ({node.op_type}) uses op domain {node.domain!r}; "
+                            f"only the default ONNX domain is supported", where)
+    if node.op_type not in SUPPORTED_OPS and node.op_type not in CONTROL_OPS:
         raise UnsupportedOp(f"node {node.name or index!r} uses op {node.op_type}, which the kernel library does not "
                             f"support", where)
 
@@ -314,9 +370,13 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray:
     return np.asarray(run_kernel("Constant", [], _attrs(node), 21)[0])
 
 
+def _is_const_array(value: np.ndarray) -> bool:
+    return value.dtype in CONST_DTYPES and value.size <= CONST_MAX_ELEMENTS
+
+
 def _constant_to_tensor(node: onnx.NodeProto, attrs: dict, consts: dict, weights: dict, where: str) -> None:
     value = _constant_value(node)
-    target = consts if value.dtype in CONST_DTYPES and value.size <= CONST_MAX_ELEMENTS else weights
+    target = consts if _is_const_array(value) else weights
     target[node.output[0]] = value
 
 
@@ -373,16 +433,26 @@ def import_model(source: str | bytes | os.PathLike, name: str, input_shapes: Map
     model = infer_shapes(model, where)
     if out_nodes:
         prune_outputs(model, out_nodes, where)
-    model = fold_constants(model, default_opset(model), where)
-    _clear_inferred(model)
-    model = infer_shapes(model, where)
+    for _ in range(MAX_FOLD_PASSES):  # each pass may inline Ifs whose condition it made known
+        model, inlined = fold_constants(model, default_opset(model), where)
+        _clear_inferred(model)
+        model = infer_shapes(model, where)
+        if not inlined:
+            break
     return to_ir(model, name, detached, where)
 
 
 def _clear_inferred(model: onnx.ModelProto) -> None:
     """Drop stale value_info so inference recomputes every intermediate shape from the inputs."""
-    del model.graph.value_info[:]
-    for out in model.graph.output:
+    _clear_graph(model.graph)
+
+
+def _clear_graph(graph: onnx.GraphProto) -> None:
+    del graph.value_info[:]
+    for out in graph.output:
         tt = out.type.tensor_type
         if tt.HasField("shape") and not _is_static(tt):
             tt.ClearField("shape")
+    for node in graph.node:
+        for body in _bodies(node):
+            _clear_graph(body)

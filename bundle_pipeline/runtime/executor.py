@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import BundleCorrupt, ParamInvalid, RuntimeFailure
 from ..ir.graph import decode_attr, decode_tensor
 from . import approx, formats, inplace
+from .control import CONTROL_OPS, run_control
 from .kernels import KernelError, run_kernel
 from .npu import run_npu_kernel
 
@@ -35,6 +36,9 @@ class Executor:
         self.fixed: dict[str, np.ndarray] = {k: decode_tensor(v) for k, v in program["consts"].items()}
         self.fixed.update(constants)
         self.attrs = [{k: decode_attr(v) for k, v in step["attrs"].items()} for step in program["steps"]]
+        # control-flow steps run compiled bodies, each an executor of its own with its own arena
+        self.bodies = {step["node"]: {attr: BodyExecutor(body, variables) for attr, body in step["bodies"].items()}
+                       for step in program["steps"] if "bodies" in step}
         for step in program["steps"]:
             if "impl" in step and (step["impl"] != "high_performance" or step["op"] not in approx.APPROX):
                 raise BundleCorrupt(f"node {step['node']!r} ({step['op']}) asks for implementation "
@@ -93,6 +97,8 @@ class Executor:
                 and "precision" not in step and not any(v in formats for v in [*step["inputs"], *step["outputs"]]))
 
     def call_kernel(self, step: dict, attrs: dict, args: list[np.ndarray | None]) -> list[np.ndarray]:
+        if step["op"] in CONTROL_OPS:
+            return run_control(step["op"], self.bodies[step["node"]], args, attrs, self.program["opset"])
         if step["op"] == "TransData":
             layout = step.get("layout", {})
             return [transdata(args[0], attrs["src_format"], attrs["dst_format"], layout.get("out_shape"))]
@@ -131,6 +137,29 @@ class Executor:
     def collect(self, env: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs are copied out of the arena, which the next run overwrites."""
         return {out["name"]: np.array(env[out["name"]], copy=True) for out in self.program["outputs"]}
+
+
+class BodyExecutor(Executor):
+    """A control-flow body: formal inputs bound per call, steps run into the body's own arena.
+
+    Values the plan does not size (dims known only at run time) keep the array their kernel returned.
+    """
+
+    def __init__(self, program: dict, variables: VariableStore):
+        super().__init__(program, {}, variables)
+        self.output_types = [(o["shape"], o["dtype"]) for o in program["outputs"]]
+
+    def call(self, args: list[np.ndarray | None]) -> list[np.ndarray]:
+        env = dict(self.fixed)
+        env.update(zip((i["name"] for i in self.program["inputs"]), args, strict=True))
+        for step, attrs in zip(self.program["steps"], self.attrs, strict=True):
+            self.run_step(step, attrs, env)
+        return [env[o["name"]] for o in self.program["outputs"]]
+
+    def store(self, step: dict, name: str, value: np.ndarray) -> np.ndarray:
+        if name in self.program["values"]:
+            return super().store(step, name, value)
+        return np.asarray(value)
 
 
 def arena_view(arena: np.ndarray, plan: dict) -> np.ndarray:

@@ -21,13 +21,14 @@ import re
 import numpy as np
 
 from ..errors import BundleCorrupt
+from .control import BODY_ATTRS, CONTROL_OPS
 from .kernels import SUPPORTED_OPS
 from .npu import NPU_FORMAT_OPS
 
 FORMAT_VERSIONS = (1,)
 DTYPES = frozenset({"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
                     "uint32", "uint64", "bool"})
-EXECUTOR_OPS = frozenset({"TransData"})
+EXECUTOR_OPS = frozenset({"TransData"}) | CONTROL_OPS
 ROLES = ("init", "update", "infer")
 MAX_RANK = 32
 ALLOC_FLOOR_BYTES = 1 << 30  # any bundle may plan this much memory, however little it stores
@@ -210,7 +211,7 @@ def _graph(g: dict, variables: dict[str, dict], constants: dict[str, dict]) -> i
     return arena + inline
 
 
-def _step(step: object, defined: set[str], values: dict, arena: int) -> int:
+def _step(step: object, defined: set[str], values: dict, arena: int, in_body: bool = False) -> int:
     _need(isinstance(step, dict), "a step is not a mapping")
     node = step.get("node")  # type: ignore[union-attr]
     op = step.get("op")  # type: ignore[union-attr]
@@ -232,11 +233,62 @@ def _step(step: object, defined: set[str], values: dict, arena: int) -> int:
                  for k, a in attrs.items() if isinstance(a, dict) and "tensor" in a)
     for key in ("tiling", "layout"):
         _need(step.get(key) is None or isinstance(step[key], dict), f"node {node!r} has a bad {key}")  # type: ignore
+    inline += _bodies(step, node, op)  # type: ignore[arg-type]
     for out in filter(None, outputs):
         plan = values.get(out)
-        _need(isinstance(plan, dict) and _plan_fits(plan, arena), f"value {out!r} has no valid buffer in the arena")
+        sized_at_run_time = plan is None and in_body
+        _need(sized_at_run_time or (isinstance(plan, dict) and _plan_fits(plan, arena)),
+              f"value {out!r} has no valid buffer in the arena")
         defined.add(out)
     return inline
+
+
+def _bodies(step: dict, node: str, op: str) -> int:
+    """A control-flow step's bodies: exactly the ones its op has, each a well-formed program."""
+    bodies = step.get("bodies")
+    if op not in CONTROL_OPS:
+        _need(bodies is None, f"node {node!r} ({op}) has bodies, which only If, Loop and Scan have")
+        return 0
+    _need(isinstance(bodies, dict) and sorted(bodies) == list(BODY_ATTRS[op]),
+          f"node {node!r} ({op}) needs bodies {', '.join(BODY_ATTRS[op])}")
+    total = 0
+    for attr, body in bodies.items():  # type: ignore[union-attr]
+        try:
+            total += _body(body)
+        except _Bad as bad:
+            raise _Bad(f"in {attr} of node {node!r}: {bad}") from None
+    return total
+
+
+def _body(p: object) -> int:
+    """Check one body program; return the bytes its executor allocates."""
+    _need(isinstance(p, dict), "the body is not a mapping")
+    arena = p.get("arena_bytes")  # type: ignore[union-attr]
+    _need(type(arena) is int and arena >= 0, f"bad arena_bytes {_short(arena)}")
+    values = p.get("values")  # type: ignore[union-attr]
+    _need(isinstance(values, dict), "the body has no value plans")
+    _need(type(p.get("opset")) is int, "the body has no opset")  # type: ignore[union-attr]
+    typed = []
+    for key in ("inputs", "outputs"):
+        entries = p.get(key)  # type: ignore[union-attr]
+        _need(isinstance(entries, list), f"the body has no {key} list")
+        for e in entries:
+            _need(isinstance(e, dict) and isinstance(e.get("name"), str), f"a body {key[:-1]} has no name")
+            _need(isinstance(e.get("shape"), list) and all(type(d) is int and d >= -1 for d in e["shape"]),
+                  f"body {key[:-1]} {e['name']!r} has a bad shape")
+            _dtype(e.get("dtype"), f"body {key[:-1]} {e['name']!r}")
+        typed.append(entries)
+    consts = p.get("consts")  # type: ignore[union-attr]
+    _need(isinstance(consts, dict), "the body has no consts mapping")
+    inline = sum(_encoded_tensor(t, f"const {name!r}") for name, t in consts.items())
+    defined = {i["name"] for i in typed[0]} | set(consts)
+    steps = p.get("steps")  # type: ignore[union-attr]
+    _need(isinstance(steps, list), "the body has no step list")
+    for step in steps:
+        inline += _step(step, defined, values, arena, in_body=True)
+    missing = [o["name"] for o in typed[1] if o["name"] not in defined]
+    _need(not missing, f"body output {_short(missing[:1])} is not produced")
+    return arena + inline
 
 
 def _plan_fits(plan: dict, arena: int) -> bool:

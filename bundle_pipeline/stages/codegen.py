@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,8 +44,9 @@ def run(structure: dict, tiling: dict[str, dict], variables: dict, role: str, op
     precision = options.get("precision_mode", "must_keep_origin_dtype")
     fast = options.get("op_select_implmode", "high_precision") == "high_performance"
     memo = memo or (lambda _signature, decide: decide())
-    steps = [_step(node, tiling.get(node.name), precision, fast, graph, memo) for node in graph.nodes]
     reuse = options.get("exec_disable_reused_memory", "0") != "1"
+    emit = _Emit(tiling, precision, fast, memo, reuse)
+    steps = [emit.step(node, graph) for node in graph.nodes]
     buffers, arena = plan_buffers(graph, reuse)
     _, other = plan_buffers(graph, not reuse)  # for inspect: what the other setting would cost
     return {
@@ -107,22 +109,46 @@ def _typed(graph: Graph, name: str) -> dict:
     return {"name": name, **graph.types[name].to_json()}
 
 
-def _step(node: Node, tiling: dict | None, precision: str, fast: bool, graph: Graph, memo: Memo) -> dict:
-    step = {"node": node.name, "op": node.op_type, "inputs": node.inputs, "outputs": node.outputs,
-            "attrs": node.to_json()["attrs"]}
-    if node.name in graph.native or node.op_type == "TransData":
-        step.update(_layout_data(node, graph))
-    dtype = graph.types[node.inputs[0]].dtype if node.inputs and node.inputs[0] else None
-    if node.op_type not in CUBE_OPS:
-        approx = fast and node.op_type in APPROX_OPS and dtype in FLOAT_DTYPES
-        rounded = precision == "force_fp16" and _float32_step(node, graph)
-        return {**step, "tiling": tiling, **({"impl": "high_performance"} if approx else {}),
-                **({"precision": "fp16_round"} if rounded else {})}
-    fp16 = precision in ("allow_fp32_to_fp16", "force_fp16") and dtype == "float32"
-    signature = {"op": node.op_type, "attrs": step["attrs"], "tiling": tiling, "dtype": dtype, "fp16": fp16,
-                 "inputs": [graph.types[i].to_json() if i else None for i in node.inputs],
-                 "native": node.name in graph.native}
-    return {**step, **memo(signature, lambda: _kernel_data(tiling, fp16))}
+@dataclass(frozen=True)
+class _Emit:
+    """What every step of a graph (and of its control-flow bodies) is generated with."""
+
+    tiling: dict[str, dict]
+    precision: str
+    fast: bool
+    memo: Memo
+    reuse: bool
+
+    def step(self, node: Node, graph: Graph) -> dict:
+        tiling = self.tiling.get(node.name)
+        step = {"node": node.name, "op": node.op_type, "inputs": node.inputs, "outputs": node.outputs,
+                "attrs": {k: v for k, v in node.to_json()["attrs"].items() if k not in node.bodies()}}
+        if node.bodies():
+            step["bodies"] = {attr: self.body(body) for attr, body in sorted(node.bodies().items())}
+        if node.name in graph.native or node.op_type == "TransData":
+            step.update(_layout_data(node, graph))
+        dtype = graph.types[node.inputs[0]].dtype if node.inputs and node.inputs[0] else None
+        if node.op_type not in CUBE_OPS:
+            approx = self.fast and node.op_type in APPROX_OPS and dtype in FLOAT_DTYPES
+            rounded = self.precision == "force_fp16" and _float32_step(node, graph)
+            return {**step, "tiling": tiling, **({"impl": "high_performance"} if approx else {}),
+                    **({"precision": "fp16_round"} if rounded else {})}
+        fp16 = self.precision in ("allow_fp32_to_fp16", "force_fp16") and dtype == "float32"
+        signature = {"op": node.op_type, "attrs": step["attrs"], "tiling": tiling, "dtype": dtype, "fp16": fp16,
+                     "inputs": [graph.types[i].to_json() if i else None for i in node.inputs],
+                     "native": node.name in graph.native}
+        return {**step, **self.memo(signature, lambda: _kernel_data(tiling, fp16))}
+
+    def body(self, body: Graph) -> dict:
+        """A control-flow body as a program of its own: formal inputs bound per call, its own arena.
+        Values sized at run time (dims -1) have no planned buffer; the executor keeps the kernel's array."""
+        values, arena = plan_buffers(body, self.reuse)
+        return {"graph": body.name, "opset": body.opset,
+                "inputs": [_typed(body, v) for v in body.inputs],
+                "consts": {k: encode_tensor(v) for k, v in sorted(body.consts.items())},
+                "outputs": [_typed(body, o) for o in body.outputs],
+                "values": values, "steps": [self.step(node, body) for node in body.nodes],
+                "arena_bytes": arena}
 
 
 def _layout_data(node: Node, graph: Graph) -> dict:
@@ -163,6 +189,8 @@ def plan_buffers(graph: Graph, reuse: bool) -> tuple[dict[str, dict], int]:
     arena = 0
     for index, node in enumerate(graph.nodes):
         for name in filter(None, node.outputs):
+            if graph.types[name].dynamic:
+                continue  # sized at run time (inside a control-flow body): allocated by its kernel
             fmt = graph.format_of(name)
             storage = storage_shape(fmt, graph.types[name].shape)
             size = _aligned(math.prod(storage) * np.dtype(graph.types[name].dtype).itemsize)

@@ -27,17 +27,18 @@ def run(structure: dict, target: Target, memo: Memo | None = None) -> dict[str, 
     budget = int(target.buffers["workspace_bytes"])
     memo = memo or (lambda _signature, decide: decide())
     plan: dict[str, dict] = {}
-    native = set(graph.native)
-    for node in graph.nodes:
+    for owner, node in graph.walk():  # control-flow bodies too: node names are unique across them
         if node.op_type not in TILED_OPS:
             continue
-        types = [graph.types[i] if i else None for i in node.inputs]
-        output = graph.types[node.outputs[0]]
-        if node.name in native:  # the target's cube unit: search tile shapes against its buffers
-            signature = {**kernel_signature(node, types, output, graph, 0), "buffers": target.buffers}
+        types = [owner.types[i] if i else None for i in node.inputs]
+        output = owner.types[node.outputs[0]]
+        if any(t is not None and t.dynamic for t in [*types, output]):
+            continue  # a body value sized at run time: the untiled kernel
+        if node.name in owner.native:  # the target's cube unit: search tile shapes against its buffers
+            signature = {**kernel_signature(node, types, output, owner, 0), "buffers": target.buffers}
             tiling = memo(signature, lambda n=node, t=types, o=output: search_native(n, t, o, target))
         else:
-            signature = kernel_signature(node, types, output, graph, budget)
+            signature = kernel_signature(node, types, output, owner, budget)
             tiling = memo(signature, lambda n=node, t=types, o=output: choose(n, t, o, budget))
         if tiling:
             plan[node.name] = tiling

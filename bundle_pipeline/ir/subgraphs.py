@@ -1,0 +1,138 @@
+"""ONNX control-flow bodies -> closed IR bodies: weights hoisted to the top graph, outer reads made explicit.
+
+ONNX bodies read outer values by name (implicit capture) and may hold their own weights. The IR wants
+neither: a body's weights join the top graph's weight table (one table per graph is what dedupe, format
+selection and pack know), and every value a body reads from outside becomes an explicit input of the
+control node and a formal input of the body (``graph.py`` explains the convention). State kept while
+converting one graph: a ``Scope`` with the top graph's weight table and the type of every value seen so
+far; value names are unique in an ONNX model (no shadowing), so one flat table serves every nesting level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..errors import GraphInvalid, UnsupportedOp
+from .graph import CONTROL_OPS, Graph, Node, TensorType
+
+__all__ = ["CONTROL_OPS", "Scope", "convert_control"]
+
+UNKNOWN_DIM = -1
+
+
+@dataclass
+class Scope:
+    """What converting bodies reads and adds: the top graph's weights and every value's type."""
+
+    weights: dict
+    types: dict[str, TensorType]
+    opset: int
+    where: str
+    is_const: Callable[[np.ndarray], bool]  # small integer tensors stay inline consts, the rest are weights
+    attrs_of: Callable[[onnx.NodeProto], dict]
+    constant_value: Callable[[onnx.NodeProto], np.ndarray]
+    check_op: Callable[[onnx.NodeProto, int], None]
+    hoisted: list[str] = field(default_factory=list)
+
+
+def convert_control(node: onnx.NodeProto, name: str, scope: Scope) -> Node:
+    """The IR node of an If/Loop/Scan: bodies converted, captured outer values appended to its inputs."""
+    bodies = {a.name: convert_body(a.g, f"{name}/{a.name}", scope)
+              for a in node.attribute if a.type == onnx.AttributeProto.GRAPH}
+    if len(bodies) != sum(1 for a in node.attribute if a.type in (onnx.AttributeProto.GRAPH,
+                                                                   onnx.AttributeProto.GRAPHS)):
+        raise UnsupportedOp(f"node {name!r} ({node.op_type}) has a list-of-graphs attribute", scope.where)
+    captures = sorted(set().union(*(free_values(b) for b in bodies.values())))
+    for body in bodies.values():
+        body.inputs = [*body.inputs, *captures]
+        for value in captures:
+            body.types[value] = scope.types[value]
+    plain = {k: v for k, v in scope.attrs_of(_without_bodies(node)).items()}
+    return Node(name, node.op_type, [*node.input, *captures], list(node.output),
+                {**plain, **bodies, "captures": len(captures)})
+
+
+def convert_body(body: onnx.GraphProto, prefix: str, scope: Scope) -> Graph:
+    types = body_types(body, scope.where)
+    scope.types.update(types)
+    consts: dict[str, np.ndarray] = {}
+    for init in body.initializer:
+        _keep_tensor(init.name, numpy_helper.to_array(init), consts, scope)
+    nodes: list[Node] = []
+    for index, node in enumerate(body.node):
+        scope.check_op(node, index)
+        name = f"{prefix}/{node.name or f'{node.op_type}_{index}'}"
+        if node.op_type == "Constant":
+            _keep_tensor(node.output[0], scope.constant_value(node), consts, scope)
+        elif node.op_type in CONTROL_OPS:
+            nodes.append(convert_control(node, name, scope))
+        else:
+            nodes.append(Node(name, node.op_type, list(node.input), list(node.output), scope.attrs_of(node)))
+    graph = Graph(name=prefix, opset=scope.opset, inputs=[i.name for i in body.input],
+                  outputs=[o.name for o in body.output], nodes=nodes, types=types, consts=consts)
+    for value in consts:
+        graph.types[value] = scope.types[value]
+    _check_typed(graph, scope.where)
+    return graph
+
+
+def free_values(body: Graph) -> set[str]:
+    """Values a body reads (or returns) without defining them: what it captures from outside."""
+    defined = {*body.inputs, *body.consts, *(o for n in body.nodes for o in n.outputs if o)}
+    read = {i for n in body.nodes for i in n.inputs if i} | set(body.outputs)
+    return read - defined
+
+
+def body_types(body: onnx.GraphProto, where: str) -> dict[str, TensorType]:
+    """Declared and inferred types of a body's values; dims known only at run time are ``UNKNOWN_DIM``
+    (and a value of unknown rank is ``(UNKNOWN_DIM,)``: dynamic all the same)."""
+    types: dict[str, TensorType] = {}
+    for info in [*body.input, *body.value_info, *body.output]:
+        if not info.type.HasField("tensor_type"):
+            raise UnsupportedOp(f"value {info.name!r} is not a tensor (sequences/maps are not supported)", where)
+        tt = info.type.tensor_type
+        if tt.elem_type == onnx.TensorProto.UNDEFINED:
+            continue
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
+        if dtype.type.__module__ != "numpy":
+            raise UnsupportedOp(f"value {info.name!r} has element type "
+                                f"{helper.tensor_dtype_to_string(tt.elem_type)}, which numpy cannot represent", where)
+        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else UNKNOWN_DIM
+                     for d in tt.shape.dim) if tt.HasField("shape") else (UNKNOWN_DIM,)
+        types[info.name] = TensorType(dims, dtype.name)
+    return types
+
+
+def _keep_tensor(name: str, value: np.ndarray, consts: dict, scope: Scope) -> None:
+    """A body tensor: an inline const of the body, or a weight hoisted to the top graph."""
+    if scope.is_const(value):
+        consts[name] = value
+    else:
+        if name in scope.weights:
+            raise GraphInvalid(f"weight {name!r} is defined twice (in a body and outside); names must be unique",
+                               scope.where)
+        scope.weights[name] = value
+        scope.hoisted.append(name)
+    scope.types[name] = TensorType(tuple(value.shape), np.dtype(value.dtype).name)
+
+
+def _without_bodies(node: onnx.NodeProto) -> onnx.NodeProto:
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    kept = [a for a in copy.attribute if a.type not in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)]
+    del copy.attribute[:]
+    copy.attribute.extend(kept)
+    return copy
+
+
+def _check_typed(graph: Graph, where: str) -> None:
+    for node in graph.nodes:
+        for out in filter(None, node.outputs):
+            if out not in graph.types:
+                raise GraphInvalid(f"node {node.name!r} ({node.op_type}): shape inference found no type for "
+                                   f"{out!r}", where)

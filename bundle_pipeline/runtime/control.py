@@ -1,0 +1,124 @@
+"""Control-flow kernels (If, Loop, Scan): ONNX semantics over compiled bodies.
+
+A body is anything with ``call(args) -> outputs`` and ``output_types`` (the executor's ``BodyExecutor``):
+its formal inputs are the ONNX body inputs followed by the values the node captures (``attrs["captures"]``
+of them, the node's last inputs; see ``ir/graph.py``). Results are fresh arrays: a body's outputs live in
+its arena, which its next call overwrites.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+import numpy as np
+
+from ..ir.graph import CONTROL_OPS
+from .kernels import KernelError
+
+__all__ = ["BODY_ATTRS", "CONTROL_OPS", "run_control"]
+BODY_ATTRS = {"If": ("else_branch", "then_branch"), "Loop": ("body",), "Scan": ("body",)}
+
+
+class Body(Protocol):
+    output_types: list[tuple[list[int], str]]  # (shape with -1 for run-time dims, dtype) per output
+
+    def call(self, args: Sequence[np.ndarray | None]) -> list[np.ndarray]: ...
+
+
+def run_control(op: str, bodies: Mapping[str, Body], args: list[np.ndarray | None], attrs: dict,
+                opset: int) -> list[np.ndarray]:
+    captures = int(attrs.get("captures", 0))
+    explicit, captured = args[:len(args) - captures], args[len(args) - captures:]
+    if op == "If":
+        return _copies(bodies["then_branch" if _truth(explicit[0]) else "else_branch"].call(captured))
+    if op == "Loop":
+        return _loop(bodies["body"], explicit, captured)
+    if opset < 9:
+        return _scan8(bodies["body"], explicit, captured, attrs)
+    return _scan(bodies["body"], explicit, captured, attrs)
+
+
+def _loop(body: Body, explicit: list, captured: list) -> list[np.ndarray]:
+    """Loop: run while ``i < M`` (M omitted: unbounded) and the condition holds (omitted: true)."""
+    trip, cond = explicit[0], explicit[1]
+    limit = None if trip is None else int(np.asarray(trip).reshape(-1)[0])
+    going = True if cond is None else _truth(cond)
+    carried = _copies(explicit[2:])
+    n_scan = len(body.output_types) - 1 - len(carried)
+    scanned: list[list[np.ndarray]] = [[] for _ in range(n_scan)]
+    i = 0
+    while going and (limit is None or i < limit):
+        outs = body.call([np.array(i, dtype=np.int64), np.array(going), *carried, *captured])
+        going = _truth(outs[0])
+        carried = _copies(outs[1:1 + len(carried)])
+        for store, value in zip(scanned, outs[1 + len(carried):], strict=True):
+            store.append(np.array(value, copy=True))
+        i += 1
+    return carried + [_stack(values, body.output_types[1 + len(carried) + j], 0, False)
+                      for j, values in enumerate(scanned)]
+
+
+def _scan(body: Body, states: list, captured: list, attrs: dict) -> list[np.ndarray]:
+    """Scan (opset 9+): slice each scan input along its axis, thread the states, stack the scan outputs."""
+    m = int(attrs["num_scan_inputs"])
+    states, scans = list(states[:len(states) - m]), list(states[len(states) - m:])
+    in_axes = [_axis(a, x.ndim) for a, x in zip(attrs.get("scan_input_axes", [0] * m), scans, strict=True)]
+    in_dirs = attrs.get("scan_input_directions", [0] * m)
+    lengths = {x.shape[a] for x, a in zip(scans, in_axes, strict=True)}
+    if len(lengths) != 1:
+        raise KernelError(f"Scan inputs have different sequence lengths {sorted(lengths)}")
+    steps = lengths.pop()
+    k = len(body.output_types) - len(states)
+    scanned: list[list[np.ndarray]] = [[] for _ in range(k)]
+    for t in range(steps):
+        slices = [np.take(x, steps - 1 - t if d else t, axis=a) for x, a, d in zip(scans, in_axes, in_dirs,
+                                                                                  strict=True)]
+        outs = body.call([*states, *slices, *captured])
+        states = _copies(outs[:len(states)])
+        for store, value in zip(scanned, outs[len(states):], strict=True):
+            store.append(np.array(value, copy=True))
+    out_axes = attrs.get("scan_output_axes", [0] * k)
+    out_dirs = attrs.get("scan_output_directions", [0] * k)
+    results = []
+    for j, values in enumerate(scanned):
+        shape, _ = body.output_types[len(states) + j]
+        results.append(_stack(values, body.output_types[len(states) + j], _axis(out_axes[j], len(shape) + 1),
+                              bool(out_dirs[j])))
+    return states + results
+
+
+def _scan8(body: Body, explicit: list, captured: list, attrs: dict) -> list[np.ndarray]:
+    """Scan-8: inputs carry a leading batch axis and an optional ``sequence_lens``; each batch item is one
+    opset-9 scan along axis 0 (directions per scan input)."""
+    seq_lens, rest = explicit[0], explicit[1:]
+    m = int(attrs["num_scan_inputs"])
+    batch = rest[0].shape[0]
+    steps = rest[-1].shape[1]
+    if seq_lens is not None and np.any(np.asarray(seq_lens) != steps):
+        raise KernelError("Scan-8 with sequence_lens shorter than the scan inputs is not supported")
+    per_item = {"num_scan_inputs": m, "scan_input_directions": attrs.get("directions", [0] * m)}
+    items = [_scan(body, [x[b] for x in rest], captured, per_item) for b in range(batch)]
+    return [np.stack([item[j] for item in items]) for j in range(len(items[0]))] if items else []
+
+
+def _stack(values: list[np.ndarray], out_type: tuple[list[int], str], axis: int, reverse: bool) -> np.ndarray:
+    if not values:  # no iteration: an empty sequence of the body's output shape
+        shape, dtype = out_type
+        return np.zeros((0, *(max(d, 0) for d in shape)), dtype=np.dtype(dtype))
+    return np.stack(values[::-1] if reverse else values, axis=axis)
+
+
+def _axis(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+def _truth(value: np.ndarray) -> bool:
+    arr = np.asarray(value)
+    if arr.size != 1:
+        raise KernelError(f"a condition must hold one element, got shape {list(arr.shape)}")
+    return bool(arr.reshape(-1)[0])
+
+
+def _copies(values: Sequence[np.ndarray | None]) -> list[np.ndarray]:
+    return [np.array(v, copy=True) for v in values]
