@@ -96,7 +96,7 @@ class _Tensor:
     name: str
     proto: onnx.TensorProto | None  # None: a Constant whose value is not a dense numeric tensor
     source: str  # "initializer" or "Constant node <name>"
-    node_index: int | None = None
+    node_name: str = ""  # the Constant node's name, when it is one and has a name
     why_not: str = ""  # set when it cannot be a variable at all (string/sparse constant)
 
     @property
@@ -174,17 +174,27 @@ def load(path: str | os.PathLike, where: str) -> onnx.ModelProto:
 
 
 def weight_tensors(graph: onnx.GraphProto) -> dict[str, _Tensor]:
-    """Initializers and top-level Constant outputs, by tensor name, in graph order."""
+    """Initializers and Constant outputs, by tensor name, in graph order; those of If/Loop/Scan bodies too
+    (a body reads the variable from the outer scope once its Constant is gone)."""
     found: dict[str, _Tensor] = {t.name: _Tensor(t.name, t, "initializer") for t in graph.initializer}
     for index, node in enumerate(graph.node):
+        for body in _bodies(node):
+            found.update(weight_tensors(body))
         if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or not node.output:
             continue
         label = f"Constant node {node.name!r}" if node.name else f"Constant node #{index}"
         proto, why_not = _constant_proto(node)
         if proto is not None:
             proto.name = node.output[0]
-        found[node.output[0]] = _Tensor(node.output[0], proto, label, index, why_not)
+        found[node.output[0]] = _Tensor(node.output[0], proto, label, node.name, why_not)
     return found
+
+
+def _bodies(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    from onnx import AttributeProto
+
+    return [a.g for a in node.attribute if a.type == AttributeProto.GRAPH] + \
+        [g for a in node.attribute if a.type == AttributeProto.GRAPHS for g in a.graphs]
 
 
 def _constant_proto(node: onnx.NodeProto) -> tuple[onnx.TensorProto | None, str]:
@@ -219,9 +229,21 @@ def shape_steering(graph: onnx.GraphProto) -> dict[str, str]:
     Nodes are in topological order (ONNX requires it), so one reverse pass sees every consumer first.
     """
     steering: dict[str, str] = {}
+    _mark_steering(graph, steering)
+    return steering
+
+
+def _mark_steering(graph: onnx.GraphProto, steering: dict[str, str]) -> None:
+    """One reverse pass over ``graph``; a control node's bodies are its consumers' side, so they are
+    marked first (a body output that steers makes its body's inputs to it steer, outer names included)."""
     for index in range(len(graph.node) - 1, -1, -1):
         node = graph.node[index]
         label = f"{node.op_type} node {node.name!r}" if node.name else f"{node.op_type} node #{index}"
+        for body in _bodies(node):
+            for out, body_out in zip(node.output, body.output, strict=False):
+                if out in steering:
+                    steering.setdefault(body_out.name, f"it is returned as {out!r}, which steers shapes")
+            _mark_steering(body, steering)
         for i in SHAPE_INPUTS.get(node.op_type, ()):
             if i < len(node.input) and node.input[i]:
                 steering.setdefault(node.input[i], f"it is input {i} of {label}, which steers the output shape")
@@ -231,7 +253,6 @@ def shape_steering(graph: onnx.GraphProto) -> dict[str, str]:
         for i, name in enumerate(node.input):
             if name and (node.op_type, i) not in TYPE_ONLY_INPUTS:
                 steering.setdefault(name, f"it feeds {label}, whose output {reached!r} steers shapes")
-    return steering
 
 
 def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
@@ -243,7 +264,8 @@ def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
         for attr in node.attribute:
             bodies = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)
             for body in bodies:
-                names |= {i for n in body.node for i in n.input} | _subgraph_reads(body)
+                names |= {i for n in body.node for i in n.input} | {o.name for o in body.output}
+                names |= _subgraph_reads(body)
     return names
 
 
@@ -271,8 +293,7 @@ def _check_names(const_names: Sequence[str], tensors: Mapping[str, _Tensor], ste
     if not names:
         raise ParamInvalid("const_names is empty; name at least one tensor, or pass None for the default "
                            "selection", where)
-    by_node = {graph.node[t.node_index].name: t.name for t in tensors.values()
-               if t.node_index is not None and graph.node[t.node_index].name}
+    by_node = {t.node_name: t.name for t in tensors.values() if t.node_name}
     resolved: list[str] = []
     for name in names:
         tensor = name if name in tensors else by_node.get(name)
@@ -322,10 +343,7 @@ def _infer_model(source: onnx.ModelProto, chosen: Sequence[_Tensor]) -> onnx.Mod
     model.CopyFrom(source)
     graph = model.graph
     names = {t.name for t in chosen}
-    drop_nodes = {t.node_index for t in chosen if t.node_index is not None}
-    kept_nodes = [n for i, n in enumerate(graph.node) if i not in drop_nodes]
-    del graph.node[:]
-    graph.node.extend(kept_nodes)
+    _drop_constants(graph, names)
     kept_inits = [t for t in graph.initializer if t.name not in names]
     del graph.initializer[:]
     graph.initializer.extend(kept_inits)
@@ -336,6 +354,16 @@ def _infer_model(source: onnx.ModelProto, chosen: Sequence[_Tensor]) -> onnx.Mod
     del graph.input[:]
     graph.input.extend(inputs + [_value_info(t.name, t.proto) for t in chosen])
     return model
+
+
+def _drop_constants(graph: onnx.GraphProto, names: set[str]) -> None:
+    """Remove the Constant nodes (bodies included) whose outputs became variables."""
+    kept = [n for n in graph.node if not (n.op_type == "Constant" and n.output and n.output[0] in names)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    for node in graph.node:
+        for body in _bodies(node):
+            _drop_constants(body, names)
 
 
 def _init_name(name: str, taken: set[str]) -> str:

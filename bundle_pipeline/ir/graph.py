@@ -15,8 +15,11 @@ Control flow (If, Loop, Scan) keeps its bodies as ``Graph`` attributes. Bodies a
 value a body reads (ONNX's implicit outer-scope capture) is an explicit input of the control node, after
 its ONNX inputs, and a formal input of the body under the same name; the node's ``captures`` attribute
 counts them. So liveness, format selection and dedupe see every read without looking inside bodies. A
-body has no weights of its own (import hoists them to the top graph, which passes them in), and a body
-value whose shape depends on the iteration has ``-1`` for the unknown dims (``TensorType.dynamic``).
+body has no weights of its own (import hoists them to the top graph, which passes them in).
+
+A value whose shape depends on data (NonZero, a Loop's scan output, ...) has ``-1`` for the dims only the
+run time knows (``TensorType.dynamic``); it is allocated by its kernel instead of planned in the arena.
+Feeds, weights and variables are always static.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import numpy as np
 
 IR_VERSION = 1
 CONTROL_OPS = frozenset({"If", "Loop", "Scan"})  # ops whose attributes hold bodies
+UNKNOWN_DTYPE = "unknown"  # a body value inference could not type (a branch that cannot run on these shapes)
 
 
 @dataclass(frozen=True)
@@ -39,8 +43,8 @@ class TensorType:
 
     @property
     def dynamic(self) -> bool:
-        """Some dim is only known at run time (``-1``): allowed inside control-flow bodies only."""
-        return any(d < 0 for d in self.shape)
+        """Some dim is only known at run time (``-1``): the value is allocated by its kernel, not planned."""
+        return any(d < 0 for d in self.shape) or self.dtype == UNKNOWN_DTYPE
 
     @property
     def nbytes(self) -> int:

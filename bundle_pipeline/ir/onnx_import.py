@@ -168,11 +168,20 @@ def _drop_dead_nodes(model: onnx.ModelProto) -> None:
 
 
 def infer_shapes(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
+    """Strict shape inference. With control flow a failure may come from a branch that cannot run on
+    these input shapes (silero-vad's 8 kHz branch fed a 16 kHz frame): then inference runs leniently,
+    the branch's untyped values are sized at run time, and the branch fails only if it is ever taken,
+    as it does in onnxruntime. Without control flow, or if the top graph stays untyped, it is an error."""
     try:
         return shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as err:
         first = str(err).strip().splitlines()[0]
-        raise GraphInvalid(f"shape inference failed: {first}", where) from None
+        if not any(_bodies(node) for node in model.graph.node):
+            raise GraphInvalid(f"shape inference failed: {first}", where) from None
+        try:
+            return shape_inference.infer_shapes(model, check_type=True, strict_mode=False, data_prop=True)
+        except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
+            raise GraphInvalid(f"shape inference failed: {first}", where) from None
 
 
 def fold_constants(model: onnx.ModelProto, opset: int, where: str) -> tuple[onnx.ModelProto, bool]:
@@ -386,8 +395,8 @@ def _tensor_types(model: onnx.ModelProto, where: str) -> dict[str, TensorType]:
         tt = info.type.tensor_type
         if not info.type.HasField("tensor_type"):
             raise UnsupportedOp(f"value {info.name!r} is not a tensor (sequences/maps are not supported)", where)
-        if not _is_static(tt):
-            continue
+        if tt.elem_type == onnx.TensorProto.UNDEFINED:
+            continue  # inference found no type: _check_static names it if a node produces it
         try:
             dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type)
         except KeyError:
@@ -395,13 +404,20 @@ def _tensor_types(model: onnx.ModelProto, where: str) -> dict[str, TensorType]:
         if np.dtype(dtype).type.__module__ != "numpy":  # ml_dtypes: bfloat16, float8*, float4, int4, int2, ...
             raise UnsupportedOp(f"value {info.name!r} has element type "
                                 f"{helper.tensor_dtype_to_string(tt.elem_type)}, which numpy cannot represent", where)
-        types[info.name] = TensorType(tuple(d.dim_value for d in tt.shape.dim), np.dtype(dtype).name)
+        types[info.name] = TensorType(_dims(tt), np.dtype(dtype).name)
     return types
+
+
+def _dims(tt: onnx.TypeProto.Tensor) -> tuple[int, ...]:
+    """Static dims, with ``-1`` where only the run time knows (unknown rank: ``(-1,)``)."""
+    if not tt.HasField("shape"):
+        return (-1,)
+    return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else -1 for d in tt.shape.dim)
 
 
 def _check_static(graph: Graph, model: onnx.ModelProto, where: str) -> None:
     for info in model.graph.input:
-        if info.name in graph.inputs and info.name not in graph.types:
+        if info.name in graph.inputs and (info.name not in graph.types or graph.types[info.name].dynamic):
             dims = [str(d.dim_value) if d.HasField("dim_value") and d.dim_value >= 0 else d.dim_param or "?"
                     for d in info.type.tensor_type.shape.dim]
             raise GraphInvalid(f"input {info.name!r} has a dynamic shape [{','.join(dims)}]; set the build option "
@@ -410,7 +426,7 @@ def _check_static(graph: Graph, model: onnx.ModelProto, where: str) -> None:
     for node in graph.nodes:
         for out in node.outputs:
             if out and out not in graph.types:
-                raise GraphInvalid(f"node {node.name!r} ({node.op_type}): could not infer a static shape for output "
+                raise GraphInvalid(f"node {node.name!r} ({node.op_type}): could not infer the type of output "
                                    f"{out!r}; set input_shape so every shape is static", where)
             if out and graph.types[out].dtype == "object":
                 raise UnsupportedOp(f"node {node.name!r} ({node.op_type}): output {out!r} is a string tensor; "

@@ -18,7 +18,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import GraphInvalid, UnsupportedOp
-from .graph import CONTROL_OPS, Graph, Node, TensorType
+from .graph import CONTROL_OPS, UNKNOWN_DTYPE, Graph, Node, TensorType
 
 __all__ = ["CONTROL_OPS", "Scope", "convert_control"]
 
@@ -51,7 +51,7 @@ def convert_control(node: onnx.NodeProto, name: str, scope: Scope) -> Node:
     for body in bodies.values():
         body.inputs = [*body.inputs, *captures]
         for value in captures:
-            body.types[value] = scope.types[value]
+            body.types[value] = scope.types.get(value, TensorType((UNKNOWN_DIM,), UNKNOWN_DTYPE))
     plain = {k: v for k, v in scope.attrs_of(_without_bodies(node)).items()}
     return Node(name, node.op_type, [*node.input, *captures], list(node.output),
                 {**plain, **bodies, "captures": len(captures)})
@@ -77,7 +77,7 @@ def convert_body(body: onnx.GraphProto, prefix: str, scope: Scope) -> Graph:
                   outputs=[o.name for o in body.output], nodes=nodes, types=types, consts=consts)
     for value in consts:
         graph.types[value] = scope.types[value]
-    _check_typed(graph, scope.where)
+    _type_the_rest(graph)
     return graph
 
 
@@ -130,9 +130,11 @@ def _without_bodies(node: onnx.NodeProto) -> onnx.NodeProto:
     return copy
 
 
-def _check_typed(graph: Graph, where: str) -> None:
+def _type_the_rest(graph: Graph) -> None:
+    """Values lenient inference left untyped (a branch that cannot run on these shapes) are sized at run
+    time; their dtype is whatever the kernel returns."""
     for node in graph.nodes:
         for out in filter(None, node.outputs):
-            if out not in graph.types:
-                raise GraphInvalid(f"node {node.name!r} ({node.op_type}): shape inference found no type for "
-                                   f"{out!r}", where)
+            graph.types.setdefault(out, TensorType((UNKNOWN_DIM,), UNKNOWN_DTYPE))
+    for value in [*graph.inputs, *graph.outputs]:
+        graph.types.setdefault(value, TensorType((UNKNOWN_DIM,), UNKNOWN_DTYPE))

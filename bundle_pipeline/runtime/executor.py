@@ -122,9 +122,12 @@ class Executor:
         return run_kernel(step["op"], args, attrs, self.program["opset"], step.get("tiling"))
 
     def store(self, step: dict, name: str, value: np.ndarray) -> np.ndarray:
-        """Copy a kernel result into its planned arena view; shape and dtype must match the plan."""
-        plan = self.program["values"][name]
+        """Copy a kernel result into its planned arena view; shape and dtype must match the plan. A value
+        without a plan is sized at run time (data-dependent shape): it keeps the kernel's array."""
+        plan = self.program["values"].get(name)
         value = np.asarray(value)
+        if plan is None:
+            return value
         shape = plan.get("storage", plan["shape"])
         if list(value.shape) != shape or value.dtype != np.dtype(plan["dtype"]):
             raise RuntimeFailure(f"while executing node {step['node']} ({step['op']}): output {name!r} is "
@@ -140,10 +143,7 @@ class Executor:
 
 
 class BodyExecutor(Executor):
-    """A control-flow body: formal inputs bound per call, steps run into the body's own arena.
-
-    Values the plan does not size (dims known only at run time) keep the array their kernel returned.
-    """
+    """A control-flow body: formal inputs bound per call, steps run into the body's own arena."""
 
     def __init__(self, program: dict, variables: VariableStore):
         super().__init__(program, {}, variables)
@@ -155,11 +155,6 @@ class BodyExecutor(Executor):
         for step, attrs in zip(self.program["steps"], self.attrs, strict=True):
             self.run_step(step, attrs, env)
         return [env[o["name"]] for o in self.program["outputs"]]
-
-    def store(self, step: dict, name: str, value: np.ndarray) -> np.ndarray:
-        if name in self.program["values"]:
-            return super().store(step, name, value)
-        return np.asarray(value)
 
 
 def arena_view(arena: np.ndarray, plan: dict) -> np.ndarray:
@@ -205,5 +200,9 @@ class VariableStore:
         return self.values[name]
 
     def write(self, name: str, value: np.ndarray) -> None:
-        np.copyto(self.values[name], value)
+        stored = self.values[name]
+        if value.shape != stored.shape or value.dtype != stored.dtype:
+            raise RuntimeFailure(f"variable {name!r} is {stored.dtype}{list(stored.shape)} but the graph wrote "
+                                 f"{value.dtype}{list(value.shape)}", f"variable {name}")
+        np.copyto(stored, value)
         self.is_set[name] = True

@@ -21,6 +21,7 @@ import re
 import numpy as np
 
 from ..errors import BundleCorrupt
+from ..ir.graph import UNKNOWN_DTYPE
 from .control import BODY_ATTRS, CONTROL_OPS
 from .kernels import SUPPORTED_OPS
 from .npu import NPU_FORMAT_OPS
@@ -211,7 +212,7 @@ def _graph(g: dict, variables: dict[str, dict], constants: dict[str, dict]) -> i
     return arena + inline
 
 
-def _step(step: object, defined: set[str], values: dict, arena: int, in_body: bool = False) -> int:
+def _step(step: object, defined: set[str], values: dict, arena: int) -> int:
     _need(isinstance(step, dict), "a step is not a mapping")
     node = step.get("node")  # type: ignore[union-attr]
     op = step.get("op")  # type: ignore[union-attr]
@@ -235,9 +236,8 @@ def _step(step: object, defined: set[str], values: dict, arena: int, in_body: bo
         _need(step.get(key) is None or isinstance(step[key], dict), f"node {node!r} has a bad {key}")  # type: ignore
     inline += _bodies(step, node, op)  # type: ignore[arg-type]
     for out in filter(None, outputs):
-        plan = values.get(out)
-        sized_at_run_time = plan is None and in_body
-        _need(sized_at_run_time or (isinstance(plan, dict) and _plan_fits(plan, arena)),
+        plan = values.get(out)  # none: sized at run time, the executor keeps the kernel's own array
+        _need(plan is None or (isinstance(plan, dict) and _plan_fits(plan, arena)),
               f"value {out!r} has no valid buffer in the arena")
         defined.add(out)
     return inline
@@ -276,7 +276,8 @@ def _body(p: object) -> int:
             _need(isinstance(e, dict) and isinstance(e.get("name"), str), f"a body {key[:-1]} has no name")
             _need(isinstance(e.get("shape"), list) and all(type(d) is int and d >= -1 for d in e["shape"]),
                   f"body {key[:-1]} {e['name']!r} has a bad shape")
-            _dtype(e.get("dtype"), f"body {key[:-1]} {e['name']!r}")
+            if e.get("dtype") != UNKNOWN_DTYPE:  # untyped: a branch that cannot run on these shapes
+                _dtype(e.get("dtype"), f"body {key[:-1]} {e['name']!r}")
         typed.append(entries)
     consts = p.get("consts")  # type: ignore[union-attr]
     _need(isinstance(consts, dict), "the body has no consts mapping")
@@ -285,7 +286,7 @@ def _body(p: object) -> int:
     steps = p.get("steps")  # type: ignore[union-attr]
     _need(isinstance(steps, list), "the body has no step list")
     for step in steps:
-        inline += _step(step, defined, values, arena, in_body=True)
+        inline += _step(step, defined, values, arena)
     missing = [o["name"] for o in typed[1] if o["name"] not in defined]
     _need(not missing, f"body output {_short(missing[:1])} is not produced")
     return arena + inline

@@ -42,6 +42,8 @@ def native_plan(node: Node, graph: Graph, target: Target, formats: dict[str, str
     results = [o for o in node.outputs if o]
     if not kernel.native or len(results) != 1 or results[0] != node.outputs[0]:
         return None  # native kernels produce exactly one result (e.g. MaxPool without Indices)
+    if any(graph.types[v].dynamic for v in [*filter(None, node.inputs), node.outputs[0]]):
+        return None  # sized at run time: the portable kernel on standard layouts
     shapes = [graph.types[i].shape if i else None for i in node.inputs]
     if kernel.same_format:
         operands = [formats.get(i, "ND") for i, s in zip(node.inputs, shapes, strict=True)
