@@ -10,8 +10,6 @@ pass, so a stale entry is noticed). Reasons start with the category:
 - ``types``: sequence / optional / map values (the IR has tensors only);
 - ``domain``: ops outside the default ONNX domain (ai.onnx.ml, training, preview);
 - ``random``: outputs drawn from an RNG only the reference implementation reproduces;
-- ``data-dependent shape``: a value's shape depends on a value fed at run time, while the compiler plans
-  static buffers (a declared graph output shape is enough, an undeclared intermediate is not);
 - ``op``: an operator the kernel library does not implement;
 - ``precision``: expected values that are bit-exact float16 arithmetic of the reference;
 - ``BUG``: a defect (here: in onnx) that makes a valid model fail, with where it is.
@@ -22,7 +20,6 @@ from __future__ import annotations
 _NUMPY_LACKS = "dtype: element type numpy cannot represent"
 _STRINGS = "dtype: string outputs; the runtime arena holds numeric and bool tensors only"
 _TYPES = "types: sequence/optional values; the IR has tensors only"
-_DATA_SHAPE = "data-dependent shape: an undeclared intermediate's shape depends on a runtime input value"
 
 EXCLUSIONS: dict[str, str] = {
     # --- element types -------------------------------------------------------------------------------
@@ -40,12 +37,6 @@ EXCLUSIONS: dict[str, str] = {
     r"test_optional_has_element_(empty_optional_input|optional_input|tensor_input)": _TYPES,
     r"test_if_(opt|seq)": _TYPES,
     r"test_loop(13_seq|16_seq_none)": _TYPES,
-    # --- control flow: bodies whose values are sized only at run time -------------------------------
-    r"test_affine_grid_.*_expanded": f"{_DATA_SHAPE} (the AffineGrid function body builds its grid from the "
-                                     f"fed size)",
-    r"test_range_float16_type_positive_delta_expanded": f"{_DATA_SHAPE} (the Range function body's Loop)",
-    r"test_linear_attention_.*_expanded": f"{_DATA_SHAPE} (the LinearAttention function body's Scan output: "
-                                          f"shape inference leaves the body's output shape open)",
     # --- other domains -------------------------------------------------------------------------------
     r"test_ai_onnx_ml_.*": "domain: ai.onnx.ml operators are not supported",
     r"test_(adagrad|adam|momentum|nesterov_momentum)(_multiple)?": "domain: ai.onnx.preview.training operators "
@@ -55,11 +46,6 @@ EXCLUSIONS: dict[str, str] = {
     # --- randomness ----------------------------------------------------------------------------------
     r"test_bernoulli.*": "random: Bernoulli draws from an RNG only the reference reproduces",
     r"test_training_dropout(_default|_mask|_default_mask)?": "random: training-mode Dropout draws a random mask",
-    # --- data-dependent shapes -----------------------------------------------------------------------
-    r"test_reduce_(l2|log_sum|log_sum_exp)_.*_expanded": f"{_DATA_SHAPE} (ReduceSum with axes fed at run time)",
-    r"test_center_crop_pad_.*_expanded": f"{_DATA_SHAPE} (Pad amounts computed from the fed shape)",
-    r"test_(blackman|hamming|hann)window(_symmetric)?_expanded": f"{_DATA_SHAPE} (Range over the fed size)",
-    r"test_unique_.*": "data-dependent shape: Unique's outputs are declared without static dims",
     # --- operators -----------------------------------------------------------------------------------
     r"test_image_decoder_.*": "op: ImageDecoder needs image codecs (jpeg, png, webp, ...), not a dependency",
     # --- precision -----------------------------------------------------------------------------------
