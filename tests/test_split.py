@@ -73,14 +73,21 @@ def substitute(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx.M
         if t.name in weights:
             t.CopyFrom(numpy_helper.from_array(weights[t.name], t.name))
             found.add(t.name)
-    for node in out.graph.node:
+    _substitute_constants(out.graph, weights, found)
+    assert found == set(weights), set(weights) - found
+    return out
+
+
+def _substitute_constants(graph: onnx.GraphProto, weights: dict[str, np.ndarray], found: set[str]) -> None:
+    for node in graph.node:
+        for attr in node.attribute:  # If/Loop/Scan bodies hold Constants too
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _substitute_constants(attr.g, weights, found)
         if node.op_type == "Constant" and node.output[0] in weights:
             name = node.output[0]
             del node.attribute[:]
             node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(weights[name], name)))
             found.add(name)
-    assert found == set(weights), set(weights) - found
-    return out
 
 
 def ort_session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -199,6 +206,40 @@ def test_split_cli_then_run_matches_ort_before_and_after_update(tmp_path):
     # the weights are stored once: in the init graph's constants, not again for the infer graph
     assert {v["name"] for v in bundle.manifest["variables"]} == set(spec["variables"])
     assert all(not any(w in spec["variables"] for w in g["bindings"]) for g in bundle.manifest["graphs"])
+
+
+def branchy_model() -> onnx.ModelProto:
+    """An If on a fed flag; each branch holds its own float weights and a Reshape target (which steers)."""
+    rng = np.random.default_rng(5)
+
+    def branch(tag: str, scale: float) -> onnx.GraphProto:
+        nodes = [_const(f"{tag}.w", _f32(rng, 8, 4, scale=scale)), _const(f"{tag}.b", _f32(rng, 4)),
+                 _const(f"{tag}.shape", np.array([2, 4], np.int64)),
+                 helper.make_node("MatMul", ["x", f"{tag}.w"], [f"{tag}.mm"]),
+                 helper.make_node("Add", [f"{tag}.mm", f"{tag}.b"], [f"{tag}.add"]),
+                 helper.make_node("Reshape", [f"{tag}.add", f"{tag}.shape"], [f"{tag}.out"])]
+        return helper.make_graph(nodes, tag, [], [helper.make_tensor_value_info(f"{tag}.out", TensorProto.FLOAT,
+                                                                                 [2, 4])])
+
+    node = helper.make_node("If", ["flag"], ["y"], then_branch=branch("then", 0.3), else_branch=branch("else", 1.0))
+    graph = helper.make_graph([node], "branchy", [helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
+                                                  helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_constants_inside_if_branches_become_variables_and_update_in_place(tmp_path):
+    model = branchy_model()
+    graphs = bp.convert_to_weight_refreshable_graphs(model)
+    assert sorted(graphs.variables) == ["else.b", "else.w", "then.b", "then.w"]  # the Reshape targets stay
+    onnx.save(model, tmp_path / "branchy.onnx")
+    result = CliRunner().invoke(app, ["split", str(tmp_path / "branchy.onnx"), str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    path = _build(tmp_path / "out" / "bundle.yaml", tmp_path).path
+    for flag in (True, False):
+        bundle = load_bundle(path)  # the init graph's values again: _check_bundle starts from the originals
+        _check_bundle(bundle, model, graphs.variables,
+                      lambda r, flag=flag: {"flag": np.array(flag), "x": _f32(r, 2, 8)}, np.random.default_rng(3))
 
 
 @pytest.mark.parametrize("name", ["magika", "rapidocr_cls"])
