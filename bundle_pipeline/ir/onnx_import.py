@@ -417,7 +417,7 @@ def _dims(tt: onnx.TypeProto.Tensor) -> tuple[int, ...]:
 
 def _check_static(graph: Graph, model: onnx.ModelProto, where: str) -> None:
     for info in model.graph.input:
-        if info.name in graph.inputs and (info.name not in graph.types or graph.types[info.name].dynamic):
+        if info.name in graph.inputs and (info.name not in graph.types or -1 in graph.types[info.name].shape):
             dims = [str(d.dim_value) if d.HasField("dim_value") and d.dim_value >= 0 else d.dim_param or "?"
                     for d in info.type.tensor_type.shape.dim]
             raise GraphInvalid(f"input {info.name!r} has a dynamic shape [{','.join(dims)}]; set the build option "
@@ -428,13 +428,10 @@ def _check_static(graph: Graph, model: onnx.ModelProto, where: str) -> None:
             if out and out not in graph.types:
                 raise GraphInvalid(f"node {node.name!r} ({node.op_type}): could not infer the type of output "
                                    f"{out!r}; set input_shape so every shape is static", where)
-            if out and graph.types[out].dtype == "object":
-                raise UnsupportedOp(f"node {node.name!r} ({node.op_type}): output {out!r} is a string tensor; "
-                                    f"strings are supported only as graph inputs", where)
     for name in graph.weights:
         if graph.types[name].dtype == "object":
-            raise UnsupportedOp(f"constant {name!r} is a string tensor; strings are supported only as graph inputs",
-                                where)
+            raise UnsupportedOp(f"constant {name!r} is a string tensor; string constants cannot be stored in a "
+                                f"bundle (string inputs and computed strings are supported)", where)
 
 
 def import_model(source: str | bytes | os.PathLike, name: str, input_shapes: Mapping[str, list[int]],

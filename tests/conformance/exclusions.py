@@ -5,8 +5,7 @@ entry gives the reason. Shared by ``tests/conformance/test_node_suite.py`` (skip
 ``bench/conformance.py`` (counts them as excluded; ``--check-exclusions`` runs them and lists any that
 pass, so a stale entry is noticed). Reasons start with the category:
 
-- ``dtype``: element types numpy cannot represent (bfloat16, float8*, float4, int4/uint4, int2/uint2), or
-  string tensors, which the runtime's arena (numeric and bool buffers) cannot hold as node outputs;
+- ``dtype``: element types numpy cannot represent (bfloat16, float8*, float4, int4/uint4, int2/uint2);
 - ``types``: sequence / optional / map values (the IR has tensors only);
 - ``domain``: ops outside the default ONNX domain (ai.onnx.ml, training, preview);
 - ``random``: outputs drawn from an RNG only the reference implementation reproduces;
@@ -18,7 +17,6 @@ pass, so a stale entry is noticed). Reasons start with the category:
 from __future__ import annotations
 
 _NUMPY_LACKS = "dtype: element type numpy cannot represent"
-_STRINGS = "dtype: string outputs; the runtime arena holds numeric and bool tensors only"
 _TYPES = "types: sequence/optional values; the IR has tensors only"
 
 EXCLUSIONS: dict[str, str] = {
@@ -27,8 +25,6 @@ EXCLUSIONS: dict[str, str] = {
     r"(?i).*(float8|e4m3|e5m2|e8m0).*": f"{_NUMPY_LACKS} (float8)",
     r"(?i).*(float4|e2m1).*": f"{_NUMPY_LACKS} (float4)",
     r"(?i).*u?int[24](_.*)?": f"{_NUMPY_LACKS} (int4/uint4/int2/uint2)",
-    r"test_string_(concat|split).*": _STRINGS,
-    r"test_strnormalizer_.*": _STRINGS,
     # --- sequences and optionals ---------------------------------------------------------------------
     r"test_sequence_.*": _TYPES,
     r"test_split_to_sequence_.*": _TYPES,

@@ -1,4 +1,4 @@
-"""Text kernels: TfIdfVectorizer (int and string n-grams) and RegexFullMatch (string in, bool out)."""
+"""Text kernels: TfIdfVectorizer (int and string n-grams), RegexFullMatch and the String* ops."""
 
 from __future__ import annotations
 
@@ -67,3 +67,49 @@ def _regex_full_match(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) 
     except re.error as err:
         raise KernelError(f"attribute pattern is not a valid regular expression: {err}") from None
     return [np.array([regex.fullmatch(str(s)) is not None for s in x.reshape(-1)], dtype=bool).reshape(x.shape)]
+
+
+def _strings(x: np.ndarray, op: str) -> np.ndarray:
+    if x.dtype.kind not in "OU":
+        raise KernelError(f"{op} takes strings, got {x.dtype}")
+    return x.astype(object)
+
+
+@kernel("StringConcat")
+def _string_concat(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+    x, y = _strings(need(inputs, 0, "X"), "StringConcat"), _strings(need(inputs, 1, "Y"), "StringConcat")
+    try:
+        a, b = np.broadcast_arrays(x, y)
+    except ValueError:
+        raise KernelError(f"StringConcat: shapes {list(x.shape)} and {list(y.shape)} do not broadcast") from None
+    return [np.array([str(p) + str(q) for p, q in zip(a.reshape(-1), b.reshape(-1), strict=True)],
+                     dtype=object).reshape(a.shape)]
+
+
+@kernel("StringSplit")
+def _string_split(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+    """Y: X.shape + [most pieces], short rows padded with ""; Z: the piece count of each string.
+    No (or an empty) delimiter splits on runs of whitespace, as Python's ``str.split()``."""
+    x = _strings(need(inputs, 0, "X"), "StringSplit")
+    delimiter = attrs.get("delimiter") or None
+    maxsplit = int(attrs.get("maxsplit", -1))
+    pieces = [str(s).split(delimiter, maxsplit) for s in x.reshape(-1)]
+    width = max((len(p) for p in pieces), default=0)
+    y = np.array([p + [""] * (width - len(p)) for p in pieces], dtype=object).reshape(*x.shape, width)
+    return [y, np.array([len(p) for p in pieces], dtype=np.int64).reshape(x.shape)]
+
+
+@kernel("StringNormalizer")
+def _string_normalizer(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+    """Drop the elements that are stopwords (compared case-insensitively unless is_case_sensitive), then
+    change case. Input [C] or [1, C]; when every element is dropped the output holds one empty string."""
+    x = _strings(need(inputs, 0, "X"), "StringNormalizer")
+    if x.ndim not in (1, 2) or (x.ndim == 2 and x.shape[0] != 1):
+        raise KernelError(f"StringNormalizer: input must be [C] or [1, C], got {list(x.shape)}")
+    action = choice(attrs, "case_change_action", "NONE", ("NONE", "LOWER", "UPPER"))
+    sensitive = bool(attrs.get("is_case_sensitive", 0))
+    stops = {w if sensitive else w.lower() for w in attrs.get("stopwords", [])}
+    kept = [str(s) for s in x.reshape(-1) if (str(s) if sensitive else str(s).lower()) not in stops]
+    changed = [s.lower() if action == "LOWER" else s.upper() if action == "UPPER" else s for s in kept] or [""]
+    out = np.array(changed, dtype=object)
+    return [out.reshape(1, -1) if x.ndim == 2 else out]
