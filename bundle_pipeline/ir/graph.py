@@ -20,17 +20,19 @@ from typing import Any
 
 import numpy as np
 
+from ..dtypes import dtype_from_name
+
 IR_VERSION = 1
 
 
 @dataclass(frozen=True)
 class TensorType:
     shape: tuple[int, ...]
-    dtype: str  # numpy dtype name: float32, int64, bool, ...
+    dtype: str  # numpy dtype name: float32, int64, bool, ... or an ml_dtypes name (bfloat16, int4, ...)
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+        return int(np.prod(self.shape, dtype=np.int64)) * dtype_from_name(self.dtype).itemsize
 
     def to_json(self) -> dict:
         return {"shape": list(self.shape), "dtype": self.dtype}
@@ -142,7 +144,7 @@ def encode_tensor(arr: np.ndarray) -> dict:
 
 
 def decode_tensor(d: dict) -> np.ndarray:
-    dtype = np.dtype(d["dtype"]).newbyteorder("<")
+    dtype = dtype_from_name(d["dtype"]).newbyteorder("<")
     arr = np.frombuffer(base64.b64decode(d["b64"]), dtype=dtype).reshape(d["shape"])
     return arr.astype(arr.dtype.newbyteorder("="))
 
