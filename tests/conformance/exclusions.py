@@ -5,8 +5,8 @@ entry gives the reason. Shared by ``tests/conformance/test_node_suite.py`` (skip
 ``bench/conformance.py`` (counts them as excluded; ``--check-exclusions`` runs them and lists any that
 pass, so a stale entry is noticed). Reasons start with the category:
 
-- ``dtype``: element types numpy cannot represent (bfloat16, float8*, float4, int4/uint4, int2/uint2), or
-  string tensors, which the runtime's arena (numeric and bool buffers) cannot hold as node outputs;
+- ``dtype``: string tensors, which the runtime's arena (numeric and bool buffers) cannot hold as node
+  outputs (bfloat16, float8*, float4, int4/uint4 and int2/uint2 are supported through ml_dtypes);
 - ``types``: sequence / optional / map values (the IR has tensors only);
 - ``control flow``: If / Loop / Scan need subgraphs in the IR (also in ``*_expanded`` function bodies);
 - ``domain``: ops outside the default ONNX domain (ai.onnx.ml, training, preview);
@@ -20,7 +20,6 @@ pass, so a stale entry is noticed). Reasons start with the category:
 
 from __future__ import annotations
 
-_NUMPY_LACKS = "dtype: element type numpy cannot represent"
 _STRINGS = "dtype: string outputs; the runtime arena holds numeric and bool tensors only"
 _TYPES = "types: sequence/optional values; the IR has tensors only"
 _CONTROL = "control flow: subgraphs not supported by the IR yet"
@@ -28,10 +27,6 @@ _DATA_SHAPE = "data-dependent shape: an undeclared intermediate's shape depends 
 
 EXCLUSIONS: dict[str, str] = {
     # --- element types -------------------------------------------------------------------------------
-    r"(?i).*(bfloat16|bf16).*": f"{_NUMPY_LACKS} (bfloat16)",
-    r"(?i).*(float8|e4m3|e5m2|e8m0).*": f"{_NUMPY_LACKS} (float8)",
-    r"(?i).*(float4|e2m1).*": f"{_NUMPY_LACKS} (float4)",
-    r"(?i).*u?int[24](_.*)?": f"{_NUMPY_LACKS} (int4/uint4/int2/uint2)",
     r"test_string_(concat|split).*": _STRINGS,
     r"test_strnormalizer_.*": _STRINGS,
     # --- sequences and optionals ---------------------------------------------------------------------
