@@ -8,6 +8,10 @@ elsewhere) holding the C-order values of the array whose ``tensor_hash`` is ``h`
     zarr.json        shape, dtype, chunk grid, codecs [bytes(little)], fill_value 0, and
                      attributes {"bundle_pipeline": {"tensor_hash": h, "chunk_hashes": [...],
                      "checksum": hash_json([h, chunk_hashes])}}
+                     ml_dtypes tensors (bfloat16, float8*, float4, int4, int2, ...), which zarr cannot
+                     type, are stored as a same-itemsize unsigned view (uint8/uint16) with the logical
+                     dtype name added as "dtype" (and covered by the checksum); plain tensors' files
+                     are byte-identical to what they were before such tensors were supported
     c.<i>.<j>...     one file per chunk, every chunk written (write_empty_chunks) so a missing
                      chunk file is damage, not "all zeros"
 
@@ -41,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bundle_pipeline.dtypes import EXTENDED, dtype_from_name, is_extended, storage_dtype
 from bundle_pipeline.ir.hashing import hash_bytes, hash_json, tensor_hash
 
 if TYPE_CHECKING:
@@ -48,9 +53,9 @@ if TYPE_CHECKING:
 
 ATTR = "bundle_pipeline"
 
-# Every ONNX tensor type numpy represents natively. STRING, BFLOAT16 and the FLOAT8/FLOAT4 types
-# have no native numpy dtype and are refused (TypeError).
-SUPPORTED_DTYPES = frozenset(
+# Every ONNX tensor type numpy represents natively, and (stored as their unsigned bit patterns) those
+# ml_dtypes adds: bfloat16, float8*, float4, int4/uint4, int2/uint2. STRING is refused (TypeError).
+NATIVE_DTYPES = frozenset(
     np.dtype(t)
     for t in (
         "bool",
@@ -69,6 +74,7 @@ SUPPORTED_DTYPES = frozenset(
         "complex128",
     )
 )
+SUPPORTED_DTYPES = NATIVE_DTYPES | frozenset(EXTENDED.values())
 
 # What zarr/numpy raise on a damaged entry: bad JSON, metadata of the wrong shape (zarr calls
 # .get on whatever the JSON holds, hence AttributeError), wrong-sized chunk bytes. Other OSErrors
@@ -137,8 +143,11 @@ def compute_chunk_hashes(arr: np.ndarray, chunks: tuple[int, ...]) -> list[str]:
     return out
 
 
-def _attrs(h: str, chunk_hashes: list[str]) -> dict[str, Any]:
-    return {ATTR: {"tensor_hash": h, "chunk_hashes": chunk_hashes, "checksum": hash_json([h, chunk_hashes])}}
+def _attrs(h: str, chunk_hashes: list[str], logical: str | None = None) -> dict[str, Any]:
+    if logical is None:  # a plain dtype: exactly the attributes written before ml_dtypes were supported
+        return {ATTR: {"tensor_hash": h, "chunk_hashes": chunk_hashes, "checksum": hash_json([h, chunk_hashes])}}
+    return {ATTR: {"tensor_hash": h, "chunk_hashes": chunk_hashes, "dtype": logical,
+                   "checksum": hash_json([h, chunk_hashes, logical])}}
 
 
 def put_tensor(backend: Backend, arr: Any, chunk_bytes: int, tmp_name: str) -> str:
@@ -151,6 +160,8 @@ def put_tensor(backend: Backend, arr: Any, chunk_bytes: int, tmp_name: str) -> s
     final = tensor_rel(h)
     if backend.exists(f"{final}/zarr.json"):
         return h
+    logical = arr.dtype.name if is_extended(arr.dtype) else None
+    arr = arr.view(storage_dtype(arr.dtype))  # zarr has no ml_dtypes types: store their bit patterns
     chunks = chunk_shape(arr.shape, arr.dtype.itemsize, chunk_bytes)
     tmp = f"tensors/{h[:2]}/{tmp_name}"
     try:
@@ -170,7 +181,7 @@ def put_tensor(backend: Backend, arr: Any, chunk_bytes: int, tmp_name: str) -> s
             # flat chunk files (c.0.0) instead of nested directories (c/0/0): a bundle re-pack links every
             # chunk file into a fresh array directory, and each directory created costs more than a link
             chunk_key_encoding={"name": "default", "separator": "."},
-            attributes=_attrs(h, compute_chunk_hashes(arr, chunks)),
+            attributes=_attrs(h, compute_chunk_hashes(arr, chunks), logical),
             zarr_format=3,
             config={"write_empty_chunks": True},
         )
@@ -201,7 +212,8 @@ class _Meta:
     chunks: tuple[int, ...]
     chunk_hashes: list[str]
     plain: bool  # exactly the layout put_tensor writes: chunks can be read as raw bytes
-    dtype: np.dtype | None  # set when plain
+    dtype: np.dtype | None  # set when plain: the stored (zarr) dtype
+    logical: np.dtype | None  # an ml_dtypes type the stored unsigned bit patterns are a view of
 
 
 def _load_meta(backend: Backend, h: str) -> _Meta:
@@ -216,20 +228,36 @@ def _parse_meta(data: bytes, h: str) -> _Meta:
     chunks = tuple(int(n) for n in meta["chunk_grid"]["configuration"]["chunk_shape"])
     attrs = meta["attributes"][ATTR]
     hashes = attrs["chunk_hashes"]
-    if attrs["tensor_hash"] != h or attrs["checksum"] != hash_json([h, hashes]):
+    logical = attrs.get("dtype")
+    if attrs["tensor_hash"] != h or attrs["checksum"] != hash_json([h, hashes] if logical is None
+                                                                   else [h, hashes, logical]):
         raise ValueError("tensor attributes missing, damaged or for another hash")
     if len(shape) != len(chunks) or len(hashes) != math.prod(_counts(shape, chunks)):
         raise ValueError("chunk grid and chunk hash list disagree")
     dtype = np.dtype(meta["data_type"]) if isinstance(meta["data_type"], str) else None
+    view = _logical(logical, dtype)
     plain = (
         sys.byteorder == "little"
-        and dtype in SUPPORTED_DTYPES
+        and dtype in NATIVE_DTYPES
         and meta["codecs"] in _PLAIN_CODECS
         and meta["chunk_key_encoding"] == _PLAIN_KEYS
         and meta["chunk_grid"]["name"] == "regular"
         and not meta.get("storage_transformers")
     )
-    return _Meta(shape, chunks, list(hashes), plain, dtype if plain else None)
+    return _Meta(shape, chunks, list(hashes), plain, dtype if plain else None, view)
+
+
+def _logical(name: object, stored: np.dtype | None) -> np.dtype | None:
+    """The ml_dtypes type an entry's recorded "dtype" names; it must be one whose bits ``stored`` holds."""
+    if name is None:
+        return None
+    if not isinstance(name, str) or name not in EXTENDED or storage_dtype(name) != stored:
+        raise ValueError(f"tensor attributes record dtype {name!r} over stored {stored}")
+    return dtype_from_name(name)
+
+
+def _as_logical(arr: np.ndarray, meta: _Meta) -> np.ndarray:
+    return arr if meta.logical is None else arr.view(meta.logical)
 
 
 # The codec chains put_tensor writes (zarr omits the endianness of 1-byte types) and its chunk keys.
@@ -306,6 +334,7 @@ def get_tensor(backend: Backend, h: str, verify: bool = True, missing_is_corrupt
             arr = _read_plain(backend.path(tensor_rel(h)), meta)
         else:
             arr = _read_zarr(backend, h)
+        arr = _as_logical(arr, meta)
     except FileNotFoundError:
         # No zarr.json: absent, or (object stores) still being copied in by another writer
         if missing_is_corrupt:
@@ -336,6 +365,7 @@ def verify_local_copy(path: str, h: str) -> bool:
 
             z = zarr.open_array(LocalStore(path, read_only=True), mode="r", zarr_format=3)
             arr = np.asarray(z[...]) if z.size else np.zeros(z.shape, dtype=z.dtype)
+        arr = _as_logical(arr, meta)
     except (FileNotFoundError, *damage_errors()):
         return False
     return arr.shape == meta.shape and tensor_hash(arr) == h

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..dtypes import PACKED_BITS, dtype_from_name, unpack_sub_byte
 from ..errors import BundleIOError
 
 
@@ -33,8 +34,22 @@ class ExternalRef:
 
     def load(self) -> np.ndarray:
         count = int(np.prod(self.shape, dtype=np.int64))
-        data = np.fromfile(self.path, dtype=np.dtype(self.dtype).newbyteorder("<"), count=count, offset=self.offset)
+        if self.dtype in PACKED_BITS:
+            return self._load_packed(count)
+        dtype = dtype_from_name(self.dtype)
+        data = np.fromfile(self.path, dtype=dtype.newbyteorder("<"), count=count, offset=self.offset)
         if data.size != count:
-            raise BundleIOError(f"external data file is shorter than the tensor needs ({self.length} bytes at "
-                                f"offset {self.offset})", self.path)
-        return data.astype(self.dtype, copy=False).reshape(self.shape)
+            raise self._short()
+        return data.astype(dtype, copy=False).reshape(self.shape)
+
+    def _load_packed(self, count: int) -> np.ndarray:
+        """int4/uint4/float4/int2/uint2 are stored packed (several elements a byte), lowest bits first."""
+        nbytes = -(-count * PACKED_BITS[self.dtype] // 8)
+        raw = np.fromfile(self.path, dtype=np.uint8, count=nbytes, offset=self.offset)
+        if raw.size != nbytes:
+            raise self._short()
+        return unpack_sub_byte(raw, self.dtype, count).reshape(self.shape)
+
+    def _short(self) -> BundleIOError:
+        return BundleIOError(f"external data file is shorter than the tensor needs ({self.length} bytes at "
+                             f"offset {self.offset})", self.path)

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from ..dtypes import dtype_from_name
+
 IR_VERSION = 1
 CONTROL_OPS = frozenset({"If", "Loop", "Scan"})  # ops whose attributes hold bodies
 UNKNOWN_DTYPE = "unknown"  # a body value inference could not type (a branch that cannot run on these shapes)
@@ -39,7 +41,7 @@ UNKNOWN_DTYPE = "unknown"  # a body value inference could not type (a branch tha
 @dataclass(frozen=True)
 class TensorType:
     shape: tuple[int, ...]
-    dtype: str  # numpy dtype name: float32, int64, bool, ...
+    dtype: str  # numpy dtype name: float32, int64, bool, ... or an ml_dtypes name (bfloat16, int4, ...)
 
     @property
     def dynamic(self) -> bool:
@@ -49,7 +51,7 @@ class TensorType:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+        return int(np.prod(self.shape, dtype=np.int64)) * dtype_from_name(self.dtype).itemsize
 
     def to_json(self) -> dict:
         return {"shape": list(self.shape), "dtype": self.dtype}
@@ -175,7 +177,7 @@ def encode_tensor(arr: np.ndarray) -> dict:
 
 
 def decode_tensor(d: dict) -> np.ndarray:
-    dtype = np.dtype(d["dtype"]).newbyteorder("<")
+    dtype = dtype_from_name(d["dtype"]).newbyteorder("<")
     arr = np.frombuffer(base64.b64decode(d["b64"]), dtype=dtype).reshape(d["shape"])
     return arr.astype(arr.dtype.newbyteorder("="))
 

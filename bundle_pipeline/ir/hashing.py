@@ -8,6 +8,8 @@ from typing import Any
 import blake3
 import numpy as np
 
+from ..dtypes import hash_key
+
 HASH_VERSION = "1"
 
 
@@ -30,6 +32,6 @@ def tensor_hash(arr: np.ndarray) -> str:
     """Hash of a tensor's dtype, shape and C-order bytes: equal values give equal hashes."""
     arr = np.asarray(arr, order="C")  # keeps 0-d arrays 0-d, so a scalar and [x] hash apart
     h = blake3.blake3(max_threads=blake3.blake3.AUTO if arr.nbytes > 1 << 22 else 1)
-    h.update(canonical_json({"dtype": arr.dtype.str, "shape": list(arr.shape), "v": HASH_VERSION}))
+    h.update(canonical_json({"dtype": hash_key(arr.dtype), "shape": list(arr.shape), "v": HASH_VERSION}))
     h.update(arr.reshape(-1).view(np.uint8))
     return h.hexdigest()

@@ -16,6 +16,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper, shape_inference
 
+from ..dtypes import is_extended
 from ..errors import BundleIOError, GraphInvalid, OptionInvalid, UnsupportedOp
 from .external import ExternalRef
 from .graph import Graph, Node, TensorType
@@ -401,9 +402,9 @@ def _tensor_types(model: onnx.ModelProto, where: str) -> dict[str, TensorType]:
             dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type)
         except KeyError:
             raise UnsupportedOp(f"value {info.name!r} has an unsupported element type {tt.elem_type}", where) from None
-        if np.dtype(dtype).type.__module__ != "numpy":  # ml_dtypes: bfloat16, float8*, float4, int4, int2, ...
+        if np.dtype(dtype).type.__module__ != "numpy" and not is_extended(dtype):  # e.g. float6: no conversions
             raise UnsupportedOp(f"value {info.name!r} has element type "
-                                f"{helper.tensor_dtype_to_string(tt.elem_type)}, which numpy cannot represent", where)
+                                f"{helper.tensor_dtype_to_string(tt.elem_type)}, which is not supported", where)
         types[info.name] = TensorType(_dims(tt), np.dtype(dtype).name)
     return types
 

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..dtypes import is_extended
 from ..errors import GraphInvalid, UnsupportedOp
 from .graph import CONTROL_OPS, UNKNOWN_DTYPE, Graph, Node, TensorType
 
@@ -99,9 +100,9 @@ def body_types(body: onnx.GraphProto, where: str) -> dict[str, TensorType]:
         if tt.elem_type == onnx.TensorProto.UNDEFINED:
             continue
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
-        if dtype.type.__module__ != "numpy":
+        if dtype.type.__module__ != "numpy" and not is_extended(dtype):
             raise UnsupportedOp(f"value {info.name!r} has element type "
-                                f"{helper.tensor_dtype_to_string(tt.elem_type)}, which numpy cannot represent", where)
+                                f"{helper.tensor_dtype_to_string(tt.elem_type)}, which is not supported", where)
         dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else UNKNOWN_DIM
                      for d in tt.shape.dim) if tt.HasField("shape") else (UNKNOWN_DIM,)
         types[info.name] = TensorType(dims, dtype.name)

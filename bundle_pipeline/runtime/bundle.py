@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..dtypes import dtype_from_name, storage_dtype
 from ..errors import BundleCorrupt, BundleError, BundleIOError, ParamInvalid, RuntimeFailure
 from ..ir.hashing import tensor_hash
 from . import formats
@@ -167,12 +168,13 @@ def _read_constant(group, cid: str, const: dict, path: str) -> np.ndarray:
         plain = (getattr(meta, "zarr_format", None) == 3 and len(meta.codecs) == 1
                  and isinstance(meta.codecs[0], BytesCodec) and not meta.storage_transformers)
         stored = tuple(const.get("storage", const["shape"]))  # a constant kept in a target format
-        if not (plain and arr.shape == stored and arr.dtype == np.dtype(const["dtype"])
+        # ml_dtypes constants (bfloat16, float8, int4, ...) are stored as their unsigned bit patterns
+        if not (plain and arr.shape == stored and arr.dtype == storage_dtype(const["dtype"])
                 and all(c <= max(n, 1) for c, n in zip(arr.chunks, arr.shape, strict=True))):
             raise BundleCorrupt(f"constant {cid!r}: its array ({arr.dtype}{list(arr.shape)}, chunks "
                                 f"{list(arr.chunks)}) is not the plain {const['dtype']}{list(stored)} "
                                 f"array the manifest records", path)
-        value = np.asarray(arr[...])
+        value = np.asarray(arr[...]).view(dtype_from_name(const["dtype"]))
     except BundleCorrupt:
         raise
     except (OSError, *_DATA_ERRORS) as err:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ..dtypes import dtype_from_name
 from ..errors import BundleCorrupt, ParamInvalid, RuntimeFailure
 from ..ir.graph import decode_attr, decode_tensor
 from . import approx, formats, inplace
@@ -159,7 +160,7 @@ class BodyExecutor(Executor):
 
 def arena_view(arena: np.ndarray, plan: dict) -> np.ndarray:
     """The planned bytes of one value, as its stored (physical) shape."""
-    dtype = np.dtype(plan["dtype"])
+    dtype = dtype_from_name(plan["dtype"])
     shape = plan.get("storage", plan["shape"])
     count = int(np.prod(shape, dtype=np.int64))
     start = int(plan["offset"])
@@ -188,7 +189,7 @@ class VariableStore:
     def __init__(self, table: list[dict]):
         self.table = {v["name"]: v for v in table}
         # stored bytes: the variable's format (e.g. FRACTAL_NZ) as its physical shape
-        self.values = {name: np.zeros(v.get("storage", v["shape"]), dtype=np.dtype(v["dtype"]))
+        self.values = {name: np.zeros(v.get("storage", v["shape"]), dtype=dtype_from_name(v["dtype"]))
                        for name, v in self.table.items()}
         self.is_set = dict.fromkeys(self.table, False)
 

@@ -18,8 +18,7 @@ import math
 import os
 import re
 
-import numpy as np
-
+from ..dtypes import EXTENDED, dtype_from_name
 from ..errors import BundleCorrupt
 from ..ir.graph import UNKNOWN_DTYPE
 from .control import BODY_ATTRS, CONTROL_OPS
@@ -27,8 +26,10 @@ from .kernels import SUPPORTED_OPS
 from .npu import NPU_FORMAT_OPS
 
 FORMAT_VERSIONS = (1,)
+# numeric and bool types, with the ml_dtypes ones (bfloat16, float8*, float4, int4, int2, ...); never
+# object (strings come only from the caller as feeds) nor anything else np.dtype would parse
 DTYPES = frozenset({"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
-                    "uint32", "uint64", "bool"})
+                    "uint32", "uint64", "bool", *EXTENDED})
 EXECUTOR_OPS = frozenset({"TransData"}) | CONTROL_OPS
 ROLES = ("init", "update", "infer")
 MAX_RANK = 32
@@ -112,7 +113,7 @@ def _dtype(value: object, what: str) -> str:
 
 
 def _nbytes(shape: list[int], dtype: str) -> int:
-    return math.prod(shape) * np.dtype(dtype).itemsize  # Python ints: no overflow
+    return math.prod(shape) * dtype_from_name(dtype).itemsize  # Python ints: no overflow
 
 
 def _strings(value: object, what: str) -> list[str]:

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
+from ..dtypes import dtype_from_name, is_extended
 from ..ir.graph import Graph, Node
 from ..runtime.formats import accepts, storage_shape
 from ..targets import STANDARD, Target
@@ -44,6 +43,8 @@ def native_plan(node: Node, graph: Graph, target: Target, formats: dict[str, str
         return None  # native kernels produce exactly one result (e.g. MaxPool without Indices)
     if any(graph.types[v].dynamic for v in [*filter(None, node.inputs), node.outputs[0]]):
         return None  # sized at run time: the portable kernel on standard layouts
+    if any(is_extended(graph.types[v].dtype) for v in [*node.inputs, *results] if v in graph.types):
+        return None  # bfloat16/float8/int4...: the native kernels model numpy types; the portable ones run these
     shapes = [graph.types[i].shape if i else None for i in node.inputs]
     if kernel.same_format:
         operands = [formats.get(i, "ND") for i, s in zip(node.inputs, shapes, strict=True)
@@ -115,7 +116,7 @@ def _wanted_formats(name: str, var: dict, graphs: dict[str, Graph], target: Targ
 
 
 def _itemsize(dtype: str) -> int:
-    return np.dtype(dtype).itemsize
+    return dtype_from_name(dtype).itemsize
 
 
 def transdata_bytes(structure: dict) -> int:

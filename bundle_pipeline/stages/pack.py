@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..dtypes import dtype_from_name
 from ..errors import BundleIOError
 from ..runtime.formats import storage_shape
 
@@ -40,7 +41,7 @@ def manifest(name: str, target: str, graphs: list[dict], variables: dict, var_fo
         "variables": [{"name": n, "shape": v["shape"], "dtype": v["dtype"], "format": var_formats[n],
                        "storage": list(storage_shape(var_formats[n], tuple(v["shape"]))),
                        "nbytes": int(np.prod(storage_shape(var_formats[n], tuple(v["shape"])), dtype=np.int64))
-                       * np.dtype(v["dtype"]).itemsize,
+                       * dtype_from_name(v["dtype"]).itemsize,
                        "readers": v["readers"], "writers": v["writers"], "source": v["source"],
                        "initial": storage["initial"].get(n)} for n, v in sorted(variables.items())],
         "constants": {cid: {**c, "array": f"constants/{cid}"} for cid, c in sorted(storage["constants"].items())},

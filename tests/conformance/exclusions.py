@@ -5,7 +5,6 @@ entry gives the reason. Shared by ``tests/conformance/test_node_suite.py`` (skip
 ``bench/conformance.py`` (counts them as excluded; ``--check-exclusions`` runs them and lists any that
 pass, so a stale entry is noticed). Reasons start with the category:
 
-- ``dtype``: element types numpy cannot represent (bfloat16, float8*, float4, int4/uint4, int2/uint2);
 - ``types``: sequence / optional / map values (the IR has tensors only);
 - ``domain``: ops outside the default ONNX domain (ai.onnx.ml, training, preview);
 - ``random``: outputs drawn from an RNG only the reference implementation reproduces;
@@ -16,15 +15,9 @@ pass, so a stale entry is noticed). Reasons start with the category:
 
 from __future__ import annotations
 
-_NUMPY_LACKS = "dtype: element type numpy cannot represent"
 _TYPES = "types: sequence/optional values; the IR has tensors only"
 
 EXCLUSIONS: dict[str, str] = {
-    # --- element types -------------------------------------------------------------------------------
-    r"(?i).*(bfloat16|bf16).*": f"{_NUMPY_LACKS} (bfloat16)",
-    r"(?i).*(float8|e4m3|e5m2|e8m0).*": f"{_NUMPY_LACKS} (float8)",
-    r"(?i).*(float4|e2m1).*": f"{_NUMPY_LACKS} (float4)",
-    r"(?i).*u?int[24](_.*)?": f"{_NUMPY_LACKS} (int4/uint4/int2/uint2)",
     # --- sequences and optionals ---------------------------------------------------------------------
     r"test_sequence_.*": _TYPES,
     r"test_split_to_sequence_.*": _TYPES,

@@ -15,9 +15,6 @@ from bundle_pipeline.runtime.kernels import SUPPORTED_OPS, KernelError, run_kern
 
 # Cases that cannot pass by design, each with the reason. Matched as regular expressions on the name.
 EXCLUDED: dict[str, str] = {
-    # element types numpy cannot represent (inputs or outputs are float8/float4/int4/uint4/int2/bfloat16)
-    r"(?i).*(float8|e4m3|e5m2|e8m0|float4|int4|uint4|int2|uint2).*": "no numpy dtype",
-    r"(?i).*(bfloat16|_bf16).*": "no numpy dtype",
     # Dropout in training mode draws random masks; only the reference's RNG reproduces them
     r"test_training_dropout(_default|_mask|_default_mask)?$": "random training-mode dropout",
 }

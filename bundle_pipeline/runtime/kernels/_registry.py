@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from ...dtypes import EXTENDED
+
 Inputs = list[np.ndarray | None]
 Attrs = dict[str, Any]
 Tiling = dict[str, int] | None
@@ -94,7 +96,7 @@ def wide(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float32) if x.dtype == np.float16 else x
 
 
-# ONNX TensorProto.DataType -> numpy dtype, for the types numpy represents natively.
+# ONNX TensorProto.DataType -> numpy dtype: numpy's own types, then ml_dtypes' (16 and up).
 ONNX_DTYPES: dict[int, np.dtype] = {
     1: np.dtype(np.float32),
     2: np.dtype(np.uint8),
@@ -111,12 +113,23 @@ ONNX_DTYPES: dict[int, np.dtype] = {
     13: np.dtype(np.uint64),
     14: np.dtype(np.complex64),
     15: np.dtype(np.complex128),
+    16: EXTENDED["bfloat16"],
+    17: EXTENDED["float8_e4m3fn"],
+    18: EXTENDED["float8_e4m3fnuz"],
+    19: EXTENDED["float8_e5m2"],
+    20: EXTENDED["float8_e5m2fnuz"],
+    21: EXTENDED["uint4"],
+    22: EXTENDED["int4"],
+    23: EXTENDED["float4_e2m1fn"],
+    24: EXTENDED["float8_e8m0fnu"],
+    25: EXTENDED["uint2"],
+    26: EXTENDED["int2"],
 }
 
 
 def onnx_dtype(code: int, name: str = "to") -> np.dtype:
-    """numpy dtype of an ONNX element type code (KernelError for types numpy lacks)."""
+    """numpy dtype of an ONNX element type code (KernelError for types without one, e.g. FLOAT6)."""
     try:
         return ONNX_DTYPES[int(code)]
     except KeyError:
-        raise KernelError(f"attribute {name}={code}: element type not supported by numpy kernels") from None
+        raise KernelError(f"attribute {name}={code}: element type not supported by the kernels") from None

@@ -90,7 +90,8 @@ def _attention(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list
             raise KernelError(f"{q.shape[1]} query heads cannot share {kk.shape[1]} KV heads")
         reps = q.shape[1] // kk.shape[1]
         kk, vv = np.repeat(kk, reps, axis=1), np.repeat(vv, reps, axis=1)
-    qk = np.matmul(q * root, np.swapaxes(kk * root, -1, -2))
+    # numpy's matmul of bfloat16 returns float32: round back to the input type, as the reference does
+    qk = np.matmul(q * root, np.swapaxes(kk * root, -1, -2)).astype(cd, copy=False)
     softcap = float(attrs.get("softcap", 0.0))
     if softcap > 0:
         qk = np.tanh(qk / softcap) * softcap  # before the mask, so masked keys stay -inf
@@ -109,7 +110,7 @@ def _attention(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list
     qk_out = {0: qk, 1: qk, 2: logits, 3: probs}.get(mode)
     if qk_out is None:
         raise KernelError(f"attribute qk_matmul_output_mode={mode} must be 0..3")
-    y = np.matmul(probs.astype(dtype), vv)
+    y = np.matmul(probs.astype(dtype), vv).astype(dtype, copy=False)
     if rank3:
         y = y.transpose(0, 2, 1, 3).reshape(y.shape[0], y.shape[2], -1)
     return [y.astype(dtype), present_k, present_v, np.broadcast_to(qk_out, probs.shape).astype(dtype)]

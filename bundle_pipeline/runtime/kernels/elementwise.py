@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from . import _lowp
 from ._registry import (
     Attrs,
     Inputs,
@@ -288,17 +289,24 @@ def _where(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.
 # ---- Cast ----
 
 
-def cast_array(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """ONNX Cast between numpy-representable types (saturate only concerns float8, so it is moot)."""
+def cast_array(x: np.ndarray, dtype: np.dtype, saturate: bool = True, round_mode: str = "up") -> np.ndarray:
+    """ONNX Cast; ``saturate`` concerns float8 targets, ``round_mode`` FLOAT8E8M0 (see ``_lowp``)."""
     if dtype.kind == "O":
         # numpy's shortest round-trip repr, as the ONNX reference renders numbers.
         return x.astype(str).astype(object)
     if x.dtype == object:
         # Strings parse as numbers ("INF", "-inf", "NaN" included); bools parse via float.
         parsed = np.array([float(v) for v in x.reshape(-1)], dtype=np.float64).reshape(x.shape)
-        return cast_array(parsed, dtype)
-    with np.errstate(all="ignore"):
-        return x.astype(dtype)
+        return cast_array(parsed, dtype, saturate, round_mode)
+    try:
+        return _lowp.convert(x, dtype, saturate, round_mode)
+    except ValueError as err:
+        raise KernelError(str(err)) from None
+
+
+def _cast_attrs(attrs: Attrs) -> tuple[bool, str]:
+    """saturate (default 1) and round_mode (default "up"), as Cast and CastLike define them."""
+    return bool(int(attrs.get("saturate", 1))), choice(attrs, "round_mode", "up", _lowp.ROUND_MODES)
 
 
 @kernel("Cast")
@@ -306,13 +314,13 @@ def _cast(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.n
     x = need(inputs, 0, "input")
     if "to" not in attrs:
         raise KernelError("attribute 'to' is required")
-    return [cast_array(x, onnx_dtype(attrs["to"]))]
+    return [cast_array(x, onnx_dtype(attrs["to"]), *_cast_attrs(attrs))]
 
 
 @kernel("CastLike")
 def _cast_like(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
     x, like = need(inputs, 0, "input"), need(inputs, 1, "target_type")
-    return [cast_array(x, like.dtype)]
+    return [cast_array(x, like.dtype, *_cast_attrs(attrs))]
 
 
 # ---- more unary math (trigonometric, hyperbolic, rounding, tests) ----

@@ -1,10 +1,17 @@
 """Quantization kernels: Quantize/DequantizeLinear (per tensor, per axis, blocked), DynamicQuantizeLinear,
-QLinearMatMul, QLinearConv, MatMulInteger, ConvInteger. Integer quantized types only (numpy has no float8/int4)."""
+QLinearMatMul, QLinearConv, MatMulInteger, ConvInteger.
+
+Quantize/DequantizeLinear take every ONNX quantized type: int8/uint8/int16/uint16, the ml_dtypes integers
+int4/uint4/int2/uint2 (rounded, offset and clamped like the others), float8 E4M3FN/E4M3FNUZ/E5M2/E5M2FNUZ
+(no zero point offset; ``saturate`` clamps, as in Cast) and float4 E2M1 (the zero point is added before
+the rounding cast, which saturates by itself), as onnx's reference defines them."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from ...dtypes import EXTENDED
+from . import _lowp
 from ._registry import KERNELS, Attrs, Inputs, KernelError, Tiling, arg, kernel, need, norm_axis, onnx_dtype, wide
 
 
@@ -27,6 +34,10 @@ def _broadcast_param(value: np.ndarray, shape: tuple[int, ...], axis: int, block
     return full
 
 
+FLOAT4 = EXTENDED["float4_e2m1fn"]
+FLOAT_QUANT_TYPES = frozenset({*_lowp.FLOAT8_SATURATING, FLOAT4})
+
+
 def _quant_type(attrs: Attrs, zero_point: np.ndarray | None) -> np.dtype:
     if zero_point is not None:
         dtype = zero_point.dtype
@@ -34,17 +45,29 @@ def _quant_type(attrs: Attrs, zero_point: np.ndarray | None) -> np.dtype:
         dtype = onnx_dtype(attrs["output_dtype"], "output_dtype")
     else:
         dtype = np.dtype(np.uint8)
-    if dtype.kind not in "iu" or dtype.itemsize > 2:
-        raise KernelError(f"quantized type {dtype} is not supported (int8, uint8, int16, uint16)")
+    integer = _lowp.is_integer(dtype) and dtype.itemsize <= 2
+    if not integer and dtype not in FLOAT_QUANT_TYPES:
+        raise KernelError(f"quantized type {dtype} is not supported (int8, uint8, int16, uint16, int4, uint4, "
+                          f"int2, uint2, float8 e4m3fn/e4m3fnuz/e5m2/e5m2fnuz, float4 e2m1)")
     return dtype
 
 
 def quantize(x: np.ndarray, scale: np.ndarray, zero: np.ndarray | int, dtype: np.dtype) -> np.ndarray:
-    """saturate(round_half_even(x / scale) + zero_point) in the quantized type."""
+    """saturate(round_half_even(x / scale) + zero_point) in the (integer) quantized type."""
     with np.errstate(all="ignore"):
         q = np.rint(x / scale) + zero
-    info = np.iinfo(dtype)
-    return np.clip(q, info.min, info.max).astype(dtype)
+    lo, hi = _lowp.int_range(dtype)
+    return _lowp.astype(np.clip(q, lo, hi), dtype)
+
+
+def quantize_float(x: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, dtype: np.dtype,
+                   saturate: bool) -> np.ndarray:
+    """x / scale rounded into a float8 type (zero point not applied) or float4 (zero point added first)."""
+    with np.errstate(all="ignore"):
+        y = x / scale
+        if dtype == FLOAT4 and zero is not None:
+            y = y + _lowp.astype(zero, np.dtype(np.float32))
+    return _lowp.convert(y, dtype, saturate)
 
 
 @kernel("QuantizeLinear")
@@ -53,26 +76,30 @@ def _quantize_linear(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -
     dtype = _quant_type(attrs, zp)
     axis, block = int(attrs.get("axis", 1)), int(attrs.get("block_size", 0))
     s = _broadcast_param(scale, x.shape, axis, block)
-    z = _broadcast_param(zp, x.shape, axis, block).astype(np.int64) if zp is not None else 0
+    zb = _broadcast_param(zp, x.shape, axis, block) if zp is not None else None
     if int(attrs.get("precision", 0)):
         compute = onnx_dtype(attrs["precision"], "precision")
         xq, sq = x.astype(compute), s.astype(compute)
     else:
         xq, sq = wide(x), wide(s)
-    return [quantize(xq, sq, z, dtype)]
+    if dtype in FLOAT_QUANT_TYPES:
+        return [quantize_float(xq, sq, zb, dtype, bool(int(attrs.get("saturate", 1))))]
+    return [quantize(xq, sq, _lowp.astype(zb, np.dtype(np.int64)) if zb is not None else 0, dtype)]
 
 
 @kernel("DequantizeLinear")
 def _dequantize_linear(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
     x, scale, zp = need(inputs, 0, "x"), need(inputs, 1, "x_scale"), arg(inputs, 2)
-    if x.dtype.kind not in "iu":
+    if not _lowp.is_integer(x.dtype) and x.dtype not in FLOAT_QUANT_TYPES:
         raise KernelError(f"DequantizeLinear of {x.dtype} is not supported")
     axis, block = int(attrs.get("axis", 1)), int(attrs.get("block_size", 0))
-    dx = x.astype(np.float32)
-    if zp is not None:
-        if zp.dtype != x.dtype:
-            raise KernelError(f"zero point type {zp.dtype} differs from input type {x.dtype}")
-        dx = dx - _broadcast_param(zp, x.shape, axis, block).astype(np.float32)
+    dx = _lowp.astype(x, np.dtype(np.float32))
+    if zp is not None and zp.dtype != x.dtype:
+        raise KernelError(f"zero point type {zp.dtype} differs from input type {x.dtype}")
+    if zp is not None and _lowp.is_integer(x.dtype):
+        dx = dx - _lowp.astype(_broadcast_param(zp, x.shape, axis, block), np.dtype(np.float32))
+    elif zp is not None and x.dtype != FLOAT4 and np.any(zp.view(np.uint8)):  # float4's is ignored, as onnx's
+        raise KernelError(f"a {x.dtype} zero point must be zero (float8 values carry no offset)")
     y = dx * _broadcast_param(scale, x.shape, axis, block)
     out = onnx_dtype(attrs["output_dtype"], "output_dtype") if int(attrs.get("output_dtype", 0)) else scale.dtype
     return [y.astype(out)]

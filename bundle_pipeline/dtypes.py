@@ -1,0 +1,65 @@
+"""Element types by name, including the ONNX types numpy lacks (bfloat16, float8, float4, int4, int2).
+
+Those come from ``ml_dtypes`` (onnx's own numpy_helper uses it). Everything that stores or reads a dtype
+*name* (IR types, encoded consts, manifests, cache tensor attributes) goes through ``dtype_from_name``, so
+the names round-trip whether or not anything else imported ml_dtypes first.
+
+ml_dtypes arrays hold one element per byte (or two bytes for bfloat16): int4/uint4/float4/int2/uint2 are
+*unpacked* in memory, as ``onnx.numpy_helper.to_array`` returns them. Only ONNX's serialised form packs
+them (``unpack_sub_byte``). zarr cannot store these dtypes, so storage layers keep them as a same-itemsize
+unsigned view (``storage_dtype``) and record the logical name beside it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_dtypes
+import numpy as np
+
+# ONNX element types numpy cannot represent natively, by the name ml_dtypes (and numpy, once ml_dtypes is
+# imported) gives them. FLOAT6 types are left out: onnx.numpy_helper does not convert them either.
+EXTENDED: dict[str, np.dtype] = {
+    name: np.dtype(getattr(ml_dtypes, name))
+    for name in ("bfloat16", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz",
+                 "float8_e8m0fnu", "float4_e2m1fn", "int4", "uint4", "int2", "uint2")
+}
+# Bits per element of the types ONNX packs several to a byte in TensorProto / external data.
+PACKED_BITS: dict[str, int] = {"int4": 4, "uint4": 4, "float4_e2m1fn": 4, "int2": 2, "uint2": 2}
+
+
+def dtype_from_name(name: str) -> np.dtype:
+    """numpy dtype of a stored dtype name ("float32", "bfloat16", "int4", ...); TypeError when unknown."""
+    if name in EXTENDED:
+        return EXTENDED[name]
+    return np.dtype(name)
+
+
+def is_extended(dtype: np.dtype | str) -> bool:
+    """Whether ``dtype`` is one of the ml_dtypes types (numpy has no native equivalent)."""
+    return (dtype if isinstance(dtype, str) else np.dtype(dtype).name) in EXTENDED
+
+
+def storage_dtype(dtype: np.dtype | str) -> np.dtype:
+    """The dtype a storage layer (zarr) holds ``dtype``'s bytes as: itself, or a same-itemsize unsigned int."""
+    dtype = dtype_from_name(dtype) if isinstance(dtype, str) else np.dtype(dtype)
+    return np.dtype(f"uint{8 * dtype.itemsize}") if is_extended(dtype) else dtype
+
+
+def hash_key(dtype: np.dtype) -> str:
+    """The dtype's part of a tensor hash: numpy's ``str`` ('<f4') as always, the name for ml_dtypes types,
+    whose ``str`` is an anonymous '<V1' shared by every 1-byte type (float8 variants would hash alike)."""
+    return dtype.name if is_extended(dtype) else dtype.str
+
+
+def unpack_sub_byte(raw: np.ndarray, name: str, count: int) -> np.ndarray:
+    """``count`` elements of packed type ``name`` from ONNX's packed bytes (lowest bits first), unpacked."""
+    bits = PACKED_BITS[name]
+    per_byte = 8 // bits
+    raw = np.asarray(raw, dtype=np.uint8).reshape(-1)
+    if raw.size < math.ceil(count / per_byte):
+        raise ValueError(f"{raw.size} bytes hold fewer than {count} {name} elements")
+    shifts = np.arange(per_byte, dtype=np.uint8) * bits
+    # ml_dtypes keeps a sub-byte element in the low bits of its byte, high bits zero (as numpy_helper does)
+    fields = ((raw[:, None] >> shifts) & np.uint8((1 << bits) - 1)).reshape(-1)[:count]
+    return np.ascontiguousarray(fields).view(EXTENDED[name])
