@@ -87,6 +87,9 @@ class Executor:
         except KernelError as err:
             raise RuntimeFailure(f"while executing node {step['node']} ({step['op']}): {err}",
                                  f"graph {self.name}") from None
+        except (ValueError, TypeError, IndexError) as err:  # numpy refusing the inputs a kernel was given
+            raise RuntimeFailure(f"while executing node {step['node']} ({step['op']}): {type(err).__name__}: {err}",
+                                 f"graph {self.name}") from None
         for name, value in zip(step["outputs"], outs, strict=False):
             if name:
                 env[name] = self.store(step, name, value)
