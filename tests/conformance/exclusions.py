@@ -8,7 +8,6 @@ pass, so a stale entry is noticed). Reasons start with the category:
 - ``types``: sequence / optional / map values (the IR has tensors only);
 - ``domain``: ops outside the default ONNX domain (ai.onnx.ml, training, preview);
 - ``random``: outputs drawn from an RNG only the reference implementation reproduces;
-- ``op``: an operator the kernel library does not implement;
 - ``precision``: expected values that are bit-exact float16 arithmetic of the reference;
 - ``BUG``: a defect (here: in onnx) that makes a valid model fail, with where it is.
 """
@@ -35,8 +34,6 @@ EXCLUSIONS: dict[str, str] = {
     # --- randomness ----------------------------------------------------------------------------------
     r"test_bernoulli.*": "random: Bernoulli draws from an RNG only the reference reproduces",
     r"test_training_dropout(_default|_mask|_default_mask)?": "random: training-mode Dropout draws a random mask",
-    # --- operators -----------------------------------------------------------------------------------
-    r"test_image_decoder_.*": "op: ImageDecoder needs image codecs (jpeg, png, webp, ...), not a dependency",
     # --- precision -----------------------------------------------------------------------------------
     r"test_attention_4d_causal_fp16_expanded": "precision: expected values are bit-exact float16 reference "
                                                "arithmetic; our MatMul/Softmax accumulate float16 in float32 "

@@ -1,8 +1,9 @@
-"""Image sampling kernels: GridSample (N-D; nearest, linear, cubic; zeros, border, reflection), AffineGrid,
-RoiAlign, NonMaxSuppression, DeformConv."""
+"""Image kernels: GridSample (N-D; nearest, linear, cubic; zeros, border, reflection), AffineGrid,
+RoiAlign, NonMaxSuppression, DeformConv, ImageDecoder."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import math
 
@@ -256,3 +257,24 @@ def _deform_conv(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> li
     if bias is not None:
         y = y + wide(bias).reshape(1, -1, 1, 1)
     return [y.astype(x.dtype)]
+
+
+@kernel("ImageDecoder")
+def _image_decoder(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
+    """Encoded bytes (jpeg, png, bmp, tiff, webp, ...) -> uint8 [H, W, 3] (RGB/BGR) or [H, W, 1] (Grayscale).
+
+    The codecs are Pillow's (the ``image`` extra): decoding is theirs to get right, not ours."""
+    data = need(inputs, 0, "encoded_stream")
+    pixel_format = choice(attrs, "pixel_format", "RGB", ("RGB", "BGR", "Grayscale"))
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise KernelError("ImageDecoder needs Pillow: pip install 'bundle-pipeline[image]'") from None
+    try:
+        image = Image.open(io.BytesIO(np.ascontiguousarray(data, dtype=np.uint8).tobytes()))
+        if pixel_format == "Grayscale":
+            return [np.asarray(image.convert("L"), dtype=np.uint8)[:, :, None]]
+        rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as err:
+        raise KernelError(f"ImageDecoder: cannot decode the image: {err}") from None
+    return [np.ascontiguousarray(rgb[:, :, ::-1]) if pixel_format == "BGR" else rgb]
