@@ -53,9 +53,8 @@ def convert_control(node: onnx.NodeProto, name: str, scope: Scope) -> Node:
         body.inputs = [*body.inputs, *captures]
         for value in captures:
             body.types[value] = scope.types.get(value, TensorType((UNKNOWN_DIM,), UNKNOWN_DTYPE))
-    plain = {k: v for k, v in scope.attrs_of(_without_bodies(node)).items()}
     return Node(name, node.op_type, [*node.input, *captures], list(node.output),
-                {**plain, **bodies, "captures": len(captures)})
+                {**scope.attrs_of(_without_bodies(node)), **bodies, "captures": len(captures)})
 
 
 def convert_body(body: onnx.GraphProto, prefix: str, scope: Scope) -> Graph:
