@@ -32,17 +32,26 @@ def describe(path: str) -> dict:
 
 def _graph(g: dict) -> dict:
     program = g["program"]
-    steps = program["steps"]
+    steps = list(_all_steps(program["steps"]))  # control-flow bodies' steps too
     return {"name": g["name"], "role": g["role"],
             "transdata": sum(s["op"] == "TransData" for s in steps),
             "transdata_bytes": sum(_transdata_bytes(s, program) for s in steps if s["op"] == "TransData"),
             "native_steps": sum(bool(s.get("native")) for s in steps),
             "arena_bytes": program["arena_bytes"], "reuse_memory": program.get("reuse_memory", True),
             "arena_bytes_by_reuse": program.get("arena_bytes_by_reuse"), "steps": len(steps),
+            "body_arena_bytes": sum(b["arena_bytes"] for s in steps for b in s.get("bodies", {}).values()),
             "options": g["options"],
             "kernels": [{"node": s["node"], "op": s["op"], "native": bool(s.get("native")),
                          "tiling": {k: v for k, v in s["tiling"].items() if k != "cost"}}
                         for s in steps if s.get("tiling")]}
+
+
+def _all_steps(steps: list[dict]):
+    """Every step, those of If/Loop/Scan bodies included (depth first)."""
+    for step in steps:
+        yield step
+        for body in step.get("bodies", {}).values():
+            yield from _all_steps(body["steps"])
 
 
 def _transdata_bytes(step: dict, program: dict) -> int:
@@ -75,9 +84,10 @@ def render(info: dict, path: str) -> None:
     for g in info["graphs"]:
         by_reuse = g.get("arena_bytes_by_reuse") or {}
         options = ", ".join(f"{k}={v}" for k, v in g["options"].items() if v not in NON_DEFAULT_SKIP)
+        bodies = f" + {_bytes(g['body_arena_bytes'])} in bodies" if g.get("body_arena_bytes") else ""
         graphs.add_row(g["name"], g["role"], str(g["steps"]), str(g["native_steps"]), str(g["transdata"]),
-                       _bytes(g["transdata_bytes"]), _bytes(by_reuse.get("on", g["arena_bytes"])),
-                       _bytes(by_reuse.get("off", g["arena_bytes"])), options or "-")
+                       _bytes(g["transdata_bytes"]), _bytes(by_reuse.get("on", g["arena_bytes"])) + bodies,
+                       _bytes(by_reuse.get("off", g["arena_bytes"])) + bodies, options or "-")
     console.print(graphs)
     kernels = Table("graph", "node", "op", "kernel", "tiling", title="tiling per kernel")
     for g in info["graphs"]:
