@@ -164,6 +164,7 @@ def _drop_dead_nodes(model: onnx.ModelProto) -> None:
         if any(o in live for o in node.output):
             kept.append(node)
             live.update(i for i in node.input if i)
+            live.update(_body_reads(node))  # outer values an If/Loop/Scan body reads by name
     del model.graph.node[:]
     model.graph.node.extend(reversed(kept))
 
@@ -230,6 +231,17 @@ def _fold_graph(graph: onnx.GraphProto, consts: dict, types: dict, opset: int, w
     graph.node.extend(kept)
     graph.initializer.extend(folded)
     return inlined
+
+
+def _body_reads(node: onnx.NodeProto) -> set[str]:
+    """Every name read inside ``node``'s bodies (nested ones too), outer-scope captures among them."""
+    reads: set[str] = set()
+    for body in _bodies(node):
+        for inner in body.node:
+            reads.update(i for i in inner.input if i)
+            reads |= _body_reads(inner)
+        reads.update(o.name for o in body.output)
+    return reads
 
 
 def _bodies(node: onnx.NodeProto) -> list[onnx.GraphProto]:

@@ -133,3 +133,18 @@ def test_a_dynamic_feed_still_asks_for_input_shape():
     """)
     with pytest.raises(BundleError, match="input_shape"):
         structure(m)
+
+
+def test_out_nodes_keeps_nodes_only_a_body_reads():
+    m = model("""
+    agraph (bool c, float[4] x) => (float[4] y, float[4] z) {
+      h = Neg(x)
+      z = Abs(x)
+      y = If(c) <
+        then_branch = then_g () => (float[4] t) { t = Relu(h) },
+        else_branch = else_g () => (float[4] e) { e = Identity(x) }
+      >
+    }
+    """)
+    graph, _ = structure(m, out_nodes="y")
+    assert [n.op_type for n in graph.nodes] == ["Neg", "If"]  # Neg feeds the then branch; Abs is dead
