@@ -368,10 +368,10 @@ def _check_supported(node: onnx.NodeProto, index: int, where: str) -> None:
 
     domain = op_domain(node)
     if domain and not supports_op(node.op_type, domain):
-        why = (f"which the kernel library does not support (its {domain} ops: {', '.join(sorted(DOMAIN_OPS[domain]))})"
-               if domain in DOMAIN_OPS else f"a domain the kernel library does not support (other domains it "
-                                             f"supports: {', '.join(DOMAIN_OPS)})")
-        raise UnsupportedOp(f"node {node.name or index!r} uses op {node.op_type} of domain {domain!r}, {why}", where)
+        why = (f"which the kernel library does not support in that domain (its {domain} ops: "
+               f"{', '.join(sorted(DOMAIN_OPS[domain]))})" if domain in DOMAIN_OPS else
+               f"a domain the kernel library does not support (other domains it supports: {', '.join(DOMAIN_OPS)})")
+        raise UnsupportedOp(f"node {node.name or index!r} ({node.op_type}) uses op domain {domain!r}, {why}", where)
     if not domain and node.op_type not in SUPPORTED_OPS and node.op_type not in CONTROL_OPS:
         raise UnsupportedOp(f"node {node.name or index!r} uses op {node.op_type}, which the kernel library does not "
                             f"support", where)
