@@ -8,6 +8,10 @@ output of exactly one node. ``formats`` records each value's storage format (ND 
 ``native`` names the nodes the target runs natively on formatted data (the rest run the portable
 kernels on standard layouts).
 
+A node's ``domain`` is "" for the default ONNX domain, else its op's domain (``ai.onnx.ml``, ...), whose
+opset version the graph records in ``domain_opsets``. Both are serialised only when set, so graphs of
+default-domain ops serialise (and hash) exactly as before domains existed.
+
 The IR serialises to canonical JSON (``to_json``/``from_json``) so its hash is a content hash.
 ``lint()`` returns every broken invariant with a hint on how to fix it, like ``torch.fx.Graph.lint``.
 
@@ -68,6 +72,7 @@ class Node:
     inputs: list[str]  # "" marks an omitted optional input
     outputs: list[str]
     attrs: dict[str, Any] = field(default_factory=dict)
+    domain: str = ""  # the op's domain: "" is the default ONNX domain (ai.onnx), else e.g. "ai.onnx.ml"
 
     def bodies(self) -> dict[str, Graph]:
         """The subgraph attributes (If: then_branch/else_branch, Loop/Scan: body) by attribute name."""
@@ -75,12 +80,13 @@ class Node:
 
     def to_json(self) -> dict:
         return {"name": self.name, "op": self.op_type, "inputs": self.inputs, "outputs": self.outputs,
-                "attrs": {k: encode_attr(v) for k, v in sorted(self.attrs.items())}}
+                "attrs": {k: encode_attr(v) for k, v in sorted(self.attrs.items())},
+                **({"domain": self.domain} if self.domain else {})}  # absent for the default domain
 
     @staticmethod
     def from_json(d: dict) -> Node:
         return Node(d["name"], d["op"], list(d["inputs"]), list(d["outputs"]),
-                    {k: decode_attr(v) for k, v in d["attrs"].items()})
+                    {k: decode_attr(v) for k, v in d["attrs"].items()}, str(d.get("domain", "")))
 
 
 @dataclass
@@ -95,6 +101,7 @@ class Graph:
     consts: dict[str, np.ndarray] = field(default_factory=dict)
     formats: dict[str, str] = field(default_factory=dict)
     native: list[str] = field(default_factory=list)  # nodes the target runs natively on formatted data
+    domain_opsets: dict[str, int] = field(default_factory=dict)  # opset version of each other domain its nodes use
 
     def walk(self) -> Iterator[tuple[Graph, Node]]:
         """Every node with the graph that holds it, bodies of control-flow nodes included (depth first)."""
@@ -127,6 +134,7 @@ class Graph:
             "consts": {k: encode_tensor(v) for k, v in sorted(self.consts.items())},
             "formats": dict(sorted(self.formats.items())),
             "native": sorted(self.native),
+            **({"domain_opsets": dict(sorted(self.domain_opsets.items()))} if self.domain_opsets else {}),
         }
 
     @staticmethod
@@ -139,6 +147,7 @@ class Graph:
             consts={k: decode_tensor(v) for k, v in d["consts"].items()},
             formats=dict(d.get("formats", {})),
             native=list(d.get("native", [])),
+            domain_opsets={k: int(v) for k, v in d.get("domain_opsets", {}).items()},
         )
 
     def lint(self) -> list[str]:
@@ -170,13 +179,20 @@ class Graph:
 
 
 def encode_tensor(arr: np.ndarray) -> dict:
-    """Small tensors as JSON: dtype, shape and base64 of the little-endian bytes."""
+    """Small tensors as JSON: dtype, shape and base64 of the little-endian bytes; a string tensor (an attribute
+    such as LabelEncoder's keys_tensor) as its list of strings."""
     arr = np.asarray(arr, order="C")  # not ascontiguousarray: it turns 0-d into shape (1,)
+    if arr.dtype == object:
+        return {"dtype": "object", "shape": list(arr.shape), "strings": [str(s) for s in arr.reshape(-1).tolist()]}
     data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
     return {"dtype": arr.dtype.name, "shape": list(arr.shape), "b64": base64.b64encode(data).decode()}
 
 
 def decode_tensor(d: dict) -> np.ndarray:
+    if "strings" in d:
+        strings = np.empty(len(d["strings"]), dtype=object)  # filled, not np.array(list): never a 2-D char array
+        strings[:] = d["strings"]
+        return strings.reshape(d["shape"])
     dtype = dtype_from_name(d["dtype"]).newbyteorder("<")
     arr = np.frombuffer(base64.b64decode(d["b64"]), dtype=dtype).reshape(d["shape"])
     return arr.astype(arr.dtype.newbyteorder("="))

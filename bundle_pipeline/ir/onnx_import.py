@@ -20,7 +20,7 @@ from ..dtypes import is_extended
 from ..errors import BundleIOError, GraphInvalid, OptionInvalid, UnsupportedOp
 from .external import ExternalRef
 from .graph import Graph, Node, TensorType
-from .subgraphs import CONTROL_OPS, Scope, convert_control
+from .subgraphs import CONTROL_OPS, Scope, convert_control, op_domain, used_opsets
 
 CONST_MAX_ELEMENTS = 1024
 MAX_FOLD_PASSES = 16  # fold + re-infer rounds; nested Ifs on static conditions need one round per level
@@ -115,6 +115,11 @@ def default_opset(model: onnx.ModelProto) -> int:
         if imp.domain in ("", "ai.onnx"):
             return int(imp.version)
     return 21
+
+
+def domain_opsets(model: onnx.ModelProto) -> dict[str, int]:
+    """The model's opset version of each domain other than the default one (ai.onnx.ml, ...)."""
+    return {imp.domain: int(imp.version) for imp in model.opset_import if imp.domain not in ("", "ai.onnx")}
 
 
 def set_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, list[int]], where: str) -> None:
@@ -331,26 +336,29 @@ def to_ir(model: onnx.ModelProto, name: str, detached: Detached, where: str) -> 
     weights: Detached = {k: v for k, v in initializers.items() if k not in consts}
     weights.update(detached)
     scope = Scope(weights, {**types, **_types_of(consts), **_types_of(weights)}, default_opset(model), where,
-                  _is_const_array, _attrs, _constant_value, lambda node, index: _check_supported(node, index, where))
+                  _is_const_array, _attrs, _constant_value, lambda node, index: _check_supported(node, index, where),
+                  domain_opsets=domain_opsets(model))
     nodes: list[Node] = []
     for index, node in enumerate(g.node):
         _check_supported(node, index, where)
         label = node.name or f"{node.op_type}_{index}"
-        if node.op_type in CONTROL_OPS:
+        domain = op_domain(node)
+        if node.op_type in CONTROL_OPS and not domain:
             nodes.append(convert_control(node, label, scope))
             continue
         attrs = _attrs(node)
-        if node.op_type == "Constant":
+        if node.op_type == "Constant" and not domain:
             _constant_to_tensor(node, attrs, consts, weights, where)
             scope.types.update(_types_of({node.output[0]: {**consts, **weights}[node.output[0]]}))
             continue
-        nodes.append(Node(label, node.op_type, list(node.input), list(node.output), attrs))
+        nodes.append(Node(label, node.op_type, list(node.input), list(node.output), attrs, domain))
     _drop_unused(nodes, g, consts, weights)
     _drop_dead_outputs(nodes, g, types)
     types.update(_types_of({**consts, **weights}))
     feeds = [i.name for i in g.input if i.name not in initializers and i.name not in detached]
     graph = Graph(name=name, opset=default_opset(model), inputs=feeds, outputs=[o.name for o in g.output],
-                  nodes=nodes, types=types, weights=sorted(weights), consts=consts)
+                  nodes=nodes, types=types, weights=sorted(weights), consts=consts,
+                  domain_opsets=used_opsets(nodes, scope.domain_opsets))
     _check_static(graph, model, where)
     return graph, weights
 
@@ -368,12 +376,15 @@ def _drop_dead_outputs(nodes: list[Node], g: onnx.GraphProto, types: dict) -> No
 
 
 def _check_supported(node: onnx.NodeProto, index: int, where: str) -> None:
-    from ..runtime.kernels import SUPPORTED_OPS
+    from ..runtime.kernels import DOMAIN_OPS, SUPPORTED_OPS, supports_op
 
-    if node.domain not in ("", "ai.onnx"):
-        raise UnsupportedOp(f"node {node.name or index!r} ({node.op_type}) uses op domain {node.domain!r}; "
-                            f"only the default ONNX domain is supported", where)
-    if node.op_type not in SUPPORTED_OPS and node.op_type not in CONTROL_OPS:
+    domain = op_domain(node)
+    if domain and not supports_op(node.op_type, domain):
+        why = (f"which the kernel library does not support in that domain (its {domain} ops: "
+               f"{', '.join(sorted(DOMAIN_OPS[domain]))})" if domain in DOMAIN_OPS else
+               f"a domain the kernel library does not support (other domains it supports: {', '.join(DOMAIN_OPS)})")
+        raise UnsupportedOp(f"node {node.name or index!r} ({node.op_type}) uses op domain {domain!r}, {why}", where)
+    if not domain and node.op_type not in SUPPORTED_OPS and node.op_type not in CONTROL_OPS:
         raise UnsupportedOp(f"node {node.name or index!r} uses op {node.op_type}, which the kernel library does not "
                             f"support", where)
 

@@ -21,7 +21,7 @@ from ..dtypes import is_extended
 from ..errors import GraphInvalid, UnsupportedOp
 from .graph import CONTROL_OPS, UNKNOWN_DTYPE, Graph, Node, TensorType
 
-__all__ = ["CONTROL_OPS", "Scope", "convert_control"]
+__all__ = ["CONTROL_OPS", "Scope", "convert_control", "op_domain", "used_opsets"]
 
 UNKNOWN_DIM = -1
 
@@ -39,6 +39,21 @@ class Scope:
     constant_value: Callable[[onnx.NodeProto], np.ndarray]
     check_op: Callable[[onnx.NodeProto, int], None]
     hoisted: list[str] = field(default_factory=list)
+    domain_opsets: dict[str, int] = field(default_factory=dict)  # the model's version of each non-default domain
+
+
+def op_domain(node: onnx.NodeProto) -> str:
+    """The IR's domain of a node: "" for the default ONNX domain (spelt "" or "ai.onnx"), else its domain."""
+    return "" if node.domain in ("", "ai.onnx") else node.domain
+
+
+def used_opsets(nodes: list[Node], versions: dict[str, int]) -> dict[str, int]:
+    """The version of each non-default domain that ``nodes`` (bodies included) use."""
+    used: set[str] = set()
+    for node in nodes:
+        used |= {node.domain} if node.domain else set()
+        used |= {n.domain for body in node.bodies().values() for _, n in body.walk() if n.domain}
+    return {d: versions[d] for d in sorted(used)}
 
 
 def convert_control(node: onnx.NodeProto, name: str, scope: Scope) -> Node:
@@ -67,14 +82,16 @@ def convert_body(body: onnx.GraphProto, prefix: str, scope: Scope) -> Graph:
     for index, node in enumerate(body.node):
         scope.check_op(node, index)
         name = f"{prefix}/{node.name or f'{node.op_type}_{index}'}"
-        if node.op_type == "Constant":
+        domain = op_domain(node)
+        if node.op_type == "Constant" and not domain:
             _keep_tensor(node.output[0], scope.constant_value(node), consts, scope)
-        elif node.op_type in CONTROL_OPS:
+        elif node.op_type in CONTROL_OPS and not domain:
             nodes.append(convert_control(node, name, scope))
         else:
-            nodes.append(Node(name, node.op_type, list(node.input), list(node.output), scope.attrs_of(node)))
+            nodes.append(Node(name, node.op_type, list(node.input), list(node.output), scope.attrs_of(node), domain))
     graph = Graph(name=prefix, opset=scope.opset, inputs=[i.name for i in body.input],
-                  outputs=[o.name for o in body.output], nodes=nodes, types=types, consts=consts)
+                  outputs=[o.name for o in body.output], nodes=nodes, types=types, consts=consts,
+                  domain_opsets=used_opsets(nodes, scope.domain_opsets))
     for value in consts:
         graph.types[value] = scope.types[value]
     _type_the_rest(graph)

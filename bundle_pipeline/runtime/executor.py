@@ -98,7 +98,8 @@ class Executor:
         """One planned output, exact implementation, every value in the standard layout: inplace may take it."""
         formats = self.program.get("formats", {})
         return (len(step["outputs"]) == 1 and step["outputs"][0] in self.program["values"] and "impl" not in step
-                and "precision" not in step and not any(v in formats for v in [*step["inputs"], *step["outputs"]]))
+                and "precision" not in step and not any(v in formats for v in [*step["inputs"], *step["outputs"]])
+                and "domain" not in step)
 
     def call_kernel(self, step: dict, attrs: dict, args: list[np.ndarray | None]) -> list[np.ndarray]:
         if step["op"] in CONTROL_OPS:
@@ -118,6 +119,8 @@ class Executor:
 
     def _dispatch(self, step: dict, attrs: dict, args: list[np.ndarray | None]) -> list[np.ndarray]:
         """The target's native kernel on formatted data, or the portable kernel on standard layouts."""
+        if "domain" in step:  # an op of another domain (ai.onnx.ml, ...): its kernel at the model's version of it
+            return run_kernel(step["op"], args, attrs, self.program["opsets"][step["domain"]], domain=step["domain"])
         if step.get("native"):
             layout = step["layout"]
             shapes = [None if s is None else tuple(s) for s in layout["in_shapes"]]  # () is a real shape

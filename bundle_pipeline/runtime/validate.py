@@ -22,7 +22,7 @@ from ..dtypes import EXTENDED, dtype_from_name
 from ..errors import BundleCorrupt
 from ..ir.graph import UNKNOWN_DTYPE
 from .control import BODY_ATTRS, CONTROL_OPS
-from .kernels import SUPPORTED_OPS
+from .kernels import SUPPORTED_OPS, supports_op
 from .npu import NPU_FORMAT_OPS
 
 FORMAT_VERSIONS = (1,)
@@ -202,8 +202,9 @@ def _graph(g: dict, variables: dict[str, dict], constants: dict[str, dict]) -> i
     defined = {f["name"] for f in feeds} | set(consts) | set(bindings) | set(reads)
     steps = p.get("steps")
     _need(isinstance(steps, list), "the program has no step list")
+    opsets = _opsets(p)
     for step in steps:
-        inline += _step(step, defined, values, arena)
+        inline += _step(step, defined, values, arena, opsets)
     outputs = p.get("outputs")
     _need(isinstance(outputs, list), "the program has no output list")
     for out in outputs:
@@ -213,13 +214,27 @@ def _graph(g: dict, variables: dict[str, dict], constants: dict[str, dict]) -> i
     return arena + inline
 
 
-def _step(step: object, defined: set[str], values: dict, arena: int) -> int:
+def _opsets(p: dict) -> dict[str, int]:
+    """A program's opset version of each non-default domain its steps use (``opsets``; absent: none)."""
+    opsets = p.get("opsets", {})
+    _need(isinstance(opsets, dict) and all(isinstance(d, str) and d and type(v) is int for d, v in opsets.items()),
+          "'opsets' is not a mapping of domain to version")
+    return opsets
+
+
+def _step(step: object, defined: set[str], values: dict, arena: int, opsets: dict[str, int]) -> int:
     _need(isinstance(step, dict), "a step is not a mapping")
     node = step.get("node")  # type: ignore[union-attr]
     op = step.get("op")  # type: ignore[union-attr]
     _need(isinstance(node, str) and isinstance(op, str), "a step has no node name or op")
-    _need(op in SUPPORTED_OPS or op in EXECUTOR_OPS,
-          f"node {node!r} uses op {_short(op)}, which the kernel library does not have")
+    if "domain" in step:  # type: ignore[operator]  # an op of another domain: it must exist there, at a version
+        domain = step["domain"]  # type: ignore[index]
+        _need(isinstance(domain, str) and domain in opsets and not step.get("native") and supports_op(op, domain),  # type: ignore[union-attr]
+              f"node {node!r} uses op {_short(op)} of domain {_short(domain)}, which the kernel library does not "
+              f"have or the program gives no version of")
+    else:
+        _need(op in SUPPORTED_OPS or op in EXECUTOR_OPS,
+              f"node {node!r} uses op {_short(op)}, which the kernel library does not have")
     if step.get("native"):  # type: ignore[union-attr]
         _need(op in NPU_FORMAT_OPS, f"node {node!r} asks for a native {op!r} kernel, which the runtime does not have")
     inputs = step.get("inputs")  # type: ignore[union-attr]
@@ -286,8 +301,9 @@ def _body(p: object) -> int:
     defined = {i["name"] for i in typed[0]} | set(consts)
     steps = p.get("steps")  # type: ignore[union-attr]
     _need(isinstance(steps, list), "the body has no step list")
+    opsets = _opsets(p)  # type: ignore[arg-type]
     for step in steps:
-        inline += _step(step, defined, values, arena)
+        inline += _step(step, defined, values, arena, opsets)
     missing = [o["name"] for o in typed[1] if o["name"] not in defined]
     _need(not missing, f"body output {_short(missing[:1])} is not produced")
     return arena + inline
@@ -305,9 +321,15 @@ def _plan_fits(plan: dict, arena: int) -> bool:
 
 
 def _encoded_tensor(t: object, what: str) -> int:
-    """Check an inline tensor ``{"dtype", "shape", "b64"}``: its bytes must be exactly its shape's."""
+    """Check an inline tensor ``{"dtype", "shape", "b64"}``: its bytes must be exactly its shape's. A string
+    tensor (an attribute) is ``{"dtype": "object", "shape", "strings"}``: exactly its shape's count of strings."""
     _need(isinstance(t, dict), f"{what} is not a tensor")
     shape = _shape(t.get("shape"), what)  # type: ignore[union-attr]
+    if t.get("dtype") == "object":  # type: ignore[union-attr]
+        strings = t.get("strings")  # type: ignore[union-attr]
+        _need(isinstance(strings, list) and all(isinstance(s, str) for s in strings)
+              and len(strings) == math.prod(shape), f"{what} has a bad string list")
+        return sum(len(s) for s in strings)
     dtype = _dtype(t.get("dtype"), what)  # type: ignore[union-attr]
     data = t.get("b64")  # type: ignore[union-attr]
     _need(isinstance(data, str), f"{what} has no data")

@@ -51,6 +51,7 @@ def run(structure: dict, tiling: dict[str, dict], variables: dict, role: str, op
     _, other = plan_buffers(graph, not reuse)  # for inspect: what the other setting would cost
     return {
         "graph": graph.name, "role": role, "opset": graph.opset,
+        **({"opsets": dict(sorted(graph.domain_opsets.items()))} if graph.domain_opsets else {}),
         "feeds": [{**_typed(graph, v), **({"layout": layouts[v]} if v in layouts else {})}
                   for v in graph.inputs if v not in variables],
         "reads": sorted(reads),
@@ -122,14 +123,15 @@ class _Emit:
     def step(self, node: Node, graph: Graph) -> dict:
         tiling = self.tiling.get(node.name)
         step = {"node": node.name, "op": node.op_type, "inputs": node.inputs, "outputs": node.outputs,
-                "attrs": {k: v for k, v in node.to_json()["attrs"].items() if k not in node.bodies()}}
+                "attrs": {k: v for k, v in node.to_json()["attrs"].items() if k not in node.bodies()},
+                **({"domain": node.domain} if node.domain else {})}  # absent: the default ONNX domain
         if node.bodies():
             step["bodies"] = {attr: self.body(body) for attr, body in sorted(node.bodies().items())}
         if node.name in graph.native or node.op_type == "TransData":
             step.update(_layout_data(node, graph))
         dtype = graph.types[node.inputs[0]].dtype if node.inputs and node.inputs[0] else None
-        if node.op_type not in CUBE_OPS:
-            approx = self.fast and node.op_type in APPROX_OPS and dtype in FLOAT_DTYPES
+        if node.op_type not in CUBE_OPS or node.domain:
+            approx = self.fast and node.op_type in APPROX_OPS and not node.domain and dtype in FLOAT_DTYPES
             rounded = self.precision == "force_fp16" and _float32_step(node, graph)
             return {**step, "tiling": tiling, **({"impl": "high_performance"} if approx else {}),
                     **({"precision": "fp16_round"} if rounded else {})}
@@ -144,6 +146,7 @@ class _Emit:
         Values sized at run time (dims -1) have no planned buffer; the executor keeps the kernel's array."""
         values, arena = plan_buffers(body, self.reuse)
         return {"graph": body.name, "opset": body.opset,
+                **({"opsets": dict(sorted(body.domain_opsets.items()))} if body.domain_opsets else {}),
                 "inputs": [_typed(body, v) for v in body.inputs],
                 "consts": {k: encode_tensor(v) for k, v in sorted(body.consts.items())},
                 "outputs": [_typed(body, o) for o in body.outputs],

@@ -37,6 +37,8 @@ def native_plan(node: Node, graph: Graph, target: Target, formats: dict[str, str
     """(input formats, output format) when the target runs this node natively, else None."""
     from ..runtime.npu import supports
 
+    if node.domain:
+        return None  # ops of other domains (ai.onnx.ml, ...) have portable kernels only
     kernel = target.kernel(node.op_type)
     results = [o for o in node.outputs if o]
     if not kernel.native or len(results) != 1 or results[0] != node.outputs[0]:

@@ -28,7 +28,7 @@ def run(structure: dict, target: Target, memo: Memo | None = None) -> dict[str, 
     memo = memo or (lambda _signature, decide: decide())
     plan: dict[str, dict] = {}
     for owner, node in graph.walk():  # control-flow bodies too: node names are unique across them
-        if node.op_type not in TILED_OPS:
+        if node.op_type not in TILED_OPS or node.domain:
             continue
         types = [owner.types[i] if i else None for i in node.inputs]
         output = owner.types[node.outputs[0]]

@@ -6,7 +6,7 @@ entry gives the reason. Shared by ``tests/conformance/test_node_suite.py`` (skip
 pass, so a stale entry is noticed). Reasons start with the category:
 
 - ``types``: sequence / optional / map values (the IR has tensors only);
-- ``domain``: ops outside the default ONNX domain (ai.onnx.ml, training, preview);
+- ``domain``: ops of other domains the kernel library lacks (ai.onnx.preview's FlexAttention);
 - ``random``: outputs drawn from an RNG only the reference implementation reproduces;
 - ``precision``: expected values that are bit-exact float16 arithmetic of the reference;
 - ``BUG``: a defect (here: in onnx) that makes a valid model fail, with where it is.
@@ -26,9 +26,6 @@ EXCLUSIONS: dict[str, str] = {
     r"test_if_(opt|seq)": _TYPES,
     r"test_loop(13_seq|16_seq_none)": _TYPES,
     # --- other domains -------------------------------------------------------------------------------
-    r"test_ai_onnx_ml_.*": "domain: ai.onnx.ml operators are not supported",
-    r"test_(adagrad|adam|momentum|nesterov_momentum)(_multiple)?": "domain: ai.onnx.preview.training operators "
-                                                                    "are not supported",
     r"test_flexattention(?!.*_expanded).*": "domain: ai.onnx.preview FlexAttention (subgraph attributes) is not "
                                             "supported; its *_expanded forms pass",
     # --- randomness ----------------------------------------------------------------------------------

@@ -1,20 +1,47 @@
 """NumPy kernel library: executes ONNX default-domain ops (opsets 11-21, and the ops added up to opset 28:
 Attention, RotaryEmbedding, RMSNormalization, TensorScatter, Swish, CumProd, BitCast, LinearAttention, ...)
-given as data. Element types are numpy's: no bfloat16, float8, float4, int4 or int2."""
+given as data, and the ops of other domains in their own modules (``ml``: ai.onnx.ml, ``training``:
+ai.onnx.preview.training), registered per (domain, op). Element types are numpy's: no bfloat16, float8,
+float4, int4 or int2."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import attention, elementwise, image, linalg, loss, nn, quant, reduce, resize, rnn, signal, tensor, text
-from ._registry import KERNELS, Attrs, KernelError, Tiling
+from . import (
+    attention,
+    elementwise,
+    image,
+    linalg,
+    loss,
+    ml,
+    nn,
+    quant,
+    reduce,
+    resize,
+    rnn,
+    signal,
+    tensor,
+    text,
+    training,
+)
+from ._registry import DEFAULT_DOMAINS, DOMAIN_KERNELS, KERNELS, Attrs, KernelError, Tiling
 
-__all__ = ["SUPPORTED_OPS", "KernelError", "run_kernel"]
+__all__ = ["DOMAIN_OPS", "SUPPORTED_OPS", "KernelError", "run_kernel", "supports_op"]
 
 # imported for their registrations
-_MODULES = (attention, elementwise, image, linalg, loss, nn, quant, reduce, resize, rnn, signal, tensor, text)
+_MODULES = (attention, elementwise, image, linalg, loss, ml, nn, quant, reduce, resize, rnn, signal, tensor, text,
+            training)
 
-SUPPORTED_OPS: frozenset[str] = frozenset(KERNELS)
+SUPPORTED_OPS: frozenset[str] = frozenset(KERNELS)  # the default domain's
+DOMAIN_OPS: dict[str, frozenset[str]] = {d: frozenset(ops) for d, ops in sorted(DOMAIN_KERNELS.items())}
+
+
+def supports_op(op_type: str, domain: str = "") -> bool:
+    """The library has a kernel for ``op_type`` of ``domain`` ("" or "ai.onnx": the default domain)."""
+    if domain in DEFAULT_DOMAINS:
+        return op_type in SUPPORTED_OPS
+    return op_type in DOMAIN_OPS.get(domain, ())
 
 
 def run_kernel(
@@ -23,8 +50,9 @@ def run_kernel(
     attrs: Attrs,
     opset: int,
     tiling: Tiling = None,
+    domain: str = "",
 ) -> list[np.ndarray]:
-    """Run one ONNX node of the default domain and return its outputs in ONNX order.
+    """Run one ONNX node of ``domain`` (default: the default ONNX domain) and return its outputs in ONNX order.
 
     inputs: positional ONNX inputs; an omitted optional input is None, and trailing omitted ones may
         be left out of the list.
@@ -32,7 +60,8 @@ def run_kernel(
         attributes take their ONNX defaults. Split without a 'split' input/attribute needs the node's
         output count: from opset 18 that is the ``num_outputs`` attribute, and for older opsets the
         caller passes the same key (``attrs["num_outputs"] = len(node.output)``).
-    opset: the model's default-domain opset (11..28); semantics follow that opset's definition.
+    opset: the model's opset of the node's domain (default domain: 11..28; ai.onnx.ml: 1..5; ...); semantics
+        follow that opset's definition.
     tiling: optional compiler tiling data that bounds workspace and never changes the numbers
         (beyond float summation order): Conv ``{"tile_hw": n}`` = output spatial positions (of one image
         and group) per
@@ -49,8 +78,13 @@ def run_kernel(
     Raises KernelError (a ValueError) for an unsupported op, an invalid attribute value or an
     input combination the op does not accept.
     """
-    fn = KERNELS.get(op_type)
-    if fn is None:
-        raise KernelError(f"no kernel for op {op_type}")
+    if domain in DEFAULT_DOMAINS:
+        fn = KERNELS.get(op_type)
+        if fn is None:
+            raise KernelError(f"no kernel for op {op_type}")
+    else:
+        fn = DOMAIN_KERNELS.get(domain, {}).get(op_type)
+        if fn is None:
+            raise KernelError(f"no kernel for op {op_type} of domain {domain!r}")
     arrays = [None if x is None else np.asarray(x) for x in inputs]
     return fn(arrays, dict(attrs), int(opset), tiling)

@@ -14,19 +14,23 @@ Attrs = dict[str, Any]
 Tiling = dict[str, int] | None
 Kernel = Callable[[Inputs, Attrs, int, Tiling], list[np.ndarray]]
 
-KERNELS: dict[str, Kernel] = {}
+KERNELS: dict[str, Kernel] = {}  # the default ONNX domain: op type -> kernel
+DOMAIN_KERNELS: dict[str, dict[str, Kernel]] = {}  # every other domain: domain -> op type -> kernel
+DEFAULT_DOMAINS = ("", "ai.onnx")  # the default domain's two spellings
 
 
 class KernelError(ValueError):
     """An op, attribute value or input combination the kernel library cannot execute."""
 
 
-def kernel(*op_types: str) -> Callable[[Kernel], Kernel]:
-    """Register ``fn(inputs, attrs, opset, tiling) -> outputs`` for each op type."""
+def kernel(*op_types: str, domain: str = "") -> Callable[[Kernel], Kernel]:
+    """Register ``fn(inputs, attrs, opset, tiling) -> outputs`` for each op type of ``domain`` (default: the
+    default ONNX domain). ``opset`` is then the model's version of that domain."""
 
     def register(fn: Kernel) -> Kernel:
+        table = KERNELS if domain in DEFAULT_DOMAINS else DOMAIN_KERNELS.setdefault(domain, {})
         for op in op_types:
-            KERNELS[op] = fn
+            table[op] = fn
         return fn
 
     return register
