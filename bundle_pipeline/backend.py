@@ -56,7 +56,7 @@ class BundleBackendRep(BackendRep):
 
     def run(self, inputs: Any, **kwargs: Any) -> tuple[Any, ...]:
         if isinstance(inputs, Mapping):
-            feeds = {name: np.asarray(value) for name, value in inputs.items()}
+            feeds = {name: _feed(value) for name, value in inputs.items()}
         else:
             if isinstance(inputs, np.ndarray):
                 inputs = [inputs]
@@ -64,9 +64,14 @@ class BundleBackendRep(BackendRep):
             if len(inputs) != len(self.feeds):
                 raise ParamInvalid(f"the model takes {len(self.feeds)} inputs ({', '.join(self.feeds) or 'none'}), "
                                    f"got {len(inputs)}", f"graph {GRAPH}")
-            feeds = {name: np.asarray(value) for name, value in zip(self.feeds, inputs, strict=True)}
+            feeds = {name: _feed(value) for name, value in zip(self.feeds, inputs, strict=True)}
         results = self.bundle.run(GRAPH, feeds)
         return namedtupledict("Outputs", self.outputs)(*[results[name] for name in self.outputs])
+
+
+def _feed(value: Any) -> Any:
+    """An array, or a sequence (list of arrays) / empty optional (None) as it is: the executor checks both."""
+    return value if value is None or isinstance(value, list) else np.asarray(value)
 
 
 class BundleBackend(Backend):

@@ -15,17 +15,7 @@ pass, so a stale entry is noticed). Reasons start with the category:
 
 from __future__ import annotations
 
-_TYPES = "types: sequence/optional values; the IR has tensors only"
-
 EXCLUSIONS: dict[str, str] = {
-    # --- sequences and optionals ---------------------------------------------------------------------
-    r"test_sequence_.*": _TYPES,
-    r"test_split_to_sequence_.*": _TYPES,
-    r"test_identity_(opt|sequence)": _TYPES,
-    r"test_optional_get_element_(optional_sequence|optional_tensor|sequence)": _TYPES,
-    r"test_optional_has_element_(empty_optional_input|optional_input|tensor_input)": _TYPES,
-    r"test_if_(opt|seq)": _TYPES,
-    r"test_loop(13_seq|16_seq_none)": _TYPES,
     # --- other domains -------------------------------------------------------------------------------
     r"test_ai_onnx_ml_.*": "domain: ai.onnx.ml operators are not supported",
     r"test_(adagrad|adam|momentum|nesterov_momentum)(_multiple)?": "domain: ai.onnx.preview.training operators "

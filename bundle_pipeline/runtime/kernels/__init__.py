@@ -6,13 +6,29 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import attention, elementwise, image, linalg, loss, nn, quant, reduce, resize, rnn, signal, tensor, text
+from . import (
+    attention,
+    elementwise,
+    image,
+    linalg,
+    loss,
+    nn,
+    quant,
+    reduce,
+    resize,
+    rnn,
+    sequence,
+    signal,
+    tensor,
+    text,
+)
 from ._registry import KERNELS, Attrs, KernelError, Tiling
 
 __all__ = ["SUPPORTED_OPS", "KernelError", "run_kernel"]
 
 # imported for their registrations
-_MODULES = (attention, elementwise, image, linalg, loss, nn, quant, reduce, resize, rnn, signal, tensor, text)
+_MODULES = (attention, elementwise, image, linalg, loss, nn, quant, reduce, resize, rnn, sequence, signal, tensor,
+            text)
 
 SUPPORTED_OPS: frozenset[str] = frozenset(KERNELS)
 
@@ -27,7 +43,7 @@ def run_kernel(
     """Run one ONNX node of the default domain and return its outputs in ONNX order.
 
     inputs: positional ONNX inputs; an omitted optional input is None, and trailing omitted ones may
-        be left out of the list.
+        be left out of the list. A sequence is a list of arrays, an empty optional is None (kernels/sequence.py).
     attrs: decoded attribute values (int, float, str, lists, np.ndarray for tensors); absent
         attributes take their ONNX defaults. Split without a 'split' input/attribute needs the node's
         output count: from opset 18 that is the ``num_outputs`` attribute, and for older opsets the
@@ -52,5 +68,5 @@ def run_kernel(
     fn = KERNELS.get(op_type)
     if fn is None:
         raise KernelError(f"no kernel for op {op_type}")
-    arrays = [None if x is None else np.asarray(x) for x in inputs]
+    arrays = [x if x is None or isinstance(x, list) else np.asarray(x) for x in inputs]  # list: a sequence
     return fn(arrays, dict(attrs), int(opset), tiling)
