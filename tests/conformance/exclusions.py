@@ -5,7 +5,6 @@ entry gives the reason. Shared by ``tests/conformance/test_node_suite.py`` (skip
 ``bench/conformance.py`` (counts them as excluded; ``--check-exclusions`` runs them and lists any that
 pass, so a stale entry is noticed). Reasons start with the category:
 
-- ``types``: sequence / optional / map values (the IR has tensors only);
 - ``domain``: ops outside the default ONNX domain (ai.onnx.ml, training, preview);
 - ``random``: outputs drawn from an RNG only the reference implementation reproduces;
 - ``op``: an operator the kernel library does not implement;
