@@ -402,13 +402,6 @@ def _tensor_types(model: onnx.ModelProto, where: str) -> dict[str, TensorType]:
     return types
 
 
-def _dims(tt: onnx.TypeProto.Tensor) -> tuple[int, ...]:
-    """Static dims, with ``-1`` where only the run time knows (unknown rank: ``(-1,)``)."""
-    if not tt.HasField("shape"):
-        return (-1,)
-    return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else -1 for d in tt.shape.dim)
-
-
 def _check_static(graph: Graph, model: onnx.ModelProto, where: str) -> None:
     for info in model.graph.input:
         known = graph.types.get(info.name)

@@ -93,7 +93,7 @@ class Executor:
 
     def _element(self, name: str, value: object, elem: str, dtype: str) -> np.ndarray:
         arr = np.asarray(value)
-        if elem != UNKNOWN_DTYPE and arr.dtype != np.dtype(elem):
+        if elem != UNKNOWN_DTYPE and arr.dtype != dtype_from_name(elem):
             raise ParamInvalid(f"feed {name!r} holds a {arr.dtype} tensor, expected a {dtype}", f"graph {self.name}")
         return arr
 
