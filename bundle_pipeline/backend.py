@@ -3,7 +3,11 @@
 ``prepare(model, target="cpu")`` compiles the model with the public API (``bundle_build_model``), writes
 the bundle to a temp file, loads it with ``runtime.load_bundle`` and returns a ``BundleBackendRep``;
 ``rep.run(inputs)`` feeds positional inputs in graph-input order (initializers are constants, not feeds)
-and returns the outputs in graph-output order. This is how the ONNX backend node suite measures us::
+and returns the outputs in graph-output order; a sequence input or output is a list of arrays, an empty
+optional None. Feeds of a bundle are static: a tensor input with symbolic dims that the ``input_shape``
+option does not fix is bound from the inputs of the first ``run`` (the model is compiled then, with that
+``input_shape``, and again for every new set of input shapes). This is how the ONNX backend node suite
+measures us::
 
     from bundle_pipeline.backend import BundleBackend
     rep = BundleBackend.prepare(model, target="cpu")
@@ -20,7 +24,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,6 +33,7 @@ from onnx.backend.base import Backend, BackendRep, Device, DeviceType, namedtupl
 
 from .api import GraphWithOptions, bundle_build_model, bundle_save_model
 from .errors import ParamInvalid
+from .options import parse_input_shape
 from .runtime import LoadedBundle, load_bundle
 
 GRAPH = "infer"
@@ -47,16 +52,22 @@ def shared_cache_dir() -> str:
 
 
 class BundleBackendRep(BackendRep):
-    """A compiled, loaded bundle with one infer graph; ``run`` maps positional inputs to its feeds."""
+    """A compiled, loaded bundle with one infer graph; ``run`` maps positional inputs to its feeds. With
+    ``symbolic`` inputs, ``compile(input_shape)`` builds one bundle per distinct shapes of those inputs and
+    ``bundle`` is the last one run (None before the first run)."""
 
-    def __init__(self, bundle: LoadedBundle, feeds: Sequence[str], outputs: Sequence[str]):
+    def __init__(self, bundle: LoadedBundle | None, feeds: Sequence[str], outputs: Sequence[str],
+                 compile: Callable[[str], LoadedBundle] | None = None, symbolic: Sequence[str] = ()):
         self.bundle = bundle
         self.feeds = list(feeds)
         self.outputs = list(outputs)
+        self.symbolic = list(symbolic)
+        self._compile = compile
+        self._by_shapes: dict[str, LoadedBundle] = {}
 
     def run(self, inputs: Any, **kwargs: Any) -> tuple[Any, ...]:
         if isinstance(inputs, Mapping):
-            feeds = {name: np.asarray(value) for name, value in inputs.items()}
+            feeds = {name: _feed(value) for name, value in inputs.items()}
         else:
             if isinstance(inputs, np.ndarray):
                 inputs = [inputs]
@@ -64,9 +75,27 @@ class BundleBackendRep(BackendRep):
             if len(inputs) != len(self.feeds):
                 raise ParamInvalid(f"the model takes {len(self.feeds)} inputs ({', '.join(self.feeds) or 'none'}), "
                                    f"got {len(inputs)}", f"graph {GRAPH}")
-            feeds = {name: np.asarray(value) for name, value in zip(self.feeds, inputs, strict=True)}
-        results = self.bundle.run(GRAPH, feeds)
+            feeds = {name: _feed(value) for name, value in zip(self.feeds, inputs, strict=True)}
+        results = self._bundle_for(feeds).run(GRAPH, feeds)
         return namedtupledict("Outputs", self.outputs)(*[results[name] for name in self.outputs])
+
+
+    def _bundle_for(self, feeds: Mapping[str, Any]) -> LoadedBundle:
+        if not self.symbolic or self._compile is None:
+            return self.bundle
+        missing = [name for name in self.symbolic if name not in feeds]
+        if missing:
+            raise ParamInvalid(f"missing feed {missing[0]!r}", f"graph {GRAPH}")
+        shapes = ";".join(f"{name}:{','.join(str(d) for d in np.shape(feeds[name]))}" for name in self.symbolic)
+        if shapes not in self._by_shapes:
+            self._by_shapes[shapes] = self._compile(shapes)
+        self.bundle = self._by_shapes[shapes]
+        return self.bundle
+
+
+def _feed(value: Any) -> Any:
+    """An array, or a sequence (list of arrays) / empty optional (None) as it is: the executor checks both."""
+    return value if value is None or isinstance(value, list) else np.asarray(value)
 
 
 class BundleBackend(Backend):
@@ -82,16 +111,27 @@ class BundleBackend(Backend):
         initializers = {t.name for t in graph.initializer}
         feeds = [i.name for i in graph.input if i.name not in initializers]
         outputs = [o.name for o in graph.output]
-        buffer = bundle_build_model([GraphWithOptions(model, dict(build_options or {}), role="infer", name=GRAPH)],
-                                    target=target, cache=cache if cache is not None else shared_cache_dir())
-        fd, path = tempfile.mkstemp(prefix="backend-", suffix=".bundle.zip")
-        os.close(fd)
-        try:
-            bundle_save_model(path, buffer)
-            bundle = load_bundle(path)  # constants are read into memory: the file is not needed afterwards
-        finally:
-            os.unlink(path)
-        return BundleBackendRep(bundle, feeds, outputs)
+        options = dict(build_options or {})
+        fixed = parse_input_shape(options.get("input_shape", "")) if "input_shape" in options else {}
+        symbolic = [i.name for i in graph.input if i.name in feeds and i.name not in fixed
+                    and i.type.WhichOneof("value") == "tensor_type" and not _static(i.type.tensor_type)]
+
+        def build(input_shape: str = "") -> LoadedBundle:
+            opts = {**options, "input_shape": ";".join(filter(None, [options.get("input_shape", ""), input_shape]))} \
+                if input_shape else options
+            buffer = bundle_build_model([GraphWithOptions(model, opts, role="infer", name=GRAPH)],
+                                        target=target, cache=cache if cache is not None else shared_cache_dir())
+            fd, path = tempfile.mkstemp(prefix="backend-", suffix=".bundle.zip")
+            os.close(fd)
+            try:
+                bundle_save_model(path, buffer)
+                return load_bundle(path)  # constants are read into memory: the file is not needed afterwards
+            finally:
+                os.unlink(path)
+
+        if symbolic:  # compiled at the first run, when the inputs fix the dims
+            return BundleBackendRep(None, feeds, outputs, build, symbolic)
+        return BundleBackendRep(build(), feeds, outputs)
 
     @classmethod
     def run_model(cls, model: onnx.ModelProto, inputs: Any, device: str = "CPU", **kwargs: Any) -> tuple[Any, ...]:
@@ -103,6 +143,10 @@ class BundleBackend(Backend):
             return Device(device).type == DeviceType.CPU
         except AttributeError:
             return False
+
+
+def _static(tt: onnx.TypeProto.Tensor) -> bool:
+    return tt.HasField("shape") and all(d.HasField("dim_value") and d.dim_value >= 0 for d in tt.shape.dim)
 
 
 prepare = BundleBackend.prepare

@@ -15,7 +15,7 @@ default-domain ops serialise (and hash) exactly as before domains existed.
 The IR serialises to canonical JSON (``to_json``/``from_json``) so its hash is a content hash.
 ``lint()`` returns every broken invariant with a hint on how to fix it, like ``torch.fx.Graph.lint``.
 
-Control flow (If, Loop, Scan) keeps its bodies as ``Graph`` attributes. Bodies are closed: every outer
+Control flow (If, Loop, Scan, SequenceMap) keeps its bodies as ``Graph`` attributes. Bodies are closed: every outer
 value a body reads (ONNX's implicit outer-scope capture) is an explicit input of the control node, after
 its ONNX inputs, and a formal input of the body under the same name; the node's ``captures`` attribute
 counts them. So liveness, format selection and dedupe see every read without looking inside bodies. A
@@ -24,6 +24,11 @@ body has no weights of its own (import hoists them to the top graph, which passe
 A value whose shape depends on data (NonZero, a Loop's scan output, ...) has ``-1`` for the dims only the
 run time knows (``TensorType.dynamic``); it is allocated by its kernel instead of planned in the arena.
 Feeds, weights and variables are always static.
+
+ONNX sequences and optionals are values too, typed by ``dtype`` strings that wrap the element type:
+``seq(float32)``, ``optional(float32)``, ``optional(seq(int64))`` (``container_dtype``); their shape is
+``(-1,)`` and they are always ``dynamic``. At run time a sequence is a Python list of arrays and an empty
+optional is None. They are never weights, consts or variables; feeds and graph outputs may be containers.
 """
 
 from __future__ import annotations
@@ -38,8 +43,35 @@ import numpy as np
 from ..dtypes import dtype_from_name
 
 IR_VERSION = 1
-CONTROL_OPS = frozenset({"If", "Loop", "Scan"})  # ops whose attributes hold bodies
+CONTROL_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})  # ops whose attributes hold bodies
+# ops that make or read sequences/optionals (never folded at compile time: their values are not tensors)
+SEQUENCE_OPS = frozenset({"SequenceEmpty", "SequenceConstruct", "SequenceInsert", "SequenceAt", "SequenceErase",
+                          "SequenceLength", "SplitToSequence", "ConcatFromSequence", "SequenceMap", "Optional",
+                          "OptionalHasElement", "OptionalGetElement"})
 UNKNOWN_DTYPE = "unknown"  # a body value inference could not type (a branch that cannot run on these shapes)
+CONTAINERS = ("seq", "optional")  # dtype "seq(<elem>)" / "optional(<elem>)": see the module docstring
+
+
+def container_dtype(kind: str, elem: str) -> str:
+    """The dtype string of a sequence (``kind="seq"``) or optional of ``elem`` (itself maybe a container)."""
+    if kind not in CONTAINERS:
+        raise ValueError(f"unknown container kind {kind!r}")
+    return f"{kind}({elem})"
+
+
+def split_container(dtype: str) -> tuple[str, str] | None:
+    """``("seq", "float32")`` for ``"seq(float32)"``; None for a tensor dtype."""
+    head, paren, rest = dtype.partition("(")
+    if not paren or head not in CONTAINERS or not rest.endswith(")"):
+        return None
+    return head, rest[:-1]
+
+
+def tensor_dtype(dtype: str) -> str:
+    """The innermost tensor element type: ``float32`` for ``optional(seq(float32))``."""
+    while (parts := split_container(dtype)) is not None:
+        dtype = parts[1]
+    return dtype
 
 
 @dataclass(frozen=True)
@@ -49,9 +81,15 @@ class TensorType:
 
     @property
     def dynamic(self) -> bool:
-        """Some dim is only known at run time (``-1``), or a string tensor (Python objects, which no arena
-        holds): the value is allocated by its kernel, not planned."""
-        return any(d < 0 for d in self.shape) or self.dtype in (UNKNOWN_DTYPE, "object")  # object: strings
+        """Some dim is only known at run time (``-1``), a string tensor (Python objects, which no arena
+        holds) or a sequence/optional: the value is allocated by its kernel, not planned."""
+        return (any(d < 0 for d in self.shape) or self.dtype in (UNKNOWN_DTYPE, "object")  # object: strings
+                or self.container)
+
+    @property
+    def container(self) -> bool:
+        """A sequence or optional value (dtype ``seq(...)`` / ``optional(...)``), not a tensor."""
+        return split_container(self.dtype) is not None
 
     @property
     def nbytes(self) -> int:
@@ -172,6 +210,10 @@ class Graph:
                    if o not in defined]
         errors += [f"value {v!r} has no type; run shape inference or set input_shape" for v in sorted(defined)
                    if v and v not in self.types]
+        errors += [f"{kind} {name!r} is a {self.types[name].dtype}; sequences and optionals cannot be stored, "
+                   f"build them with nodes (SequenceConstruct, Optional, ...)"
+                   for kind, names in (("weight", self.weights), ("const", list(self.consts)))
+                   for name in names if name in self.types and self.types[name].container]
         for node in self.nodes:
             for attr, body in node.bodies().items():
                 errors += [f"in {attr} of node {node.name!r}: {e}" for e in body.lint()]

@@ -16,18 +16,17 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper, shape_inference
 
-from ..dtypes import is_extended
 from ..errors import BundleIOError, GraphInvalid, OptionInvalid, UnsupportedOp
 from .external import ExternalRef
-from .graph import Graph, Node, TensorType
-from .subgraphs import CONTROL_OPS, Scope, convert_control, op_domain, used_opsets
+from .graph import SEQUENCE_OPS, Graph, Node, TensorType
+from .subgraphs import CONTROL_OPS, Scope, convert_control, op_domain, type_string, used_opsets, value_type
 
 CONST_MAX_ELEMENTS = 1024
 MAX_FOLD_PASSES = 16  # fold + re-infer rounds; nested Ifs on static conditions need one round per level
 CONST_DTYPES = (np.int64, np.int32)
 # Ops whose result never depends on data at compile time or must not be folded.
 UNFOLDABLE = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-                        "Dropout", "If", "Loop", "Scan"})
+                        "Dropout", "If", "Loop", "Scan", *SEQUENCE_OPS})
 
 
 def load_model(source: str | bytes | os.PathLike, where: str) -> tuple[onnx.ModelProto, Path | None]:
@@ -311,7 +310,7 @@ def _attrs(node: onnx.NodeProto) -> dict:
     for attr in node.attribute:
         if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
             raise UnsupportedOp(f"node {node.name!r} ({node.op_type}) has a subgraph attribute {attr.name!r}; "
-                                f"only If, Loop and Scan bodies are supported")
+                                f"only If, Loop, Scan and SequenceMap bodies are supported")
         value = helper.get_attribute_value(attr)
         if isinstance(value, bytes):
             value = value.decode()
@@ -319,6 +318,8 @@ def _attrs(node: onnx.NodeProto) -> dict:
             value = [v.decode() for v in value]
         elif isinstance(value, onnx.TensorProto):
             value = numpy_helper.to_array(value)
+        elif isinstance(value, onnx.TypeProto):  # Optional's type: an IR dtype string
+            value = type_string(value, f"node {node.name!r}")
         elif isinstance(value, onnx.SparseTensorProto):
             raise UnsupportedOp(f"node {node.name!r}: sparse tensor attributes are not supported")
         out[attr.name] = value
@@ -414,34 +415,20 @@ def _constant_to_tensor(node: onnx.NodeProto, attrs: dict, consts: dict, weights
 
 
 def _tensor_types(model: onnx.ModelProto, where: str) -> dict[str, TensorType]:
+    """Types of the top graph's values: tensors, sequences and optionals (``subgraphs.value_type``); a value
+    inference left untyped is skipped (``_check_static`` names it if a node produces it)."""
     types: dict[str, TensorType] = {}
     for info in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
-        tt = info.type.tensor_type
-        if not info.type.HasField("tensor_type"):
-            raise UnsupportedOp(f"value {info.name!r} is not a tensor (sequences/maps are not supported)", where)
-        if tt.elem_type == onnx.TensorProto.UNDEFINED:
-            continue  # inference found no type: _check_static names it if a node produces it
-        try:
-            dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        except KeyError:
-            raise UnsupportedOp(f"value {info.name!r} has an unsupported element type {tt.elem_type}", where) from None
-        if np.dtype(dtype).type.__module__ != "numpy" and not is_extended(dtype):  # e.g. float6: no conversions
-            raise UnsupportedOp(f"value {info.name!r} has element type "
-                                f"{helper.tensor_dtype_to_string(tt.elem_type)}, which is not supported", where)
-        types[info.name] = TensorType(_dims(tt), np.dtype(dtype).name)
+        t = value_type(info.type, info.name, where)
+        if t is not None:
+            types[info.name] = t
     return types
-
-
-def _dims(tt: onnx.TypeProto.Tensor) -> tuple[int, ...]:
-    """Static dims, with ``-1`` where only the run time knows (unknown rank: ``(-1,)``)."""
-    if not tt.HasField("shape"):
-        return (-1,)
-    return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else -1 for d in tt.shape.dim)
 
 
 def _check_static(graph: Graph, model: onnx.ModelProto, where: str) -> None:
     for info in model.graph.input:
-        if info.name in graph.inputs and (info.name not in graph.types or -1 in graph.types[info.name].shape):
+        known = graph.types.get(info.name)
+        if info.name in graph.inputs and (known is None or (-1 in known.shape and not known.container)):
             dims = [str(d.dim_value) if d.HasField("dim_value") and d.dim_value >= 0 else d.dim_param or "?"
                     for d in info.type.tensor_type.shape.dim]
             raise GraphInvalid(f"input {info.name!r} has a dynamic shape [{','.join(dims)}]; set the build option "

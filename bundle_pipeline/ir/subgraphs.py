@@ -19,9 +19,9 @@ from onnx import helper, numpy_helper
 
 from ..dtypes import is_extended
 from ..errors import GraphInvalid, UnsupportedOp
-from .graph import CONTROL_OPS, UNKNOWN_DTYPE, Graph, Node, TensorType
+from .graph import CONTROL_OPS, UNKNOWN_DTYPE, Graph, Node, TensorType, container_dtype
 
-__all__ = ["CONTROL_OPS", "Scope", "convert_control", "op_domain", "used_opsets"]
+__all__ = ["CONTROL_OPS", "Scope", "convert_control", "op_domain", "type_string", "used_opsets", "value_type"]
 
 UNKNOWN_DIM = -1
 
@@ -110,19 +110,44 @@ def body_types(body: onnx.GraphProto, where: str) -> dict[str, TensorType]:
     (and a value of unknown rank is ``(UNKNOWN_DIM,)``: dynamic all the same)."""
     types: dict[str, TensorType] = {}
     for info in [*body.input, *body.value_info, *body.output]:
-        if not info.type.HasField("tensor_type"):
-            raise UnsupportedOp(f"value {info.name!r} is not a tensor (sequences/maps are not supported)", where)
-        tt = info.type.tensor_type
-        if tt.elem_type == onnx.TensorProto.UNDEFINED:
-            continue
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
-        if dtype.type.__module__ != "numpy" and not is_extended(dtype):
-            raise UnsupportedOp(f"value {info.name!r} has element type "
-                                f"{helper.tensor_dtype_to_string(tt.elem_type)}, which is not supported", where)
-        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else UNKNOWN_DIM
-                     for d in tt.shape.dim) if tt.HasField("shape") else (UNKNOWN_DIM,)
-        types[info.name] = TensorType(dims, dtype.name)
+        t = value_type(info.type, info.name, where)
+        if t is not None:
+            types[info.name] = t
     return types
+
+
+def value_type(tp: onnx.TypeProto, name: str, where: str) -> TensorType | None:
+    """The IR type of an ONNX value: a tensor, or a sequence/optional (``graph.container_dtype``, shape
+    ``(UNKNOWN_DIM,)``); None when inference left a tensor's element type undefined. Maps and sparse
+    tensors are refused."""
+    kind = tp.WhichOneof("value")
+    if kind in ("sequence_type", "optional_type"):
+        inner = tp.sequence_type.elem_type if kind == "sequence_type" else tp.optional_type.elem_type
+        elem = value_type(inner, name, where) if inner.WhichOneof("value") else None
+        return TensorType((UNKNOWN_DIM,), container_dtype("seq" if kind == "sequence_type" else "optional",
+                                                          UNKNOWN_DTYPE if elem is None else elem.dtype))
+    if kind not in ("tensor_type", None):
+        raise UnsupportedOp(f"value {name!r} is a {kind.removesuffix('_type')}, not a tensor, sequence or optional "
+                            f"(maps and sparse tensors are not supported)", where)
+    tt = tp.tensor_type
+    if tt.elem_type == onnx.TensorProto.UNDEFINED:
+        return None
+    try:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
+    except KeyError:
+        raise UnsupportedOp(f"value {name!r} has an unsupported element type {tt.elem_type}", where) from None
+    if dtype.type.__module__ != "numpy" and not is_extended(dtype):  # e.g. float6: no conversions
+        raise UnsupportedOp(f"value {name!r} has element type "
+                            f"{helper.tensor_dtype_to_string(tt.elem_type)}, which is not supported", where)
+    dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else UNKNOWN_DIM
+                 for d in tt.shape.dim) if tt.HasField("shape") else (UNKNOWN_DIM,)
+    return TensorType(dims, dtype.name)
+
+
+def type_string(tp: onnx.TypeProto, where: str) -> str:
+    """A TypeProto attribute (Optional's ``type``) as an IR dtype string."""
+    t = value_type(tp, "the type attribute", where)
+    return UNKNOWN_DTYPE if t is None else t.dtype
 
 
 def _keep_tensor(name: str, value: np.ndarray, consts: dict, scope: Scope) -> None:

@@ -1,9 +1,10 @@
-"""Control-flow kernels (If, Loop, Scan): ONNX semantics over compiled bodies.
+"""Control-flow kernels (If, Loop, Scan, SequenceMap): ONNX semantics over compiled bodies.
 
 A body is anything with ``call(args) -> outputs`` and ``output_types`` (the executor's ``BodyExecutor``):
 its formal inputs are the ONNX body inputs followed by the values the node captures (``attrs["captures"]``
 of them, the node's last inputs; see ``ir/graph.py``). Results are fresh arrays: a body's outputs live in
-its arena, which its next call overwrites.
+its arena, which its next call overwrites. Values may be sequences (lists) and empty optionals (None), as
+loop-carried values, branch results and SequenceMap's inputs and outputs.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ..ir.graph import CONTROL_OPS
 from .kernels import KernelError
 
 __all__ = ["BODY_ATTRS", "CONTROL_OPS", "run_control"]
-BODY_ATTRS = {"If": ("else_branch", "then_branch"), "Loop": ("body",), "Scan": ("body",)}
+BODY_ATTRS = {"If": ("else_branch", "then_branch"), "Loop": ("body",), "Scan": ("body",), "SequenceMap": ("body",)}
 
 
 class Body(Protocol):
@@ -34,6 +35,8 @@ def run_control(op: str, bodies: Mapping[str, Body], args: list[np.ndarray | Non
         return _copies(bodies["then_branch" if _truth(explicit[0]) else "else_branch"].call(captured))
     if op == "Loop":
         return _loop(bodies["body"], explicit, captured)
+    if op == "SequenceMap":
+        return _sequence_map(bodies["body"], explicit, captured)
     if opset < 9:
         return _scan8(bodies["body"], explicit, captured, attrs)
     return _scan(bodies["body"], explicit, captured, attrs)
@@ -57,6 +60,22 @@ def _loop(body: Body, explicit: list, captured: list) -> list[np.ndarray]:
         i += 1
     return carried + [_stack(values, body.output_types[1 + len(carried) + j], 0, False)
                       for j, values in enumerate(scanned)]
+
+
+def _sequence_map(body: Body, explicit: list, captured: list) -> list[list[np.ndarray]]:
+    """SequenceMap: call the body on the i-th element of every sequence input (tensor inputs are passed
+    whole to every call); each output is the sequence of the body's results."""
+    sequences = [len(x) for x in explicit if isinstance(x, list)]
+    if not isinstance(explicit[0], list):
+        raise KernelError("SequenceMap: input_sequence must be a sequence")
+    if len(set(sequences)) != 1:
+        raise KernelError(f"SequenceMap: input sequences have different lengths {sequences}")
+    results: list[list[np.ndarray]] = [[] for _ in body.output_types]
+    for i in range(sequences[0]):
+        outs = body.call([x[i] if isinstance(x, list) else x for x in explicit] + captured)
+        for store, value in zip(results, outs, strict=True):
+            store.append(np.array(value, copy=True))
+    return results
 
 
 def _scan(body: Body, states: list, captured: list, attrs: dict) -> list[np.ndarray]:
@@ -120,5 +139,7 @@ def _truth(value: np.ndarray) -> bool:
     return bool(arr.reshape(-1)[0])
 
 
-def _copies(values: Sequence[np.ndarray | None]) -> list[np.ndarray]:
-    return [np.array(v, copy=True) for v in values]
+def _copies(values: Sequence[np.ndarray | list | None]) -> list:
+    """Fresh copies; a sequence element by element, an empty optional (None) as itself."""
+    return [None if v is None else [np.array(e, copy=True) for e in v] if isinstance(v, list)
+            else np.array(v, copy=True) for v in values]

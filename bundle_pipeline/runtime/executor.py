@@ -14,7 +14,7 @@ import numpy as np
 
 from ..dtypes import dtype_from_name
 from ..errors import BundleCorrupt, ParamInvalid, RuntimeFailure
-from ..ir.graph import decode_attr, decode_tensor
+from ..ir.graph import UNKNOWN_DTYPE, decode_attr, decode_tensor, split_container
 from . import approx, formats, inplace
 from .control import CONTROL_OPS, run_control
 from .kernels import KernelError, run_kernel
@@ -68,12 +68,34 @@ class Executor:
         for name, spec in expected.items():
             if name not in feeds:
                 raise ParamInvalid(f"missing feed {name!r} ({spec['dtype']}{spec['shape']})", f"graph {self.name}")
+            if split_container(spec["dtype"]):
+                bound[name] = self._container_feed(name, feeds[name], spec["dtype"])
+                continue
             value = np.asarray(feeds[name])
             if value.dtype != np.dtype(spec["dtype"]) or list(value.shape) != list(spec["shape"]):
                 raise ParamInvalid(f"feed {name!r} is {value.dtype}{list(value.shape)}, expected "
                                    f"{spec['dtype']}{spec['shape']}", f"graph {self.name}")
             bound[name] = value
         return bound
+
+    def _container_feed(self, name: str, value: object, dtype: str) -> object:
+        """A sequence feed is a list of arrays, an optional one None or its element; elements keep their
+        shapes (each may differ) but must have the declared element type."""
+        kind, elem = split_container(dtype)
+        if kind == "optional":
+            if value is None or split_container(elem):
+                return None if value is None else self._container_feed(name, value, elem)
+            return self._element(name, value, elem, dtype)
+        if not isinstance(value, list | tuple):
+            raise ParamInvalid(f"feed {name!r} is {type(value).__name__}, expected a {dtype}: a list of arrays",
+                               f"graph {self.name}")
+        return [self._element(name, v, elem, dtype) for v in value]
+
+    def _element(self, name: str, value: object, elem: str, dtype: str) -> np.ndarray:
+        arr = np.asarray(value)
+        if elem != UNKNOWN_DTYPE and arr.dtype != dtype_from_name(elem):
+            raise ParamInvalid(f"feed {name!r} holds a {arr.dtype} tensor, expected a {dtype}", f"graph {self.name}")
+        return arr
 
     def run_step(self, step: dict, attrs: dict, env: dict[str, np.ndarray]) -> None:
         args = [env[name] if name else None for name in step["inputs"]]
@@ -132,6 +154,8 @@ class Executor:
         """Copy a kernel result into its planned arena view; shape and dtype must match the plan. A value
         without a plan is sized at run time (data-dependent shape): it keeps the kernel's array."""
         plan = self.program["values"].get(name)
+        if value is None or isinstance(value, list):  # an empty optional, a sequence: never planned
+            return value
         value = np.asarray(value)
         if plan is None:
             return value
@@ -145,8 +169,9 @@ class Executor:
         return view
 
     def collect(self, env: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Outputs are copied out of the arena, which the next run overwrites."""
-        return {out["name"]: np.array(env[out["name"]], copy=True) for out in self.program["outputs"]}
+        """Outputs are copied out of the arena, which the next run overwrites; a sequence is returned as a
+        list of arrays, an empty optional as None."""
+        return {out["name"]: _copy(env[out["name"]]) for out in self.program["outputs"]}
 
 
 class BodyExecutor(Executor):
@@ -162,6 +187,14 @@ class BodyExecutor(Executor):
         for step, attrs in zip(self.program["steps"], self.attrs, strict=True):
             self.run_step(step, attrs, env)
         return [env[o["name"]] for o in self.program["outputs"]]
+
+
+def _copy(value: np.ndarray | list | None) -> np.ndarray | list | None:
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [np.array(v, copy=True) for v in value]
+    return np.array(value, copy=True)
 
 
 def arena_view(arena: np.ndarray, plan: dict) -> np.ndarray:

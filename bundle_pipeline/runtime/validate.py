@@ -20,7 +20,7 @@ import re
 
 from ..dtypes import EXTENDED, dtype_from_name
 from ..errors import BundleCorrupt
-from ..ir.graph import UNKNOWN_DTYPE
+from ..ir.graph import UNKNOWN_DTYPE, split_container, tensor_dtype
 from .control import BODY_ATTRS, CONTROL_OPS
 from .kernels import SUPPORTED_OPS, supports_op
 from .npu import NPU_FORMAT_OPS
@@ -112,6 +112,17 @@ def _dtype(value: object, what: str) -> str:
     return value  # type: ignore[return-value]
 
 
+def _value_dtype(value: object, what: str) -> str:
+    """A feed's, output's or body value's type: a tensor dtype, or a sequence/optional (``seq(float32)``,
+    ``optional(seq(int64))``) of one, of strings or of an untyped element. Containers are built by kernels or
+    fed by the caller, never read from the bundle's bytes (no arena plan, constant or variable has one)."""
+    if isinstance(value, str) and split_container(value):
+        elem = tensor_dtype(value)
+        _need(elem in DTYPES or elem in ("object", UNKNOWN_DTYPE), f"{what} has an unsupported dtype {_short(value)}")
+        return value
+    return _dtype(value, what)
+
+
 def _nbytes(shape: list[int], dtype: str) -> int:
     return math.prod(shape) * dtype_from_name(dtype).itemsize  # Python ints: no overflow
 
@@ -185,6 +196,10 @@ def _graph(g: dict, variables: dict[str, dict], constants: dict[str, dict]) -> i
     _need(isinstance(feeds, list), "the program has no feed list")
     for f in feeds:
         _need(isinstance(f, dict) and isinstance(f.get("name"), str), "a feed has no name")
+        if isinstance(f.get("dtype"), str) and split_container(f["dtype"]):  # a sequence/optional: sized per run
+            _value_dtype(f["dtype"], f"feed {f['name']!r}")
+            _need(f.get("shape") == [-1], f"feed {f['name']!r} ({f['dtype']}) has a bad shape {_short(f.get('shape'))}")
+            continue
         _shape(f.get("shape"), f"feed {f['name']!r}")
         # string inputs (numpy object arrays) come from the caller at run time, never from the bundle
         _need(f.get("dtype") == "object" or f.get("dtype") in DTYPES,
@@ -263,7 +278,7 @@ def _bodies(step: dict, node: str, op: str) -> int:
     """A control-flow step's bodies: exactly the ones its op has, each a well-formed program."""
     bodies = step.get("bodies")
     if op not in CONTROL_OPS:
-        _need(bodies is None, f"node {node!r} ({op}) has bodies, which only If, Loop and Scan have")
+        _need(bodies is None, f"node {node!r} ({op}) has bodies, which only {', '.join(sorted(CONTROL_OPS))} have")
         return 0
     _need(isinstance(bodies, dict) and sorted(bodies) == list(BODY_ATTRS[op]),
           f"node {node!r} ({op}) needs bodies {', '.join(BODY_ATTRS[op])}")
@@ -293,7 +308,7 @@ def _body(p: object) -> int:
             _need(isinstance(e.get("shape"), list) and all(type(d) is int and d >= -1 for d in e["shape"]),
                   f"body {key[:-1]} {e['name']!r} has a bad shape")
             if e.get("dtype") != UNKNOWN_DTYPE:  # untyped: a branch that cannot run on these shapes
-                _dtype(e.get("dtype"), f"body {key[:-1]} {e['name']!r}")
+                _value_dtype(e.get("dtype"), f"body {key[:-1]} {e['name']!r}")
         typed.append(entries)
     consts = p.get("consts")  # type: ignore[union-attr]
     _need(isinstance(consts, dict), "the body has no consts mapping")

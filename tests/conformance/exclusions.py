@@ -5,7 +5,6 @@ entry gives the reason. Shared by ``tests/conformance/test_node_suite.py`` (skip
 ``bench/conformance.py`` (counts them as excluded; ``--check-exclusions`` runs them and lists any that
 pass, so a stale entry is noticed). Reasons start with the category:
 
-- ``types``: sequence / optional / map values (the IR has tensors only);
 - ``domain``: ops of other domains the kernel library lacks (ai.onnx.preview's FlexAttention);
 - ``random``: outputs drawn from an RNG only the reference implementation reproduces;
 - ``precision``: expected values that are bit-exact float16 arithmetic of the reference;
@@ -14,17 +13,7 @@ pass, so a stale entry is noticed). Reasons start with the category:
 
 from __future__ import annotations
 
-_TYPES = "types: sequence/optional values; the IR has tensors only"
-
 EXCLUSIONS: dict[str, str] = {
-    # --- sequences and optionals ---------------------------------------------------------------------
-    r"test_sequence_.*": _TYPES,
-    r"test_split_to_sequence_.*": _TYPES,
-    r"test_identity_(opt|sequence)": _TYPES,
-    r"test_optional_get_element_(optional_sequence|optional_tensor|sequence)": _TYPES,
-    r"test_optional_has_element_(empty_optional_input|optional_input|tensor_input)": _TYPES,
-    r"test_if_(opt|seq)": _TYPES,
-    r"test_loop(13_seq|16_seq_none)": _TYPES,
     # --- other domains -------------------------------------------------------------------------------
     r"test_flexattention(?!.*_expanded).*": "domain: ai.onnx.preview FlexAttention (subgraph attributes) is not "
                                             "supported; its *_expanded forms pass",

@@ -71,8 +71,20 @@ def run_case(case, target: str = "cpu") -> None:
             assert_same(name, got, as_array(want), case.rtol, case.atol)
 
 
-def assert_same(name: str, got: np.ndarray, want: object, rtol: float, atol: float) -> None:
+def assert_same(name: str, got: object, want: object, rtol: float, atol: float) -> None:
+    """Tensors as onnx's runner compares them; a sequence (list) element by element; an empty optional (None)
+    must be None."""
+    if want is None:
+        assert got is None, f"output {name}: expected an empty optional, got {type(got).__name__}"
+        return
+    if isinstance(want, list):
+        assert isinstance(got, list), f"output {name}: expected a sequence, got {type(got).__name__}"
+        assert len(got) == len(want), f"output {name}: sequence of {len(got)}, expected {len(want)}"
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            assert_same(f"{name}[{i}]", g, as_array(w), rtol, atol)
+        return
     assert isinstance(want, np.ndarray), f"output {name}: expected value is {type(want).__name__}"
+    assert isinstance(got, np.ndarray), f"output {name}: got {type(got).__name__}, expected a tensor"
     got = np.asarray(got)
     assert got.dtype == want.dtype, f"output {name}: dtype {got.dtype} != expected {want.dtype}"
     assert got.shape == want.shape, f"output {name}: shape {got.shape} != expected {want.shape}"

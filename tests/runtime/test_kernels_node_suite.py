@@ -31,8 +31,10 @@ def _decode(attr: onnx.AttributeProto) -> object:
     return value
 
 
-def _array(value: object) -> np.ndarray:
-    # A few cases (Cast/CastLike) store their data as TensorProto.
+def _array(value: object) -> object:
+    # A few cases (Cast/CastLike) store their data as TensorProto; sequences are lists, empty optionals None.
+    if value is None or isinstance(value, list):
+        return value
     return numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else np.asarray(value)
 
 
@@ -56,7 +58,13 @@ def _excluded(name: str) -> str | None:
     return next((why for pat, why in EXCLUDED.items() if re.fullmatch(pat, name)), None)
 
 
-def _assert_same(name: str, got: np.ndarray, want: np.ndarray, rtol: float, atol: float) -> None:
+def _assert_same(name: str, got: object, want: object, rtol: float, atol: float) -> None:
+    if want is None or isinstance(want, list):  # an empty optional, a sequence (element by element)
+        assert (got is None) == (want is None) and isinstance(got, list | type(None)), f"{name}: got {got!r}"
+        assert want is None or len(got) == len(want), f"{name}: sequence of {len(got)}, expected {len(want)}"
+        for i, (g, w) in enumerate(zip(got or [], want or [], strict=True)):
+            _assert_same(f"{name}[{i}]", g, np.asarray(w), rtol, atol)
+        return
     assert got.dtype == want.dtype, f"{name}: dtype {got.dtype} != {want.dtype}"
     assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
     if want.dtype == object or want.dtype.kind in "biu":
@@ -81,12 +89,13 @@ def run_case(case) -> None:
                 attrs["num_outputs"] = len(node.output)  # the executor passes the node's output count
             inputs = [values[n] if n else None for n in node.input]
             outs = run_kernel(node.op_type, inputs, attrs, opset)
-            values |= {name: np.asarray(outs[pos]) for pos, name in enumerate(node.output) if name}
+            values |= {name: _array(outs[pos]) for pos, name in enumerate(node.output) if name}
         for name, want in zip(out_names, expected, strict=True):
             got = values[name]
             # A chain of float16 ops may round a few ulps differently (we accumulate in float32).
-            rtol = max(case.rtol, 4e-3) if got.dtype == np.float16 and len(graph.node) > 1 else case.rtol
-            _assert_same(f"{case.name}:{name}", got, np.asarray(want), rtol, case.atol)
+            half = getattr(got, "dtype", None) == np.float16
+            rtol = max(case.rtol, 4e-3) if half and len(graph.node) > 1 else case.rtol
+            _assert_same(f"{case.name}:{name}", got, want, rtol, case.atol)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

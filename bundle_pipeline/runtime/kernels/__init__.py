@@ -20,6 +20,7 @@ from . import (
     reduce,
     resize,
     rnn,
+    sequence,
     signal,
     tensor,
     text,
@@ -30,8 +31,8 @@ from ._registry import DEFAULT_DOMAINS, DOMAIN_KERNELS, KERNELS, Attrs, KernelEr
 __all__ = ["DOMAIN_OPS", "SUPPORTED_OPS", "KernelError", "run_kernel", "supports_op"]
 
 # imported for their registrations
-_MODULES = (attention, elementwise, image, linalg, loss, ml, nn, quant, reduce, resize, rnn, signal, tensor, text,
-            training)
+_MODULES = (attention, elementwise, image, linalg, loss, ml, nn, quant, reduce, resize, rnn, sequence, signal, tensor,
+            text, training)
 
 SUPPORTED_OPS: frozenset[str] = frozenset(KERNELS)  # the default domain's
 DOMAIN_OPS: dict[str, frozenset[str]] = {d: frozenset(ops) for d, ops in sorted(DOMAIN_KERNELS.items())}
@@ -55,7 +56,7 @@ def run_kernel(
     """Run one ONNX node of ``domain`` (default: the default ONNX domain) and return its outputs in ONNX order.
 
     inputs: positional ONNX inputs; an omitted optional input is None, and trailing omitted ones may
-        be left out of the list.
+        be left out of the list. A sequence is a list of arrays, an empty optional is None (kernels/sequence.py).
     attrs: decoded attribute values (int, float, str, lists, np.ndarray for tensors); absent
         attributes take their ONNX defaults. Split without a 'split' input/attribute needs the node's
         output count: from opset 18 that is the ``num_outputs`` attribute, and for older opsets the
@@ -86,5 +87,5 @@ def run_kernel(
         fn = DOMAIN_KERNELS.get(domain, {}).get(op_type)
         if fn is None:
             raise KernelError(f"no kernel for op {op_type} of domain {domain!r}")
-    arrays = [None if x is None else np.asarray(x) for x in inputs]
+    arrays = [x if x is None or isinstance(x, list) else np.asarray(x) for x in inputs]  # list: a sequence
     return fn(arrays, dict(attrs), int(opset), tiling)

@@ -37,7 +37,8 @@ def axes_from(inputs: Inputs, attrs: Attrs, opset: int, input_since: int, index:
 
 @kernel("Identity")
 def _identity(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
-    return [need(inputs, 0, "input")]
+    x = arg(inputs, 0)
+    return [x if x is None or isinstance(x, list) else np.asarray(x)]  # sequences and empty optionals pass through
 
 
 @kernel("Dropout")
