@@ -132,7 +132,9 @@ def convert_to_weight_refreshable_graphs(model: onnx.ModelProto | str | os.PathL
         raise ParamInvalid(f"min_bytes must be a non-negative integer, got {min_bytes!r}", where)
     tensors = weight_tensors(source.graph)
     steering = shape_steering(source.graph)
-    used = {i for node in source.graph.node for i in node.input} | _subgraph_reads(source.graph)
+    from .ir.scopes import body_reads
+
+    used = {i for node in source.graph.node for i in node.input} | {r for n in source.graph.node for r in body_reads(n)}
     outputs = {o.name for o in source.graph.output}
     if const_names is None:
         names = [t.name for t in tensors.values()
@@ -175,11 +177,17 @@ def load(path: str | os.PathLike, where: str) -> onnx.ModelProto:
 
 def weight_tensors(graph: onnx.GraphProto) -> dict[str, _Tensor]:
     """Initializers and Constant outputs, by tensor name, in graph order; those of If/Loop/Scan bodies too
-    (a body reads the variable from the outer scope once its Constant is gone)."""
+    (a body reads the variable from the outer scope once its Constant is gone). A name that sibling scopes
+    both define names two tensors: it cannot be one variable."""
+    from .ir.scopes import bodies
+
     found: dict[str, _Tensor] = {t.name: _Tensor(t.name, t, "initializer") for t in graph.initializer}
     for index, node in enumerate(graph.node):
-        for body in _bodies(node):
-            found.update(weight_tensors(body))
+        for body in bodies(node):
+            for name, tensor in weight_tensors(body).items():
+                twice = name in found
+                found[name] = _Tensor(name, None, tensor.source, tensor.node_name,
+                                      "it is defined in more than one scope") if twice else tensor
         if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or not node.output:
             continue
         label = f"Constant node {node.name!r}" if node.name else f"Constant node #{index}"
@@ -188,13 +196,6 @@ def weight_tensors(graph: onnx.GraphProto) -> dict[str, _Tensor]:
             proto.name = node.output[0]
         found[node.output[0]] = _Tensor(node.output[0], proto, label, node.name, why_not)
     return found
-
-
-def _bodies(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    from onnx import AttributeProto
-
-    return [a.g for a in node.attribute if a.type == AttributeProto.GRAPH] + \
-        [g for a in node.attribute if a.type == AttributeProto.GRAPHS for g in a.graphs]
 
 
 def _constant_proto(node: onnx.NodeProto) -> tuple[onnx.TensorProto | None, str]:
@@ -236,10 +237,12 @@ def shape_steering(graph: onnx.GraphProto) -> dict[str, str]:
 def _mark_steering(graph: onnx.GraphProto, steering: dict[str, str]) -> None:
     """One reverse pass over ``graph``; a control node's bodies are its consumers' side, so they are
     marked first (a body output that steers makes its body's inputs to it steer, outer names included)."""
+    from .ir.scopes import bodies
+
     for index in range(len(graph.node) - 1, -1, -1):
         node = graph.node[index]
         label = f"{node.op_type} node {node.name!r}" if node.name else f"{node.op_type} node #{index}"
-        for body in _bodies(node):
+        for body in bodies(node):
             for out, body_out in zip(node.output, body.output, strict=False):
                 if out in steering:
                     steering.setdefault(body_out.name, f"it is returned as {out!r}, which steers shapes")
@@ -253,20 +256,6 @@ def _mark_steering(graph: onnx.GraphProto, steering: dict[str, str]) -> None:
         for i, name in enumerate(node.input):
             if name and (node.op_type, i) not in TYPE_ONLY_INPUTS:
                 steering.setdefault(name, f"it feeds {label}, whose output {reached!r} steers shapes")
-
-
-def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
-    """Names read inside If/Loop/Scan bodies (outer-scope references count as uses)."""
-    from onnx import AttributeProto
-
-    names: set[str] = set()
-    for node in graph.node:
-        for attr in node.attribute:
-            bodies = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)
-            for body in bodies:
-                names |= {i for n in body.node for i in n.input} | {o.name for o in body.output}
-                names |= _subgraph_reads(body)
-    return names
 
 
 def _is_float(t: _Tensor) -> bool:
@@ -343,10 +332,7 @@ def _infer_model(source: onnx.ModelProto, chosen: Sequence[_Tensor]) -> onnx.Mod
     model.CopyFrom(source)
     graph = model.graph
     names = {t.name for t in chosen}
-    _drop_constants(graph, names)
-    kept_inits = [t for t in graph.initializer if t.name not in names]
-    del graph.initializer[:]
-    graph.initializer.extend(kept_inits)
+    _drop_weights(graph, names)
     kept_info = [v for v in graph.value_info if v.name not in names]
     del graph.value_info[:]
     graph.value_info.extend(kept_info)
@@ -356,14 +342,20 @@ def _infer_model(source: onnx.ModelProto, chosen: Sequence[_Tensor]) -> onnx.Mod
     return model
 
 
-def _drop_constants(graph: onnx.GraphProto, names: set[str]) -> None:
-    """Remove the Constant nodes (bodies included) whose outputs became variables."""
+def _drop_weights(graph: onnx.GraphProto, names: set[str]) -> None:
+    """Remove the Constant nodes and initializers (bodies included) that became variables: a body then reads
+    the infer graph's input of that name from the outer scope."""
+    from .ir.scopes import bodies
+
     kept = [n for n in graph.node if not (n.op_type == "Constant" and n.output and n.output[0] in names)]
     del graph.node[:]
     graph.node.extend(kept)
+    inits = [t for t in graph.initializer if t.name not in names]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
     for node in graph.node:
-        for body in _bodies(node):
-            _drop_constants(body, names)
+        for body in bodies(node):
+            _drop_weights(body, names)
 
 
 def _init_name(name: str, taken: set[str]) -> str:

@@ -19,6 +19,7 @@ from onnx import helper, numpy_helper, shape_inference
 from ..errors import BundleIOError, GraphInvalid, OptionInvalid, UnsupportedOp
 from .external import ExternalRef
 from .graph import SEQUENCE_OPS, Graph, Node, TensorType
+from .scopes import bodies, body_reads, uniquify_body_names
 from .subgraphs import CONTROL_OPS, Scope, convert_control, op_domain, type_string, used_opsets, value_type
 
 CONST_MAX_ELEMENTS = 1024
@@ -168,7 +169,7 @@ def _drop_dead_nodes(model: onnx.ModelProto) -> None:
         if any(o in live for o in node.output):
             kept.append(node)
             live.update(i for i in node.input if i)
-            live.update(_body_reads(node))  # outer values an If/Loop/Scan body reads by name
+            live.update(body_reads(node))  # outer values an If/Loop/Scan body reads by name
     del model.graph.node[:]
     model.graph.node.extend(reversed(kept))
 
@@ -182,7 +183,7 @@ def infer_shapes(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
         return shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as err:
         first = str(err).strip().splitlines()[0]
-        if not any(_bodies(node) for node in model.graph.node):
+        if not any(bodies(node) for node in model.graph.node):
             raise GraphInvalid(f"shape inference failed: {first}", where) from None
         try:
             return shape_inference.infer_shapes(model, check_type=True, strict_mode=False, data_prop=True)
@@ -213,7 +214,7 @@ def _fold_graph(graph: onnx.GraphProto, consts: dict, types: dict, opset: int, w
             pending[:0] = _inline_branch(node, bool(np.asarray(consts[node.input[0]]).reshape(-1)[0]), graph)
             inlined = True
             continue
-        for body in _bodies(node):
+        for body in bodies(node):
             inlined |= _fold_graph(body, dict(consts), types, opset, where)
         values = _foldable_inputs(node, consts, types)
         if values is None:
@@ -237,27 +238,11 @@ def _fold_graph(graph: onnx.GraphProto, consts: dict, types: dict, opset: int, w
     return inlined
 
 
-def _body_reads(node: onnx.NodeProto) -> set[str]:
-    """Every name read inside ``node``'s bodies (nested ones too), outer-scope captures among them."""
-    reads: set[str] = set()
-    for body in _bodies(node):
-        for inner in body.node:
-            reads.update(i for i in inner.input if i)
-            reads |= _body_reads(inner)
-        reads.update(o.name for o in body.output)
-    return reads
-
-
-def _bodies(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    return [a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH] + \
-        [g for a in node.attribute if a.type == onnx.AttributeProto.GRAPHS for g in a.graphs]
-
-
 def _inline_branch(node: onnx.NodeProto, cond: bool, graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     """The nodes that replace an If whose condition is known: the taken branch, then an Identity per output.
 
-    The branch's initializers move to ``graph``; its value names are unique in the model (ONNX forbids
-    shadowing), so they need no renaming.
+    The branch's initializers move to ``graph``; its value names are already unique in the model
+    (``scopes.uniquify_body_names`` ran at load), so they need no renaming.
     """
     branch = next(a.g for a in node.attribute if a.name == ("then_branch" if cond else "else_branch"))
     graph.initializer.extend(branch.initializer)
@@ -281,7 +266,7 @@ def _foldable_inputs(node: onnx.NodeProto, consts: dict, types: dict) -> list | 
 
 
 def _static_types(graph: onnx.GraphProto) -> dict[str, tuple[int, ...]]:
-    """Static shapes of every value in ``graph`` and its bodies (value names are unique in a model)."""
+    """Static shapes of every value in ``graph`` and its bodies (names are unique once scopes are uniquified)."""
     shapes: dict[str, tuple[int, ...]] = {}
     for info in list(graph.input) + list(graph.value_info) + list(graph.output):
         tt = info.type.tensor_type
@@ -290,7 +275,7 @@ def _static_types(graph: onnx.GraphProto) -> dict[str, tuple[int, ...]]:
     for init in graph.initializer:
         shapes[init.name] = tuple(init.dims)
     for node in graph.node:
-        for body in _bodies(node):
+        for body in bodies(node):
             shapes.update(_static_types(body))
     return shapes
 
@@ -342,7 +327,7 @@ def to_ir(model: onnx.ModelProto, name: str, detached: Detached, where: str) -> 
     nodes: list[Node] = []
     for index, node in enumerate(g.node):
         _check_supported(node, index, where)
-        label = node.name or f"{node.op_type}_{index}"
+        label = scope.label(node.name or f"{node.op_type}_{index}")
         domain = op_domain(node)
         if node.op_type in CONTROL_OPS and not domain:
             nodes.append(convert_control(node, label, scope))
@@ -451,6 +436,7 @@ def import_model(source: str | bytes | os.PathLike, name: str, input_shapes: Map
     model, base = load_model(source, where)
     detached = detach_weights(model, base, where)
     check_model(model, where)
+    uniquify_body_names(model)  # sibling bodies may reuse names; the tables below are flat
     if input_shapes:
         set_input_shapes(model, input_shapes, where)
     _clear_inferred(model)
@@ -478,5 +464,5 @@ def _clear_graph(graph: onnx.GraphProto) -> None:
         if tt.HasField("shape") and not _is_static(tt):
             tt.ClearField("shape")
     for node in graph.node:
-        for body in _bodies(node):
+        for body in bodies(node):
             _clear_graph(body)

@@ -5,7 +5,8 @@ neither: a body's weights join the top graph's weight table (one table per graph
 selection and pack know), and every value a body reads from outside becomes an explicit input of the
 control node and a formal input of the body (``graph.py`` explains the convention). State kept while
 converting one graph: a ``Scope`` with the top graph's weight table and the type of every value seen so
-far; value names are unique in an ONNX model (no shadowing), so one flat table serves every nesting level.
+far; import first makes every value name unique across scopes (``scopes.uniquify_body_names``), so one
+flat table serves every nesting level.
 """
 
 from __future__ import annotations
@@ -40,6 +41,16 @@ class Scope:
     check_op: Callable[[onnx.NodeProto, int], None]
     hoisted: list[str] = field(default_factory=list)
     domain_opsets: dict[str, int] = field(default_factory=dict)  # the model's version of each non-default domain
+    labels: set[str] = field(default_factory=set)  # node names handed out so far: tiling and bodies key on them
+
+    def label(self, wanted: str) -> str:
+        """A node name no other node of the model has (ONNX node names may repeat, or be empty)."""
+        name, n = wanted, 1
+        while name in self.labels:
+            n += 1
+            name = f"{wanted}~{n}"
+        self.labels.add(name)
+        return name
 
 
 def op_domain(node: onnx.NodeProto) -> str:
@@ -81,7 +92,7 @@ def convert_body(body: onnx.GraphProto, prefix: str, scope: Scope) -> Graph:
     nodes: list[Node] = []
     for index, node in enumerate(body.node):
         scope.check_op(node, index)
-        name = f"{prefix}/{node.name or f'{node.op_type}_{index}'}"
+        name = scope.label(f"{prefix}/{node.name or f'{node.op_type}_{index}'}")
         domain = op_domain(node)
         if node.op_type == "Constant" and not domain:
             _keep_tensor(node.output[0], scope.constant_value(node), consts, scope)

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..dtypes import dtype_from_name
 from ..ir.graph import CONTROL_OPS
 from .kernels import KernelError
 
@@ -37,6 +38,8 @@ def run_control(op: str, bodies: Mapping[str, Body], args: list[np.ndarray | Non
         return _loop(bodies["body"], explicit, captured)
     if op == "SequenceMap":
         return _sequence_map(bodies["body"], explicit, captured)
+    if op != "Scan":
+        raise KernelError(f"{op} is not a control-flow op")
     if opset < 9:
         return _scan8(bodies["body"], explicit, captured, attrs)
     return _scan(bodies["body"], explicit, captured, attrs)
@@ -118,13 +121,18 @@ def _scan8(body: Body, explicit: list, captured: list, attrs: dict) -> list[np.n
         raise KernelError("Scan-8 with sequence_lens shorter than the scan inputs is not supported")
     per_item = {"num_scan_inputs": m, "scan_input_directions": attrs.get("directions", [0] * m)}
     items = [_scan(body, [x[b] for x in rest], captured, per_item) for b in range(batch)]
-    return [np.stack([item[j] for item in items]) for j in range(len(items[0]))] if items else []
+    if not items:  # an empty batch: states as they came, scan outputs [0, steps, ...]
+        states = rest[:len(rest) - m]
+        scans = [np.zeros((0, steps, *(max(d, 0) for d in shape)), dtype=dtype_from_name(dtype))
+                 for shape, dtype in body.output_types[len(states):]]
+        return _copies(states) + scans
+    return [np.stack([item[j] for item in items]) for j in range(len(items[0]))]
 
 
 def _stack(values: list[np.ndarray], out_type: tuple[list[int], str], axis: int, reverse: bool) -> np.ndarray:
     if not values:  # no iteration: an empty sequence of the body's output shape
         shape, dtype = out_type
-        return np.zeros((0, *(max(d, 0) for d in shape)), dtype=np.dtype(dtype))
+        return np.zeros((0, *(max(d, 0) for d in shape)), dtype=dtype_from_name(dtype))
     return np.stack(values[::-1] if reverse else values, axis=axis)
 
 

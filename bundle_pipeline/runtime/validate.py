@@ -217,6 +217,7 @@ def _graph(g: dict, variables: dict[str, dict], constants: dict[str, dict]) -> i
     defined = {f["name"] for f in feeds} | set(consts) | set(bindings) | set(reads)
     steps = p.get("steps")
     _need(isinstance(steps, list), "the program has no step list")
+    _unique_control_names(steps)
     opsets = _opsets(p)
     for step in steps:
         inline += _step(step, defined, values, arena, opsets)
@@ -288,7 +289,35 @@ def _bodies(step: dict, node: str, op: str) -> int:
             total += _body(body)
         except _Bad as bad:
             raise _Bad(f"in {attr} of node {node!r}: {bad}") from None
+    _arity(step, node, op, bodies)  # type: ignore[arg-type]
     return total
+
+
+def _arity(step: dict, node: str, op: str, bodies: dict) -> None:
+    """Each body takes and returns what the control step hands it and expects back (runtime/control.py)."""
+    captures = step.get("attrs", {}).get("captures", 0)
+    n_in, n_out = len(step["inputs"]), len(step["outputs"])
+    _need(type(captures) is int and 0 <= captures <= n_in, f"node {node!r} has a bad captures count")
+    explicit = n_in - captures
+    for attr, body in bodies.items():
+        b_in, b_out = len(body["inputs"]), len(body["outputs"])
+        if op == "If":
+            ok = explicit == 1 and b_in == captures and b_out == n_out
+        elif op == "Loop":  # body: (iteration, condition, carried..., captures...) -> (condition, carried..., scans...)
+            carried = explicit - 2
+            ok = carried >= 0 and b_in == 2 + carried + captures and b_out == 1 + n_out and b_out >= 1 + carried
+        elif op == "Scan":  # Scan-8 takes sequence_lens first, which the body does not see
+            ok = b_in - captures in (explicit, explicit - 1) and b_out == n_out
+        else:  # SequenceMap
+            ok = b_in == explicit + captures and b_out == n_out
+        _need(ok, f"node {node!r} ({op}): {attr} takes {b_in} inputs and returns {b_out} outputs, which does not "
+                  f"fit a step with {n_in} inputs ({captures} captured) and {n_out} outputs")
+
+
+def _unique_control_names(steps: list) -> None:
+    """The executor finds a control step's bodies by its node name."""
+    names = [s.get("node") for s in steps if isinstance(s, dict) and s.get("op") in CONTROL_OPS]
+    _need(len(names) == len(set(map(str, names))), "two control-flow steps share a node name")
 
 
 def _body(p: object) -> int:
@@ -316,6 +345,7 @@ def _body(p: object) -> int:
     defined = {i["name"] for i in typed[0]} | set(consts)
     steps = p.get("steps")  # type: ignore[union-attr]
     _need(isinstance(steps, list), "the body has no step list")
+    _unique_control_names(steps)
     opsets = _opsets(p)  # type: ignore[arg-type]
     for step in steps:
         inline += _step(step, defined, values, arena, opsets)
