@@ -255,3 +255,39 @@ def test_external_data_weight_edit_leaves_the_structure_parse_cached(tmp_path):
     np.testing.assert_array_equal(load_bundle(spec.output).variable("w").ravel(), arr + 1)
     stale = CliRunner().invoke(app, ["status", str(built.spec), "--cache", spec.cache, "--json"])
     assert json.loads(stale.stdout.splitlines()[-1]) == {"stale": [], "maybe": []}
+
+
+def test_weight_edit_inside_an_if_branch_skips_formats_tiling_codegen(tmp_path):
+    """A Constant weight in a branch is hoisted to the weight table: editing its value is a weight-only edit."""
+    import onnx.parser
+
+    rng = np.random.default_rng(4)
+    values = ", ".join(f"{v:.4f}" for v in rng.standard_normal(16 * 16))
+    model = onnx.parser.parse_model(f"""<ir_version: 8, opset_import: ["" : 17]>
+    agraph (bool c, float[4,16] x) => (float[4,16] y) {{
+      y = If(c) <
+        then_branch = g1 () => (float[4,16] t) {{
+          w = Constant<value = float[16,16] {{{values}}}>()
+          t = MatMul(x, w)
+        }},
+        else_branch = g2 () => (float[4,16] e) {{ e = Relu(x) }}
+      >
+    }}""")
+    onnx.save(model, tmp_path / "m.onnx")
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({
+        "name": "branchy", "target": "npu", "output": str(tmp_path / "b.bundle"),
+        "graphs": [{"name": "infer", "role": "infer", "model": "m.onnx"}]}))
+    spec = load_spec(tmp_path / "b.yaml", cache=str(tmp_path / "cache"))
+    first = build(spec)
+    branch = model.graph.node[0].attribute[0].g if model.graph.node[0].attribute[0].name == "then_branch" \
+        else model.graph.node[0].attribute[1].g
+    value = branch.node[0].attribute[0]
+    new = numpy_helper.to_array(value.t) * 2
+    value.t.CopyFrom(numpy_helper.from_array(new, value.t.name))
+    onnx.save(model, tmp_path / "m.onnx")
+    report = build(spec)
+    assert ran(report) == {"parse:infer", "parse.weights:infer", "dedupe", "formats.weights", "pack"}
+    assert report.digest != first.digest
+    x = rng.standard_normal((4, 16)).astype(np.float32)
+    out = load_bundle(spec.output).run("infer", {"c": np.array(True), "x": x})["y"]
+    np.testing.assert_allclose(out, x @ new, rtol=1e-5, atol=1e-5)
