@@ -20,7 +20,7 @@ from ..errors import BundleIOError, GraphInvalid, OptionInvalid, UnsupportedOp
 from .external import ExternalRef
 from .graph import SEQUENCE_OPS, Graph, Node, TensorType
 from .scopes import bodies, body_reads, uniquify_body_names
-from .subgraphs import CONTROL_OPS, Scope, convert_control, op_domain, type_string, used_opsets, value_type
+from .subgraphs import CONTROL_OPS, Scope, convert_control, has_bodies, op_domain, type_string, used_opsets, value_type
 
 CONST_MAX_ELEMENTS = 1024
 MAX_FOLD_PASSES = 16  # fold + re-infer rounds; nested Ifs on static conditions need one round per level
@@ -329,7 +329,7 @@ def to_ir(model: onnx.ModelProto, name: str, detached: Detached, where: str) -> 
         _check_supported(node, index, where)
         label = scope.label(node.name or f"{node.op_type}_{index}")
         domain = op_domain(node)
-        if node.op_type in CONTROL_OPS and not domain:
+        if has_bodies(node):
             nodes.append(convert_control(node, label, scope))
             continue
         attrs = _attrs(node)

@@ -22,7 +22,8 @@ from ..dtypes import is_extended
 from ..errors import GraphInvalid, UnsupportedOp
 from .graph import CONTROL_OPS, UNKNOWN_DTYPE, Graph, Node, TensorType, container_dtype
 
-__all__ = ["CONTROL_OPS", "Scope", "convert_control", "op_domain", "type_string", "used_opsets", "value_type"]
+__all__ = ["CONTROL_OPS", "Scope", "convert_control", "has_bodies", "op_domain", "type_string", "used_opsets",
+           "value_type"]
 
 UNKNOWN_DIM = -1
 
@@ -68,7 +69,7 @@ def used_opsets(nodes: list[Node], versions: dict[str, int]) -> dict[str, int]:
 
 
 def convert_control(node: onnx.NodeProto, name: str, scope: Scope) -> Node:
-    """The IR node of an If/Loop/Scan: bodies converted, captured outer values appended to its inputs."""
+    """The IR node of an op with bodies: bodies converted, captured outer values appended to its inputs."""
     bodies = {a.name: convert_body(a.g, f"{name}/{a.name}", scope)
               for a in node.attribute if a.type == onnx.AttributeProto.GRAPH}
     if len(bodies) != sum(1 for a in node.attribute if a.type in (onnx.AttributeProto.GRAPH,
@@ -80,7 +81,12 @@ def convert_control(node: onnx.NodeProto, name: str, scope: Scope) -> Node:
         for value in captures:
             body.types[value] = scope.types.get(value, TensorType((UNKNOWN_DIM,), UNKNOWN_DTYPE))
     return Node(name, node.op_type, [*node.input, *captures], list(node.output),
-                {**scope.attrs_of(_without_bodies(node)), **bodies, "captures": len(captures)})
+                {**scope.attrs_of(_without_bodies(node)), **bodies, "captures": len(captures)}, op_domain(node))
+
+
+def has_bodies(node: onnx.NodeProto) -> bool:
+    """If/Loop/Scan/SequenceMap, or an op of another domain with graph attributes (FlexAttention's score_mod)."""
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
 
 
 def convert_body(body: onnx.GraphProto, prefix: str, scope: Scope) -> Graph:
@@ -96,7 +102,7 @@ def convert_body(body: onnx.GraphProto, prefix: str, scope: Scope) -> Graph:
         domain = op_domain(node)
         if node.op_type == "Constant" and not domain:
             _keep_tensor(node.output[0], scope.constant_value(node), consts, scope)
-        elif node.op_type in CONTROL_OPS and not domain:
+        elif has_bodies(node):
             nodes.append(convert_control(node, name, scope))
         else:
             nodes.append(Node(name, node.op_type, list(node.input), list(node.output), scope.attrs_of(node), domain))

@@ -18,8 +18,10 @@ from ..dtypes import dtype_from_name
 from ..ir.graph import CONTROL_OPS
 from .kernels import KernelError
 
-__all__ = ["BODY_ATTRS", "CONTROL_OPS", "run_control"]
+__all__ = ["BODY_ATTRS", "CONTROL_OPS", "KERNEL_GRAPH_ATTRS", "graph_callables", "run_control"]
 BODY_ATTRS = {"If": ("else_branch", "then_branch"), "Loop": ("body",), "Scan": ("body",), "SequenceMap": ("body",)}
+# kernels of other domains whose graph attributes (each optional) they call as tensor -> tensor functions
+KERNEL_GRAPH_ATTRS = {("ai.onnx.preview", "FlexAttention"): ("prob_mod", "score_mod")}
 
 
 class Body(Protocol):
@@ -151,3 +153,13 @@ def _copies(values: Sequence[np.ndarray | list | None]) -> list:
     """Fresh copies; a sequence element by element, an empty optional (None) as itself."""
     return [None if v is None else [np.array(e, copy=True) for e in v] if isinstance(v, list)
             else np.array(v, copy=True) for v in values]
+
+
+def graph_callables(bodies: Mapping[str, Body], args: list, attrs: dict) -> tuple[list, dict]:
+    """A kernel's graph attributes as functions ``tensor -> tensor`` (the body's first input, then what it
+    captured); returns the kernel's own inputs (captures removed) and its attributes with the functions."""
+    captures = int(attrs.get("captures", 0))
+    explicit, captured = args[:len(args) - captures], args[len(args) - captures:]
+    calls = {name: (lambda x, body=body: np.array(body.call([x, *captured])[0], copy=True))
+             for name, body in bodies.items()}
+    return explicit, {**{k: v for k, v in attrs.items() if k != "captures"}, **calls}

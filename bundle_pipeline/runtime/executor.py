@@ -16,7 +16,7 @@ from ..dtypes import dtype_from_name
 from ..errors import BundleCorrupt, ParamInvalid, RuntimeFailure
 from ..ir.graph import UNKNOWN_DTYPE, decode_attr, decode_tensor, split_container
 from . import approx, formats, inplace
-from .control import CONTROL_OPS, run_control
+from .control import CONTROL_OPS, graph_callables, run_control
 from .kernels import KernelError, run_kernel
 from .npu import run_npu_kernel
 
@@ -126,6 +126,8 @@ class Executor:
     def call_kernel(self, step: dict, attrs: dict, args: list[np.ndarray | None]) -> list[np.ndarray]:
         if step["op"] in CONTROL_OPS:
             return run_control(step["op"], self.bodies[step["node"]], args, attrs, self.program["opset"])
+        if "bodies" in step:  # a kernel with graph attributes (FlexAttention's score_mod): they become callables
+            args, attrs = graph_callables(self.bodies[step["node"]], args, attrs)
         if step["op"] == "TransData":
             layout = step.get("layout", {})
             return [transdata(args[0], attrs["src_format"], attrs["dst_format"], layout.get("out_shape"))]

@@ -21,7 +21,7 @@ import re
 from ..dtypes import EXTENDED, dtype_from_name
 from ..errors import BundleCorrupt
 from ..ir.graph import UNKNOWN_DTYPE, split_container, tensor_dtype
-from .control import BODY_ATTRS, CONTROL_OPS
+from .control import BODY_ATTRS, CONTROL_OPS, KERNEL_GRAPH_ATTRS
 from .kernels import SUPPORTED_OPS, supports_op
 from .npu import NPU_FORMAT_OPS
 
@@ -278,11 +278,16 @@ def _step(step: object, defined: set[str], values: dict, arena: int, opsets: dic
 def _bodies(step: dict, node: str, op: str) -> int:
     """A control-flow step's bodies: exactly the ones its op has, each a well-formed program."""
     bodies = step.get("bodies")
-    if op not in CONTROL_OPS:
+    graph_attrs = KERNEL_GRAPH_ATTRS.get((step.get("domain", ""), op))
+    if graph_attrs is not None and bodies is not None:  # a kernel's optional graph attributes
+        _need(isinstance(bodies, dict) and bodies and set(bodies) <= set(graph_attrs),
+              f"node {node!r} ({op}) takes graph attributes {', '.join(graph_attrs)} only")
+    elif op not in CONTROL_OPS or step.get("domain"):
         _need(bodies is None, f"node {node!r} ({op}) has bodies, which only {', '.join(sorted(CONTROL_OPS))} have")
         return 0
-    _need(isinstance(bodies, dict) and sorted(bodies) == list(BODY_ATTRS[op]),
-          f"node {node!r} ({op}) needs bodies {', '.join(BODY_ATTRS[op])}")
+    else:
+        _need(isinstance(bodies, dict) and sorted(bodies) == list(BODY_ATTRS[op]),
+              f"node {node!r} ({op}) needs bodies {', '.join(BODY_ATTRS[op])}")
     total = 0
     for attr, body in bodies.items():  # type: ignore[union-attr]
         try:
@@ -308,16 +313,18 @@ def _arity(step: dict, node: str, op: str, bodies: dict) -> None:
             ok = carried >= 0 and b_in == 2 + carried + captures and b_out == 1 + n_out and b_out >= 1 + carried
         elif op == "Scan":  # Scan-8 takes sequence_lens first, which the body does not see
             ok = b_in - captures in (explicit, explicit - 1) and b_out == n_out
-        else:  # SequenceMap
+        elif op == "SequenceMap":
             ok = b_in == explicit + captures and b_out == n_out
+        else:  # a kernel's graph attribute: tensor -> tensor
+            ok = b_in == 1 + captures and b_out == 1
         _need(ok, f"node {node!r} ({op}): {attr} takes {b_in} inputs and returns {b_out} outputs, which does not "
                   f"fit a step with {n_in} inputs ({captures} captured) and {n_out} outputs")
 
 
 def _unique_control_names(steps: list) -> None:
-    """The executor finds a control step's bodies by its node name."""
-    names = [s.get("node") for s in steps if isinstance(s, dict) and s.get("op") in CONTROL_OPS]
-    _need(len(names) == len(set(map(str, names))), "two control-flow steps share a node name")
+    """The executor finds a step's bodies by its node name."""
+    names = [s.get("node") for s in steps if isinstance(s, dict) and "bodies" in s]
+    _need(len(names) == len(set(map(str, names))), "two steps with bodies share a node name")
 
 
 def _body(p: object) -> int:

@@ -5,7 +5,6 @@ entry gives the reason. Shared by ``tests/conformance/test_node_suite.py`` (skip
 ``bench/conformance.py`` (counts them as excluded; ``--check-exclusions`` runs them and lists any that
 pass, so a stale entry is noticed). Reasons start with the category:
 
-- ``domain``: ops of other domains the kernel library lacks (ai.onnx.preview's FlexAttention);
 - ``random``: outputs drawn from an RNG only the reference implementation reproduces;
 - ``precision``: expected values that are bit-exact float16 arithmetic of the reference;
 - ``BUG``: a defect (here: in onnx) that makes a valid model fail, with where it is.
@@ -14,9 +13,6 @@ pass, so a stale entry is noticed). Reasons start with the category:
 from __future__ import annotations
 
 EXCLUSIONS: dict[str, str] = {
-    # --- other domains -------------------------------------------------------------------------------
-    r"test_flexattention(?!.*_expanded).*": "domain: ai.onnx.preview FlexAttention (subgraph attributes) is not "
-                                            "supported; its *_expanded forms pass",
     # --- randomness ----------------------------------------------------------------------------------
     r"test_bernoulli.*": "random: Bernoulli draws from an RNG only the reference reproduces",
     r"test_training_dropout(_default|_mask|_default_mask)?": "random: training-mode Dropout draws a random mask",

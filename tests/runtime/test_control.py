@@ -185,3 +185,34 @@ def test_a_malformed_body_is_bundle_corrupt(corrupt, message, tmp_path):
     corrupt(step)
     with pytest.raises(BundleError, match=message):
         validate_manifest(manifest, "b.bundle")
+
+
+FLEX_WITH_CAPTURE = onnx.parser.parse_model("""<ir_version: 10, opset_import: ["" : 23, "ai.onnx.preview" : 1]>
+agraph (float[1,2,3,4] q, float[1,2,5,4] k, float[1,2,5,4] v, float[5] bias) => (float[1,2,3,4] y) {
+  y = ai.onnx.preview.FlexAttention(q, k, v) <
+    score_mod = smod (float[1,2,3,5] s) => (float[1,2,3,5] so) { so = Add(s, bias) },
+    prob_mod = pmod (float[1,2,3,5] p) => (float[1,2,3,5] po) {
+      two = Constant<value = float {2.0}>()
+      po = Mul(p, two)
+    }
+  >
+}
+""")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_kernels_graph_attributes_run_as_bodies_reading_outer_values(target, tmp_path):
+    """FlexAttention's score_mod reads the graph input ``bias`` from the outer scope: it becomes a captured input."""
+    rng = np.random.RandomState(5)
+    feeds = {"q": rng.randn(1, 2, 3, 4).astype(np.float32), "k": rng.randn(1, 2, 5, 4).astype(np.float32),
+             "v": rng.randn(1, 2, 5, 4).astype(np.float32), "bias": rng.randn(5).astype(np.float32)}
+    rep = BundleBackend.prepare(FLEX_WITH_CAPTURE, target=target, cache=str(tmp_path / "cache"))
+    (node,) = [s for s in rep.bundle.manifest["graphs"][0]["program"]["steps"] if s["op"] == "FlexAttention"]
+    # q, k, v, then the captures: the outer input, and prob_mod's own constant hoisted to the weight table
+    assert sorted(node["bodies"]) == ["prob_mod", "score_mod"] and node["inputs"][3:] == ["bias", "two"]
+    got = rep.run([feeds[k] for k in ("q", "k", "v", "bias")])[0]
+    # onnx's reference evaluator cannot give a graph attribute outer values; the spec's formula by hand:
+    scores = feeds["q"] @ np.swapaxes(feeds["k"], -1, -2) / np.sqrt(4.0) + feeds["bias"]
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs = 2.0 * probs / probs.sum(-1, keepdims=True)
+    np.testing.assert_allclose(got, probs @ feeds["v"], rtol=1e-5, atol=1e-6)

@@ -16,6 +16,7 @@ from . import (
     loss,
     ml,
     nn,
+    preview,
     quant,
     reduce,
     resize,
@@ -31,8 +32,8 @@ from ._registry import DEFAULT_DOMAINS, DOMAIN_KERNELS, KERNELS, Attrs, KernelEr
 __all__ = ["DOMAIN_OPS", "SUPPORTED_OPS", "KernelError", "run_kernel", "supports_op"]
 
 # imported for their registrations
-_MODULES = (attention, elementwise, image, linalg, loss, ml, nn, quant, reduce, resize, rnn, sequence, signal, tensor,
-            text, training)
+_MODULES = (attention, elementwise, image, linalg, loss, ml, nn, preview, quant, reduce, resize, rnn, sequence,
+            signal, tensor, text, training)
 
 SUPPORTED_OPS: frozenset[str] = frozenset(KERNELS)  # the default domain's
 DOMAIN_OPS: dict[str, frozenset[str]] = {d: frozenset(ops) for d, ops in sorted(DOMAIN_KERNELS.items())}
