@@ -20,7 +20,7 @@ from ..runtime.formats import accepts, storage_shape
 from ..targets import STANDARD, Target
 
 NAME = "formats"
-VERSION = "2"
+VERSION = "3"
 
 
 def natural_format(rank: int, target: Target) -> str:
@@ -180,16 +180,27 @@ def insert(structure: dict, var_formats: dict[str, str], target: Target) -> dict
 
 
 def _convert_output(graph: Graph, out: str, dst: str) -> None:
-    """Rename the value computed for graph output ``out`` and append a TransData that writes ``out``."""
+    """Rename the value computed for graph output ``out`` and make a TransData write ``out``: the one a reader
+    already needed (``out@dst``), which then writes ``out`` itself, or else a new one at the end."""
     pre = f"{out}@pre"
+    reused = next((n for n in graph.nodes if n.op_type == "TransData" and n.inputs == [out]
+                   and n.attrs["dst_format"] == dst), None)
     for node in graph.nodes:
         node.inputs = [pre if i == out else i for i in node.inputs]
         node.outputs = [pre if o == out else o for o in node.outputs]
     graph.types[pre] = graph.types[out]
     graph.formats[pre] = graph.formats[out]
     graph.formats[out] = dst
-    graph.nodes.append(Node(f"TransData_{out}", "TransData", [pre], [out],
-                            {"src_format": graph.formats[pre], "dst_format": dst}))
+    if reused is None:
+        graph.nodes.append(Node(f"TransData_{out}", "TransData", [pre], [out],
+                                {"src_format": graph.formats[pre], "dst_format": dst}))
+        return
+    converted = reused.outputs[0]
+    reused.outputs = [out]
+    for node in graph.nodes:
+        node.inputs = [out if i == converted else i for i in node.inputs]
+    graph.types.pop(converted, None)
+    graph.formats.pop(converted, None)
 
 
 def weight_formats(structure: dict) -> dict[str, str]:

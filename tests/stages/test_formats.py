@@ -161,6 +161,19 @@ agraph (float[2,3] x, float[3,4] w) => (float[2,4] y, float[2,4] z) {
     assert Graph.from_json(s).lint() == []
 
 
+def test_a_graph_output_a_standard_reader_also_reads_is_converted_once():
+    s = formats.insert(structure("""
+agraph (float[16,32] x, float[32,32] w) => (float[16,32] z, float[32,16] y) {
+  z = MatMul(x, w)
+  y = Transpose(z)
+}"""), {}, NPU)
+    from_z = [n for n in transdatas(s) if n["inputs"] == ["z@pre"]]
+    assert [n["outputs"] for n in from_z] == [["z"]]  # the Transpose's conversion writes the output itself
+    transpose = next(n for n in s["nodes"] if n["op"] == "Transpose")
+    assert transpose["inputs"] == ["z"] and s["nodes"].index(from_z[0]) < s["nodes"].index(transpose)
+    assert Graph.from_json(s).lint() == []
+
+
 def test_a_weight_conversion_is_folded_into_the_stored_constant():
     s = formats.insert(structure("""
 agraph (float[2,40] x) => (float[2,24] y) <float[40,24] w = {0.0}> {
