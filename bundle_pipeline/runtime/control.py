@@ -32,8 +32,7 @@ class Body(Protocol):
 
 def run_control(op: str, bodies: Mapping[str, Body], args: list[np.ndarray | None], attrs: dict,
                 opset: int) -> list[np.ndarray]:
-    captures = int(attrs.get("captures", 0))
-    explicit, captured = args[:len(args) - captures], args[len(args) - captures:]
+    explicit, captured = split_captures(args, attrs)
     if op == "If":
         return _copies(bodies["then_branch" if _truth(explicit[0]) else "else_branch"].call(captured))
     if op == "Loop":
@@ -158,8 +157,13 @@ def _copies(values: Sequence[np.ndarray | list | None]) -> list:
 def graph_callables(bodies: Mapping[str, Body], args: list, attrs: dict) -> tuple[list, dict]:
     """A kernel's graph attributes as functions ``tensor -> tensor`` (the body's first input, then what it
     captured); returns the kernel's own inputs (captures removed) and its attributes with the functions."""
-    captures = int(attrs.get("captures", 0))
-    explicit, captured = args[:len(args) - captures], args[len(args) - captures:]
+    explicit, captured = split_captures(args, attrs)
     calls = {name: (lambda x, body=body: np.array(body.call([x, *captured])[0], copy=True))
              for name, body in bodies.items()}
     return explicit, {**{k: v for k, v in attrs.items() if k != "captures"}, **calls}
+
+
+def split_captures(args: list, attrs: dict) -> tuple[list, list]:
+    """A step's own inputs, then the ``attrs["captures"]`` outer values its bodies read (its last inputs)."""
+    captures = int(attrs.get("captures", 0))
+    return args[:len(args) - captures], args[len(args) - captures:]
