@@ -63,15 +63,17 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import fsspec
-import numpy as np
-from fsspec.core import split_protocol, url_to_fs
-from fsspec.implementations.local import LocalFileSystem
-
-from bundle_pipeline.cache import statstate, tensors
+from bundle_pipeline.cache import statstate
 from bundle_pipeline.ir.hashing import canonical_json, hash_bytes, hash_json
+
+if TYPE_CHECKING:
+    import fsspec
+    import numpy as np
+
+# fsspec, numpy and the tensor store (numpy, zarr) are imported where they are used: planning a build on a
+# local cache (a no-op run) reads JSON records only.
 
 TEMP_PREFIX = ".tmp-"
 AREAS = ("objects", "tensors", "actions")
@@ -461,11 +463,17 @@ def _info_mtime(info: dict[str, Any]) -> float | None:
 
 def open_backend(root: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> Backend:
     """Pick the backend for ``root``: plain ``os`` for local paths and ``file://`` URLs, fsspec otherwise."""
+    given = os.fspath(root)
+    if "://" not in given and not storage_options:  # a plain local path: no fsspec needed
+        return LocalBackend(os.path.abspath(given))
+    from fsspec.core import split_protocol, url_to_fs
+    from fsspec.implementations.local import LocalFileSystem
+
     opts = dict(storage_options or {})
-    protocol = split_protocol(os.fspath(root))[0]
+    protocol = split_protocol(given)[0]
     if protocol in LISTING_CACHE_PROTOCOLS:
         opts.setdefault("use_listings_cache", False)
-    fs, path = url_to_fs(os.fspath(root), **opts)
+    fs, path = url_to_fs(given, **opts)
     if isinstance(fs, LocalFileSystem):
         return LocalBackend(os.path.abspath(path))
     return FsspecBackend(fs, path, opts)
@@ -475,6 +483,12 @@ def _default_state_dir(root: str) -> str:
     """Where a remote cache keeps this machine's stat state: under the user's local cache dir."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "bundle-pipeline", "state", hash_bytes(root.encode())[:16])
+
+
+def _tensors():
+    from bundle_pipeline.cache import tensors
+
+    return tensors
 
 
 def _rebuild_cache(root: str, options: dict[str, Any]) -> Cache:
@@ -566,18 +580,18 @@ class Cache:
 
     def put_tensor(self, arr: np.ndarray) -> str:
         """Store an array as zarr under its ``tensor_hash`` and return the hash; idempotent."""
-        return tensors.put_tensor(self._backend, arr, self.chunk_bytes, temp_name())
+        return _tensors().put_tensor(self._backend, arr, self.chunk_bytes, temp_name())
 
     def get_tensor(self, h: str, verify: bool = True) -> np.ndarray:
         """The array stored under ``h`` (verified unless ``verify=False``); CacheMiss when missing/corrupt."""
-        arr = tensors.get_tensor(self._backend, check_hash(h), verify=verify)
+        arr = _tensors().get_tensor(self._backend, check_hash(h), verify=verify)
         if arr is None:
             raise CacheMiss(h)
         return arr
 
     def has_tensor(self, h: str) -> bool:
         """Whether a published entry exists (unverified)."""
-        return self._backend.exists(f"{tensors.tensor_rel(check_hash(h))}/zarr.json")
+        return self._backend.exists(f"{_tensors().tensor_rel(check_hash(h))}/zarr.json")
 
     def export_tensor(self, h: str, dest: str | os.PathLike[str]) -> dict[str, str]:
         """Place tensor ``h``'s zarr array (metadata + chunk files) at local directory ``dest``.
@@ -587,7 +601,7 @@ class Cache:
         hashes, so such damage would read as a miss, never as a wrong value. Returns the sha256 of
         each placed file by its path relative to ``dest`` (posix separators).
         """
-        rel = tensors.tensor_rel(check_hash(h))
+        rel = _tensors().tensor_rel(check_hash(h))
         if not self.has_tensor(h):
             raise CacheMiss(h)
         dest = os.fspath(dest)
@@ -595,7 +609,7 @@ class Cache:
         if self._backend.is_local:
             return self._entry_sha256(h, dest)
         # A remote entry was downloaded: verify the local copy (not the remote entry a second time)
-        if not tensors.verify_local_copy(dest, h):
+        if not _tensors().verify_local_copy(dest, h):
             shutil.rmtree(dest, ignore_errors=True)
             self._backend.remove_tree(rel)
             raise CacheMiss(h)
@@ -621,7 +635,7 @@ class Cache:
 
     def tensor_chunks(self, h: str) -> list[str]:
         """``hash_bytes`` of each stored chunk's decoded bytes, in chunk (C) order."""
-        hashes = tensors.chunk_hashes(self._backend, check_hash(h))
+        hashes = _tensors().chunk_hashes(self._backend, check_hash(h))
         if hashes is None:
             raise CacheMiss(h)
         return hashes
@@ -703,7 +717,7 @@ class Cache:
         if not _HASH_RE.fullmatch(e.name) or e.shard != e.name[:2]:
             return False
         if area == "tensors":
-            return tensors.get_tensor(self._backend, e.name, verify=True, missing_is_corrupt=True) is not None
+            return _tensors().get_tensor(self._backend, e.name, verify=True, missing_is_corrupt=True) is not None
         try:
             self.get_object(e.name)
         except CacheMiss:

@@ -5,15 +5,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import networkx as nx
-
 from ..cache import Cache
 from ..errors import BundleIOError, ParamInvalid
 from ..spec import BundleSpec
 from ..tasks.factory import bundle_tasks
 from ..tasks.runner import LOST, BuildContext, LostEntry, forget_holders, forget_records
 from ..tasks.task import TaskResult
-from .dag import build_dag
+from .dag import TaskGraph, build_dag
 from .rebuild import Plan, plan, remember
 from .schedule import Event, Observer, check_scheduler, run_stale
 
@@ -131,11 +129,13 @@ def _build_round(specs, dag, ctxs, scheduler, workers, on_event, repairs: list[d
     return results
 
 
-def _repair(lost: TaskResult, dag: nx.DiGraph, results: dict[str, TaskResult], ctxs) -> dict:
+def _repair(lost: TaskResult, dag: TaskGraph, results: dict[str, TaskResult], ctxs) -> dict:
     """Forget the upstream records that name the lost entry, so the next round writes it again. When
     none names it any more (their output objects are gone too), forget every upstream record."""
-    task = dag.nodes[lost.id]["task"]
-    upstream = [results[a] for a in nx.ancestors(dag, lost.id) if a in results]
+    import networkx as nx
+
+    task = dag.tasks[lost.id]
+    upstream = [results[a] for a in nx.ancestors(dag.nx, lost.id) if a in results]
     missing = lost.extra["missing"]
     cache = Cache(ctxs[task.bundle].cache_root)
     rerun = forget_holders(missing, upstream, cache) or forget_records(upstream, cache)

@@ -27,11 +27,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import networkx as nx
-
 from ..errors import BundleIOError, ParamInvalid
 from ..tasks.runner import BuildContext, execute_task
 from ..tasks.task import TaskResult
+from .dag import TaskGraph
 
 SCHEDULERS = ("sync", "threads", "processes", "tcp://HOST:PORT")
 # Steps that read this machine's input files or write its output: never sent to a remote cluster.
@@ -63,7 +62,7 @@ def check_scheduler(scheduler: str | None, workers: int | None) -> None:
                            "--workers")
 
 
-def run_stale(dag: nx.DiGraph, stale: list[str], resolved: dict[str, TaskResult], ctxs: dict[str, BuildContext],
+def run_stale(dag: TaskGraph, stale: list[str], resolved: dict[str, TaskResult], ctxs: dict[str, BuildContext],
               scheduler: str | None, workers: int | None, on_event: Observer | None = None) -> dict[str, TaskResult]:
     """Execute the stale tasks; return their results by task id."""
     notify = on_event or (lambda event: None)
@@ -79,26 +78,26 @@ def run_stale(dag: nx.DiGraph, stale: list[str], resolved: dict[str, TaskResult]
     return done
 
 
-def _run_batch(get, dag: nx.DiGraph, ids: list[str], known: dict[str, TaskResult],
+def _run_batch(get, dag: TaskGraph, ids: list[str], known: dict[str, TaskResult],
                ctxs: dict[str, BuildContext]) -> dict[str, TaskResult]:
     graph = {}
     for tid in ids:
-        task = dag.nodes[tid]["task"]
+        task = dag.tasks[tid]
         upstream = [known.get(p, p) for p in sorted(dag.predecessors(tid))]  # literal when already known
         graph[tid] = (execute_task, task, ctxs[task.bundle], *upstream)
     return dict(zip(ids, get(graph, ids), strict=True))
 
 
-def _batches(dag: nx.DiGraph, stale: list[str]) -> list[tuple[bool, list[str]]]:
+def _batches(dag: TaskGraph, stale: list[str]) -> list[tuple[bool, list[str]]]:
     """Stale tasks (in topological order) as alternating batches (on_client, ids): client steps at even
     levels, cluster steps at odd ones, each task one level past any upstream task of the other side."""
     level: dict[str, int] = {}
     for tid in stale:
-        here = dag.nodes[tid]["task"].step in CLIENT_STEPS
+        here = dag.tasks[tid].step in CLIENT_STEPS
         lv = 0 if here else 1
         for p in dag.predecessors(tid):
             if p in level:
-                same = (dag.nodes[p]["task"].step in CLIENT_STEPS) == here
+                same = (dag.tasks[p].step in CLIENT_STEPS) == here
                 lv = max(lv, level[p] if same else level[p] + 1)
         level[tid] = lv
     return [(lv % 2 == 0, [t for t in stale if level[t] == lv]) for lv in sorted(set(level.values()))]

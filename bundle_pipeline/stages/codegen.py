@@ -13,11 +13,10 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
-
+from ..dtypes import dtype_from_name
 from ..errors import OptionInvalid
 from ..ir.graph import Graph, Node, TensorType, encode_tensor
-from ..runtime.formats import STANDARD, storage_shape
+from ..layouts import STANDARD, storage_shape
 
 Memo = Callable[[dict, Callable[[], dict]], dict]
 
@@ -196,7 +195,7 @@ def plan_buffers(graph: Graph, reuse: bool) -> tuple[dict[str, dict], int]:
                 continue  # sized at run time (inside a control-flow body): allocated by its kernel
             fmt = graph.format_of(name)
             storage = storage_shape(fmt, graph.types[name].shape)
-            size = _aligned(math.prod(storage) * np.dtype(graph.types[name].dtype).itemsize)
+            size = _aligned(math.prod(storage) * dtype_from_name(graph.types[name].dtype).itemsize)
             life_end = end if name in graph.outputs else max(index, last_use.get(name, index))
             live = [(o, s) for (a, b, o, s) in placed if not reuse or (a <= life_end and index <= b)]
             offset = _first_fit(live, size)

@@ -16,8 +16,8 @@ import math
 
 from ..dtypes import dtype_from_name, is_extended
 from ..ir.graph import Graph, Node
-from ..runtime.formats import accepts, storage_shape
-from ..targets import STANDARD, Target
+from ..layouts import STANDARD, accepts, storage_shape
+from ..targets import Target
 
 NAME = "formats"
 VERSION = "3"

@@ -8,6 +8,7 @@ import errno
 import functools
 import glob
 import hashlib
+import math
 import os
 import shutil
 import sys
@@ -18,11 +19,9 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from ..dtypes import dtype_from_name
 from ..errors import BundleIOError
-from ..runtime.formats import storage_shape
+from ..layouts import storage_shape
 
 NAME = "pack"
 VERSION = "1"
@@ -40,7 +39,7 @@ def manifest(name: str, target: str, graphs: list[dict], variables: dict, var_fo
                     "bindings": storage["bindings"].get(g["name"], {})} for g in graphs],
         "variables": [{"name": n, "shape": v["shape"], "dtype": v["dtype"], "format": var_formats[n],
                        "storage": list(storage_shape(var_formats[n], tuple(v["shape"]))),
-                       "nbytes": int(np.prod(storage_shape(var_formats[n], tuple(v["shape"])), dtype=np.int64))
+                       "nbytes": math.prod(storage_shape(var_formats[n], tuple(v["shape"])))
                        * dtype_from_name(v["dtype"]).itemsize,
                        "readers": v["readers"], "writers": v["writers"], "source": v["source"],
                        "initial": storage["initial"].get(n)} for n, v in sorted(variables.items())],

@@ -19,6 +19,7 @@ from ..stages import codegen, dedupe, formats, pack, parse, tiling
 from ..targets import get_target
 from .kernel_cache import KernelCache
 from .task import Task
+from .versions import VERSIONS  # noqa: F401  (steps and their versions, side by side for readers)
 
 Step = Callable[[Task, Cache, dict[str, str]], dict[str, str]]
 
@@ -157,6 +158,3 @@ STEPS: dict[str, Step] = {
     "formats.weights": step_weight_formats,
     "formats": step_formats, "tiling": step_tiling, "codegen": step_codegen, "pack": step_pack,
 }
-VERSIONS = {"parse": parse.VERSION, "parse.weights": parse.VERSION, "dedupe": dedupe.VERSION,
-            "formats.assign": formats.VERSION, "formats.weights": formats.VERSION, "formats": formats.VERSION,
-            "tiling": tiling.VERSION, "codegen": codegen.VERSION, "pack": pack.VERSION}
