@@ -86,12 +86,12 @@ def test_cache_tensor_to_bundle_constant_round_trip(tmp_path):
 
 
 def test_plain_cache_tensors_keep_their_attributes(tmp_path):
-    """float32 entries are written exactly as before ml_dtypes support: no dtype attribute."""
+    """float32 entries carry no dtype attribute (only ml_dtypes entries record their logical type)."""
     cache = Cache(tmp_path / "cache")
     h = cache.put_tensor(np.arange(6, dtype=np.float32))
     meta = json.loads((tmp_path / "cache" / "tensors" / h[:2] / h / "zarr.json").read_text())
     assert meta["data_type"] == "float32"
-    assert set(meta["attributes"]["bundle_pipeline"]) == {"tensor_hash", "chunk_hashes", "checksum"}
+    assert set(meta["attributes"]["bundle_pipeline"]) == {"tensor_hash", "chunk_sha256", "checksum"}
 
 
 def test_bfloat16_variable_written_by_init_and_refreshed_by_update(tmp_path):

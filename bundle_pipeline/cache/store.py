@@ -53,6 +53,7 @@ reads records with ``O_NOATIME`` where it can, so it does not make everything lo
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -197,6 +198,11 @@ class LocalBackend:
     def new_dir(self, rel: str) -> None:
         os.makedirs(self.path(rel), exist_ok=True)
 
+    def write_new(self, rel: str, data: bytes | memoryview) -> None:
+        """Write a file inside a temp directory made by ``new_dir`` (the directory is published whole)."""
+        with open(self.path(rel), "xb") as f:
+            f.write(data)
+
     def publish_dir(self, tmp_rel: str, final_rel: str) -> bool:
         """Rename a finished temp directory into place; False when the destination already exists."""
         try:
@@ -229,13 +235,16 @@ class LocalBackend:
             with contextlib.suppress(OSError):  # not empty, or raced with a writer: keep it
                 os.rmdir(shard.path)
 
-    def export_tree(self, rel: str, dest: str) -> None:
-        """Materialise the tree at ``rel`` under local ``dest``: hard links (no bytes copied), else copies."""
+    def export_tree(self, rel: str, dest: str, skip: tuple[str, ...] = ()) -> None:
+        """Materialise the tree at ``rel`` (but files named in ``skip``) under local ``dest``: hard links
+        (no bytes copied), else copies."""
         top = self.path(rel)
         for dirpath, _, files in os.walk(top):
             target = os.path.join(dest, os.path.relpath(dirpath, top))
             os.makedirs(target, exist_ok=True)
             for name in files:
+                if name in skip:
+                    continue
                 _link_or_copy(os.path.join(dirpath, name), os.path.join(target, name))
 
     def zarr_store(self, rel: str, read_only: bool) -> Any:
@@ -319,6 +328,16 @@ class FsspecBackend:
         if self._staging(rel, create=True) is None:
             self.fs.makedirs(self.path(rel), exist_ok=True)
 
+    def write_new(self, rel: str, data: bytes | memoryview) -> None:
+        """Write a file inside a temp directory made by ``new_dir``: on local disk when it is staged there."""
+        folder, name = rel.rsplit("/", 1)
+        staged = self._staging(folder)
+        if staged is not None:
+            with open(os.path.join(staged, name), "xb") as f:
+                f.write(data)
+            return
+        self.fs.pipe_file(self.path(rel), bytes(data))
+
     def publish_dir(self, tmp_rel: str, final_rel: str) -> bool:
         """Move a finished temp tree into place, ``zarr.json`` last so its presence marks a
         fully copied entry for ``has_tensor``; False when the destination already exists."""
@@ -398,11 +417,13 @@ class FsspecBackend:
 Backend = LocalBackend | FsspecBackend
 
 
-def _file_stats(root: str) -> dict[str, tuple[list[int], str]]:
-    """rel path -> ([size, mtime_ns, inode], absolute path) for every file under ``root``."""
+def _file_stats(root: str, skip: tuple[str, ...] = ()) -> dict[str, tuple[list[int], str]]:
+    """rel path -> ([size, mtime_ns, inode], absolute path) for every file under ``root`` (but ``skip``)."""
     out = {}
     for dirpath, _, names in os.walk(root):
         for name in names:
+            if name in skip:
+                continue
             path = os.path.join(dirpath, name)
             st = os.stat(path)
             rel = os.path.relpath(path, root).replace(os.sep, "/")
@@ -483,6 +504,11 @@ def _default_state_dir(root: str) -> str:
     """Where a remote cache keeps this machine's stat state: under the user's local cache dir."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "bundle-pipeline", "state", hash_bytes(root.encode())[:16])
+
+
+def _entry_memo_key(h: str) -> str:
+    """The action key of the memo of a tensor entry's file digests (see ``Cache._entry_sha256``)."""
+    return hash_json({"entry-sha256": h})
 
 
 def _tensors():
@@ -579,8 +605,18 @@ class Cache:
     # -- tensors ---------------------------------------------------------------------------------
 
     def put_tensor(self, arr: np.ndarray) -> str:
-        """Store an array as zarr under its ``tensor_hash`` and return the hash; idempotent."""
-        return _tensors().put_tensor(self._backend, arr, self.chunk_bytes, temp_name())
+        """Store an array as a zarr array under its ``tensor_hash`` and return the hash; idempotent.
+
+        A local entry written here has its files' sha256 recorded at once (``_entry_sha256``'s memo), so the
+        first bundle that links it hashes nothing: the bytes were just written from memory.
+        """
+        h, digests = _tensors().put_tensor(self._backend, arr, self.chunk_bytes, temp_name())
+        if digests is not None and self._backend.is_local:
+            files = _file_stats(self._backend.path(_tensors().tensor_rel(h)), skip=("zarr.json",))
+            if set(files) == set(digests):  # else someone else's copy won the race to publish: verify later
+                self.put_action(_entry_memo_key(h), {"stats": {rel: st for rel, (st, _) in files.items()},
+                                                      "sha256": digests})
+        return h
 
     def get_tensor(self, h: str, verify: bool = True) -> np.ndarray:
         """The array stored under ``h`` (verified unless ``verify=False``); CacheMiss when missing/corrupt."""
@@ -594,48 +630,67 @@ class Cache:
         return self._backend.exists(f"{_tensors().tensor_rel(check_hash(h))}/zarr.json")
 
     def export_tensor(self, h: str, dest: str | os.PathLike[str]) -> dict[str, str]:
-        """Place tensor ``h``'s zarr array (metadata + chunk files) at local directory ``dest``.
+        """Place tensor ``h`` as a plain zarr array at local directory ``dest``; return the sha256 of each
+        placed file by its path relative to ``dest`` (posix separators).
 
-        A local cache hard-links the chunk files, so a bundle re-pack writes no tensor bytes. The
-        entry must not be modified through ``dest`` (it is the cache's own file); readers verify
-        hashes, so such damage would read as a miss, never as a wrong value. Returns the sha256 of
-        each placed file by its path relative to ``dest`` (posix separators).
+        A local entry's chunk files are hard-linked, so a bundle re-pack writes no tensor bytes (the entry
+        must not be modified through ``dest``: it is the cache's own file; readers verify hashes, so such
+        damage would read as a miss, never as a wrong value). A remote entry is read (verified) and its
+        chunks written. ``zarr.json`` is always written from the entry's metadata, so the placed bytes do
+        not depend on how or when the cache entry was written.
         """
-        rel = _tensors().tensor_rel(check_hash(h))
-        if not self.has_tensor(h):
+        tensors = _tensors()
+        meta = tensors.entry_meta(self._backend, check_hash(h))
+        if meta is None:
             raise CacheMiss(h)
         dest = os.fspath(dest)
-        self._backend.export_tree(rel, dest)
-        if self._backend.is_local:
-            return self._entry_sha256(h, dest)
-        # A remote entry was downloaded: verify the local copy (not the remote entry a second time)
-        if not _tensors().verify_local_copy(dest, h):
-            shutil.rmtree(dest, ignore_errors=True)
-            self._backend.remove_tree(rel)
-            raise CacheMiss(h)
-        return {rel_path: _sha256_file(path) for rel_path, (_, path) in _file_stats(dest).items()}
+        if self._backend.is_local and meta.plain:
+            self._backend.export_tree(tensors.tensor_rel(h), dest, skip=("zarr.json",))
+            digests = self._entry_sha256(h, dest, meta)
+            dtype = meta.logical if meta.logical is not None else meta.dtype
+        else:
+            arr = self.get_tensor(h)
+            digests, dtype = tensors.write_chunks(arr, meta.chunks, dest), arr.dtype
+        doc = tensors.entry_document(h, dtype, meta.shape, meta.chunks, digests)
+        with open(os.path.join(dest, "zarr.json"), "wb") as f:
+            f.write(doc)
+        return {**digests, "zarr.json": hashlib.sha256(doc).hexdigest()}
 
-    def _entry_sha256(self, h: str, exported: str) -> dict[str, str]:
-        """sha256 of each file of tensor entry ``h`` (bundle digests list them), remembered per file stat.
+    def _entry_sha256(self, h: str, exported: str, meta: Any) -> dict[str, str]:
+        """sha256 of each chunk file of tensor entry ``h`` (bundle digests list them), remembered per file stat.
 
         Entries are immutable, so a file whose (size, mtime_ns, inode) is unchanged still has the
-        remembered digest (ctime is no use: every new hard link changes it); a changed stat (first
-        export, or a write through a hard link) makes us verify the whole tensor against ``h``
-        (CacheMiss when damaged) and hash the files again.
+        remembered digest (ctime is no use: every new hard link changes it); ``put_tensor`` remembers the
+        files it writes. A changed stat (an entry written elsewhere, or a write through a hard link) makes
+        us hash the files again and check them against the entry's recorded chunk sha256 (entries written
+        before those were recorded: against ``h``), CacheMiss when damaged.
         """
-        memo_key = hash_json({"entry-sha256": h})
+        memo_key = _entry_memo_key(h)
         files = _file_stats(exported)
+        stats = {rel: st for rel, (st, _) in files.items()}
         record = self.get_action(memo_key)
-        if record is not None and record.get("stats") == {rel: st for rel, (st, _) in files.items()}:
+        if record is not None and record.get("stats") == stats:
             return dict(record["sha256"])
-        self.get_tensor(h, verify=True)
         digests = {rel: _sha256_file(path) for rel, (_, path) in files.items()}
-        self.put_action(memo_key, {"stats": {rel: st for rel, (st, _) in files.items()}, "sha256": digests})
+        names = [name for name, _ in _tensors().chunk_grid(meta.shape, meta.chunks)]
+        intact = ([digests.get(n) for n in names] == meta.chunk_sha256 and len(digests) == len(names)
+                  if meta.chunk_sha256 is not None else self._verified(h))
+        if not intact:
+            self._backend.remove_tree(_tensors().tensor_rel(h))
+            raise CacheMiss(h)
+        self.put_action(memo_key, {"stats": stats, "sha256": digests})
         return digests
 
+    def _verified(self, h: str) -> bool:
+        try:
+            self.get_tensor(h, verify=True)
+        except CacheMiss:
+            return False
+        return True
+
     def tensor_chunks(self, h: str) -> list[str]:
-        """``hash_bytes`` of each stored chunk's decoded bytes, in chunk (C) order."""
-        hashes = _tensors().chunk_hashes(self._backend, check_hash(h))
+        """The sha256 of each stored chunk file, in chunk (C) order; CacheMiss when missing or damaged."""
+        hashes = _tensors().chunk_sha256(self._backend, check_hash(h))
         if hashes is None:
             raise CacheMiss(h)
         return hashes

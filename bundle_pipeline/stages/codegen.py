@@ -9,6 +9,7 @@ executes what the program says.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -186,10 +187,12 @@ def plan_buffers(graph: Graph, reuse: bool) -> tuple[dict[str, dict], int]:
             if name:
                 last_use[name] = index
     end = len(graph.nodes)
-    placed: list[tuple[int, int, int, int]] = []  # (start step, end step, offset, size)
+    live: list[tuple[int, int, int]] = []  # (offset, size, last step) of the values placed and still live
     buffers: dict[str, dict] = {}
     arena = 0
     for index, node in enumerate(graph.nodes):
+        if reuse:  # values are placed in definition order, so one that died before this step never matters again
+            live = [block for block in live if block[2] >= index]
         for name in filter(None, node.outputs):
             if graph.types[name].dynamic:
                 continue  # sized at run time (inside a control-flow body): allocated by its kernel
@@ -197,18 +200,19 @@ def plan_buffers(graph: Graph, reuse: bool) -> tuple[dict[str, dict], int]:
             storage = storage_shape(fmt, graph.types[name].shape)
             size = _aligned(math.prod(storage) * dtype_from_name(graph.types[name].dtype).itemsize)
             life_end = end if name in graph.outputs else max(index, last_use.get(name, index))
-            live = [(o, s) for (a, b, o, s) in placed if not reuse or (a <= life_end and index <= b)]
-            offset = _first_fit(live, size)
-            placed.append((index, life_end, offset, size))
+            # without reuse nothing dies, every block is packed from 0 without gaps: first fit is the end
+            offset = _first_fit(live, size) if reuse else arena
+            bisect.insort(live, (offset, size, life_end))
             buffers[name] = {**graph.types[name].to_json(), "offset": offset,
                              **({"format": fmt, "storage": list(storage)} if fmt not in STANDARD else {})}
             arena = max(arena, offset + size)
     return buffers, arena
 
 
-def _first_fit(live: list[tuple[int, int]], size: int) -> int:
+def _first_fit(live: list[tuple[int, int, int]], size: int) -> int:
+    """The lowest offset where ``size`` bytes fit between the live blocks (sorted by offset)."""
     offset = 0
-    for start, length in sorted(live):
+    for start, length, _ in live:
         if offset + size <= start:
             return offset
         offset = max(offset, start + length)

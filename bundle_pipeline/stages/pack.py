@@ -19,12 +19,13 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+from .. import zarr_plain
 from ..dtypes import dtype_from_name
 from ..errors import BundleIOError
 from ..layouts import storage_shape
 
 NAME = "pack"
-VERSION = "1"
+VERSION = "2"  # 2: array zarr.json written from the entry metadata (chunk_sha256), not linked
 FORMAT_VERSION = 1
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
@@ -86,10 +87,9 @@ def run(meta: dict, place_tensor: PlaceTensor, out_path: str) -> str:
 
 def write_directory(root: Path, meta: dict, place_tensor: PlaceTensor) -> dict[str, str]:
     """Write the bundle's metadata and place its arrays; return the sha256 the placer already knows."""
-    import zarr
-
-    group = zarr.open_group(zarr.storage.LocalStore(root), mode="w", attributes=meta)
-    group.create_group("constants")
+    (root / "constants").mkdir(parents=True, exist_ok=True)
+    (root / "zarr.json").write_bytes(zarr_plain.dumps(zarr_plain.group_meta(meta)))
+    (root / "constants" / "zarr.json").write_bytes(zarr_plain.dumps(zarr_plain.group_meta({})))
     known: dict[str, str] = {}
     for const in meta["constants"].values():
         placed = place_tensor(const["hash"], root / const["array"]) or {}
