@@ -68,6 +68,20 @@ def test_stft_model_matches_ort(target, tmp_path):
     assert_outputs_close(run_bundle(m, feeds, target, tmp_path), ort_run(m, feeds), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_stft_inside_a_branch_gets_the_spec_default(target, tmp_path):
+    """A body cannot run on its own: the STFT default onnx misreads is written out there before inference."""
+    inner = stft_model().graph
+    branch = helper.make_graph(list(inner.node), "branch", [], [helper.make_tensor_value_info("power", F, [2, 9, 129])],
+                               initializer=list(inner.initializer))
+    other = helper.make_graph([helper.make_node("Constant", [], ["zeros"], value=numpy_helper.from_array(
+        np.zeros((2, 9, 129), np.float32)))], "other", [], [helper.make_tensor_value_info("zeros", F, [2, 9, 129])])
+    m = model([helper.make_node("If", ["flag"], ["y"], then_branch=branch, else_branch=other)],
+              [("x", F, [2, 1600]), ("flag", TensorProto.BOOL, [])], [("y", F, 3)], {})
+    feeds = {"x": np.random.default_rng(1).standard_normal((2, 1600)).astype(np.float32), "flag": np.array(True)}
+    assert_outputs_close(run_bundle(m, feeds, target, tmp_path), ort_run(m, feeds), rtol=1e-4, atol=1e-4)
+
+
 def resample_like() -> onnx.ModelProto:
     """onnx-asr's resamplers build their sinc kernel from float constants: onnx propagates the [5] and [3]
     vectors as if they were shapes and fails to broadcast them ("Invalid rank for Add broadcasting")."""

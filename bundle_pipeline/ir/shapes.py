@@ -19,8 +19,8 @@ Where an op's output shape depends on a value known only at run time (``ir/steer
 computed from a feed, NonZero, ...), the output keeps onnx's run-time dims (-1, sized by the kernel when
 the graph runs); an output neither can size is an error naming the node, the output and the input it needs.
 
-Control-flow bodies keep onnx's (lenient) types: a body cannot run on its own, and the runtime sizes a body
-value onnx left untyped when it runs.
+Control-flow bodies keep onnx's (lenient) types: a body cannot run on its own (``spell_out_defaults`` writes out
+the STFT default onnx misreads there), and the runtime sizes a body value onnx left untyped when it runs.
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ _TENSOR = helper.make_tensor_type_proto(onnx.TensorProto.FLOAT, None)
 def infer(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
     """The model with every top-level value typed: onnx's strict inference if it succeeds and agrees with the
     kernels on ``VERIFIED_OPS``, else ``propagate``."""
+    for node in model.graph.node:
+        for body in bodies(node):
+            spell_out_defaults(body)
     try:
         inferred = shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except INFERENCE_ERRORS as err:
@@ -55,6 +58,17 @@ def infer(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
     if disagreement(inferred) is None:
         return inferred
     return propagate(model, where, disagreement(inferred))
+
+
+def spell_out_defaults(graph: onnx.GraphProto) -> None:
+    """Inside bodies, which cannot be run on their own to check onnx, write out the attribute defaults onnx's
+    inference misreads (STFT ``onesided``: 1 by the spec and onnxruntime, 0 by onnx 1.23's inference), so its
+    types agree with what the kernels compute; the kernels read the same default, so semantics are unchanged."""
+    for node in graph.node:
+        if node.op_type == "STFT" and not op_domain(node) and all(a.name != "onesided" for a in node.attribute):
+            node.attribute.append(helper.make_attribute("onesided", 1))
+        for body in bodies(node):
+            spell_out_defaults(body)
 
 
 def first_line(err: Exception) -> str:
