@@ -221,3 +221,11 @@ def test_stft_kernel_is_the_exact_dft_for_any_frame_length():
     frames = x[:, np.arange(101)[:, None] * 160 + np.arange(400)].astype(np.float64) * window
     exact = np.fft.rfft(frames, axis=-1)
     assert np.max(np.abs(ours[..., 0] + 1j * ours[..., 1] - exact)) < 2e-5 * np.max(np.abs(exact))
+
+
+def test_a_type_error_is_still_the_models_error():
+    """The fallback is for onnx's shape bugs, not for invalid models: an int64 added to a float32 stays an error."""
+    m = model([helper.make_node("Add", ["x", "b"], ["y"])], [("x", F, [3])], [("y", F, 1)],
+              {"b": np.ones(3, np.int64)})
+    with pytest.raises(GraphInvalid, match="shape inference failed: .*inconsistent type"):
+        import_model(m.SerializeToString(), "g", {}, "", "g")

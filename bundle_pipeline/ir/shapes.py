@@ -97,7 +97,7 @@ def disagreement(inferred: onnx.ModelProto) -> str | None:
 def propagate(model: onnx.ModelProto, where: str, why: str) -> onnx.ModelProto:
     """Type every top-level value the way running the graph would (see the module docstring); ``why`` says
     why onnx's strict result was not taken (it goes into the error if a value stays untyped)."""
-    lenient = _lenient(model)
+    lenient = _lenient(model, where, why)
     graph = lenient.graph
     state = _State.of(lenient, hints=declared_types(graph))
     for node in graph.node:
@@ -113,14 +113,13 @@ def propagate(model: onnx.ModelProto, where: str, why: str) -> onnx.ModelProto:
     return lenient
 
 
-def _lenient(model: onnx.ModelProto) -> onnx.ModelProto:
-    """onnx's best effort: every value it can type, bodies included; a copy of ``model`` if even that fails."""
+def _lenient(model: onnx.ModelProto, where: str, why: str) -> onnx.ModelProto:
+    """onnx's best effort: every value it can type, bodies included. Lenient inference still checks element
+    types, and a type error is the model's (an int64 added to a float32), never a shape bug of onnx's."""
     try:
-        return shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+        return shape_inference.infer_shapes(model, check_type=True, strict_mode=False, data_prop=True)
     except INFERENCE_ERRORS:
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        return copy
+        raise GraphInvalid(f"shape inference failed: {why}", where) from None
 
 
 def declared_types(graph: onnx.GraphProto) -> dict[str, onnx.TypeProto]:
