@@ -227,5 +227,5 @@ def test_a_type_error_is_still_the_models_error():
     """The fallback is for onnx's shape bugs, not for invalid models: an int64 added to a float32 stays an error."""
     m = model([helper.make_node("Add", ["x", "b"], ["y"])], [("x", F, [3])], [("y", F, 1)],
               {"b": np.ones(3, np.int64)})
-    with pytest.raises(GraphInvalid, match="shape inference failed: .*inconsistent type"):
+    with pytest.raises(GraphInvalid, match=r"shape inference failed: .*inconsistent type"):
         import_model(m.SerializeToString(), "g", {}, "", "g")

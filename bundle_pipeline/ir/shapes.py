@@ -40,7 +40,8 @@ VERIFIED_OPS = frozenset({"STFT"})  # ops whose onnx inference is checked agains
 KNOWN_MAX_ELEMENTS = 1 << 16  # values computed at compile time are kept up to this size (shape arithmetic)
 # what a kernel may raise on zero-filled data it would not see at run time (a KernelError is a ValueError)
 EVAL_ERRORS = (ValueError, IndexError, TypeError, ZeroDivisionError, OverflowError, FloatingPointError,
-               NotImplementedError)
+               NotImplementedError, MemoryError)
+EVAL_MAX_BYTES = 1 << 30  # a node whose zero-filled inputs would exceed this is not run at build time
 INFERENCE_ERRORS = (onnx.shape_inference.InferenceError, onnx.checker.ValidationError)
 _TENSOR = helper.make_tensor_type_proto(onnx.TensorProto.FLOAT, None)
 
@@ -258,7 +259,11 @@ class _State:
             if shape is None:
                 self._explain(node, f"input {name!r} has no static shape")
                 return None
-            args.append(np.zeros(shape, helper.tensor_dtype_to_np_dtype(self.types[name].tensor_type.elem_type)))
+            dtype = helper.tensor_dtype_to_np_dtype(self.types[name].tensor_type.elem_type)
+            if int(np.prod(shape, dtype=np.float64)) * dtype.itemsize > EVAL_MAX_BYTES:  # hostile or huge dims
+                self._explain(node, f"input {name!r} {list(shape)} is too large to run at build time")
+                return None
+            args.append(np.zeros(shape, dtype))
         outs = self._run(node, args)
         if outs is None:
             return None
