@@ -1,9 +1,10 @@
 """Runtime latency of compiled bundles on the cpu and npu targets beside ONNX Runtime (report only).
 
-For each test model (generated mlp/cnn/attention, and the real magika, ppocr-cls and six silero-vad models
-when they can be fetched) the infer graph is built as a one-infer-graph bundle for each target, then run
-repeatedly; the table gives median milliseconds per run for cpu, npu (simulated: formatted kernels in NumPy,
-so this measures the simulator, not a device) and ORT, and the max abs errors against ORT.
+For each test model (generated mlp/cnn/attention, and the real magika, ppocr-cls, six silero-vad models and the
+29 onnx-asr audio front-ends when they can be fetched) the infer graph is built as a one-infer-graph bundle for
+each target, then run repeatedly; the table gives median milliseconds per run for cpu, npu (simulated:
+formatted kernels in NumPy, so this measures the simulator, not a device) and ORT, and the max abs errors
+against ORT.
 
 A second table covers the real models as weight-refreshable bundles: each is split into init/update/infer
 (`convert_to_weight_refreshable_graphs`), built per target, run once after init and once after an update of
@@ -57,12 +58,15 @@ def _input_shape(feeds: dict) -> str:
 
 def real(work: Path) -> list[tuple[str, onnx.ModelProto, dict, dict]]:
     from conftest import (
+        ONNX_ASR,
+        ONNX_ASR_BATCH,
         REAL_MODEL_INPUTS,
         SILERO_VAD,
         ModelUnavailable,
         RealModel,
         fetch_wheel_model,
         fetch_wheel_models,
+        onnx_asr_waveforms,
         real_models_cache_dir,
         silero_vad_audio,
         silero_vad_feeds,
@@ -85,13 +89,23 @@ def real(work: Path) -> list[tuple[str, onnx.ModelProto, dict, dict]]:
         paths = fetch_wheel_models(list(SILERO_VAD.values()), real_models_cache_dir())
     except ModelUnavailable as err:
         print(f"skipping silero-vad: {err}", file=sys.stderr)
-        return out
-    for name, path in zip(SILERO_VAD, paths, strict=True):
+        paths = []
+    for name, path in zip(SILERO_VAD, paths, strict=False):
         rng = np.random.default_rng(0)
         model = onnx.load(path)
         frames = 3 if name == "silero_vad_16k_sequence" else 1
         feeds = silero_vad_feeds(model, silero_vad_audio(frames, 16000, rng), 16000, frames, rng)[0]
         out.append((name, model, feeds, {"input_shape": _input_shape(feeds)}))
+    try:
+        paths = fetch_wheel_models(list(ONNX_ASR.values()), real_models_cache_dir())
+    except ModelUnavailable as err:
+        print(f"skipping onnx-asr: {err}", file=sys.stderr)
+        paths = []
+    batch, samples = ONNX_ASR_BATCH
+    for name, path in zip(ONNX_ASR, paths, strict=False):
+        feeds = onnx_asr_waveforms(np.random.default_rng(0))
+        out.append((f"onnx-asr {name}", onnx.load(path), feeds,
+                    {"input_shape": f"waveforms:{batch},{samples};waveforms_lens:{batch}"}))
     return out
 
 
@@ -172,14 +186,14 @@ def main(argv: list[str] | None = None) -> int:
         cases = generated(work) + real_cases
         rows = [measure(*case, work, args.repeat) for case in cases]
         split_rows = [split_accuracy(*case, work) for case in real_cases]
-    print(f"{'model':<26}{'cpu ms':>10}{'npu ms':>10}{'ORT ms':>10}{'cpu err':>12}{'npu err':>12}")
+    print(f"{'model':<32}{'cpu ms':>10}{'npu ms':>10}{'ORT ms':>10}{'cpu err':>12}{'npu err':>12}")
     for r in rows:
-        print(f"{r['model']:<26}{r['cpu_ms']:>10.3f}{r['npu_ms']:>10.3f}{r['ort_ms']:>10.3f}"
+        print(f"{r['model']:<32}{r['cpu_ms']:>10.3f}{r['npu_ms']:>10.3f}{r['ort_ms']:>10.3f}"
               f"{r['cpu_max_abs_err']:>12.2e}{r['npu_max_abs_err']:>12.2e}")
     if split_rows:
-        print(f"\n{'split model':<26}{'vars':>6}{'cpu init':>12}{'cpu update':>12}{'npu init':>12}{'npu update':>12}")
+        print(f"\n{'split model':<32}{'vars':>6}{'cpu init':>12}{'cpu update':>12}{'npu init':>12}{'npu update':>12}")
         for r in split_rows:
-            print(f"{r['model']:<26}{r['variables']:>6}{r['cpu_err_init']:>12.2e}{r['cpu_err_update']:>12.2e}"
+            print(f"{r['model']:<32}{r['variables']:>6}{r['cpu_err_init']:>12.2e}{r['cpu_err_update']:>12.2e}"
                   f"{r['npu_err_init']:>12.2e}{r['npu_err_update']:>12.2e}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {"benchmark": "latency", "when": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -10,7 +10,7 @@ bundle variable (DESIGN.md section 2):
 - update graph: input ``W.new`` (standard layout, the original shape and dtype) -> Identity -> output ``W``.
 
 Default selection: floating-point tensors of at least ``min_bytes`` bytes that feed data inputs. Tensors
-whose *values* steer shapes stay constants: the (op, input index) pairs of ``SHAPE_INPUTS``, and,
+whose *values* steer shapes stay constants: the (op, input index) pairs of ``SHAPE_INPUTS`` (``ir/steering.py``), and,
 transitively, every tensor that reaches one of them through other nodes (a weight cast to int64 and used
 as a Reshape target steers a shape just the same). Only the inputs of ``TYPE_ONLY_INPUTS`` stop the
 propagation, as those read a tensor's shape or dtype, never its values.
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import BundleIOError, GraphInvalid, OptionInvalid, ParamInvalid
+from .ir.steering import SHAPE_INPUTS, TYPE_ONLY_INPUTS, steering_inputs  # noqa: F401 (SHAPE_INPUTS: re-exported)
 from .options import parse_input_shape
 
 if TYPE_CHECKING:
@@ -38,45 +39,6 @@ DEFAULT_MIN_BYTES = 8  # a float32 scalar (eps, clip bound, 0.5, ...) stays a co
 INIT_SUFFIX = ".init"
 NEW_SUFFIX = ".new"
 EXTERNAL_DATA_BYTES = 1 << 30  # init.onnx keeps its weights in init.onnx.data above this (protobuf caps at 2 GiB)
-
-# (op type) -> input indices whose *values* steer output shapes (or output counts); such tensors stay constants.
-SHAPE_INPUTS: dict[str, tuple[int, ...]] = {
-    "Reshape": (1,),                      # shape
-    "Slice": (1, 2, 3, 4),                # starts, ends, axes, steps
-    "Resize": (1, 2, 3),                  # roi, scales, sizes
-    "Upsample": (1,),                     # scales
-    "Expand": (1,),                       # shape
-    "Tile": (1,),                         # repeats
-    "ConstantOfShape": (0,),              # shape
-    "Pad": (1, 3),                        # pads, axes (2, constant_value, is data)
-    "CenterCropPad": (1, 2),              # shape, axes
-    "TopK": (1,),                         # k
-    "Split": (1,),                        # split sizes
-    "Squeeze": (1,),                      # axes
-    "Unsqueeze": (1,),                    # axes
-    "ReduceSum": (1,), "ReduceMean": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "ReduceProd": (1,),
-    "ReduceL1": (1,), "ReduceL2": (1,), "ReduceLogSum": (1,), "ReduceLogSumExp": (1,),
-    "ReduceSumSquare": (1,),              # axes
-    "Range": (0, 1, 2),                   # start, limit, delta: the output length
-    "OneHot": (1,),                       # depth
-    "CumSum": (1,),                       # axis
-    "Trilu": (1,),                        # k (which elements survive; kept static as CANN keeps it const)
-    "Compress": (1,),                     # condition: the output length
-    "NonZero": (0,),                      # output length depends on the values
-    "Unique": (0,),
-    "NonMaxSuppression": (2, 3, 4),       # max boxes, iou and score thresholds: the output length
-    "MaxUnpool": (2,),                    # output_shape
-    "Col2Im": (1, 2),                     # image_shape, block_shape
-    "AffineGrid": (1,),                   # size
-    "DFT": (1, 2),                        # dft_length, axis
-    "STFT": (1, 3),                       # frame_step, frame_length
-    "HannWindow": (0,), "HammingWindow": (0,), "BlackmanWindow": (0,),  # size
-    "MelWeightMatrix": (0, 1),            # num_mel_bins, dft_length
-}
-# (op type, input index) that read only a tensor's shape or dtype: a shape-steering output does not make them steer.
-TYPE_ONLY_INPUTS = frozenset({("Shape", 0), ("Size", 0), ("EyeLike", 0), ("RandomNormalLike", 0),
-                              ("RandomUniformLike", 0), ("CastLike", 1)})
-
 
 @dataclass(frozen=True)
 class WeightRefreshableGraphs:
@@ -247,9 +209,8 @@ def _mark_steering(graph: onnx.GraphProto, steering: dict[str, str]) -> None:
                 if out in steering:
                     steering.setdefault(body_out.name, f"it is returned as {out!r}, which steers shapes")
             _mark_steering(body, steering)
-        for i in SHAPE_INPUTS.get(node.op_type, ()):
-            if i < len(node.input) and node.input[i]:
-                steering.setdefault(node.input[i], f"it is input {i} of {label}, which steers the output shape")
+        for i, name in steering_inputs(node.op_type, list(node.input)):
+            steering.setdefault(name, f"it is input {i} of {label}, which steers the output shape")
         reached = next((o for o in node.output if o in steering), None)
         if reached is None:
             continue

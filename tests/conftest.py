@@ -135,6 +135,66 @@ def silero_vad_feeds(model: onnx.ModelProto, audio: np.ndarray, rate: int, frame
     return runs
 
 
+# onnx-asr: its audio front-ends (preprocessors), one pure-Python wheel: mel/fbank feature extractors built on STFT
+# (gigaam, kaldi, nemo, whisper), the same with the STFT as a Conv (`_conv`), one with DFT in a Scan (wespeaker), and
+# sinc resamplers. Every one takes `waveforms` [batch, N] float32 and `waveforms_lens` [batch] int64; the
+# `onnx_asr_models` fixture gives the files and tests/test_onnx_asr.py the feeds (`onnx_asr_waveforms`).
+ONNX_ASR_VERSION = "0.12.0"
+ONNX_ASR_SHA256 = {
+    "gigaam_v2": "abc06381785bc6c4b76db6bf99803388edca7d44efa5a181eb1c2b894f3ff2f8",
+    "gigaam_v2_conv": "c9b61866d25f7564c7183a3ceebcb85aedc2d56a983cd534237439e5d4d8224b",
+    "gigaam_v3": "919c3bc8a434b6e733e5fe5dcd247974d0a7b1f2bc5b6995b6ad55f7225e014d",
+    "gigaam_v3_conv": "547ddbaf3a639c12c1a94b7cab1c9fb246045d48c439f1a54b189714376b1a38",
+    "kaldi": "7d0f04ed3aa0775ac690c5bb3680cdef3e68807ee3ce415f0ca47deeeefc9bce",
+    "kaldi_conv": "172f8ace71421c5209ffd4939d578b336b89b9fbbcd4137f6e6ba38a8849dc2d",
+    "nemo128": "5b4a84c52eeaa615dc46d781cc7e4598f9b432184831d57493c48adcd01371a9",
+    "nemo128_conv": "5bbdc98847c3153c54e7b58f2c8668d0c19a22d07ed16204a058d26880985c6c",
+    "nemo80": "7ab6b0d1f57832e56f59aa7cab4289de50df7f8d5296cdfd281d9c9b7b8d73e0",
+    "nemo80_conv": "1566e840c72d032dfb31166b924d96fe2a6c8a6c29393da8e83c19d99de0eb76",
+    "resample_11_16": "f2e90792f65753b0b79ec73829f21352b230a8fa06f3c115dce3feba2ec3d46c",
+    "resample_11_8": "a4d456e81734c49e827b26eb594a3b3a540d346203f13963501310835716c6f2",
+    "resample_16_8": "94f3e99e62a6415dea3d10119a0eefa124b3fd0bb8ba49c85e996ba27b302722",
+    "resample_22_16": "09e29ba5d6c21fc2df326b6103db824d6e50f5ba392f9816650d97899d48817b",
+    "resample_22_8": "e5dac94ea5fe39782f3d9a44c4c78b7e958520cc01de98df28cc068eb6445ea8",
+    "resample_24_16": "6e924a97e41ef3ceac2e0f80a8d834ade1049d1fa8b2a8e5c31f925031f475b9",
+    "resample_24_8": "73f3efafff4a6619a4a344fb928c52a6a586926817afb4fe04b8e0662e3aee18",
+    "resample_32_16": "aa0624578edd8730d5dbc9eeff573f477f32dfd2c8b4f70242cf4ee4f03c6a40",
+    "resample_32_8": "c5d485fb1a0851dad003cc944350d8e1938d722bd50b67bd480f88c1d138b5b4",
+    "resample_44_16": "edce58a900588cf95b0e853511fbfc32ad88264a2f32e0787b3d29d75987f0eb",
+    "resample_44_8": "0eaefd3585f2d6622ad0458b2729f6398c9b50a76435bb34336f203b387de64a",
+    "resample_48_16": "25791c6e65504d7be9717dd814937d2e757b7b49a1ef51da32cfb1fa6627264d",
+    "resample_48_8": "b9e3c44135a4e8a92dcb479042defcf5973a946dc1ed0d45fd8b8f37fb295bf4",
+    "resample_8_16": "5aaaef8508880c639ccc4bcd2662a894c9015ddfff22b6c352ee33e03b8c2414",
+    "wespeaker": "4fcc0d9897bf960a304615cdb95ea2831f26dd409fcd1971b4ea831c49256cfd",
+    "whisper128": "ab730292c17d34ad46cd28b99a30e70b878b602827c29e12d6a87ea4a6698942",
+    "whisper128_conv": "d1f232e477ca8452a78a4ceeb672a87831d7452ff59262e9f6cd263d564f2f05",
+    "whisper80": "8161c22a310df637a56029c037c79c9eb52a211a36b20935a1d0ba32bdb43d8f",
+    "whisper80_conv": "ee6096f815911e76b21e90b6ee126a99127efeadcc870805e2f5967f65af28da",
+}
+ONNX_ASR = {
+    name: WheelModel(package="onnx-asr", version=ONNX_ASR_VERSION, member=f"onnx_asr/preprocessors/data/{name}.onnx",
+                     sha256=sha256)
+    for name, sha256 in ONNX_ASR_SHA256.items()
+}
+ONNX_ASR_BATCH = (2, 16000)  # what the tests build for: two one-second clips at 16 kHz (the resamplers: any rate)
+ONNX_ASR_LENGTHS = (16000, 11200)  # the second clip is shorter: zero-padded after its length, as a batch is
+
+
+def onnx_asr_waveforms(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A realistic batch for the onnx-asr front-ends: voiced speech-like clips (a gliding harmonic tone under a
+    syllable-rate envelope, plus noise) of `ONNX_ASR_LENGTHS` samples, zero-padded to `ONNX_ASR_BATCH`."""
+    batch, samples = ONNX_ASR_BATCH
+    waves = np.zeros((batch, samples), np.float32)
+    t = np.arange(samples) / 16000
+    for i, length in enumerate(ONNX_ASR_LENGTHS):
+        pitch = 110 + 40 * i + 20 * np.sin(2 * np.pi * 0.7 * t)
+        phase = 2 * np.pi * np.cumsum(pitch) / 16000
+        voiced = sum(np.sin(k * phase) / k for k in range(1, 6)) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t) ** 2)
+        clip = 0.3 * voiced + 0.02 * rng.standard_normal(samples)
+        waves[i, :length] = clip[:length]
+    return {"waveforms": waves, "waveforms_lens": np.array(ONNX_ASR_LENGTHS, np.int64)}
+
+
 def substitute_weights(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
     """A copy of `model` whose named weights hold the given values: initializers and Constant-node outputs, in
     control-flow bodies too (the ORT oracle after an update of a split model). Every name must be found."""
@@ -294,6 +354,19 @@ def silero_vad_models() -> dict[str, Path]:
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason)
     return dict(zip(SILERO_VAD, paths, strict=True))
+
+
+@pytest.fixture(scope="session")
+def onnx_asr_models() -> dict[str, Path]:
+    """name (file stem) -> path of every onnx-asr preprocessor; skipped offline unless $CI is set."""
+    try:
+        paths = fetch_wheel_models(list(ONNX_ASR.values()), real_models_cache_dir())
+    except ModelUnavailable as error:
+        reason = f"real model 'onnx-asr' unavailable: {error}"
+        if _in_ci():
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    return dict(zip(ONNX_ASR, paths, strict=True))
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import helper, numpy_helper, shape_inference
+from onnx import helper, numpy_helper
 
 from ..errors import BundleIOError, GraphInvalid, OptionInvalid, UnsupportedOp
 from .external import ExternalRef
@@ -175,20 +175,13 @@ def _drop_dead_nodes(model: onnx.ModelProto) -> None:
 
 
 def infer_shapes(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
-    """Strict shape inference. With control flow a failure may come from a branch that cannot run on
-    these input shapes (silero-vad's 8 kHz branch fed a 16 kHz frame): then inference runs leniently,
-    the branch's untyped values are sized at run time, and the branch fails only if it is ever taken,
-    as it does in onnxruntime. Without control flow, or if the top graph stays untyped, it is an error."""
-    try:
-        return shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
-    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as err:
-        first = str(err).strip().splitlines()[0]
-        if not any(bodies(node) for node in model.graph.node):
-            raise GraphInvalid(f"shape inference failed: {first}", where) from None
-        try:
-            return shape_inference.infer_shapes(model, check_type=True, strict_mode=False, data_prop=True)
-        except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
-            raise GraphInvalid(f"shape inference failed: {first}", where) from None
+    """Type every value: onnx's strict inference where it succeeds and agrees with the kernels, else the
+    project's own propagation (``ir/shapes.py``). With control flow, a body branch that cannot run on these
+    input shapes (silero-vad's 8 kHz branch fed a 16 kHz frame) stays partly untyped: its values are sized at
+    run time, and it fails only if it is ever taken, as it does in onnxruntime."""
+    from .shapes import infer
+
+    return infer(model, where)
 
 
 def fold_constants(model: onnx.ModelProto, opset: int, where: str) -> tuple[onnx.ModelProto, bool]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 
 from ..errors import GraphInvalid, ParamInvalid, VariableConflict
+from ..ir.steering import ir_steering
 
 NAME = "dedupe"
-VERSION = "1"
+VERSION = "2"  # 2: a variable whose value steers shapes is refused (ir/steering.py)
 
 
 def run(graphs: list[dict], params: dict) -> tuple[dict, dict]:
@@ -46,11 +47,25 @@ def _variable_names(graphs: list[dict], declared: list[str] | None) -> set[str]:
         for name in sorted(names & set(consts)):
             raise GraphInvalid(f"variable {name!r} is a small integer constant that steers shapes in graph "
                                f"{g['name']}; it cannot be a variable", f"graph {g['name']}")
+        _check_not_steering(g, names)
         if g["role"] == "infer":
             for name in sorted(names & set(g["structure"]["outputs"])):
                 raise GraphInvalid(f"infer graph {g['name']} writes variable {name!r}; only init and update "
                                    f"graphs may write variables (rename the output)", f"graph {g['name']}")
     return names
+
+
+def _check_not_steering(g: dict, names: set[str]) -> None:
+    """Variables do not change shapes: a variable a graph reads where a value must be known to size the graph
+    (an STFT frame step, a Range limit, a Reshape target, ...) is an error; the tensor must stay a constant."""
+    read = names & set(g["structure"]["inputs"])
+    if not read:
+        return
+    steering = ir_steering(g["structure"])
+    for name in sorted(read & set(steering)):
+        raise GraphInvalid(f"variable {name!r} steers shapes in graph {g['name']}: {steering[name]}; a value that "
+                           f"steers shapes must be known at build time, keep it a constant (leave it out of "
+                           f"'variables' / const_names)", f"graph {g['name']}")
 
 
 def _variable(name: str, graphs: list[dict]) -> dict:

@@ -9,6 +9,7 @@ import random
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import faults
 import pytest
@@ -20,13 +21,26 @@ from bundle_pipeline.spec import load_spec
 KILL_POINTS = 6
 
 
+def records(cache: Path) -> int:
+    """Action records written so far (task records and memos): how far a running build has got."""
+    return sum(len(files) for _, _, files in os.walk(cache / "actions"))
+
+
+def kill_after(proc: subprocess.Popen, cache: Path, wanted: int, timeout: float = 120) -> None:
+    """SIGKILL the build's process group once ``wanted`` records exist (or the build ends first): the kill
+    lands at a point of the build's progress, whatever the machine's load, not at a point of the clock."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and records(cache) < wanted and time.monotonic() < deadline:
+        time.sleep(0.002)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
 @pytest.mark.slow
 def test_kill_9_at_random_points_then_rebuild_is_byte_identical(tmp_path):
     spec = faults.many_graphs(tmp_path / "data")
     clean_out = tmp_path / "clean.bundle"
-    began = time.monotonic()
     clean = faults.report(faults.run(faults.run_args(spec, tmp_path / "clean-cache", clean_out)))
-    full = time.monotonic() - began  # a cold CLI build: imports, then every task
     clean_bytes = faults.bundle_bytes(clean_out)
     out = tmp_path / "out.bundle"  # one output across kills: each kill may hit a previous bundle there
     rng = random.Random(7)
@@ -34,19 +48,17 @@ def test_kill_9_at_random_points_then_rebuild_is_byte_identical(tmp_path):
     recorded_when_done = Cache(tmp_path / "clean-cache").info()["actions"]["count"]
     for i in range(KILL_POINTS):
         cache = tmp_path / f"cache-{i}"  # cold, so the killed build is writing entries when it dies
-        delay = full * (0.3 + 0.7 * (i + rng.random()) / KILL_POINTS)
+        wanted = 1 + int((recorded_when_done - 2) * (i + rng.random()) / KILL_POINTS)
         proc = faults.start(faults.run_args(spec, cache, out))
-        try:
-            proc.wait(timeout=delay)
-        except subprocess.TimeoutExpired:  # still running: the point of the test
-            os.killpg(proc.pid, signal.SIGKILL)
+        kill_after(proc, cache, wanted)
         proc.communicate(timeout=60)
         tried += 1
-        recorded = Cache(cache).info()["actions"]["count"]
+        recorded = Cache(cache).info()["actions"]["count"] if cache.exists() else 0
         mid_build += 0 < recorded < recorded_when_done  # killed after some tasks, before the last
         # the output is absent, or a whole bundle (every build here produces the clean one)
-        assert faults.digest_or_none(out) in (None, clean["digest"]), f"kill {i} at {delay:.2f}s left a partial bundle"
-        assert Cache(cache).verify()["corrupt"] == [], f"kill {i} at {delay:.2f}s left a corrupt cache entry"
+        point = f"kill {i} after {wanted} records"
+        assert faults.digest_or_none(out) in (None, clean["digest"]), f"{point} left a partial bundle"
+        assert Cache(cache).verify()["corrupt"] == [], f"{point} left a corrupt cache entry"
         again = build(load_spec(spec, cache=str(cache), output=str(out)), scheduler="threads")
         assert again.digest == clean["digest"]
         assert faults.bundle_bytes(out) == clean_bytes

@@ -60,8 +60,11 @@ def _dft(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.nd
 def _stft(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list[np.ndarray]:
     x, step_in, window, length_in = need(inputs, 0, "signal"), need(inputs, 1, "frame_step"), arg(inputs, 2), arg(
         inputs, 3)
+    if x.ndim == 2:  # [batch, length]: a real signal, as onnxruntime reads it (the spec wants [batch, length, 1])
+        x = x[..., None]
     if x.ndim != 3:
-        raise KernelError(f"STFT signal must be [batch, length, 1 or 2], got {x.shape}")
+        raise KernelError(f"STFT signal must be [batch, length], [batch, length, 1] or [batch, length, 2], "
+                          f"got {x.shape}")
     step = int(scalar(step_in))
     frame = window.shape[0] if window is not None else x.shape[1]
     if length_in is not None:
