@@ -33,8 +33,10 @@ Listing caches are turned off for object stores: other machines write the same b
 
 Reachability (``gc(keep_actions=...)``): a kept action keeps the objects named by the values of
 its record's ``"outputs"`` dict (a hash, or a list of hashes). A kept object whose bytes are a JSON
-object with a top-level ``"tensors"`` dict (name -> tensor hash) keeps those tensors. Nothing else
-is followed, so a stage output that refers to tensors must list them under ``"tensors"``.
+object with a top-level ``"tensors"`` dict (name -> tensor hash) keeps those tensors, and one with a
+top-level ``"packs"`` dict (tensor hash -> pack hash, ``packs.py``) keeps those tensor packs. Nothing
+else is followed, so a stage output that refers to tensors must list them under ``"tensors"``, and
+the packs that hold them under ``"packs"``.
 ``newest_builds()`` gives the usual roots: every ``last-build`` record the pipeline writes (one per
 spec: ``{"identity", "tasks": {task id: action key}}``) and the task records it names. Other
 records (kernel-level decisions, memos of external tensors and exported files) are not roots.
@@ -58,10 +60,11 @@ import json
 import os
 import re
 import shutil
+import struct
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -594,6 +597,33 @@ class Cache:
         """Whether an entry exists (unverified: ``get_object`` may still miss)."""
         return self._backend.exists(_object_rel(check_hash(h)))
 
+    def place_object(self, h: str, dest: str | os.PathLike[str], data: bytes | None = None) -> str:
+        """Put object ``h``'s bytes at local file ``dest`` and return their sha256 (a bundle lists it).
+
+        A local cache hard-links the object (``dest`` must not be modified: it is the cache's own file) and
+        remembers its sha256 per file stat, as ``export_tensor`` does for tensor entries: a changed stat makes
+        us read and verify the object again. ``data``: its bytes, when the caller just stored them.
+        """
+        if not self._backend.is_local:
+            data = self.get_object(h)
+            with open(dest, "wb") as f:
+                f.write(data)
+            return hashlib.sha256(data).hexdigest()
+        path = self._backend.path(_object_rel(check_hash(h)))
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise CacheMiss(h) from None
+        stat, memo = [st.st_size, st.st_mtime_ns, st.st_ino], hash_json({"object-sha256": h})
+        record = self.get_action(memo)
+        if record is not None and record.get("stat") == stat:
+            digest = record["sha256"]
+        else:
+            digest = hashlib.sha256(data if data is not None else self.get_object(h)).hexdigest()
+            self.put_action(memo, {"stat": stat, "sha256": digest})
+        _link_or_copy(path, os.fspath(dest))
+        return digest
+
     def put_json(self, obj: Any) -> str:
         """Store the canonical JSON of ``obj`` as an object; equal values give equal hashes."""
         return self.put_object(canonical_json(obj))
@@ -618,20 +648,70 @@ class Cache:
                                                       "sha256": digests})
         return h
 
-    def get_tensor(self, h: str, verify: bool = True) -> np.ndarray:
-        """The array stored under ``h`` (verified unless ``verify=False``); CacheMiss when missing/corrupt."""
+    def get_tensor(self, h: str, verify: bool = True, pack: str | None = None) -> np.ndarray:
+        """The array stored under ``h`` (verified unless ``verify=False``), from its own entry or, given
+        ``pack``, from that pack (verified whole; the array is then a read-only view). CacheMiss when missing
+        or corrupt (the missing hash is the pack's when the pack is)."""
+        if pack is not None:
+            found = self._pack(pack).get(check_hash(h))
+            if found is None:
+                raise CacheMiss(h)
+            return found
         arr = _tensors().get_tensor(self._backend, check_hash(h), verify=verify)
         if arr is None:
             raise CacheMiss(h)
         return arr
 
-    def has_tensor(self, h: str) -> bool:
-        """Whether a published entry exists (unverified)."""
+    def has_tensor(self, h: str, pack: str | None = None) -> bool:
+        """Whether a published entry, or the pack said to hold it, exists (unverified)."""
+        if pack is not None:
+            return self.has_object(pack)
         return self._backend.exists(f"{_tensors().tensor_rel(check_hash(h))}/zarr.json")
 
-    def export_tensor(self, h: str, dest: str | os.PathLike[str]) -> dict[str, str]:
-        """Place tensor ``h`` as a plain zarr array at local directory ``dest``; return the sha256 of each
-        placed file by its path relative to ``dest`` (posix separators).
+    def put_tensors(self, arrays: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+        """Store many tensors at once: the small ones (``packs.SMALL_TENSOR_BYTES``) in one pack, each larger
+        one as its own entry (in threads). Returns name -> ``{"tensor": hash}``, plus ``"pack": pack hash``
+        for a packed one: the reference ``get_tensor``/``has_tensor`` take (see ``packs.py``)."""
+        from bundle_pipeline.cache import packs
+        from bundle_pipeline.ir.hashing import tensor_hash
+
+        tensors = _tensors()
+        normal = {name: tensors.normalise(a) for name, a in arrays.items()}
+        small = {name: a for name, a in normal.items() if a.nbytes <= packs.SMALL_TENSOR_BYTES}
+        refs: dict[str, dict[str, str]] = {}
+        if small:
+            hashes = {name: tensor_hash(a) for name, a in small.items()}
+            blob = packs.encode({hashes[name]: a for name, a in small.items()})
+            pack = self.put_object(blob)
+            refs.update({name: {"tensor": h, "pack": pack} for name, h in hashes.items()})
+        big = sorted(set(normal) - set(small))
+        if big:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(len(big), os.cpu_count() or 2)) as pool:
+                refs.update({name: {"tensor": h} for name, h in zip(big, pool.map(
+                    lambda n: self.put_tensor(normal[n]), big), strict=True)})
+        return refs
+
+    def _pack(self, pack: str) -> dict[str, np.ndarray]:
+        """A pack's tensors, verified; this process keeps recently read packs decoded (``packs.DECODED``)."""
+        from bundle_pipeline.cache import packs
+
+        found = packs.DECODED.get(check_hash(pack))
+        if found is not None and self.has_object(pack):  # still in this cache, whatever this process saw
+            return found
+        blob = self.get_object(pack)
+        try:
+            tensors = packs.decode(blob)
+        except (ValueError, TypeError, KeyError, struct.error) as err:  # verified bytes, bad layout: not ours
+            self._backend.remove(_object_rel(pack))
+            raise CacheMiss(pack) from err
+        packs.DECODED.put(pack, len(blob), tensors)
+        return tensors
+
+    def export_tensor(self, h: str, dest: str | os.PathLike[str], pack: str | None = None) -> dict[str, str]:
+        """Place tensor ``h`` (held by ``pack``, if given) as a plain zarr array at local directory ``dest``;
+        return the sha256 of each placed file by its path relative to ``dest`` (posix separators).
 
         A local entry's chunk files are hard-linked, so a bundle re-pack writes no tensor bytes (the entry
         must not be modified through ``dest``: it is the cache's own file; readers verify hashes, so such
@@ -640,10 +720,18 @@ class Cache:
         not depend on how or when the cache entry was written.
         """
         tensors = _tensors()
+        dest = os.fspath(dest)
+        if pack is not None:
+            arr = self.get_tensor(h, pack=pack)
+            chunks = tensors.chunk_shape(arr.shape, arr.dtype.itemsize, self.chunk_bytes)
+            digests = tensors.write_chunks(arr, chunks, dest)
+            doc = tensors.entry_document(h, arr.dtype, arr.shape, chunks, digests)
+            with open(os.path.join(dest, "zarr.json"), "wb") as f:
+                f.write(doc)
+            return {**digests, "zarr.json": hashlib.sha256(doc).hexdigest()}
         meta = tensors.entry_meta(self._backend, check_hash(h))
         if meta is None:
             raise CacheMiss(h)
-        dest = os.fspath(dest)
         if self._backend.is_local and meta.plain:
             self._backend.export_tree(tensors.tensor_rel(h), dest, skip=("zarr.json",))
             digests = self._entry_sha256(h, dest, meta)
@@ -871,26 +959,34 @@ class Cache:
                     objects.add(h)
                     reached_by.setdefault(h, set()).add(key)
         tensor_set: set[str] = set()
-        for h in objects:
-            for t in self._tensors_named_by(h):
+        for h in sorted(objects):
+            tensors, packs = self._named_by(h)
+            for t in tensors:
                 tensor_set.add(t)
                 reached_by.setdefault(t, set()).update(reached_by[h])
+            for p in packs:  # tensor packs are objects
+                reached_by.setdefault(p, set()).update(reached_by[h])
+            objects |= packs
         return {"actions": kept, "objects": objects, "tensors": tensor_set, "reached_by": reached_by}
 
-    def _tensors_named_by(self, h: str) -> set[str]:
-        """Tensor hashes listed under a top-level "tensors" dict of a JSON object (the gc convention)."""
+    def _named_by(self, h: str) -> tuple[set[str], set[str]]:
+        """Tensor hashes listed under a top-level "tensors" dict of a JSON object, and the tensor packs under
+        its "packs" dict (the gc convention; ``packs.py``)."""
         try:
             data = self._backend.read_quiet(_object_rel(h))
         except (FileNotFoundError, IsADirectoryError):
-            return set()
+            return set(), set()
         if hash_bytes(data) != h or not data.startswith(b"{"):
-            return set()  # msgpack or other binary output: never refers to tensors
+            return set(), set()  # msgpack or other binary output: never refers to tensors
         try:
             obj = json.loads(data)
         except ValueError:
-            return set()
-        mapping = obj.get("tensors") if isinstance(obj, dict) else None
-        return _hashes_in(mapping.values()) if isinstance(mapping, dict) else set()
+            return set(), set()
+        if not isinstance(obj, dict):
+            return set(), set()
+        named = [obj.get(key) for key in ("tensors", "packs")]
+        tensors, packs = (_hashes_in(m.values()) if isinstance(m, dict) else set() for m in named)
+        return tensors, packs
 
 
 def _hashes_in(values: Iterable[Any]) -> set[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,11 @@ class ExternalRef:
     def from_json(d: dict, model_dir: Path) -> ExternalRef:
         return ExternalRef(str(model_dir / d["location"]), int(d["offset"]), int(d["length"]), d["dtype"],
                            tuple(d["shape"]))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the loaded array (a sub-byte type unpacks to one byte an element)."""
+        return math.prod(self.shape) * dtype_from_name(self.dtype).itemsize
 
     def load(self) -> np.ndarray:
         count = int(np.prod(self.shape, dtype=np.int64))

@@ -27,9 +27,8 @@ from ..errors import BundleCorrupt, BundleError, BundleIOError, ParamInvalid, Ru
 from ..ir.hashing import tensor_hash
 from . import formats
 from .executor import Executor, VariableStore
-from .validate import validate_manifest
-
-SUPPORTED_FORMAT_VERSIONS = (1,)
+from .validate import FORMAT_VERSIONS as SUPPORTED_FORMAT_VERSIONS  # noqa: F401  (one definition)
+from .validate import PACKED_ARRAY, validate_manifest
 
 
 class LoadedBundle:
@@ -101,7 +100,10 @@ def load_bundle(path: str | os.PathLike, run_init: bool = True) -> LoadedBundle:
     with _guarded(BundleCorrupt, path):
         manifest = dict(group.attrs)
     validate_manifest(manifest, path, stored_bytes(path))
-    constants = {cid: _read_constant(group, cid, c, path) for cid, c in manifest["constants"].items()}
+    packed = _read_packed(group, path) if any(c["array"] == PACKED_ARRAY for c in manifest["constants"].values()) \
+        else None
+    constants = {cid: _packed_constant(packed, cid, c, path) if c["array"] == PACKED_ARRAY
+                 else _read_constant(group, cid, c, path) for cid, c in manifest["constants"].items()}
     with _guarded(BundleCorrupt, path):
         bundle = LoadedBundle(path, manifest, constants)
     if run_init:
@@ -154,6 +156,39 @@ def open_group(path: str):
         return zarr.open_group(store, mode="r")
     except (GroupNotFoundError, NodeTypeValidationError, OSError, *_DATA_ERRORS) as err:
         raise BundleCorrupt(f"not a bundle: {type(err).__name__}: {err}", path) from None
+
+
+def _read_packed(group, path: str) -> np.ndarray:
+    """The packed array of small constants (format 2): plain uint8 bytes."""
+    import zarr
+    from zarr.codecs import BytesCodec
+
+    try:
+        arr = group[PACKED_ARRAY]
+        meta = getattr(arr, "metadata", None)
+        if not (isinstance(arr, zarr.Array) and arr.ndim == 1 and arr.dtype == np.uint8
+                and getattr(meta, "zarr_format", None) == 3 and len(meta.codecs) == 1
+                and isinstance(meta.codecs[0], BytesCodec) and not meta.storage_transformers):
+            raise BundleCorrupt(f"{PACKED_ARRAY} is not a plain uint8 array", path)
+        return np.asarray(arr[...])
+    except BundleCorrupt:
+        raise
+    except (OSError, KeyError, *_DATA_ERRORS) as err:
+        raise BundleCorrupt(f"{PACKED_ARRAY} cannot be read: {type(err).__name__}: {err}", path) from None
+
+
+def _packed_constant(packed: np.ndarray | None, cid: str, const: dict, path: str) -> np.ndarray:
+    """A small constant: its bytes in the packed array, viewed as its type and verified against its hash."""
+    start, nbytes = const["offset"], const["nbytes"]
+    if packed is None or start + nbytes > packed.size:
+        raise BundleCorrupt(f"constant {cid!r} lies outside {PACKED_ARRAY}", path)
+    stored = storage_dtype(const["dtype"])
+    shape = tuple(const.get("storage", const["shape"]))
+    raw = packed[start : start + nbytes].view(stored.newbyteorder("<"))
+    value = raw.astype(stored, copy=False).view(dtype_from_name(const["dtype"])).reshape(shape)
+    if tensor_hash(value) != const["hash"]:
+        raise BundleCorrupt(f"constant {cid!r} does not match its recorded hash", path)
+    return value
 
 
 def _read_constant(group, cid: str, const: dict, path: str) -> np.ndarray:

@@ -25,7 +25,8 @@ from .control import BODY_ATTRS, CONTROL_OPS, KERNEL_GRAPH_ATTRS
 from .kernels import SUPPORTED_OPS, supports_op
 from .npu import NPU_FORMAT_OPS
 
-FORMAT_VERSIONS = (1,)
+FORMAT_VERSIONS = (1, 2)  # 2: small constants share constants/packed at an offset
+PACKED_ARRAY = "constants/packed"
 # numeric and bool types, with the ml_dtypes ones (bfloat16, float8*, float4, int4, int2, ...); never
 # object (strings come only from the caller as feeds) nor anything else np.dtype would parse
 DTYPES = frozenset({"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
@@ -148,6 +149,11 @@ def _constants(raw: object) -> dict[str, dict]:
             _shape(c["storage"], f"{what} storage")
         _dtype(c.get("dtype"), what)
         _need(isinstance(c.get("hash"), str), f"{what} has no hash")
+        if c.get("array") == PACKED_ARRAY:  # format 2: bytes [offset, offset + nbytes) of the packed array
+            offset, nbytes = c.get("offset"), c.get("nbytes")
+            _need(type(offset) is int and offset >= 0 and offset % 64 == 0, f"{what} has a bad offset")
+            _need(nbytes == _nbytes(c.get("storage", c["shape"]), c["dtype"]), f"{what} has a bad size")
+            continue
         _need(c.get("array") == f"constants/{cid}", f"{what} points at array {_short(c.get('array'))}")
     return raw  # type: ignore[return-value]
 

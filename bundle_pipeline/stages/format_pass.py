@@ -86,7 +86,7 @@ class Step:
 
     seen: tuple[State | None, ...]  # each input's state when the node ran (None: an omitted input)
     plan: Plan
-    reads: tuple[str | Pair | None, ...]  # per input: the value as it is, or the TransData it reads through
+    reads: tuple[str | Pair, ...]  # per input: the value as it is ("" when omitted), or the TransData it reads
     converted: dict[Pair, str]  # the TransData pairs it reads through -> their source format
     after: dict[str, State]  # the state each weight it read is left in
     outs: tuple[str | None, ...]  # the format of each output
@@ -154,11 +154,11 @@ class FormatPass:
         now = {x: s for x, s in zip(node.inputs, seen, strict=True) if x}
         plan = self.plan(i, lambda x: now[x][0])
         wanted = plan[0] if plan else [self.natural[x] if x else None for x in node.inputs]
-        reads: list[str | Pair | None] = []
+        reads: list[str | Pair] = []
         converted: dict[Pair, str] = {}
         for x, dst in zip(node.inputs, wanted, strict=True):
             if not x:
-                reads.append(None)
+                reads.append(x)  # an omitted optional input stays ""
                 continue
             fmt, foldable = now[x]
             if same_layout(fmt, dst):
@@ -204,7 +204,7 @@ class FormatPass:
                                             {"src_format": src, "dst_format": dst}))
                     graph.types[out] = graph.types[x]
                     formats[out] = dst
-            inputs = [r if r is None or isinstance(r, str) else f"{r[0]}@{r[1]}" for r in step.reads]
+            inputs = [r if isinstance(r, str) else f"{r[0]}@{r[1]}" for r in step.reads]
             graph.nodes.append(Node(node.name, node.op_type, inputs, list(node.outputs), node.attrs, node.domain))
             formats.update({x: s[0] for x, s in step.after.items()})
             formats.update({o: f for o, f in zip(node.outputs, step.outs, strict=True) if o})

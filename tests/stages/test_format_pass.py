@@ -44,7 +44,13 @@ agraph (float[32,48] w, float[16,32] x, float[48,32] v, float[32,48] c) => (floa
   z = MatMul(w2, v)
 }
 """
-WEIGHTS = {"tangled": ("c", "v"), "conv": ("w", "b")}
+OMITTED = """
+agraph (float[32,48] w, float[16,32] x, float hi) => (float[16,48] y) {
+  m = MatMul(x, w)
+  y = Clip(m, , hi)
+}
+"""
+WEIGHTS = {"tangled": ("c", "v"), "conv": ("w", "b"), "omitted": ()}
 CONV = """
 agraph (float[1,16,8,8] x, float[32,16,3,3] w, float[32] b) => (float[1,32,6,6] y, float[1,32,6,6] r) {
   c = Conv(x, w, b)
@@ -60,8 +66,8 @@ def sources_and_formats(s: dict) -> list[tuple[str, str]]:
     return [(v, f) for v in names for f in FORMATS if accepts(f, tuple(types[v]["shape"]))]
 
 
-@pytest.mark.parametrize(("body", "weights"), [(TANGLED, WEIGHTS["tangled"]), (CONV, WEIGHTS["conv"])],
-                         ids=["tangled", "conv"])
+@pytest.mark.parametrize(("body", "weights"), [(TANGLED, WEIGHTS["tangled"]), (CONV, WEIGHTS["conv"]),
+                                               (OMITTED, WEIGHTS["omitted"])], ids=["tangled", "conv", "omitted"])
 def test_what_if_bytes_equal_the_full_pass(body, weights):
     s = structure(body, weights)
     for v, fmt in sources_and_formats(s):
@@ -99,3 +105,8 @@ def test_assign_runs_one_full_pass_per_reading_graph(monkeypatch):
         measured = {f: 2 * format_pass.FormatPass(s, NPU).transdata_bytes({v: f}) for f in FORMATS
                     if accepts(f, tuple(variables[v]["shape"]))}
         assert measured[fmt] == min(measured.values())
+
+
+def test_an_omitted_input_stays_omitted():
+    built = format_pass.FormatPass(structure(OMITTED), NPU).build({})
+    assert [n.inputs for n in built.nodes if n.op_type == "Clip"] == [["m", "", "hi"]]
