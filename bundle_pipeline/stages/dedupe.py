@@ -37,10 +37,9 @@ def _write_map(g: dict, assign: dict[str, str]) -> dict[str, str]:
     where = f"graph {g['name']}"
     outputs = g["structure"]["outputs"]
     if assign and g["role"] == "infer":
-        raise GraphInvalid(f"infer graph {g['name']} has 'assign'; only init and update graphs write variables",
-                           where)
+        raise GraphInvalid("an infer graph cannot have 'assign'; only init and update graphs write variables", where)
     for output in sorted(set(assign) - set(outputs)):
-        raise GraphInvalid(f"graph {g['name']}: assign names output {output!r}, which the graph does not have "
+        raise GraphInvalid(f"assign names output {output!r}, which the graph does not have "
                            f"(outputs: {', '.join(outputs) or 'none'})", where)
     if g["role"] == "infer":
         return {}
@@ -48,8 +47,8 @@ def _write_map(g: dict, assign: dict[str, str]) -> dict[str, str]:
     for output in outputs:
         variable = assign.get(output, output)
         if variable in writes:
-            raise VariableConflict(f"graph {g['name']} writes variable {variable!r} twice: from outputs "
-                                   f"{writes[variable]!r} and {output!r} (one output per variable)", where)
+            raise VariableConflict(f"outputs {writes[variable]!r} and {output!r} both write variable {variable!r}; "
+                                   f"a graph writes a variable from one output", where)
         writes[variable] = output
     return writes
 
@@ -81,9 +80,8 @@ def _check_assigned(graphs: list[dict], assign: dict[str, dict[str, str]], names
     for g in graphs:
         for output, variable in sorted(assign.get(g["name"], {}).items()):
             if variable not in names:
-                raise GraphInvalid(f"graph {g['name']}: assign writes output {output!r} to {variable!r}, which no "
-                                   f"graph reads; read it in some graph or list it under 'variables'",
-                                   f"graph {g['name']}")
+                raise GraphInvalid(f"assign writes output {output!r} to {variable!r}, which no graph reads; "
+                                   f"read it in some graph or list it under 'variables'", f"graph {g['name']}")
 
 
 def _variable(name: str, graphs: list[dict], writes: dict[str, dict[str, str]]) -> dict:
