@@ -104,8 +104,9 @@ def render(info: dict, path: str) -> None:
     variables = Table("variable", "shape", "dtype", "format", "bytes", "readers", "writers", title="variables")
     writes = {g["name"]: g["writes"] for g in info["graphs"]}
     for v in info["variables"]:
-        writers = [w if writes[w].get(v["name"], v["name"]) == v["name"] else f"{w} ({writes[w][v['name']]})"
-                   for w in v["writers"]]  # "update (W_next)": the output that writes it, when assign renamed it
+        outputs = {w: writes.get(w, {}).get(v["name"], v["name"]) for w in v["writers"]}
+        # "update (W_next)": the output that writes the variable, when assign maps another name to it
+        writers = [w if out == v["name"] else f"{w} ({out})" for w, out in outputs.items()]
         variables.add_row(v["name"], str(v["shape"]), v["dtype"], v["format"], _bytes(v["nbytes"]),
                           ", ".join(v["readers"]), ", ".join(writers) or "-")
     console.print(variables)

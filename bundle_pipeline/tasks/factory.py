@@ -39,8 +39,8 @@ def bundle_tasks(spec: BundleSpec) -> list[Task]:
         opts = _options(g)
         where = f"graph {g.name} ({g.model})" if isinstance(g.model, str) else f"graph {g.name}"
         context = {"source": _source(g), "where": where}
-        tasks.append(_task(b, "parse", g.name, [], options_for("parse", opts) if opts else
-                           {"input_shape": "", "out_nodes": ""}, context))
+        parse_options = options_for("parse", opts) if opts else {"input_shape": "", "out_nodes": ""}
+        tasks.append(_task(b, "parse", g.name, [], {**parse_options, "role": g.role}, context))
         tasks.append(_task(b, "parse.weights", g.name, [Dep("refs", ids["parse", g.name], "refs")], {}, context))
     graph_list = [{"name": g.name, "role": g.role} for g in spec.graphs]
     structure_deps = [Dep(f"structure:{g.name}", ids["parse", g.name], "structure") for g in spec.graphs]
