@@ -13,6 +13,7 @@ so an update writes the stored bytes in place.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 from ..dtypes import dtype_from_name, is_extended
 from ..ir.graph import Graph, Node
@@ -132,9 +133,15 @@ def transdata_bytes(structure: dict) -> int:
     return total
 
 
-def insert(structure: dict, var_formats: dict[str, str], target: Target) -> dict:
-    """Per-graph step: every value's format, TransData nodes where a reader needs another, native nodes."""
+def insert(structure: dict, var_formats: dict[str, str], target: Target,
+           assign: Mapping[str, str] | None = None) -> dict:
+    """Per-graph step: every value's format, TransData nodes where a reader needs another, native nodes.
+
+    ``assign`` (output -> variable) names the variable an output writes when it is not the output's own name:
+    that output ends in the variable's format. An output that is a graph input passed through unchanged is
+    left as it is (its name is the input's); the runtime converts it when it writes the variable."""
     graph = Graph.from_json(structure)
+    assign = assign or {}
     formats = {v: var_formats.get(v, natural_format(len(graph.types[v].shape), target))
                for v in [*graph.inputs, *graph.weights, *graph.consts]}
     foldable = {w for w in graph.weights if w not in var_formats}  # constants: convert the stored bytes
@@ -172,9 +179,10 @@ def insert(structure: dict, var_formats: dict[str, str], target: Target) -> dict
         if plan:
             native.append(node.name)
     graph.nodes, graph.formats, graph.native = nodes, formats, native
+    produced = {o for node in nodes for o in node.outputs}
     for out in graph.outputs:
-        wanted = var_formats.get(out, natural_format(len(graph.types[out].shape), target))
-        if not same_layout(formats[out], wanted):
+        wanted = var_formats.get(assign.get(out, out), natural_format(len(graph.types[out].shape), target))
+        if out in produced and not same_layout(formats[out], wanted):
             _convert_output(graph, out, wanted)
     return graph.to_json()
 
