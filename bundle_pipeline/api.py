@@ -20,12 +20,17 @@ if TYPE_CHECKING:  # onnx is imported lazily: a no-op CLI build must not pay for
 
 @dataclass
 class GraphWithOptions:
-    """One graph of a bundle: ``graph`` is an ``onnx.ModelProto`` or a path; role inferred when omitted."""
+    """One graph of a bundle: ``graph`` is an ``onnx.ModelProto`` or a path; role inferred when omitted.
+
+    ``assign`` maps graph outputs to the variables they write (``{"W_next": "W"}``: read-modify-write, init and
+    update graphs only); a graph with ``assign`` and no role is an update graph if it has feeds, else init.
+    """
 
     graph: onnx.ModelProto | str | os.PathLike
     build_options: Mapping[str, str] = field(default_factory=dict)
     role: str | None = None
     name: str | None = None
+    assign: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -87,8 +92,14 @@ def _graph_specs(graphs: Sequence[GraphWithOptions]) -> tuple[GraphSpec, ...]:
     sources = [_source(g.graph) for g in graphs]
     roles = [g.role or _infer_role(i, graphs) for i, g in enumerate(graphs)]
     names = [g.name or _default_name(g.graph, roles[i], i) for i, g in enumerate(graphs)]
-    return tuple(GraphSpec(name=n, role=r, model=s, options=dict(g.build_options))
+    return tuple(GraphSpec(name=n, role=r, model=s, options=dict(g.build_options), assign=_assign(g))
                  for n, r, s, g in zip(names, roles, sources, graphs, strict=True))
+
+
+def _assign(g: GraphWithOptions) -> dict[str, str]:
+    if not isinstance(g.assign, Mapping):
+        raise ParamInvalid(f"assign must be a mapping {{output: variable}}, not {type(g.assign).__name__}", "graphs")
+    return dict(g.assign)
 
 
 def _source(graph: onnx.ModelProto | str | os.PathLike) -> str | bytes:
@@ -106,9 +117,12 @@ def _default_name(graph: object, role: str, index: int) -> str:
 
 
 def _infer_role(index: int, graphs: Sequence[GraphWithOptions]) -> str:
-    """init: no feeds and every output read by another graph; update: feeds and the same; else infer."""
+    """init: no feeds and every output read by another graph; update: feeds and the same; else infer.
+    A graph with ``assign`` writes variables: update with feeds, else init."""
     io = [_io_names(g.graph) for g in graphs]
     feeds, outputs, _ = io[index]
+    if graphs[index].assign:
+        return "update" if feeds else "init"
     read_elsewhere = set().union(*(io[j][2] for j in range(len(graphs)) if j != index))
     if outputs and outputs <= read_elsewhere:
         return "update" if feeds else "init"

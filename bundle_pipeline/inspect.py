@@ -33,7 +33,7 @@ def describe(path: str) -> dict:
 def _graph(g: dict) -> dict:
     program = g["program"]
     steps = list(_all_steps(program["steps"]))  # control-flow bodies' steps too
-    return {"name": g["name"], "role": g["role"],
+    return {"name": g["name"], "role": g["role"], "writes": _writes(program),
             "transdata": sum(s["op"] == "TransData" for s in steps),
             "transdata_bytes": sum(_transdata_bytes(s, program) for s in steps if s["op"] == "TransData"),
             "native_steps": sum(bool(s.get("native")) for s in steps),
@@ -44,6 +44,11 @@ def _graph(g: dict) -> dict:
             "kernels": [{"node": s["node"], "op": s["op"], "native": bool(s.get("native")),
                          "tiling": {k: v for k, v in s["tiling"].items() if k != "cost"}}
                         for s in steps if s.get("tiling")]}
+
+
+def _writes(program: dict) -> dict[str, str]:
+    """variable -> the output that writes it (the variable's own name unless ``assign`` mapped another)."""
+    return {out.get("writes", out["name"]): out["name"] for out in program["outputs"] if out.get("variable")}
 
 
 def _all_steps(steps: list[dict]):
@@ -97,9 +102,13 @@ def render(info: dict, path: str) -> None:
     if kernels.row_count:
         console.print(kernels)
     variables = Table("variable", "shape", "dtype", "format", "bytes", "readers", "writers", title="variables")
+    writes = {g["name"]: g["writes"] for g in info["graphs"]}
     for v in info["variables"]:
+        outputs = {w: writes.get(w, {}).get(v["name"], v["name"]) for w in v["writers"]}
+        # "update (W_next)": the output that writes the variable, when assign maps another name to it
+        writers = [w if out == v["name"] else f"{w} ({out})" for w, out in outputs.items()]
         variables.add_row(v["name"], str(v["shape"]), v["dtype"], v["format"], _bytes(v["nbytes"]),
-                          ", ".join(v["readers"]), ", ".join(v["writers"]) or "-")
+                          ", ".join(v["readers"]), ", ".join(writers) or "-")
     console.print(variables)
     c = info["constants"]
     console.print(f"constants: {c['count']} stored once each ({_bytes(c['nbytes'])}) for {c['references']} "

@@ -15,7 +15,7 @@ from .targets import get_target
 
 ROLES = ("init", "update", "infer")
 TOP_KEYS = {"name", "target", "output", "cache", "variables", "graphs"}
-GRAPH_KEYS = {"name", "role", "model", "options"}
+GRAPH_KEYS = {"name", "role", "model", "options", "assign"}
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class GraphSpec:
     model: str | bytes
     options: dict[str, str] = field(default_factory=dict)
     where: str = field(default="", compare=False)  # file:line of its entry, for error messages
+    assign: dict[str, str] = field(default_factory=dict)  # output -> variable it writes (init/update graphs)
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def _build_spec(raw: dict, path: Path, target: str | None, output: str | None,
     name = _text(raw, "name", where, default=path.stem)
     graphs_raw = raw.get("graphs")
     if not isinstance(graphs_raw, list) or not graphs_raw:
-        raise ParamInvalid("'graphs' must be a non-empty list of {name, role, model, options}", where)
+        raise ParamInvalid("'graphs' must be a non-empty list of {name, role, model, options, assign}", where)
     graphs = tuple(_graph(g, base, path) for g in graphs_raw)
     variables = raw.get("variables")
     if variables is not None and not (isinstance(variables, list) and all(isinstance(v, str) for v in variables)):
@@ -107,7 +108,8 @@ def _build_spec(raw: dict, path: Path, target: str | None, output: str | None,
 
 def _graph(raw: Any, base: Path, path: Path) -> GraphSpec:
     if not isinstance(raw, dict):
-        raise ParamInvalid("each entry of 'graphs' must be a mapping {name, role, model, options}", str(path))
+        raise ParamInvalid("each entry of 'graphs' must be a mapping {name, role, model, options, assign}",
+                           str(path))
     where = f"{path}:{raw.get('__line__', 1)}"
     _check_keys(raw, GRAPH_KEYS, where)
     model = _text(raw, "model", where)
@@ -117,7 +119,12 @@ def _graph(raw: Any, base: Path, path: Path) -> GraphSpec:
     if not isinstance(options, dict):
         raise ParamInvalid(f"graph {name}: 'options' must be a mapping", where)
     options = {k: v for k, v in options.items() if k != "__line__"}
-    return GraphSpec(name=name, role=role, model=_resolve(base, model), options=options, where=where)
+    assign = raw.get("assign") or {}
+    if not isinstance(assign, dict):
+        raise ParamInvalid(f"graph {name}: 'assign' must be a mapping {{OUTPUT: VARIABLE}}", where)
+    assign = {k: v for k, v in assign.items() if k != "__line__"}
+    return GraphSpec(name=name, role=role, model=_resolve(base, model), options=options, where=where,
+                     assign=assign)
 
 
 def check_graph_set(graphs: tuple[GraphSpec, ...] | list[GraphSpec], where: str) -> None:
@@ -135,11 +142,23 @@ def check_graph_set(graphs: tuple[GraphSpec, ...] | list[GraphSpec], where: str)
                                 f"(got {', '.join(sorted(g.options))} on a {g.role} graph)", at)
         if g.role == "infer":
             validate_options(g.options, f"{at}: graph {g.name}")
+        check_assign(g, at)
     roles = [g.role for g in graphs]
     if roles.count("init") > 1:
         raise ParamInvalid(f"at most one init graph is allowed, got {roles.count('init')}", where)
     if "infer" not in roles:
         raise ParamInvalid("a bundle needs at least one infer graph", where)
+
+
+def check_assign(g: GraphSpec, where: str) -> None:
+    """``assign`` maps output names to variable names (strings), on init and update graphs only."""
+    if not isinstance(g.assign, dict) or not all(isinstance(k, str) and isinstance(v, str) and k and v
+                                                 for k, v in g.assign.items()):
+        raise ParamInvalid(f"graph {g.name}: 'assign' must map output names to variable names "
+                           f"{{OUTPUT: VARIABLE}}, got {g.assign!r}", where)
+    if g.assign and g.role == "infer":
+        raise ParamInvalid(f"graph {g.name}: 'assign' is accepted only on init and update graphs (an infer graph "
+                           f"writes no variables)", where)
 
 
 def _check_keys(raw: dict, allowed: set[str], where: str) -> None:

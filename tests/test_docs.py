@@ -166,11 +166,16 @@ def test_worked_example_runs_as_written(repo_copy):
     marked = [body for lang, body, at in code_blocks(README)
               if lang == "bash" and README.rfind(TESTED_MARK, 0, at) > README.rfind("```", 0, at - 1)]
     assert marked, "no README block is marked as tested"
+    outs = {}
     for body in marked:
         proc = subprocess.run(["bash", "-euo", "pipefail", "-c", body], cwd=work, env=env, capture_output=True,
                               text=True, check=False, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout
+        outs[body] = proc.stdout
+    sgd = next(out for body, out in outs.items() if "examples/sgd" in body)
+    sgd_means = re.findall(r"^y: float32\[4, 3\]  mean (\S+)", sgd, re.M)
+    assert len(sgd_means) == 2 and sgd_means[0] != sgd_means[1]  # one SGD step changed W and b
+    out = next(out for body, out in outs.items() if "examples/demo" in body)
     assert "demo/parse:init" in out and "file changed:" in out  # status names the edited file
     report = json.loads(next(line for line in reversed(out.splitlines()) if line.startswith("{")))
     ran = {t["id"] for t in report["tasks"] if t["status"] == "ran"}

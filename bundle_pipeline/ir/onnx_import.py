@@ -8,7 +8,7 @@ are inlined as consts; every other initializer or ``Constant`` output is a weigh
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -306,8 +306,10 @@ def _attrs(node: onnx.NodeProto) -> dict:
     return out
 
 
-def to_ir(model: onnx.ModelProto, name: str, detached: Detached, where: str) -> tuple[Graph, Detached]:
-    """Build the IR graph and the weights (arrays or external refs) from a folded, shape-inferred model."""
+def to_ir(model: onnx.ModelProto, name: str, detached: Detached, where: str,
+          outputs_write: bool = False) -> tuple[Graph, Detached]:
+    """Build the IR graph and the weights (arrays or external refs) from a folded, shape-inferred model.
+    ``outputs_write``: the graph writes variables (init/update), see ``_outputs_as_writes``."""
     g = model.graph
     types = _tensor_types(model, where)
     initializers = {t.name: numpy_helper.to_array(t) for t in g.initializer}
@@ -331,15 +333,50 @@ def to_ir(model: onnx.ModelProto, name: str, detached: Detached, where: str) -> 
             scope.types.update(_types_of({node.output[0]: {**consts, **weights}[node.output[0]]}))
             continue
         nodes.append(Node(label, node.op_type, list(node.input), list(node.output), attrs, domain))
+    written = (_outputs_as_writes(nodes, [o.name for o in g.output], consts, weights, types, scope.label)
+               if outputs_write else {})
     _drop_unused(nodes, g, consts, weights)
     _drop_dead_outputs(nodes, g, types)
     types.update(_types_of({**consts, **weights}))
+    types.update(written)
     feeds = [i.name for i in g.input if i.name not in initializers and i.name not in detached]
     graph = Graph(name=name, opset=default_opset(model), inputs=feeds, outputs=[o.name for o in g.output],
                   nodes=nodes, types=types, weights=sorted(weights), consts=consts,
                   domain_opsets=used_opsets(nodes, scope.domain_opsets))
     _check_static(graph, model, where)
     return graph, weights
+
+
+def _outputs_as_writes(nodes: list[Node], outputs: list[str], consts: dict, weights: Detached,
+                       types: dict[str, TensorType], label: Callable[[str], str]) -> dict[str, TensorType]:
+    """In an init/update graph a graph output is a write, never a read (DESIGN section 2): an output that is
+    an initializer, a ``Constant``'s value or a folded tensor keeps its name for the output, made by an Identity
+    node, while the tensor itself moves to a fresh name (``W@const``) that the graph's nodes read instead, as
+    ONNX means them to. So an init graph ``W = initializer`` writes the variable ``W`` and does not read it.
+    (An infer graph's initializer ``W`` stays a read of the variable ``W``; outputting it too is an error that
+    dedupe reports.) Returns the outputs' types."""
+    taken = {*consts, *weights, *types, *(o for n in nodes for o in n.outputs)}
+    written: dict[str, TensorType] = {}
+    for name in dict.fromkeys(outputs):
+        table = consts if name in consts else weights if name in weights else None
+        if table is None:
+            continue
+        fresh = _fresh_name(f"{name}@const", taken)
+        table[fresh] = table.pop(name)
+        for node in nodes:
+            node.inputs = [fresh if i == name else i for i in node.inputs]
+        nodes.append(Node(label(f"{name}@write"), "Identity", [fresh], [name]))
+        written[name] = _types_of({name: table[fresh]})[name]
+    return written
+
+
+def _fresh_name(name: str, taken: set[str]) -> str:
+    candidate, n = name, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}~{n}"
+    taken.add(candidate)
+    return candidate
 
 
 def _types_of(tensors: Mapping[str, np.ndarray | ExternalRef]) -> dict[str, TensorType]:
@@ -424,7 +461,7 @@ def _check_static(graph: Graph, model: onnx.ModelProto, where: str) -> None:
 
 
 def import_model(source: str | bytes | os.PathLike, name: str, input_shapes: Mapping[str, list[int]],
-                 out_nodes: str, where: str) -> tuple[Graph, Detached]:
+                 out_nodes: str, where: str, outputs_write: bool = False) -> tuple[Graph, Detached]:
     """The whole parse: load, detach weights, check, apply options, infer shapes, fold, re-infer, convert."""
     model, base = load_model(source, where)
     detached = detach_weights(model, base, where)
@@ -442,7 +479,7 @@ def import_model(source: str | bytes | os.PathLike, name: str, input_shapes: Map
         model = infer_shapes(model, where)
         if not inlined:
             break
-    return to_ir(model, name, detached, where)
+    return to_ir(model, name, detached, where, outputs_write)
 
 
 def _clear_inferred(model: onnx.ModelProto) -> None:

@@ -78,13 +78,33 @@ class LoadedBundle:
         return formats.from_format(value, var["format"], tuple(var["shape"])).copy()
 
     def _run_writing(self, graph: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run an init/update graph, then write every variable it writes at once: each read inside the run saw
+        the old values (outputs are copies out of the arena, never the variables' own storage)."""
         executor = self.executors[graph]
         with _guarded(RuntimeFailure, f"graph {graph}"):
             outputs = executor.run(feeds)
-            for out in executor.program["outputs"]:
-                if out["variable"]:
-                    self.variables.write(out["name"], outputs[out["name"]])
-        return outputs
+            program = executor.program
+            self.variables.write_all({out.get("writes", out["name"]): self._stored(out, outputs[out["name"]], program)
+                                      for out in program["outputs"] if out["variable"]})
+            return {name: self._standard(name, value, program) for name, value in outputs.items()}
+
+    def _stored(self, out: dict, value: np.ndarray, program: dict) -> np.ndarray:
+        """An output's value in the stored format of the variable it writes. Codegen ends a computed output in
+        that format already; an input passed through unchanged is converted here."""
+        var = self.variables.table[out.get("writes", out["name"])]
+        src = program.get("formats", {}).get(out["name"], "ND")
+        if src == var["format"] or (src in formats.STANDARD and var["format"] in formats.STANDARD):
+            return value
+        return formats.transdata(value, src, var["format"], tuple(var["shape"]))
+
+    @staticmethod
+    def _standard(name: str, value: np.ndarray, program: dict) -> np.ndarray:
+        """What a caller gets back: the standard layout, whatever format the output is stored in."""
+        fmt = program.get("formats", {}).get(name)
+        if fmt is None or fmt in formats.STANDARD or not isinstance(value, np.ndarray):
+            return value
+        shape = next(tuple(o["shape"]) for o in program["outputs"] if o["name"] == name)
+        return formats.from_format(value, fmt, shape)
 
     def _check_graph(self, graph: str, role: str) -> None:
         if graph not in self.roles:

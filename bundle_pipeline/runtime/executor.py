@@ -242,9 +242,16 @@ class VariableStore:
         return self.values[name]
 
     def write(self, name: str, value: np.ndarray) -> None:
-        stored = self.values[name]
-        if value.shape != stored.shape or value.dtype != stored.dtype:
-            raise RuntimeFailure(f"variable {name!r} is {stored.dtype}{list(stored.shape)} but the graph wrote "
-                                 f"{value.dtype}{list(value.shape)}", f"variable {name}")
-        np.copyto(stored, value)
-        self.is_set[name] = True
+        self.write_all({name: value})
+
+    def write_all(self, values: Mapping[str, np.ndarray]) -> None:
+        """Write several variables together: every value is checked before any is written, so a bad one
+        leaves all of them as they were. The values must not be views of this store (outputs are copies)."""
+        for name, value in values.items():
+            stored = self.values[name]
+            if value.shape != stored.shape or value.dtype != stored.dtype:
+                raise RuntimeFailure(f"variable {name!r} is {stored.dtype}{list(stored.shape)} but the graph "
+                                     f"wrote {value.dtype}{list(value.shape)}", f"variable {name}")
+        for name, value in values.items():
+            np.copyto(self.values[name], value)
+            self.is_set[name] = True

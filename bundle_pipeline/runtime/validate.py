@@ -229,11 +229,28 @@ def _graph(g: dict, variables: dict[str, dict], constants: dict[str, dict]) -> i
         inline += _step(step, defined, values, arena, opsets)
     outputs = p.get("outputs")
     _need(isinstance(outputs, list), "the program has no output list")
+    written: set[str] = set()
     for out in outputs:
         _need(isinstance(out, dict) and isinstance(out.get("name"), str), "an output has no name")
-        ok = out["name"] in defined and (not out.get("variable") or out["name"] in variables)
-        _need(ok, f"output {out['name']!r} is not produced or writes an unknown variable")
+        _need(out["name"] in defined, f"output {out['name']!r} is not produced")
+        if out.get("variable"):
+            _output_write(out, variables, g["role"], written)
     return arena + inline
+
+
+def _output_write(out: dict, variables: dict[str, dict], role: str, written: set[str]) -> None:
+    """An output that writes a variable (its own name, or ``writes``): a known variable of the output's type,
+    written by an init/update graph, at most once per run."""
+    target = out.get("writes", out["name"])
+    _need(isinstance(target, str) and target in variables, f"output {out['name']!r} writes an unknown variable "
+                                                           f"{_short(target)}")
+    _need(role != "infer", f"output {out['name']!r} writes variable {target!r} from an infer graph")
+    _need(target not in written, f"two outputs write variable {target!r}")
+    written.add(target)
+    var = variables[target]
+    _need(out.get("shape") == var["shape"] and out.get("dtype") == var["dtype"],
+          f"output {out['name']!r} is {_short(out.get('dtype'))}{_short(out.get('shape'))} but writes variable "
+          f"{target!r} of {var['dtype']}{var['shape']}")
 
 
 def _opsets(p: dict) -> dict[str, int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ..dtypes import dtype_from_name
@@ -33,10 +33,12 @@ NHWC_TO_NCHW = [0, 3, 1, 2]
 
 
 def run(structure: dict, tiling: dict[str, dict], variables: dict, role: str, options: dict,
-        memo: Memo | None = None) -> dict:
+        memo: Memo | None = None, assign: Mapping[str, str] | None = None) -> dict:
     """The program the runtime executes. ``options``: the codegen subset of the graph's build options.
 
     ``memo(signature, decide)`` may return the kernel data recorded for the same kernel signature.
+    ``assign`` (output -> variable) of an init/update graph: an output marked ``variable`` writes the variable
+    of its own name, or the one named by ``writes``.
     """
     graph = Graph.from_json(structure)
     layouts = apply_input_format(graph, variables, options.get("input_format", "NCHW"))
@@ -57,7 +59,7 @@ def run(structure: dict, tiling: dict[str, dict], variables: dict, role: str, op
         "reads": sorted(reads),
         "weights": sorted(w for w in graph.weights if w not in variables),
         "consts": {k: encode_tensor(v) for k, v in sorted(graph.consts.items())},
-        "outputs": [{**_typed(graph, o), "variable": o in variables and role != "infer"} for o in graph.outputs],
+        "outputs": [_output(graph, o, variables, role, assign or {}) for o in graph.outputs],
         "values": buffers,
         "steps": steps,
         "arena_bytes": arena,
@@ -104,6 +106,14 @@ def _fresh(name: str, taken) -> str:
         n += 1
         candidate = f"{name}~{n}"
     return candidate
+
+
+def _output(graph: Graph, name: str, variables: dict, role: str, assign: Mapping[str, str]) -> dict:
+    """A graph output; when it writes a variable, ``variable`` is set (and ``writes`` names the variable if
+    ``assign`` maps the output to another name). All writes of a run land together after it (the runtime)."""
+    written = assign.get(name, name)
+    writes = written in variables and role != "infer"
+    return {**_typed(graph, name), "variable": writes, **({"writes": written} if writes and written != name else {})}
 
 
 def _typed(graph: Graph, name: str) -> dict:

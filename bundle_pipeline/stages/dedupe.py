@@ -8,18 +8,22 @@ from ..errors import GraphInvalid, ParamInvalid, VariableConflict
 from ..ir.steering import ir_steering
 
 NAME = "dedupe"
-VERSION = "2"  # 2: a variable whose value steers shapes is refused (ir/steering.py)
+VERSION = "3"  # 2: steering variables refused (ir/steering.py) / writes by assign; 3: both
 
 
 def run(graphs: list[dict], params: dict) -> tuple[dict, dict]:
-    """graphs: [{name, role, structure, weights: {tensor: hash}}] in spec order; params: {variables}.
+    """graphs: [{name, role, structure, weights: {tensor: hash}}] in spec order; params: {variables, assign}
+    (``assign``: graph name -> {output: variable}, the spec's read-modify-write mappings).
 
     Returns ``(variables, storage)``. ``variables`` is structural only (names, types, readers, writers,
     where the initial value comes from), so format selection keys on it and skips weight-only edits.
     ``storage`` holds the values: the constant pool, each graph's weight bindings and initial values.
     """
-    names = _variable_names(graphs, params.get("variables"))
-    variables = {name: _variable(name, graphs) for name in sorted(names)}
+    assign = params.get("assign") or {}
+    writes = {g["name"]: _write_map(g, assign.get(g["name"], {})) for g in graphs}
+    names = _variable_names(graphs, writes, params.get("variables"))
+    _check_assigned(graphs, assign, names)
+    variables = {name: _variable(name, graphs, writes) for name in sorted(names)}
     return variables, _storage(graphs, variables)
 
 
@@ -27,21 +31,39 @@ def _reads(g: dict) -> set[str]:
     return set(g["structure"]["inputs"]) | set(g["structure"]["weights"])
 
 
-def _writes(g: dict) -> set[str]:
-    return set(g["structure"]["outputs"]) if g["role"] in ("init", "update") else set()
+def _write_map(g: dict, assign: dict[str, str]) -> dict[str, str]:
+    """variable -> the graph output that writes it. An init/update graph writes each output to the variable
+    of that name, or to the one ``assign`` maps it to (ONNX forbids an input and an output of one name, so a
+    graph that reads ``W`` and writes its new value maps an output to it). Infer graphs write nothing."""
+    where = f"graph {g['name']}"
+    outputs = g["structure"]["outputs"]
+    if assign and g["role"] == "infer":
+        raise GraphInvalid("an infer graph cannot have 'assign'; only init and update graphs write variables", where)
+    for output in sorted(set(assign) - set(outputs)):
+        raise GraphInvalid(f"assign names output {output!r}, which the graph does not have "
+                           f"(outputs: {', '.join(outputs) or 'none'})", where)
+    if g["role"] == "infer":
+        return {}
+    writes: dict[str, str] = {}
+    for output in outputs:
+        variable = assign.get(output, output)
+        if variable in writes:
+            raise VariableConflict(f"outputs {writes[variable]!r} and {output!r} both write variable {variable!r}; "
+                                   f"a graph writes a variable from one output", where)
+        writes[variable] = output
+    return writes
 
 
-def _variable_names(graphs: list[dict], declared: list[str] | None) -> set[str]:
+def _variable_names(graphs: list[dict], writes: dict[str, dict[str, str]], declared: list[str] | None) -> set[str]:
+    """The declared names, and every name an init/update graph writes and any graph (itself too) reads."""
     names = set(declared or [])
     everywhere = set().union(*(_reads(g) | set(g["structure"]["outputs"]) | set(g["structure"]["consts"])
-                               for g in graphs))
+                               | set(writes[g["name"]]) for g in graphs))
     for name in sorted(names - everywhere):
         raise ParamInvalid(f"variable {name!r} is listed in 'variables' but no graph reads or writes it",
                            "variables")
     for g in graphs:
-        for name in _writes(g):
-            if any(name in _reads(h) for h in graphs if h is not g):
-                names.add(name)
+        names.update(name for name in writes[g["name"]] if any(name in _reads(h) for h in graphs))
     for g in graphs:
         consts = g["structure"]["consts"]
         for name in sorted(names & set(consts)):
@@ -68,16 +90,31 @@ def _check_not_steering(g: dict, names: set[str]) -> None:
                            f"'variables' / const_names)", f"graph {g['name']}")
 
 
-def _variable(name: str, graphs: list[dict]) -> dict:
+def _check_assigned(graphs: list[dict], assign: dict[str, dict[str, str]], names: set[str]) -> None:
+    """An ``assign`` target must be a variable: read by some graph, or listed in ``variables``."""
+    for g in graphs:
+        for output, variable in sorted(assign.get(g["name"], {}).items()):
+            if variable not in names:
+                raise GraphInvalid(f"assign writes output {output!r} to {variable!r}, which no graph reads; "
+                                   f"read it in some graph or list it under 'variables'", f"graph {g['name']}")
+
+
+def _variable(name: str, graphs: list[dict], writes: dict[str, dict[str, str]]) -> dict:
     readers = [g["name"] for g in graphs if name in _reads(g)]
-    writers = [g["name"] for g in graphs if name in _writes(g)]
-    typed = [(g["name"], g["structure"]["types"][name]) for g in graphs
-             if name in g["structure"]["types"] and (name in _reads(g) or name in _writes(g))]
-    first_graph, first_type = typed[0]
-    for graph, t in typed[1:]:
+    writers = [g["name"] for g in graphs if name in writes[g["name"]]]
+    typed = []  # (where, type) of every read and every write, in spec order
+    for g in graphs:
+        types = g["structure"]["types"]
+        if name in _reads(g) and name in types:
+            typed.append((f"graph {g['name']}", types[name]))
+        output = writes[g["name"]].get(name)
+        if output is not None:
+            typed.append((f"graph {g['name']}" + (f" (output {output!r})" if output != name else ""), types[output]))
+    first_where, first_type = typed[0]
+    for where, t in typed[1:]:
         if t != first_type:
             raise VariableConflict(
-                f"variable {name!r} is {_show(first_type)} in graph {first_graph} but {_show(t)} in graph {graph}",
+                f"variable {name!r} is {_show(first_type)} in {first_where} but {_show(t)} in {where}",
                 f"variable {name}")
     roles = {g["name"]: g["role"] for g in graphs}
     has_initializer = [g["name"] for g in graphs if name in g["structure"]["weights"]]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -187,8 +187,9 @@ class FormatPass:
 
     # -- the per-graph stage -----------------------------------------------------------------------
 
-    def build(self, var_formats: dict[str, str]) -> Graph:
-        """The formatted graph: every value's format, TransData nodes, native node names."""
+    def build(self, var_formats: dict[str, str], assign: Mapping[str, str] | None = None) -> Graph:
+        """The formatted graph: every value's format, TransData nodes, native node names; ``assign``: see
+        ``formats.insert``."""
         steps = self.base if self.initial(var_formats) == self.base_initial else self._run(var_formats)
         g = self.graph
         graph = Graph(g.name, g.opset, list(g.inputs), list(g.outputs), [], dict(g.types), list(g.weights),
@@ -212,8 +213,8 @@ class FormatPass:
                 graph.native.append(node.name)
         graph.formats = formats
         for out in graph.outputs:
-            wanted = output_format(out, var_formats, self.natural)
-            if not same_layout(formats[out], wanted):
+            wanted = output_format(out, var_formats, self.natural, assign)
+            if out in self.producer and not same_layout(formats[out], wanted):
                 convert_output(graph, out, wanted)
         return graph
 
@@ -240,6 +241,8 @@ class FormatPass:
             return self.base_made.get(pair, 0) + made.get(pair, 0) > 0
 
         for out in self.graph.outputs:
+            if out not in self.producer:
+                continue  # a graph input passed through: the runtime converts it when it writes (formats.insert)
             fmt = self._final_format(out, replayed, start)
             wanted = output_format(out, var_formats, self.natural)
             if not same_layout(fmt, wanted) and not exists((out, wanted)):
@@ -295,9 +298,11 @@ def _conversions(step: Step) -> list[Conversion]:
     return [(x, dst, src) for (x, dst), src in step.converted.items()]
 
 
-def output_format(out: str, var_formats: dict[str, str], natural: dict[str, str]) -> str:
-    """The format a graph output must end in: its variable's stored format, else the standard layout."""
-    return var_formats.get(out, natural[out])
+def output_format(out: str, var_formats: dict[str, str], natural: dict[str, str],
+                  assign: Mapping[str, str] | None = None) -> str:
+    """The format a graph output must end in: the stored format of the variable it writes (its own name, or
+    the one ``assign`` maps it to), else the standard layout."""
+    return var_formats.get((assign or {}).get(out, out), natural[out])
 
 
 def convert_output(graph: Graph, out: str, dst: str) -> None:

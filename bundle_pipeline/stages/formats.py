@@ -15,6 +15,7 @@ so an update writes the stored bytes in place.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 from ..dtypes import dtype_from_name
 from ..ir.graph import Graph
@@ -93,9 +94,14 @@ def transdata_bytes(structure: dict) -> int:
     return total
 
 
-def insert(structure: dict | Graph, var_formats: dict[str, str], target: Target) -> dict:
-    """Per-graph step: every value's format, TransData nodes where a reader needs another, native nodes."""
-    return FormatPass(structure, target).build(var_formats).to_json()
+def insert(structure: dict | Graph, var_formats: dict[str, str], target: Target,
+           assign: Mapping[str, str] | None = None) -> dict:
+    """Per-graph step: every value's format, TransData nodes where a reader needs another, native nodes.
+
+    ``assign`` (output -> variable) names the variable an output writes when it is not the output's own name:
+    that output ends in the variable's format. An output that is a graph input passed through unchanged is
+    left as it is (its name is the input's); the runtime converts it when it writes the variable."""
+    return FormatPass(structure, target).build(var_formats, assign).to_json()
 
 
 def weight_formats(structure: dict) -> dict[str, str]:

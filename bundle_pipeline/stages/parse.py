@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from ..ir.external import ExternalRef
 
 NAME = "parse"
-VERSION = "2"  # 2: shapes from ir/shapes.py where onnx inference fails or disagrees (STFT onesided)
+VERSION = "3"  # 2: shapes from ir/shapes.py (STFT onesided) / outputs are writes (role); 3: both
 
 
 @dataclass
@@ -25,12 +25,14 @@ class ParseOutput:
 
 
 def run(source: str | bytes | os.PathLike, params: dict) -> ParseOutput:
-    """params: graph (name), where (file or graph label for errors), input_shape, out_nodes."""
+    """params: graph (name), where (file or graph label for errors), input_shape, out_nodes, role (init and
+    update graphs write their outputs: an output that is an initializer or Constant is not a read)."""
     from ..ir.onnx_import import import_model  # onnx is heavy: only a parse that runs pays for it
 
     where = params["where"]
     shapes = parse_input_shape(params.get("input_shape", ""), where) if params.get("input_shape") else {}
-    graph, weights = import_model(source, params["graph"], shapes, params.get("out_nodes", ""), where)
+    graph, weights = import_model(source, params["graph"], shapes, params.get("out_nodes", ""), where,
+                                  outputs_write=params.get("role") in ("init", "update"))
     problems = graph.lint()
     if problems:
         raise GraphInvalid(f"graph {graph.name}: {problems[0]}", where)

@@ -39,26 +39,31 @@ def bundle_tasks(spec: BundleSpec) -> list[Task]:
         opts = _options(g)
         where = f"graph {g.name} ({g.model})" if isinstance(g.model, str) else f"graph {g.name}"
         context = {"source": _source(g), "where": where}
-        tasks.append(_task(b, "parse", g.name, [], options_for("parse", opts) if opts else
-                           {"input_shape": "", "out_nodes": ""}, context))
+        parse_options = options_for("parse", opts) if opts else {"input_shape": "", "out_nodes": ""}
+        tasks.append(_task(b, "parse", g.name, [], {**parse_options, "role": g.role}, context))
         tasks.append(_task(b, "parse.weights", g.name, [Dep("refs", ids["parse", g.name], "refs")], {}, context))
     graph_list = [{"name": g.name, "role": g.role} for g in spec.graphs]
     structure_deps = [Dep(f"structure:{g.name}", ids["parse", g.name], "structure") for g in spec.graphs]
     weight_deps = [Dep(f"weights:{g.name}", f"{b}/parse.weights:{g.name}", "weights") for g in spec.graphs]
     dedupe_id, assign_id = f"{b}/dedupe", f"{b}/formats.assign"
+    assign = {g.name: dict(sorted(g.assign.items())) for g in spec.graphs if g.assign}
     tasks.append(_task(b, "dedupe", None, structure_deps + weight_deps,
-                       {"graphs": graph_list, "variables": list(spec.variables) if spec.variables else None}))
+                       {"graphs": graph_list, "variables": list(spec.variables) if spec.variables else None,
+                        "assign": assign}))
     tasks.append(_task(b, "formats.assign", None, [*structure_deps, Dep("variables", dedupe_id, "variables")],
                        {"graphs": [g.name for g in spec.graphs], "target": target}))
     for g in spec.graphs:
+        writes = {"assign": dict(sorted(g.assign.items()))} if g.assign else {}  # absent: keys as before assign
         tasks.append(_task(b, "formats", g.name, [Dep("structure", ids["parse", g.name], "structure"),
-                                                  Dep("var_formats", assign_id, "var_formats")], {"target": target}))
+                                                  Dep("var_formats", assign_id, "var_formats")],
+                           {"target": target, **writes}))
         tasks.append(_task(b, "tiling", g.name, [Dep("structure", ids["formats", g.name], "structure")],
                            {"target": target}))
         tasks.append(_task(b, "codegen", g.name, [Dep("structure", ids["formats", g.name], "structure"),
                                                   Dep("tiling", ids["tiling", g.name], "tiling"),
                                                   Dep("variables", dedupe_id, "variables")],
-                           {"role": g.role, "options": options_for("codegen", _options(g)), "target": target}))
+                           {"role": g.role, "options": options_for("codegen", _options(g)), "target": target,
+                            **writes}))
     formatted = [Dep(f"structure:{g.name}", ids["formats", g.name], "structure") for g in spec.graphs]
     tasks.append(_task(b, "formats.weights", None, [*formatted, Dep("storage", dedupe_id, "storage"),
                                                     Dep("var_formats", assign_id, "var_formats")],

@@ -102,7 +102,7 @@ def step_formats_assign(task: Task, cache: Cache, inputs: dict[str, str]) -> dic
 
 def step_formats(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, str]:
     structure = formats.insert(cache.get_json(inputs["structure"]), cache.get_json(inputs["var_formats"]),
-                               get_target(task.params["target"]))
+                               get_target(task.params["target"]), task.params.get("assign"))
     return {"structure": cache.put_json(structure)}
 
 
@@ -172,7 +172,7 @@ def step_codegen(task: Task, cache: Cache, inputs: dict[str, str]) -> dict:
     kernels = KernelCache(cache, "codegen", codegen.VERSION, get_target(task.params["target"]).fingerprint)
     program = codegen.run(cache.get_json(inputs["structure"]), cache.get_json(inputs["tiling"]),
                           cache.get_json(inputs["variables"]), task.params["role"], task.params["options"],
-                          kernels.get)
+                          kernels.get, task.params.get("assign"))
     return {"program": cache.put_json(program), "_extra": kernels.stats()}
 
 
