@@ -47,6 +47,12 @@ def dumps(meta: dict[str, Any]) -> bytes:
     return json.dumps(meta, indent=2).encode()
 
 
+def dumps_compact(meta: dict[str, Any]) -> bytes:
+    """A zarr.json without indentation: for a large document (a bundle's manifest), which json's C encoder
+    writes 10x faster than its indenting Python one; readers see the same JSON."""
+    return json.dumps(meta, separators=(",", ":")).encode()
+
+
 def is_plain(meta: dict[str, Any]) -> bool:
     """Whether an array's zarr.json describes the plain layout (anything else is read through zarr)."""
     codecs = meta.get("codecs")

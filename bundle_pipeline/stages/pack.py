@@ -33,7 +33,7 @@ from ..errors import BundleIOError
 from ..layouts import storage_shape
 
 NAME = "pack"
-VERSION = "3"  # 3: small constants share constants/packed (bundle format 2)
+VERSION = "3"  # 3: small constants share constants/packed (bundle format 2), compact root zarr.json
 FORMAT_VERSION = 2
 PACKED_ARRAY = "constants/packed"
 PACKED_MAX_BYTES = 256 << 10  # a constant up to this size lives in the packed array
@@ -150,7 +150,7 @@ def run(meta: dict, placer: Placer, out_path: str) -> str:
 def write_directory(root: Path, meta: dict, placer: Placer) -> dict[str, str]:
     """Write the bundle's metadata and place its arrays; return the sha256 the placers already know."""
     (root / "constants").mkdir(parents=True, exist_ok=True)
-    (root / "zarr.json").write_bytes(zarr_plain.dumps(zarr_plain.group_meta(meta)))
+    (root / "zarr.json").write_bytes(zarr_plain.dumps_compact(zarr_plain.group_meta(meta)))
     (root / "constants" / "zarr.json").write_bytes(zarr_plain.dumps(zarr_plain.group_meta({})))
     known: dict[str, str] = {}
     for const in meta["constants"].values():
