@@ -119,9 +119,10 @@ def load_bundle(path: str | os.PathLike, run_init: bool = True) -> LoadedBundle:
     group = open_group(path)
     with _guarded(BundleCorrupt, path):
         manifest = dict(group.attrs)
-    validate_manifest(manifest, path, stored_bytes(path))
-    packed = _read_packed(group, path) if any(c["array"] == PACKED_ARRAY for c in manifest["constants"].values()) \
-        else None
+    stored = stored_bytes(path)
+    validate_manifest(manifest, path, stored)
+    packed = _read_packed(group, path, stored) if any(c["array"] == PACKED_ARRAY
+                                                      for c in manifest["constants"].values()) else None
     constants = {cid: _packed_constant(packed, cid, c, path) if c["array"] == PACKED_ARRAY
                  else _read_constant(group, cid, c, path) for cid, c in manifest["constants"].items()}
     with _guarded(BundleCorrupt, path):
@@ -178,8 +179,9 @@ def open_group(path: str):
         raise BundleCorrupt(f"not a bundle: {type(err).__name__}: {err}", path) from None
 
 
-def _read_packed(group, path: str) -> np.ndarray:
-    """The packed array of small constants (format 2): plain uint8 bytes."""
+def _read_packed(group, path: str, stored: int) -> np.ndarray:
+    """The packed array of small constants (format 2): plain uint8 bytes, every chunk stored, so it can hold no
+    more bytes than the bundle stores (a larger claimed shape is refused before anything is allocated)."""
     import zarr
     from zarr.codecs import BytesCodec
 
@@ -190,6 +192,9 @@ def _read_packed(group, path: str) -> np.ndarray:
                 and getattr(meta, "zarr_format", None) == 3 and len(meta.codecs) == 1
                 and isinstance(meta.codecs[0], BytesCodec) and not meta.storage_transformers):
             raise BundleCorrupt(f"{PACKED_ARRAY} is not a plain uint8 array", path)
+        if not 0 < arr.chunks[0] <= arr.shape[0] <= stored:
+            raise BundleCorrupt(f"{PACKED_ARRAY} claims {arr.shape[0]} bytes in chunks of {arr.chunks[0]}, but the "
+                                f"bundle stores {stored} bytes in all", path)
         return np.asarray(arr[...])
     except BundleCorrupt:
         raise
