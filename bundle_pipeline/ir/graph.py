@@ -102,7 +102,7 @@ class TensorType:
 
     @staticmethod
     def from_json(d: dict) -> TensorType:
-        return TensorType(tuple(int(x) for x in d["shape"]), str(d["dtype"]))
+        return TensorType(tuple(d["shape"]), d["dtype"])  # JSON we wrote: ints and a string already
 
 
 @dataclass

@@ -283,9 +283,20 @@ def _is_const_array_proto(t: onnx.TensorProto) -> bool:
     return t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) and size <= CONST_MAX_ELEMENTS
 
 
+_A = onnx.AttributeProto
+# The common attribute types read straight from their field (what helper.get_attribute_value does, without its
+# dispatch: a model has thousands of attributes); the others go through onnx's helper.
+_PLAIN_ATTRS = {_A.INT: lambda a: a.i, _A.INTS: lambda a: list(a.ints), _A.FLOAT: lambda a: a.f,
+                _A.FLOATS: lambda a: list(a.floats), _A.STRING: lambda a: a.s.decode()}
+
+
 def _attrs(node: onnx.NodeProto) -> dict:
     out = {}
     for attr in node.attribute:
+        plain = _PLAIN_ATTRS.get(attr.type)
+        if plain is not None:
+            out[attr.name] = plain(attr)
+            continue
         if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
             raise UnsupportedOp(f"node {node.name!r} ({node.op_type}) has a subgraph attribute {attr.name!r}; "
                                 f"only If, Loop, Scan and SequenceMap bodies are supported")

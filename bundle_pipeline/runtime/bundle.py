@@ -121,7 +121,7 @@ def load_bundle(path: str | os.PathLike, run_init: bool = True) -> LoadedBundle:
         manifest = dict(group.attrs)
     stored = stored_bytes(path)
     validate_manifest(manifest, path, stored)
-    packed = _read_packed(group, path, stored) if any(c["array"] == PACKED_ARRAY
+    packed = _read_packed(group, path, stored) if any(c["array"] == PACKED_ARRAY and c["nbytes"]
                                                       for c in manifest["constants"].values()) else None
     constants = {cid: _packed_constant(packed, cid, c, path) if c["array"] == PACKED_ARRAY
                  else _read_constant(group, cid, c, path) for cid, c in manifest["constants"].items()}
@@ -205,6 +205,8 @@ def _read_packed(group, path: str, stored: int) -> np.ndarray:
 def _packed_constant(packed: np.ndarray | None, cid: str, const: dict, path: str) -> np.ndarray:
     """A small constant: its bytes in the packed array, viewed as its type and verified against its hash."""
     start, nbytes = const["offset"], const["nbytes"]
+    if packed is None and nbytes == 0:  # only empty constants packed: no array was written
+        packed = np.zeros(0, np.uint8)
     if packed is None or start + nbytes > packed.size:
         raise BundleCorrupt(f"constant {cid!r} lies outside {PACKED_ARRAY}", path)
     stored = storage_dtype(const["dtype"])
