@@ -11,7 +11,8 @@ Figures (goals from issue 14):
   6 throughput   cold weight bytes / build seconds of (a) (>= 500 MiB/s), beside blake3 and disk write+fsync
   7 scaling      build seconds for 8..512 graphs and 100..10,000 tensors; least-squares slopes
 
-    python bench/speed.py [--quick] [--only noop,real,...] [--repeat N] [--scale S] [--budget SECONDS]
+    python bench/speed.py [--quick] [--only noop,real,...] [--repeat N] [--scale S] [--graphs 32,128]
+                          [--budget SECONDS] [--skip-peers] [--data DIR] [--results FILE]
 
 Prints the table and writes bench/results/speed.json (--results). "build seconds" = the `seconds` field of
 `run --json`; "whole process" = the wall time of the command. The CLI runs as `python -m bundle_pipeline.cli` with
@@ -69,6 +70,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="a build whose first run takes longer than this (s) runs once")
     parser.add_argument("--scale", type=float, help=f"weight bytes of bundle (a) = scale x 1 GiB (--quick: "
                                                     f"{QUICK_SCALE})")
+    parser.add_argument("--graphs", help="figure 3's graph counts, comma-separated; figure 5 edits the first "
+                                         "(default 32,128; --quick: 2,4)")
     parser.add_argument("--budget", type=float, default=180.0, help="seconds a build or peer may take")
     parser.add_argument("--data", type=Path, default=generate.DEFAULT_DATA, help="generated inputs and caches")
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="JSON output")
@@ -80,8 +83,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"unknown figure {unknown[0]!r}; use a subset of {','.join(speedfigs.FIGURES)}")
     args.repeat = args.repeat or (1 if args.quick else 3)
     args.scale = args.scale or (QUICK_SCALE if args.quick else 1.0)
-    if args.repeat < 1 or args.scale <= 0 or args.budget <= 0:
-        parser.error("--repeat, --scale and --budget must be positive")
+    try:
+        args.graphs = tuple(int(n) for n in (args.graphs or ("2,4" if args.quick else "32,128")).split(","))
+    except ValueError:
+        parser.error(f"--graphs takes comma-separated counts, got {args.graphs!r}")
+    if args.repeat < 1 or args.scale <= 0 or args.budget <= 0 or min(args.graphs) < 1:
+        parser.error("--repeat, --scale, --budget and --graphs must be positive")
     return args
 
 
@@ -98,8 +105,9 @@ def machine() -> dict:
 def run(args: argparse.Namespace) -> dict:
     """Run the chosen figures (in an order that lets later ones reuse builds), print the table, write the JSON."""
     started, t0, load_start = datetime.now(UTC).isoformat(timespec="seconds"), time.perf_counter(), os.getloadavg()
-    ctx = Ctx(args.data, quick=args.quick, repeat=args.repeat, scale=args.scale, budget_s=args.budget,
-              repeat_cutoff_s=args.repeat_cutoff, peers={} if args.skip_peers else peers.available())
+    ctx = Ctx(args.data, quick=args.quick, graphs=args.graphs, repeat=args.repeat, scale=args.scale,
+              budget_s=args.budget, repeat_cutoff_s=args.repeat_cutoff,
+              peers={} if args.skip_peers else peers.available())
     figures: dict[str, dict] = {}
     rows: dict[str, list[Row]] = {}
     for name in speedfigs.ORDER:
@@ -117,7 +125,8 @@ def run(args: argparse.Namespace) -> dict:
     payload = {"benchmark": "speed", "issue": 14, "started": started,
                "finished": datetime.now(UTC).isoformat(timespec="seconds"),
                "duration_s": time.perf_counter() - t0, "command": [sys.executable, *sys.argv],
-               "quick": args.quick, "only": args.only, "repeat": args.repeat, "repeat_cutoff_s": args.repeat_cutoff,
+               "quick": args.quick, "graphs": args.graphs, "only": args.only, "repeat": args.repeat,
+               "repeat_cutoff_s": args.repeat_cutoff,
                "scale": args.scale, "budget_s": args.budget, "measured_checkout": str(ROOT), "machine": machine(),
                "loadavg_start": list(load_start), "loadavg_end": list(os.getloadavg()), "peers": ctx.peers,
                "notes": NOTES, "rows": [asdict(r) for r in table], "figures": figures}

@@ -98,15 +98,10 @@ def _real_row(name: str, target: str, rec: dict, members: list[str], ov_fails: d
 # ---------------------------------------------------------------- 3. cold builds of N distinct 40-layer graphs
 
 
-def graph_counts(ctx: Ctx) -> tuple[int, int]:
-    return (2, 4) if ctx.quick else (32, 128)
-
-
 def fig_graphs(ctx: Ctx) -> tuple[dict, list[Row]]:
     out: dict = {}
     rows: list[Row] = []
-    small, big = graph_counts(ctx)
-    for n in (small, big):
+    for n in ctx.graphs:
         manifest = speedgen.graphs_bundle(n, ctx.speed)
         recs = {mode: cold(ctx, f"graphs-{n} {mode}", Path(manifest["spec"]), extra) for mode, extra in MODES}
         ctx.shared.setdefault("graphs", {})[n] = recs["threads"]
@@ -200,7 +195,7 @@ def fig_throughput(ctx: Ctx) -> tuple[dict, list[Row]]:
 
 
 def fig_graph_edit(ctx: Ctx) -> tuple[dict, list[Row]]:
-    n = graph_counts(ctx)[0]
+    n = ctx.graphs[0]
     manifest = speedgen.graphs_bundle(n, ctx.speed)
     directory, label = Path(manifest["spec"]).parent, f"graphs-{n} threads"
     cold_rec = ctx.shared.get("graphs", {}).get(n) if label in ctx.built else None

@@ -30,6 +30,7 @@ class Built:
 class Ctx:
     data: Path  # bench/data: bundle (a) of bench/generate.py here, speed.py's own inputs under data/speed
     quick: bool = False
+    graphs: tuple[int, ...] = (32, 128)  # figure 3's bundle sizes; figure 5 edits the first
     repeat: int = 1
     scale: float = 1.0
     budget_s: float = 180.0  # a build or peer still running after this is killed and recorded as timed out
