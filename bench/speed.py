@@ -93,7 +93,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def machine() -> dict:
+    """incremental.machine_info() (git HEAD, versions, cpu) + a few versions + the last commit of the product code."""
     info = incremental.machine_info()
+    info["bundle_pipeline_commit"] = incremental._git("log", "-1", "--format=%H", "--", "../bundle_pipeline") or None
     for name in EXTRA_VERSIONS:
         try:
             info["packages"][name] = metadata.version(name)

@@ -48,7 +48,8 @@ def _median(ctx: Ctx, once) -> dict:
 
 
 def _mib(nbytes: float) -> str:
-    return f"{nbytes / MiB:.3g} MiB"
+    mib = nbytes / MiB
+    return f"{mib:.0f} MiB" if mib >= 100 else f"{mib:.3g} MiB"
 
 
 # ---------------------------------------------------------------- 2. cold run of split real models vs peers

@@ -64,13 +64,31 @@ def cli_run(label: str, spec: Path, cache: Path, out: Path, extra: Sequence[str]
             "--out", str(out), *extra]
     load = os.getloadavg()[0]
     m = run_measured(argv, env=cli_env(), timeout=timeout)
-    rec = {**build_record(m), "loadavg_1m_before": load, "timed_out": m.timed_out}
+    rec = {**compact(build_record(m)), "loadavg_1m_before": load, "timed_out": m.timed_out}
     if m.timed_out:
         rec["error"] = f"timed out at {timeout:g} s"
     status = rec.get("error", "").splitlines()[-1:] or [f"{rec['ran']} ran, {rec['cached']} cached"]
     build = "" if rec["in_process_s"] is None else f", build {rec['in_process_s']:.2f} s"
     print(f"    {label}: {rec['wall_s']:.2f} s{build}, {rec['tree_peak_kib'] / 1024:.0f} MiB, {status[0][:160]}",
           flush=True)
+    return rec
+
+
+KEEP_TASKS = 40
+
+
+def compact(rec: dict) -> dict:
+    """A build record without per-task lists of big builds: seconds per stage (tasks that ran) and the
+    KEEP_TASKS slowest tasks instead of every task's seconds; the ids of the tasks that ran when there are few."""
+    seconds = rec.pop("ran_seconds", {})
+    stages: dict[str, float] = {}
+    for tid, s in seconds.items():
+        stage = tid.split("/", 1)[-1].split(":", 1)[0]
+        stages[stage] = stages.get(stage, 0.0) + s
+    rec["ran_stage_seconds"] = {k: round(v, 4) for k, v in sorted(stages.items(), key=lambda kv: -kv[1])}
+    rec["slowest_tasks"] = dict(sorted(seconds.items(), key=lambda kv: -kv[1])[:KEEP_TASKS])
+    if len(rec.get("ran_tasks", [])) > KEEP_TASKS:
+        rec.pop("ran_tasks")
     return rec
 
 
