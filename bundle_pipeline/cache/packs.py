@@ -16,7 +16,7 @@ tensor read from a verified pack needs no hash of its own. A tensor's identity i
 stage outputs that name packed tensors say where they are in a ``"packs"`` dict (tensor hash -> pack hash),
 which ``cache gc`` follows like ``"tensors"``.
 
-State kept: ``_DECODED``, this process's recently read packs (verified, decoded), bounded by
+State kept: ``DECODED``, this process's recently read packs (verified, decoded), bounded by
 ``DECODED_CACHE_BYTES``, so the tasks of one build that read the same pack read and verify it once.
 """
 
@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import json
 import struct
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ..ir.hashing import canonical_json
+from .recent import Recent
 
 if TYPE_CHECKING:
     import numpy as np
@@ -98,37 +97,4 @@ def _aligned(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
-class DecodedPacks:
-    """Verified, decoded packs of this process, least recently used dropped past a byte budget."""
-
-    def __init__(self, budget: int = DECODED_CACHE_BYTES):
-        self.budget = budget
-        self._packs: OrderedDict[str, tuple[int, dict[str, np.ndarray]]] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def get(self, pack: str) -> dict[str, np.ndarray] | None:
-        with self._lock:
-            found = self._packs.get(pack)
-            if found is not None:
-                self._packs.move_to_end(pack)
-            return found[1] if found else None
-
-    def put(self, pack: str, size: int, tensors: dict[str, np.ndarray]) -> None:
-        with self._lock:
-            if pack in self._packs or size > self.budget:
-                return
-            self._packs[pack] = (size, tensors)
-            self._bytes += size
-            while self._bytes > self.budget:
-                _, (dropped, _) = self._packs.popitem(last=False)
-                self._bytes -= dropped
-
-    def forget(self, pack: str) -> None:
-        with self._lock:
-            found = self._packs.pop(pack, None)
-            if found:
-                self._bytes -= found[0]
-
-
-DECODED = DecodedPacks()
+DECODED = Recent(DECODED_CACHE_BYTES)  # pack hash -> its decoded tensors

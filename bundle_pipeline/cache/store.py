@@ -70,6 +70,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from bundle_pipeline.cache import statstate
+from bundle_pipeline.cache.recent import Recent
 from bundle_pipeline.ir.hashing import canonical_json, hash_bytes, hash_json
 
 if TYPE_CHECKING:
@@ -89,6 +90,9 @@ ACTION_FORMAT = 1
 DEFAULT_CHUNK_BYTES = 1 << 20
 
 _HASH_RE = re.compile(r"[0-9a-f]{64}")
+# Stage outputs this process decoded or encoded lately: a build's tasks read each other's outputs (a
+# structure is read by four later stages) without reading and decoding the bytes again.
+RECENT_JSON = Recent(64 << 20)
 # Action keys are usually hashes, but any short file-name-safe word works; a leading "." is
 # reserved for temp names and "/" could escape the shard directory.
 _KEY_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{1,254}")
@@ -625,12 +629,35 @@ class Cache:
         return digest
 
     def put_json(self, obj: Any) -> str:
-        """Store the canonical JSON of ``obj`` as an object; equal values give equal hashes."""
-        return self.put_object(canonical_json(obj))
+        """Store the canonical JSON of ``obj`` as an object; equal values give equal hashes. ``obj`` must not be
+        changed afterwards: this process hands it to the next ``get_json`` of its hash (``RECENT_JSON``)."""
+        data = canonical_json(obj)
+        h = self.put_object(data)
+        RECENT_JSON.put(h, len(data), (self._stamp(h), obj))
+        return h
 
     def get_json(self, h: str) -> Any:
-        """The value of a JSON object stored by ``put_json``; CacheMiss like ``get_object``."""
-        return json.loads(self.get_object(h))
+        """The value of a JSON object stored by ``put_json``; CacheMiss like ``get_object``. Read-only: the
+        value may be shared with other tasks of this process (``RECENT_JSON``)."""
+        found = RECENT_JSON.get(check_hash(h))
+        if found is not None and found[0] is not None and found[0] == self._stamp(h):
+            return found[1]  # this cache's entry, untouched since this process verified it
+        data = self.get_object(h)
+        obj = json.loads(data)
+        RECENT_JSON.put(h, len(data), (self._stamp(h), obj))
+        return obj
+
+    def _stamp(self, h: str) -> tuple[str, int, int, int] | None:
+        """Which file object ``h`` is (root, size, mtime_ns, inode): a decoded copy kept in this process is
+        reused only while the file is the one it came from (not rewritten, not another cache's). None on
+        object stores, where nothing decoded is reused."""
+        if not self._backend.is_local:
+            return None
+        try:
+            st = os.stat(self._backend.path(_object_rel(h)))
+        except FileNotFoundError:
+            return None
+        return (self.root, st.st_size, st.st_mtime_ns, st.st_ino)
 
     # -- tensors ---------------------------------------------------------------------------------
 
@@ -698,15 +725,15 @@ class Cache:
         from bundle_pipeline.cache import packs
 
         found = packs.DECODED.get(check_hash(pack))
-        if found is not None and self.has_object(pack):  # still in this cache, whatever this process saw
-            return found
+        if found is not None and found[0] is not None and found[0] == self._stamp(pack):
+            return found[1]  # this cache's entry, untouched since this process verified it
         blob = self.get_object(pack)
         try:
             tensors = packs.decode(blob)
         except (ValueError, TypeError, KeyError, struct.error) as err:  # verified bytes, bad layout: not ours
             self._backend.remove(_object_rel(pack))
             raise CacheMiss(pack) from err
-        packs.DECODED.put(pack, len(blob), tensors)
+        packs.DECODED.put(pack, len(blob), (self._stamp(pack), tensors))
         return tensors
 
     def export_tensor(self, h: str, dest: str | os.PathLike[str], pack: str | None = None) -> dict[str, str]:
@@ -789,8 +816,9 @@ class Cache:
         """Store (or replace) the record of task ``key``, checksummed so truncation is detected."""
         if not isinstance(record, dict):
             raise TypeError(f"an action record must be a dict, got {type(record).__name__}")
-        payload = {"checksum": hash_json(record), "record": record, "v": ACTION_FORMAT}
-        self._backend.write_atomic(_action_rel(check_key(key)), canonical_json(payload))
+        body = canonical_json(record)  # encoded once: the payload is canonical_json of {checksum, record, v}
+        payload = b'{"checksum":"%s","record":%s,"v":%d}' % (hash_bytes(body).encode(), body, ACTION_FORMAT)
+        self._backend.write_atomic(_action_rel(check_key(key)), payload)
 
     def get_action(self, key: str) -> dict[str, Any] | None:
         """The record of task ``key``, or None when missing or corrupt; never raises on bad data."""

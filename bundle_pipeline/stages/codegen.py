@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..dtypes import dtype_from_name
 from ..errors import OptionInvalid
 from ..ir.graph import Graph, Node, TensorType, encode_tensor
 from ..layouts import STANDARD, storage_shape
-
-Memo = Callable[[dict, Callable[[], dict]], dict]
 
 NAME = "codegen"
 VERSION = "3"
@@ -33,10 +31,9 @@ NHWC_TO_NCHW = [0, 3, 1, 2]
 
 
 def run(structure: dict, tiling: dict[str, dict], variables: dict, role: str, options: dict,
-        memo: Memo | None = None, assign: Mapping[str, str] | None = None) -> dict:
+        assign: Mapping[str, str] | None = None) -> dict:
     """The program the runtime executes. ``options``: the codegen subset of the graph's build options.
 
-    ``memo(signature, decide)`` may return the kernel data recorded for the same kernel signature.
     ``assign`` (output -> variable) of an init/update graph: an output marked ``variable`` writes the variable
     of its own name, or the one named by ``writes``.
     """
@@ -45,9 +42,8 @@ def run(structure: dict, tiling: dict[str, dict], variables: dict, role: str, op
     reads = [v for v in [*graph.inputs, *graph.weights] if v in variables]
     precision = options.get("precision_mode", "must_keep_origin_dtype")
     fast = options.get("op_select_implmode", "high_precision") == "high_performance"
-    memo = memo or (lambda _signature, decide: decide())
     reuse = options.get("exec_disable_reused_memory", "0") != "1"
-    emit = _Emit(tiling, precision, fast, memo, reuse)
+    emit = _Emit(tiling, precision, fast, reuse)
     steps = [emit.step(node, graph) for node in graph.nodes]
     buffers, arena = plan_buffers(graph, reuse)
     _, other = plan_buffers(graph, not reuse)  # for inspect: what the other setting would cost
@@ -127,7 +123,6 @@ class _Emit:
     tiling: dict[str, dict]
     precision: str
     fast: bool
-    memo: Memo
     reuse: bool
 
     def step(self, node: Node, graph: Graph) -> dict:
@@ -146,10 +141,7 @@ class _Emit:
             return {**step, "tiling": tiling, **({"impl": "high_performance"} if approx else {}),
                     **({"precision": "fp16_round"} if rounded else {})}
         fp16 = self.precision in ("allow_fp32_to_fp16", "force_fp16") and dtype == "float32"
-        signature = {"op": node.op_type, "attrs": step["attrs"], "tiling": tiling, "dtype": dtype, "fp16": fp16,
-                     "inputs": [graph.types[i].to_json() if i else None for i in node.inputs],
-                     "native": node.name in graph.native}
-        return {**step, **self.memo(signature, lambda: _kernel_data(tiling, fp16))}
+        return {**step, **_kernel_data(tiling, fp16)}
 
     def body(self, body: Graph) -> dict:
         """A control-flow body as a program of its own: formal inputs bound per call, its own arena.

@@ -20,7 +20,9 @@ Memo = Callable[[dict, Callable[[], "dict | None"]], "dict | None"]
 def run(structure: dict, target: Target, memo: Memo | None = None) -> dict[str, dict]:
     """Tiling data per node name, only for nodes whose untiled workspace would exceed the budget.
 
-    ``memo(signature, decide)`` may return a decision recorded for the same kernel signature.
+    ``memo(signature, decide)`` may return a tile search recorded for the same kernel signature (a tuning
+    database: only searches are recorded; the workspace split of the portable kernels is arithmetic on the
+    signature, cheaper than a lookup).
     """
     graph = Graph.from_json(structure)
     budget = int(target.buffers["workspace_bytes"])
@@ -37,8 +39,7 @@ def run(structure: dict, target: Target, memo: Memo | None = None) -> dict[str, 
             signature = {**kernel_signature(node, types, output, owner, 0), "buffers": target.buffers}
             tiling = memo(signature, lambda n=node, t=types, o=output: search_native(n, t, o, target))
         else:
-            signature = kernel_signature(node, types, output, owner, budget)
-            tiling = memo(signature, lambda n=node, t=types, o=output: choose(n, t, o, budget))
+            tiling = choose(node, types, output, budget)
         if tiling:
             plan[node.name] = tiling
     return plan

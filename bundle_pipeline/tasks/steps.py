@@ -140,24 +140,35 @@ def _stored_id(placed: dict[str, tuple[str, str]], cid: str, fmt: str) -> str:
 
 
 def _converted(cache: Cache, storage: dict, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], dict]:
-    """(tensor hash, format) -> reference of the tensor in that format: the tensor itself for standard
-    layouts, else a remembered conversion, else one made now (the small ones stored in one pack)."""
+    """(tensor hash, format) -> reference of the tensor in that format: the tensor itself for standard layouts,
+    else a remembered conversion, else one made now (the small ones stored in one pack).
+
+    A conversion is remembered per big tensor, and per (source pack, format) for the small ones: after a weight
+    edit only the changed tensors, or the pack that changed, are converted again, at one record a pack rather
+    than one a tensor."""
     packs = storage.get("packs", {})
     refs: dict[tuple[str, str], dict] = {}
-    memos: dict[tuple[str, str], str] = {}
+    groups: dict[tuple[str | None, str], list[str]] = {}  # (source pack or None, format) -> tensor hashes
     for h, fmt in sorted(wanted):
         if fmt in STANDARD:
             refs[h, fmt] = {"tensor": h, **({"pack": packs[h]} if h in packs else {})}
-            continue
-        memos[h, fmt] = hash_json({"transform": h, "format": fmt, "version": formats.VERSION})
-        record = cache.get_action(memos[h, fmt])
-        if record is not None and cache.has_tensor(record["tensor"], record.get("pack")):
-            refs[h, fmt] = record
-    todo = sorted(set(memos) - set(refs))
+        else:
+            groups.setdefault((packs.get(h), fmt), []).append(h)
+    memos: dict[str, tuple[str | None, str, list[str]]] = {}
+    for (pack_hash, fmt), hashes in groups.items():
+        for batch in ([hashes] if pack_hash else [[h] for h in hashes]):
+            key = hash_json({"transform": batch, "pack": pack_hash, "format": fmt, "version": formats.VERSION})
+            record = cache.get_action(key)
+            if record is not None and all(cache.has_tensor(r["tensor"], r.get("pack")) for r in record["refs"]):
+                refs.update({(h, fmt): r for h, r in zip(batch, record["refs"], strict=True)})
+            else:
+                memos[key] = (pack_hash, fmt, batch)
+    todo = [(h, fmt) for _, fmt, batch in memos.values() for h in batch]
     made = cache.put_tensors({f"{h}@{fmt}": to_format(cache.get_tensor(h, pack=packs.get(h)), fmt) for h, fmt in todo})
-    for h, fmt in todo:
-        refs[h, fmt] = made[f"{h}@{fmt}"]
-        cache.put_action(memos[h, fmt], refs[h, fmt])
+    for key, (_, fmt, batch) in memos.items():
+        converted = [made[f"{h}@{fmt}"] for h in batch]
+        refs.update({(h, fmt): r for h, r in zip(batch, converted, strict=True)})
+        cache.put_action(key, {"refs": converted})
     return refs
 
 
@@ -169,11 +180,10 @@ def step_tiling(task: Task, cache: Cache, inputs: dict[str, str]) -> dict:
 
 
 def step_codegen(task: Task, cache: Cache, inputs: dict[str, str]) -> dict:
-    kernels = KernelCache(cache, "codegen", codegen.VERSION, get_target(task.params["target"]).fingerprint)
     program = codegen.run(cache.get_json(inputs["structure"]), cache.get_json(inputs["tiling"]),
                           cache.get_json(inputs["variables"]), task.params["role"], task.params["options"],
-                          kernels.get, task.params.get("assign"))
-    return {"program": cache.put_json(program), "_extra": kernels.stats()}
+                          task.params.get("assign"))
+    return {"program": cache.put_json(program)}
 
 
 def step_pack(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, str]:
