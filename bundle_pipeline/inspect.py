@@ -8,12 +8,15 @@ import numpy as np
 
 from .runtime.bundle import open_group
 from .runtime.formats import storage_shape
+from .runtime.storage import digest, inventory
 from .runtime.validate import validate_manifest
-from .stages.pack import bundle_digest
 
 
 def describe(path: str) -> dict:
-    manifest = dict(open_group(path).attrs)
+    """Read the manifest only (after ``inventory`` vetted the entries: no link followed, no special file read, no
+    compressed entry); the digest streams every entry, so memory stays small whatever the bundle holds."""
+    inv = inventory(path)
+    manifest = dict(open_group(path, inv).attrs)
     validate_manifest(manifest, path)
     graphs = [_graph(g) for g in manifest["graphs"]]
     variables = [{k: v[k] for k in ("name", "shape", "dtype", "format", "nbytes", "readers", "writers")}
@@ -24,7 +27,7 @@ def describe(path: str) -> dict:
     references = [cid for g in manifest["graphs"] for cid in g.get("bindings", {}).values()]
     references += [v["initial"] for v in manifest["variables"] if v.get("initial")]
     referenced = sum(_nbytes(constants[cid]) for cid in references)
-    return {"target": manifest["target"], "digest": bundle_digest(path), "graphs": graphs, "variables": variables,
+    return {"target": manifest["target"], "digest": digest(inv), "graphs": graphs, "variables": variables,
             "constants": {"count": len(constants), "nbytes": stored,
                           "converted": sum(1 for c in constants.values() if "format" in c),
                           "references": len(references), "bytes_saved": max(0, referenced - stored)}}

@@ -12,7 +12,7 @@ from ..ir.external import ExternalRef
 from ..options import parse_input_shape
 
 NAME = "parse"
-VERSION = "1"
+VERSION = "2"  # 2: opsets the kernels do not know, external data outside the model directory are refused
 
 
 @dataclass
