@@ -69,6 +69,7 @@ def run(
         loaded = _load_specs(specs, target, out, cache)
         recorder = None
         if profile is not None:
+            _check_trace_path(profile, loaded)
             from .pipeline.profile import TraceRecorder
 
             recorder = TraceRecorder()
@@ -88,6 +89,20 @@ def run(
         else:
             typer.echo(f"built {report.bundle}  digest {report.digest[:16]}  {report.seconds:.2f}s  "
                        f"{ran} ran, {len(report.tasks) - ran} cached")
+
+
+def _check_trace_path(path: Path, specs: list) -> None:
+    """--profile may replace a trace it wrote before (a Trace Event JSON object), nothing else of the user's."""
+    from .files import open_regular
+    from .guard import check_new_file, protected_inputs
+
+    try:
+        with open(open_regular(path, follow_symlinks=False), "rb") as f:
+            is_trace = f.read(16).lstrip().startswith(b'{"traceEvents"')
+    except OSError:
+        is_trace = False
+    check_new_file(path, protected_inputs(specs), is_trace, "the trace",
+                   hint="it is not a trace this tool wrote; choose another path")
 
 
 @app.command()

@@ -97,7 +97,7 @@ def check_output(path: str | os.PathLike[str], guarded: Iterable[Protected] = ()
 
 
 def check_new_file(path: str | os.PathLike[str], guarded: Iterable[Protected] = (), force: bool = False,
-                   what: str = "this file") -> None:
+                   what: str = "this file", hint: str = "pass --force to replace it") -> None:
     """A file the CLI writes (``dag -o``, ``exec -o DIR``'s NAME.npy, ``split``'s files) must be new; with
     ``force`` it may replace an existing regular file or symlink (the link itself, never its target). Never a
     protected input (whatever ``force`` says), a directory or a special file."""
@@ -113,7 +113,7 @@ def check_new_file(path: str | os.PathLike[str], guarded: Iterable[Protected] = 
     if stat.S_ISDIR(st.st_mode) or not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
         _refuse(path, what, f"it is {kind(st.st_mode)}", rule="")
     if not force:
-        _refuse(path, what, "it exists; pass --force to replace it", rule="")
+        _refuse(path, what, f"it exists; {hint}", rule="")
 
 
 def write_file_atomic(path: str | os.PathLike[str], data: bytes) -> None:

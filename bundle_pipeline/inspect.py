@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 
-from .runtime.bundle import open_group
+from .runtime.bundle import open_constant, open_group
 from .runtime.formats import storage_shape
-from .runtime.storage import digest, inventory
+from .runtime.storage import accounted_bytes, digest, inventory
 from .runtime.validate import validate_manifest
 
 
@@ -16,8 +16,12 @@ def describe(path: str) -> dict:
     """Read the manifest only (after ``inventory`` vetted the entries: no link followed, no special file read, no
     compressed entry); the digest streams every entry, so memory stays small whatever the bundle holds."""
     inv = inventory(path)
-    manifest = dict(open_group(path, inv).attrs)
+    group = open_group(path, inv)
+    manifest = dict(group.attrs)
     validate_manifest(manifest, path)
+    accounted_bytes(inv, manifest["constants"])  # every file under constants/ belongs to a constant
+    for cid, const in manifest["constants"].items():  # and has the size its array's metadata implies
+        open_constant(group, cid, const, inv)
     graphs = [_graph(g) for g in manifest["graphs"]]
     variables = [{k: v[k] for k in ("name", "shape", "dtype", "format", "nbytes", "readers", "writers")}
                  for v in manifest["variables"]]

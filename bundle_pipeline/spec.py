@@ -20,6 +20,7 @@ TOP_KEYS = {"name", "target", "output", "cache", "variables", "graphs"}
 GRAPH_KEYS = {"name", "role", "model", "options"}
 MAX_SPEC_BYTES = 16 << 20  # a spec is a few lines; this bounds what reading a wrong file costs
 MAX_SPEC_NODES = 100_000  # YAML nodes after alias expansion (a "billion laughs" spec is refused, not expanded)
+MAX_SPEC_NESTING = 100  # [ and { levels: PyYAML's scanner is quadratic in them (50k levels: minutes)
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,19 @@ class BundleSpec:
         return self.output.endswith(".zip")
 
 
+class _TooDeep(Exception):
+    """The YAML nests [ ] / { } deeper than MAX_SPEC_NESTING."""
+
+
 class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that records the line of every mapping so errors can point at it."""
+    """SafeLoader that records the line of every mapping so errors can point at it, and refuses deep [ ] / { }
+    nesting as it scans (PyYAML's scanner is quadratic in the flow level: 50k levels take minutes)."""
+
+    def fetch_flow_collection_start(self, token_class: type) -> None:
+        if self.flow_level >= MAX_SPEC_NESTING:
+            raise _TooDeep(f"the YAML nests more than {MAX_SPEC_NESTING} levels of [ ] / {{ }} (line "
+                           f"{self.get_mark().line + 1})")
+        super().fetch_flow_collection_start(token_class)
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict:
@@ -75,6 +87,10 @@ def load_spec(path: str | os.PathLike, target: str | None = None, output: str | 
         raise ParamInvalid("not a bundle spec: the file is not UTF-8 text", str(path)) from None
     try:
         raw = _parse_yaml(text, str(path))
+    except RecursionError:
+        raise ParamInvalid("the YAML nests too deeply to be a bundle spec", str(path)) from None
+    except _TooDeep as err:
+        raise ParamInvalid(str(err), str(path)) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""

@@ -721,15 +721,21 @@ class Cache:
         return self._backend.exists(MARKER)
 
     def claim(self) -> None:
-        """Before a build: the root must be a cache, nothing yet, or an empty directory; it gets the marker.
-        A root made before markers existed is recognised by its layout (``_is_legacy``). NotACache otherwise."""
+        """Before a build: the root must be a cache, nothing yet, an empty directory, or hold nothing but cache
+        areas (a cache made before markers existed, or one a remote writer started); it gets the marker.
+        NotACache otherwise. (A build only adds entries; ``require`` asks more before anything is deleted.)"""
+        if not self.may_claim():
+            self._backend.write_atomic(MARKER, MARKER_BYTES)
+
+    def may_claim(self) -> bool:
+        """``claim``'s check alone, writing nothing: True when already marked; NotACache when not claimable."""
         if self.is_marked():
-            return
+            return True
         names = self._top_names()
-        if names and not self._is_legacy(names):
+        if names and not _cache_shaped(names):
             raise NotACache(f"not empty and not a bundle-pipeline cache (it has no {MARKER}); point the cache at "
                             f"a new directory or at an existing cache")
-        self._backend.write_atomic(MARKER, MARKER_BYTES)
+        return False
 
     def require(self) -> str:
         """Before ``cache info|verify|gc``: "marked", or "adopted" for a cache made before markers existed (it
@@ -754,7 +760,7 @@ class Cache:
     def _is_legacy(self, names: set[str]) -> bool:
         """A cache written before the marker existed: nothing but cache areas at its top, and at least one
         intact action record (its blake3 checksum matches: no file of a user's does by chance)."""
-        if not all(n in ROOT_NAMES or _TEMP_RE.fullmatch(n) for n in names):
+        if not _cache_shaped(names):
             return False
         for e in self._backend.entries("actions"):
             if e.is_ours("actions") and not e.is_temp:
@@ -933,6 +939,11 @@ class Cache:
             return set()
         mapping = obj.get("tensors") if isinstance(obj, dict) else None
         return _hashes_in(mapping.values()) if isinstance(mapping, dict) else set()
+
+
+def _cache_shaped(names: set[str]) -> bool:
+    """Nothing at a root but what a cache puts there."""
+    return all(n in ROOT_NAMES or _TEMP_RE.fullmatch(n) for n in names)
 
 
 def _hashes_in(values: Iterable[Any]) -> set[str]:

@@ -77,7 +77,8 @@ def build_many(specs: list[BundleSpec], scheduler: str | None = None, force: boo
     "finished"})`` once the up-to-date tasks are known, then the scheduler's "start"/"finish" events.
     """
     check_scheduler(scheduler, workers)
-    check_outputs(specs)  # before anything is written: a refused output costs nothing
+    claim_caches(specs, write=False)  # refusals first: nothing is written before every check passed
+    check_outputs(specs)
     claim_caches(specs)
     start = time.perf_counter()
     tasks, dag, ctxs = prepare(specs, force)
@@ -114,11 +115,13 @@ def build_many(specs: list[BundleSpec], scheduler: str | None = None, force: boo
     return reports
 
 
-def claim_caches(specs: list[BundleSpec]) -> None:
-    """Each cache root must be a cache (its marker), nothing yet or an empty directory (marked now)."""
+def claim_caches(specs: list[BundleSpec], write: bool = True) -> None:
+    """Each cache root must be a cache (its marker), nothing yet or an empty directory (marked now, unless
+    ``write`` is False: then only checked)."""
     for root in sorted({s.cache for s in specs}):
         try:
-            Cache(root).claim()
+            cache = Cache(root)
+            cache.claim() if write else cache.may_claim()
         except NotACache as err:
             raise ParamInvalid(f"refusing to use it as the cache: {err}", root) from None
         except OSError as err:

@@ -149,6 +149,20 @@ def open_group(path: str, inv: Inventory | None = None):
 
 
 def _read_constant(group, cid: str, const: dict, inv: Inventory) -> np.ndarray:
+    try:
+        value = np.asarray(open_constant(group, cid, const, inv)[...]).view(dtype_from_name(const["dtype"]))
+    except BundleCorrupt:
+        raise
+    except (OSError, *_DATA_ERRORS) as err:
+        raise BundleCorrupt(f"constant {cid!r} cannot be read: {type(err).__name__}: {err}", inv.path) from None
+    if tensor_hash(value) != const["hash"]:
+        raise BundleCorrupt(f"constant {cid!r} does not match its recorded hash", inv.path)
+    return value
+
+
+def open_constant(group, cid: str, const: dict, inv: Inventory):
+    """A constant's zarr array, once its metadata matches the manifest and its chunk files have exactly the
+    chunk size (nothing of its data is read yet)."""
     import zarr
     from zarr.codecs import BytesCodec
 
@@ -168,11 +182,8 @@ def _read_constant(group, cid: str, const: dict, inv: Inventory) -> np.ndarray:
                                 f"{list(arr.chunks)}) is not the plain {const['dtype']}{list(stored)} "
                                 f"array the manifest records", path)
         check_chunk_files(inv, cid, tuple(arr.shape), tuple(arr.chunks), np.dtype(arr.dtype).itemsize)
-        value = np.asarray(arr[...]).view(dtype_from_name(const["dtype"]))
     except BundleCorrupt:
         raise
     except (OSError, *_DATA_ERRORS) as err:
         raise BundleCorrupt(f"constant {cid!r} cannot be read: {type(err).__name__}: {err}", path) from None
-    if tensor_hash(value) != const["hash"]:
-        raise BundleCorrupt(f"constant {cid!r} does not match its recorded hash", path)
-    return value
+    return arr

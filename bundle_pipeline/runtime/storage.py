@@ -11,10 +11,11 @@ file or trusting a size a zip header claims.
 - the root ``zarr.json`` (the manifest) may hold at most ``manifest_cap`` bytes, every array's ``zarr.json`` at
   most ``ARRAY_META_MAX_BYTES``, before any of them is parsed.
 
-``accounted_bytes`` is the size the allocation budget is computed from: the manifest and the files of the
-constants it names. A file under ``constants/`` that no constant claims is refused (it could only inflate the
-budget); files outside ``zarr.json`` and ``constants/`` are never read nor counted. ``check_chunk_files`` holds
-each constant's chunk files to the exact size its (validated) array metadata implies before they are read.
+A bundle holds what ``pack`` writes and nothing else: ``zarr.json`` and ``constants/``; any other entry is
+refused. ``accounted_bytes`` is the size the allocation budget is computed from: the manifest and the files of
+the constants it names; a file under ``constants/`` that no constant claims is refused (it could only inflate
+the budget). ``check_chunk_files`` holds each constant's chunk files to the exact size its (validated) array
+metadata implies before they are read.
 """
 
 from __future__ import annotations
@@ -137,6 +138,9 @@ def _check_zip_entry(info: zipfile.ZipInfo, size: int, seen: dict[str, int], pat
 def _check_metadata_sizes(inv: Inventory, max_manifest_bytes: int) -> None:
     if MANIFEST not in inv.files:
         raise BundleCorrupt("not a bundle: it has no zarr.json manifest", inv.path)
+    stray = next((rel for rel in sorted(inv.files) if rel != MANIFEST and not rel.startswith("constants/")), None)
+    if stray is not None:
+        raise BundleCorrupt(f"unexpected entry {stray!r}: a bundle holds zarr.json and constants/ only", inv.path)
     if inv.files[MANIFEST] > max_manifest_bytes:
         raise BundleCorrupt(f"its manifest (zarr.json) holds {inv.files[MANIFEST]} bytes, more than the "
                             f"{max_manifest_bytes} loading parses (allow more memory with max_alloc_bytes / "

@@ -41,6 +41,8 @@ def _variable_names(graphs: list[dict], declared: list[str] | None) -> set[str]:
         for name in _writes(g):
             if any(name in _reads(h) for h in graphs if h is not g):
                 names.add(name)
+    for name in sorted(names):  # a dtype/shape conflict is the real problem, whatever else is wrong with the name
+        _same_type_everywhere(name, graphs)
     for g in graphs:
         consts = g["structure"]["consts"]
         for name in sorted(names & set(consts)):
@@ -51,6 +53,16 @@ def _variable_names(graphs: list[dict], declared: list[str] | None) -> set[str]:
                 raise GraphInvalid(f"infer graph {g['name']} writes variable {name!r}; only init and update "
                                    f"graphs may write variables (rename the output)", f"graph {g['name']}")
     return names
+
+
+def _same_type_everywhere(name: str, graphs: list[dict]) -> None:
+    """VARIABLE_CONFLICT naming both graphs when ``name`` has two types, as a read, a write or a constant."""
+    typed = [(g["name"], g["structure"]["types"][name]) for g in graphs if name in g["structure"]["types"]
+             and (name in _reads(g) or name in _writes(g) or name in g["structure"]["consts"])]
+    for graph, t in typed[1:]:
+        if t != typed[0][1]:
+            raise VariableConflict(f"variable {name!r} is {_show(typed[0][1])} in graph {typed[0][0]} but {_show(t)} "
+                                   f"in graph {graph}", f"variable {name}")
 
 
 def _variable(name: str, graphs: list[dict]) -> dict:
