@@ -91,8 +91,10 @@ def check_outputs(specs: list) -> None:
 
 def check_output(path: str | os.PathLike[str], guarded: Iterable[Protected] = (), what: str = "a bundle") -> None:
     """Refuse ``path`` as the place to write ``what`` unless it is new, an empty directory or a bundle."""
+    _check_path_walks(path, what)
     out = canonical(path)
     _check_guarded(path, out, guarded, what)
+    _check_not_in_a_bundle(path, out, what)
     check_replaceable(out, what)
 
 
@@ -101,6 +103,7 @@ def check_new_file(path: str | os.PathLike[str], guarded: Iterable[Protected] = 
     """A file the CLI writes (``dag -o``, ``exec -o DIR``'s NAME.npy, ``split``'s files) must be new; with
     ``force`` it may replace an existing regular file or symlink (the link itself, never its target). Never a
     protected input (whatever ``force`` says), a directory or a special file."""
+    _check_path_walks(path, what, rule="")
     out = canonical(path)
     _check_guarded(path, out, guarded, what, rule="")
     try:
@@ -180,6 +183,27 @@ def _refuse(path: str | os.PathLike[str], what: str, why: str, rule: str | None 
     if rule is None:
         rule = f"; {what} may only replace a bundle or a path that does not exist"
     raise ParamInvalid(f"refusing to write {what} here: {why}{rule}", os.fspath(path))
+
+
+def _check_path_walks(path: str | os.PathLike[str], what: str, rule: str | None = None) -> None:
+    """Every existing component before the last must be a directory, as the kernel needs to walk it
+    (``x.npy/../out.bundle`` fails at write time, though ``realpath`` would make it ``out.bundle``)."""
+    given = os.fspath(path)
+    full = given if os.path.isabs(given) else os.path.join(os.getcwd(), given)  # not abspath: it drops ".."
+    prefix = os.sep
+    for part in full.split(os.sep)[1:-1]:
+        prefix = os.path.join(prefix, part)
+        if part not in ("", ".", "..") and os.path.lexists(prefix) and not os.path.isdir(prefix):
+            _refuse(path, what, f"{prefix} is not a directory", rule)
+
+
+def _check_not_in_a_bundle(path: str | os.PathLike[str], out: str, what: str) -> None:
+    """Writing inside another bundle's directory would add an entry it must not have (one lstat per parent)."""
+    parent = os.path.dirname(out)
+    while parent and parent != os.path.dirname(parent):
+        if os.path.lexists(os.path.join(parent, MANIFEST)) and _is_bundle_dir(parent):
+            _refuse(path, what, f"it is inside the bundle {parent}")
+        parent = os.path.dirname(parent)
 
 
 def _check_parents(path: str, what: str, rule: str | None = None) -> None:

@@ -183,8 +183,13 @@ def digest(inv: Inventory) -> str:
     """The bundle digest (``stages.pack.bundle_digest``: sha256 of the sorted listing of path and sha256 of each
     entry), streamed: memory stays constant whatever the files hold."""
     listing = hashlib.sha256()
-    for rel, entry_digest in _entry_digests(inv):
-        listing.update(f"{rel}\t{entry_digest}\n".encode())
+    try:
+        for rel, entry_digest in _entry_digests(inv):
+            listing.update(f"{rel}\t{entry_digest}\n".encode())
+    except (zipfile.BadZipFile, ValueError, EOFError) as err:
+        raise BundleCorrupt(f"an entry cannot be read: {err}", inv.path) from None
+    except OSError as err:
+        raise BundleIOError(f"an entry cannot be read: {describe_error(err)}", inv.path) from None
     return listing.hexdigest()
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..dtypes import dtype_from_name
 from ..errors import BundleIOError
-from ..guard import check_replaceable
+from ..guard import canonical, check_replaceable
 from ..runtime.formats import storage_shape
 
 NAME = "pack"
@@ -63,7 +63,7 @@ def run(meta: dict, place_tensor: PlaceTensor, out_path: str) -> str:
     untouched. A ``.zip`` destination gets the stored-zip form of the same entries, read from the
     staged (linked) chunk files: no tensor is recomputed.
     """
-    out = Path(out_path)
+    out = Path(canonical(out_path))  # "constants/.." would stage inside the directory it replaces
     check_replaceable(out)  # the build checked it before any task ran; something may have appeared since
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

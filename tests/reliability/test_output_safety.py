@@ -58,7 +58,7 @@ HOSTILE_OUTPUTS = {
     "new_weights": "non-empty directory that is not a bundle",
     ".bundle-cache": "is the cache",
     ".bundle-cache/objects/ab/out.bundle": "inside the cache",
-    "infer.onnx/out.bundle": "a parent of it is a file",
+    "infer.onnx/out.bundle": "infer.onnx is not a directory",
     "@fifo": "FIFO",
     "@link-to-bundle": "symbolic link",
 }
