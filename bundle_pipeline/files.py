@@ -50,6 +50,17 @@ def open_regular(path: str | os.PathLike[str], follow_symlinks: bool = True) -> 
     return fd
 
 
+def regular_opener(path: str, flags: int) -> int:
+    """``open(path, mode, opener=regular_opener)``: the file object keeps its name; a FIFO or device is refused
+    (``NotRegularFile``) without blocking."""
+    fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise NotRegularFile(0, f"{path} is {kind(mode)}, not a regular file", os.fspath(path))
+    return fd
+
+
 def read_regular(path: str | os.PathLike[str], max_bytes: int | None = None) -> bytes:
     """The bytes of a regular file, refused (``TooLarge``) when it holds more than ``max_bytes``."""
     fd = open_regular(path)

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import blake3
 
-from bundle_pipeline.files import NotRegularFile, kind, open_regular
+from bundle_pipeline.files import NotRegularFile, kind, regular_opener
 from bundle_pipeline.ir.hashing import canonical_json
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ class StatState:
         """Hash a file; also return the signature it had while read and whether to record it."""
         for _ in range(3):
             start_ns = time.time_ns()
-            with os.fdopen(open_regular(path), "rb") as f:  # swapped for a FIFO since the stat: refused
+            with open(path, "rb", opener=regular_opener) as f:  # swapped for a FIFO since the stat: refused
                 before = signature(os.fstat(f.fileno()))
                 h = hash_stream(f)
                 after = signature(os.fstat(f.fileno()))
