@@ -126,9 +126,10 @@ def _io_names(graph: onnx.ModelProto | str | os.PathLike) -> tuple[set[str], set
 
     if isinstance(graph, str | os.PathLike):
         from .files import read_regular
+        from .ir.onnx_import import MAX_MODEL_BYTES
 
         try:  # a regular file only: a FIFO given as a graph must not block role inference
-            graph = onnx.load_model_from_string(read_regular(graph))
+            graph = onnx.load_model_from_string(read_regular(graph, MAX_MODEL_BYTES))
         except (OSError, ValueError, RuntimeError, DecodeError):
             return set(), set(), set()  # parse reports the bad file properly
     if not isinstance(graph, onnx.ModelProto):

@@ -101,11 +101,13 @@ def check_output(path: str | os.PathLike[str], guarded: Iterable[Protected] = ()
 def check_new_file(path: str | os.PathLike[str], guarded: Iterable[Protected] = (), force: bool = False,
                    what: str = "this file", hint: str = "pass --force to replace it") -> None:
     """A file the CLI writes (``dag -o``, ``exec -o DIR``'s NAME.npy, ``split``'s files) must be new; with
-    ``force`` it may replace an existing regular file or symlink (the link itself, never its target). Never a
-    protected input (whatever ``force`` says), a directory or a special file."""
+    ``force`` it may replace an existing regular file. Never a protected input (whatever ``force`` says), a
+    path inside a bundle, a directory, a symbolic link (``-o /dev/stdout`` must not replace the link) or a
+    special file."""
     _check_path_walks(path, what, rule="")
     out = canonical(path)
     _check_guarded(path, out, guarded, what, rule="")
+    _check_not_in_a_bundle(path, out, what, rule="")
     try:
         st = os.lstat(out)
     except FileNotFoundError:
@@ -113,7 +115,7 @@ def check_new_file(path: str | os.PathLike[str], guarded: Iterable[Protected] = 
         return
     except NotADirectoryError:
         _refuse(path, what, "a parent of it is a file, not a directory", rule="")
-    if stat.S_ISDIR(st.st_mode) or not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+    if not stat.S_ISREG(st.st_mode):
         _refuse(path, what, f"it is {kind(st.st_mode)}", rule="")
     if not force:
         _refuse(path, what, f"it exists; {hint}", rule="")
@@ -121,7 +123,7 @@ def check_new_file(path: str | os.PathLike[str], guarded: Iterable[Protected] = 
 
 def write_file_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to a temp file beside ``path`` and rename it there: a reader (or a crash) sees the old
-    file or the new one, and a symlink at ``path`` is replaced, never written through."""
+    file or the new one, never half of it."""
     import tempfile
 
     folder = os.path.dirname(os.path.abspath(path))
@@ -197,12 +199,12 @@ def _check_path_walks(path: str | os.PathLike[str], what: str, rule: str | None 
             _refuse(path, what, f"{prefix} is not a directory", rule)
 
 
-def _check_not_in_a_bundle(path: str | os.PathLike[str], out: str, what: str) -> None:
+def _check_not_in_a_bundle(path: str | os.PathLike[str], out: str, what: str, rule: str | None = None) -> None:
     """Writing inside another bundle's directory would add an entry it must not have (one lstat per parent)."""
     parent = os.path.dirname(out)
     while parent and parent != os.path.dirname(parent):
         if os.path.lexists(os.path.join(parent, MANIFEST)) and _is_bundle_dir(parent):
-            _refuse(path, what, f"it is inside the bundle {parent}")
+            _refuse(path, what, f"it is inside the bundle {parent}", rule)
         parent = os.path.dirname(parent)
 
 

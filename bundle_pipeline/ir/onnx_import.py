@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper, shape_inference
 
 from ..errors import BundleIOError, GraphInvalid, OptionInvalid, UnsupportedOp
-from ..files import describe_error, read_regular
+from ..files import TooLarge, describe_error, read_regular
 from .external import ExternalRef, external_path
 from .fold_budget import fold_output_bound
 from .graph import SEQUENCE_OPS, Graph, Node, TensorType
@@ -25,6 +25,7 @@ from .scopes import bodies, body_reads, uniquify_body_names
 from .subgraphs import CONTROL_OPS, Scope, convert_control, has_bodies, op_domain, type_string, used_opsets, value_type
 
 CONST_MAX_ELEMENTS = 1024
+MAX_MODEL_BYTES = (2 << 30) - 1  # protobuf's limit: a larger .onnx file cannot be a model, whatever it holds
 MAX_FOLD_PASSES = 16  # fold + re-infer rounds; nested Ifs on static conditions need one round per level
 CONST_DTYPES = (np.int64, np.int32)
 # Ops whose result never depends on data at compile time or must not be folded.
@@ -39,9 +40,12 @@ def load_model(source: str | bytes | os.PathLike, where: str) -> tuple[onnx.Mode
             model, base = onnx.load_model_from_string(source), None
         else:
             path = Path(source)  # read as a regular file: a FIFO or a device is refused, never waited on
-            model, base = onnx.load_model_from_string(read_regular(path)), path.parent
+            model, base = onnx.load_model_from_string(read_regular(path, MAX_MODEL_BYTES)), path.parent
     except FileNotFoundError as err:
         raise BundleIOError(f"file not found: {err.filename or source}", where) from None
+    except TooLarge as err:
+        raise GraphInvalid(f"not a valid ONNX model: {describe_error(err)} (protobuf; larger weights belong in "
+                           f"external data)", where) from None
     except (DecodeError, ValueError, RuntimeError) as err:
         raise GraphInvalid(f"not a valid ONNX model (truncated or not ONNX): {err}", where) from None
     except OSError as err:

@@ -170,6 +170,7 @@ def test_huge_planned_allocation_is_refused_before_allocating(bases, tmp_path):
 
 
 def test_zip_entries_are_stored_sizes(bases):
-    """The allocation budget counts a zip's uncompressed sizes, which the loader checks against the manifest."""
+    """The zip form stores every entry (the loader refuses compressed ones), so the sizes the budget counts are
+    bytes the file really holds."""
     with zipfile.ZipFile(bases["zip"]) as zf:
         assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())

@@ -162,6 +162,13 @@ def test_dag_out_and_profile_never_replace_what_they_did_not_write(tmp_path):
     refused(invoke("dag", spec, "-o", str(page)), "dag.dot", "pass --force")
     assert page.read_text() == "mine"
     assert invoke("dag", spec, "-o", str(page), "--force").exit_code == 0 and "digraph" in page.read_text()
+    link = tmp_path / "stdout-like"
+    link.symlink_to(page)  # as /dev/stdout is: --force must not replace the link, nor write through it
+    refused(invoke("dag", spec, "-o", str(link), "--force"), "stdout-like", "symbolic link")
+    assert link.is_symlink() and "digraph" in page.read_text()
+    assert invoke("run", spec).exit_code == 0
+    refused(invoke("dag", spec, "-o", str(project / "build" / "demo.bundle" / "dag.dot")), "dag.dot",
+            "inside the bundle")
     notes = tmp_path / "notes.json"
     notes.write_text('{"mine": 1}')
     refused(invoke("run", spec, "--profile", str(notes)), "notes.json", "not a trace this tool wrote")
