@@ -10,6 +10,10 @@ a path that does not exist (an empty directory too: nothing is lost). Never:
   data files and feeds are files, never bundles, so they are covered);
 - the same path as another spec of the same run.
 
+Files the CLI writes (``dag -o``, ``exec -o DIR``'s ``NAME.npy``, ``split``'s graphs and spec, ``run --profile``)
+follow ``check_new_file``: new, or with ``--force`` an existing regular file; never a protected input, a path
+inside a bundle, a directory, a symbolic link or a special file; written with ``write_file_atomic``.
+
 A refusal is one ``PARAM_INVALID`` line naming the path and why. The checks cost a few ``stat`` calls and, for an
 existing output, a directory listing and the first and last 4 KiB of its manifest: they run before every build,
 including a no-op one. Only ``os``, ``re`` and ``stat`` at import time (``zipfile`` when an output is a file).
@@ -124,11 +128,12 @@ def check_new_file(path: str | os.PathLike[str], guarded: Iterable[Protected] = 
 def write_file_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to a temp file beside ``path`` and rename it there: a reader (or a crash) sees the old
     file or the new one, never half of it."""
-    import tempfile
+    import uuid
 
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)  # umask applies
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
