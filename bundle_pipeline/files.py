@@ -68,10 +68,7 @@ def read_regular(path: str | os.PathLike[str], max_bytes: int | None = None) -> 
         size = os.fstat(fd).st_size
         if max_bytes is not None and size > max_bytes:
             raise TooLarge(0, f"{path} holds {size} bytes, more than the {max_bytes} allowed", os.fspath(path))
-        data = f.read(size if max_bytes is None else max_bytes + 1)
-    if max_bytes is not None and len(data) > max_bytes:  # it grew while read
-        raise TooLarge(0, f"{path} holds more than the {max_bytes} bytes allowed", os.fspath(path))
-    return data
+        return f.read(size)  # what fstat saw, not a max_bytes-sized buffer (read(n) allocates n up front)
 
 
 def describe_error(err: OSError) -> str:
