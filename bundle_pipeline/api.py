@@ -66,8 +66,12 @@ def bundle_build_model(graphs: Sequence[GraphWithOptions], target: str = "cpu",
 
 
 def bundle_save_model(path: str | os.PathLike, model: ModelBuffer) -> None:
-    """Write the bundle file atomically (temp + rename): a failure leaves any previous file untouched."""
+    """Write the bundle file atomically (temp + rename): a failure leaves any previous file untouched. Only a
+    bundle or a path that does not exist may be replaced (``guard``): anything else is PARAM_INVALID."""
+    from .guard import check_replaceable
+
     dest = Path(path)
+    check_replaceable(dest)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
@@ -135,8 +139,11 @@ def _io_names(graph: onnx.ModelProto | str | os.PathLike) -> tuple[set[str], set
     from google.protobuf.message import DecodeError
 
     if isinstance(graph, str | os.PathLike):
-        try:
-            graph = onnx.load_model(str(graph), load_external_data=False)
+        from .files import read_regular
+        from .ir.onnx_import import MAX_MODEL_BYTES
+
+        try:  # a regular file only: a FIFO given as a graph must not block role inference
+            graph = onnx.load_model_from_string(read_regular(graph, MAX_MODEL_BYTES))
         except (OSError, ValueError, RuntimeError, DecodeError):
             return set(), set(), set()  # parse reports the bad file properly
     if not isinstance(graph, onnx.ModelProto):

@@ -121,13 +121,10 @@ class BundleBackend(Backend):
                 if input_shape else options
             buffer = bundle_build_model([GraphWithOptions(model, opts, role="infer", name=GRAPH)],
                                         target=target, cache=cache if cache is not None else shared_cache_dir())
-            fd, path = tempfile.mkstemp(prefix="backend-", suffix=".bundle.zip")
-            os.close(fd)
-            try:
+            with tempfile.TemporaryDirectory(prefix="backend-") as tmp:  # a new path: saving replaces nothing
+                path = os.path.join(tmp, "bundle.zip")
                 bundle_save_model(path, buffer)
                 return load_bundle(path)  # constants are read into memory: the file is not needed afterwards
-            finally:
-                os.unlink(path)
 
         if symbolic:  # compiled at the first run, when the inputs fix the dims
             return BundleBackendRep(None, feeds, outputs, build, symbolic)

@@ -69,6 +69,7 @@ def run(
         loaded = _load_specs(specs, target, out, cache)
         recorder = None
         if profile is not None:
+            _check_trace_path(profile, loaded)
             from .pipeline.profile import TraceRecorder
 
             recorder = TraceRecorder()
@@ -88,6 +89,20 @@ def run(
         else:
             typer.echo(f"built {report.bundle}  digest {report.digest[:16]}  {report.seconds:.2f}s  "
                        f"{ran} ran, {len(report.tasks) - ran} cached")
+
+
+def _check_trace_path(path: Path, specs: list) -> None:
+    """--profile may replace a trace it wrote before (a Trace Event JSON object), nothing else of the user's."""
+    from .files import open_regular
+    from .guard import check_new_file, protected_inputs
+
+    try:
+        with open(open_regular(path, follow_symlinks=False), "rb") as f:
+            is_trace = f.read(16).lstrip().startswith(b'{"traceEvents"')
+    except OSError:
+        is_trace = False
+    check_new_file(path, protected_inputs(specs), is_trace, "the trace",
+                   hint="it is not a trace this tool wrote; choose another path")
 
 
 @app.command()
@@ -141,23 +156,28 @@ def dag(
     out: Annotated[Path | None, typer.Option("-o", "--out", help="write to this file instead of stdout")] = None,
     target: TargetOpt = None,
     cache: CacheOpt = None,
+    force: Annotated[bool, typer.Option(help="replace an existing -o file")] = False,
 ) -> None:
     """Draw the task graph: each task's stage, graph, status (cached / stale / maybe) and recorded duration.
 
     dot is Graphviz input; json is {"nodes", "edges", ...}; html is one self-contained page (inline SVG,
-    no network) that draws the DAG in a browser.
+    no network) that draws the DAG in a browser. -o never replaces an existing file without --force, and
+    never a spec, a model or anything of the cache.
     """
+    from .guard import check_new_file, protected_inputs, write_file_atomic
     from .pipeline.dagview import FORMATS, render, task_graph
 
     if fmt not in FORMATS:
         raise ParamInvalid(f"unknown format {fmt!r}; use one of: {', '.join(FORMATS)}", "--format")
-    text = render(task_graph(_load_specs(specs, target, None, cache)), fmt)
+    loaded = _load_specs(specs, target, None, cache)
+    if out is not None:
+        check_new_file(out, protected_inputs(loaded), force, "the DAG")
+    text = render(task_graph(loaded), fmt)
     if out is None:
         typer.echo(text, nl=not text.endswith("\n"))
         return
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
+        write_file_atomic(out, text.encode())
     except OSError as err:
         raise BundleIOError(f"cannot write: {err.strerror or err}", str(out)) from None
     typer.echo(f"wrote {out}", err=True)
@@ -183,22 +203,71 @@ def exec_(
     updates: Annotated[list[str] | None, typer.Option("-u", "--update", help="NAME=FILE.npy update feed")] = None,
     update_graph: Annotated[str | None, typer.Option(help="update graph for -u (default: the only one)")] = None,
     out_dir: Annotated[Path | None, typer.Option("-o", "--out", help="write outputs as NAME.npy here")] = None,
+    force: Annotated[bool, typer.Option(help="replace existing NAME.npy files in -o DIR")] = False,
+    max_memory: Annotated[str | None, typer.Option(help="memory loading may plan (variables, arenas, inline "
+                                                        "constants), e.g. 8G [default: max(1 GiB, 64 x the "
+                                                        "bundle's size)]")] = None,
 ) -> None:
-    """Load a bundle (runs init), apply -u updates, run GRAPH on -i feeds."""
+    """Load a bundle (runs init), apply -u updates, run GRAPH on -i feeds.
+
+    -o DIR never replaces an existing file without --force, and never a feed or anything inside the bundle.
+    """
     import numpy as np
 
     from .runtime import load_bundle
 
-    loaded = load_bundle(bundle)
+    budget = None if max_memory is None else _parse_bytes(max_memory, "--max-memory")
+    update_feeds, infer_feeds = _read_feeds(updates or []), _read_feeds(inputs or [])  # bad feeds fail first
+    loaded = load_bundle(bundle, max_alloc_bytes=budget)
+    files = _output_files(loaded, graph, bundle, out_dir, [*(updates or []), *(inputs or [])], force) \
+        if out_dir else {}
     if updates:
-        loaded.update(_read_feeds(updates), graph=update_graph)
-    outputs = loaded.run(graph, _read_feeds(inputs or []))
-    if out_dir:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        loaded.update(update_feeds, graph=update_graph)
+    outputs = loaded.run(graph, infer_feeds)
     for name, value in outputs.items():
-        if out_dir:
-            np.save(out_dir / f"{_file_safe(name)}.npy", value)
+        if name in files:
+            _save_npy(files[name], value)
         typer.echo(f"{name}: {value.dtype}{list(value.shape)}  mean {float(np.mean(value)) if value.size else 0:.6g}")
+
+
+def _output_files(loaded, graph: str, bundle: Path, out_dir: Path, feeds: list[str], force: bool) -> dict[str, Path]:
+    """Output name -> the NAME.npy it goes to, checked before anything runs: new files (or --force), two
+    outputs never share a file, never a feed of this command or a path inside the bundle."""
+    import os
+
+    from .guard import Protected, check_new_file
+
+    loaded._check_graph(graph, "infer")
+    guarded = [Protected(os.path.realpath(bundle), f"the bundle {bundle}", no_inside=True)]
+    guarded += [Protected(os.path.realpath(item.partition("=")[2]), f"feed {item.partition('=')[0]}")
+                for item in feeds]
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ParamInvalid("-o takes a directory (outputs are written as NAME.npy in it), and this is not one",
+                           str(out_dir))
+    files: dict[str, Path] = {}
+    for out in loaded.executors[graph].program["outputs"]:
+        path = out_dir / f"{_file_safe(out['name'])}.npy"
+        clash = next((n for n, p in files.items() if p == path), None)
+        if clash is not None:
+            raise ParamInvalid(f"outputs {clash!r} and {out['name']!r} would both be written to {path.name}", "-o")
+        check_new_file(path, guarded, force, f"output {out['name']!r}")
+        files[out["name"]] = path
+    return files
+
+
+def _save_npy(path: Path, value) -> None:
+    import io
+
+    import numpy as np
+
+    from .guard import write_file_atomic
+
+    buf = io.BytesIO()
+    np.save(buf, value, allow_pickle=False)
+    try:
+        write_file_atomic(path, buf.getvalue())
+    except OSError as err:
+        raise BundleIOError(f"cannot write: {err.strerror or err}", str(path)) from None
 
 
 @app.command()
@@ -223,10 +292,20 @@ CacheRoot = Annotated[str, typer.Argument(help="cache directory or fsspec URL (s
 
 
 def _with_cache(root: str, action: str, fn):
-    """Run ``fn(Cache(root))``; an OSError (missing bucket, permissions, network) is one IO_ERROR line."""
+    """Run ``fn(Cache(root))`` on a cache only (its marker, or a cache made before markers: ``Cache.require``);
+    anything else is one PARAM_INVALID line and is not touched. An OSError (missing bucket, permissions,
+    network) is one IO_ERROR line."""
     from .cache import Cache
+    from .cache.store import NotACache
+    from .guard import check_cache_url
+
+    check_cache_url(root, "cache root")
     try:
-        return fn(Cache(root))
+        cache = Cache(root)
+        cache.require()
+        return fn(cache)
+    except NotACache as err:
+        raise ParamInvalid(f"cache {action}: {err}", root) from None
     except OSError as err:
         raise BundleIOError(f"cache {action} failed: {err.strerror or err}", str(err.filename or root)) from None
 
@@ -266,7 +345,7 @@ def cache_gc(
     re-run what they lose). Temp files of interrupted writes go once an hour old. Safe beside a
     running build: what it loses is rebuilt (see `run --json` cache_repairs).
     """
-    budget = None if max_bytes is None else _parse_bytes(max_bytes)
+    budget = None if max_bytes is None else _parse_bytes(max_bytes, "--max-bytes")
     if older_than < 0:
         raise ParamInvalid("--older-than must be a number of days >= 0", "--older-than")
 
@@ -279,13 +358,13 @@ def cache_gc(
     typer.echo(json.dumps(_with_cache(root, "gc", gc)))
 
 
-def _parse_bytes(text: str) -> int:
+def _parse_bytes(text: str, option: str) -> int:
     """500, 500K, 20M, 1.5G, 2T (powers of 1024; a trailing B or iB is allowed)."""
     import re
 
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, flags=re.IGNORECASE)
     if not m:
-        raise ParamInvalid(f"{text!r} is not a size (e.g. 500000000, 500M, 20G)", "--max-bytes")
+        raise ParamInvalid(f"{text!r} is not a size (e.g. 500000000, 500M, 20G)", option)
     return int(float(m[1]) * 1024 ** "_KMGT".index(m[2].upper() or "_"))
 
 
@@ -300,33 +379,32 @@ def split(
                                                        "[default: 8, a float32 scalar stays constant]")] = None,
     input_shape: Annotated[str | None, typer.Option(help="infer graph option, CANN syntax name:d0,d1;name2:...")]
     = None,
+    force: Annotated[bool, typer.Option(help="replace existing init.onnx, update.onnx, infer.onnx, bundle.yaml "
+                                             "(never the input model)")] = False,
 ) -> None:
     """Split one model into weight-refreshable init / update / infer graphs (aclgrphConvertToWeightRefreshableGraphs)
-    and write a bundle.yaml that builds them."""
+    and write a bundle.yaml that builds them. Existing files in OUTDIR are refused unless --force."""
     from .split import DEFAULT_MIN_BYTES, split_model_file
 
     names = None if const_names is None else [n for n in const_names.split(",") if n.strip()]
     if names is not None and not names:
         raise ParamInvalid("--const-names names no tensor", "--const-names")
     graphs, spec = split_model_file(model, outdir, names, DEFAULT_MIN_BYTES if min_bytes is None else min_bytes,
-                                    input_shape or "")
+                                    input_shape or "", force=force)
     nbytes = sum(t.ByteSize() for t in graphs.var_init.graph.initializer)
     typer.echo(f"split {model} -> {spec}: {len(graphs.variables)} variables ({nbytes} B); "
                f"build with: bundle-pipeline run {spec}")
 
 
 def _read_feeds(items: list[str]) -> dict:
-    import numpy as np
+    from .feeds import read_npy
 
     feeds = {}
     for item in items:
         name, sep, file = item.partition("=")
         if not sep or not name or not file:
             raise ParamInvalid(f"feed {item!r} must look like NAME=FILE.npy", "-i/-u")
-        try:
-            feeds[name] = np.load(file, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise ParamInvalid(f"cannot read {file}: {err}", f"feed {name}") from None
+        feeds[name] = read_npy(file, name)
     return feeds
 
 

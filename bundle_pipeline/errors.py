@@ -12,6 +12,7 @@ STATUSES = (
     "BUNDLE_CORRUPT",
     "RUNTIME_ERROR",
 )
+MAX_MESSAGE_CHARS = 2000  # a message quoting a hostile value (a huge option, a long name) stays one short line
 
 
 class BundleError(Exception):
@@ -27,8 +28,9 @@ class BundleError(Exception):
             self.status = status
         if self.status not in STATUSES:
             raise ValueError(f"unknown BundleError status {self.status!r}")
-        self.message = " ".join(str(message).split())
-        self.where = where
+        self.message = _clip(" ".join(str(message)[: 4 * MAX_MESSAGE_CHARS].split()))
+        # a place is a path or a name: kept as is, but a newline in a hostile file name must not break the line
+        self.where = None if where is None else _clip("".join(c if c.isprintable() else "?" for c in str(where)))
         super().__init__(self.one_line())
 
     def __reduce__(self):
@@ -38,6 +40,10 @@ class BundleError(Exception):
     def one_line(self) -> str:
         place = f"{self.where}: " if self.where else ""
         return f"{self.status}: {place}{self.message}"
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 5] + " ..."
 
 
 def _rebuild_error(cls: type, message: str, where: str | None, status: str) -> BundleError:

@@ -6,15 +6,22 @@ import math
 
 import numpy as np
 
-from .runtime.bundle import open_group
+from .runtime.bundle import open_constant, open_group
 from .runtime.formats import storage_shape
+from .runtime.storage import accounted_bytes, digest, inventory
 from .runtime.validate import validate_manifest
-from .stages.pack import bundle_digest
 
 
 def describe(path: str) -> dict:
-    manifest = dict(open_group(path).attrs)
+    """Read the manifest only (after ``inventory`` vetted the entries: no link followed, no special file read, no
+    compressed entry); the digest streams every entry, so memory stays small whatever the bundle holds."""
+    inv = inventory(path)
+    group = open_group(path, inv)
+    manifest = dict(group.attrs)
     validate_manifest(manifest, path)
+    accounted_bytes(inv, manifest["constants"])  # every file under constants/ belongs to a constant
+    for cid, const in manifest["constants"].items():  # and has the size its array's metadata implies
+        open_constant(group, cid, const, inv)
     graphs = [_graph(g) for g in manifest["graphs"]]
     variables = [{k: v[k] for k in ("name", "shape", "dtype", "format", "nbytes", "readers", "writers")}
                  for v in manifest["variables"]]
@@ -24,7 +31,7 @@ def describe(path: str) -> dict:
     references = [cid for g in manifest["graphs"] for cid in g.get("bindings", {}).values()]
     references += [v["initial"] for v in manifest["variables"] if v.get("initial")]
     referenced = sum(_nbytes(constants[cid]) for cid in references)
-    return {"target": manifest["target"], "digest": bundle_digest(path), "graphs": graphs, "variables": variables,
+    return {"target": manifest["target"], "digest": digest(inv), "graphs": graphs, "variables": variables,
             "constants": {"count": len(constants), "nbytes": stored,
                           "converted": sum(1 for c in constants.values() if "format" in c),
                           "references": len(references), "bytes_saved": max(0, referenced - stored)}}

@@ -10,12 +10,17 @@ from typing import Any
 import yaml
 
 from .errors import BundleIOError, OptionInvalid, ParamInvalid
+from .files import TooLarge, describe_error, read_regular
+from .guard import check_cache_url
 from .options import validate_options
 from .targets import get_target
 
 ROLES = ("init", "update", "infer")
 TOP_KEYS = {"name", "target", "output", "cache", "variables", "graphs"}
 GRAPH_KEYS = {"name", "role", "model", "options", "assign"}
+MAX_SPEC_BYTES = 16 << 20  # a spec is a few lines; this bounds what reading a wrong file costs
+MAX_SPEC_NODES = 100_000  # YAML nodes after alias expansion (a "billion laughs" spec is refused, not expanded)
+MAX_SPEC_NESTING = 100  # [ and { levels: PyYAML's scanner is quadratic in them (50k levels: minutes)
 
 
 @dataclass(frozen=True)
@@ -45,8 +50,19 @@ class BundleSpec:
         return self.output.endswith(".zip")
 
 
+class _TooDeep(Exception):
+    """The YAML nests [ ] / { } deeper than MAX_SPEC_NESTING."""
+
+
 class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that records the line of every mapping so errors can point at it."""
+    """SafeLoader that records the line of every mapping so errors can point at it, and refuses deep [ ] / { }
+    nesting as it scans (PyYAML's scanner is quadratic in the flow level: 50k levels take minutes)."""
+
+    def fetch_flow_collection_start(self, token_class: type) -> None:
+        if self.flow_level >= MAX_SPEC_NESTING:
+            raise _TooDeep(f"the YAML nests more than {MAX_SPEC_NESTING} levels of [ ] / {{ }} (line "
+                           f"{self.get_mark().line + 1})")
+        super().fetch_flow_collection_start(token_class)
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict:
@@ -63,11 +79,19 @@ def load_spec(path: str | os.PathLike, target: str | None = None, output: str | 
     """Read and validate a bundle.yaml; CLI overrides win over the file's values."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = read_regular(path, MAX_SPEC_BYTES).decode("utf-8")
+    except TooLarge as err:
+        raise ParamInvalid(f"not a bundle spec: {describe_error(err)}", str(path)) from None
     except OSError as err:
-        raise BundleIOError(f"cannot read spec: {err.strerror or err}", str(path)) from None
+        raise BundleIOError(f"cannot read spec: {describe_error(err)}", str(path)) from None
+    except UnicodeDecodeError:
+        raise ParamInvalid("not a bundle spec: the file is not UTF-8 text", str(path)) from None
     try:
-        raw = yaml.load(text, Loader=_LineLoader)
+        raw = _parse_yaml(text, str(path))
+    except RecursionError:
+        raise ParamInvalid("the YAML nests too deeply to be a bundle spec", str(path)) from None
+    except _TooDeep as err:
+        raise ParamInvalid(str(err), str(path)) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
@@ -77,12 +101,58 @@ def load_spec(path: str | os.PathLike, target: str | None = None, output: str | 
     return _build_spec(raw, path, target, output, cache)
 
 
+def _parse_yaml(text: str, where: str) -> Any:
+    """Compose the YAML node graph, refuse it if aliases would expand it past MAX_SPEC_NODES (or into a cycle),
+    then construct it: an alias bomb costs its text, never its expansion."""
+    loader = _LineLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node, where)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_expansion(root: yaml.Node, where: str) -> None:
+    sizes: dict[int, int] = {}  # id(node) -> nodes it expands to; aliases share the node object
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        children = _children(node)
+        if done:
+            open_nodes.discard(key)
+            sizes[key] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[key] > MAX_SPEC_NODES:
+                raise ParamInvalid(f"the YAML expands to more than {MAX_SPEC_NODES} values through aliases "
+                                   f"(&anchor / *alias); write the values out", where)
+            continue
+        if key in sizes:
+            continue
+        if key in open_nodes:
+            raise ParamInvalid("the YAML has a recursive alias (a value that contains itself)", where)
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
 def _build_spec(raw: dict, path: Path, target: str | None, output: str | None,
                 cache: str | None) -> BundleSpec:
     where = f"{path}:{raw.get('__line__', 1)}"
     _check_keys(raw, TOP_KEYS, where)
     base = path.parent.resolve()
-    name = _text(raw, "name", where, default=path.stem)
+    name = _bundle_name(_text(raw, "name", where, default=path.stem), where)
     graphs_raw = raw.get("graphs")
     if not isinstance(graphs_raw, list) or not graphs_raw:
         raise ParamInvalid("'graphs' must be a non-empty list of {name, role, model, options, assign}", where)
@@ -92,6 +162,7 @@ def _build_spec(raw: dict, path: Path, target: str | None, output: str | None,
         raise ParamInvalid("'variables' must be a list of tensor names", where)
     out = output or _text(raw, "output", where, default=f"build/{name}.bundle")
     cache_dir = cache or _text(raw, "cache", where, default=".bundle-cache")
+    check_cache_url(cache_dir, "--cache" if cache else where)
     spec = BundleSpec(
         name=name,
         target=target or _text(raw, "target", where, default="cpu"),
@@ -174,6 +245,14 @@ def _text(raw: dict, key: str, where: str, default: str | None = None) -> str:
     if not isinstance(value, str | int | float) or isinstance(value, bool):
         raise ParamInvalid(f"key {key!r} must be a string", where)
     return str(value)
+
+
+def _bundle_name(name: str, where: str) -> str:
+    """A bundle name is one path component: the default output is build/<name>.bundle beside the spec."""
+    if name in ("", ".", "..") or any(c in name for c in "/\\") or not name.isprintable():
+        raise ParamInvalid(f"bundle name {name!r} must be a plain name (no path separators, not '.' or '..', "
+                           f"printable)", where)
+    return name
 
 
 def _resolve(base: Path, value: str) -> str:

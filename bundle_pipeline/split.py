@@ -122,16 +122,28 @@ def convert_to_weight_refreshable_graphs(model: onnx.ModelProto | str | os.PathL
 
 def load(path: str | os.PathLike, where: str) -> onnx.ModelProto:
     """Read a model file with its external data (the init graph needs the bytes)."""
-    import onnx
-
-    from .ir.onnx_import import load_model
+    from .ir.onnx_import import inline_external, load_model
 
     model, base = load_model(path, where)
-    try:
-        onnx.external_data_helper.load_external_data_for_model(model, str(base))
-    except (OSError, ValueError) as err:
-        raise BundleIOError(f"cannot read the model's external data: {err}", where) from None
+    for t in _external_tensors(model):  # each location checked and read by us: inside the model's directory,
+        inline_external(t, base, where)  # a regular file, exactly the tensor's bytes (no onnx ValidationError)
     return model
+
+
+def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    import onnx
+
+    found: list[onnx.TensorProto] = []
+    graphs = [model.graph]
+    while graphs:
+        g = graphs.pop()
+        tensors = list(g.initializer)
+        for node in g.node:
+            for attr in node.attribute:
+                tensors += [attr.t, *attr.tensors] if attr.HasField("t") else list(attr.tensors)
+                graphs += [attr.g, *attr.graphs] if attr.HasField("g") else list(attr.graphs)
+        found += [t for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL]
+    return found
 
 
 # ---------------------------------------------------------------- analysis
@@ -433,12 +445,28 @@ def write_split(graphs: WeightRefreshableGraphs, outdir: str | os.PathLike, name
     return out / "bundle.yaml"
 
 
+SPLIT_FILES = ("infer.onnx", "update.onnx", "init.onnx", "bundle.yaml")
+
+
 def split_model_file(model: str | os.PathLike, outdir: str | os.PathLike, const_names: Iterable[str] | None = None,
-                     min_bytes: int = DEFAULT_MIN_BYTES, input_shape: str = "") -> tuple[WeightRefreshableGraphs, Path]:
-    """``bundle-pipeline split``: convert and write; the input shape is checked before anything is written."""
+                     min_bytes: int = DEFAULT_MIN_BYTES, input_shape: str = "",
+                     force: bool = False) -> tuple[WeightRefreshableGraphs, Path]:
+    """``bundle-pipeline split``: convert and write; the input shape is checked before anything is written.
+    Existing files it would write are refused unless ``force`` (and the input model always is)."""
+    _check_split_outputs(Path(model), Path(outdir), force)
     graphs = convert_to_weight_refreshable_graphs(model, None if const_names is None else list(const_names),
                                                   min_bytes)
     return graphs, write_split(graphs, outdir, Path(model).stem, input_shape)
+
+
+def _check_split_outputs(model: Path, outdir: Path, force: bool) -> None:
+    from .guard import Protected, check_new_file
+
+    if outdir.exists() and not outdir.is_dir():
+        raise ParamInvalid("OUTDIR is not a directory", str(outdir))
+    guarded = [Protected(os.path.realpath(model), f"the input model {model}")]
+    for name in (*SPLIT_FILES, *(f"{f}.data" for f in SPLIT_FILES[:3])):
+        check_new_file(outdir / name, guarded, force, name)
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:

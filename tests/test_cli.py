@@ -57,7 +57,8 @@ def test_exec_and_update_match_ort(tmp_path):
     np.testing.assert_allclose(np.load(out / "y.npy"), expected["y"], rtol=1e-4, atol=1e-5)
     ups = sorted((demo / "new_weights").glob("*.npy"))
     args = [a for p in ups for a in ("-u", f"{p.name[:-4]}={p}")]
-    result = runner.invoke(app, ["exec", str(bundle), "infer", "-i", f"x={demo / 'x.npy'}", *args, "-o", str(out)])
+    result = runner.invoke(app, ["exec", str(bundle), "infer", "-i", f"x={demo / 'x.npy'}", *args, "-o", str(out),
+                                 "--force"])  # replaces the first run's y.npy
     assert result.exit_code == 0, result.output
     new = {p.name[: -len(".new.npy")]: np.load(p) for p in ups}
     expected = ort_run(demo / "infer.onnx", {"x": x}, weights=new)

@@ -346,3 +346,44 @@ def test_external_data_models_split_from_their_path(tmp_path):
     with pytest.raises(bp.BundleError) as err:
         bp.convert_to_weight_refreshable_graphs(onnx.load(tmp_path / "ext.onnx", load_external_data=False))
     assert err.value.status == "PARAM_INVALID" and "external data" in str(err.value)
+
+
+def test_split_never_overwrites_without_force_and_never_the_input_model(tmp_path):
+    onnx.save(mixed_model(batch="N"), tmp_path / "m.onnx")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "bundle.yaml").write_text("the user's spec")
+    (out / "init.onnx").write_bytes(b"the user's model")
+    runner = CliRunner()
+    args = ["split", str(tmp_path / "m.onnx"), str(out), "--input-shape", "x:1,2,4,4"]
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 1 and refused.output.startswith("error: PARAM_INVALID") and "--force" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["bundle.yaml", "init.onnx"]
+    assert (out / "bundle.yaml").read_text() == "the user's spec"
+    assert (out / "init.onnx").read_bytes() == b"the user's model"
+    assert runner.invoke(app, [*args, "--force"]).exit_code == 0
+    assert yaml.safe_load((out / "bundle.yaml").read_text())["graphs"][0]["model"] == "init.onnx"
+    original = (out / "infer.onnx").read_bytes()
+    again = runner.invoke(app, ["split", str(out / "infer.onnx"), str(out), "--force"])  # its own infer.onnx
+    assert again.exit_code == 1 and "is the input model" in again.output
+    assert (out / "infer.onnx").read_bytes() == original
+
+
+@pytest.mark.parametrize("location", ["../secret.bin", "/etc/hostname", "link.bin"])
+def test_split_external_data_outside_the_model_directory_is_one_line(tmp_path, location):
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    np.ones(64, np.float32).tofile(tmp_path / "secret.bin")
+    (models_dir / "link.bin").symlink_to(tmp_path / "secret.bin")
+    model = mixed_model()
+    onnx.save(model, models_dir / "ext.onnx", save_as_external_data=True, location="ext.data", size_threshold=0)
+    m = onnx.load(models_dir / "ext.onnx", load_external_data=False)
+    for t in m.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location":
+                entry.value = location
+    (models_dir / "ext.onnx").write_bytes(m.SerializeToString())
+    result = CliRunner().invoke(app, ["split", str(models_dir / "ext.onnx"), str(tmp_path / "out")])
+    assert result.exit_code == 1 and result.output.startswith("error: GRAPH_INVALID") and location in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "out").exists()

@@ -42,12 +42,14 @@ import contextlib
 import json
 import os
 import re
+import stat
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 import blake3
 
+from bundle_pipeline.files import NotRegularFile, kind, regular_opener
 from bundle_pipeline.ir.hashing import canonical_json
 
 if TYPE_CHECKING:
@@ -104,7 +106,10 @@ class StatState:
     def file_hash(self, path: str | os.PathLike[str]) -> str:
         """Content hash of a local file; FileNotFoundError when it does not exist."""
         abspath = os.path.abspath(os.fspath(path))
-        sig = signature(os.stat(abspath))
+        st = os.stat(abspath)
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read, a device never end it
+            raise NotRegularFile(0, f"{abspath} is {kind(st.st_mode)}, not a regular file", abspath)
+        sig = signature(st)
         with self._lock:
             entry = self._loaded().get(abspath)
         if entry is not None and tuple(entry[:4]) == sig:
@@ -118,7 +123,7 @@ class StatState:
         """Hash a file; also return the signature it had while read and whether to record it."""
         for _ in range(3):
             start_ns = time.time_ns()
-            with open(path, "rb") as f:
+            with open(path, "rb", opener=regular_opener) as f:  # swapped for a FIFO since the stat: refused
                 before = signature(os.fstat(f.fileno()))
                 h = hash_stream(f)
                 after = signature(os.fstat(f.fileno()))

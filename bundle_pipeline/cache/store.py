@@ -12,6 +12,12 @@ Everything lives under one root (``.bundle-cache/`` by default, or ``memory://..
     state/stat.json              input-file stat state, local roots only (see ``statstate.py``)
     state/outputs.json           which build wrote each output path of this machine (idem)
     */<xx>/.tmp-<uuid>           a write in progress, or a leftover of a crashed one (``gc`` removes)
+    bundle-pipeline-cache.json   the marker: written when the root is created (or first used by a build),
+                                 so that ``cache info|verify|gc`` act only on caches (``Cache.require``)
+
+Only entries named as the cache names them (``<area>/<2 hex>/<64 hex>``, actions by key, temps
+``.tmp-<32 hex>``) are ever judged or removed: anything else found under the areas is foreign
+(a user's file) and left alone, and listed by ``verify``.
 
 Every write goes to a ``.tmp-`` name next to its destination and is then renamed into place:
 ``os.replace`` on local disks (atomic), ``fs.mv`` on other fsspec filesystems. On object stores
@@ -82,6 +88,10 @@ if TYPE_CHECKING:
 
 TEMP_PREFIX = ".tmp-"
 AREAS = ("objects", "tensors", "actions")
+MARKER = "bundle-pipeline-cache.json"
+MARKER_BYTES = b'{"bundle-pipeline-cache": 1}\n'
+# What a cache root holds at its top: a directory with only these (and temps) is cache-shaped.
+ROOT_NAMES = frozenset({*AREAS, "state", MARKER})
 # Object stores where one PUT is atomic (the object appears whole or not at all): no temp + rename.
 ATOMIC_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "abfs", "az", "memory"})
 # Object stores with directory-listing caches, which would go stale while other machines write.
@@ -96,6 +106,7 @@ RECENT_JSON = Recent(64 << 20)
 # Action keys are usually hashes, but any short file-name-safe word works; a leading "." is
 # reserved for temp names and "/" could escape the shard directory.
 _KEY_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{1,254}")
+_TEMP_RE = re.compile(r"\.tmp-[0-9a-f]{32}")
 
 
 class CacheMiss(KeyError):
@@ -134,7 +145,19 @@ class Entry:
 
     @property
     def is_temp(self) -> bool:
-        return self.name.startswith(TEMP_PREFIX)
+        return _TEMP_RE.fullmatch(self.name) is not None
+
+    def is_ours(self, area: str) -> bool:
+        """Named as the cache names its entries: anything else under an area is a user's file, never touched."""
+        if self.is_temp:
+            return True
+        if area == "actions":
+            return _KEY_RE.fullmatch(self.name) is not None and self.shard == self.name[:2]
+        return _HASH_RE.fullmatch(self.name) is not None and self.shard == self.name[:2]
+
+
+class NotACache(Exception):
+    """A path that cache commands must not touch: it is no cache (no marker, not a cache's layout)."""
 
 
 class LocalBackend:
@@ -142,8 +165,9 @@ class LocalBackend:
 
     is_local = True
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, mark_root: bool = False):
         self.root = root
+        self.mark_root = mark_root  # a cache root (not a state directory): it gets the marker when created
 
     def path(self, rel: str) -> str:
         return os.path.join(self.root, rel)
@@ -182,6 +206,7 @@ class LocalBackend:
                 with open(tmp, "xb") as f:
                     f.write(data)
             except FileNotFoundError:  # directories are created lazily, on the first write into them
+                self._create_root()
                 os.makedirs(folder, exist_ok=True)
                 with open(tmp, "xb") as f:
                     f.write(data)
@@ -203,12 +228,27 @@ class LocalBackend:
             self.remove(rel)
 
     def new_dir(self, rel: str) -> None:
+        self._create_root()
         os.makedirs(self.path(rel), exist_ok=True)
 
     def write_new(self, rel: str, data: bytes | memoryview) -> None:
         """Write a file inside a temp directory made by ``new_dir`` (the directory is published whole)."""
         with open(self.path(rel), "xb") as f:
             f.write(data)
+
+    def _create_root(self) -> None:
+        """A cache root this process creates gets the marker (``Cache.claim`` marks existing roots)."""
+        if not self.mark_root or os.path.isdir(self.root):
+            return
+        os.makedirs(self.root, exist_ok=True)
+        self.write_atomic(MARKER, MARKER_BYTES)
+
+    def top_names(self) -> set[str] | None:
+        """Names at the root, None when there is no root (NotADirectoryError when it is a file)."""
+        try:
+            return set(os.listdir(self.root))
+        except FileNotFoundError:
+            return None
 
     def publish_dir(self, tmp_rel: str, final_rel: str) -> bool:
         """Rename a finished temp directory into place; False when the destination already exists."""
@@ -239,6 +279,8 @@ class LocalBackend:
 
     def prune_empty_dirs(self, area: str) -> None:
         for shard in _scandir(self.path(area)):
+            if len(shard.name) != 2:
+                continue  # not a shard this cache made
             with contextlib.suppress(OSError):  # not empty, or raced with a writer: keep it
                 os.rmdir(shard.path)
 
@@ -395,6 +437,14 @@ class FsspecBackend:
     def prune_empty_dirs(self, area: str) -> None:
         """Object stores have no real directories; nothing to prune."""
 
+    def top_names(self) -> set[str] | None:
+        """Names at the root, None when nothing is stored under it."""
+        try:
+            found = self.fs.ls(self.root, detail=False)
+        except FileNotFoundError:
+            return None
+        return {p.rstrip("/").rsplit("/", 1)[-1] for p in found} or None
+
     def export_tree(self, rel: str, dest: str) -> None:
         """Download the tree at ``rel`` under local ``dest`` (one batched, concurrent ``get``)."""
         top = self.path(rel)
@@ -493,7 +543,7 @@ def open_backend(root: str | os.PathLike[str], storage_options: dict[str, Any] |
     """Pick the backend for ``root``: plain ``os`` for local paths and ``file://`` URLs, fsspec otherwise."""
     given = os.fspath(root)
     if "://" not in given and not storage_options:  # a plain local path: no fsspec needed
-        return LocalBackend(os.path.abspath(given))
+        return LocalBackend(os.path.abspath(given), mark_root=True)
     from fsspec.core import split_protocol, url_to_fs
     from fsspec.implementations.local import LocalFileSystem
 
@@ -501,9 +551,14 @@ def open_backend(root: str | os.PathLike[str], storage_options: dict[str, Any] |
     protocol = split_protocol(given)[0]
     if protocol in LISTING_CACHE_PROTOCOLS:
         opts.setdefault("use_listings_cache", False)
-    fs, path = url_to_fs(given, **opts)
+    try:
+        fs, path = url_to_fs(given, **opts)
+    except (ValueError, ImportError) as err:  # an unknown protocol, or its package is not installed
+        from bundle_pipeline.errors import ParamInvalid
+
+        raise ParamInvalid(f"cannot open the cache: {err}", given) from None
     if isinstance(fs, LocalFileSystem):
-        return LocalBackend(os.path.abspath(path))
+        return LocalBackend(os.path.abspath(path), mark_root=True)
     return FsspecBackend(fs, path, opts)
 
 
@@ -845,6 +900,60 @@ class Cache:
     def record_output(self, path: str | os.PathLike[str], record: dict[str, Any]) -> None:
         self._outputs.put(path, record)
 
+    # -- the marker ------------------------------------------------------------------------------
+
+    def is_marked(self) -> bool:
+        return self._backend.exists(MARKER)
+
+    def claim(self) -> None:
+        """Before a build: the root must be a cache, nothing yet, an empty directory, or hold nothing but cache
+        areas (a cache made before markers existed, or one a remote writer started); it gets the marker.
+        NotACache otherwise. (A build only adds entries; ``require`` asks more before anything is deleted.)"""
+        if not self.may_claim():
+            self._backend.write_atomic(MARKER, MARKER_BYTES)
+
+    def may_claim(self) -> bool:
+        """``claim``'s check alone, writing nothing: True when already marked; NotACache when not claimable."""
+        if self.is_marked():
+            return True
+        names = self._top_names()
+        if names and not _cache_shaped(names):
+            raise NotACache(f"not empty and not a bundle-pipeline cache (it has no {MARKER}); point the cache at "
+                            f"a new directory or at an existing cache")
+        return False
+
+    def require(self) -> str:
+        """Before ``cache info|verify|gc``: "marked", or "adopted" for a cache made before markers existed (it
+        gets the marker now). NotACache, with nothing touched, for anything else."""
+        if self.is_marked():
+            return "marked"
+        names = self._top_names()
+        if names is None:
+            raise NotACache("there is no cache here")
+        if not self._is_legacy(names):
+            raise NotACache(f"not a bundle-pipeline cache (no {MARKER}, and not a cache's layout: only objects/, "
+                            f"tensors/, actions/, state/ and at least one intact task record); nothing was touched")
+        self._backend.write_atomic(MARKER, MARKER_BYTES)
+        return "adopted"
+
+    def _top_names(self) -> set[str] | None:
+        try:
+            return self._backend.top_names()
+        except NotADirectoryError:
+            raise NotACache("a file, not a cache directory") from None
+
+    def _is_legacy(self, names: set[str]) -> bool:
+        """A cache written before the marker existed: nothing but cache areas at its top, and at least one
+        intact action record (its blake3 checksum matches: no file of a user's does by chance)."""
+        if not _cache_shaped(names):
+            return False
+        for e in self._backend.entries("actions"):
+            if e.is_ours("actions") and not e.is_temp:
+                with contextlib.suppress(OSError):
+                    if _decode_action(self._backend.read_quiet(e.rel)) is not None:
+                        return True
+        return False
+
     # -- maintenance -----------------------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
@@ -863,17 +972,21 @@ class Cache:
         return out
 
     def verify(self) -> dict[str, Any]:
-        """Re-hash every object and tensor (and check every action); delete and list the corrupt ones."""
-        checked, corrupt = 0, []
+        """Re-hash every object and tensor (and check every action); delete and list the corrupt ones.
+        Files not named as cache entries are foreign: listed, never deleted."""
+        checked, corrupt, foreign = 0, [], []
         for area in AREAS:
             for e in self._backend.entries(area):
-                if e.is_temp or e.name.startswith("."):
+                if e.is_temp:
+                    continue
+                if not e.is_ours(area):
+                    foreign.append(self._backend.path(e.rel))
                     continue
                 checked += 1
                 if not self._entry_ok(area, e):
                     self._backend.remove_tree(e.rel)
                     corrupt.append(self._backend.path(e.rel))
-        return {"checked": checked, "corrupt": corrupt}
+        return {"checked": checked, "corrupt": corrupt, "foreign": foreign}
 
     def _entry_ok(self, area: str, e: Entry) -> bool:
         if area == "actions":
@@ -885,13 +998,15 @@ class Cache:
                 )
             except FileNotFoundError:
                 return True  # replaced or removed by someone else meanwhile: nothing to judge
+            except (IsADirectoryError, NotADirectoryError):
+                return False
         if not _HASH_RE.fullmatch(e.name) or e.shard != e.name[:2]:
             return False
         if area == "tensors":
             return _tensors().get_tensor(self._backend, e.name, verify=True, missing_is_corrupt=True) is not None
         try:
             self.get_object(e.name)
-        except CacheMiss:
+        except (CacheMiss, IsADirectoryError, NotADirectoryError):
             return False
         return True
 
@@ -913,6 +1028,8 @@ class Cache:
         live: list[tuple[str, Entry]] = []
         for area in AREAS:
             for e in self._backend.entries(area):
+                if not e.is_ours(area):
+                    continue  # a user's file under an area: never the cache's to remove
                 if not e.is_temp:
                     live.append((area, e))
                 elif sweep.old(e, temp_age):
@@ -1015,6 +1132,11 @@ class Cache:
         named = [obj.get(key) for key in ("tensors", "packs")]
         tensors, packs = (_hashes_in(m.values()) if isinstance(m, dict) else set() for m in named)
         return tensors, packs
+
+
+def _cache_shaped(names: set[str]) -> bool:
+    """Nothing at a root but what a cache puts there."""
+    return all(n in ROOT_NAMES or _TEMP_RE.fullmatch(n) for n in names)
 
 
 def _hashes_in(values: Iterable[Any]) -> set[str]:

@@ -17,12 +17,15 @@ from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
 from ..errors import BundleIOError, GraphInvalid, OptionInvalid, UnsupportedOp
-from .external import ExternalRef
+from ..files import TooLarge, describe_error, read_regular
+from .external import ExternalRef, external_path
+from .fold_budget import fold_output_bound
 from .graph import SEQUENCE_OPS, Graph, Node, TensorType
 from .scopes import bodies, body_reads, uniquify_body_names
 from .subgraphs import CONTROL_OPS, Scope, convert_control, has_bodies, op_domain, type_string, used_opsets, value_type
 
 CONST_MAX_ELEMENTS = 1024
+MAX_MODEL_BYTES = (2 << 30) - 1  # protobuf's limit: a larger .onnx file cannot be a model, whatever it holds
 MAX_FOLD_PASSES = 16  # fold + re-infer rounds; nested Ifs on static conditions need one round per level
 CONST_DTYPES = (np.int64, np.int32)
 # Ops whose result never depends on data at compile time or must not be folded.
@@ -36,14 +39,17 @@ def load_model(source: str | bytes | os.PathLike, where: str) -> tuple[onnx.Mode
         if isinstance(source, bytes):
             model, base = onnx.load_model_from_string(source), None
         else:
-            path = Path(source)
-            model, base = onnx.load_model(str(path), load_external_data=False), path.parent
+            path = Path(source)  # read as a regular file: a FIFO or a device is refused, never waited on
+            model, base = onnx.load_model_from_string(read_regular(path, MAX_MODEL_BYTES)), path.parent
     except FileNotFoundError as err:
         raise BundleIOError(f"file not found: {err.filename or source}", where) from None
+    except TooLarge as err:
+        raise GraphInvalid(f"not a valid ONNX model: {describe_error(err)} (protobuf; larger weights belong in "
+                           f"external data)", where) from None
     except (DecodeError, ValueError, RuntimeError) as err:
         raise GraphInvalid(f"not a valid ONNX model (truncated or not ONNX): {err}", where) from None
     except OSError as err:
-        raise BundleIOError(f"cannot read model: {err}", where) from None
+        raise BundleIOError(f"cannot read model: {describe_error(err)}", where) from None
     if not model.graph.node and not model.graph.output:
         raise GraphInvalid("not a valid ONNX model: it has no nodes and no outputs", where)
     return model, base
@@ -68,7 +74,7 @@ def detach_weights(model: onnx.ModelProto, base: Path | None, where: str) -> Det
         external = t.data_location == onnx.TensorProto.EXTERNAL
         if int(np.prod(t.dims, dtype=np.int64)) <= CONST_MAX_ELEMENTS:
             if external:
-                _load_external(t, base, where)
+                inline_external(t, base, where)
             keep.append(t)
             continue
         detached[t.name] = _external_ref(t, base, where) if external else numpy_helper.to_array(t)
@@ -83,10 +89,11 @@ def _external_info(t: onnx.TensorProto, base: Path | None, where: str) -> tuple[
     info = {e.key: e.value for e in t.external_data}
     if base is None:
         raise GraphInvalid(f"tensor {t.name!r} uses external data, which needs the model as a file path", where)
-    path = base / info.get("location", "")
-    if not path.is_file():
-        raise BundleIOError(f"external data file {info.get('location')!r} of tensor {t.name!r} not found", where)
-    return path, int(info.get("offset", 0)), int(info.get("length", 0))
+    path = external_path(base, info.get("location", ""), t.name, where)
+    try:
+        return path, int(info.get("offset", 0)), int(info.get("length", 0))
+    except ValueError:
+        raise GraphInvalid(f"tensor {t.name!r}: external data offset/length are not integers", where) from None
 
 
 def _external_ref(t: onnx.TensorProto, base: Path | None, where: str) -> ExternalRef:
@@ -95,19 +102,34 @@ def _external_ref(t: onnx.TensorProto, base: Path | None, where: str) -> Externa
     return ExternalRef(str(path), offset, length, dtype, tuple(int(d) for d in t.dims))
 
 
-def _load_external(t: onnx.TensorProto, base: Path | None, where: str) -> None:
-    _external_info(t, base, where)  # existence, with a clear error
-    onnx.external_data_helper.load_external_data_for_tensor(t, str(base))
+def inline_external(t: onnx.TensorProto, base: Path | None, where: str) -> None:
+    """Inline a small external tensor: exactly its bytes, read from the checked file."""
+    t.raw_data = bytes(_external_ref(t, base, where).read_raw())
     t.data_location = onnx.TensorProto.DEFAULT
     del t.external_data[:]
 
 
 def check_model(model: onnx.ModelProto, where: str) -> None:
+    check_opsets(model, where)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as err:
         first = str(err).strip().splitlines()[0]
         raise GraphInvalid(f"onnx.checker: {first}", where) from None
+
+
+def check_opsets(model: onnx.ModelProto, where: str) -> None:
+    """Every imported version of a domain the kernel library implements must be one it knows: ops of opset 99
+    are not run as if they were opset 28's. (Unknown domains are refused where a node uses one.)"""
+    from ..runtime.kernels import KNOWN_OPSETS
+
+    for imp in model.opset_import:
+        domain = "" if imp.domain == "ai.onnx" else imp.domain
+        if domain in KNOWN_OPSETS:
+            low, high = KNOWN_OPSETS[domain]
+            if not low <= imp.version <= high:
+                raise UnsupportedOp(f"the model imports opset {imp.version} of domain {imp.domain or 'ai.onnx'!r}; "
+                                    f"this tool implements versions {low} to {high} and does not guess", where)
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -210,7 +232,8 @@ def _fold_graph(graph: onnx.GraphProto, consts: dict, types: dict, opset: int, w
         for body in bodies(node):
             inlined |= _fold_graph(body, dict(consts), types, opset, where)
         values = _foldable_inputs(node, consts, types)
-        if values is None:
+        bound = None if values is None else fold_output_bound(node.op_type, values, [types.get(o) for o in node.output])
+        if bound is None or bound > CONST_MAX_ELEMENTS:  # checked before the kernel allocates anything
             kept.append(node)
             continue
         try:
@@ -248,7 +271,7 @@ def _foldable_inputs(node: onnx.NodeProto, consts: dict, types: dict) -> list | 
     if node.op_type in UNFOLDABLE or node.domain not in ("", "ai.onnx"):
         return None
     if node.op_type in ("Shape", "Size") and node.input[0] in types:
-        return [np.zeros(types[node.input[0]], dtype=np.uint8)]  # only the shape is read
+        return [np.broadcast_to(np.uint8(0), types[node.input[0]])]  # only the shape is read: no bytes behind it
     if node.op_type == "Constant":
         # Only integer constants steer shapes; float Constants are weights (they may become variables).
         value = _constant_value(node)

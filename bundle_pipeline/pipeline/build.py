@@ -6,7 +6,9 @@ import time
 from dataclasses import dataclass, field
 
 from ..cache import Cache
+from ..cache.store import NotACache
 from ..errors import BundleIOError, ParamInvalid
+from ..guard import check_outputs
 from ..spec import BundleSpec
 from ..tasks.factory import bundle_tasks
 from ..tasks.runner import LOST, BuildContext, LostEntry, forget_holders, forget_records
@@ -76,6 +78,9 @@ def build_many(specs: list[BundleSpec], scheduler: str | None = None, force: boo
     "finished"})`` once the up-to-date tasks are known, then the scheduler's "start"/"finish" events.
     """
     check_scheduler(scheduler, workers)
+    claim_caches(specs, write=False)  # refusals first: nothing is written before every check passed
+    check_outputs(specs)
+    claim_caches(specs)
     start = time.perf_counter()
     tasks, dag, ctxs = prepare(specs, force)
     repairs: list[dict] = []
@@ -110,6 +115,19 @@ def build_many(specs: list[BundleSpec], scheduler: str | None = None, force: boo
         reports.append(BuildReport(spec.output, results[f"{spec.name}/pack"].outputs["digest"], seconds, mine,
                                    [r for r in repairs if r["task"] in ids], setup[0]))
     return reports
+
+
+def claim_caches(specs: list[BundleSpec], write: bool = True) -> None:
+    """Each cache root must be a cache (its marker), nothing yet or an empty directory (marked now, unless
+    ``write`` is False: then only checked)."""
+    for root in sorted({s.cache for s in specs}):
+        try:
+            cache = Cache(root)
+            cache.claim() if write else cache.may_claim()
+        except NotACache as err:
+            raise ParamInvalid(f"refusing to use it as the cache: {err}", root) from None
+        except OSError as err:
+            raise BundleIOError(f"cannot use the cache: {err.strerror or err}", str(err.filename or root)) from None
 
 
 # Rounds of "forget the records naming a lost cache entry, build again" before giving up (tasks/runner.py)

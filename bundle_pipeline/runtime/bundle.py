@@ -4,12 +4,14 @@ State kept by a ``LoadedBundle``: the manifest, the constant pool (read once, ha
 ``VariableStore`` and one ``Executor`` (with its arena) per graph. Loading never runs code from the bundle:
 programs are data, validated against the kernel table before anything executes.
 
-A bundle is untrusted input. ``validate.py`` checks every manifest field and bounds what loading
-allocates by the bundle's size on disk; a constant's zarr metadata must match the manifest (shape,
-dtype, chunks no larger than the array, the plain ``bytes`` codec: no decompression, no object
-dtypes) before its bytes are read, and its values must hash to the recorded hash. Whatever slips
-through still surfaces as a ``BundleError``: numpy/zarr exceptions while loading are
-``BUNDLE_CORRUPT``, while running a graph ``RUNTIME_ERROR`` (``_guarded``).
+A bundle is untrusted input. ``storage.py`` first lists what it really holds (no link followed, no special
+file opened, no zip size trusted, nothing compressed); ``validate.py`` checks every manifest field and bounds
+what loading allocates by the bytes the manifest and its constants really occupy (``max_alloc_bytes`` or
+``$BUNDLE_PIPELINE_MAX_ALLOC_BYTES`` raise the budget); a constant's zarr metadata must match the manifest
+(shape, dtype, chunks no larger than the array, the plain ``bytes`` codec: no decompression, no object dtypes)
+and its chunk files must have exactly the chunk size before its bytes are read, and its values must hash to
+the recorded hash. Whatever slips through still surfaces as a ``BundleError``: numpy/zarr exceptions while
+loading are ``BUNDLE_CORRUPT``, while running a graph ``RUNTIME_ERROR`` (``_guarded``).
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from ..dtypes import dtype_from_name, storage_dtype
-from ..errors import BundleCorrupt, BundleError, BundleIOError, ParamInvalid, RuntimeFailure
+from ..errors import BundleCorrupt, BundleError, ParamInvalid, RuntimeFailure
 from ..ir.hashing import tensor_hash
 from . import formats
 from .executor import Executor, VariableStore
+from .storage import Inventory, accounted_bytes, check_chunk_files, inventory, manifest_cap
 from .validate import FORMAT_VERSIONS as SUPPORTED_FORMAT_VERSIONS  # noqa: F401  (one definition)
 from .validate import PACKED_ARRAY, validate_manifest
 
@@ -113,18 +116,21 @@ class LoadedBundle:
             raise ParamInvalid(f"graph {graph!r} is a {self.roles[graph]} graph, not {role}", self.path)
 
 
-def load_bundle(path: str | os.PathLike, run_init: bool = True) -> LoadedBundle:
-    """Open a directory or zip bundle, verify it, allocate the variables once and run the init graph."""
+def load_bundle(path: str | os.PathLike, run_init: bool = True, max_alloc_bytes: int | None = None) -> LoadedBundle:
+    """Open a directory or zip bundle, verify it, allocate the variables once and run the init graph.
+
+    ``max_alloc_bytes``: what loading may allocate (constants, variables, arenas); default
+    ``$BUNDLE_PIPELINE_MAX_ALLOC_BYTES``, else ``validate.alloc_budget`` of the bundle's real size."""
     path = str(path)
-    group = open_group(path)
+    inv = inventory(path, manifest_cap(max_alloc_bytes))
+    group = open_group(path, inv)
     with _guarded(BundleCorrupt, path):
         manifest = dict(group.attrs)
-    stored = stored_bytes(path)
-    validate_manifest(manifest, path, stored)
-    packed = _read_packed(group, path, stored) if any(c["array"] == PACKED_ARRAY and c["nbytes"]
-                                                      for c in manifest["constants"].values()) else None
-    constants = {cid: _packed_constant(packed, cid, c, path) if c["array"] == PACKED_ARRAY
-                 else _read_constant(group, cid, c, path) for cid, c in manifest["constants"].items()}
+    validate_manifest(manifest, path, accounted_bytes(inv, manifest.get("constants")), max_alloc_bytes)
+    packed = _read_packed(group, inv) if any(c["array"] == PACKED_ARRAY and c["nbytes"]
+                                             for c in manifest["constants"].values()) else None
+    constants = {cid: _packed_constant(packed, cid, c, inv.path) if c["array"] == PACKED_ARRAY
+                 else _read_constant(group, cid, c, inv) for cid, c in manifest["constants"].items()}
     with _guarded(BundleCorrupt, path):
         bundle = LoadedBundle(path, manifest, constants)
     if run_init:
@@ -148,40 +154,25 @@ def _guarded(error: type[BundleError], where: str) -> Iterator[None]:
         raise error(f"{type(err).__name__}: {err}", where) from None
 
 
-def stored_bytes(path: str) -> int:
-    """Bytes the bundle holds: file sizes of a directory bundle, uncompressed entry sizes of a zip."""
-    p = Path(path)
-    try:
-        if p.is_dir():
-            return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-        with zipfile.ZipFile(p) as zf:
-            return sum(info.file_size for info in zf.infolist())
-    except (OSError, zipfile.BadZipFile, ValueError) as err:
-        raise BundleCorrupt(f"cannot read the bundle: {err}", path) from None
-
-
-def open_group(path: str):
+def open_group(path: str, inv: Inventory | None = None):
+    """The bundle's root zarr group, read-only, once ``inventory`` has vetted what it holds."""
     import zarr
     from zarr.errors import GroupNotFoundError, NodeTypeValidationError
 
-    p = Path(path)
-    if not p.exists():
-        raise BundleIOError("bundle not found", path)
+    inv = inv or inventory(path)
     try:
-        if p.is_dir():
-            store = zarr.storage.LocalStore(p, read_only=True)
+        if inv.zipped:
+            store = zarr.storage.ZipStore(inv.path, mode="r")
         else:
-            if not zipfile.is_zipfile(p):
-                raise BundleCorrupt("not a bundle: neither a bundle directory nor a zip file", path)
-            store = zarr.storage.ZipStore(p, mode="r")
+            store = zarr.storage.LocalStore(Path(inv.path), read_only=True)
         return zarr.open_group(store, mode="r")
     except (GroupNotFoundError, NodeTypeValidationError, OSError, *_DATA_ERRORS) as err:
         raise BundleCorrupt(f"not a bundle: {type(err).__name__}: {err}", path) from None
 
 
-def _read_packed(group, path: str, stored: int) -> np.ndarray:
-    """The packed array of small constants (format 2): plain uint8 bytes, every chunk stored, so it can hold no
-    more bytes than the bundle stores (a larger claimed shape is refused before anything is allocated)."""
+def _read_packed(group, inv: Inventory) -> np.ndarray:
+    """The packed array of small constants (format 2): plain uint8 bytes, every chunk file present and exactly a
+    chunk long, so it holds no more bytes than the bundle really stores (checked before anything is read)."""
     import zarr
     from zarr.codecs import BytesCodec
 
@@ -190,16 +181,18 @@ def _read_packed(group, path: str, stored: int) -> np.ndarray:
         meta = getattr(arr, "metadata", None)
         if not (isinstance(arr, zarr.Array) and arr.ndim == 1 and arr.dtype == np.uint8
                 and getattr(meta, "zarr_format", None) == 3 and len(meta.codecs) == 1
-                and isinstance(meta.codecs[0], BytesCodec) and not meta.storage_transformers):
-            raise BundleCorrupt(f"{PACKED_ARRAY} is not a plain uint8 array", path)
-        if not 0 < arr.chunks[0] <= arr.shape[0] <= stored:
-            raise BundleCorrupt(f"{PACKED_ARRAY} claims {arr.shape[0]} bytes in chunks of {arr.chunks[0]}, but the "
-                                f"bundle stores {stored} bytes in all", path)
+                and isinstance(meta.codecs[0], BytesCodec) and not meta.storage_transformers
+                and 0 < arr.chunks[0] <= arr.shape[0]):
+            raise BundleCorrupt(f"{PACKED_ARRAY} is not a plain uint8 array", inv.path)
+        name = PACKED_ARRAY.split("/", 1)[1]
+        check_chunk_files(inv, name, tuple(arr.shape), tuple(arr.chunks), 1)
+        if len(inv.constant_files(name)) != -(-arr.shape[0] // arr.chunks[0]):
+            raise BundleCorrupt(f"{PACKED_ARRAY} lacks chunk files (every chunk of it is stored)", inv.path)
         return np.asarray(arr[...])
     except BundleCorrupt:
         raise
     except (OSError, KeyError, *_DATA_ERRORS) as err:
-        raise BundleCorrupt(f"{PACKED_ARRAY} cannot be read: {type(err).__name__}: {err}", path) from None
+        raise BundleCorrupt(f"{PACKED_ARRAY} cannot be read: {type(err).__name__}: {err}", inv.path) from None
 
 
 def _packed_constant(packed: np.ndarray | None, cid: str, const: dict, path: str) -> np.ndarray:
@@ -218,10 +211,25 @@ def _packed_constant(packed: np.ndarray | None, cid: str, const: dict, path: str
     return value
 
 
-def _read_constant(group, cid: str, const: dict, path: str) -> np.ndarray:
+def _read_constant(group, cid: str, const: dict, inv: Inventory) -> np.ndarray:
+    try:
+        value = np.asarray(open_constant(group, cid, const, inv)[...]).view(dtype_from_name(const["dtype"]))
+    except BundleCorrupt:
+        raise
+    except (OSError, *_DATA_ERRORS) as err:
+        raise BundleCorrupt(f"constant {cid!r} cannot be read: {type(err).__name__}: {err}", inv.path) from None
+    if tensor_hash(value) != const["hash"]:
+        raise BundleCorrupt(f"constant {cid!r} does not match its recorded hash", inv.path)
+    return value
+
+
+def open_constant(group, cid: str, const: dict, inv: Inventory):
+    """A constant's zarr array, once its metadata matches the manifest and its chunk files have exactly the
+    chunk size (nothing of its data is read yet)."""
     import zarr
     from zarr.codecs import BytesCodec
 
+    path = inv.path
     try:
         arr = group[const["array"]]
         if not isinstance(arr, zarr.Array):
@@ -236,11 +244,9 @@ def _read_constant(group, cid: str, const: dict, path: str) -> np.ndarray:
             raise BundleCorrupt(f"constant {cid!r}: its array ({arr.dtype}{list(arr.shape)}, chunks "
                                 f"{list(arr.chunks)}) is not the plain {const['dtype']}{list(stored)} "
                                 f"array the manifest records", path)
-        value = np.asarray(arr[...]).view(dtype_from_name(const["dtype"]))
+        check_chunk_files(inv, cid, tuple(arr.shape), tuple(arr.chunks), np.dtype(arr.dtype).itemsize)
     except BundleCorrupt:
         raise
     except (OSError, *_DATA_ERRORS) as err:
         raise BundleCorrupt(f"constant {cid!r} cannot be read: {type(err).__name__}: {err}", path) from None
-    if tensor_hash(value) != const["hash"]:
-        raise BundleCorrupt(f"constant {cid!r} does not match its recorded hash", path)
-    return value
+    return arr

@@ -2,12 +2,16 @@
 
 The manifest is untrusted input (a bundle may come from anywhere): every field the loader and the
 executor read is type-checked here, every name it refers to must exist, every planned buffer must fit
-its arena, and the memory a load would allocate (variables + arenas + inline constants) must stay
-within a budget: ``max(ALLOC_FLOOR_BYTES, ALLOC_PER_STORED_BYTE x bytes stored in the bundle)``, or
-``$BUNDLE_PIPELINE_MAX_ALLOC_BYTES``. Nothing is allocated before the check passes, so absurd shapes
-are a ``BUNDLE_CORRUPT`` error, never a huge allocation. Sizes are computed with Python integers (no
-int64 overflow). Nothing in a bundle is ever unpickled or executed: dtypes are checked against a list
-of plain numeric types (never ``object``), constants are raw little-endian bytes.
+its arena, and the memory a load would allocate (constants + variables + arenas + inline constants) must
+stay within a budget: ``max(ALLOC_FLOOR_BYTES, ALLOC_PER_STORED_BYTE x the bytes the bundle really stores)``
+(the manifest and its constants' files, measured by ``storage.py``, never sizes a zip header claims), or
+the caller's ``max_alloc_bytes``, or ``$BUNDLE_PIPELINE_MAX_ALLOC_BYTES``. Nothing is allocated before the
+check passes: a bundle that needs more is a ``RUNTIME_ERROR`` saying how much it needs and how to allow it
+(it may be a valid bundle with a huge declared input), never a huge allocation; constants claiming more
+bytes than the bundle stores are ``BUNDLE_CORRUPT``. Sizes are computed with Python integers (no int64
+overflow). Program opsets must be versions the kernel library knows (``KNOWN_OPSETS``): an unknown one is
+never run as if it were another. Nothing in a bundle is ever unpickled or executed: dtypes are checked
+against a list of plain numeric types (never ``object``), constants are raw little-endian bytes.
 """
 
 from __future__ import annotations
@@ -19,14 +23,14 @@ import os
 import re
 
 from ..dtypes import EXTENDED, dtype_from_name
-from ..errors import BundleCorrupt
+from ..errors import BundleCorrupt, ParamInvalid, RuntimeFailure
 from ..ir.graph import UNKNOWN_DTYPE, split_container, tensor_dtype
 from .control import BODY_ATTRS, CONTROL_OPS, KERNEL_GRAPH_ATTRS
-from .kernels import SUPPORTED_OPS, supports_op
+from .kernels import KNOWN_OPSETS, SUPPORTED_OPS, supports_op
 from .npu import NPU_FORMAT_OPS
+from .storage import PACKED_ARRAY
 
 FORMAT_VERSIONS = (1, 2)  # 2: small constants share constants/packed at an offset
-PACKED_ARRAY = "constants/packed"
 # numeric and bool types, with the ml_dtypes ones (bfloat16, float8*, float4, int4, int2, ...); never
 # object (strings come only from the caller as feeds) nor anything else np.dtype would parse
 DTYPES = frozenset({"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
@@ -45,27 +49,52 @@ class _Bad(Exception):
     """The first problem found; becomes the BUNDLE_CORRUPT message."""
 
 
-def alloc_budget(stored_bytes: int) -> int:
-    """Bytes a bundle storing ``stored_bytes`` may make the loader allocate."""
+def alloc_budget(stored_bytes: int, max_alloc_bytes: int | None = None) -> int:
+    """Bytes a bundle storing ``stored_bytes`` may make the loader allocate: the caller's ``max_alloc_bytes``,
+    else ``$BUNDLE_PIPELINE_MAX_ALLOC_BYTES``, else ``max(ALLOC_FLOOR_BYTES, ALLOC_PER_STORED_BYTE x stored)``."""
+    if max_alloc_bytes is not None:
+        return max_alloc_bytes
     override = os.environ.get(ALLOC_ENV)
     if override:
         try:
             return int(override)
         except ValueError:
-            pass
+            raise ParamInvalid(f"${ALLOC_ENV}={override!r} is not a number of bytes", ALLOC_ENV) from None
     return max(ALLOC_FLOOR_BYTES, ALLOC_PER_STORED_BYTE * stored_bytes)
 
 
-def validate_manifest(manifest: dict, path: str, stored_bytes: int | None = None) -> None:
-    """Raise BUNDLE_CORRUPT naming the first problem. ``stored_bytes`` (the bundle's size on disk) bounds
-    the constants and, through ``alloc_budget``, what loading may allocate; None checks structure only."""
+def validate_manifest(manifest: dict, path: str, stored_bytes: int | None = None,
+                      max_alloc_bytes: int | None = None) -> None:
+    """Raise BUNDLE_CORRUPT naming the first problem. ``stored_bytes`` (what the bundle really stores) bounds
+    the constants and, through ``alloc_budget``, what loading may allocate (RUNTIME_ERROR when it needs more);
+    None checks structure only."""
     try:
-        _check(manifest, stored_bytes)
+        need = _check(manifest)
     except _Bad as bad:
         raise BundleCorrupt(f"malformed bundle: {bad}", path) from None
+    if stored_bytes is None:
+        return
+    if need["constants"] > stored_bytes:
+        raise BundleCorrupt(f"malformed bundle: the constants claim {need['constants']} bytes but the bundle "
+                            f"stores only {stored_bytes}", path)
+    budget, total = alloc_budget(stored_bytes, max_alloc_bytes), sum(need.values())
+    if total > budget:
+        parts = ", ".join(f"{k} {_size(v)}" for k, v in need.items() if v)
+        raise RuntimeFailure(f"loading this bundle needs {_size(total)} of memory ({parts}), more than the "
+                             f"{_size(budget)} allowed for a bundle of {_size(stored_bytes)}; if you mean it, pass "
+                             f"load_bundle(max_alloc_bytes=...) / exec --max-memory, or set ${ALLOC_ENV}", path)
 
 
-def _check(m: object, stored_bytes: int | None) -> None:
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _check(m: object) -> dict[str, int]:
+    """Check the structure; return the bytes loading allocates: constants, variables, arenas (+ inline)."""
     if not isinstance(m, dict):
         raise _Bad("the manifest is not a mapping")
     for key in ("format_version", "graphs", "variables", "constants", "target"):
@@ -76,12 +105,11 @@ def _check(m: object, stored_bytes: int | None) -> None:
     _need(isinstance(m["target"], str), "'target' is not a string")
     constants = _constants(m["constants"])
     const_bytes = sum(_nbytes(c.get("storage", c["shape"]), c["dtype"]) for c in constants.values())
-    if stored_bytes is not None and const_bytes > stored_bytes:
-        raise _Bad(f"the constants claim {const_bytes} bytes but the bundle stores only {stored_bytes}")
     variables = _variables(m["variables"], constants)
     graphs = m["graphs"]
     _need(isinstance(graphs, list), "'graphs' is not a list")
-    planned = sum(_nbytes(v.get("storage", v["shape"]), v["dtype"]) for v in variables.values())
+    var_bytes = sum(_nbytes(v.get("storage", v["shape"]), v["dtype"]) for v in variables.values())
+    planned = 0
     names: set[str] = set()
     for g in graphs:
         _need(isinstance(g, dict), "a graph entry is not a mapping")
@@ -92,9 +120,7 @@ def _check(m: object, stored_bytes: int | None) -> None:
             planned += _graph(g, variables, constants)
         except _Bad as bad:
             raise _Bad(f"graph {name!r}: {bad}") from None
-    if stored_bytes is not None and planned > alloc_budget(stored_bytes):
-        raise _Bad(f"loading would allocate {planned} bytes (variables and arenas), more than "
-                   f"{alloc_budget(stored_bytes)} for a bundle of {stored_bytes} bytes (set ${ALLOC_ENV} to allow it)")
+    return {"constants": const_bytes, "variables": var_bytes, "arenas": planned}
 
 
 def _need(ok: bool, problem: str) -> None:
@@ -155,6 +181,9 @@ def _constants(raw: object) -> dict[str, dict]:
             _need(nbytes == _nbytes(c.get("storage", c["shape"]), c["dtype"]), f"{what} has a bad size")
             continue
         _need(c.get("array") == f"constants/{cid}", f"{what} points at array {_short(c.get('array'))}")
+    nested = next((c for c in raw if any("/".join(c.split("/")[:k]) in raw  # type: ignore[union-attr]
+                                         for k in range(1, c.count("/") + 1))), None)
+    _need(nested is None, f"constant {_short(nested)} lies inside another constant's array")
     return raw  # type: ignore[return-value]
 
 
@@ -194,6 +223,7 @@ def _graph(g: dict, variables: dict[str, dict], constants: dict[str, dict]) -> i
     _need(isinstance(p, dict), "no program")
     _need(isinstance(p.get("graph"), str), "the program has no graph name")
     _need(type(p.get("opset")) is int, "the program has no opset")
+    _known_opset("", p["opset"])
     arena = p.get("arena_bytes")
     _need(type(arena) is int and arena >= 0, f"bad arena_bytes {_short(arena)}")
     values = p.get("values")
@@ -258,7 +288,16 @@ def _opsets(p: dict) -> dict[str, int]:
     opsets = p.get("opsets", {})
     _need(isinstance(opsets, dict) and all(isinstance(d, str) and d and type(v) is int for d, v in opsets.items()),
           "'opsets' is not a mapping of domain to version")
+    for domain, version in opsets.items():
+        if domain in KNOWN_OPSETS:
+            _known_opset(domain, version)
     return opsets
+
+
+def _known_opset(domain: str, version: int) -> None:
+    low, high = KNOWN_OPSETS[domain]
+    _need(low <= version <= high, f"it uses opset {version} of domain {domain or 'ai.onnx'!r}; the kernel library "
+                                  f"implements versions {low} to {high}")
 
 
 def _step(step: object, defined: set[str], values: dict, arena: int, opsets: dict[str, int]) -> int:
@@ -358,6 +397,7 @@ def _body(p: object) -> int:
     values = p.get("values")  # type: ignore[union-attr]
     _need(isinstance(values, dict), "the body has no value plans")
     _need(type(p.get("opset")) is int, "the body has no opset")  # type: ignore[union-attr]
+    _known_opset("", p["opset"])  # type: ignore[index]
     typed = []
     for key in ("inputs", "outputs"):
         entries = p.get(key)  # type: ignore[union-attr]

@@ -8,7 +8,7 @@ from ..errors import GraphInvalid, ParamInvalid, VariableConflict
 from ..ir.steering import ir_steering
 
 NAME = "dedupe"
-VERSION = "3"  # 2: steering variables refused (ir/steering.py) / writes by assign; 3: both
+VERSION = "4"  # 2: steering variables refused / writes by assign / type conflicts first; 3, 4: merges of those
 
 
 def run(graphs: list[dict], params: dict) -> tuple[dict, dict]:
@@ -64,6 +64,8 @@ def _variable_names(graphs: list[dict], writes: dict[str, dict[str, str]], decla
                            "variables")
     for g in graphs:
         names.update(name for name in writes[g["name"]] if any(name in _reads(h) for h in graphs))
+    for name in sorted(names):  # a dtype/shape conflict is the real problem, whatever else is wrong with the name
+        _same_type_everywhere(name, graphs, writes)
     for g in graphs:
         consts = g["structure"]["consts"]
         for name in sorted(names & set(consts)):
@@ -99,23 +101,32 @@ def _check_assigned(graphs: list[dict], assign: dict[str, dict[str, str]], names
                                    f"read it in some graph or list it under 'variables'", f"graph {g['name']}")
 
 
-def _variable(name: str, graphs: list[dict], writes: dict[str, dict[str, str]]) -> dict:
-    readers = [g["name"] for g in graphs if name in _reads(g)]
-    writers = [g["name"] for g in graphs if name in writes[g["name"]]]
-    typed = []  # (where, type) of every read and every write, in spec order
+def _typed(name: str, graphs: list[dict], writes: dict[str, dict[str, str]]) -> list[tuple[str, dict]]:
+    """(where, type) of every read, write and small constant of ``name``, in spec order."""
+    typed = []
     for g in graphs:
         types = g["structure"]["types"]
-        if name in _reads(g) and name in types:
+        if (name in _reads(g) or name in g["structure"]["consts"]) and name in types:
             typed.append((f"graph {g['name']}", types[name]))
         output = writes[g["name"]].get(name)
         if output is not None:
             typed.append((f"graph {g['name']}" + (f" (output {output!r})" if output != name else ""), types[output]))
-    first_where, first_type = typed[0]
+    return typed
+
+
+def _same_type_everywhere(name: str, graphs: list[dict], writes: dict[str, dict[str, str]]) -> None:
+    """VARIABLE_CONFLICT naming both graphs when ``name`` has two types, as a read, a write or a constant."""
+    typed = _typed(name, graphs, writes)
     for where, t in typed[1:]:
-        if t != first_type:
-            raise VariableConflict(
-                f"variable {name!r} is {_show(first_type)} in {first_where} but {_show(t)} in {where}",
-                f"variable {name}")
+        if t != typed[0][1]:
+            raise VariableConflict(f"variable {name!r} is {_show(typed[0][1])} in {typed[0][0]} but {_show(t)} "
+                                   f"in {where}", f"variable {name}")
+
+
+def _variable(name: str, graphs: list[dict], writes: dict[str, dict[str, str]]) -> dict:
+    readers = [g["name"] for g in graphs if name in _reads(g)]
+    writers = [g["name"] for g in graphs if name in writes[g["name"]]]
+    first_type = _typed(name, graphs, writes)[0][1]  # one type everywhere (_same_type_everywhere)
     roles = {g["name"]: g["role"] for g in graphs}
     has_initializer = [g["name"] for g in graphs if name in g["structure"]["weights"]]
     if any(roles[w] == "init" for w in writers):

@@ -17,6 +17,7 @@ import glob
 import hashlib
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -30,6 +31,7 @@ from typing import Protocol
 from .. import zarr_plain
 from ..dtypes import dtype_from_name
 from ..errors import BundleIOError
+from ..guard import canonical, check_replaceable
 from ..layouts import storage_shape
 
 NAME = "pack"
@@ -123,7 +125,8 @@ def run(meta: dict, placer: Placer, out_path: str) -> str:
     untouched. A ``.zip`` destination gets the stored-zip form of the same entries, read from the
     staged (linked) chunk files: no tensor is recomputed.
     """
-    out = Path(out_path)
+    out = Path(canonical(out_path))  # "constants/.." would stage inside the directory it replaces
+    check_replaceable(out)  # the build checked it before any task ran; something may have appeared since
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_stages(out)
@@ -263,15 +266,33 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _stage_names(out: Path) -> re.Pattern[str]:
+    """Names ``run`` gives its stages beside ``out``: mkdtemp's 8 random characters (+ ``.zip.tmp``) and the
+    rename-aside ``.old-<uuid>``. Nothing else beside the output is ever removed."""
+    name = re.escape(out.name)
+    return re.compile(rf"\.{name}\.(?:[a-z0-9_]{{8}}(?:\.zip\.tmp)?|old-[0-9a-f]{{32}})")
+
+
 def _remove_stale_stages(out: Path) -> None:
     """Remove stage directories and zips of builds killed while packing ``out`` (a day old)."""
     now = time.time()
+    ours = _stage_names(out)
     for leftover in out.parent.glob(f".{glob.escape(out.name)}.*"):
-        if leftover.name.endswith(".lock"):
+        if not ours.fullmatch(leftover.name) or not _looks_staged(leftover):
             continue
         with contextlib.suppress(OSError):
             if now - leftover.lstat().st_mtime > STALE_STAGE_S:
                 _remove(leftover)
+
+
+def _looks_staged(path: Path) -> bool:
+    """A stage is a (partial) bundle directory or a zip being written: a directory holding more than a bundle's
+    top-level entries is someone's data, whatever its name."""
+    if path.is_symlink():
+        return False
+    if path.is_dir():
+        return {p.name for p in path.iterdir()} <= {"zarr.json", "constants"}
+    return path.is_file()
 
 
 def entries(root: Path) -> list[str]:

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from ..ir.external import ExternalRef
 
 NAME = "parse"
-VERSION = "3"  # 2: shapes from ir/shapes.py (STFT onesided) / outputs are writes (role); 3: both
+VERSION = "4"  # 2: onnx-checked shapes / outputs are writes / unknown opsets refused; 3, 4: merges of those
 
 
 @dataclass

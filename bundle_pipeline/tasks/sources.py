@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..cache import Cache
 from ..errors import BundleIOError
+from ..files import NotRegularFile, describe_error
 from ..ir.hashing import hash_bytes
 
 
@@ -29,6 +30,8 @@ def external_digests(refs: dict, model_dir: Path, cache: Cache, where: str) -> d
 def file_digest(cache: Cache, path: Path, where: str) -> str:
     try:
         return cache.file_hash(path)
+    except NotRegularFile as err:
+        raise BundleIOError(describe_error(err), where) from None
     except FileNotFoundError:
         raise BundleIOError(f"file not found: {path}", where) from None
     except IsADirectoryError:

@@ -139,6 +139,7 @@ def test_gc_reads_leave_access_times_alone(tmp_path):
 
 
 def test_gc_rejects_bad_sizes(tmp_path):
+    Cache(tmp_path / "c").put_object(b"kept")  # creates the cache root, with its marker
     result = CliRunner().invoke(app, ["cache", "gc", str(tmp_path / "c"), "--max-bytes", "lots"])
     assert result.exit_code == 1 and "PARAM_INVALID" in result.stderr
     assert gc_cli(str(tmp_path / "c"), "--max-bytes", "1.5G")["bytes_freed"] == 0

@@ -162,16 +162,18 @@ def test_huge_planned_allocation_is_refused_before_allocating(bases, tmp_path):
     (dst / "zarr.json").write_text(json.dumps(meta))
     tracemalloc.start()
     try:
-        with pytest.raises(BundleError, match="would allocate") as err:
+        with pytest.raises(BundleError, match=r"needs 32\.0 TiB of memory") as err:
             load_bundle(dst)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert err.value.status == "BUNDLE_CORRUPT" and validate.ALLOC_ENV in str(err.value)
+    # a well-formed bundle that needs more than the budget is not "corrupt": the error says what it needs
+    assert err.value.status == "RUNTIME_ERROR" and validate.ALLOC_ENV in str(err.value)
     assert peak < 32 << 20
 
 
 def test_zip_entries_are_stored_sizes(bases):
-    """The allocation budget counts a zip's uncompressed sizes, which the loader checks against the manifest."""
+    """The zip form stores every entry (the loader refuses compressed ones), so the sizes the budget counts are
+    bytes the file really holds."""
     with zipfile.ZipFile(bases["zip"]) as zf:
         assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())

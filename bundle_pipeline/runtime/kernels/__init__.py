@@ -29,13 +29,17 @@ from . import (
 )
 from ._registry import DEFAULT_DOMAINS, DOMAIN_KERNELS, KERNELS, Attrs, KernelError, Tiling
 
-__all__ = ["DOMAIN_OPS", "SUPPORTED_OPS", "KernelError", "run_kernel", "supports_op"]
+__all__ = ["DOMAIN_OPS", "KNOWN_OPSETS", "SUPPORTED_OPS", "KernelError", "run_kernel", "supports_op"]
 
 # imported for their registrations
 _MODULES = (attention, elementwise, image, linalg, loss, ml, nn, preview, quant, reduce, resize, rnn, sequence,
             signal, tensor, text, training)
 
 SUPPORTED_OPS: frozenset[str] = frozenset(KERNELS)  # the default domain's
+# Opset versions whose semantics the kernels follow, per domain ("" is ai.onnx). A model or program importing
+# another version is refused: its ops may mean something else, and running them as a known version is a guess.
+KNOWN_OPSETS: dict[str, tuple[int, int]] = {"": (1, 28), "ai.onnx.ml": (1, 5), "ai.onnx.preview": (1, 1),
+                                            "ai.onnx.preview.training": (1, 1)}
 DOMAIN_OPS: dict[str, frozenset[str]] = {d: frozenset(ops) for d, ops in sorted(DOMAIN_KERNELS.items())}
 
 
