@@ -47,11 +47,14 @@ def dumps(meta: dict[str, Any]) -> bytes:
     return json.dumps(meta, indent=2).encode()
 
 
-def dumps_compact(meta: dict[str, Any]) -> bytes:
-    """A zarr.json without indentation, keys sorted: for a large document (a bundle's manifest), which json's
-    C encoder writes 10x faster than its indenting Python one; readers see the same JSON, and the bytes do not
-    depend on the order the document's dicts were built in."""
-    return json.dumps(meta, separators=(",", ":"), sort_keys=True).encode()
+def group_document(attributes: dict[str, Any]) -> bytes:
+    """A group's zarr.json without indentation: for a large document (a bundle's manifest), which json's C encoder
+    writes 10x faster than its indenting Python one. zarr's key order outside and the attributes' own top-level
+    order (pack puts ``format_version`` and ``name`` first: ``guard.is_bundle`` reads them from the first bytes);
+    everything below is sorted, so the bytes never depend on the order nested dicts were built in."""
+    body = ",".join(f"{json.dumps(k)}:{json.dumps(v, separators=(',', ':'), sort_keys=True)}"
+                    for k, v in attributes.items())
+    return ('{"attributes":{' + body + '},"zarr_format":3,"node_type":"group"}').encode()
 
 
 def is_plain(meta: dict[str, Any]) -> bool:

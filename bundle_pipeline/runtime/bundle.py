@@ -171,8 +171,17 @@ def open_group(path: str, inv: Inventory | None = None):
 
 
 def _read_packed(group, inv: Inventory) -> np.ndarray:
-    """The packed array of small constants (format 2): plain uint8 bytes, every chunk file present and exactly a
-    chunk long, so it holds no more bytes than the bundle really stores (checked before anything is read)."""
+    """The packed array of small constants (format 2), read whole (``open_packed`` vetted it)."""
+    arr = open_packed(group, inv)
+    try:
+        return np.asarray(arr[...])
+    except (OSError, KeyError, *_DATA_ERRORS) as err:
+        raise BundleCorrupt(f"{PACKED_ARRAY} cannot be read: {type(err).__name__}: {err}", inv.path) from None
+
+
+def open_packed(group, inv: Inventory):
+    """The packed array of small constants (format 2), once it is plain uint8 bytes with every chunk file present
+    and exactly a chunk long: it holds no more bytes than the bundle really stores (nothing of it is read yet)."""
     import zarr
     from zarr.codecs import BytesCodec
 
@@ -188,7 +197,7 @@ def _read_packed(group, inv: Inventory) -> np.ndarray:
         check_chunk_files(inv, name, tuple(arr.shape), tuple(arr.chunks), 1)
         if len(inv.constant_files(name)) != -(-arr.shape[0] // arr.chunks[0]):
             raise BundleCorrupt(f"{PACKED_ARRAY} lacks chunk files (every chunk of it is stored)", inv.path)
-        return np.asarray(arr[...])
+        return arr
     except BundleCorrupt:
         raise
     except (OSError, KeyError, *_DATA_ERRORS) as err:

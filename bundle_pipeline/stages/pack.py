@@ -153,7 +153,7 @@ def run(meta: dict, placer: Placer, out_path: str) -> str:
 def write_directory(root: Path, meta: dict, placer: Placer) -> dict[str, str]:
     """Write the bundle's metadata and place its arrays; return the sha256 the placers already know."""
     (root / "constants").mkdir(parents=True, exist_ok=True)
-    (root / "zarr.json").write_bytes(zarr_plain.dumps_compact(zarr_plain.group_meta(meta)))
+    (root / "zarr.json").write_bytes(zarr_plain.group_document(meta))
     (root / "constants" / "zarr.json").write_bytes(zarr_plain.dumps(zarr_plain.group_meta({})))
     known: dict[str, str] = {}
     for const in meta["constants"].values():
