@@ -73,7 +73,8 @@ def is_extended(dtype: np.dtype | str) -> bool:
         return dtype in EXTENDED_NAMES
     import numpy as np
 
-    return np.dtype(dtype).name in EXTENDED_NAMES
+    dtype = np.dtype(dtype)
+    return dtype.kind == "V" and dtype.name in EXTENDED_NAMES  # numpy computes .name slowly; kinds are fields
 
 
 def storage_dtype(dtype: np.dtype | str) -> np.dtype:

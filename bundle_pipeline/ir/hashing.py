@@ -36,6 +36,9 @@ def tensor_hash(arr: np.ndarray) -> str:
 
     arr = np.asarray(arr, order="C")  # keeps 0-d arrays 0-d, so a scalar and [x] hash apart
     h = blake3.blake3(max_threads=blake3.blake3.AUTO if arr.nbytes > 1 << 22 else 1)
-    h.update(canonical_json({"dtype": hash_key(arr.dtype), "shape": list(arr.shape), "v": HASH_VERSION}))
+    # canonical_json({"dtype", "shape", "v"}) written out: dtype keys are plain ASCII ("<f4", "bfloat16"), and
+    # this runs once a tensor (thousands a build)
+    h.update(f'{{"dtype":"{hash_key(arr.dtype)}","shape":[{",".join(map(str, arr.shape))}],'
+             f'"v":"{HASH_VERSION}"}}'.encode())
     h.update(arr.reshape(-1).view(np.uint8))
     return h.hexdigest()

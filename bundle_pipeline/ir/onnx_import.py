@@ -475,9 +475,10 @@ def _tensor_types(model: onnx.ModelProto, where: str) -> dict[str, TensorType]:
 
 
 def _check_static(graph: Graph, model: onnx.ModelProto, where: str) -> None:
+    feeds = set(graph.inputs)
     for info in model.graph.input:
         known = graph.types.get(info.name)
-        if info.name in graph.inputs and (known is None or (-1 in known.shape and not known.container)):
+        if info.name in feeds and (known is None or (-1 in known.shape and not known.container)):
             dims = [str(d.dim_value) if d.HasField("dim_value") and d.dim_value >= 0 else d.dim_param or "?"
                     for d in info.type.tensor_type.shape.dim]
             raise GraphInvalid(f"input {info.name!r} has a dynamic shape [{','.join(dims)}]; set the build option "

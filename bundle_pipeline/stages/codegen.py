@@ -189,36 +189,66 @@ def plan_buffers(graph: Graph, reuse: bool) -> tuple[dict[str, dict], int]:
             if name:
                 last_use[name] = index
     end = len(graph.nodes)
-    live: list[tuple[int, int, int]] = []  # (offset, size, last step) of the values placed and still live
+    outputs = set(graph.outputs)
+    free = _FreeList()
+    dying: dict[int, list[tuple[int, int]]] = {}  # step -> (offset, size) of the blocks that die before it
     buffers: dict[str, dict] = {}
     arena = 0
     for index, node in enumerate(graph.nodes):
-        if reuse:  # values are placed in definition order, so one that died before this step never matters again
-            live = [block for block in live if block[2] >= index]
+        for offset, size in dying.pop(index, ()):  # placed in definition order: a dead block never matters again
+            free.release(offset, size)
         for name in filter(None, node.outputs):
             if graph.types[name].dynamic:
                 continue  # sized at run time (inside a control-flow body): allocated by its kernel
             fmt = graph.format_of(name)
             storage = storage_shape(fmt, graph.types[name].shape)
             size = _aligned(math.prod(storage) * dtype_from_name(graph.types[name].dtype).itemsize)
-            life_end = end if name in graph.outputs else max(index, last_use.get(name, index))
+            life_end = end if name in outputs else max(index, last_use.get(name, index))
             # without reuse nothing dies, every block is packed from 0 without gaps: first fit is the end
-            offset = _first_fit(live, size) if reuse else arena
-            bisect.insort(live, (offset, size, life_end))
+            offset = free.take(size) if reuse else arena
+            if reuse:
+                dying.setdefault(life_end + 1, []).append((offset, size))
             buffers[name] = {**graph.types[name].to_json(), "offset": offset,
                              **({"format": fmt, "storage": list(storage)} if fmt not in STANDARD else {})}
             arena = max(arena, offset + size)
     return buffers, arena
 
 
-def _first_fit(live: list[tuple[int, int, int]], size: int) -> int:
-    """The lowest offset where ``size`` bytes fit between the live blocks (sorted by offset)."""
-    offset = 0
-    for start, length, _ in live:
-        if offset + size <= start:
-            return offset
-        offset = max(offset, start + length)
-    return offset
+class _FreeList:
+    """The free bytes of an arena as sorted, merged gaps (the last one endless): first fit is the lowest gap
+    that holds the block, found without walking every live block (a graph with thousands of outputs, all live
+    to the end, made that quadratic)."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = [0]
+        self.ends: list[float] = [math.inf]
+
+    def take(self, size: int) -> int:
+        if size == 0:
+            return 0  # an empty value overlaps nothing
+        for i, (start, end) in enumerate(zip(self.starts, self.ends, strict=True)):
+            if end - start >= size:
+                if end - start == size:
+                    del self.starts[i], self.ends[i]
+                else:
+                    self.starts[i] = start + size
+                return start
+        raise AssertionError("the last gap is endless")
+
+    def release(self, offset: int, size: int) -> None:
+        if size == 0:
+            return
+        i = bisect.bisect_left(self.starts, offset)
+        start, end = offset, offset + size
+        if i > 0 and self.ends[i - 1] == start:  # merge with the gap below
+            i -= 1
+            start = self.starts[i]
+            del self.starts[i], self.ends[i]
+        if i < len(self.starts) and self.starts[i] == end:  # and with the gap above
+            end = self.ends[i]
+            del self.starts[i], self.ends[i]
+        self.starts.insert(i, start)
+        self.ends.insert(i, end)
 
 
 def _aligned(n: int) -> int:

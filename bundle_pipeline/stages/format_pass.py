@@ -117,6 +117,11 @@ class FormatPass:
         return self._run({})
 
     @cached_property
+    def natural_sources(self) -> dict[str, str]:
+        """The standard layout of each graph input, weight and const."""
+        return {v: self.natural[v] for v in self.sources}
+
+    @cached_property
     def base_counts(self) -> dict[Conversion, int]:
         """How many baseline nodes read through each TransData."""
         counts: dict[Conversion, int] = {}

@@ -68,7 +68,7 @@ def assign(structures: dict[str, dict], variables: dict, target: Target) -> dict
 def _wanted_formats(name: str, fp: FormatPass) -> set[str]:
     """The formats the kernels reading ``name`` take it in, with every input in its standard layout."""
     graph = fp.graph
-    natural = {v: fp.natural[v] for v in fp.sources}
+    natural = fp.natural_sources
     wanted = set()
     for i in fp.readers.get(name, []):
         node = graph.nodes[i]
