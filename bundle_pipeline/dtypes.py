@@ -13,6 +13,7 @@ unsigned view (``storage_dtype``) and record the logical name beside it.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterator, Mapping
 from functools import cache
 from typing import TYPE_CHECKING
@@ -71,10 +72,16 @@ def is_extended(dtype: np.dtype | str) -> bool:
     # an ml_dtypes dtype's name is its type name; no numpy-native dtype has one of those names
     if isinstance(dtype, str):
         return dtype in EXTENDED_NAMES
+    if "ml_dtypes" not in sys.modules:
+        return False  # no array of those types can exist before ml_dtypes is loaded
     import numpy as np
 
-    dtype = np.dtype(dtype)
-    return dtype.kind == "V" and dtype.name in EXTENDED_NAMES  # numpy computes .name slowly; kinds are fields
+    return np.dtype(dtype) in _extended_set()  # a hashed lookup: numpy computes a dtype's .name slowly
+
+
+@cache
+def _extended_set() -> frozenset:
+    return frozenset(_extended_dtypes().values())
 
 
 def storage_dtype(dtype: np.dtype | str) -> np.dtype:
