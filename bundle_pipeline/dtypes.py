@@ -67,6 +67,12 @@ def dtype_from_name(name: str) -> np.dtype:
     return np.dtype(name)
 
 
+@cache
+def dtype_name(dtype: np.dtype) -> str:
+    """``dtype.name``, remembered: numpy computes it anew on every access (microseconds, thousands a parse)."""
+    return dtype.name
+
+
 def is_extended(dtype: np.dtype | str) -> bool:
     """Whether ``dtype`` is one of the ml_dtypes types (numpy has no native equivalent)."""
     # an ml_dtypes dtype's name is its type name; no numpy-native dtype has one of those names

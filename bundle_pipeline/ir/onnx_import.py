@@ -7,6 +7,7 @@ are inlined as consts; every other initializer or ``Constant`` output is a weigh
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -16,6 +17,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
+from ..dtypes import dtype_name
 from ..errors import BundleIOError, GraphInvalid, OptionInvalid, UnsupportedOp
 from ..files import TooLarge, describe_error, read_regular
 from .external import ExternalRef, external_path
@@ -72,7 +74,7 @@ def detach_weights(model: onnx.ModelProto, base: Path | None, where: str) -> Det
     keep = []
     for t in graph.initializer:
         external = t.data_location == onnx.TensorProto.EXTERNAL
-        if int(np.prod(t.dims, dtype=np.int64)) <= CONST_MAX_ELEMENTS:
+        if math.prod(t.dims) <= CONST_MAX_ELEMENTS:
             if external:
                 inline_external(t, base, where)
             keep.append(t)
@@ -302,8 +304,7 @@ def _is_static(tt: onnx.TypeProto.Tensor) -> bool:
 
 
 def _is_const_array_proto(t: onnx.TensorProto) -> bool:
-    size = int(np.prod(t.dims, dtype=np.int64))
-    return t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) and size <= CONST_MAX_ELEMENTS
+    return t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) and math.prod(t.dims) <= CONST_MAX_ELEMENTS
 
 
 _A = onnx.AttributeProto
@@ -414,7 +415,7 @@ def _fresh_name(name: str, taken: set[str]) -> str:
 
 
 def _types_of(tensors: Mapping[str, np.ndarray | ExternalRef]) -> dict[str, TensorType]:
-    return {k: TensorType(tuple(v.shape), np.dtype(v.dtype).name) for k, v in tensors.items()}
+    return {k: TensorType(tuple(v.shape), dtype_name(np.dtype(v.dtype))) for k, v in tensors.items()}
 
 
 def _drop_dead_outputs(nodes: list[Node], g: onnx.GraphProto, types: dict) -> None:
