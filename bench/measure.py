@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,7 @@ class Measured:
     tree_peak_kib: int
     stdout: str
     stderr: str
+    timed_out: bool = False
 
     def last_json(self) -> dict | None:
         """The JSON object printed as the last stdout line, if any."""
@@ -81,8 +83,13 @@ class _TreeSampler(threading.Thread):
         self.join()
 
 
-def run_measured(argv: Sequence[str], cwd: str | Path | None = None, env: dict | None = None) -> Measured:
+def run_measured(argv: Sequence[str], cwd: str | Path | None = None, env: dict | None = None,
+                 timeout: float | None = None) -> Measured:
     """Run ``argv`` under the launcher; stdout/stderr go through temp files, the launcher's report through one.
+
+    With ``timeout`` the launcher runs in its own process group, which is killed (the command and any workers
+    it started with it) once ``timeout`` seconds have passed: the result then has ``timed_out`` set,
+    ``wall_s`` = the time waited and returncode -9.
 
     Linux charges a process's ``ru_maxrss`` with the memory image it had before ``exec``, so a child
     forked straight from a big benchmark process would report the parent's size. The launcher (this
@@ -91,10 +98,13 @@ def run_measured(argv: Sequence[str], cwd: str | Path | None = None, env: dict |
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
             tempfile.NamedTemporaryFile(suffix=".json") as report:
         launcher = [sys.executable, str(Path(__file__).resolve()), "--report", report.name, "--", *argv]
-        proc = subprocess.Popen(launcher, cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        start = time.perf_counter()
+        proc = subprocess.Popen(launcher, cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                start_new_session=timeout is not None)
         sampler = _TreeSampler(proc.pid)
         sampler.start()
-        proc.wait()
+        timed_out = _wait(proc, timeout)
+        waited = time.perf_counter() - start
         sampler.stop()
         out.seek(0)
         err.seek(0)
@@ -102,9 +112,20 @@ def run_measured(argv: Sequence[str], cwd: str | Path | None = None, env: dict |
         try:
             got = json.loads(Path(report.name).read_text())
         except ValueError:
-            got = {"returncode": proc.returncode, "wall_s": float("nan"), "maxrss_kib": 0}
+            got = {"returncode": proc.returncode, "wall_s": waited if timed_out else float("nan"), "maxrss_kib": 0}
     return Measured(list(argv), got["returncode"], got["wall_s"], got["maxrss_kib"],
-                    max(sampler.peak_kib, got["maxrss_kib"]), stdout, stderr)
+                    max(sampler.peak_kib, got["maxrss_kib"]), stdout, stderr, timed_out)
+
+
+def _wait(proc: subprocess.Popen, timeout: float | None) -> bool:
+    """Wait for the launcher; past ``timeout``, kill its process group (it leads it) and reap it. Timed out?"""
+    try:
+        proc.wait(timeout=timeout)
+        return False
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return True
 
 
 def launch(argv: Sequence[str]) -> dict:

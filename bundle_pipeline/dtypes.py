@@ -13,17 +13,47 @@ unsigned view (``storage_dtype``) and record the logical name beside it.
 from __future__ import annotations
 
 import math
+import sys
+from collections.abc import Iterator, Mapping
+from functools import cache
+from typing import TYPE_CHECKING
 
-import ml_dtypes
-import numpy as np
+if TYPE_CHECKING:  # numpy loads with the first array, not with this module (planning uses names only)
+    import numpy as np
 
 # ONNX element types numpy cannot represent natively, by the name ml_dtypes (and numpy, once ml_dtypes is
 # imported) gives them. FLOAT6 types are left out: onnx.numpy_helper does not convert them either.
-EXTENDED: dict[str, np.dtype] = {
-    name: np.dtype(getattr(ml_dtypes, name))
-    for name in ("bfloat16", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz",
-                 "float8_e8m0fnu", "float4_e2m1fn", "int4", "uint4", "int2", "uint2")
-}
+EXTENDED_NAMES = ("bfloat16", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz",
+                  "float8_e8m0fnu", "float4_e2m1fn", "int4", "uint4", "int2", "uint2")
+
+
+@cache
+def _extended_dtypes() -> dict[str, np.dtype]:
+    import ml_dtypes  # costs an import only when a low-precision type is really used
+    import numpy as np
+
+    return {name: np.dtype(getattr(ml_dtypes, name)) for name in EXTENDED_NAMES}
+
+
+class _Extended(Mapping):
+    """name -> dtype of the ml_dtypes types, importing ml_dtypes on the first lookup, not at import."""
+
+    def __getitem__(self, name: str) -> np.dtype:
+        if name not in EXTENDED_NAMES:
+            raise KeyError(name)
+        return _extended_dtypes()[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in EXTENDED_NAMES
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(EXTENDED_NAMES)
+
+    def __len__(self) -> int:
+        return len(EXTENDED_NAMES)
+
+
+EXTENDED: Mapping[str, np.dtype] = _Extended()  # name -> dtype
 # Bits per element of the types ONNX packs several to a byte in TensorProto / external data.
 PACKED_BITS: dict[str, int] = {"int4": 4, "uint4": 4, "float4_e2m1fn": 4, "int2": 2, "uint2": 2}
 
@@ -32,16 +62,38 @@ def dtype_from_name(name: str) -> np.dtype:
     """numpy dtype of a stored dtype name ("float32", "bfloat16", "int4", ...); TypeError when unknown."""
     if name in EXTENDED:
         return EXTENDED[name]
+    import numpy as np
+
     return np.dtype(name)
+
+
+@cache
+def dtype_name(dtype: np.dtype) -> str:
+    """``dtype.name``, remembered: numpy computes it anew on every access (microseconds, thousands a parse)."""
+    return dtype.name
 
 
 def is_extended(dtype: np.dtype | str) -> bool:
     """Whether ``dtype`` is one of the ml_dtypes types (numpy has no native equivalent)."""
-    return (dtype if isinstance(dtype, str) else np.dtype(dtype).name) in EXTENDED
+    # an ml_dtypes dtype's name is its type name; no numpy-native dtype has one of those names
+    if isinstance(dtype, str):
+        return dtype in EXTENDED_NAMES
+    if "ml_dtypes" not in sys.modules:
+        return False  # no array of those types can exist before ml_dtypes is loaded
+    import numpy as np
+
+    return np.dtype(dtype) in _extended_set()  # a hashed lookup: numpy computes a dtype's .name slowly
+
+
+@cache
+def _extended_set() -> frozenset:
+    return frozenset(_extended_dtypes().values())
 
 
 def storage_dtype(dtype: np.dtype | str) -> np.dtype:
     """The dtype a storage layer (zarr) holds ``dtype``'s bytes as: itself, or a same-itemsize unsigned int."""
+    import numpy as np
+
     dtype = dtype_from_name(dtype) if isinstance(dtype, str) else np.dtype(dtype)
     return np.dtype(f"uint{8 * dtype.itemsize}") if is_extended(dtype) else dtype
 
@@ -54,6 +106,8 @@ def hash_key(dtype: np.dtype) -> str:
 
 def unpack_sub_byte(raw: np.ndarray, name: str, count: int) -> np.ndarray:
     """``count`` elements of packed type ``name`` from ONNX's packed bytes (lowest bits first), unpacked."""
+    import numpy as np
+
     bits = PACKED_BITS[name]
     per_byte = 8 // bits
     raw = np.asarray(raw, dtype=np.uint8).reshape(-1)

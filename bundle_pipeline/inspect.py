@@ -6,9 +6,10 @@ import math
 
 import numpy as np
 
-from .runtime.bundle import open_constant, open_group
+from .errors import BundleCorrupt
+from .runtime.bundle import open_constant, open_group, open_packed
 from .runtime.formats import storage_shape
-from .runtime.storage import accounted_bytes, digest, inventory
+from .runtime.storage import PACKED_ARRAY, accounted_bytes, digest, inventory
 from .runtime.validate import validate_manifest
 
 
@@ -21,7 +22,15 @@ def describe(path: str) -> dict:
     validate_manifest(manifest, path)
     accounted_bytes(inv, manifest["constants"])  # every file under constants/ belongs to a constant
     for cid, const in manifest["constants"].items():  # and has the size its array's metadata implies
-        open_constant(group, cid, const, inv)
+        if const["array"] != PACKED_ARRAY:
+            open_constant(group, cid, const, inv)
+    packed = [c for c in manifest["constants"].values() if c["array"] == PACKED_ARRAY and c["nbytes"]]
+    if packed:
+        size = open_packed(group, inv).shape[0]
+        outside = next((cid for cid, c in manifest["constants"].items() if c in packed
+                        and c["offset"] + c["nbytes"] > size), None)
+        if outside is not None:
+            raise BundleCorrupt(f"constant {outside!r} lies outside {PACKED_ARRAY}", path)
     graphs = [_graph(g) for g in manifest["graphs"]]
     variables = [{k: v[k] for k in ("name", "shape", "dtype", "format", "nbytes", "readers", "writers")}
                  for v in manifest["variables"]]

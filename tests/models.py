@@ -161,6 +161,20 @@ def mlp(directory: str | Path, *, layers: int = 3, seed: int = 0, opset: int = D
     return write_bundle(directory, "mlp", {"infer": infer}, options=options)
 
 
+def wide(directory: str | Path, *, width: int = 512, seed: int = 0, opset: int = DEFAULT_OPSET) -> BuiltBundle:
+    """x[4,W] -> MatMul(W x W) + bias -> Relu: a weight of W*W*4 bytes (1 MiB at 512), larger than the caches'
+    packing threshold, so it is stored as a tensor entry of its own and a bundle array of its own."""
+    rng = np.random.default_rng(seed)
+    w = numpy_helper.from_array(rng.standard_normal((width, width)).astype(np.float32), "fc.weight")
+    b = numpy_helper.from_array(rng.standard_normal(width).astype(np.float32), "fc.bias")
+    nodes = [helper.make_node("MatMul", ["x", "fc.weight"], ["h"], name="fc"),
+             helper.make_node("Add", ["h", "fc.bias"], ["z"], name="bias"),
+             helper.make_node("Relu", ["z"], ["y"], name="relu")]
+    graph = helper.make_graph(nodes, "wide", [_input("x", (4, width))], [_output("y", (4, width))],
+                              initializer=[w, b])
+    return write_bundle(directory, "wide", {"infer": _model(graph, [helper.make_opsetid("", opset)])})
+
+
 def cnn(directory: str | Path, *, seed: int = 0, opset: int = DEFAULT_OPSET,
         options: Mapping[str, str] | None = None) -> BuiltBundle:
     """Small CNN x[2,3,16,16] -> y[2,2,5]: Conv/BN/Relu/MaxPool, depthwise and grouped Conv, GAP, Gemm."""

@@ -65,9 +65,9 @@ def test_json_statuses_durations_and_edges(built_demo):
         assert n["status"] == "cached" and round(n["seconds"], 6) == recorded[tid]
         assert n["bundle"] == "demo" and tid.startswith(f"demo/{n['step']}") and n["stage"] == n["step"].split(".")[0]
     _, dag, _ = prepare([load_spec(spec)])
-    assert {(e["source"], e["target"]) for e in graph["edges"]} == set(dag.edges)
+    assert {(e["source"], e["target"]) for e in graph["edges"]} == set(dag.edges())
     assert all(e["inputs"] for e in graph["edges"])
-    generation = {t: i for i, gen in enumerate(nx.topological_generations(dag)) for t in gen}
+    generation = {t: i for i, gen in enumerate(nx.topological_generations(dag.nx)) for t in gen}
     assert all(n["generation"] == generation[t] for t, n in nodes.items())
 
     edit_weight(spec.parent / "infer.onnx")
@@ -75,7 +75,7 @@ def test_json_statuses_durations_and_edges(built_demo):
     status = json.loads(invoke("status", str(spec), "--json").stdout.strip().splitlines()[-1])
     by_status = {s: {n["id"] for n in graph["nodes"] if n["status"] == s} for s in ("cached", "stale", "maybe")}
     assert by_status["stale"] == {s["id"] for s in status["stale"]} == {"demo/parse:infer"}
-    assert by_status["maybe"] == {s["id"] for s in status["maybe"]} == nx.descendants(dag, "demo/parse:infer")
+    assert by_status["maybe"] == {s["id"] for s in status["maybe"]} == nx.descendants(dag.nx, "demo/parse:infer")
     assert by_status["cached"] == set(nodes) - by_status["stale"] - by_status["maybe"]
     stale = next(n for n in graph["nodes"] if n["id"] == "demo/parse:infer")
     assert stale["reason"].startswith("file changed") and "infer.onnx" in stale["reason"]

@@ -33,7 +33,7 @@ def outs(stage: str) -> list[str]:
 
 def test_stages_declare_existing_deps_and_the_published_results():
     assert (ROOT / ".dvc" / "config").is_file()  # `dvc repro` needs the repository initialised for DVC
-    assert set(STAGES) == {"example", "incremental", "memory", "conformance-cpu", "conformance-npu"}
+    assert set(STAGES) == {"example", "incremental", "speed", "memory", "conformance-cpu", "conformance-npu"}
     for name, stage in STAGES.items():
         for dep in stage["deps"]:
             assert (ROOT / dep).exists(), (name, dep)
@@ -43,16 +43,18 @@ def test_stages_declare_existing_deps_and_the_published_results():
         if words[0] == "python":
             assert words[1] in stage["deps"] and (ROOT / words[1]).is_file()
     assert outs("example") == ["examples/demo/build/demo.bundle"]
-    benches = ("incremental", "memory", "conformance-cpu", "conformance-npu")
+    benches = ("incremental", "speed", "memory", "conformance-cpu", "conformance-npu")
     assert {o for s in benches for o in outs(s)} == {
-        "bench/results/incremental.json", "bench/results/memory.json", "bench/results/conformance_cpu.json",
-        "bench/results/conformance_npu.json"}
+        "bench/results/incremental.json", "bench/results/speed.json", "bench/results/memory.json",
+        "bench/results/conformance_cpu.json", "bench/results/conformance_npu.json"}
     sys.path.insert(0, str(ROOT / "bench"))
     import incremental
     import memory
+    import speed
 
-    declared = {name: ROOT / outs(name)[0] for name in ("incremental", "memory")}
-    assert declared == {"incremental": incremental.DEFAULT_RESULTS, "memory": memory.DEFAULT_RESULTS}  # defaults
+    declared = {name: ROOT / outs(name)[0] for name in ("incremental", "speed", "memory")}
+    assert declared == {"incremental": incremental.DEFAULT_RESULTS, "speed": speed.DEFAULT_RESULTS,
+                        "memory": memory.DEFAULT_RESULTS}  # the scripts' defaults
     spec = yaml.safe_load((ROOT / "examples" / "demo" / "bundle.yaml").read_text())
     assert (ROOT / "examples" / "demo" / spec["output"]).resolve() == (ROOT / outs("example")[0]).resolve()
 
@@ -96,3 +98,15 @@ def test_incremental_stage_smoke(tmp_path):
     payload = json.loads(results.read_text())
     assert payload["only"] == ["c"] and payload["figures"]
     assert all(rec["returncode"] == 0 for rec in payload["bundles"]["c"]["scenarios"].values())
+
+
+@pytest.mark.slow
+def test_speed_stage_smoke(tmp_path):
+    results = tmp_path / "speed.json"
+    proc = subprocess.run(argv("speed", "--quick", "--only", "graph-edit", "--graphs", "1", "--skip-peers",
+                               "--data", str(tmp_path / "data"), "--results", str(results)),
+                          cwd=ROOT, capture_output=True, text=True, check=False, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    payload = json.loads(results.read_text())
+    assert payload["only"] == ["graph-edit"] and [r["figure"] for r in payload["rows"]] == ["5 graph edit"]
+    assert payload["figures"]["graph-edit"]["edit"]["returncode"] == 0

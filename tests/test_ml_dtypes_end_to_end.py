@@ -14,7 +14,7 @@ from onnx.reference import ReferenceEvaluator
 
 import bundle_pipeline as bp
 from bundle_pipeline.backend import BundleBackend
-from bundle_pipeline.cache import Cache
+from bundle_pipeline.cache import Cache, packs
 from bundle_pipeline.runtime import load_bundle
 
 OPSET = [helper.make_opsetid("", 21)]
@@ -61,10 +61,20 @@ def test_ml_dtype_weights_build_load_and_match_the_reference(tmp_path, target):
     assert {"bfloat16", "int4", "float8_e4m3fn"} <= dtypes
 
 
-def test_cache_tensor_to_bundle_constant_round_trip(tmp_path):
-    """A bfloat16 / float8 / int4 weight is a cache tensor stored as its bits (uint16/uint8 + the logical dtype),
-    and the bundle's constant arrays (linked from the cache) load back as the logical dtype, same bytes."""
-    model, _ = weights_model()
+def pack_holding(cache_dir, h: str) -> str | None:
+    """The cache's tensor pack that holds tensor ``h`` (small tensors are stored together), if any."""
+    for path in (cache_dir / "objects").rglob("*"):
+        if path.is_file() and path.read_bytes()[:8] == packs.MAGIC and h in packs.decode(path.read_bytes()):
+            return path.name
+    return None
+
+
+@pytest.mark.parametrize("rows", [64, 16384], ids=["packed", "own-arrays"])
+def test_cache_tensor_to_bundle_constant_round_trip(tmp_path, rows):
+    """A bfloat16 / float8 / int4 weight is stored as its bits (uint16/uint8 + the logical dtype): small ones in
+    a cache pack and the bundle's packed array, large ones as a cache tensor and a bundle array of their own
+    (linked from the cache); they load back as the logical dtype, same bytes."""
+    model, _ = weights_model(rows)
     cache_dir = tmp_path / "cache"
     buf = bp.bundle_build_model([bp.GraphWithOptions(model, role="infer", name="infer")], cache=cache_dir)
     bp.bundle_save_model(tmp_path / "b.bundle", buf)
@@ -75,23 +85,25 @@ def test_cache_tensor_to_bundle_constant_round_trip(tmp_path):
     for name in ("w_bf16", "w_int4", "w_f8"):
         want, const = weights[name], bundle.manifest["constants"][bound[name]]
         assert const["dtype"] == want.dtype.name
-        with zipfile.ZipFile(tmp_path / "b.bundle") as zf:  # the saved buffer is the stored-zip form
-            stored = json.loads(zf.read(f"{const['array']}/zarr.json"))
-        assert stored["data_type"] == f"uint{8 * want.dtype.itemsize}"  # zarr holds the bits
-        assert stored["attributes"]["bundle_pipeline"]["dtype"] == want.dtype.name
-        from_cache = cache.get_tensor(const["hash"])
+        assert (const["array"] == "constants/packed") == (rows == 64)
+        if const["array"] != "constants/packed":
+            with zipfile.ZipFile(tmp_path / "b.bundle") as zf:  # the saved buffer is the stored-zip form
+                stored = json.loads(zf.read(f"{const['array']}/zarr.json"))
+            assert stored["data_type"] == f"uint{8 * want.dtype.itemsize}"  # zarr holds the bits
+            assert stored["attributes"]["bundle_pipeline"]["dtype"] == want.dtype.name
+        from_cache = cache.get_tensor(const["hash"], pack=pack_holding(cache_dir, const["hash"]))
         assert from_cache.dtype == want.dtype and from_cache.tobytes() == want.tobytes()
         loaded = bundle.executors["infer"].fixed[name]
         assert loaded.dtype == want.dtype and loaded.tobytes() == want.tobytes()
 
 
 def test_plain_cache_tensors_keep_their_attributes(tmp_path):
-    """float32 entries are written exactly as before ml_dtypes support: no dtype attribute."""
+    """float32 entries carry no dtype attribute (only ml_dtypes entries record their logical type)."""
     cache = Cache(tmp_path / "cache")
     h = cache.put_tensor(np.arange(6, dtype=np.float32))
     meta = json.loads((tmp_path / "cache" / "tensors" / h[:2] / h / "zarr.json").read_text())
     assert meta["data_type"] == "float32"
-    assert set(meta["attributes"]["bundle_pipeline"]) == {"tensor_hash", "chunk_hashes", "checksum"}
+    assert set(meta["attributes"]["bundle_pipeline"]) == {"tensor_hash", "chunk_sha256", "checksum"}
 
 
 def test_bfloat16_variable_written_by_init_and_refreshed_by_update(tmp_path):

@@ -12,11 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import networkx as nx
 import yaml
 
 from bundle_pipeline.cache import Cache
 from bundle_pipeline.pipeline import build
+from bundle_pipeline.pipeline.dag import TaskGraph
 from bundle_pipeline.pipeline.progress import Counts, choose
 from bundle_pipeline.pipeline.rebuild import Plan
 from bundle_pipeline.pipeline.schedule import Event
@@ -127,9 +127,8 @@ def test_counts_per_stage_with_planned_and_cutoff_hits():
     def result(tid: str, stage: str, status: str) -> TaskResult:
         return TaskResult(tid, stage, None, "k", {}, status, 0.1)
 
-    dag = nx.DiGraph()
-    for tid, stage in (("b/parse:x", "parse"), ("b/parse:y", "parse"), ("b/dedupe", "dedupe"), ("b/pack", "pack")):
-        dag.add_node(tid, task=task(tid, stage))
+    dag = TaskGraph([task(tid, stage) for tid, stage in (("b/parse:x", "parse"), ("b/parse:y", "parse"),
+                                                          ("b/dedupe", "dedupe"), ("b/pack", "pack"))])
     found = Plan(resolved={"b/parse:x": result("b/parse:x", "parse", "cached")})
     found.stale = {t: None for t in ("b/parse:y", "b/dedupe", "b/pack")}
     counts = Counts()

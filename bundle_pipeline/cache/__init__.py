@@ -5,6 +5,14 @@ On-disk state: see ``store.py`` (layout of the root: objects/, tensors/, actions
 """
 
 from bundle_pipeline.cache.store import Cache, CacheMiss
-from bundle_pipeline.cache.tensors import SUPPORTED_DTYPES, chunk_shape
 
 __all__ = ["SUPPORTED_DTYPES", "Cache", "CacheMiss", "chunk_shape"]
+
+
+def __getattr__(name: str):
+    """The tensor store's names load it (numpy) on first use: planning a build needs only the Cache."""
+    if name in ("SUPPORTED_DTYPES", "chunk_shape"):
+        from bundle_pipeline.cache import tensors
+
+        return getattr(tensors, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -39,8 +39,10 @@ Listing caches are turned off for object stores: other machines write the same b
 
 Reachability (``gc(keep_actions=...)``): a kept action keeps the objects named by the values of
 its record's ``"outputs"`` dict (a hash, or a list of hashes). A kept object whose bytes are a JSON
-object with a top-level ``"tensors"`` dict (name -> tensor hash) keeps those tensors. Nothing else
-is followed, so a stage output that refers to tensors must list them under ``"tensors"``.
+object with a top-level ``"tensors"`` dict (name -> tensor hash) keeps those tensors, and one with a
+top-level ``"packs"`` dict (tensor hash -> pack hash, ``packs.py``) keeps those tensor packs. Nothing
+else is followed, so a stage output that refers to tensors must list them under ``"tensors"``, and
+the packs that hold them under ``"packs"``.
 ``newest_builds()`` gives the usual roots: every ``last-build`` record the pipeline writes (one per
 spec: ``{"identity", "tasks": {task id: action key}}``) and the task records it names. Other
 records (kernel-level decisions, memos of external tensors and exported files) are not roots.
@@ -59,25 +61,30 @@ reads records with ``O_NOATIME`` where it can, so it does not make everything lo
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
 import shutil
+import struct
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import fsspec
-import numpy as np
-from fsspec.core import split_protocol, url_to_fs
-from fsspec.implementations.local import LocalFileSystem
-
-from bundle_pipeline.cache import statstate, tensors
+from bundle_pipeline.cache import statstate
+from bundle_pipeline.cache.recent import Recent
 from bundle_pipeline.ir.hashing import canonical_json, hash_bytes, hash_json
+
+if TYPE_CHECKING:
+    import fsspec
+    import numpy as np
+
+# fsspec, numpy and the tensor store (numpy, zarr) are imported where they are used: planning a build on a
+# local cache (a no-op run) reads JSON records only.
 
 TEMP_PREFIX = ".tmp-"
 AREAS = ("objects", "tensors", "actions")
@@ -93,6 +100,9 @@ ACTION_FORMAT = 1
 DEFAULT_CHUNK_BYTES = 1 << 20
 
 _HASH_RE = re.compile(r"[0-9a-f]{64}")
+# Stage outputs this process decoded or encoded lately: a build's tasks read each other's outputs (a
+# structure is read by four later stages) without reading and decoding the bytes again.
+RECENT_JSON = Recent(64 << 20)
 # Action keys are usually hashes, but any short file-name-safe word works; a leading "." is
 # reserved for temp names and "/" could escape the shard directory.
 _KEY_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{1,254}")
@@ -221,6 +231,11 @@ class LocalBackend:
         self._create_root()
         os.makedirs(self.path(rel), exist_ok=True)
 
+    def write_new(self, rel: str, data: bytes | memoryview) -> None:
+        """Write a file inside a temp directory made by ``new_dir`` (the directory is published whole)."""
+        with open(self.path(rel), "xb") as f:
+            f.write(data)
+
     def _create_root(self) -> None:
         """A cache root this process creates gets the marker (``Cache.claim`` marks existing roots)."""
         if not self.mark_root or os.path.isdir(self.root):
@@ -269,13 +284,16 @@ class LocalBackend:
             with contextlib.suppress(OSError):  # not empty, or raced with a writer: keep it
                 os.rmdir(shard.path)
 
-    def export_tree(self, rel: str, dest: str) -> None:
-        """Materialise the tree at ``rel`` under local ``dest``: hard links (no bytes copied), else copies."""
+    def export_tree(self, rel: str, dest: str, skip: tuple[str, ...] = ()) -> None:
+        """Materialise the tree at ``rel`` (but files named in ``skip``) under local ``dest``: hard links
+        (no bytes copied), else copies."""
         top = self.path(rel)
         for dirpath, _, files in os.walk(top):
             target = os.path.join(dest, os.path.relpath(dirpath, top))
             os.makedirs(target, exist_ok=True)
             for name in files:
+                if name in skip:
+                    continue
                 _link_or_copy(os.path.join(dirpath, name), os.path.join(target, name))
 
     def zarr_store(self, rel: str, read_only: bool) -> Any:
@@ -358,6 +376,16 @@ class FsspecBackend:
     def new_dir(self, rel: str) -> None:
         if self._staging(rel, create=True) is None:
             self.fs.makedirs(self.path(rel), exist_ok=True)
+
+    def write_new(self, rel: str, data: bytes | memoryview) -> None:
+        """Write a file inside a temp directory made by ``new_dir``: on local disk when it is staged there."""
+        folder, name = rel.rsplit("/", 1)
+        staged = self._staging(folder)
+        if staged is not None:
+            with open(os.path.join(staged, name), "xb") as f:
+                f.write(data)
+            return
+        self.fs.pipe_file(self.path(rel), bytes(data))
 
     def publish_dir(self, tmp_rel: str, final_rel: str) -> bool:
         """Move a finished temp tree into place, ``zarr.json`` last so its presence marks a
@@ -446,11 +474,13 @@ class FsspecBackend:
 Backend = LocalBackend | FsspecBackend
 
 
-def _file_stats(root: str) -> dict[str, tuple[list[int], str]]:
-    """rel path -> ([size, mtime_ns, inode], absolute path) for every file under ``root``."""
+def _file_stats(root: str, skip: tuple[str, ...] = ()) -> dict[str, tuple[list[int], str]]:
+    """rel path -> ([size, mtime_ns, inode], absolute path) for every file under ``root`` (but ``skip``)."""
     out = {}
     for dirpath, _, names in os.walk(root):
         for name in names:
+            if name in skip:
+                continue
             path = os.path.join(dirpath, name)
             st = os.stat(path)
             rel = os.path.relpath(path, root).replace(os.sep, "/")
@@ -511,16 +541,22 @@ def _info_mtime(info: dict[str, Any]) -> float | None:
 
 def open_backend(root: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> Backend:
     """Pick the backend for ``root``: plain ``os`` for local paths and ``file://`` URLs, fsspec otherwise."""
+    given = os.fspath(root)
+    if "://" not in given and not storage_options:  # a plain local path: no fsspec needed
+        return LocalBackend(os.path.abspath(given), mark_root=True)
+    from fsspec.core import split_protocol, url_to_fs
+    from fsspec.implementations.local import LocalFileSystem
+
     opts = dict(storage_options or {})
-    protocol = split_protocol(os.fspath(root))[0]
+    protocol = split_protocol(given)[0]
     if protocol in LISTING_CACHE_PROTOCOLS:
         opts.setdefault("use_listings_cache", False)
     try:
-        fs, path = url_to_fs(os.fspath(root), **opts)
+        fs, path = url_to_fs(given, **opts)
     except (ValueError, ImportError) as err:  # an unknown protocol, or its package is not installed
         from bundle_pipeline.errors import ParamInvalid
 
-        raise ParamInvalid(f"cannot open the cache: {err}", os.fspath(root)) from None
+        raise ParamInvalid(f"cannot open the cache: {err}", given) from None
     if isinstance(fs, LocalFileSystem):
         return LocalBackend(os.path.abspath(path), mark_root=True)
     return FsspecBackend(fs, path, opts)
@@ -530,6 +566,17 @@ def _default_state_dir(root: str) -> str:
     """Where a remote cache keeps this machine's stat state: under the user's local cache dir."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "bundle-pipeline", "state", hash_bytes(root.encode())[:16])
+
+
+def _entry_memo_key(h: str) -> str:
+    """The action key of the memo of a tensor entry's file digests (see ``Cache._entry_sha256``)."""
+    return hash_json({"entry-sha256": h})
+
+
+def _tensors():
+    from bundle_pipeline.cache import tensors
+
+    return tensors
 
 
 def _rebuild_cache(root: str, options: dict[str, Any]) -> Cache:
@@ -609,74 +656,211 @@ class Cache:
         """Whether an entry exists (unverified: ``get_object`` may still miss)."""
         return self._backend.exists(_object_rel(check_hash(h)))
 
+    def place_object(self, h: str, dest: str | os.PathLike[str], data: bytes | None = None) -> str:
+        """Put object ``h``'s bytes at local file ``dest`` and return their sha256 (a bundle lists it).
+
+        A local cache hard-links the object (``dest`` must not be modified: it is the cache's own file) and
+        remembers its sha256 per file stat, as ``export_tensor`` does for tensor entries: a changed stat makes
+        us read and verify the object again. ``data``: its bytes, when the caller just stored them.
+        """
+        if not self._backend.is_local:
+            data = self.get_object(h)
+            with open(dest, "wb") as f:
+                f.write(data)
+            return hashlib.sha256(data).hexdigest()
+        path = self._backend.path(_object_rel(check_hash(h)))
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise CacheMiss(h) from None
+        stat, memo = [st.st_size, st.st_mtime_ns, st.st_ino], hash_json({"object-sha256": h})
+        record = self.get_action(memo)
+        if record is not None and record.get("stat") == stat:
+            digest = record["sha256"]
+        else:
+            digest = hashlib.sha256(data if data is not None else self.get_object(h)).hexdigest()
+            self.put_action(memo, {"stat": stat, "sha256": digest})
+        _link_or_copy(path, os.fspath(dest))
+        return digest
+
     def put_json(self, obj: Any) -> str:
-        """Store the canonical JSON of ``obj`` as an object; equal values give equal hashes."""
-        return self.put_object(canonical_json(obj))
+        """Store the canonical JSON of ``obj`` as an object; equal values give equal hashes. ``obj`` must not be
+        changed afterwards: this process hands it to the next ``get_json`` of its hash (``RECENT_JSON``)."""
+        data = canonical_json(obj)
+        h = self.put_object(data)
+        RECENT_JSON.put(h, len(data), (self._stamp(h), obj))
+        return h
 
     def get_json(self, h: str) -> Any:
-        """The value of a JSON object stored by ``put_json``; CacheMiss like ``get_object``."""
-        return json.loads(self.get_object(h))
+        """The value of a JSON object stored by ``put_json``; CacheMiss like ``get_object``. Read-only: the
+        value may be shared with other tasks of this process (``RECENT_JSON``)."""
+        found = RECENT_JSON.get(check_hash(h))
+        if found is not None and found[0] is not None and found[0] == self._stamp(h):
+            return found[1]  # this cache's entry, untouched since this process verified it
+        data = self.get_object(h)
+        obj = json.loads(data)
+        RECENT_JSON.put(h, len(data), (self._stamp(h), obj))
+        return obj
+
+    def _stamp(self, h: str) -> tuple[str, int, int, int] | None:
+        """Which file object ``h`` is (root, size, mtime_ns, inode): a decoded copy kept in this process is
+        reused only while the file is the one it came from (not rewritten, not another cache's). None on
+        object stores, where nothing decoded is reused."""
+        if not self._backend.is_local:
+            return None
+        try:
+            st = os.stat(self._backend.path(_object_rel(h)))
+        except FileNotFoundError:
+            return None
+        return (self.root, st.st_size, st.st_mtime_ns, st.st_ino)
 
     # -- tensors ---------------------------------------------------------------------------------
 
     def put_tensor(self, arr: np.ndarray) -> str:
-        """Store an array as zarr under its ``tensor_hash`` and return the hash; idempotent."""
-        return tensors.put_tensor(self._backend, arr, self.chunk_bytes, temp_name())
+        """Store an array as a zarr array under its ``tensor_hash`` and return the hash; idempotent.
 
-    def get_tensor(self, h: str, verify: bool = True) -> np.ndarray:
-        """The array stored under ``h`` (verified unless ``verify=False``); CacheMiss when missing/corrupt."""
-        arr = tensors.get_tensor(self._backend, check_hash(h), verify=verify)
+        A local entry written here has its files' sha256 recorded at once (``_entry_sha256``'s memo), so the
+        first bundle that links it hashes nothing: the bytes were just written from memory.
+        """
+        h, digests = _tensors().put_tensor(self._backend, arr, self.chunk_bytes, temp_name())
+        if digests is not None and self._backend.is_local:
+            files = _file_stats(self._backend.path(_tensors().tensor_rel(h)), skip=("zarr.json",))
+            if set(files) == set(digests):  # else someone else's copy won the race to publish: verify later
+                self.put_action(_entry_memo_key(h), {"stats": {rel: st for rel, (st, _) in files.items()},
+                                                      "sha256": digests})
+        return h
+
+    def get_tensor(self, h: str, verify: bool = True, pack: str | None = None) -> np.ndarray:
+        """The array stored under ``h`` (verified unless ``verify=False``), from its own entry or, given
+        ``pack``, from that pack (verified whole; the array is then a read-only view). CacheMiss when missing
+        or corrupt (the missing hash is the pack's when the pack is)."""
+        if pack is not None:
+            found = self._pack(pack).get(check_hash(h))
+            if found is None:
+                raise CacheMiss(h)
+            return found
+        arr = _tensors().get_tensor(self._backend, check_hash(h), verify=verify)
         if arr is None:
             raise CacheMiss(h)
         return arr
 
-    def has_tensor(self, h: str) -> bool:
-        """Whether a published entry exists (unverified)."""
-        return self._backend.exists(f"{tensors.tensor_rel(check_hash(h))}/zarr.json")
+    def has_tensor(self, h: str, pack: str | None = None) -> bool:
+        """Whether a published entry, or the pack said to hold it, exists (unverified)."""
+        if pack is not None:
+            return self.has_object(pack)
+        return self._backend.exists(f"{_tensors().tensor_rel(check_hash(h))}/zarr.json")
 
-    def export_tensor(self, h: str, dest: str | os.PathLike[str]) -> dict[str, str]:
-        """Place tensor ``h``'s zarr array (metadata + chunk files) at local directory ``dest``.
+    def put_tensors(self, arrays: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+        """Store many tensors at once: the small ones (``packs.SMALL_TENSOR_BYTES``) in one pack, each larger
+        one as its own entry (in threads). Returns name -> ``{"tensor": hash}``, plus ``"pack": pack hash``
+        for a packed one: the reference ``get_tensor``/``has_tensor`` take (see ``packs.py``)."""
+        from bundle_pipeline.cache import packs
+        from bundle_pipeline.ir.hashing import tensor_hash
 
-        A local cache hard-links the chunk files, so a bundle re-pack writes no tensor bytes. The
-        entry must not be modified through ``dest`` (it is the cache's own file); readers verify
-        hashes, so such damage would read as a miss, never as a wrong value. Returns the sha256 of
-        each placed file by its path relative to ``dest`` (posix separators).
+        tensors = _tensors()
+        normal = {name: tensors.normalise(a) for name, a in arrays.items()}
+        small = {name: a for name, a in normal.items() if a.nbytes <= packs.SMALL_TENSOR_BYTES}
+        refs: dict[str, dict[str, str]] = {}
+        if small:
+            hashes = {name: tensor_hash(a) for name, a in small.items()}
+            blob = packs.encode({hashes[name]: a for name, a in small.items()})
+            pack = self.put_object(blob)
+            refs.update({name: {"tensor": h, "pack": pack} for name, h in hashes.items()})
+        big = sorted(set(normal) - set(small))
+        if big:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(len(big), os.cpu_count() or 2)) as pool:
+                refs.update({name: {"tensor": h} for name, h in zip(big, pool.map(
+                    lambda n: self.put_tensor(normal[n]), big), strict=True)})
+        return refs
+
+    def _pack(self, pack: str) -> dict[str, np.ndarray]:
+        """A pack's tensors, verified; this process keeps recently read packs decoded (``packs.DECODED``)."""
+        from bundle_pipeline.cache import packs
+
+        found = packs.DECODED.get(check_hash(pack))
+        if found is not None and found[0] is not None and found[0] == self._stamp(pack):
+            return found[1]  # this cache's entry, untouched since this process verified it
+        blob = self.get_object(pack)
+        try:
+            tensors = packs.decode(blob)
+        except (ValueError, TypeError, KeyError, struct.error) as err:  # verified bytes, bad layout: not ours
+            self._backend.remove(_object_rel(pack))
+            raise CacheMiss(pack) from err
+        packs.DECODED.put(pack, len(blob), (self._stamp(pack), tensors))
+        return tensors
+
+    def export_tensor(self, h: str, dest: str | os.PathLike[str], pack: str | None = None) -> dict[str, str]:
+        """Place tensor ``h`` (held by ``pack``, if given) as a plain zarr array at local directory ``dest``;
+        return the sha256 of each placed file by its path relative to ``dest`` (posix separators).
+
+        A local entry's chunk files are hard-linked, so a bundle re-pack writes no tensor bytes (the entry
+        must not be modified through ``dest``: it is the cache's own file; readers verify hashes, so such
+        damage would read as a miss, never as a wrong value). A remote entry is read (verified) and its
+        chunks written. ``zarr.json`` is always written from the entry's metadata, so the placed bytes do
+        not depend on how or when the cache entry was written.
         """
-        rel = tensors.tensor_rel(check_hash(h))
-        if not self.has_tensor(h):
-            raise CacheMiss(h)
+        tensors = _tensors()
         dest = os.fspath(dest)
-        self._backend.export_tree(rel, dest)
-        if self._backend.is_local:
-            return self._entry_sha256(h, dest)
-        # A remote entry was downloaded: verify the local copy (not the remote entry a second time)
-        if not tensors.verify_local_copy(dest, h):
-            shutil.rmtree(dest, ignore_errors=True)
-            self._backend.remove_tree(rel)
+        if pack is not None:
+            arr = self.get_tensor(h, pack=pack)
+            chunks = tensors.chunk_shape(arr.shape, arr.dtype.itemsize, self.chunk_bytes)
+            digests = tensors.write_chunks(arr, chunks, dest)
+            doc = tensors.entry_document(h, arr.dtype, arr.shape, chunks, digests)
+            with open(os.path.join(dest, "zarr.json"), "wb") as f:
+                f.write(doc)
+            return {**digests, "zarr.json": hashlib.sha256(doc).hexdigest()}
+        meta = tensors.entry_meta(self._backend, check_hash(h))
+        if meta is None:
             raise CacheMiss(h)
-        return {rel_path: _sha256_file(path) for rel_path, (_, path) in _file_stats(dest).items()}
+        if self._backend.is_local and meta.plain:
+            self._backend.export_tree(tensors.tensor_rel(h), dest, skip=("zarr.json",))
+            digests = self._entry_sha256(h, dest, meta)
+            dtype = meta.logical if meta.logical is not None else meta.dtype
+        else:
+            arr = self.get_tensor(h)
+            digests, dtype = tensors.write_chunks(arr, meta.chunks, dest), arr.dtype
+        doc = tensors.entry_document(h, dtype, meta.shape, meta.chunks, digests)
+        with open(os.path.join(dest, "zarr.json"), "wb") as f:
+            f.write(doc)
+        return {**digests, "zarr.json": hashlib.sha256(doc).hexdigest()}
 
-    def _entry_sha256(self, h: str, exported: str) -> dict[str, str]:
-        """sha256 of each file of tensor entry ``h`` (bundle digests list them), remembered per file stat.
+    def _entry_sha256(self, h: str, exported: str, meta: Any) -> dict[str, str]:
+        """sha256 of each chunk file of tensor entry ``h`` (bundle digests list them), remembered per file stat.
 
         Entries are immutable, so a file whose (size, mtime_ns, inode) is unchanged still has the
-        remembered digest (ctime is no use: every new hard link changes it); a changed stat (first
-        export, or a write through a hard link) makes us verify the whole tensor against ``h``
-        (CacheMiss when damaged) and hash the files again.
+        remembered digest (ctime is no use: every new hard link changes it); ``put_tensor`` remembers the
+        files it writes. A changed stat (an entry written elsewhere, or a write through a hard link) makes
+        us hash the files again and check them against the entry's recorded chunk sha256 (entries written
+        before those were recorded: against ``h``), CacheMiss when damaged.
         """
-        memo_key = hash_json({"entry-sha256": h})
+        memo_key = _entry_memo_key(h)
         files = _file_stats(exported)
+        stats = {rel: st for rel, (st, _) in files.items()}
         record = self.get_action(memo_key)
-        if record is not None and record.get("stats") == {rel: st for rel, (st, _) in files.items()}:
+        if record is not None and record.get("stats") == stats:
             return dict(record["sha256"])
-        self.get_tensor(h, verify=True)
         digests = {rel: _sha256_file(path) for rel, (_, path) in files.items()}
-        self.put_action(memo_key, {"stats": {rel: st for rel, (st, _) in files.items()}, "sha256": digests})
+        names = [name for name, _ in _tensors().chunk_grid(meta.shape, meta.chunks)]
+        intact = ([digests.get(n) for n in names] == meta.chunk_sha256 and len(digests) == len(names)
+                  if meta.chunk_sha256 is not None else self._verified(h))
+        if not intact:
+            self._backend.remove_tree(_tensors().tensor_rel(h))
+            raise CacheMiss(h)
+        self.put_action(memo_key, {"stats": stats, "sha256": digests})
         return digests
 
+    def _verified(self, h: str) -> bool:
+        try:
+            self.get_tensor(h, verify=True)
+        except CacheMiss:
+            return False
+        return True
+
     def tensor_chunks(self, h: str) -> list[str]:
-        """``hash_bytes`` of each stored chunk's decoded bytes, in chunk (C) order."""
-        hashes = tensors.chunk_hashes(self._backend, check_hash(h))
+        """The sha256 of each stored chunk file, in chunk (C) order; CacheMiss when missing or damaged."""
+        hashes = _tensors().chunk_sha256(self._backend, check_hash(h))
         if hashes is None:
             raise CacheMiss(h)
         return hashes
@@ -687,8 +871,9 @@ class Cache:
         """Store (or replace) the record of task ``key``, checksummed so truncation is detected."""
         if not isinstance(record, dict):
             raise TypeError(f"an action record must be a dict, got {type(record).__name__}")
-        payload = {"checksum": hash_json(record), "record": record, "v": ACTION_FORMAT}
-        self._backend.write_atomic(_action_rel(check_key(key)), canonical_json(payload))
+        body = canonical_json(record)  # encoded once: the payload is canonical_json of {checksum, record, v}
+        payload = b'{"checksum":"%s","record":%s,"v":%d}' % (hash_bytes(body).encode(), body, ACTION_FORMAT)
+        self._backend.write_atomic(_action_rel(check_key(key)), payload)
 
     def get_action(self, key: str) -> dict[str, Any] | None:
         """The record of task ``key``, or None when missing or corrupt; never raises on bad data."""
@@ -818,7 +1003,7 @@ class Cache:
         if not _HASH_RE.fullmatch(e.name) or e.shard != e.name[:2]:
             return False
         if area == "tensors":
-            return tensors.get_tensor(self._backend, e.name, verify=True, missing_is_corrupt=True) is not None
+            return _tensors().get_tensor(self._backend, e.name, verify=True, missing_is_corrupt=True) is not None
         try:
             self.get_object(e.name)
         except (CacheMiss, IsADirectoryError, NotADirectoryError):
@@ -919,26 +1104,34 @@ class Cache:
                     objects.add(h)
                     reached_by.setdefault(h, set()).add(key)
         tensor_set: set[str] = set()
-        for h in objects:
-            for t in self._tensors_named_by(h):
+        for h in sorted(objects):
+            tensors, packs = self._named_by(h)
+            for t in tensors:
                 tensor_set.add(t)
                 reached_by.setdefault(t, set()).update(reached_by[h])
+            for p in packs:  # tensor packs are objects
+                reached_by.setdefault(p, set()).update(reached_by[h])
+            objects |= packs
         return {"actions": kept, "objects": objects, "tensors": tensor_set, "reached_by": reached_by}
 
-    def _tensors_named_by(self, h: str) -> set[str]:
-        """Tensor hashes listed under a top-level "tensors" dict of a JSON object (the gc convention)."""
+    def _named_by(self, h: str) -> tuple[set[str], set[str]]:
+        """Tensor hashes listed under a top-level "tensors" dict of a JSON object, and the tensor packs under
+        its "packs" dict (the gc convention; ``packs.py``)."""
         try:
             data = self._backend.read_quiet(_object_rel(h))
         except (FileNotFoundError, IsADirectoryError):
-            return set()
+            return set(), set()
         if hash_bytes(data) != h or not data.startswith(b"{"):
-            return set()  # msgpack or other binary output: never refers to tensors
+            return set(), set()  # msgpack or other binary output: never refers to tensors
         try:
             obj = json.loads(data)
         except ValueError:
-            return set()
-        mapping = obj.get("tensors") if isinstance(obj, dict) else None
-        return _hashes_in(mapping.values()) if isinstance(mapping, dict) else set()
+            return set(), set()
+        if not isinstance(obj, dict):
+            return set(), set()
+        named = [obj.get(key) for key in ("tensors", "packs")]
+        tensors, packs = (_hashes_in(m.values()) if isinstance(m, dict) else set() for m in named)
+        return tensors, packs
 
 
 def _cache_shaped(names: set[str]) -> bool:

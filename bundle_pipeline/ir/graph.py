@@ -34,13 +34,15 @@ optional is None. They are never weights, consts or variables; feeds and graph o
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ..dtypes import dtype_from_name
+
+if TYPE_CHECKING:  # numpy loads with the first tensor: planning a build handles no arrays
+    import numpy as np
 
 IR_VERSION = 1
 CONTROL_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})  # ops whose attributes hold bodies
@@ -93,14 +95,14 @@ class TensorType:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * dtype_from_name(self.dtype).itemsize
+        return math.prod(self.shape) * dtype_from_name(self.dtype).itemsize
 
     def to_json(self) -> dict:
         return {"shape": list(self.shape), "dtype": self.dtype}
 
     @staticmethod
     def from_json(d: dict) -> TensorType:
-        return TensorType(tuple(int(x) for x in d["shape"]), str(d["dtype"]))
+        return TensorType(tuple(d["shape"]), d["dtype"])  # JSON we wrote: ints and a string already
 
 
 @dataclass
@@ -223,6 +225,8 @@ class Graph:
 def encode_tensor(arr: np.ndarray) -> dict:
     """Small tensors as JSON: dtype, shape and base64 of the little-endian bytes; a string tensor (an attribute
     such as LabelEncoder's keys_tensor) as its list of strings."""
+    import numpy as np
+
     arr = np.asarray(arr, order="C")  # not ascontiguousarray: it turns 0-d into shape (1,)
     if arr.dtype == object:
         return {"dtype": "object", "shape": list(arr.shape), "strings": [str(s) for s in arr.reshape(-1).tolist()]}
@@ -231,6 +235,8 @@ def encode_tensor(arr: np.ndarray) -> dict:
 
 
 def decode_tensor(d: dict) -> np.ndarray:
+    import numpy as np
+
     if "strings" in d:
         strings = np.empty(len(d["strings"]), dtype=object)  # filled, not np.array(list): never a 2-D char array
         strings[:] = d["strings"]
@@ -241,6 +247,8 @@ def decode_tensor(d: dict) -> np.ndarray:
 
 
 def encode_attr(value: Any) -> Any:
+    import numpy as np
+
     if isinstance(value, np.ndarray):
         return {"tensor": encode_tensor(value)}
     if isinstance(value, Graph):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import blake3
-import numpy as np
 
-from ..dtypes import hash_key
+if TYPE_CHECKING:  # numpy is imported by whoever holds an array; a no-op build never does
+    import numpy as np
 
 HASH_VERSION = "1"
 
@@ -30,8 +30,15 @@ def hash_json(obj: Any) -> str:
 
 def tensor_hash(arr: np.ndarray) -> str:
     """Hash of a tensor's dtype, shape and C-order bytes: equal values give equal hashes."""
+    import numpy as np
+
+    from ..dtypes import hash_key
+
     arr = np.asarray(arr, order="C")  # keeps 0-d arrays 0-d, so a scalar and [x] hash apart
     h = blake3.blake3(max_threads=blake3.blake3.AUTO if arr.nbytes > 1 << 22 else 1)
-    h.update(canonical_json({"dtype": hash_key(arr.dtype), "shape": list(arr.shape), "v": HASH_VERSION}))
+    # canonical_json({"dtype", "shape", "v"}) written out: dtype keys are plain ASCII ("<f4", "bfloat16"), and
+    # this runs once a tensor (thousands a build)
+    h.update(f'{{"dtype":"{hash_key(arr.dtype)}","shape":[{",".join(map(str, arr.shape))}],'
+             f'"v":"{HASH_VERSION}"}}'.encode())
     h.update(arr.reshape(-1).view(np.uint8))
     return h.hexdigest()

@@ -7,6 +7,7 @@ are inlined as consts; every other initializer or ``Constant`` output is a weigh
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -16,6 +17,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
+from ..dtypes import dtype_name
 from ..errors import BundleIOError, GraphInvalid, OptionInvalid, UnsupportedOp
 from ..files import TooLarge, describe_error, read_regular
 from .external import ExternalRef, external_path
@@ -72,7 +74,7 @@ def detach_weights(model: onnx.ModelProto, base: Path | None, where: str) -> Det
     keep = []
     for t in graph.initializer:
         external = t.data_location == onnx.TensorProto.EXTERNAL
-        if int(np.prod(t.dims, dtype=np.int64)) <= CONST_MAX_ELEMENTS:
+        if math.prod(t.dims) <= CONST_MAX_ELEMENTS:
             if external:
                 inline_external(t, base, where)
             keep.append(t)
@@ -302,13 +304,23 @@ def _is_static(tt: onnx.TypeProto.Tensor) -> bool:
 
 
 def _is_const_array_proto(t: onnx.TensorProto) -> bool:
-    size = int(np.prod(t.dims, dtype=np.int64))
-    return t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) and size <= CONST_MAX_ELEMENTS
+    return t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) and math.prod(t.dims) <= CONST_MAX_ELEMENTS
+
+
+_A = onnx.AttributeProto
+# The common attribute types read straight from their field (what helper.get_attribute_value does, without its
+# dispatch: a model has thousands of attributes); the others go through onnx's helper.
+_PLAIN_ATTRS = {_A.INT: lambda a: a.i, _A.INTS: lambda a: list(a.ints), _A.FLOAT: lambda a: a.f,
+                _A.FLOATS: lambda a: list(a.floats), _A.STRING: lambda a: a.s.decode()}
 
 
 def _attrs(node: onnx.NodeProto) -> dict:
     out = {}
     for attr in node.attribute:
+        plain = _PLAIN_ATTRS.get(attr.type)
+        if plain is not None:
+            out[attr.name] = plain(attr)
+            continue
         if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
             raise UnsupportedOp(f"node {node.name!r} ({node.op_type}) has a subgraph attribute {attr.name!r}; "
                                 f"only If, Loop, Scan and SequenceMap bodies are supported")
@@ -403,7 +415,7 @@ def _fresh_name(name: str, taken: set[str]) -> str:
 
 
 def _types_of(tensors: Mapping[str, np.ndarray | ExternalRef]) -> dict[str, TensorType]:
-    return {k: TensorType(tuple(v.shape), np.dtype(v.dtype).name) for k, v in tensors.items()}
+    return {k: TensorType(tuple(v.shape), dtype_name(np.dtype(v.dtype))) for k, v in tensors.items()}
 
 
 def _drop_dead_outputs(nodes: list[Node], g: onnx.GraphProto, types: dict) -> None:
@@ -464,9 +476,10 @@ def _tensor_types(model: onnx.ModelProto, where: str) -> dict[str, TensorType]:
 
 
 def _check_static(graph: Graph, model: onnx.ModelProto, where: str) -> None:
+    feeds = set(graph.inputs)
     for info in model.graph.input:
         known = graph.types.get(info.name)
-        if info.name in graph.inputs and (known is None or (-1 in known.shape and not known.container)):
+        if info.name in feeds and (known is None or (-1 in known.shape and not known.container)):
             dims = [str(d.dim_value) if d.HasField("dim_value") and d.dim_value >= 0 else d.dim_param or "?"
                     for d in info.type.tensor_type.shape.dim]
             raise GraphInvalid(f"input {info.name!r} has a dynamic shape [{','.join(dims)}]; set the build option "

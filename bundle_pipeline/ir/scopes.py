@@ -11,11 +11,19 @@ from __future__ import annotations
 
 import onnx
 
+_GRAPH, _GRAPHS = onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS
+
 
 def bodies(node: onnx.NodeProto) -> list[onnx.GraphProto]:
     """The subgraph attributes of a node (If branches, Loop/Scan bodies, ...)."""
-    return [a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH] + \
-        [g for a in node.attribute if a.type == onnx.AttributeProto.GRAPHS for g in a.graphs]
+    found: list[onnx.GraphProto] = []
+    for a in node.attribute:  # one pass: protobuf attribute access is what this costs
+        kind = a.type
+        if kind == _GRAPH:
+            found.append(a.g)
+        elif kind == _GRAPHS:
+            found.extend(a.graphs)
+    return found
 
 
 def body_reads(node: onnx.NodeProto) -> set[str]:

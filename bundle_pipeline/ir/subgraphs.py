@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 
 import numpy as np
 import onnx
@@ -149,16 +150,24 @@ def value_type(tp: onnx.TypeProto, name: str, where: str) -> TensorType | None:
     tt = tp.tensor_type
     if tt.elem_type == onnx.TensorProto.UNDEFINED:
         return None
-    try:
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
-    except KeyError:
-        raise UnsupportedOp(f"value {name!r} has an unsupported element type {tt.elem_type}", where) from None
-    if dtype.type.__module__ != "numpy" and not is_extended(dtype):  # e.g. float6: no conversions
-        raise UnsupportedOp(f"value {name!r} has element type "
-                            f"{helper.tensor_dtype_to_string(tt.elem_type)}, which is not supported", where)
+    dtype, problem = _element_type(tt.elem_type)
+    if problem:
+        raise UnsupportedOp(f"value {name!r} {problem}", where)
     dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else UNKNOWN_DIM
                  for d in tt.shape.dim) if tt.HasField("shape") else (UNKNOWN_DIM,)
-    return TensorType(dims, dtype.name)
+    return TensorType(dims, dtype)
+
+
+@cache
+def _element_type(elem_type: int) -> tuple[str, str]:
+    """(IR dtype name, "") of an ONNX element type, or ("", why it is not supported); once per type."""
+    try:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
+    except KeyError:
+        return "", f"has an unsupported element type {elem_type}"
+    if dtype.type.__module__ != "numpy" and not is_extended(dtype):  # e.g. float6: no conversions
+        return "", f"has element type {helper.tensor_dtype_to_string(elem_type)}, which is not supported"
+    return dtype.name, ""
 
 
 def type_string(tp: onnx.TypeProto, where: str) -> str:

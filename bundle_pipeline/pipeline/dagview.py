@@ -40,10 +40,10 @@ def task_graph(specs: list[BundleSpec]) -> dict:
     found = plan(dag, ctxs, identities)
     caches = {s.name: Cache(s.cache) for s in specs}
     previous = {s.name: last_build(caches[s.name], identities[s.name]) for s in specs}
-    generation = {tid: i for i, gen in enumerate(nx.topological_generations(dag)) for tid in gen}
+    generation = {tid: i for i, gen in enumerate(nx.topological_generations(dag.nx)) for tid in gen}
     nodes = []
-    for tid in nx.lexicographical_topological_sort(dag):
-        task = dag.nodes[tid]["task"]
+    for tid in nx.lexicographical_topological_sort(dag.nx):
+        task = dag.tasks[tid]
         if tid in found.resolved:
             status, reason = "cached", "up to date"
             seconds = found.resolved[tid].extra.get("recorded_seconds")
@@ -56,7 +56,7 @@ def task_graph(specs: list[BundleSpec]) -> dict:
     edges = []
     for tid in (n["id"] for n in nodes):
         inputs: dict[str, list[str]] = {}
-        for dep in dag.nodes[tid]["task"].deps:
+        for dep in dag.tasks[tid].deps:
             inputs.setdefault(dep.task, []).append(dep.name)
         edges += [{"source": src, "target": tid, "inputs": names} for src, names in sorted(inputs.items())]
     counts = {s: sum(n["status"] == s for n in nodes) for s in STATUS_COLORS}

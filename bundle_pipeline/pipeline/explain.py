@@ -19,7 +19,7 @@ def explain_task(spec: BundleSpec, task_id: str) -> list[str]:
     cache = Cache(spec.cache)
     old_key = last_build(cache, identity(spec)).get(tid)
     old = cache.get_action(old_key) if old_key else None
-    task = dag.nodes[tid]["task"]
+    task = dag.tasks[tid]
     if tid in found.resolved:
         now = found.resolved[tid]
         head = [f"{tid}: up to date (key {now.key[:16]})"]

@@ -61,7 +61,7 @@ class TraceRecorder:
         t0 = self.plans[0][0]
         rows = _Rows()
         planner_pid, planner_tid = rows.ids(self.planner, PLANNER_THREAD)
-        n = self.dag.number_of_nodes()
+        n = len(self.dag)
         events = [{"name": "plan", "cat": "plan", "ph": "X", "ts": _us(start - t0), "dur": _us(end - start),
                    "pid": planner_pid, "tid": planner_tid, "args": {"tasks": n, "up_to_date": hits, "to_run": n - hits}}
                   for start, end, hits in self.plans]
@@ -77,11 +77,11 @@ class TraceRecorder:
         events.sort(key=lambda e: (e["ts"], e["pid"], e["tid"]))
         return {"traceEvents": rows.metadata(self.planner) + events, "displayTimeUnit": "ms",
                 "otherData": {"tool": "bundle-pipeline", "started_unix_s": t0, "plans": len(self.plans),
-                              "bundles": sorted({self.dag.nodes[t]["task"].bundle for t in self.dag.nodes})}}
+                              "bundles": sorted({t.bundle for t in self.dag.tasks.values()})}}
 
     def _span(self, tid: str, result: TaskResult, pid: int, thread: int, start_s: float, dur_s: float,
               worker: str) -> dict:
-        task = self.dag.nodes[tid]["task"]
+        task = self.dag.tasks[tid]
         args = {"bundle": task.bundle, "stage": task.stage, "step": task.step, "graph": task.graph,
                 "cache": "hit" if result.status == "cached" else "miss", "worker": worker, "key": result.key}
         if result.status not in ("ran", "cached"):  # "lost" / "blocked": a cache entry went missing (repaired)

@@ -49,8 +49,8 @@ class Counts:
                 self.started = event.data.get("started", self.started)
             self.rounds += 1
             self.total, self.done, self.hits, self.running, self.finished = {}, {}, {}, {}, 0
-            for tid in dag.nodes:
-                stage = dag.nodes[tid]["task"].stage
+            for tid, task in dag.tasks.items():
+                stage = task.stage
                 self.stage_of[tid] = stage
                 self.total[stage] = self.total.get(stage, 0) + 1
                 self.done.setdefault(stage, 0)

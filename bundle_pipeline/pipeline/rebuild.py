@@ -14,12 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import networkx as nx
-
 from ..cache import Cache
 from ..ir.hashing import hash_json
 from ..tasks.runner import BuildContext, Lookup, cached_result, lookup
 from ..tasks.task import Task, TaskResult
+from .dag import TaskGraph
 
 
 @dataclass
@@ -43,13 +42,13 @@ class Plan:
         return [s for s in self.stale.values() if s.found is None]
 
 
-def plan(dag: nx.DiGraph, ctxs: dict[str, BuildContext], identities: dict[str, str]) -> Plan:
+def plan(dag: TaskGraph, ctxs: dict[str, BuildContext], identities: dict[str, str]) -> Plan:
     """Resolve every task whose key hits; explain why each other task is stale."""
     result = Plan()
     caches = {b: Cache(ctx.cache_root) for b, ctx in ctxs.items()}
     previous = {b: last_build(caches[b], identities[b]) for b in ctxs}
-    for tid in nx.topological_sort(dag):
-        task: Task = dag.nodes[tid]["task"]
+    for tid in dag.order():
+        task: Task = dag.tasks[tid]
         blocked = [p for p in dag.predecessors(tid) if p in result.stale]
         if blocked:
             result.stale[tid] = Stale(tid, f"upstream {blocked[0]} re-runs (early cutoff may still spare this one)")

@@ -30,9 +30,8 @@ from ..ir.hashing import tensor_hash
 from . import formats
 from .executor import Executor, VariableStore
 from .storage import Inventory, accounted_bytes, check_chunk_files, inventory, manifest_cap
-from .validate import validate_manifest
-
-SUPPORTED_FORMAT_VERSIONS = (1,)
+from .validate import FORMAT_VERSIONS as SUPPORTED_FORMAT_VERSIONS  # noqa: F401  (one definition)
+from .validate import PACKED_ARRAY, validate_manifest
 
 
 class LoadedBundle:
@@ -128,7 +127,10 @@ def load_bundle(path: str | os.PathLike, run_init: bool = True, max_alloc_bytes:
     with _guarded(BundleCorrupt, path):
         manifest = dict(group.attrs)
     validate_manifest(manifest, path, accounted_bytes(inv, manifest.get("constants")), max_alloc_bytes)
-    constants = {cid: _read_constant(group, cid, c, inv) for cid, c in manifest["constants"].items()}
+    packed = _read_packed(group, inv) if any(c["array"] == PACKED_ARRAY and c["nbytes"]
+                                             for c in manifest["constants"].values()) else None
+    constants = {cid: _packed_constant(packed, cid, c, inv.path) if c["array"] == PACKED_ARRAY
+                 else _read_constant(group, cid, c, inv) for cid, c in manifest["constants"].items()}
     with _guarded(BundleCorrupt, path):
         bundle = LoadedBundle(path, manifest, constants)
     if run_init:
@@ -166,6 +168,56 @@ def open_group(path: str, inv: Inventory | None = None):
         return zarr.open_group(store, mode="r")
     except (GroupNotFoundError, NodeTypeValidationError, OSError, *_DATA_ERRORS) as err:
         raise BundleCorrupt(f"not a bundle: {type(err).__name__}: {err}", path) from None
+
+
+def _read_packed(group, inv: Inventory) -> np.ndarray:
+    """The packed array of small constants (format 2), read whole (``open_packed`` vetted it)."""
+    arr = open_packed(group, inv)
+    try:
+        return np.asarray(arr[...])
+    except (OSError, KeyError, *_DATA_ERRORS) as err:
+        raise BundleCorrupt(f"{PACKED_ARRAY} cannot be read: {type(err).__name__}: {err}", inv.path) from None
+
+
+def open_packed(group, inv: Inventory):
+    """The packed array of small constants (format 2), once it is plain uint8 bytes with every chunk file present
+    and exactly a chunk long: it holds no more bytes than the bundle really stores (nothing of it is read yet)."""
+    import zarr
+    from zarr.codecs import BytesCodec
+
+    try:
+        arr = group[PACKED_ARRAY]
+        meta = getattr(arr, "metadata", None)
+        if not (isinstance(arr, zarr.Array) and arr.ndim == 1 and arr.dtype == np.uint8
+                and getattr(meta, "zarr_format", None) == 3 and len(meta.codecs) == 1
+                and isinstance(meta.codecs[0], BytesCodec) and not meta.storage_transformers
+                and 0 < arr.chunks[0] <= arr.shape[0]):
+            raise BundleCorrupt(f"{PACKED_ARRAY} is not a plain uint8 array", inv.path)
+        name = PACKED_ARRAY.split("/", 1)[1]
+        check_chunk_files(inv, name, tuple(arr.shape), tuple(arr.chunks), 1)
+        if len(inv.constant_files(name)) != -(-arr.shape[0] // arr.chunks[0]):
+            raise BundleCorrupt(f"{PACKED_ARRAY} lacks chunk files (every chunk of it is stored)", inv.path)
+        return arr
+    except BundleCorrupt:
+        raise
+    except (OSError, KeyError, *_DATA_ERRORS) as err:
+        raise BundleCorrupt(f"{PACKED_ARRAY} cannot be read: {type(err).__name__}: {err}", inv.path) from None
+
+
+def _packed_constant(packed: np.ndarray | None, cid: str, const: dict, path: str) -> np.ndarray:
+    """A small constant: its bytes in the packed array, viewed as its type and verified against its hash."""
+    start, nbytes = const["offset"], const["nbytes"]
+    if packed is None and nbytes == 0:  # only empty constants packed: no array was written
+        packed = np.zeros(0, np.uint8)
+    if packed is None or start + nbytes > packed.size:
+        raise BundleCorrupt(f"constant {cid!r} lies outside {PACKED_ARRAY}", path)
+    stored = storage_dtype(const["dtype"])
+    shape = tuple(const.get("storage", const["shape"]))
+    raw = packed[start : start + nbytes].view(stored.newbyteorder("<"))
+    value = raw.astype(stored, copy=False).view(dtype_from_name(const["dtype"])).reshape(shape)
+    if tensor_hash(value) != const["hash"]:
+        raise BundleCorrupt(f"constant {cid!r} does not match its recorded hash", path)
+    return value
 
 
 def _read_constant(group, cid: str, const: dict, inv: Inventory) -> np.ndarray:

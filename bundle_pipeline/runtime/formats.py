@@ -25,53 +25,7 @@ from functools import cache
 
 import numpy as np
 
-C0 = 16  # lanes per fractal edge: C0 = N0 = M0 = K0 on this core
-FORMATS = ("ND", "NCHW", "NC1HWC0", "FRACTAL_Z", "FRACTAL_NZ")
-STANDARD = ("ND", "NCHW")  # the layouts users feed and read; same row-major bytes
-
-
-class FormatError(ValueError):
-    """A format name, rank or physical shape that cannot represent the given logical tensor."""
-
-
-def _blocks(x: int) -> int:
-    return -(-x // C0)
-
-
-def _check(fmt: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-    shape = tuple(int(s) for s in shape)
-    if fmt not in FORMATS:
-        raise FormatError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
-    if not accepts(fmt, shape):
-        raise FormatError(f"format {fmt} cannot hold a tensor of shape {shape}")
-    return shape
-
-
-def accepts(fmt: str, shape: tuple[int, ...]) -> bool:
-    """Whether a logical tensor of ``shape`` can be held in ``fmt``."""
-    rank = len(shape)
-    if fmt == "ND":
-        return True
-    if fmt in ("NCHW", "NC1HWC0", "FRACTAL_Z"):
-        return rank == 4
-    if fmt == "FRACTAL_NZ":
-        return rank >= 2
-    return False
-
-
-def storage_shape(fmt: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Physical shape of a logical tensor of ``shape`` stored in ``fmt``."""
-    shape = _check(fmt, shape)
-    if fmt in STANDARD:
-        return shape
-    if fmt == "NC1HWC0":
-        n, c, h, w = shape
-        return (n, _blocks(c), h, w, C0)
-    if fmt == "FRACTAL_Z":
-        o, i, kh, kw = shape
-        return (_blocks(i) * kh * kw, _blocks(o), C0, C0)
-    *batch, m, n = shape
-    return (*batch, _blocks(n), _blocks(m), C0, C0)
+from ..layouts import C0, FORMATS, STANDARD, FormatError, accepts, c0_blocks, check_layout, storage_shape  # noqa: F401
 
 
 def c_contiguous(x: np.ndarray) -> np.ndarray:
@@ -84,20 +38,20 @@ def _pad_axes(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     """Zero-pad the given axes up to a multiple of 16."""
     widths = [(0, 0)] * x.ndim
     for a in axes:
-        widths[a] = (0, _blocks(x.shape[a]) * C0 - x.shape[a])
+        widths[a] = (0, c0_blocks(x.shape[a]) * C0 - x.shape[a])
     return np.pad(x, widths) if any(w != (0, 0) for w in widths) else x
 
 
 def to_format(x: np.ndarray, fmt: str) -> np.ndarray:
     """Convert a tensor from the standard layout (ND/NCHW) into ``fmt``; a new contiguous array."""
     x = np.asarray(x)
-    shape = _check(fmt, x.shape)
+    shape = check_layout(fmt, x.shape)
     if fmt in STANDARD:
         return c_contiguous(x)
     if fmt == "NC1HWC0":
         n, c, h, w = shape
         xp = _pad_axes(x, (1,))
-        return c_contiguous(xp.reshape(n, _blocks(c), C0, h, w).transpose(0, 1, 3, 4, 2))
+        return c_contiguous(xp.reshape(n, c0_blocks(c), C0, h, w).transpose(0, 1, 3, 4, 2))
     if fmt == "FRACTAL_Z":
         _o, _i, kh, kw = shape
         wp = _pad_axes(x, (0, 1))
@@ -117,7 +71,7 @@ def to_format(x: np.ndarray, fmt: str) -> np.ndarray:
 def from_format(y: np.ndarray, fmt: str, shape: tuple[int, ...]) -> np.ndarray:
     """Convert a physical array in ``fmt`` back to the standard layout of logical ``shape``."""
     y = np.asarray(y)
-    shape = _check(fmt, shape)
+    shape = check_layout(fmt, shape)
     expected = storage_shape(fmt, shape)
     if y.shape != expected:
         raise FormatError(f"{fmt} array of shape {y.shape} does not hold logical {shape} (needs {expected})")
@@ -129,7 +83,7 @@ def from_format(y: np.ndarray, fmt: str, shape: tuple[int, ...]) -> np.ndarray:
         return c_contiguous(full[:, :c])
     if fmt == "FRACTAL_Z":
         o, i, kh, kw = shape
-        i1, o1 = _blocks(i), _blocks(o)
+        i1, o1 = c0_blocks(i), c0_blocks(o)
         # (I1, KH, KW, O1, O0, I0) -> (O1, O0, I1, I0, KH, KW)
         full = y.reshape(i1, kh, kw, o1, C0, C0).transpose(3, 4, 0, 5, 1, 2).reshape(o1 * C0, i1 * C0, kh, kw)
         return c_contiguous(full[:o, :i])
@@ -145,7 +99,7 @@ def transdata(x: np.ndarray, src: str, dst: str, shape: tuple[int, ...]) -> np.n
     """Convert a physical array from ``src`` to ``dst`` (via the standard layout) for logical ``shape``."""
     if src in STANDARD and dst in STANDARD:
         # Same bytes: only check that both formats can label this tensor.
-        _check(dst, _check(src, shape))
+        check_layout(dst, check_layout(src, shape))
         return from_format(x, src, shape)
     return to_format(from_format(x, src, shape), dst)
 
@@ -159,12 +113,12 @@ def _pad_mask(fmt: str, shape: tuple[int, ...]) -> np.ndarray:
 
 def pad_mask(fmt: str, shape: tuple[int, ...]) -> np.ndarray:
     """Boolean array of the storage shape, True on padding lanes (read-only, cached per (fmt, shape))."""
-    return _pad_mask(fmt, _check(fmt, shape))
+    return _pad_mask(fmt, check_layout(fmt, shape))
 
 
 def has_padding(fmt: str, shape: tuple[int, ...]) -> bool:
     """Whether ``fmt`` pads this tensor at all (cheap: no mask is built)."""
-    return math.prod(storage_shape(fmt, shape)) != math.prod(_check(fmt, shape))
+    return math.prod(storage_shape(fmt, shape)) != math.prod(check_layout(fmt, shape))
 
 
 def zero_padding(y: np.ndarray, fmt: str, shape: tuple[int, ...]) -> np.ndarray:

@@ -32,6 +32,7 @@ from ..errors import BundleCorrupt, BundleIOError
 from ..files import describe_error, kind, open_regular
 
 MANIFEST = "zarr.json"
+PACKED_ARRAY = "constants/packed"  # bundle format 2: the small constants, each at an offset
 MANIFEST_MAX_BYTES = 64 << 20  # the manifest is parsed whole (programs, inline small constants) before any check
 ARRAY_META_MAX_BYTES = 1 << 20  # an array's zarr.json is a few hundred bytes
 HASH_CHUNK = 1 << 20
@@ -152,8 +153,12 @@ def _check_metadata_sizes(inv: Inventory, max_manifest_bytes: int) -> None:
 
 
 def accounted_bytes(inv: Inventory, constants: object) -> int:
-    """Bytes of the manifest and of the constants' files; a file under constants/ no constant claims is refused."""
+    """Bytes of the manifest and of the constants' files; a file under constants/ no constant claims is refused.
+    A constant claims its own array's directory, or the packed array's (format 2) when it lies there."""
     ids = {c for c in constants if isinstance(c, str)} if isinstance(constants, dict) else set()
+    if isinstance(constants, dict) and any(isinstance(c, dict) and c.get("array") == PACKED_ARRAY
+                                           for c in constants.values()):
+        ids.add(PACKED_ARRAY.split("/", 1)[1])
     total = 0
     for rel, size in inv.files.items():
         if rel in (MANIFEST, f"constants/{MANIFEST}"):

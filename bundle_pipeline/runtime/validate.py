@@ -28,8 +28,9 @@ from ..ir.graph import UNKNOWN_DTYPE, split_container, tensor_dtype
 from .control import BODY_ATTRS, CONTROL_OPS, KERNEL_GRAPH_ATTRS
 from .kernels import KNOWN_OPSETS, SUPPORTED_OPS, supports_op
 from .npu import NPU_FORMAT_OPS
+from .storage import PACKED_ARRAY
 
-FORMAT_VERSIONS = (1,)
+FORMAT_VERSIONS = (1, 2)  # 2: small constants share constants/packed at an offset
 # numeric and bool types, with the ml_dtypes ones (bfloat16, float8*, float4, int4, int2, ...); never
 # object (strings come only from the caller as feeds) nor anything else np.dtype would parse
 DTYPES = frozenset({"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
@@ -69,13 +70,14 @@ def validate_manifest(manifest: dict, path: str, stored_bytes: int | None = None
     None checks structure only."""
     try:
         need = _check(manifest)
+        if stored_bytes is None:
+            _packed_sizes(manifest["constants"])
+            return
+        _need(need["constants"] <= stored_bytes, f"the constants claim {need['constants']} bytes but the bundle "
+                                                 f"stores only {stored_bytes}")
+        _packed_sizes(manifest["constants"])
     except _Bad as bad:
         raise BundleCorrupt(f"malformed bundle: {bad}", path) from None
-    if stored_bytes is None:
-        return
-    if need["constants"] > stored_bytes:
-        raise BundleCorrupt(f"malformed bundle: the constants claim {need['constants']} bytes but the bundle "
-                            f"stores only {stored_bytes}", path)
     budget, total = alloc_budget(stored_bytes, max_alloc_bytes), sum(need.values())
     if total > budget:
         parts = ", ".join(f"{k} {_size(v)}" for k, v in need.items() if v)
@@ -174,11 +176,24 @@ def _constants(raw: object) -> dict[str, dict]:
             _shape(c["storage"], f"{what} storage")
         _dtype(c.get("dtype"), what)
         _need(isinstance(c.get("hash"), str), f"{what} has no hash")
+        if c.get("array") == PACKED_ARRAY:  # format 2: bytes [offset, offset + nbytes) of the packed array
+            offset, nbytes = c.get("offset"), c.get("nbytes")
+            _need(type(offset) is int and offset >= 0 and offset % 64 == 0, f"{what} has a bad offset")
+            _need(type(nbytes) is int and nbytes >= 0, f"{what} has a bad size")  # = its shape's: _packed_sizes
+            continue
         _need(c.get("array") == f"constants/{cid}", f"{what} points at array {_short(c.get('array'))}")
     nested = next((c for c in raw if any("/".join(c.split("/")[:k]) in raw  # type: ignore[union-attr]
                                          for k in range(1, c.count("/") + 1))), None)
     _need(nested is None, f"constant {_short(nested)} lies inside another constant's array")
     return raw  # type: ignore[return-value]
+
+
+def _packed_sizes(constants: dict[str, dict]) -> None:
+    """A constant in the packed array spans exactly the bytes of its (storage) shape."""
+    for cid, c in constants.items():
+        if c["array"] == PACKED_ARRAY:
+            _need(c["nbytes"] == _nbytes(c.get("storage", c["shape"]), c["dtype"]),
+                  f"constant {_short(cid)} has a bad size")
 
 
 def _variables(raw: object, constants: dict[str, dict]) -> dict[str, dict]:

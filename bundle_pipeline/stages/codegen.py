@@ -9,17 +9,15 @@ executes what the program says.
 
 from __future__ import annotations
 
+import bisect
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-import numpy as np
-
+from ..dtypes import dtype_from_name
 from ..errors import OptionInvalid
 from ..ir.graph import Graph, Node, TensorType, encode_tensor
-from ..runtime.formats import STANDARD, storage_shape
-
-Memo = Callable[[dict, Callable[[], dict]], dict]
+from ..layouts import STANDARD, storage_shape
 
 NAME = "codegen"
 VERSION = "3"
@@ -33,10 +31,9 @@ NHWC_TO_NCHW = [0, 3, 1, 2]
 
 
 def run(structure: dict, tiling: dict[str, dict], variables: dict, role: str, options: dict,
-        memo: Memo | None = None, assign: Mapping[str, str] | None = None) -> dict:
+        assign: Mapping[str, str] | None = None) -> dict:
     """The program the runtime executes. ``options``: the codegen subset of the graph's build options.
 
-    ``memo(signature, decide)`` may return the kernel data recorded for the same kernel signature.
     ``assign`` (output -> variable) of an init/update graph: an output marked ``variable`` writes the variable
     of its own name, or the one named by ``writes``.
     """
@@ -45,9 +42,8 @@ def run(structure: dict, tiling: dict[str, dict], variables: dict, role: str, op
     reads = [v for v in [*graph.inputs, *graph.weights] if v in variables]
     precision = options.get("precision_mode", "must_keep_origin_dtype")
     fast = options.get("op_select_implmode", "high_precision") == "high_performance"
-    memo = memo or (lambda _signature, decide: decide())
     reuse = options.get("exec_disable_reused_memory", "0") != "1"
-    emit = _Emit(tiling, precision, fast, memo, reuse)
+    emit = _Emit(tiling, precision, fast, reuse)
     steps = [emit.step(node, graph) for node in graph.nodes]
     buffers, arena = plan_buffers(graph, reuse)
     _, other = plan_buffers(graph, not reuse)  # for inspect: what the other setting would cost
@@ -127,7 +123,6 @@ class _Emit:
     tiling: dict[str, dict]
     precision: str
     fast: bool
-    memo: Memo
     reuse: bool
 
     def step(self, node: Node, graph: Graph) -> dict:
@@ -146,10 +141,7 @@ class _Emit:
             return {**step, "tiling": tiling, **({"impl": "high_performance"} if approx else {}),
                     **({"precision": "fp16_round"} if rounded else {})}
         fp16 = self.precision in ("allow_fp32_to_fp16", "force_fp16") and dtype == "float32"
-        signature = {"op": node.op_type, "attrs": step["attrs"], "tiling": tiling, "dtype": dtype, "fp16": fp16,
-                     "inputs": [graph.types[i].to_json() if i else None for i in node.inputs],
-                     "native": node.name in graph.native}
-        return {**step, **self.memo(signature, lambda: _kernel_data(tiling, fp16))}
+        return {**step, **_kernel_data(tiling, fp16)}
 
     def body(self, body: Graph) -> dict:
         """A control-flow body as a program of its own: formal inputs bound per call, its own arena.
@@ -197,33 +189,66 @@ def plan_buffers(graph: Graph, reuse: bool) -> tuple[dict[str, dict], int]:
             if name:
                 last_use[name] = index
     end = len(graph.nodes)
-    placed: list[tuple[int, int, int, int]] = []  # (start step, end step, offset, size)
+    outputs = set(graph.outputs)
+    free = _FreeList()
+    dying: dict[int, list[tuple[int, int]]] = {}  # step -> (offset, size) of the blocks that die before it
     buffers: dict[str, dict] = {}
     arena = 0
     for index, node in enumerate(graph.nodes):
+        for offset, size in dying.pop(index, ()):  # placed in definition order: a dead block never matters again
+            free.release(offset, size)
         for name in filter(None, node.outputs):
             if graph.types[name].dynamic:
                 continue  # sized at run time (inside a control-flow body): allocated by its kernel
             fmt = graph.format_of(name)
             storage = storage_shape(fmt, graph.types[name].shape)
-            size = _aligned(math.prod(storage) * np.dtype(graph.types[name].dtype).itemsize)
-            life_end = end if name in graph.outputs else max(index, last_use.get(name, index))
-            live = [(o, s) for (a, b, o, s) in placed if not reuse or (a <= life_end and index <= b)]
-            offset = _first_fit(live, size)
-            placed.append((index, life_end, offset, size))
+            size = _aligned(math.prod(storage) * dtype_from_name(graph.types[name].dtype).itemsize)
+            life_end = end if name in outputs else max(index, last_use.get(name, index))
+            # without reuse nothing dies, every block is packed from 0 without gaps: first fit is the end
+            offset = free.take(size) if reuse else arena
+            if reuse:
+                dying.setdefault(life_end + 1, []).append((offset, size))
             buffers[name] = {**graph.types[name].to_json(), "offset": offset,
                              **({"format": fmt, "storage": list(storage)} if fmt not in STANDARD else {})}
             arena = max(arena, offset + size)
     return buffers, arena
 
 
-def _first_fit(live: list[tuple[int, int]], size: int) -> int:
-    offset = 0
-    for start, length in sorted(live):
-        if offset + size <= start:
-            return offset
-        offset = max(offset, start + length)
-    return offset
+class _FreeList:
+    """The free bytes of an arena as sorted, merged gaps (the last one endless): first fit is the lowest gap
+    that holds the block, found without walking every live block (a graph with thousands of outputs, all live
+    to the end, made that quadratic)."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = [0]
+        self.ends: list[float] = [math.inf]
+
+    def take(self, size: int) -> int:
+        if size == 0:
+            return 0  # an empty value overlaps nothing
+        for i, (start, end) in enumerate(zip(self.starts, self.ends, strict=True)):
+            if end - start >= size:
+                if end - start == size:
+                    del self.starts[i], self.ends[i]
+                else:
+                    self.starts[i] = start + size
+                return start
+        raise AssertionError("the last gap is endless")
+
+    def release(self, offset: int, size: int) -> None:
+        if size == 0:
+            return
+        i = bisect.bisect_left(self.starts, offset)
+        start, end = offset, offset + size
+        if i > 0 and self.ends[i - 1] == start:  # merge with the gap below
+            i -= 1
+            start = self.starts[i]
+            del self.starts[i], self.ends[i]
+        if i < len(self.starts) and self.starts[i] == end:  # and with the gap above
+            end = self.ends[i]
+            del self.starts[i], self.ends[i]
+        self.starts.insert(i, start)
+        self.ends.insert(i, end)
 
 
 def _aligned(n: int) -> int:

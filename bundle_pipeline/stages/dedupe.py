@@ -20,6 +20,7 @@ def run(graphs: list[dict], params: dict) -> tuple[dict, dict]:
     ``storage`` holds the values: the constant pool, each graph's weight bindings and initial values.
     """
     assign = params.get("assign") or {}
+    graphs = [_indexed(g) for g in graphs]
     writes = {g["name"]: _write_map(g, assign.get(g["name"], {})) for g in graphs}
     names = _variable_names(graphs, writes, params.get("variables"))
     _check_assigned(graphs, assign, names)
@@ -27,8 +28,14 @@ def run(graphs: list[dict], params: dict) -> tuple[dict, dict]:
     return variables, _storage(graphs, variables)
 
 
+def _indexed(g: dict) -> dict:
+    """``g`` with the sets the checks below look names up in, built once (a bundle has thousands of names)."""
+    return {**g, "reads": set(g["structure"]["inputs"]) | set(g["structure"]["weights"]),
+            "weight_names": set(g["structure"]["weights"])}
+
+
 def _reads(g: dict) -> set[str]:
-    return set(g["structure"]["inputs"]) | set(g["structure"]["weights"])
+    return g["reads"]
 
 
 def _write_map(g: dict, assign: dict[str, str]) -> dict[str, str]:
@@ -62,8 +69,9 @@ def _variable_names(graphs: list[dict], writes: dict[str, dict[str, str]], decla
     for name in sorted(names - everywhere):
         raise ParamInvalid(f"variable {name!r} is listed in 'variables' but no graph reads or writes it",
                            "variables")
+    read_anywhere = set().union(*(_reads(g) for g in graphs))
     for g in graphs:
-        names.update(name for name in writes[g["name"]] if any(name in _reads(h) for h in graphs))
+        names.update(name for name in writes[g["name"]] if name in read_anywhere)
     for name in sorted(names):  # a dtype/shape conflict is the real problem, whatever else is wrong with the name
         _same_type_everywhere(name, graphs, writes)
     for g in graphs:
@@ -128,7 +136,7 @@ def _variable(name: str, graphs: list[dict], writes: dict[str, dict[str, str]]) 
     writers = [g["name"] for g in graphs if name in writes[g["name"]]]
     first_type = _typed(name, graphs, writes)[0][1]  # one type everywhere (_same_type_everywhere)
     roles = {g["name"]: g["role"] for g in graphs}
-    has_initializer = [g["name"] for g in graphs if name in g["structure"]["weights"]]
+    has_initializer = [g["name"] for g in graphs if name in g["weight_names"]]
     if any(roles[w] == "init" for w in writers):
         source = "init"
     elif has_initializer:

@@ -1,4 +1,11 @@
-"""pack: programs + variable table + constant pool -> a zarr v3 bundle (directory or stored zip), atomically."""
+"""pack: programs + variable table + constant pool -> a zarr v3 bundle (directory or stored zip), atomically.
+
+Constants of at most ``PACKED_MAX_BYTES`` share one uint8 array, ``constants/packed``, each at a 64-byte
+aligned ``offset`` the manifest records (a bundle has hundreds to thousands of them: an array each would cost
+a directory and two files apiece to write and to read); larger ones keep an array of their own, whose chunk
+files the cache hard-links. The packed array's chunks are placed by content (``PlaceChunk``), so a re-pack
+after an edit writes only the chunks whose bytes changed.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ import errno
 import functools
 import glob
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -16,19 +24,23 @@ import tempfile
 import time
 import uuid
 import zipfile
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-import numpy as np
-
+from .. import zarr_plain
 from ..dtypes import dtype_from_name
 from ..errors import BundleIOError
 from ..guard import canonical, check_replaceable
-from ..runtime.formats import storage_shape
+from ..layouts import storage_shape
 
 NAME = "pack"
-VERSION = "1"
-FORMAT_VERSION = 1
+VERSION = "3"  # 3: small constants share constants/packed (bundle format 2), compact root zarr.json
+FORMAT_VERSION = 2
+PACKED_ARRAY = "constants/packed"
+PACKED_MAX_BYTES = 256 << 10  # a constant up to this size lives in the packed array
+PACKED_CHUNK_BYTES = 1 << 20
+PACKED_ALIGN = 64
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
@@ -42,23 +54,73 @@ def manifest(name: str, target: str, graphs: list[dict], variables: dict, var_fo
                     "bindings": storage["bindings"].get(g["name"], {})} for g in graphs],
         "variables": [{"name": n, "shape": v["shape"], "dtype": v["dtype"], "format": var_formats[n],
                        "storage": list(storage_shape(var_formats[n], tuple(v["shape"]))),
-                       "nbytes": int(np.prod(storage_shape(var_formats[n], tuple(v["shape"])), dtype=np.int64))
+                       "nbytes": math.prod(storage_shape(var_formats[n], tuple(v["shape"])))
                        * dtype_from_name(v["dtype"]).itemsize,
                        "readers": v["readers"], "writers": v["writers"], "source": v["source"],
                        "initial": storage["initial"].get(n)} for n, v in sorted(variables.items())],
-        "constants": {cid: {**c, "array": f"constants/{cid}"} for cid, c in sorted(storage["constants"].items())},
+        "constants": constant_table(storage["constants"]),
     }
 
 
-# (tensor hash, array directory to create) -> sha256 of each file placed, by path relative to that directory
-PlaceTensor = Callable[[str, Path], "dict[str, str] | None"]
+def constant_table(stored: dict[str, dict]) -> dict[str, dict]:
+    """Where each constant lives: its own array, or (small ones) an ``offset`` into the packed array."""
+    table, offset = {}, 0
+    for cid, c in sorted(stored.items()):
+        nbytes = math.prod(c.get("storage", c["shape"])) * dtype_from_name(c["dtype"]).itemsize
+        if nbytes <= PACKED_MAX_BYTES:
+            table[cid] = {**c, "array": PACKED_ARRAY, "offset": offset, "nbytes": nbytes}
+            offset += -(-nbytes // PACKED_ALIGN) * PACKED_ALIGN
+        else:
+            table[cid] = {**c, "array": f"constants/{cid}"}
+    return table
 
 
-def run(meta: dict, place_tensor: PlaceTensor, out_path: str) -> str:
+@dataclass(frozen=True)
+class Piece:
+    """``length`` bytes of tensor ``tensor`` (its stored little-endian bytes) from ``start``, placed at ``at``
+    in one chunk of the packed array."""
+
+    tensor: str
+    start: int
+    length: int
+    at: int
+
+
+def packed_chunks(meta: dict) -> tuple[int, list[list[Piece]]]:
+    """The packed array's chunk length and, per chunk, the pieces of constants it holds (zero elsewhere)."""
+    packed = [c for c in meta["constants"].values() if c["array"] == PACKED_ARRAY]
+    total = max((-(-(c["offset"] + c["nbytes"]) // PACKED_ALIGN) * PACKED_ALIGN for c in packed), default=0)
+    if not total:
+        return 0, []
+    size = min(PACKED_CHUNK_BYTES, total)
+    chunks: list[list[Piece]] = [[] for _ in range(-(-total // size))]
+    for c in sorted(packed, key=lambda c: c["offset"]):
+        pos, end = c["offset"], c["offset"] + c["nbytes"]
+        while pos < end:
+            i, at = divmod(pos, size)
+            n = min(end - pos, size - at)
+            chunks[i].append(Piece(c["hash"], pos - c["offset"], n, at))
+            pos += n
+    return size, chunks
+
+
+class Placer(Protocol):
+    """Where tensor bytes come from (the cache, ``tasks/steps.py``): pack itself writes only metadata."""
+
+    def tensor(self, h: str, dest: Path) -> dict[str, str] | None:
+        """Put tensor ``h``'s zarr array at directory ``dest``; the sha256 of each file by relative path."""
+
+    def chunk(self, pieces: list[Piece], size: int, dest: Path) -> str:
+        """Put one chunk of the packed array (``size`` bytes: ``pieces``, zeros elsewhere) at file ``dest``;
+        its sha256."""
+
+
+def run(meta: dict, placer: Placer, out_path: str) -> str:
     """Write the bundle described by ``meta`` (from ``manifest``) to ``out_path``; return its digest.
 
-    ``place_tensor(hash, dir)`` puts a stored tensor's zarr array at ``dir``; the cache hard-links its
-    chunk files, so re-packing a directory bundle writes metadata only, whatever changed. The bundle
+    ``placer`` puts each stored tensor's zarr array and each chunk of the packed array; the cache
+    hard-links what it already holds, so re-packing a directory bundle writes metadata and the chunks an
+    edit changed. The bundle
     is staged beside the destination and renamed into place, so a failure leaves the previous bundle
     untouched. A ``.zip`` destination gets the stored-zip form of the same entries, read from the
     staged (linked) chunk files: no tensor is recomputed.
@@ -73,7 +135,7 @@ def run(meta: dict, place_tensor: PlaceTensor, out_path: str) -> str:
         raise BundleIOError(f"cannot write bundle: {err}", str(out)) from None
     staged_zip = stage_dir.with_name(stage_dir.name + ".zip.tmp")  # unique per build, like stage_dir
     try:
-        known = write_directory(stage_dir, meta, place_tensor)
+        known = write_directory(stage_dir, meta, placer)
         digest = bundle_digest(stage_dir, known)
         if out.suffix == ".zip":
             write_zip(stage_dir, staged_zip)
@@ -88,16 +150,24 @@ def run(meta: dict, place_tensor: PlaceTensor, out_path: str) -> str:
             _remove(leftover)
 
 
-def write_directory(root: Path, meta: dict, place_tensor: PlaceTensor) -> dict[str, str]:
-    """Write the bundle's metadata and place its arrays; return the sha256 the placer already knows."""
-    import zarr
-
-    group = zarr.open_group(zarr.storage.LocalStore(root), mode="w", attributes=meta)
-    group.create_group("constants")
+def write_directory(root: Path, meta: dict, placer: Placer) -> dict[str, str]:
+    """Write the bundle's metadata and place its arrays; return the sha256 the placers already know."""
+    (root / "constants").mkdir(parents=True, exist_ok=True)
+    (root / "zarr.json").write_bytes(zarr_plain.group_document(meta))
+    (root / "constants" / "zarr.json").write_bytes(zarr_plain.dumps(zarr_plain.group_meta({})))
     known: dict[str, str] = {}
     for const in meta["constants"].values():
-        placed = place_tensor(const["hash"], root / const["array"]) or {}
-        known.update({f"{const['array']}/{rel}": digest for rel, digest in placed.items()})
+        if const["array"] != PACKED_ARRAY:
+            placed = placer.tensor(const["hash"], root / const["array"]) or {}
+            known.update({f"{const['array']}/{rel}": digest for rel, digest in placed.items()})
+    size, chunks = packed_chunks(meta)
+    if chunks:
+        array = root / PACKED_ARRAY
+        array.mkdir()
+        (array / "zarr.json").write_bytes(zarr_plain.dumps(zarr_plain.array_meta((size * len(chunks),), "uint8", 1,
+                                                                                 (size,), {})))
+        for i, pieces in enumerate(chunks):
+            known[f"{PACKED_ARRAY}/c.{i}"] = placer.chunk(pieces, size, array / f"c.{i}")
     return known
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ..errors import GraphInvalid
-from ..ir.external import ExternalRef
 from ..options import parse_input_shape
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..ir.external import ExternalRef
 
 NAME = "parse"
 VERSION = "4"  # 2: onnx-checked shapes / outputs are writes / unknown opsets refused; 3, 4: merges of those

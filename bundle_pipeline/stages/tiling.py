@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import numpy as np
-
+from ..dtypes import dtype_from_name
 from ..ir.graph import Graph, Node, TensorType
 from ..targets import Target
 
@@ -21,7 +20,9 @@ Memo = Callable[[dict, Callable[[], "dict | None"]], "dict | None"]
 def run(structure: dict, target: Target, memo: Memo | None = None) -> dict[str, dict]:
     """Tiling data per node name, only for nodes whose untiled workspace would exceed the budget.
 
-    ``memo(signature, decide)`` may return a decision recorded for the same kernel signature.
+    ``memo(signature, decide)`` may return a tile search recorded for the same kernel signature (a tuning
+    database: only searches are recorded; the workspace split of the portable kernels is arithmetic on the
+    signature, cheaper than a lookup).
     """
     graph = Graph.from_json(structure)
     budget = int(target.buffers["workspace_bytes"])
@@ -38,8 +39,7 @@ def run(structure: dict, target: Target, memo: Memo | None = None) -> dict[str, 
             signature = {**kernel_signature(node, types, output, owner, 0), "buffers": target.buffers}
             tiling = memo(signature, lambda n=node, t=types, o=output: search_native(n, t, o, target))
         else:
-            signature = kernel_signature(node, types, output, owner, budget)
-            tiling = memo(signature, lambda n=node, t=types, o=output: choose(n, t, o, budget))
+            tiling = choose(node, types, output, budget)
         if tiling:
             plan[node.name] = tiling
     return plan
@@ -58,7 +58,7 @@ def search_native(node: Node, inputs: list[TensorType | None], output: TensorTyp
     from .tiling_search import Buffers, search_conv, search_matmul
 
     buffers = Buffers.from_target(target.buffers)
-    in_bytes, out_bytes = np.dtype(inputs[0].dtype).itemsize, np.dtype(output.dtype).itemsize
+    in_bytes, out_bytes = dtype_from_name(inputs[0].dtype).itemsize, dtype_from_name(output.dtype).itemsize
     if node.op_type == "Conv":
         (n, c, h, w), (o, _, kh, kw) = inputs[0].shape, inputs[1].shape
         found = search_conv(n, c, h, w, o, kh, kw, output.shape[2], output.shape[3], in_bytes, out_bytes, buffers)
@@ -85,9 +85,9 @@ def _conv(node: Node, inputs: list[TensorType | None], output: TensorType, budge
     """Untiled, the kernel builds one im2col of (batch x groups x output positions x C/group*prod(kernel));
     tiled, one chunk of ``tile_hw`` positions for one image and group at a time."""
     weight = inputs[1]
-    itemsize = np.dtype(weight.dtype).itemsize
-    column = int(np.prod(weight.shape[1:])) * itemsize  # bytes of one im2col row of one group
-    positions = int(np.prod(output.shape[2:]))
+    itemsize = dtype_from_name(weight.dtype).itemsize
+    column = math.prod(weight.shape[1:]) * itemsize  # bytes of one im2col row of one group
+    positions = math.prod(output.shape[2:])
     images_x_groups = output.shape[0] * int(node.attrs.get("group", 1))
     if images_x_groups * positions * column <= budget:
         return None
@@ -104,7 +104,7 @@ def _matmul(node: Node, inputs: list[TensorType | None], budget: int) -> dict | 
     trans_b = node.op_type == "Gemm" and node.attrs.get("transB", 0)
     m, k = (a.shape[-1], a.shape[-2]) if trans_a else (a.shape[-2], a.shape[-1])
     n = b.shape[-2] if trans_b else b.shape[-1]
-    itemsize = max(np.dtype(a.dtype).itemsize, 4)
+    itemsize = max(dtype_from_name(a.dtype).itemsize, 4)
 
     def workspace(tm: int, tn: int) -> int:
         return (tm * k + k * tn + tm * tn) * itemsize

@@ -12,7 +12,6 @@ from ..errors import ParamInvalid
 from ..ir.hashing import hash_json
 
 KNOWN_TARGETS = ("cpu", "npu")
-STANDARD = ("ND", "NCHW")  # same row-major bytes; the layouts users feed and read
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from ..options import options_for, validate_options
 from ..spec import BundleSpec, GraphSpec
-from .steps import VERSIONS
 from .task import Dep, Task
+from .versions import VERSIONS
 
 
 def _task(bundle: str, step: str, graph: str | None, deps: list[Dep], params: dict,

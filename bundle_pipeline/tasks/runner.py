@@ -45,7 +45,6 @@ from ..errors import BundleIOError, GraphInvalid
 from ..ir.hashing import hash_json
 from ..targets import get_target
 from .sources import external_digests, source_digest
-from .steps import STEPS
 from .task import Task, TaskResult, input_hashes, task_key, timed
 
 
@@ -127,6 +126,8 @@ def execute_task(task: Task, ctx: BuildContext, *upstream_results: TaskResult) -
         found = lookup(task, ctx, {r.id: r for r in upstream_results}, cache)
         if found.record is not None:
             return _stamped(cached_result(task, found), start)
+        from .steps import STEPS  # the stages and what they import load only when a task really runs
+
         outputs, seconds = timed(STEPS[task.step], task, cache, found.inputs)
         extra = outputs.pop("_extra", {}) if isinstance(outputs.get("_extra"), dict) else {}
         record = {"task": task.id, "outputs": outputs, "seconds": seconds, "inputs": found.inputs,

@@ -53,7 +53,8 @@ def test_gc_keeps_the_newest_build_of_each_spec(tmp_path):
     before = c.info()
     out = gc_cli(cache)
     assert out["roots"] == len(c.newest_builds()) > 0
-    assert out["objects_removed"] > 0 and out["tensors_removed"] > 0 and out["actions_removed"] > 0
+    # these models' weights are small, so they live in tensor packs (objects), not tensor entries
+    assert out["objects_removed"] > 0 and out["actions_removed"] > 0
     assert out["total_bytes"] == c.info()["total_bytes"] < before["total_bytes"]
     assert ran(build(load_spec(mlp.spec, cache=cache))) == set()  # both newest builds are whole
     assert ran(build(load_spec(cnn.spec, cache=cache))) == set()

@@ -117,12 +117,11 @@ def test_client_steps_run_in_batches_around_the_cluster_steps(tmp_path):
     a, b = models.mlp(tmp_path / "a"), models.cnn(tmp_path / "b")
     specs = [load_spec(a.spec, cache=str(tmp_path / "c")), load_spec(b.spec, cache=str(tmp_path / "c"))]
     _, dag, _ = prepare(specs)
-    import networkx as nx
 
-    order = list(nx.topological_sort(dag))
+    order = list(dag.order())
     batches = schedule._batches(dag, order)
     assert [on_client for on_client, _ in batches] == [True, False, True]
-    steps = [{dag.nodes[t]["task"].step for t in ids} for _, ids in batches]
+    steps = [{dag.tasks[t].step for t in ids} for _, ids in batches]
     assert steps[0] == {"parse", "parse.weights"} and steps[2] == {"pack"} and not steps[1] & CLIENT_STEPS
     assert sum(len(ids) for _, ids in batches) == len(order)
     shutil.rmtree(tmp_path / "c", ignore_errors=True)

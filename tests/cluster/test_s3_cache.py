@@ -87,7 +87,7 @@ def test_two_machines_share_an_s3_cache(s3, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_cache_commands_and_repairs_on_s3(s3, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    built = models.mlp(tmp_path / "mlp")
+    built = models.wide(tmp_path / "wide")  # a 1 MiB weight: a tensor entry of its own, with chunk files
     spec = load_spec(built.spec, cache=CACHE)
     first = build(spec, scheduler="sync")
     fs = fsspec.filesystem("s3", endpoint_url=s3)

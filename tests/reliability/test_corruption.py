@@ -34,7 +34,8 @@ def truncate(path: Path) -> None:
 
 @pytest.fixture
 def built(tmp_path):
-    b = models.cnn(tmp_path / "cnn")
+    """A bundle with a 1 MiB weight (a tensor entry of its own) beside small ones (packed)."""
+    b = models.wide(tmp_path / "wide")
     spec = load_spec(b.spec, cache=str(tmp_path / "cache"))
     first = build(spec, scheduler="sync")
     return spec, first, faults.bundle_bytes(Path(spec.output))
@@ -63,6 +64,22 @@ def test_corrupt_tensor_chunk_is_rebuilt_and_reported(built, damage):
     assert report.to_json()["cache_repairs"] == [repair]
     assert Cache(spec.cache).verify()["corrupt"] == []
     assert build(spec).cache_repairs == []  # repaired for good
+
+
+@pytest.mark.parametrize("damage", [flip, truncate])
+def test_corrupt_packed_chunk_is_rebuilt(built, damage):
+    """The bundle's packed array links cache objects: damage through the link makes pack re-run, find the
+    object corrupt (it is deleted) and build that chunk again from the tensors."""
+    spec, first, clean = built
+    packed = Path(spec.output) / "constants" / "packed"
+    victim = next(p for p in packed.iterdir() if p.name.startswith("c."))
+    inode = victim.stat().st_ino
+    damage(victim)  # in place: the cache's object is the same file
+    report = build(spec, scheduler="threads")
+    assert report.digest == first.digest and faults.bundle_bytes(Path(spec.output)) == clean
+    assert [t.id.split("/", 1)[1] for t in report.tasks if t.status == "ran"] == ["pack"]
+    assert (packed / victim.name).stat().st_ino != inode  # a new, intact object linked in
+    assert Cache(spec.cache).verify()["corrupt"] == []
 
 
 @pytest.mark.parametrize("damage", [flip, truncate])

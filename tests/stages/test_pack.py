@@ -12,6 +12,7 @@ import zarr
 from bundle_pipeline.cache import Cache
 from bundle_pipeline.ir.hashing import tensor_hash
 from bundle_pipeline.stages import pack
+from bundle_pipeline.tasks.steps import CachePlacer
 
 RNG = np.random.default_rng(0)
 TENSORS = [
@@ -37,12 +38,20 @@ def meta(tensors=TENSORS) -> dict:
     return pack.manifest("demo", "cpu", graphs, variables, {"v": "ND"}, storage)
 
 
-def place(by_hash: dict, tmp_path: Path):
-    """The cache's exporter (hard links) over a fresh cache holding these tensors."""
+def place(by_hash: dict, tmp_path: Path) -> CachePlacer:
+    """The cache's placer (hard links) over a fresh cache holding these tensors, each as its own entry."""
     cache = Cache(tmp_path / "tensor-cache")
     for t in by_hash.values():
         cache.put_tensor(t)
-    return cache.export_tensor
+    return CachePlacer(cache, {})
+
+
+def read_constant(group, const: dict) -> np.ndarray:
+    """A constant's values from an opened bundle group: its own array, or its bytes in the packed array."""
+    if const["array"] != pack.PACKED_ARRAY:
+        return group[const["array"]][...]
+    raw = np.asarray(group[pack.PACKED_ARRAY][const["offset"] : const["offset"] + const["nbytes"]])
+    return raw.view(np.dtype(const["dtype"]).newbyteorder("<")).reshape(const["shape"])
 
 
 def files(root: Path) -> dict[str, bytes]:
@@ -58,7 +67,10 @@ def test_manifest_lists_graphs_variables_and_constants():
                                "nbytes": 48,
                                "readers": ["infer"], "writers": ["update"], "source": "initializer",
                                "initial": "infer.t0"}]
-    assert m["constants"]["infer.t1"]["array"] == "constants/infer.t1"
+    assert m["constants"]["infer.t1"]["array"] == "constants/infer.t1"  # 1.2 MB: an array of its own
+    small = {cid: c for cid, c in m["constants"].items() if c["array"] == pack.PACKED_ARRAY}
+    assert sorted(small) == ["infer.t0", "infer.t2", "infer.t3", "infer.t4"]
+    assert [c["offset"] for c in small.values()] == [0, 64, 128, 192] and small["infer.t3"]["nbytes"] == 48
 
 
 def test_directory_and_zip_have_the_same_digest_and_content(tmp_path):
@@ -72,9 +84,9 @@ def test_directory_and_zip_have_the_same_digest_and_content(tmp_path):
         group = zarr.open_group(store, mode="r")
         assert group.attrs.asdict() == meta()
         for i, t in enumerate(TENSORS):
-            array = group[f"constants/infer.t{i}"]
-            assert array.shape == t.shape and array.dtype == t.dtype
-            np.testing.assert_array_equal(array[...], t)
+            value = read_constant(group, meta()["constants"][f"infer.t{i}"])
+            assert value.shape == t.shape and value.dtype == t.dtype
+            np.testing.assert_array_equal(value, t)
         store.close()
     assert sum(1 for rel in files(tmp_path / "b.bundle") if rel.startswith("constants/infer.t1/c.")) > 1
 
@@ -112,13 +124,14 @@ def test_zip_is_sorted_stored_with_fixed_timestamps(tmp_path):
 
 def failing_place(tmp_path: Path):
     """Places every tensor but the big one, which fails as an unavailable tensor store would."""
-    ok = place(BY_HASH, tmp_path)
+    class Failing(CachePlacer):
+        def tensor(self, h: str, dest: Path) -> dict[str, str]:
+            if BY_HASH[h].shape == (300_000,):
+                raise RuntimeError("tensor store unavailable")
+            return super().tensor(h, dest)
 
-    def placer(h: str, dest: Path) -> None:
-        if BY_HASH[h].shape == (300_000,):
-            raise RuntimeError("tensor store unavailable")
-        ok(h, dest)
-    return placer
+    ok = place(BY_HASH, tmp_path)
+    return Failing(ok.cache, ok.packs)
 
 
 @pytest.mark.parametrize("name", ["b.bundle", "b.zip"])
@@ -152,8 +165,10 @@ def test_replacing_a_bundle_removes_stale_entries(tmp_path):
 
 
 def test_directory_repack_links_cached_chunks_instead_of_writing_them(tmp_path):
-    """A local cache hard-links chunk files into the bundle: a re-pack writes metadata, not tensor bytes."""
+    """A local cache hard-links chunk files into the bundle: a re-pack writes metadata, not tensor bytes
+    (the packed array's chunks are cache objects, linked too)."""
     out = tmp_path / "b.bundle"
+    pack.run(meta(), place(BY_HASH, tmp_path), str(out))
     pack.run(meta(), place(BY_HASH, tmp_path), str(out))
     chunk_files = [out / rel for rel in pack.entries(out) if rel.rsplit("/", 1)[-1].startswith("c")]
     assert chunk_files and all(p.stat().st_nlink >= 2 for p in chunk_files)

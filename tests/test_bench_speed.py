@@ -1,0 +1,115 @@
+"""bench/speed.py: its generated inputs are deterministic and distinct where they must be, its timeout kills what it
+started, and a --quick run builds every figure's bundles and reports every figure (never asserts a time)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+from conftest import RAPIDOCR_CLS, ModelUnavailable, _in_ci, fetch_wheel_model, real_models_cache_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import measure  # noqa: E402
+import speedgen  # noqa: E402
+
+
+def _kernel_shapes(path: Path) -> set[tuple]:
+    """(op, input shapes) of every node of a generated graph: what a kernel signature is made of."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    graph = model.graph
+    shapes = {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim)
+              for v in [*graph.input, *graph.value_info, *graph.output]}
+    shapes.update({t.name: tuple(t.dims) for t in graph.initializer})
+    return {(n.op_type, *(shapes[i] for i in n.input)) for n in graph.node}
+
+
+def test_generated_graphs_are_deterministic_and_share_no_kernel(tmp_path):
+    one = speedgen.graphs_bundle(3, tmp_path / "one")
+    speedgen.graphs_bundle(3, tmp_path / "two")
+    assert one["tensors"] == 3 * 2 * speedgen.LAYERS
+    directory, again = Path(one["spec"]).parent, tmp_path / "two" / "graphs-3"
+    for name in ("init", "update", "g000", "g001", "g002"):
+        assert (directory / f"{name}.onnx").read_bytes() == (again / f"{name}.onnx").read_bytes()
+    kernels = [_kernel_shapes(directory / f"g{k:03d}.onnx") for k in range(3)]
+    for k, mine in enumerate(kernels):
+        assert len(onnx.load(str(directory / f"g{k:03d}.onnx")).graph.node) == 3 * speedgen.LAYERS
+        assert len(mine) == 3 * speedgen.LAYERS  # no two nodes of one graph have one signature
+        assert not any(mine & other for j, other in enumerate(kernels) if j != k)
+    stamps = {p: p.stat().st_mtime_ns for p in directory.iterdir()}
+    assert speedgen.graphs_bundle(3, tmp_path / "one") == one  # re-used, not regenerated
+    assert {p: p.stat().st_mtime_ns for p in directory.iterdir()} == stamps
+
+
+def test_graph_edit_is_undone_byte_for_byte(tmp_path):
+    manifest = speedgen.graphs_bundle(2, tmp_path)
+    directory = Path(manifest["spec"]).parent
+    before = {p.name: p.read_bytes() for p in directory.glob("*.onnx")}
+    name = speedgen.edit_graph(directory, manifest, 0)
+    assert (directory / f"{name}.onnx").read_bytes() != before[f"{name}.onnx"]
+    assert speedgen.generate.read_manifest(directory)["edited"]
+    speedgen.restore_graphs(directory, manifest, [name])
+    assert {p.name: p.read_bytes() for p in directory.glob("*.onnx")} == before
+    assert speedgen.graphs_bundle(2, tmp_path) == manifest
+
+
+def test_tensor_bundle_holds_distinct_tensors(tmp_path):
+    manifest = speedgen.tensors_bundle(120, tmp_path)
+    infer = onnx.load(str(Path(manifest["spec"]).parent / "infer.onnx"))
+    assert len(infer.graph.initializer) == 120 == len({t.raw_data for t in infer.graph.initializer})
+    assert manifest["variables"] == 60 and manifest["sum_nodes"] == 3
+
+
+def test_run_measured_timeout_kills_the_command(tmp_path):
+    marker = tmp_path / "still-running"
+    script = f"import time, pathlib; time.sleep(30); pathlib.Path({str(marker)!r}).write_text('x')"
+    m = measure.run_measured([sys.executable, "-c", script], timeout=0.5)
+    assert m.timed_out and m.returncode != 0
+    done = measure.run_measured([sys.executable, "-c", "print('{}')"], timeout=30)
+    assert not done.timed_out and done.returncode == 0 and done.last_json() == {}
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_quick_speed_run_reports_every_figure(tmp_path):
+    try:  # cls (figure 2) and det (the ORT floor of figure 1) come from one wheel
+        fetch_wheel_model(RAPIDOCR_CLS, real_models_cache_dir())
+        fetch_wheel_model(speedgen.PPOCR_DET, real_models_cache_dir())
+    except ModelUnavailable as error:
+        if _in_ci():
+            pytest.fail(str(error), pytrace=False)
+        pytest.skip(str(error))
+    results = tmp_path / "speed.json"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "speed.py"), "--quick", "--graphs", "1",
+                    "--data", str(tmp_path / "data"), "--results", str(results)],
+                   check=True, capture_output=True, text=True, cwd=tmp_path)
+    payload = json.loads(results.read_text())
+    assert {"started", "machine", "loadavg_start", "rows", "figures"} <= set(payload)
+    assert payload["machine"]["git_head"] and payload["machine"]["packages"]["numpy"]
+    figures = payload["figures"]
+    assert set(figures) == set(speedgen_figures())
+    for name, fig in figures.items():
+        assert "error" not in fig, (name, fig.get("error"))
+    failed = [r for r in payload["rows"] if r["value"] is None]
+    assert not failed, failed
+    noops = [v["noop"] for k, v in figures["noop"].items() if isinstance(v, dict) and "noop" in v]
+    assert noops and all(r["ran"] == 0 and r["cached"] > 0 for r in noops)
+    edit, cold = figures["graph-edit"]["edit"], figures["graph-edit"]["cold"]
+    assert 0 < edit["ran"] < cold["ran"] and [t for t in edit["ran_tasks"] if "/parse:g" in t] == [
+        f"graphs1/parse:{edit['edit']}"]
+    weight = figures["weight-edit"]
+    assert 0 < weight["edit"]["ran"] < weight["cold"]["ran"]
+    assert figures["scaling"]["fit_graphs"] and figures["scaling"]["fit_tensors"]
+    for target in ("cpu", "npu"):
+        assert figures["real"]["cls"][target]["ran"] > 0
+
+
+def speedgen_figures() -> list[str]:
+    import speedfigs
+
+    return list(speedfigs.FIGURES)

@@ -1,0 +1,53 @@
+"""A no-op `run` (and `status`) plans from JSON records and stats: it must not import the heavy libraries.
+
+The import list is what makes a no-op cost a fraction of a second (issue: speed): ml_dtypes alone once took
+0.75 s. No timings are asserted, only which modules a whole process loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo"
+# What a no-op must not load: the issue's list, plus numpy, networkx, fsspec and pydantic (each 0.1-0.2 s at
+# import; planning needs none of them: task keys hash JSON, a local cache is read with os calls).
+HEAVY = ("ml_dtypes", "onnx", "zarr", "dask", "distributed", "rich", "bundle_pipeline.runtime", "numpy", "networkx",
+         "fsspec", "pydantic", "onnxruntime")
+PROBE = """
+import json, sys
+from bundle_pipeline.cli import main
+sys.argv = ["bundle-pipeline", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as stop:
+    code = stop.code
+print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
+"""
+
+
+def loaded_by(*args: str) -> tuple[int, set[str]]:
+    proc = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, check=False)
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    return last["code"], set(last["modules"])
+
+
+def heavy(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY))
+
+
+def test_noop_run_and_status_import_nothing_heavy(tmp_path):
+    demo = tmp_path / "demo"
+    shutil.copytree(DEMO, demo, ignore=shutil.ignore_patterns("build", ".bundle-cache"))
+    spec = str(demo / "bundle.yaml")
+    built = subprocess.run([sys.executable, "-m", "bundle_pipeline.cli", "run", spec], capture_output=True, text=True,
+                           check=False)
+    assert built.returncode == 0, built.stderr
+    code, modules = loaded_by("run", spec)
+    assert code in (None, 0) and heavy(modules) == []
+    assert "bundle_pipeline.pipeline.build" in modules  # the probe really planned the build
+    code, modules = loaded_by("status", spec)
+    assert code in (None, 0) and heavy(modules) == []
