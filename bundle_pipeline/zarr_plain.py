@@ -80,7 +80,9 @@ def chunk_grid(shape: tuple[int, ...], chunks: tuple[int, ...]) -> Iterator[tupl
 
 
 def chunk_shape(shape: tuple[int, ...], itemsize: int, chunk_bytes: int) -> tuple[int, ...]:
-    """Chunk shape for an array: slabs of whole rows along axis 0 totalling about ``chunk_bytes``.
+    """Chunk shape for an array: slabs of whole rows along axis 0 of at most ``chunk_bytes``, as few as that
+    allows and of equal size (the last chunk is padded to the full chunk: balancing keeps the padding under a
+    row a chunk).
 
     When a single row is already larger than ``chunk_bytes`` the slab moves to the first axis whose
     trailing block fits (leading axes get chunk size 1), so huge rows are still split.
@@ -90,7 +92,8 @@ def chunk_shape(shape: tuple[int, ...], itemsize: int, chunk_bytes: int) -> tupl
     for axis in range(len(shape)):
         block = itemsize * math.prod(shape[axis + 1 :])
         if block <= chunk_bytes or axis == len(shape) - 1:
-            rows = min(shape[axis], max(1, chunk_bytes // max(block, 1)))
+            most = min(shape[axis], max(1, chunk_bytes // max(block, 1)))
+            rows = -(-shape[axis] // -(-shape[axis] // most)) if shape[axis] else 1
             chunks = (1,) * axis + (rows,) + tuple(shape[axis + 1 :])
             return tuple(max(1, c) for c in chunks)  # zarr needs positive chunk sizes
     raise AssertionError("unreachable")
