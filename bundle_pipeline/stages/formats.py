@@ -15,7 +15,7 @@ so an update writes the stored bytes in place.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from ..dtypes import dtype_from_name
 from ..ir.graph import Graph
@@ -27,7 +27,8 @@ NAME = "formats"
 VERSION = "3"
 
 
-def assign(structures: dict[str, dict], variables: dict, target: Target) -> dict[str, str]:
+def assign(structures: dict[str, dict], variables: dict, target: Target,
+           passes: Callable[[str], FormatPass] | None = None) -> dict[str, str]:
     """Bundle-level step: each variable's one format, minimising the bytes TransData moves.
 
     Candidates are the natural (standard) layout and the formats the variable's readers' kernels want.
@@ -37,12 +38,12 @@ def assign(structures: dict[str, dict], variables: dict, target: Target) -> dict
     happen on every inference, so they are compared first; then the bytes the writers (init/update graphs,
     which compute standard layouts) convert per refresh; ties go to the natural layout.
     """
-    passes: dict[str, FormatPass] = {}
+    made: dict[str, FormatPass] = {}
 
-    def reader(g: str) -> FormatPass:
-        if g not in passes:
-            passes[g] = FormatPass(structures[g], target)
-        return passes[g]
+    def reader(g: str) -> FormatPass:  # ``passes(g)`` when the caller shares passes between tasks
+        if g not in made:
+            made[g] = passes(g) if passes else FormatPass(structures[g], target)
+        return made[g]
 
     chosen: dict[str, str] = {}
     for name, var in variables.items():
@@ -94,14 +95,15 @@ def transdata_bytes(structure: dict) -> int:
     return total
 
 
-def insert(structure: dict | Graph, var_formats: dict[str, str], target: Target,
+def insert(structure: dict | Graph | FormatPass, var_formats: dict[str, str], target: Target,
            assign: Mapping[str, str] | None = None) -> dict:
     """Per-graph step: every value's format, TransData nodes where a reader needs another, native nodes.
 
     ``assign`` (output -> variable) names the variable an output writes when it is not the output's own name:
     that output ends in the variable's format. An output that is a graph input passed through unchanged is
     left as it is (its name is the input's); the runtime converts it when it writes the variable."""
-    return FormatPass(structure, target).build(var_formats, assign).to_json()
+    fp = structure if isinstance(structure, FormatPass) else FormatPass(structure, target)
+    return fp.build(var_formats, assign).to_json()
 
 
 def weight_formats(structure: dict) -> dict[str, str]:

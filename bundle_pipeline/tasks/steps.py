@@ -17,6 +17,7 @@ from ..ir.external import ExternalRef
 from ..ir.hashing import hash_json
 from ..runtime.formats import STANDARD, storage_shape, to_format
 from ..stages import codegen, dedupe, formats, pack, parse, tiling
+from ..stages.format_pass import FormatPass
 from ..targets import get_target
 from .kernel_cache import KernelCache
 from .task import Task
@@ -96,13 +97,16 @@ def step_dedupe(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, s
 
 def step_formats_assign(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, str]:
     structures = {g: cache.get_json(inputs[f"structure:{g}"]) for g in task.params["graphs"]}
-    chosen = formats.assign(structures, cache.get_json(inputs["variables"]), get_target(task.params["target"]))
+    target = get_target(task.params["target"])
+    chosen = formats.assign(structures, cache.get_json(inputs["variables"]), target,
+                            lambda g: FormatPass.shared(inputs[f"structure:{g}"], structures[g], target))
     return {"var_formats": cache.put_json(chosen)}
 
 
 def step_formats(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, str]:
-    structure = formats.insert(cache.get_json(inputs["structure"]), cache.get_json(inputs["var_formats"]),
-                               get_target(task.params["target"]), task.params.get("assign"))
+    target = get_target(task.params["target"])
+    fp = FormatPass.shared(inputs["structure"], cache.get_json(inputs["structure"]), target)
+    structure = formats.insert(fp, cache.get_json(inputs["var_formats"]), target, task.params.get("assign"))
     return {"structure": cache.put_json(structure)}
 
 
