@@ -24,45 +24,63 @@ from ..targets import Target
 from .format_pass import FormatPass, natural_format, same_layout  # noqa: F401  (same_layout: part of the stage's API)
 
 NAME = "formats"
-VERSION = "3"
+VERSION = "4"  # 4: format costs measured per graph (formats.cost)
 
 
 def assign(structures: dict[str, dict], variables: dict, target: Target,
            passes: Callable[[str], FormatPass] | None = None) -> dict[str, str]:
-    """Bundle-level step: each variable's one format, minimising the bytes TransData moves.
+    """``choose`` over every reading graph's ``costs``, in one call (the pipeline runs ``costs`` as a task per
+    graph, so an edit of one graph re-measures that graph only). ``passes(g)``: graph ``g``'s pass, when the
+    caller shares passes between tasks."""
+    readers = sorted({g for var in variables.values() for g in var["readers"]})
+    return choose({g: costs(passes(g) if passes else FormatPass(structures[g], target), g, variables, target)
+                   for g in readers}, variables, target)
 
-    Candidates are the natural (standard) layout and the formats the variable's readers' kernels want.
-    A candidate's cost is measured, not estimated: the TransData bytes the per-graph insertion would add on
-    every reading graph with the variable in that format (so a conversion that an elementwise kernel merely
-    moves downstream still counts); ``FormatPass.transdata_bytes`` replays only the nodes that change. Reads
+
+def costs(fp: FormatPass, graph: str, variables: dict, target: Target) -> dict[str, dict]:
+    """Per-graph step: for each variable graph ``graph`` reads, the formats its kernels want it in and the
+    TransData bytes the graph would read per inference with the variable stored in each format it may take.
+
+    A cost is measured, not estimated: the bytes the per-graph insertion adds with the variable in that format
+    (so a conversion that an elementwise kernel merely moves downstream still counts); ``FormatPass.
+    transdata_bytes`` replays only the nodes that change. Every format the target has that fits the shape is
+    measured, because another reader may propose it."""
+    table: dict[str, dict] = {}
+    for name, var in sorted(variables.items()):
+        if graph not in var["readers"]:
+            continue
+        shape = tuple(var["shape"])
+        formats = [f for f in target.formats if f not in STANDARD and accepts(f, shape)]
+        table[name] = {"wanted": sorted(_wanted_formats(name, fp)),
+                       "reads": {f: fp.transdata_bytes({name: f})
+                                 for f in [natural_format(len(shape), target), *formats]}}
+    return table
+
+
+def choose(costs: dict[str, dict[str, dict]], variables: dict, target: Target) -> dict[str, str]:
+    """Bundle-level step: each variable's one format, minimising the bytes TransData moves, from the reading
+    graphs' ``costs``.
+
+    Candidates are the natural (standard) layout and the formats the variable's readers' kernels want. Reads
     happen on every inference, so they are compared first; then the bytes the writers (init/update graphs,
     which compute standard layouts) convert per refresh; ties go to the natural layout.
     """
-    made: dict[str, FormatPass] = {}
-
-    def reader(g: str) -> FormatPass:  # ``passes(g)`` when the caller shares passes between tasks
-        if g not in made:
-            made[g] = passes(g) if passes else FormatPass(structures[g], target)
-        return made[g]
-
     chosen: dict[str, str] = {}
     for name, var in variables.items():
         shape = tuple(var["shape"])
         natural = natural_format(len(shape), target)
-        wanted = {f for g in var["readers"] for f in _wanted_formats(name, reader(g))}
+        tables = [costs[g][name] for g in var["readers"]]
+        wanted = {f for t in tables for f in t["wanted"]}
         candidates = [natural, *sorted(f for f in wanted if f not in STANDARD and accepts(f, shape))]
-        if len(candidates) == 1:
-            chosen[name] = natural
-            continue
         nbytes = math.prod(storage_shape(natural, shape)) * _itemsize(var["dtype"])
 
-        def cost(fmt: str, name: str = name, var: dict = var, nbytes: int = nbytes,
-                 natural: str = natural) -> tuple[int, int, bool]:
-            reads = sum(reader(g).transdata_bytes({name: fmt}) for g in var["readers"])
+        def cost(fmt: str, tables: list = tables, var: dict = var, nbytes: int = nbytes,
+                 natural: str = natural) -> tuple[int, int, bool, str]:
+            reads = sum(t["reads"][fmt] for t in tables)
             writes = nbytes * len(var["writers"]) * (fmt not in STANDARD)
-            return reads, writes, fmt != natural
+            return reads, writes, fmt != natural, fmt
 
-        chosen[name] = min(candidates, key=lambda f, cost=cost: (*cost(f), f))
+        chosen[name] = natural if len(candidates) == 1 else min(candidates, key=cost)
     return chosen
 
 
