@@ -13,6 +13,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,13 +49,38 @@ def dumps(meta: dict[str, Any]) -> bytes:
     return json.dumps(meta, indent=2).encode()
 
 
+class RawJSON:
+    """A value already encoded as canonical JSON (sorted keys, no whitespace, UTF-8 text): ``group_document``
+    writes its text as it is, so a large stored object (a graph's program in the cache) is copied into the
+    manifest without being decoded and encoded again."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str):
+        self.text = text
+
+
 def group_document(attributes: dict[str, Any]) -> bytes:
     """A group's zarr.json without indentation: for a large document (a bundle's manifest), which json's C encoder
     writes 10x faster than its indenting Python one. zarr's key order outside and the attributes' own top-level
     order (pack puts ``format_version`` and ``name`` first: ``guard.is_bundle`` reads them from the first bytes);
-    everything below is sorted, so the bytes never depend on the order nested dicts were built in."""
-    body = ",".join(f"{json.dumps(k)}:{json.dumps(v, separators=(',', ':'), sort_keys=True)}"
+    everything below is sorted, so the bytes never depend on the order nested dicts were built in. ``RawJSON``
+    values anywhere below are written verbatim (the encoder writes a unique placeholder string for each, which
+    is then replaced by the text)."""
+    raws: list[str] = []
+    token = uuid.uuid4().hex
+
+    def placeholder(o: Any) -> str:
+        if not isinstance(o, RawJSON):
+            raise TypeError(f"{type(o).__name__} is not JSON serializable")
+        raws.append(o.text)
+        return f"\0{token}:{len(raws) - 1}"
+
+    body = ",".join(f"{json.dumps(k, ensure_ascii=False)}:"
+                    f"{json.dumps(v, separators=(',', ':'), sort_keys=True, ensure_ascii=False, default=placeholder)}"
                     for k, v in attributes.items())
+    if raws:  # the encoder escapes the NUL, so the quoted placeholder reads '"\u0000<token>:<i>"'
+        body = re.sub(rf'"\\u0000{token}:(\d+)"', lambda m: raws[int(m[1])], body)
     return ('{"attributes":{' + body + '},"zarr_format":3,"node_type":"group"}').encode()
 
 
@@ -80,7 +107,9 @@ def chunk_grid(shape: tuple[int, ...], chunks: tuple[int, ...]) -> Iterator[tupl
 
 
 def chunk_shape(shape: tuple[int, ...], itemsize: int, chunk_bytes: int) -> tuple[int, ...]:
-    """Chunk shape for an array: slabs of whole rows along axis 0 totalling about ``chunk_bytes``.
+    """Chunk shape for an array: slabs of whole rows along axis 0 of at most ``chunk_bytes``, as few as that
+    allows and of equal size (the last chunk is padded to the full chunk: balancing keeps the padding under a
+    row a chunk).
 
     When a single row is already larger than ``chunk_bytes`` the slab moves to the first axis whose
     trailing block fits (leading axes get chunk size 1), so huge rows are still split.
@@ -90,7 +119,8 @@ def chunk_shape(shape: tuple[int, ...], itemsize: int, chunk_bytes: int) -> tupl
     for axis in range(len(shape)):
         block = itemsize * math.prod(shape[axis + 1 :])
         if block <= chunk_bytes or axis == len(shape) - 1:
-            rows = min(shape[axis], max(1, chunk_bytes // max(block, 1)))
+            most = min(shape[axis], max(1, chunk_bytes // max(block, 1)))
+            rows = -(-shape[axis] // -(-shape[axis] // most)) if shape[axis] else 1
             chunks = (1,) * axis + (rows,) + tuple(shape[axis + 1 :])
             return tuple(max(1, c) for c in chunks)  # zarr needs positive chunk sizes
     raise AssertionError("unreachable")

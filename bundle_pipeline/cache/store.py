@@ -61,6 +61,7 @@ reads records with ``O_NOATIME`` where it can, so it does not make everything lo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -97,7 +98,9 @@ ATOMIC_PUT_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "abfs", "az", "memor
 # Object stores with directory-listing caches, which would go stale while other machines write.
 LISTING_CACHE_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "abfs", "az"})
 ACTION_FORMAT = 1
-DEFAULT_CHUNK_BYTES = 1 << 20
+# Tensor entries are content-addressed whole (an edited tensor is a new entry), so chunks bound memory and
+# files, not rewrites: 16 MiB keeps a 1 GiB model to a few hundred files (each costs a create, 0.1-0.5 ms).
+DEFAULT_CHUNK_BYTES = 16 << 20
 
 _HASH_RE = re.compile(r"[0-9a-f]{64}")
 # Stage outputs this process decoded or encoded lately: a build's tasks read each other's outputs (a
@@ -814,13 +817,16 @@ class Cache:
         meta = tensors.entry_meta(self._backend, check_hash(h))
         if meta is None:
             raise CacheMiss(h)
-        if self._backend.is_local and meta.plain:
+        canonical = tensors.chunk_shape(meta.shape, meta.dtype.itemsize, self.chunk_bytes) if meta.plain else None
+        if self._backend.is_local and meta.plain and meta.chunks == canonical:
             self._backend.export_tree(tensors.tensor_rel(h), dest, skip=("zarr.json",))
             digests = self._entry_sha256(h, dest, meta)
             dtype = meta.logical if meta.logical is not None else meta.dtype
-        else:
+        else:  # a remote entry, or one written with other chunks: the bundle gets this version's chunks
             arr = self.get_tensor(h)
-            digests, dtype = tensors.write_chunks(arr, meta.chunks, dest), arr.dtype
+            chunks = tensors.chunk_shape(arr.shape, arr.dtype.itemsize, self.chunk_bytes)
+            digests, dtype = tensors.write_chunks(arr, chunks, dest), arr.dtype
+            meta = dataclasses.replace(meta, chunks=chunks)
         doc = tensors.entry_document(h, dtype, meta.shape, meta.chunks, digests)
         with open(os.path.join(dest, "zarr.json"), "wb") as f:
             f.write(doc)

@@ -17,10 +17,9 @@ elsewhere) holding the C-order values of the array whose ``tensor_hash`` is ``h`
     c.<i>.<j>...     one file per chunk, every chunk written (write_empty_chunks) so a missing
                      chunk file is damage, not "all zeros"
 
-Chunks are ~``chunk_bytes`` (1 MiB) slabs along axis 0, full size on the other axes (see
-``chunk_shape``), so a weight edit rewrites only the chunks it touches and ``chunk_sha256`` tells
-later stages which ones those are. ``chunk_sha256[i]`` is the sha256 of chunk file i: a full chunk
-shape, edge chunks padded with the fill value 0, as zarr stores them.
+Chunks are at most ``chunk_bytes`` (16 MiB) slabs along axis 0, full size on the other axes, balanced (see
+``chunk_shape``): they bound the memory and the size of one file. ``chunk_sha256[i]`` is the sha256 of chunk
+file i: a full chunk shape, edge chunks padded with the fill value 0, as zarr stores them.
 
 Entries are written with plain file I/O in the layout ``bundle_pipeline.zarr_plain`` describes (zarr
 itself would cost 0.3 s to import and milliseconds an entry); zarr opens them as usual.

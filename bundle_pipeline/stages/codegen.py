@@ -46,7 +46,8 @@ def run(structure: dict, tiling: dict[str, dict], variables: dict, role: str, op
     emit = _Emit(tiling, precision, fast, reuse)
     steps = [emit.step(node, graph) for node in graph.nodes]
     buffers, arena = plan_buffers(graph, reuse)
-    _, other = plan_buffers(graph, not reuse)  # for inspect: what the other setting would cost
+    # for inspect: what the other setting would cost (without reuse that is just the sum of the blocks)
+    other = unshared_arena(graph) if reuse else plan_buffers(graph, True)[1]
     return {
         "graph": graph.name, "role": role, "opset": graph.opset,
         **({"opsets": dict(sorted(graph.domain_opsets.items()))} if graph.domain_opsets else {}),
@@ -212,6 +213,13 @@ def plan_buffers(graph: Graph, reuse: bool) -> tuple[dict[str, dict], int]:
                              **({"format": fmt, "storage": list(storage)} if fmt not in STANDARD else {})}
             arena = max(arena, offset + size)
     return buffers, arena
+
+
+def unshared_arena(graph: Graph) -> int:
+    """The arena ``plan_buffers(graph, reuse=False)`` plans: every value its own aligned block, end to end."""
+    return sum(_aligned(math.prod(storage_shape(graph.format_of(name), graph.types[name].shape))
+                        * dtype_from_name(graph.types[name].dtype).itemsize)
+               for node in graph.nodes for name in filter(None, node.outputs) if not graph.types[name].dynamic)
 
 
 class _FreeList:

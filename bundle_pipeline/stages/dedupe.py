@@ -8,12 +8,27 @@ from ..errors import GraphInvalid, ParamInvalid, VariableConflict
 from ..ir.steering import ir_steering
 
 NAME = "dedupe"
-VERSION = "4"  # 2: steering variables refused / writes by assign / type conflicts first; 3, 4: merges of those
+VERSION = "5"  # 2: steering variables refused / writes by assign / type conflicts first; 3, 4: merges of those;
+# 5: reads graph interfaces
+
+
+def interface(structure: dict) -> dict:
+    """All dedupe reads of a graph's structure: its inputs, outputs, weights and small constants with their
+    types, and why an input steers shapes. ``parse`` stores it apart from the structure, so dedupe reads a few
+    kilobytes a graph, and is not re-run by an edit inside a graph that keeps its interface."""
+    names = [*structure["inputs"], *structure["outputs"], *structure["weights"], *structure["consts"]]
+    inputs = set(structure["inputs"])
+    steering = ir_steering(structure) if inputs else {}
+    return {"inputs": structure["inputs"], "outputs": structure["outputs"], "weights": structure["weights"],
+            "consts": sorted(structure["consts"]),
+            "types": {n: structure["types"][n] for n in sorted(set(names)) if n in structure["types"]},
+            "steering": {n: why for n, why in sorted(steering.items()) if n in inputs}}
 
 
 def run(graphs: list[dict], params: dict) -> tuple[dict, dict]:
-    """graphs: [{name, role, structure, weights: {tensor: hash}}] in spec order; params: {variables, assign}
-    (``assign``: graph name -> {output: variable}, the spec's read-modify-write mappings).
+    """graphs: [{name, role, interface, weights: {tensor: hash}}] in spec order (``structure`` in place of
+    ``interface``: its interface is taken); params: {variables, assign} (``assign``: graph name ->
+    {output: variable}, the spec's read-modify-write mappings).
 
     Returns ``(variables, storage)``. ``variables`` is structural only (names, types, readers, writers,
     where the initial value comes from), so format selection keys on it and skips weight-only edits.
@@ -30,8 +45,9 @@ def run(graphs: list[dict], params: dict) -> tuple[dict, dict]:
 
 def _indexed(g: dict) -> dict:
     """``g`` with the sets the checks below look names up in, built once (a bundle has thousands of names)."""
-    return {**g, "reads": set(g["structure"]["inputs"]) | set(g["structure"]["weights"]),
-            "weight_names": set(g["structure"]["weights"])}
+    face = g["interface"] if "interface" in g else interface(g["structure"])
+    return {**g, "structure": face, "reads": set(face["inputs"]) | set(face["weights"]),
+            "weight_names": set(face["weights"])}
 
 
 def _reads(g: dict) -> set[str]:
@@ -93,7 +109,7 @@ def _check_not_steering(g: dict, names: set[str]) -> None:
     read = names & set(g["structure"]["inputs"])
     if not read:
         return
-    steering = ir_steering(g["structure"])
+    steering = g["structure"]["steering"]
     for name in sorted(read & set(steering)):
         raise GraphInvalid(f"variable {name!r} steers shapes in graph {g['name']}: {steering[name]}; a value that "
                            f"steers shapes must be known at build time, keep it a constant (leave it out of "

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import heapq
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -31,6 +33,9 @@ from ..ir.graph import Graph, Node
 from ..layouts import STANDARD, storage_shape
 from ..targets import Target
 
+SHARED_PASSES = 256  # passes kept per process (FormatPass.shared)
+_SHARED: OrderedDict[tuple[str, str], FormatPass] = OrderedDict()
+_SHARED_LOCK = threading.Lock()
 Plan = tuple[list[str | None], str] | None  # (input formats, output format) of a native call, else None
 State = tuple[str, bool]  # (format, foldable): a value's format and whether a reader may still fold it
 Pair = tuple[str, str]  # (value, destination format): one TransData
@@ -94,6 +99,24 @@ class Step:
 
 class FormatPass:
     """One graph's format insertion, parsed once; see the module docstring."""
+
+    @staticmethod
+    def shared(key: str, structure: dict, target: Target) -> FormatPass:
+        """The pass of the structure whose content hash is ``key``, kept for the next task of this process that
+        needs it: format assignment runs every reading graph's baseline pass, and each graph's ``formats``
+        task then reuses it instead of parsing the graph and running it again."""
+        memo_key = (key, target.fingerprint)
+        with _SHARED_LOCK:
+            found = _SHARED.get(memo_key)
+            if found is not None:
+                _SHARED.move_to_end(memo_key)
+                return found
+        made = FormatPass(structure, target)
+        with _SHARED_LOCK:
+            _SHARED[memo_key] = made
+            while len(_SHARED) > SHARED_PASSES:
+                _SHARED.popitem(last=False)
+        return made
 
     def __init__(self, structure: dict | Graph, target: Target):
         self.graph = structure if isinstance(structure, Graph) else Graph.from_json(structure)

@@ -15,7 +15,7 @@ so an update writes the stored bytes in place.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from ..dtypes import dtype_from_name
 from ..ir.graph import Graph
@@ -24,44 +24,63 @@ from ..targets import Target
 from .format_pass import FormatPass, natural_format, same_layout  # noqa: F401  (same_layout: part of the stage's API)
 
 NAME = "formats"
-VERSION = "3"
+VERSION = "4"  # 4: format costs measured per graph (formats.cost)
 
 
-def assign(structures: dict[str, dict], variables: dict, target: Target) -> dict[str, str]:
-    """Bundle-level step: each variable's one format, minimising the bytes TransData moves.
+def assign(structures: dict[str, dict], variables: dict, target: Target,
+           passes: Callable[[str], FormatPass] | None = None) -> dict[str, str]:
+    """``choose`` over every reading graph's ``costs``, in one call (the pipeline runs ``costs`` as a task per
+    graph, so an edit of one graph re-measures that graph only). ``passes(g)``: graph ``g``'s pass, when the
+    caller shares passes between tasks."""
+    readers = sorted({g for var in variables.values() for g in var["readers"]})
+    return choose({g: costs(passes(g) if passes else FormatPass(structures[g], target), g, variables, target)
+                   for g in readers}, variables, target)
 
-    Candidates are the natural (standard) layout and the formats the variable's readers' kernels want.
-    A candidate's cost is measured, not estimated: the TransData bytes the per-graph insertion would add on
-    every reading graph with the variable in that format (so a conversion that an elementwise kernel merely
-    moves downstream still counts); ``FormatPass.transdata_bytes`` replays only the nodes that change. Reads
+
+def costs(fp: FormatPass, graph: str, variables: dict, target: Target) -> dict[str, dict]:
+    """Per-graph step: for each variable graph ``graph`` reads, the formats its kernels want it in and the
+    TransData bytes the graph would read per inference with the variable stored in each format it may take.
+
+    A cost is measured, not estimated: the bytes the per-graph insertion adds with the variable in that format
+    (so a conversion that an elementwise kernel merely moves downstream still counts); ``FormatPass.
+    transdata_bytes`` replays only the nodes that change. Every format the target has that fits the shape is
+    measured, because another reader may propose it."""
+    table: dict[str, dict] = {}
+    for name, var in sorted(variables.items()):
+        if graph not in var["readers"]:
+            continue
+        shape = tuple(var["shape"])
+        formats = [f for f in target.formats if f not in STANDARD and accepts(f, shape)]
+        table[name] = {"wanted": sorted(_wanted_formats(name, fp)),
+                       "reads": {f: fp.transdata_bytes({name: f})
+                                 for f in [natural_format(len(shape), target), *formats]}}
+    return table
+
+
+def choose(costs: dict[str, dict[str, dict]], variables: dict, target: Target) -> dict[str, str]:
+    """Bundle-level step: each variable's one format, minimising the bytes TransData moves, from the reading
+    graphs' ``costs``.
+
+    Candidates are the natural (standard) layout and the formats the variable's readers' kernels want. Reads
     happen on every inference, so they are compared first; then the bytes the writers (init/update graphs,
     which compute standard layouts) convert per refresh; ties go to the natural layout.
     """
-    passes: dict[str, FormatPass] = {}
-
-    def reader(g: str) -> FormatPass:
-        if g not in passes:
-            passes[g] = FormatPass(structures[g], target)
-        return passes[g]
-
     chosen: dict[str, str] = {}
     for name, var in variables.items():
         shape = tuple(var["shape"])
         natural = natural_format(len(shape), target)
-        wanted = {f for g in var["readers"] for f in _wanted_formats(name, reader(g))}
+        tables = [costs[g][name] for g in var["readers"]]
+        wanted = {f for t in tables for f in t["wanted"]}
         candidates = [natural, *sorted(f for f in wanted if f not in STANDARD and accepts(f, shape))]
-        if len(candidates) == 1:
-            chosen[name] = natural
-            continue
         nbytes = math.prod(storage_shape(natural, shape)) * _itemsize(var["dtype"])
 
-        def cost(fmt: str, name: str = name, var: dict = var, nbytes: int = nbytes,
-                 natural: str = natural) -> tuple[int, int, bool]:
-            reads = sum(reader(g).transdata_bytes({name: fmt}) for g in var["readers"])
+        def cost(fmt: str, tables: list = tables, var: dict = var, nbytes: int = nbytes,
+                 natural: str = natural) -> tuple[int, int, bool, str]:
+            reads = sum(t["reads"][fmt] for t in tables)
             writes = nbytes * len(var["writers"]) * (fmt not in STANDARD)
-            return reads, writes, fmt != natural
+            return reads, writes, fmt != natural, fmt
 
-        chosen[name] = min(candidates, key=lambda f, cost=cost: (*cost(f), f))
+        chosen[name] = natural if len(candidates) == 1 else min(candidates, key=cost)
     return chosen
 
 
@@ -94,14 +113,15 @@ def transdata_bytes(structure: dict) -> int:
     return total
 
 
-def insert(structure: dict | Graph, var_formats: dict[str, str], target: Target,
+def insert(structure: dict | Graph | FormatPass, var_formats: dict[str, str], target: Target,
            assign: Mapping[str, str] | None = None) -> dict:
     """Per-graph step: every value's format, TransData nodes where a reader needs another, native nodes.
 
     ``assign`` (output -> variable) names the variable an output writes when it is not the output's own name:
     that output ends in the variable's format. An output that is a graph input passed through unchanged is
     left as it is (its name is the input's); the runtime converts it when it writes the variable."""
-    return FormatPass(structure, target).build(var_formats, assign).to_json()
+    fp = structure if isinstance(structure, FormatPass) else FormatPass(structure, target)
+    return fp.build(var_formats, assign).to_json()
 
 
 def weight_formats(structure: dict) -> dict[str, str]:

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from ..ir.external import ExternalRef
 
 NAME = "parse"
-VERSION = "4"  # 2: onnx-checked shapes / outputs are writes / unknown opsets refused; 3, 4: merges of those
+VERSION = "5"  # 2: onnx-checked shapes / outputs are writes / unknown opsets refused; 3, 4: merges of those;
+# 5: the interface dedupe reads is an output of its own
 
 
 @dataclass

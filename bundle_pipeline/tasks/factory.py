@@ -27,9 +27,10 @@ def bundle_tasks(spec: BundleSpec) -> list[Task]:
     """All tasks of one bundle in dependency order; ids are ``<bundle>/<step>:<graph>`` or ``<bundle>/<step>``.
 
     Steps: parse (structure + weight refs from the ONNX file), parse.weights (weight table: reads
-    external-data files only when they changed), dedupe, formats.assign (bundle-level variable
-    formats), formats, tiling, codegen (per graph), formats.weights (constants converted to their
-    stored formats), pack.
+    external-data files only when they changed), dedupe, formats.cost (per graph: what each
+    variable it reads costs in each format), formats.assign (bundle-level variable formats),
+    formats, tiling, codegen (per graph), formats.weights (constants converted to their stored
+    formats), pack.
     """
     b, target = spec.name, spec.target
     ids = {(stage, g.name): f"{b}/{stage}:{g.name}" for g in spec.graphs
@@ -43,15 +44,20 @@ def bundle_tasks(spec: BundleSpec) -> list[Task]:
         tasks.append(_task(b, "parse", g.name, [], {**parse_options, "role": g.role}, context))
         tasks.append(_task(b, "parse.weights", g.name, [Dep("refs", ids["parse", g.name], "refs")], {}, context))
     graph_list = [{"name": g.name, "role": g.role} for g in spec.graphs]
-    structure_deps = [Dep(f"structure:{g.name}", ids["parse", g.name], "structure") for g in spec.graphs]
+    interface_deps = [Dep(f"interface:{g.name}", ids["parse", g.name], "interface") for g in spec.graphs]
     weight_deps = [Dep(f"weights:{g.name}", f"{b}/parse.weights:{g.name}", "weights") for g in spec.graphs]
     dedupe_id, assign_id = f"{b}/dedupe", f"{b}/formats.assign"
     assign = {g.name: dict(sorted(g.assign.items())) for g in spec.graphs if g.assign}
-    tasks.append(_task(b, "dedupe", None, structure_deps + weight_deps,
+    tasks.append(_task(b, "dedupe", None, interface_deps + weight_deps,
                        {"graphs": graph_list, "variables": list(spec.variables) if spec.variables else None,
                         "assign": assign}))
-    tasks.append(_task(b, "formats.assign", None, [*structure_deps, Dep("variables", dedupe_id, "variables")],
-                       {"graphs": [g.name for g in spec.graphs], "target": target}))
+    variables_dep = Dep("variables", dedupe_id, "variables")
+    for g in spec.graphs:
+        tasks.append(_task(b, "formats.cost", g.name, [Dep("structure", ids["parse", g.name], "structure"),
+                                                       variables_dep], {"target": target}))
+    tasks.append(_task(b, "formats.assign", None,
+                       [*(Dep(f"costs:{g.name}", f"{b}/formats.cost:{g.name}", "costs") for g in spec.graphs),
+                        variables_dep], {"graphs": [g.name for g in spec.graphs], "target": target}))
     for g in spec.graphs:
         writes = {"assign": dict(sorted(g.assign.items()))} if g.assign else {}  # absent: keys as before assign
         tasks.append(_task(b, "formats", g.name, [Dep("structure", ids["parse", g.name], "structure"),
@@ -64,7 +70,7 @@ def bundle_tasks(spec: BundleSpec) -> list[Task]:
                                                   Dep("variables", dedupe_id, "variables")],
                            {"role": g.role, "options": options_for("codegen", _options(g)), "target": target,
                             **writes}))
-    formatted = [Dep(f"structure:{g.name}", ids["formats", g.name], "structure") for g in spec.graphs]
+    formatted = [Dep(f"weight_formats:{g.name}", ids["formats", g.name], "weight_formats") for g in spec.graphs]
     tasks.append(_task(b, "formats.weights", None, [*formatted, Dep("storage", dedupe_id, "storage"),
                                                     Dep("var_formats", assign_id, "var_formats")],
                        {"graphs": [g.name for g in spec.graphs]}))

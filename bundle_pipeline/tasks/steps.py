@@ -17,7 +17,9 @@ from ..ir.external import ExternalRef
 from ..ir.hashing import hash_json
 from ..runtime.formats import STANDARD, storage_shape, to_format
 from ..stages import codegen, dedupe, formats, pack, parse, tiling
+from ..stages.format_pass import FormatPass
 from ..targets import get_target
+from ..zarr_plain import RawJSON
 from .kernel_cache import KernelCache
 from .task import Task
 from .versions import VERSIONS  # noqa: F401  (steps and their versions, side by side for readers)
@@ -35,7 +37,8 @@ def step_parse(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, st
     refs: dict[str, dict] = dict(cache.put_tensors(inline))
     model_dir = Path(src["path"]).parent if "path" in src else Path()
     refs.update({n: {"external": w.to_json(model_dir)} for n, w in result.weights.items() if n not in inline})
-    return {"structure": cache.put_json(result.structure), "refs": cache.put_json(dict(sorted(refs.items())))}
+    return {"structure": cache.put_json(result.structure), "refs": cache.put_json(dict(sorted(refs.items()))),
+            "interface": cache.put_json(dedupe.interface(result.structure))}
 
 
 def step_weights(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, str]:
@@ -84,7 +87,7 @@ def _parallel(fn: Callable, items: dict) -> dict:
 def step_dedupe(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, str]:
     tables = {g["name"]: cache.get_json(inputs[f"weights:{g['name']}"]) for g in task.params["graphs"]}
     graphs = [{"name": g["name"], "role": g["role"],
-               "structure": cache.get_json(inputs[f"structure:{g['name']}"]),
+               "interface": cache.get_json(inputs[f"interface:{g['name']}"]),
                "weights": tables[g["name"]]["tensors"]}
               for g in task.params["graphs"]]
     variables, storage = dedupe.run(graphs, task.params)
@@ -94,16 +97,28 @@ def step_dedupe(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, s
     return {"variables": cache.put_json(variables), "storage": cache.put_json(storage)}
 
 
+def step_format_costs(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, str]:
+    """What each variable this graph reads would cost it in each format; a graph that reads none is not parsed."""
+    variables = cache.get_json(inputs["variables"])
+    if not any(task.graph in v["readers"] for v in variables.values()):
+        return {"costs": cache.put_json({})}
+    target = get_target(task.params["target"])
+    fp = FormatPass.shared(inputs["structure"], cache.get_json(inputs["structure"]), target)
+    return {"costs": cache.put_json(formats.costs(fp, task.graph, variables, target))}
+
+
 def step_formats_assign(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, str]:
-    structures = {g: cache.get_json(inputs[f"structure:{g}"]) for g in task.params["graphs"]}
-    chosen = formats.assign(structures, cache.get_json(inputs["variables"]), get_target(task.params["target"]))
+    costs = {g: cache.get_json(inputs[f"costs:{g}"]) for g in task.params["graphs"]}
+    chosen = formats.choose(costs, cache.get_json(inputs["variables"]), get_target(task.params["target"]))
     return {"var_formats": cache.put_json(chosen)}
 
 
 def step_formats(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, str]:
-    structure = formats.insert(cache.get_json(inputs["structure"]), cache.get_json(inputs["var_formats"]),
-                               get_target(task.params["target"]), task.params.get("assign"))
-    return {"structure": cache.put_json(structure)}
+    target = get_target(task.params["target"])
+    fp = FormatPass.shared(inputs["structure"], cache.get_json(inputs["structure"]), target)
+    structure = formats.insert(fp, cache.get_json(inputs["var_formats"]), target, task.params.get("assign"))
+    return {"structure": cache.put_json(structure),
+            "weight_formats": cache.put_json(formats.weight_formats(structure))}  # all formats.weights reads
 
 
 def step_weight_formats(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, str]:
@@ -115,7 +130,7 @@ def step_weight_formats(task: Task, cache: Cache, inputs: dict[str, str]) -> dic
     """
     storage = cache.get_json(inputs["storage"])
     var_formats = cache.get_json(inputs["var_formats"])
-    wanted = {g: formats.weight_formats(cache.get_json(inputs[f"structure:{g}"])) for g in task.params["graphs"]}
+    wanted = {g: cache.get_json(inputs[f"weight_formats:{g}"]) for g in task.params["graphs"]}
     placed: dict[str, tuple[str, str]] = {}  # stored id -> (constant id, format)
     bindings = {graph: {w: _stored_id(placed, cid, wanted[graph].get(w, "ND")) for w, cid in sorted(bound.items())}
                 for graph, bound in storage["bindings"].items()}
@@ -187,12 +202,13 @@ def step_codegen(task: Task, cache: Cache, inputs: dict[str, str]) -> dict:
 
 
 def step_pack(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, str]:
-    graphs = [{**g, "program": cache.get_json(inputs[f"program:{g['name']}"])} for g in task.params["graphs"]]
+    """The programs go into the manifest as the canonical JSON the cache holds, never decoded (``RawJSON``)."""
+    graphs = [{**g, "program": RawJSON(cache.get_object(inputs[f"program:{g['name']}"]).decode())}
+              for g in task.params["graphs"]]
     storage = cache.get_json(inputs["stored"])
     meta = pack.manifest(task.params["name"], task.params["target"], graphs, cache.get_json(inputs["variables"]),
                          cache.get_json(inputs["var_formats"]), storage)
-    digest = pack.run(meta, CachePlacer(cache, storage.get("packs", {})), task.context["out"])
-    return {"digest": digest, "manifest": cache.put_json(meta)}
+    return {"digest": pack.run(meta, CachePlacer(cache, storage.get("packs", {})), task.context["out"])}
 
 
 class CachePlacer:
@@ -225,7 +241,8 @@ class CachePlacer:
 
 
 STEPS: dict[str, Step] = {
-    "parse": step_parse, "parse.weights": step_weights, "dedupe": step_dedupe, "formats.assign": step_formats_assign,
+    "parse": step_parse, "parse.weights": step_weights, "dedupe": step_dedupe, "formats.cost": step_format_costs,
+    "formats.assign": step_formats_assign,
     "formats.weights": step_weight_formats,
     "formats": step_formats, "tiling": step_tiling, "codegen": step_codegen, "pack": step_pack,
 }

@@ -9,5 +9,6 @@ from __future__ import annotations
 from ..stages import codegen, dedupe, formats, pack, parse, tiling
 
 VERSIONS = {"parse": parse.VERSION, "parse.weights": parse.VERSION, "dedupe": dedupe.VERSION,
-            "formats.assign": formats.VERSION, "formats.weights": formats.VERSION, "formats": formats.VERSION,
+            "formats.cost": formats.VERSION, "formats.assign": formats.VERSION,
+            "formats.weights": formats.VERSION, "formats": formats.VERSION,
             "tiling": tiling.VERSION, "codegen": codegen.VERSION, "pack": pack.VERSION}

@@ -143,13 +143,18 @@ def test_chunk_shape_slabs_along_axis_0():
     assert chunk_shape((2, 1 << 20), 4, 1 << 20) == (1, 1 << 18)
 
 
-def test_default_chunks_are_about_one_mib(tmp_path):
+def test_default_chunks_are_at_most_16_mib_and_balanced(tmp_path):
     c = Cache(tmp_path / "cache")
-    arr = np.zeros((1000, 1024), dtype=np.float32)  # 4 MB: 256-row chunks of 1 MiB, edge 232 rows
+    arr = np.zeros((5000, 1024), dtype=np.float32)  # 20 MB: two chunks of 2,500 rows (10 MB), not 16 MiB + padding
     h = c.put_tensor(arr)
     chunks = sorted(n for n in tensor_files(c, h) if n != "zarr.json")
-    assert chunks == ["c.0.0", "c.1.0", "c.2.0", "c.3.0"]
-    assert len(tensor_files(c, h)["c.0.0"]) == 1 << 20
+    assert chunks == ["c.0.0", "c.1.0"]
+    assert len(tensor_files(c, h)["c.0.0"]) == len(tensor_files(c, h)["c.1.0"]) == 2500 * 4096
+
+
+def test_chunks_are_balanced_so_padding_stays_under_a_row():
+    assert chunk_shape((1000, 1024), 4, 1 << 20) == (250, 1024)  # four chunks of 250 rows, none padded
+    assert chunk_shape((1001, 1024), 4, 1 << 20) == (251, 1024)  # four chunks: 3 rows of padding in all
 
 
 def sha256(data: bytes) -> str:
@@ -157,15 +162,15 @@ def sha256(data: bytes) -> str:
 
 
 def test_chunk_hashes_are_the_sha256_of_the_chunk_files_in_order(cache):
-    arr = sample("float32", (50, 3), seed=1)  # chunk_bytes=256 -> 21 rows of 12 bytes per chunk
+    arr = sample("float32", (50, 3), seed=1)  # chunk_bytes=256: at most 21 rows of 12 bytes, balanced: 3 x 17
     h = cache.put_tensor(arr)
     hashes = cache.tensor_chunks(h)
     files = tensor_files(cache, h)
     # uncompressed little-endian chunks: the stored file is the decoded chunk
     assert hashes == [sha256(files[f"c.{i}.0"]) for i in range(3)]
-    assert hashes[0] == sha256(arr[:21].tobytes())
-    edge = np.zeros((21, 3), dtype=np.float32)
-    edge[:8] = arr[42:]
+    assert hashes[0] == sha256(arr[:17].tobytes())
+    edge = np.zeros((17, 3), dtype=np.float32)
+    edge[:16] = arr[34:]
     assert hashes[2] == sha256(edge.tobytes())  # the edge chunk is padded with zeros, as zarr does
 
 

@@ -40,7 +40,7 @@ def meta(tensors=TENSORS) -> dict:
 
 def place(by_hash: dict, tmp_path: Path) -> CachePlacer:
     """The cache's placer (hard links) over a fresh cache holding these tensors, each as its own entry."""
-    cache = Cache(tmp_path / "tensor-cache")
+    cache = Cache(tmp_path / "tensor-cache", chunk_bytes=1 << 20)  # 1 MiB chunks: the big tensor has several
     for t in by_hash.values():
         cache.put_tensor(t)
     return CachePlacer(cache, {})
