@@ -7,8 +7,8 @@ import math
 import numpy as np
 
 from .errors import BundleCorrupt
+from .formats import storage_shape
 from .runtime.bundle import open_constant, open_group, open_packed
-from .runtime.formats import storage_shape
 from .runtime.storage import PACKED_ARRAY, accounted_bytes, digest, inventory
 from .runtime.validate import validate_manifest
 

@@ -27,7 +27,7 @@ import struct
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from ..ir.hashing import canonical_json
+from ..hashing import canonical_json
 from .recent import Recent
 
 if TYPE_CHECKING:

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 import blake3
 
 from bundle_pipeline.files import NotRegularFile, kind, regular_opener
-from bundle_pipeline.ir.hashing import canonical_json
+from bundle_pipeline.hashing import canonical_json
 
 if TYPE_CHECKING:
     from bundle_pipeline.cache.store import LocalBackend

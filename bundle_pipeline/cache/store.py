@@ -78,7 +78,7 @@ from typing import TYPE_CHECKING, Any
 
 from bundle_pipeline.cache import statstate
 from bundle_pipeline.cache.recent import Recent
-from bundle_pipeline.ir.hashing import canonical_json, hash_bytes, hash_json
+from bundle_pipeline.hashing import canonical_json, hash_bytes, hash_json
 
 if TYPE_CHECKING:
     import fsspec
@@ -758,7 +758,7 @@ class Cache:
         one as its own entry (in threads). Returns name -> ``{"tensor": hash}``, plus ``"pack": pack hash``
         for a packed one: the reference ``get_tensor``/``has_tensor`` take (see ``packs.py``)."""
         from bundle_pipeline.cache import packs
-        from bundle_pipeline.ir.hashing import tensor_hash
+        from bundle_pipeline.hashing import tensor_hash
 
         tensors = _tensors()
         normal = {name: tensors.normalise(a) for name, a in arrays.items()}

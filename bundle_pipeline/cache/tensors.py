@@ -52,7 +52,7 @@ import numpy as np
 
 from bundle_pipeline import zarr_plain
 from bundle_pipeline.dtypes import EXTENDED, dtype_from_name, is_extended, storage_dtype
-from bundle_pipeline.ir.hashing import hash_json, tensor_hash
+from bundle_pipeline.hashing import hash_json, tensor_hash
 from bundle_pipeline.zarr_plain import chunk_grid, chunk_shape  # noqa: F401  (chunk_grid: for the cache)
 
 if TYPE_CHECKING:

@@ -123,7 +123,7 @@ def check_model(model: onnx.ModelProto, where: str) -> None:
 def check_opsets(model: onnx.ModelProto, where: str) -> None:
     """Every imported version of a domain the kernel library implements must be one it knows: ops of opset 99
     are not run as if they were opset 28's. (Unknown domains are refused where a node uses one.)"""
-    from ..runtime.kernels import KNOWN_OPSETS
+    from ..kernels import KNOWN_OPSETS
 
     for imp in model.opset_import:
         domain = "" if imp.domain == "ai.onnx" else imp.domain
@@ -218,7 +218,7 @@ def fold_constants(model: onnx.ModelProto, opset: int, where: str) -> tuple[onnx
 
 
 def _fold_graph(graph: onnx.GraphProto, consts: dict, types: dict, opset: int, where: str) -> bool:
-    from ..runtime.kernels import KernelError, run_kernel  # the runtime's kernels define op semantics
+    from ..kernels import KernelError, run_kernel  # the kernels define op semantics
 
     consts.update({t.name: numpy_helper.to_array(t) for t in graph.initializer if _is_const_array_proto(t)})
     pending = list(graph.node)
@@ -427,7 +427,7 @@ def _drop_dead_outputs(nodes: list[Node], g: onnx.GraphProto, types: dict) -> No
 
 
 def _check_supported(node: onnx.NodeProto, index: int, where: str) -> None:
-    from ..runtime.kernels import DOMAIN_OPS, SUPPORTED_OPS, supports_op
+    from ..kernels import DOMAIN_OPS, SUPPORTED_OPS, supports_op
 
     domain = op_domain(node)
     if domain and not supports_op(node.op_type, domain):
@@ -449,7 +449,7 @@ def _drop_unused(nodes: list[Node], g: onnx.GraphProto, consts: dict, weights: d
 
 
 def _constant_value(node: onnx.NodeProto) -> np.ndarray:
-    from ..runtime.kernels import run_kernel
+    from ..kernels import run_kernel
 
     return np.asarray(run_kernel("Constant", [], _attrs(node), 21)[0])
 

@@ -271,7 +271,7 @@ class _State:
                 if name and isinstance(v, np.ndarray)}
 
     def _run(self, node: onnx.NodeProto, args: list) -> list | None:
-        from ..runtime.kernels import run_kernel  # the runtime's kernels define op semantics
+        from ..kernels import run_kernel  # the kernels define op semantics
         from .onnx_import import _attrs
 
         domain = op_domain(node)

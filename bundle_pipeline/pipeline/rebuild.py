@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..cache import Cache
-from ..ir.hashing import hash_json
+from ..hashing import hash_json
 from ..tasks.runner import BuildContext, Lookup, cached_result, lookup
 from ..tasks.task import Task, TaskResult
 from .dag import TaskGraph

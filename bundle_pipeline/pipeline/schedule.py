@@ -92,7 +92,7 @@ def _load_steps(steps: set[str]) -> None:
 
     needed = ["bundle_pipeline.tasks.steps"]  # numpy, the stage implementations
     if "parse" in steps:  # onnx, and the kernels folding runs
-        needed += ["bundle_pipeline.ir.onnx_import", "bundle_pipeline.runtime.kernels"]
+        needed += ["bundle_pipeline.ir.onnx_import", "bundle_pipeline.kernels"]
     for module in needed:
         import_module(module)
 

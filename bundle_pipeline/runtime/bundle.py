@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import formats
 from ..dtypes import dtype_from_name, storage_dtype
 from ..errors import BundleCorrupt, BundleError, ParamInvalid, RuntimeFailure
-from ..ir.hashing import tensor_hash
-from . import formats
+from ..hashing import tensor_hash
 from .executor import Executor, VariableStore
 from .storage import Inventory, accounted_bytes, check_chunk_files, inventory, manifest_cap
 from .validate import FORMAT_VERSIONS as SUPPORTED_FORMAT_VERSIONS  # noqa: F401  (one definition)

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .formats import (
+from ..formats import (
     C0,
     FORMATS,
     STANDARD,
@@ -56,10 +56,10 @@ from .formats import (
     to_format,
     zero_padding,
 )
-from .kernels import run_kernel
-from .kernels._registry import KernelError, norm_axes, norm_axis, wide
-from .kernels.nn import window_geometry, windows
-from .kernels.tensor import axes_from
+from ..kernels import run_kernel
+from ..kernels._registry import KernelError, norm_axes, norm_axis, wide
+from ..kernels.nn import window_geometry, windows
+from ..kernels.tensor import axes_from
 
 __all__ = ["ELEMENTWISE_OPS", "NPU_FORMAT_OPS", "Call", "KernelError", "NativeOp", "run_npu_kernel", "supports"]
 

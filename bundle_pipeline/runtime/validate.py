@@ -25,8 +25,8 @@ import re
 from ..dtypes import EXTENDED, dtype_from_name
 from ..errors import BundleCorrupt, ParamInvalid, RuntimeFailure
 from ..ir.graph import UNKNOWN_DTYPE, split_container, tensor_dtype
+from ..kernels import KNOWN_OPSETS, SUPPORTED_OPS, supports_op
 from .control import BODY_ATTRS, CONTROL_OPS, KERNEL_GRAPH_ATTRS
-from .kernels import KNOWN_OPSETS, SUPPORTED_OPS, supports_op
 from .npu import NPU_FORMAT_OPS
 from .storage import PACKED_ARRAY
 

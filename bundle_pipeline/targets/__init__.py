@@ -9,7 +9,7 @@ from importlib import resources
 import yaml
 
 from ..errors import ParamInvalid
-from ..ir.hashing import hash_json
+from ..hashing import hash_json
 
 KNOWN_TARGETS = ("cpu", "npu")
 

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from ..cache import Cache, CacheMiss
 from ..errors import BundleIOError, GraphInvalid
-from ..ir.hashing import hash_json
+from ..hashing import hash_json
 from ..targets import get_target
 from .sources import external_digests, source_digest
 from .task import Task, TaskResult, input_hashes, task_key, timed

@@ -7,7 +7,7 @@ from pathlib import Path
 from ..cache import Cache
 from ..errors import BundleIOError
 from ..files import NotRegularFile, describe_error
-from ..ir.hashing import hash_bytes
+from ..hashing import hash_bytes
 
 
 def source_digest(src: dict, cache: Cache, where: str) -> str:

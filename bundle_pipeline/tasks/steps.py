@@ -13,9 +13,9 @@ from pathlib import Path
 
 from ..cache import Cache, CacheMiss
 from ..cache.packs import SMALL_TENSOR_BYTES, stored_bytes
+from ..formats import STANDARD, storage_shape, to_format
+from ..hashing import hash_json
 from ..ir.external import ExternalRef
-from ..ir.hashing import hash_json
-from ..runtime.formats import STANDARD, storage_shape, to_format
 from ..stages import codegen, dedupe, formats, pack, parse, tiling
 from ..stages.format_pass import FormatPass
 from ..targets import get_target

@@ -13,7 +13,7 @@ import fsspec
 import pytest
 
 from bundle_pipeline.cache import Cache, statstate
-from bundle_pipeline.ir.hashing import hash_bytes
+from bundle_pipeline.hashing import hash_bytes
 
 HOUR_NS = 3600 * 10**9
 

@@ -10,8 +10,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bundle_pipeline.runtime.formats import FORMATS, from_format, pad_mask, storage_shape, to_format
-from bundle_pipeline.runtime.kernels import SUPPORTED_OPS, KernelError, run_kernel
+from bundle_pipeline.formats import FORMATS, from_format, pad_mask, storage_shape, to_format
+from bundle_pipeline.kernels import SUPPORTED_OPS, KernelError, run_kernel
 from bundle_pipeline.runtime.npu import ELEMENTWISE_OPS, NPU_FORMAT_OPS, run_npu_kernel, supports
 
 NZ, NC, FZ = "FRACTAL_NZ", "NC1HWC0", "FRACTAL_Z"

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ...dtypes import EXTENDED
+from ..dtypes import EXTENDED
 
 Inputs = list[np.ndarray | None]
 Attrs = dict[str, Any]

@@ -25,7 +25,7 @@ from functools import cache
 
 import numpy as np
 
-from ..layouts import C0, FORMATS, STANDARD, FormatError, accepts, c0_blocks, check_layout, storage_shape  # noqa: F401
+from .layouts import C0, FORMATS, STANDARD, FormatError, accepts, c0_blocks, check_layout, storage_shape  # noqa: F401
 
 
 def c_contiguous(x: np.ndarray) -> np.ndarray:
