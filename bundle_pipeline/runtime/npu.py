@@ -58,7 +58,7 @@ from ..formats import (
 )
 from ..kernels import run_kernel
 from ..kernels._registry import KernelError, norm_axes, norm_axis, wide
-from ..kernels.nn import window_geometry, windows
+from ..kernels._windows import window_geometry, windows
 from ..kernels.tensor import axes_from
 
 __all__ = ["ELEMENTWISE_OPS", "NPU_FORMAT_OPS", "Call", "KernelError", "NativeOp", "run_npu_kernel", "supports"]
