@@ -4,7 +4,7 @@ The per-graph pass (kernel formats, TransData, what-if costs) is ``format_pass.p
 
 Per node the target's kernel table says which formats each input position takes and what comes out;
 a native kernel (npu: Conv in NC1HWC0 x FRACTAL_Z, MatMul in FRACTAL_NZ, elementwise in the operands'
-format...) is used when ``runtime.npu.supports`` accepts the call, else the node runs the portable
+format...) is used when ``targets.npu.supports`` accepts the call, else the node runs the portable
 kernel on standard layouts (ND / NCHW, which are the same row-major bytes). Where a value is in another
 format than its reader wants, a TransData node converts it, except for weights: their conversion is
 folded into the stored constant (the ``formats.weights`` task transforms the bytes). Feeds and infer
