@@ -79,8 +79,8 @@ def run_stale(dag: TaskGraph, stale: list[str], resolved: dict[str, TaskResult],
         with _local_getter("threads", None, notify) as here:
             _load_steps({dag.tasks[t].step for t in stale if on_client(dag.tasks[t].step)})
             setup = time.perf_counter() - began
-            for on_client, ids in _batches(dag, stale):
-                done.update(_run_batch(here if on_client else get, dag, ids, {**resolved, **done}, ctxs))
+            for client_side, ids in _batches(dag, stale):
+                done.update(_run_batch(here if client_side else get, dag, ids, {**resolved, **done}, ctxs))
     return done, setup
 
 
