@@ -1,4 +1,4 @@
-"""Task records under ``actions/<key[:2]>/<key>``, checksummed so truncation is detected; keeps no state.
+"""Owns ``actions/<key[:2]>/<key>``: task records, checksummed so a torn or edited record reads as a miss.
 
 An action file is the canonical JSON ``{"checksum": hash_json(record), "record": record, "v": 1}``; a file
 that does not decode to that, with a matching checksum, is no record (a miss, never an error).

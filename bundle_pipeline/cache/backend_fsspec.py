@@ -1,4 +1,4 @@
-"""The fsspec backend: file operations on a remote cache root (S3, GCS, memory://, ...); keeps no state.
+"""File operations on a remote cache root through fsspec (S3, GCS, memory://); holds the fs and root only.
 
 Every write goes to a ``.tmp-`` name next to its destination and is then moved into place with ``fs.mv``,
 except on object stores whose single PUT is all-or-nothing (S3, GCS, Azure, ``memory://``): a file is PUT

@@ -1,4 +1,4 @@
-"""The local-disk backend: file operations on a local cache root with plain ``os`` calls; keeps no state.
+"""File operations on a local cache root with plain ``os`` calls; holds the root path only.
 
 Every write goes to a ``.tmp-`` name next to its destination and is then renamed into place with
 ``os.replace`` (atomic); tensor directories are written under a temp name and renamed whole. A reader

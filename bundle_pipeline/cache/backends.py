@@ -1,4 +1,4 @@
-"""Picks the backend (local disk or fsspec) for a cache root; keeps no state.
+"""Picks the backend (local disk or fsspec) for a cache root; stateless.
 
 fsspec is imported only for URLs: planning a build on a local cache (a no-op run) reads JSON records only.
 """

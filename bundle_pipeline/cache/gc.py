@@ -1,4 +1,4 @@
-"""``cache gc``: remove temp leftovers and entries no kept build needs, or evict down to a size; keeps no state.
+"""``cache gc``: removes temps and entries no kept build reaches, or evicts to a size; stateless.
 
 Reachability (``gc(keep_actions=...)``): a kept action keeps the objects named by the values of
 its record's ``"outputs"`` dict (a hash, or a list of hashes). A kept object whose bytes are a JSON

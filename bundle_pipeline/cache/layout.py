@@ -1,4 +1,4 @@
-"""The names on a cache root (areas, entry, temp and marker names) and the checks on them; keeps no state.
+"""The names on a cache root (areas, entries, temps, the marker) and the checks on them; stateless.
 
 On-disk state
 -------------

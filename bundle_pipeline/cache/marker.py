@@ -1,4 +1,4 @@
-"""The marker file ``bundle-pipeline-cache.json`` that tells a cache root from a user's directory; no other state.
+"""Owns the root's marker file ``bundle-pipeline-cache.json``, which tells a cache from a user's directory.
 
 A root gets the marker when this process creates it (``LocalBackend``), when a build first uses it (``claim``)
 or when ``cache info|verify|gc`` adopt a cache made before markers existed (``require``). Commands that

@@ -1,4 +1,4 @@
-"""The object store: bytes under ``objects/<h[:2]>/<h>`` named by their blake3 hash; keeps ``RECENT_JSON``.
+"""Owns ``objects/``: bytes named by their blake3 hash; in memory, ``RECENT_JSON`` (decoded outputs).
 
 State kept: ``RECENT_JSON``, the stage outputs this process decoded or encoded lately, each with the stat of
 the file it came from, so a build's tasks read each other's outputs (a structure is read by four later stages)

@@ -1,4 +1,4 @@
-"""Input stat state: hash an input file once, then trust its stat signature until it changes.
+"""Owns ``state/stat.json`` and ``state/outputs.json``: this machine's input stat signatures and output records.
 
 On-disk state
 -------------

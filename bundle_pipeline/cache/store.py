@@ -1,4 +1,4 @@
-"""The ``Cache`` facade over one cache root; keeps the root's backend and this machine's stat and output state.
+"""The ``Cache`` facade: holds one root's backend, its options and this machine's stat and output state.
 
 The jobs live in their own modules; this one wires them to a root and is what other packages import:
 

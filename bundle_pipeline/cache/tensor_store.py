@@ -1,4 +1,4 @@
-"""Tensors in the cache: entries of their own (``tensors.py``) or packs (``packs.py``); keeps no state of its own.
+"""Tensors as entries (``tensors.py``) or packs (``packs.py``), placed into bundles; owns the chunk-digest memos.
 
 Local tensor entries also get an action memo of their chunk files' sha256 by file stat (``entry_memo_key``),
 so a bundle that hard-links them hashes nothing when nothing changed. ``tensors.py`` (numpy, zarr) is imported
@@ -12,7 +12,6 @@ import hashlib
 import os
 import struct
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from bundle_pipeline.cache.actions import get_action, put_action
@@ -97,6 +96,8 @@ def put_tensors(backend: Backend, arrays: Mapping[str, Any], chunk_bytes: int) -
         refs.update({name: {"tensor": h, "pack": pack} for name, h in hashes.items()})
     big = sorted(set(normal) - set(small))
     if big:
+        from concurrent.futures import ThreadPoolExecutor  # not at import: a no-op build stores nothing
+
         with ThreadPoolExecutor(max_workers=min(len(big), os.cpu_count() or 2)) as pool:
             refs.update({name: {"tensor": h} for name, h in zip(big, pool.map(
                 lambda n: put_tensor(backend, normal[n], chunk_bytes), big), strict=True)})

@@ -1,4 +1,4 @@
-"""Tensor store: numpy arrays as uncompressed zarr v3 arrays named by their ``tensor_hash``.
+"""Owns ``tensors/<h[:2]>/<h>/``: one uncompressed zarr v3 array per ``tensor_hash``; nothing in memory.
 
 On-disk state
 -------------

@@ -1,4 +1,4 @@
-"""``cache info`` and ``cache verify``: count and re-hash the entries of a cache root; keeps no state."""
+"""``cache info`` and ``cache verify``: count and re-hash a root's entries, deleting corrupt ones; stateless."""
 
 from __future__ import annotations
 
