@@ -1,4 +1,4 @@
-"""Input stat state: hash an input file once, then trust its stat signature until it changes.
+"""Owns ``state/stat.json`` and ``state/outputs.json``: this machine's input stat signatures and output records.
 
 On-disk state
 -------------
@@ -54,7 +54,7 @@ from bundle_pipeline.files import NotRegularFile, kind, regular_opener
 from bundle_pipeline.ir.hashing import canonical_json
 
 if TYPE_CHECKING:
-    from bundle_pipeline.cache.store import LocalBackend
+    from bundle_pipeline.cache.backend_local import LocalBackend
 
 STATE_FORMAT = 1
 READ_BYTES = 8 << 20
