@@ -6,7 +6,8 @@ widest item (header words included) within the width; otherwise it is printed as
 ``field: value`` line per field, the value's items wrapped under it. A line is wider than the width only
 when a single item (a name longer than the width) is: a terminal folds it, a file keeps it whole.
 
-rich is imported only when something is drawn: a no-op ``run`` must not load it.
+The layout is computed here; rich only styles titles and headers on a terminal, and is imported only when
+something is printed (a no-op ``run`` must not load it).
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def wrap(items: Sequence[str], sep: str, width: int, first: int) -> list[str]:
 
 def text_width(text: str) -> int:
     """Display columns (a CJK character takes two), as rich counts them."""
+    if text.isascii():
+        return len(text)
     from rich.cells import cell_len
 
     return cell_len(text)
@@ -145,40 +148,53 @@ def output_width(stream: TextIO) -> int:
 
 def show(blocks: Sequence[Table | Cell], stream: TextIO) -> None:
     """Print text lines (a Cell, word-wrapped) and tables, each table as columns or, if they cannot fit, as
-    records; sections are separated by a blank line."""
+    records; sections are separated by a blank line. Titles and headers are bold on a terminal."""
+    width = output_width(stream)
+    lines: list[tuple[str, str]] = []  # (text, style)
+    for i, block in enumerate(blocks):
+        if i:
+            lines.append(("", ""))
+        if isinstance(block, Cell):
+            lines += [(line, "") for line in block.lines(width)]
+            continue
+        lines.append((block.title, "bold"))
+        widths = block.widths(width)
+        lines += [(line, "") for line in block.records(width)] if widths is None else _columns(block, widths)
+    _write(lines, stream)
+
+
+def _columns(table: Table, widths: list[int]) -> list[tuple[str, str]]:
+    """Header (bottom-aligned, bold), a rule, then the rows; every cell was wrapped to its column's width."""
+    def rows(cells: Sequence[Cell], bottom_aligned: bool) -> list[str]:
+        wrapped = [c.lines(w) for c, w in zip(cells, widths, strict=True)]
+        height = max(len(w) for w in wrapped)
+        wrapped = [[""] * (height - len(w)) + w if bottom_aligned else w + [""] * (height - len(w)) for w in wrapped]
+        return [(" " * GAP).join(_pad(text, w) for text, w in zip(line, widths, strict=True)).rstrip()
+                for line in zip(*wrapped, strict=True)]
+
+    out = [(line, "bold") for line in rows([cell(*label.split(" ")) for label in table.header], bottom_aligned=True)]
+    out.append(("─" * (sum(widths) + GAP * (len(widths) - 1)), ""))
+    for row in table.rows:
+        out += [(line, "") for line in rows(row, bottom_aligned=False)]
+    return out
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * (width - text_width(text))
+
+
+def _write(lines: list[tuple[str, str]], stream: TextIO) -> None:
+    """Plain text in a pipe or a file; on a terminal rich adds the styles (and honours NO_COLOR, TERM=dumb).
+    Lines are printed as they are: rich never wraps, folds or reads markup in them."""
     from rich.console import Console
     from rich.text import Text
 
-    width = output_width(stream)
-    console = Console(file=stream, width=width, highlight=False, soft_wrap=True)
-    with console.capture() as captured:
-        for i, block in enumerate(blocks):
-            if i:
-                console.print()
-            if isinstance(block, Cell):
-                for line in block.lines(width):
-                    console.print(Text(line))  # Text: a name is never read as markup or an :emoji:
-                continue
-            console.print(Text(block.title, style="bold"))
-            widths = block.widths(width)
-            if widths is None:
-                for line in block.records(width):
-                    console.print(Text(line))
-            else:
-                console.print(_rich_table(block, widths))
-    stream.write("".join(line.rstrip(" ") + "\n" for line in captured.get().splitlines()))
-
-
-def _rich_table(table: Table, widths: list[int]):
-    """Columns of exactly ``widths``, every cell wrapped beforehand, so rich never folds or cuts a name."""
-    from rich import box
-    from rich.table import Table as RichTable
-    from rich.text import Text
-
-    drawn = RichTable(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, GAP - 1, 0, 0))
-    for label, width in zip(table.header, widths, strict=True):
-        header = "\n".join(cell(*label.split(" ")).lines(width))
-        drawn.add_column(Text(header), width=width, no_wrap=False, overflow="fold")
-    for row in table.rows:
-        drawn.add_row(*(Text("\n".join(value.lines(width))) for value, width in zip(row, widths, strict=True)))
-    return drawn
+    console = Console(file=stream, highlight=False, soft_wrap=True)
+    if not console.is_terminal or console.no_color or console.color_system is None:
+        stream.write("".join(f"{line}\n" for line, _ in lines))
+        return
+    text = Text()
+    for line, style in lines:
+        text.append(line, style=style or None)
+        text.append("\n")
+    console.print(text, end="")
