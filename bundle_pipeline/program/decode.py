@@ -163,7 +163,8 @@ def _common(d: Mapping, what: str, depth: int) -> dict[str, Any]:
     _need(type(arena) is int and arena >= 0, f"bad arena_bytes {_short(arena)}")
     return {"graph": _typed(d.get("graph"), str, f"{what}'s graph name"),
             "opset": _typed(d.get("opset"), int, f"{what}'s opset"), "opsets": _opsets(d), "consts": consts,
-            "values": _plans(d, what), "steps": tuple(_step(s, depth) for s in steps), "arena_bytes": arena}
+            "values": _plans(d, what), "steps": tuple(_step(s, i, depth) for i, s in enumerate(steps)),
+            "arena_bytes": arena}
 
 
 def _program(d: object) -> Program:
@@ -190,11 +191,13 @@ def _body(d: object, depth: int) -> Body:
                 outputs=_entries(b, "outputs", "the body", _value))
 
 
-def _step(s: object, depth: int) -> Step:
-    _need(isinstance(s, dict), "a step is not a mapping")
+def _step(s: object, index: int, depth: int) -> Step:
+    """One step; a problem names its node (and op), or its index when it has no node name."""
+    _need(isinstance(s, dict), f"step {index} is not a mapping")
     d: dict = s  # type: ignore[assignment]
     node, op = d.get("node"), d.get("op")
-    _need(type(node) is str and type(op) is str, "a step has no node name or op")
+    _need(type(node) is str, f"step {index} has no node name")
+    _need(type(op) is str, f"node {node!r} (step {index}) has no op")
     try:
         return _typed_step(d, node, op, depth)  # type: ignore[arg-type]
     except _Placed:
