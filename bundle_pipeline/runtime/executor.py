@@ -152,13 +152,23 @@ class Executor:
         if step.bodies:  # graph attributes (FlexAttention's score_mod): they become callables
             args, attrs = graph_callables(self.bodies[step.node], args, attrs)
         if step.impl == "high_performance":  # op_select_implmode: the approximate kernel (before any precision)
-            return approx.run(step.op, args, attrs)
+            return self._approximate(step, args, attrs)
         if step.precision == "fp16":
             # cube inputs rounded to fp16, products accumulated in fp32 as on the device
             args = [_fp16(a) if i < 2 else a for i, a in enumerate(args)]
         elif step.precision == "fp16_round":  # force_fp16 on a vector op: fp16 in, fp16 out (kept as float32)
             return [_fp16(out) for out in self._dispatch(step, attrs, [_fp16(a) for a in args])]
         return self._dispatch(step, attrs, args)
+
+    @staticmethod
+    def _approximate(step: KernelStep, args: list[np.ndarray | None], attrs: dict) -> list[np.ndarray]:
+        """The approximate elementwise kernel; on a formatted (native) value it maps the zero padding lanes to
+        f(0) (0.5 for Sigmoid, 1 for Exp), which later native kernels (a reduction over C) would read: the
+        padding is zeroed again."""
+        out = approx.run(step.op, args, attrs)[0]
+        if step.native and step.layout is not None and step.layout.out_format not in STANDARD:
+            out[formats.pad_mask(step.layout.out_format, step.layout.out_shape)] = 0
+        return [out]
 
     def _dispatch(self, step: KernelStep, attrs: dict, args: list[np.ndarray | None]) -> list[np.ndarray]:
         """The target's native kernel on formatted data, or the portable kernel on standard layouts."""
