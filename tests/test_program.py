@@ -240,3 +240,12 @@ def test_the_shared_constants_agree_with_their_users(built):
     manifest["format_version"] = program.FORMAT_VERSION + 1
     with pytest.raises(BundleCorrupt, match="format_version"):
         validate_manifest(manifest, "b.bundle")
+
+
+def test_a_program_of_an_older_codegen_without_arena_bytes_by_reuse_still_loads(built):
+    """Format-1 bundles from before 2026-11-26 lack it; only inspect reads it."""
+    manifest = _manifest(built)
+    del manifest["graphs"][0]["program"]["arena_bytes_by_reuse"]
+    programs = validate_manifest(manifest, "b.bundle")
+    assert programs["g"].arena_bytes_by_reuse is None
+    assert encode(programs["g"]) == manifest["graphs"][0]["program"]

@@ -171,8 +171,9 @@ def _program(d: object) -> Program:
     _need(isinstance(d, dict), "no program")
     p: dict = d  # type: ignore[assignment]
     _need(p.get("role") in ROLES, f"the program has a bad role {_short(p.get('role'))}")
-    by_reuse = _mapping(p, "arena_bytes_by_reuse", "the program")
-    _need(sorted(by_reuse) == ["off", "on"] and all(type(v) is int for v in by_reuse.values()),
+    by_reuse = p.get("arena_bytes_by_reuse")  # read by inspect only; older bundles lack it
+    _need(by_reuse is None or (isinstance(by_reuse, dict) and sorted(by_reuse) == ["off", "on"]
+                               and all(type(v) is int for v in by_reuse.values())),
           "'arena_bytes_by_reuse' is not {on, off} byte counts")
     formats = _mapping(p, "formats", "the program", required=False)
     _need(all(type(v) is str for v in formats.values()), "'formats' maps a value to a non-string")

@@ -214,7 +214,8 @@ class Program(_Code):
     weights: tuple[str, ...]  # weights bound to constants of the bundle
     outputs: tuple[Output, ...]
     reuse_memory: bool
-    arena_bytes_by_reuse: Mapping[str, int]  # {"on", "off"}: what inspect shows for the other setting
+    # {"on", "off"}: what inspect shows for the other setting; None in bundles of codegen before 2026-11-26
+    arena_bytes_by_reuse: Mapping[str, int] | None
     formats: Mapping[str, str]  # value -> its storage format, for values not in a standard layout
 
     def to_json(self) -> dict:
@@ -224,8 +225,9 @@ class Program(_Code):
                 "outputs": [o.to_json() for o in self.outputs],
                 "values": {k: p.to_json() for k, p in self.values.items()},
                 "steps": [s.to_json() for s in self.steps], "arena_bytes": self.arena_bytes,
-                "reuse_memory": self.reuse_memory, "arena_bytes_by_reuse": dict(self.arena_bytes_by_reuse),
-                "formats": dict(self.formats)}
+                "reuse_memory": self.reuse_memory, "formats": dict(self.formats),
+                **({"arena_bytes_by_reuse": dict(self.arena_bytes_by_reuse)}
+                   if self.arena_bytes_by_reuse is not None else {})}
 
 
 def encode(program: Program) -> dict:
