@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from bundle_pipeline.program import encode
+
 BENCH_DIR = Path(__file__).resolve().parent
 TESTS_DIR = BENCH_DIR.parent / "tests"
 DEFAULT_RESULTS = BENCH_DIR / "results" / "memory.json"
@@ -113,13 +115,13 @@ def peak_step(executor, feeds: dict[str, np.ndarray]) -> dict:
     worst = {"bytes": 0, "node": None, "op": None}
     tracemalloc.start()
     try:
-        for step, attrs in zip(executor.program["steps"], executor.attrs, strict=True):
+        for index, (step, attrs) in enumerate(zip(executor.program.steps, executor.attrs, strict=True)):
             base = tracemalloc.get_traced_memory()[0]
             tracemalloc.reset_peak()
-            executor.run_step(step, attrs, env)
+            executor.run_step(step, attrs, env, index)
             used = tracemalloc.get_traced_memory()[1] - base
             if used > worst["bytes"]:
-                worst = {"bytes": used, "node": step["node"], "op": step["op"]}
+                worst = {"bytes": used, "node": step.node, "op": step.op}
     finally:
         tracemalloc.stop()
     return worst
@@ -133,7 +135,7 @@ def measure(name: str, spec: Path, feeds_of: Feeds, work: Path) -> list[dict]:
             if role != "infer":
                 continue
             executor = bundle.executors[graph]
-            program = executor.program
+            program = encode(executor.program)  # the program as the bundle stores it
             assert executor.arena.nbytes == program["arena_bytes"]
             feeds = feeds_of(np.random.default_rng(0))
             peak_in_place, out_bytes = run_peak(executor, feeds, True)

@@ -245,13 +245,13 @@ def _output_files(loaded, graph: str, bundle: Path, out_dir: Path, feeds: list[s
         raise ParamInvalid("-o takes a directory (outputs are written as NAME.npy in it), and this is not one",
                            str(out_dir))
     files: dict[str, Path] = {}
-    for out in loaded.executors[graph].program["outputs"]:
-        path = out_dir / f"{_file_safe(out['name'])}.npy"
+    for out in loaded.executors[graph].program.outputs:
+        path = out_dir / f"{_file_safe(out.name)}.npy"
         clash = next((n for n, p in files.items() if p == path), None)
         if clash is not None:
-            raise ParamInvalid(f"outputs {clash!r} and {out['name']!r} would both be written to {path.name}", "-o")
-        check_new_file(path, guarded, force, f"output {out['name']!r}")
-        files[out["name"]] = path
+            raise ParamInvalid(f"outputs {clash!r} and {out.name!r} would both be written to {path.name}", "-o")
+        check_new_file(path, guarded, force, f"output {out.name!r}")
+        files[out.name] = path
     return files
 
 

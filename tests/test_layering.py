@@ -54,23 +54,6 @@ HOW_TO_FIX = {
           "(program.py for the program encoding, hashing.py, dtypes.py) and import it from there",
 }
 
-# ---- PENDING: what other issue-15 branches still fix. The lead deletes each entry when merging its branch;
-# an entry that no longer matches anything fails the test, so none outlives its fix. Keep this list exact. ----
-
-# (importer, imported): H3 (program schema) moves decode_attr, decode_tensor, split_container, tensor_dtype,
-# UNKNOWN_DTYPE and CONTROL_OPS from ir/graph.py to program.py, and the runtime imports them from there.
-PENDING_IMPORTS = {
-    ("bundle_pipeline.runtime.control", "bundle_pipeline.ir.graph"),
-    ("bundle_pipeline.runtime.executor", "bundle_pipeline.ir.graph"),
-    ("bundle_pipeline.runtime.validate", "bundle_pipeline.ir.graph"),
-}
-# Modules still over the size limit: none (H2's split of cache/store.py is merged).
-PENDING_SIZES: set[str] = set()
-# Import circles, each as the set of modules of one strongly connected component: none (H2 broke the cache's
-# store/statstate/tensors circle).
-PENDING_CIRCLES: set[frozenset[str]] = set()
-
-
 @dataclass(frozen=True)
 class Import:
     importer: str
@@ -151,7 +134,7 @@ def test_modules_import_only_their_own_layer_or_lower():
     problems = []
     for imp in all_imports():
         src, dst = layer(imp.importer), layer(imp.imported)
-        if dst in ALLOWED[src] or (imp.importer, imp.imported) in PENDING_IMPORTS:
+        if dst in ALLOWED[src]:
             continue
         fix = HOW_TO_FIX.get(dst, f"move the code {imp.importer} needs down into a layer '{src}' may import, or move "
                                   f"{imp.importer} up")
@@ -178,32 +161,19 @@ def test_no_import_circle():
     circles = [set(c) for c in nx.strongly_connected_components(graph) if len(c) > 1]
     problems = [f"import circle: {describe_circle(graph, c)}. Fix: move what the modules share into a module both "
                 f"import (lower in the layering), or pass it in as an argument; a lazy import inside a function "
-                f"still counts." for c in circles if frozenset(c) not in PENDING_CIRCLES]
+                f"still counts." for c in circles]
     assert not problems, "\n".join(problems)
 
 
 def test_no_module_over_the_size_limit():
     problems = []
-    for name, path in modules().items():
+    for path in modules().values():
         lines = len(path.read_text().splitlines())
-        if lines > MAX_LINES and name not in PENDING_SIZES:
+        if lines > MAX_LINES:
             problems.append(f"{path.relative_to(PACKAGE.parent)} has {lines} lines (limit {MAX_LINES}, aim for 400). "
                             f"Fix: split it by job into modules of one purpose each (as kernels/ is split by op "
                             f"family) and update its importers.")
     assert not problems, "\n".join(problems)
-
-
-def test_pending_allowances_are_still_needed():
-    """An allowance whose problem is gone must be deleted, so the list stays the exact to-do of issue 15."""
-    found_imports = {(i.importer, i.imported) for i in all_imports()}
-    stale = [f"PENDING_IMPORTS entry {pair} no longer occurs" for pair in sorted(PENDING_IMPORTS - found_imports)]
-    sizes = {n for n, p in modules().items() if len(p.read_text().splitlines()) > MAX_LINES}
-    stale += [f"PENDING_SIZES entry {n} is within {MAX_LINES} lines now (or gone)"
-              for n in sorted(PENDING_SIZES - sizes)]
-    circles = {frozenset(c) for c in nx.strongly_connected_components(import_graph()) if len(c) > 1}
-    stale += [f"PENDING_CIRCLES entry {sorted(c)} is no longer a circle" for c in PENDING_CIRCLES - circles]
-    assert not stale, ("stale allowances in tests/test_layering.py: " + "; ".join(stale)
-                       + ". Fix: delete them (the problem they allowed is fixed).")
 
 
 def test_the_checker_sees_lazy_relative_and_package_imports():

@@ -69,9 +69,9 @@ class PaddingChecker(Executor):
 
     def store(self, step, name, value):
         view = super().store(step, name, value)
-        plan = self.program["values"][name]
-        if "format" in plan:
-            assert not np.any(view[pad_mask(plan["format"], tuple(plan["shape"]))]), (step["node"], name)
+        plan = self.program.values[name]
+        if plan.format is not None:
+            assert not np.any(view[pad_mask(plan.format, plan.shape)]), (step.node, name)
             PaddingChecker.checked += 1
         return view
 

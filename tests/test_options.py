@@ -338,3 +338,28 @@ def test_memory_benchmark_reports_the_plan_and_the_run(tmp_path):
     assert on["arena_bytes"] < off["arena_bytes"] == on["arena_bytes_other"]
     assert on["run_peak_bytes"] > 0 and on["peak_step"]["op"] == "Conv"  # im2col dominates the cnn
     assert on["total_peak_bytes"] == on["arena_bytes"] + on["run_peak_bytes"]
+
+
+def test_high_performance_native_kernels_keep_padding_lanes_zero(tmp_path):
+    """An approximate Sigmoid on NC1HWC0 data (C=20 padded to 32) must not leave sigmoid(0) = 0.5 in the
+    padding lanes: the native ReduceSum over C after it read them (an error of 6.0 before)."""
+    w = helper.make_tensor("w", TensorProto.FLOAT, (20, 20, 1, 1),
+                           (0.2 * np.random.default_rng(1).standard_normal(400)).astype(np.float32).tolist())
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Sigmoid", ["c"], ["s"]),
+         helper.make_node("ReduceSum", ["s", "axes"], ["y"], keepdims=1)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, (1, 20, 4, 4))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, (1, 1, 4, 4))],
+        initializer=[w, numpy_helper.from_array(np.array([1], np.int64), "axes")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    buffer = bp.bundle_build_model([bp.GraphWithOptions(model, {"op_select_implmode": "high_performance"},
+                                                        role="infer", name="g")], target="npu",
+                                   cache=str(tmp_path / "cache"))
+    bp.bundle_save_model(str(tmp_path / "b.zip"), buffer)
+    bundle = load_bundle(str(tmp_path / "b.zip"))
+    sigmoid = next(s for s in bundle.executors["g"].program.steps if s.op == "Sigmoid")
+    assert sigmoid.native and sigmoid.impl == "high_performance" and sigmoid.layout.out_format == "NC1HWC0"
+    x = np.random.default_rng(0).standard_normal((1, 20, 4, 4)).astype(np.float32)
+    got = bundle.run("g", {"x": x})["y"]
+    # 20 channels, each within approx.BOUNDS["Sigmoid"] (2e-5 absolute)
+    np.testing.assert_allclose(got, ort_run(model, {"x": x})["y"], rtol=0, atol=20 * 2e-5 + 1e-5)

@@ -33,7 +33,6 @@ optional is None. They are never weights, consts or variables; feeds and graph o
 
 from __future__ import annotations
 
-import base64
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,41 +40,28 @@ from typing import TYPE_CHECKING, Any
 
 from ..dtypes import dtype_from_name
 
+# the program-encoding helpers live in the program layer (the runtime reads them there); the IR spells
+# values and inline tensors the same way
+from ..program import (  # noqa: F401  (re-exported for ir modules)
+    CONTAINERS,
+    CONTROL_OPS,
+    UNKNOWN_DTYPE,
+    container_dtype,
+    decode_attr,
+    decode_tensor,
+    encode_tensor,
+    split_container,
+    tensor_dtype,
+)
+
 if TYPE_CHECKING:  # numpy loads with the first tensor: planning a build handles no arrays
     import numpy as np
 
 IR_VERSION = 1
-CONTROL_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})  # ops whose attributes hold bodies
 # ops that make or read sequences/optionals (never folded at compile time: their values are not tensors)
 SEQUENCE_OPS = frozenset({"SequenceEmpty", "SequenceConstruct", "SequenceInsert", "SequenceAt", "SequenceErase",
                           "SequenceLength", "SplitToSequence", "ConcatFromSequence", "SequenceMap", "Optional",
                           "OptionalHasElement", "OptionalGetElement"})
-UNKNOWN_DTYPE = "unknown"  # a body value inference could not type (a branch that cannot run on these shapes)
-CONTAINERS = ("seq", "optional")  # dtype "seq(<elem>)" / "optional(<elem>)": see the module docstring
-
-
-def container_dtype(kind: str, elem: str) -> str:
-    """The dtype string of a sequence (``kind="seq"``) or optional of ``elem`` (itself maybe a container)."""
-    if kind not in CONTAINERS:
-        raise ValueError(f"unknown container kind {kind!r}")
-    return f"{kind}({elem})"
-
-
-def split_container(dtype: str) -> tuple[str, str] | None:
-    """``("seq", "float32")`` for ``"seq(float32)"``; None for a tensor dtype."""
-    head, paren, rest = dtype.partition("(")
-    if not paren or head not in CONTAINERS or not rest.endswith(")"):
-        return None
-    return head, rest[:-1]
-
-
-def tensor_dtype(dtype: str) -> str:
-    """The innermost tensor element type: ``float32`` for ``optional(seq(float32))``."""
-    while (parts := split_container(dtype)) is not None:
-        dtype = parts[1]
-    return dtype
-
-
 @dataclass(frozen=True)
 class TensorType:
     shape: tuple[int, ...]
@@ -126,7 +112,7 @@ class Node:
     @staticmethod
     def from_json(d: dict) -> Node:
         return Node(d["name"], d["op"], list(d["inputs"]), list(d["outputs"]),
-                    {k: decode_attr(v) for k, v in d["attrs"].items()}, str(d.get("domain", "")))
+                    {k: decode_attr(v, Graph.from_json) for k, v in d["attrs"].items()}, str(d.get("domain", "")))
 
 
 @dataclass
@@ -222,30 +208,6 @@ class Graph:
         return errors
 
 
-def encode_tensor(arr: np.ndarray) -> dict:
-    """Small tensors as JSON: dtype, shape and base64 of the little-endian bytes; a string tensor (an attribute
-    such as LabelEncoder's keys_tensor) as its list of strings."""
-    import numpy as np
-
-    arr = np.asarray(arr, order="C")  # not ascontiguousarray: it turns 0-d into shape (1,)
-    if arr.dtype == object:
-        return {"dtype": "object", "shape": list(arr.shape), "strings": [str(s) for s in arr.reshape(-1).tolist()]}
-    data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
-    return {"dtype": arr.dtype.name, "shape": list(arr.shape), "b64": base64.b64encode(data).decode()}
-
-
-def decode_tensor(d: dict) -> np.ndarray:
-    import numpy as np
-
-    if "strings" in d:
-        strings = np.empty(len(d["strings"]), dtype=object)  # filled, not np.array(list): never a 2-D char array
-        strings[:] = d["strings"]
-        return strings.reshape(d["shape"])
-    dtype = dtype_from_name(d["dtype"]).newbyteorder("<")
-    arr = np.frombuffer(base64.b64decode(d["b64"]), dtype=dtype).reshape(d["shape"])
-    return arr.astype(arr.dtype.newbyteorder("="))
-
-
 def encode_attr(value: Any) -> Any:
     import numpy as np
 
@@ -253,12 +215,4 @@ def encode_attr(value: Any) -> Any:
         return {"tensor": encode_tensor(value)}
     if isinstance(value, Graph):
         return {"graph": value.to_json()}
-    return value
-
-
-def decode_attr(value: Any) -> Any:
-    if isinstance(value, dict) and "tensor" in value:
-        return decode_tensor(value["tensor"])
-    if isinstance(value, dict) and "graph" in value:
-        return Graph.from_json(value["graph"])
     return value

@@ -1,6 +1,7 @@
 """High-performance (approximate) kernels for ``op_select_implmode: high_performance``.
 
-Codegen marks Gelu/Erf/Exp/Tanh/Sigmoid steps with ``"impl": "high_performance"`` and the executor runs them
+Codegen marks steps of the ops in ``program.APPROX_OPS`` (Gelu/Erf/Exp/Tanh/Sigmoid, one kernel each here; a test
+ties the two) with ``impl="high_performance"`` and the executor runs them
 here instead of the exact library kernels, as CANN's high_performance mode picks the faster, less accurate
 implementation of an op. float16 inputs compute in float32; float32 and float64 in their own dtype.
 

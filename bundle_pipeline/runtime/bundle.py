@@ -28,14 +28,15 @@ from .. import formats
 from ..dtypes import dtype_from_name, storage_dtype
 from ..errors import BundleCorrupt, BundleError, ParamInvalid, RuntimeFailure
 from ..hashing import tensor_hash
+from ..program import STANDARD, Output, Program
 from .executor import Executor, VariableStore
 from .storage import Inventory, accounted_bytes, check_chunk_files, inventory, manifest_cap
-from .validate import FORMAT_VERSIONS as SUPPORTED_FORMAT_VERSIONS  # noqa: F401  (one definition)
 from .validate import PACKED_ARRAY, validate_manifest
 
 
 class LoadedBundle:
-    def __init__(self, path: str, manifest: dict, constants: dict[str, np.ndarray]):
+    def __init__(self, path: str, manifest: dict, constants: dict[str, np.ndarray], programs: dict[str, Program]):
+        """``programs``: each graph's program as ``validate_manifest`` decoded it."""
         self.path = path
         self.manifest = manifest
         self.roles = {g["name"]: g["role"] for g in manifest["graphs"]}
@@ -43,7 +44,7 @@ class LoadedBundle:
         for var in manifest["variables"]:
             if var["initial"] is not None:
                 self.variables.write(var["name"], constants[var["initial"]])
-        self.executors = {g["name"]: Executor(g["program"], {w: constants[c] for w, c in g["bindings"].items()},
+        self.executors = {g["name"]: Executor(programs[g["name"]], {w: constants[c] for w, c in g["bindings"].items()},
                                               self.variables) for g in manifest["graphs"]}
 
     @property
@@ -87,26 +88,26 @@ class LoadedBundle:
         with _guarded(RuntimeFailure, f"graph {graph}"):
             outputs = executor.run(feeds)
             program = executor.program
-            self.variables.write_all({out.get("writes", out["name"]): self._stored(out, outputs[out["name"]], program)
-                                      for out in program["outputs"] if out["variable"]})
+            self.variables.write_all({out.target: self._stored(out, outputs[out.name], program)
+                                      for out in program.outputs if out.variable})
             return {name: self._standard(name, value, program) for name, value in outputs.items()}
 
-    def _stored(self, out: dict, value: np.ndarray, program: dict) -> np.ndarray:
+    def _stored(self, out: Output, value: np.ndarray, program: Program) -> np.ndarray:
         """An output's value in the stored format of the variable it writes. Codegen ends a computed output in
         that format already; an input passed through unchanged is converted here."""
-        var = self.variables.table[out.get("writes", out["name"])]
-        src = program.get("formats", {}).get(out["name"], "ND")
-        if src == var["format"] or (src in formats.STANDARD and var["format"] in formats.STANDARD):
+        var = self.variables.table[out.target]
+        src = program.formats.get(out.name, "ND")
+        if src == var["format"] or (src in STANDARD and var["format"] in STANDARD):
             return value
         return formats.transdata(value, src, var["format"], tuple(var["shape"]))
 
     @staticmethod
-    def _standard(name: str, value: np.ndarray, program: dict) -> np.ndarray:
+    def _standard(name: str, value: np.ndarray, program: Program) -> np.ndarray:
         """What a caller gets back: the standard layout, whatever format the output is stored in."""
-        fmt = program.get("formats", {}).get(name)
-        if fmt is None or fmt in formats.STANDARD or not isinstance(value, np.ndarray):
+        fmt = program.formats.get(name)
+        if fmt is None or fmt in STANDARD or not isinstance(value, np.ndarray):
             return value
-        shape = next(tuple(o["shape"]) for o in program["outputs"] if o["name"] == name)
+        shape = next(o.shape for o in program.outputs if o.name == name)
         return formats.from_format(value, fmt, shape)
 
     def _check_graph(self, graph: str, role: str) -> None:
@@ -126,13 +127,13 @@ def load_bundle(path: str | os.PathLike, run_init: bool = True, max_alloc_bytes:
     group = open_group(path, inv)
     with _guarded(BundleCorrupt, path):
         manifest = dict(group.attrs)
-    validate_manifest(manifest, path, accounted_bytes(inv, manifest.get("constants")), max_alloc_bytes)
+    programs = validate_manifest(manifest, path, accounted_bytes(inv, manifest.get("constants")), max_alloc_bytes)
     packed = _read_packed(group, inv) if any(c["array"] == PACKED_ARRAY and c["nbytes"]
                                              for c in manifest["constants"].values()) else None
     constants = {cid: _packed_constant(packed, cid, c, inv.path) if c["array"] == PACKED_ARRAY
                  else _read_constant(group, cid, c, inv) for cid, c in manifest["constants"].items()}
     with _guarded(BundleCorrupt, path):
-        bundle = LoadedBundle(path, manifest, constants)
+        bundle = LoadedBundle(path, manifest, constants, programs)
     if run_init:
         bundle.init()
     return bundle

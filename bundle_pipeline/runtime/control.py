@@ -1,6 +1,7 @@
 """Control-flow kernels (If, Loop, Scan, SequenceMap): ONNX semantics over compiled bodies.
 
-A body is anything with ``call(args) -> outputs`` and ``output_types`` (the executor's ``BodyExecutor``):
+A body is anything with ``call(args) -> outputs`` and ``output_types`` (the executor's ``BodyExecutor`` of a
+``program.Body``, bound to the bodies of a ``program.ControlStep``):
 its formal inputs are the ONNX body inputs followed by the values the node captures (``attrs["captures"]``
 of them, the node's last inputs; see ``ir/graph.py``). Results are fresh arrays: a body's outputs live in
 its arena, which its next call overwrites. Values may be sequences (lists) and empty optionals (None), as
@@ -15,13 +16,9 @@ from typing import Protocol
 import numpy as np
 
 from ..dtypes import dtype_from_name
-from ..ir.graph import CONTROL_OPS
 from ..kernels import KernelError
 
-__all__ = ["BODY_ATTRS", "CONTROL_OPS", "KERNEL_GRAPH_ATTRS", "graph_callables", "run_control"]
-BODY_ATTRS = {"If": ("else_branch", "then_branch"), "Loop": ("body",), "Scan": ("body",), "SequenceMap": ("body",)}
-# kernels of other domains whose graph attributes (each optional) they call as tensor -> tensor functions
-KERNEL_GRAPH_ATTRS = {("ai.onnx.preview", "FlexAttention"): ("prob_mod", "score_mod")}
+__all__ = ["graph_callables", "run_control"]  # which ops have which bodies: program.BODY_ATTRS
 
 
 class Body(Protocol):

@@ -1,7 +1,8 @@
 """Interpreter of one compiled program: binds feeds, variables and constants, runs kernels into a planned arena.
 
-State kept per ``Executor``: the program (validated data), the arena (allocated once, ``arena_bytes``
-long, reused by every run), and references to the bundle's constant and variable storage. Override
+State kept per ``Executor``: the typed program (``program.Program``, decoded and validated at load), the
+arena (allocated once, ``arena_bytes`` long, reused by every run), and references to the bundle's constant
+and variable storage. ``call_kernel`` dispatches on the step's kind (control flow, TransData, kernel). Override
 points, as in ``torch.fx.Interpreter``: ``bind`` (inputs of a run), ``run_step`` (one kernel call),
 ``call_kernel`` (the kernel itself), ``store`` (where an output goes), ``collect`` (what a run returns).
 """
@@ -14,15 +15,26 @@ import numpy as np
 
 from .. import formats
 from ..dtypes import dtype_from_name
-from ..errors import BundleCorrupt, ParamInvalid, RuntimeFailure
-from ..ir.graph import UNKNOWN_DTYPE, decode_attr, decode_tensor, split_container
+from ..errors import ParamInvalid, RuntimeFailure
 from ..kernels import KernelError, run_kernel
+from ..program import (
+    STANDARD,
+    UNKNOWN_DTYPE,
+    Body,
+    ControlStep,
+    KernelStep,
+    Plan,
+    Program,
+    Step,
+    TransDataStep,
+    decode_attr,
+    decode_program,
+    decode_tensor,
+    split_container,
+)
 from . import approx, inplace
-from .control import CONTROL_OPS, graph_callables, run_control
+from .control import graph_callables, run_control
 from .npu import run_npu_kernel
-
-# Formats that share one physical layout (row-major); TransData between them moves no bytes.
-ROW_MAJOR = frozenset({"ND", "NCHW"})
 
 
 class Executor:
@@ -30,37 +42,39 @@ class Executor:
     # every step go through the kernel library and a copy-in (bench/memory.py compares the two).
     write_in_place = True
 
-    def __init__(self, program: dict, constants: Mapping[str, np.ndarray], variables: VariableStore):
+    def __init__(self, program: Program | Body | dict, constants: Mapping[str, np.ndarray],
+                 variables: VariableStore):
+        if isinstance(program, dict):  # a program as a bundle stores it (tests, tools): decoded and checked here
+            program = decode_program(program, str(program.get("graph")))
         self.program = program
-        self.name = program["graph"]
+        self.name = program.graph
         self.variables = variables
-        self.arena = np.zeros(int(program["arena_bytes"]), dtype=np.uint8)
-        self.fixed: dict[str, np.ndarray] = {k: decode_tensor(v) for k, v in program["consts"].items()}
+        self.arena = np.zeros(program.arena_bytes, dtype=np.uint8)
+        self.fixed: dict[str, np.ndarray] = {k: decode_tensor(v) for k, v in program.consts.items()}
         self.fixed.update(constants)
-        self.attrs = [{k: decode_attr(v) for k, v in step["attrs"].items()} for step in program["steps"]]
-        # control-flow steps run compiled bodies, each an executor of its own with its own arena
-        self.bodies = {step["node"]: {attr: BodyExecutor(body, variables) for attr, body in step["bodies"].items()}
-                       for step in program["steps"] if "bodies" in step}
-        for step in program["steps"]:
-            if "impl" in step and (step["impl"] != "high_performance" or step["op"] not in approx.APPROX):
-                raise BundleCorrupt(f"node {step['node']!r} ({step['op']}) asks for implementation "
-                                    f"{step.get('impl')!r}, which the runtime does not have", f"graph {self.name}")
+        self.attrs = [{k: decode_attr(v) for k, v in step.attrs.items()} for step in program.steps]
+        # control-flow steps (and kernels with graph attributes) run compiled bodies, each an executor of its
+        # own with its own arena
+        self.bodies = {step.node: {attr: BodyExecutor(body, variables) for attr, body in step.bodies.items()}
+                       for step in program.steps if isinstance(step, ControlStep | KernelStep) and step.bodies}
+        formats = getattr(program, "formats", {})
+        self.plain = [self._plain(step, formats) for step in program.steps]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         env = self.bind(feeds)
-        for step, attrs in zip(self.program["steps"], self.attrs, strict=True):
-            self.run_step(step, attrs, env)
+        for index, (step, attrs) in enumerate(zip(self.program.steps, self.attrs, strict=True)):
+            self.run_step(step, attrs, env, index)
         return self.collect(env)
 
     def bind(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         env = dict(self.fixed)
         env.update(self.check_feeds(feeds))
-        for name in self.program["reads"]:
+        for name in self.program.reads:
             env[name] = self.variables.read(name, self.name)
         return env
 
     def check_feeds(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        expected = {f["name"]: f for f in self.program["feeds"]}
+        expected = {f.name: f for f in self.program.feeds}
         unknown = sorted(set(feeds) - set(expected))
         if unknown:
             raise ParamInvalid(f"unknown feed {unknown[0]!r}; graph {self.name} takes: {', '.join(expected) or 'none'}",
@@ -68,14 +82,14 @@ class Executor:
         bound = {}
         for name, spec in expected.items():
             if name not in feeds:
-                raise ParamInvalid(f"missing feed {name!r} ({spec['dtype']}{spec['shape']})", f"graph {self.name}")
-            if split_container(spec["dtype"]):
-                bound[name] = self._container_feed(name, feeds[name], spec["dtype"])
+                raise ParamInvalid(f"missing feed {name!r} ({spec.dtype}{list(spec.shape)})", f"graph {self.name}")
+            if split_container(spec.dtype):
+                bound[name] = self._container_feed(name, feeds[name], spec.dtype)
                 continue
             value = np.asarray(feeds[name])
-            if value.dtype != np.dtype(spec["dtype"]) or list(value.shape) != list(spec["shape"]):
+            if value.dtype != np.dtype(spec.dtype) or value.shape != spec.shape:
                 raise ParamInvalid(f"feed {name!r} is {value.dtype}{list(value.shape)}, expected "
-                                   f"{spec['dtype']}{spec['shape']}", f"graph {self.name}")
+                                   f"{spec.dtype}{list(spec.shape)}", f"graph {self.name}")
             bound[name] = value
         return bound
 
@@ -98,74 +112,87 @@ class Executor:
             raise ParamInvalid(f"feed {name!r} holds a {arr.dtype} tensor, expected a {dtype}", f"graph {self.name}")
         return arr
 
-    def run_step(self, step: dict, attrs: dict, env: dict[str, np.ndarray]) -> None:
-        args = [env[name] if name else None for name in step["inputs"]]
-        if self.write_in_place and self._plain(step):
-            view = arena_view(self.arena, self.program["values"][step["outputs"][0]])
-            if inplace.run_into(step["op"], args, view):
-                env[step["outputs"][0]] = view
+    def run_step(self, step: Step, attrs: dict, env: dict[str, np.ndarray], index: int | None = None) -> None:
+        args = [env[name] if name else None for name in step.inputs]
+        plain = self.plain[index] if index is not None else self._plain(step, getattr(self.program, "formats", {}))
+        if self.write_in_place and plain:
+            view = arena_view(self.arena, self.program.values[step.outputs[0]])
+            if inplace.run_into(step.op, args, view):
+                env[step.outputs[0]] = view
                 return
         try:
             outs = self.call_kernel(step, attrs, args)
         except KernelError as err:
-            raise RuntimeFailure(f"while executing node {step['node']} ({step['op']}): {err}",
+            raise RuntimeFailure(f"while executing node {step.node} ({step.op}): {err}",
                                  f"graph {self.name}") from None
         except (ValueError, TypeError, IndexError) as err:  # numpy refusing the inputs a kernel was given
-            raise RuntimeFailure(f"while executing node {step['node']} ({step['op']}): {type(err).__name__}: {err}",
+            raise RuntimeFailure(f"while executing node {step.node} ({step.op}): {type(err).__name__}: {err}",
                                  f"graph {self.name}") from None
-        for name, value in zip(step["outputs"], outs, strict=False):
+        for name, value in zip(step.outputs, outs, strict=False):
             if name:
                 env[name] = self.store(step, name, value)
 
-    def _plain(self, step: dict) -> bool:
-        """One planned output, exact implementation, every value in the standard layout: inplace may take it."""
-        formats = self.program.get("formats", {})
-        return (len(step["outputs"]) == 1 and step["outputs"][0] in self.program["values"] and "impl" not in step
-                and "precision" not in step and not any(v in formats for v in [*step["inputs"], *step["outputs"]])
-                and "domain" not in step)
+    def _plain(self, step: Step, formats: Mapping[str, str]) -> bool:
+        """A portable kernel, exact implementation and precision, of the default domain, one planned output,
+        every value in the standard layout: inplace may take it."""
+        return (type(step) is KernelStep and not step.native and step.impl is None and step.precision is None
+                and not step.domain and not step.bodies and len(step.outputs) == 1
+                and step.outputs[0] in self.program.values
+                and not any(v in formats for v in [*step.inputs, *step.outputs]))
 
-    def call_kernel(self, step: dict, attrs: dict, args: list[np.ndarray | None]) -> list[np.ndarray]:
-        if step["op"] in CONTROL_OPS:
-            return run_control(step["op"], self.bodies[step["node"]], args, attrs, self.program["opset"])
-        if "bodies" in step:  # a kernel with graph attributes (FlexAttention's score_mod): they become callables
-            args, attrs = graph_callables(self.bodies[step["node"]], args, attrs)
-        if step["op"] == "TransData":
-            layout = step.get("layout", {})
-            return [transdata(args[0], attrs["src_format"], attrs["dst_format"], layout.get("out_shape"))]
-        if step.get("impl") == "high_performance":  # op_select_implmode: the approximate kernel
-            return approx.run(step["op"], args, attrs)
-        precision = step.get("precision")
-        if precision == "fp16":
+    def call_kernel(self, step: Step, attrs: dict, args: list[np.ndarray | None]) -> list[np.ndarray]:
+        """Dispatch on the kind of step; its modes were validated when the bundle was loaded."""
+        if isinstance(step, ControlStep):
+            return run_control(step.op, self.bodies[step.node], args, attrs, self.program.opset)
+        if isinstance(step, TransDataStep):
+            return [transdata(args[0], step.src_format, step.dst_format, step.layout.out_shape)]
+        return self.call_kernel_step(step, attrs, args)  # type: ignore[arg-type]
+
+    def call_kernel_step(self, step: KernelStep, attrs: dict, args: list[np.ndarray | None]) -> list[np.ndarray]:
+        """A kernel call with its implementation and precision modes."""
+        if step.bodies:  # graph attributes (FlexAttention's score_mod): they become callables
+            args, attrs = graph_callables(self.bodies[step.node], args, attrs)
+        if step.impl == "high_performance":  # op_select_implmode: the approximate kernel (before any precision)
+            return self._approximate(step, args, attrs)
+        if step.precision == "fp16":
             # cube inputs rounded to fp16, products accumulated in fp32 as on the device
             args = [_fp16(a) if i < 2 else a for i, a in enumerate(args)]
-        elif precision == "fp16_round":  # force_fp16 on a vector op: fp16 in, fp16 out (kept as float32)
+        elif step.precision == "fp16_round":  # force_fp16 on a vector op: fp16 in, fp16 out (kept as float32)
             return [_fp16(out) for out in self._dispatch(step, attrs, [_fp16(a) for a in args])]
         return self._dispatch(step, attrs, args)
 
-    def _dispatch(self, step: dict, attrs: dict, args: list[np.ndarray | None]) -> list[np.ndarray]:
-        """The target's native kernel on formatted data, or the portable kernel on standard layouts."""
-        if "domain" in step:  # an op of another domain (ai.onnx.ml, ...): its kernel at the model's version of it
-            return run_kernel(step["op"], args, attrs, self.program["opsets"][step["domain"]], domain=step["domain"])
-        if step.get("native"):
-            layout = step["layout"]
-            shapes = [None if s is None else tuple(s) for s in layout["in_shapes"]]  # () is a real shape
-            return [run_npu_kernel(step["op"], args, attrs, self.program["opset"], layout["in_formats"],
-                                   layout["out_format"], shapes, tuple(layout["out_shape"]), step.get("tiling"))]
-        return run_kernel(step["op"], args, attrs, self.program["opset"], step.get("tiling"))
+    @staticmethod
+    def _approximate(step: KernelStep, args: list[np.ndarray | None], attrs: dict) -> list[np.ndarray]:
+        """The approximate elementwise kernel; on a formatted (native) value it maps the zero padding lanes to
+        f(0) (0.5 for Sigmoid, 1 for Exp), which later native kernels (a reduction over C) would read: the
+        padding is zeroed again."""
+        out = approx.run(step.op, args, attrs)[0]
+        if step.native and step.layout is not None and step.layout.out_format not in STANDARD:
+            out[formats.pad_mask(step.layout.out_format, step.layout.out_shape)] = 0
+        return [out]
 
-    def store(self, step: dict, name: str, value: np.ndarray) -> np.ndarray:
+    def _dispatch(self, step: KernelStep, attrs: dict, args: list[np.ndarray | None]) -> list[np.ndarray]:
+        """The target's native kernel on formatted data, or the portable kernel on standard layouts."""
+        if step.domain:  # an op of another domain (ai.onnx.ml, ...): its kernel at the model's version of it
+            return run_kernel(step.op, args, attrs, self.program.opsets[step.domain], domain=step.domain)
+        if step.native and step.layout is not None:
+            layout = step.layout
+            return [run_npu_kernel(step.op, args, attrs, self.program.opset, list(layout.in_formats),
+                                   layout.out_format, list(layout.in_shapes), layout.out_shape, step.tiling)]
+        return run_kernel(step.op, args, attrs, self.program.opset, step.tiling)
+
+    def store(self, step: Step, name: str, value: np.ndarray) -> np.ndarray:
         """Copy a kernel result into its planned arena view; shape and dtype must match the plan. A value
         without a plan is sized at run time (data-dependent shape): it keeps the kernel's array."""
-        plan = self.program["values"].get(name)
+        plan = self.program.values.get(name)
         if value is None or isinstance(value, list):  # an empty optional, a sequence: never planned
             return value
         value = np.asarray(value)
         if plan is None:
             return value
-        shape = plan.get("storage", plan["shape"])
-        if list(value.shape) != shape or value.dtype != np.dtype(plan["dtype"]):
-            raise RuntimeFailure(f"while executing node {step['node']} ({step['op']}): output {name!r} is "
-                                 f"{value.dtype}{list(value.shape)}, the plan says {plan['dtype']}{shape}",
+        if value.shape != plan.stored or value.dtype != np.dtype(plan.dtype):
+            raise RuntimeFailure(f"while executing node {step.node} ({step.op}): output {name!r} is "
+                                 f"{value.dtype}{list(value.shape)}, the plan says {plan.dtype}{list(plan.stored)}",
                                  f"graph {self.name}")
         view = arena_view(self.arena, plan)
         np.copyto(view, value)
@@ -174,22 +201,24 @@ class Executor:
     def collect(self, env: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs are copied out of the arena, which the next run overwrites; a sequence is returned as a
         list of arrays, an empty optional as None."""
-        return {out["name"]: _copy(env[out["name"]]) for out in self.program["outputs"]}
+        return {out.name: _copy(env[out.name]) for out in self.program.outputs}
 
 
 class BodyExecutor(Executor):
     """A control-flow body: formal inputs bound per call, steps run into the body's own arena."""
 
-    def __init__(self, program: dict, variables: VariableStore):
+    program: Body
+
+    def __init__(self, program: Body, variables: VariableStore):
         super().__init__(program, {}, variables)
-        self.output_types = [(o["shape"], o["dtype"]) for o in program["outputs"]]
+        self.output_types = [(list(o.shape), o.dtype) for o in program.outputs]
 
     def call(self, args: list[np.ndarray | None]) -> list[np.ndarray]:
         env = dict(self.fixed)
-        env.update(zip((i["name"] for i in self.program["inputs"]), args, strict=True))
-        for step, attrs in zip(self.program["steps"], self.attrs, strict=True):
-            self.run_step(step, attrs, env)
-        return [env[o["name"]] for o in self.program["outputs"]]
+        env.update(zip((i.name for i in self.program.inputs), args, strict=True))
+        for index, (step, attrs) in enumerate(zip(self.program.steps, self.attrs, strict=True)):
+            self.run_step(step, attrs, env, index)
+        return [env[o.name] for o in self.program.outputs]
 
 
 def _copy(value: np.ndarray | list | None) -> np.ndarray | list | None:
@@ -200,18 +229,17 @@ def _copy(value: np.ndarray | list | None) -> np.ndarray | list | None:
     return np.array(value, copy=True)
 
 
-def arena_view(arena: np.ndarray, plan: dict) -> np.ndarray:
+def arena_view(arena: np.ndarray, plan: Plan) -> np.ndarray:
     """The planned bytes of one value, as its stored (physical) shape."""
-    dtype = dtype_from_name(plan["dtype"])
-    shape = plan.get("storage", plan["shape"])
-    count = int(np.prod(shape, dtype=np.int64))
-    start = int(plan["offset"])
-    return arena[start:start + count * dtype.itemsize].view(dtype).reshape(shape)
+    dtype = dtype_from_name(plan.dtype)
+    count = int(np.prod(plan.stored, dtype=np.int64))
+    return arena[plan.offset:plan.offset + count * dtype.itemsize].view(dtype).reshape(plan.stored)
 
 
-def transdata(x: np.ndarray, src: str, dst: str, shape: list[int] | None) -> np.ndarray:
-    """Convert between storage formats; ``shape`` is the logical shape (padding is dropped/zeroed)."""
-    if src in ROW_MAJOR and dst in ROW_MAJOR:
+def transdata(x: np.ndarray, src: str, dst: str, shape: tuple[int, ...] | None) -> np.ndarray:
+    """Convert between storage formats; ``shape`` is the logical shape (padding is dropped/zeroed). The
+    standard layouts share one physical layout (row-major): TransData between them moves no bytes."""
+    if src in STANDARD and dst in STANDARD:
         return x
     try:
         return formats.transdata(x, src, dst, tuple(shape if shape is not None else x.shape))

@@ -21,22 +21,36 @@ import binascii
 import math
 import os
 import re
+from collections.abc import Mapping
 
 from ..dtypes import EXTENDED, dtype_from_name
 from ..errors import BundleCorrupt, ParamInvalid, RuntimeFailure
-from ..ir.graph import UNKNOWN_DTYPE, split_container, tensor_dtype
 from ..kernels import KNOWN_OPSETS, SUPPORTED_OPS, supports_op
-from .control import BODY_ATTRS, CONTROL_OPS, KERNEL_GRAPH_ATTRS
+from ..program import (
+    CONTROL_OPS,
+    FORMAT_VERSIONS,
+    ROLES,
+    TRANSDATA,
+    UNKNOWN_DTYPE,
+    Body,
+    ControlStep,
+    KernelStep,
+    Output,
+    Plan,
+    Program,
+    Step,
+    decode_program,
+    split_container,
+    tensor_dtype,
+)
 from .npu import NATIVE_KERNELS
 from .storage import PACKED_ARRAY
 
-FORMAT_VERSIONS = (1, 2)  # 2: small constants share constants/packed at an offset
 # numeric and bool types, with the ml_dtypes ones (bfloat16, float8*, float4, int4, int2, ...); never
 # object (strings come only from the caller as feeds) nor anything else np.dtype would parse
 DTYPES = frozenset({"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
                     "uint32", "uint64", "bool", *EXTENDED})
-EXECUTOR_OPS = frozenset({"TransData"}) | CONTROL_OPS
-ROLES = ("init", "update", "infer")
+EXECUTOR_OPS = frozenset({TRANSDATA}) | CONTROL_OPS
 MAX_RANK = 32
 ALLOC_FLOOR_BYTES = 1 << 30  # any bundle may plan this much memory, however little it stores
 ALLOC_PER_STORED_BYTE = 64  # ... or this many times the bytes it stores (activations dwarf small weights)
@@ -64,15 +78,15 @@ def alloc_budget(stored_bytes: int, max_alloc_bytes: int | None = None) -> int:
 
 
 def validate_manifest(manifest: dict, path: str, stored_bytes: int | None = None,
-                      max_alloc_bytes: int | None = None) -> None:
-    """Raise BUNDLE_CORRUPT naming the first problem. ``stored_bytes`` (what the bundle really stores) bounds
-    the constants and, through ``alloc_budget``, what loading may allocate (RUNTIME_ERROR when it needs more);
-    None checks structure only."""
+                      max_alloc_bytes: int | None = None) -> dict[str, Program]:
+    """Raise BUNDLE_CORRUPT naming the first problem; return each graph's decoded program (decoded once, here).
+    ``stored_bytes`` (what the bundle really stores) bounds the constants and, through ``alloc_budget``, what
+    loading may allocate (RUNTIME_ERROR when it needs more); None checks structure only."""
     try:
-        need = _check(manifest)
+        need, programs = _check(manifest, path)
         if stored_bytes is None:
             _packed_sizes(manifest["constants"])
-            return
+            return programs
         _need(need["constants"] <= stored_bytes, f"the constants claim {need['constants']} bytes but the bundle "
                                                  f"stores only {stored_bytes}")
         _packed_sizes(manifest["constants"])
@@ -84,6 +98,7 @@ def validate_manifest(manifest: dict, path: str, stored_bytes: int | None = None
         raise RuntimeFailure(f"loading this bundle needs {_size(total)} of memory ({parts}), more than the "
                              f"{_size(budget)} allowed for a bundle of {_size(stored_bytes)}; if you mean it, pass "
                              f"load_bundle(max_alloc_bytes=...) / exec --max-memory, or set ${ALLOC_ENV}", path)
+    return programs
 
 
 def _size(n: int) -> str:
@@ -94,8 +109,9 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def _check(m: object) -> dict[str, int]:
-    """Check the structure; return the bytes loading allocates: constants, variables, arenas (+ inline)."""
+def _check(m: object, path: str) -> tuple[dict[str, int], dict[str, Program]]:
+    """Check the structure; return the bytes loading allocates (constants, variables, arenas + inline) and the
+    programs by graph name."""
     if not isinstance(m, dict):
         raise _Bad("the manifest is not a mapping")
     for key in ("format_version", "graphs", "variables", "constants", "target"):
@@ -111,17 +127,18 @@ def _check(m: object) -> dict[str, int]:
     _need(isinstance(graphs, list), "'graphs' is not a list")
     var_bytes = sum(_nbytes(v.get("storage", v["shape"]), v["dtype"]) for v in variables.values())
     planned = 0
-    names: set[str] = set()
+    programs: dict[str, Program] = {}
     for g in graphs:
         _need(isinstance(g, dict), "a graph entry is not a mapping")
         name = g.get("name")
-        _need(isinstance(name, str) and name not in names, f"graph name {name!r} is missing, not a string or repeated")
-        names.add(name)
+        _need(isinstance(name, str) and name not in programs,
+              f"graph name {name!r} is missing, not a string or repeated")
         try:
-            planned += _graph(g, variables, constants)
+            allocated, programs[name] = _graph(g, variables, constants, path)
         except _Bad as bad:
             raise _Bad(f"graph {name!r}: {bad}") from None
-    return {"constants": const_bytes, "variables": var_bytes, "arenas": planned}
+        planned += allocated
+    return {"constants": const_bytes, "variables": var_bytes, "arenas": planned}, programs
 
 
 def _need(ok: bool, problem: str) -> None:
@@ -220,87 +237,60 @@ def _variables(raw: object, constants: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
-def _graph(g: dict, variables: dict[str, dict], constants: dict[str, dict]) -> int:
-    """Check one graph; return the bytes its executor allocates (arena + inline constants)."""
+def _graph(g: dict, variables: dict[str, dict], constants: dict[str, dict], path: str) -> tuple[int, Program]:
+    """Check one graph; return the bytes its executor allocates (arena + inline constants) and its program."""
     _need(g.get("role") in ROLES, f"bad role {_short(g.get('role'))}")
     _need(isinstance(g.get("options", {}), dict), "'options' is not a mapping")
     bindings = g.get("bindings", {})
     _need(isinstance(bindings, dict), "'bindings' is not a mapping")
     for w, cid in bindings.items():
         _need(isinstance(cid, str) and cid in constants, f"weight {w!r} is bound to a missing constant {_short(cid)}")
-    p = g.get("program")
-    _need(isinstance(p, dict), "no program")
-    _need(isinstance(p.get("graph"), str), "the program has no graph name")
-    _need(type(p.get("opset")) is int, "the program has no opset")
-    _known_opset("", p["opset"])
-    arena = p.get("arena_bytes")
-    _need(type(arena) is int and arena >= 0, f"bad arena_bytes {_short(arena)}")
-    values = p.get("values")
-    _need(isinstance(values, dict), "the program has no value plans")
-    feeds = p.get("feeds")
-    _need(isinstance(feeds, list), "the program has no feed list")
-    for f in feeds:
-        _need(isinstance(f, dict) and isinstance(f.get("name"), str), "a feed has no name")
-        if isinstance(f.get("dtype"), str) and split_container(f["dtype"]):  # a sequence/optional: sized per run
-            _value_dtype(f["dtype"], f"feed {f['name']!r}")
-            _need(f.get("shape") == [-1], f"feed {f['name']!r} ({f['dtype']}) has a bad shape {_short(f.get('shape'))}")
+    p = decode_program(g.get("program"), g["name"], path)  # structure, kinds, modes: BUNDLE_CORRUPT itself
+    _known_opset("", p.opset)
+    for f in p.feeds:
+        if split_container(f.dtype):  # a sequence/optional: sized per run
+            _value_dtype(f.dtype, f"feed {f.name!r}")
+            _need(f.shape == (-1,), f"feed {f.name!r} ({f.dtype}) has a bad shape {_short(list(f.shape))}")
             continue
-        _shape(f.get("shape"), f"feed {f['name']!r}")
+        _shape(list(f.shape), f"feed {f.name!r}")
         # string inputs (numpy object arrays) come from the caller at run time, never from the bundle
-        _need(f.get("dtype") == "object" or f.get("dtype") in DTYPES,
-              f"feed {f['name']!r} has an unsupported dtype {_short(f.get('dtype'))}")
-    consts = p.get("consts")
-    _need(isinstance(consts, dict), "the program has no consts mapping")
-    inline = sum(_encoded_tensor(t, f"const {name!r}") for name, t in consts.items())
-    reads = _strings(p.get("reads"), "reads")
-    missing = [r for r in reads if r not in variables]
+        _need(f.dtype == "object" or f.dtype in DTYPES, f"feed {f.name!r} has an unsupported dtype {_short(f.dtype)}")
+    inline = sum(_encoded_tensor(t, f"const {name!r}") for name, t in p.consts.items())
+    missing = [r for r in p.reads if r not in variables]
     _need(not missing, f"it reads an unknown variable {_short(missing[:1])}")
-    weights = _strings(p.get("weights"), "weights")
-    unbound = [w for w in weights if w not in bindings]
+    unbound = [w for w in p.weights if w not in bindings]
     _need(not unbound, f"weight {_short(unbound[:1])} has no bound constant")
-    _need(isinstance(p.get("formats", {}), dict), "'formats' is not a mapping")
-    defined = {f["name"] for f in feeds} | set(consts) | set(bindings) | set(reads)
-    steps = p.get("steps")
-    _need(isinstance(steps, list), "the program has no step list")
-    _unique_control_names(steps)
-    opsets = _opsets(p)
-    for step in steps:
-        inline += _step(step, defined, values, arena, opsets)
-    outputs = p.get("outputs")
-    _need(isinstance(outputs, list), "the program has no output list")
+    defined = {f.name for f in p.feeds} | set(p.consts) | set(bindings) | set(p.reads)
+    _opsets(p.opsets)
+    for step in p.steps:
+        inline += _step(step, defined, p)
     written: set[str] = set()
-    for out in outputs:
-        _need(isinstance(out, dict) and isinstance(out.get("name"), str), "an output has no name")
-        _need(out["name"] in defined, f"output {out['name']!r} is not produced")
-        if out.get("variable"):
+    for out in p.outputs:
+        _need(out.name in defined, f"output {out.name!r} is not produced")
+        if out.variable:
             _output_write(out, variables, g["role"], written)
-    return arena + inline
+    return p.arena_bytes + inline, p
 
 
-def _output_write(out: dict, variables: dict[str, dict], role: str, written: set[str]) -> None:
+def _output_write(out: Output, variables: dict[str, dict], role: str, written: set[str]) -> None:
     """An output that writes a variable (its own name, or ``writes``): a known variable of the output's type,
     written by an init/update graph, at most once per run."""
-    target = out.get("writes", out["name"])
-    _need(isinstance(target, str) and target in variables, f"output {out['name']!r} writes an unknown variable "
-                                                           f"{_short(target)}")
-    _need(role != "infer", f"output {out['name']!r} writes variable {target!r} from an infer graph")
+    target = out.target
+    _need(target in variables, f"output {out.name!r} writes an unknown variable {_short(target)}")
+    _need(role != "infer", f"output {out.name!r} writes variable {target!r} from an infer graph")
     _need(target not in written, f"two outputs write variable {target!r}")
     written.add(target)
     var = variables[target]
-    _need(out.get("shape") == var["shape"] and out.get("dtype") == var["dtype"],
-          f"output {out['name']!r} is {_short(out.get('dtype'))}{_short(out.get('shape'))} but writes variable "
-          f"{target!r} of {var['dtype']}{var['shape']}")
+    _need(list(out.shape) == var["shape"] and out.dtype == var["dtype"],
+          f"output {out.name!r} is {out.dtype}{list(out.shape)} but writes variable {target!r} of "
+          f"{var['dtype']}{var['shape']}")
 
 
-def _opsets(p: dict) -> dict[str, int]:
-    """A program's opset version of each non-default domain its steps use (``opsets``; absent: none)."""
-    opsets = p.get("opsets", {})
-    _need(isinstance(opsets, dict) and all(isinstance(d, str) and d and type(v) is int for d, v in opsets.items()),
-          "'opsets' is not a mapping of domain to version")
+def _opsets(opsets: Mapping[str, int]) -> None:
+    """A program's or body's opsets of other domains: known versions where the kernel library knows the domain."""
     for domain, version in opsets.items():
         if domain in KNOWN_OPSETS:
             _known_opset(domain, version)
-    return opsets
 
 
 def _known_opset(domain: str, version: int) -> None:
@@ -309,74 +299,55 @@ def _known_opset(domain: str, version: int) -> None:
                                   f"implements versions {low} to {high}")
 
 
-def _step(step: object, defined: set[str], values: dict, arena: int, opsets: dict[str, int]) -> int:
-    _need(isinstance(step, dict), "a step is not a mapping")
-    node = step.get("node")  # type: ignore[union-attr]
-    op = step.get("op")  # type: ignore[union-attr]
-    _need(isinstance(node, str) and isinstance(op, str), "a step has no node name or op")
-    if "domain" in step:  # type: ignore[operator]  # an op of another domain: it must exist there, at a version
-        domain = step["domain"]  # type: ignore[index]
-        _need(isinstance(domain, str) and domain in opsets and not step.get("native") and supports_op(op, domain),  # type: ignore[union-attr]
-              f"node {node!r} uses op {_short(op)} of domain {_short(domain)}, which the kernel library does not "
-              f"have or the program gives no version of")
+def _step(step: Step, defined: set[str], code: Program | Body) -> int:
+    """A step against the kernel table and the values before it: the op exists (natively, if asked), every
+    input is defined, every planned output fits the arena."""
+    node, op = step.node, step.op
+    native = isinstance(step, KernelStep) and step.native
+    if step.domain:  # an op of another domain: it must exist there, at a version
+        _need(step.domain in code.opsets and not native and supports_op(op, step.domain),
+              f"node {node!r} uses op {_short(op)} of domain {_short(step.domain)}, which the kernel library does "
+              f"not have or the program gives no version of")
     else:
         _need(op in SUPPORTED_OPS or op in EXECUTOR_OPS,
               f"node {node!r} uses op {_short(op)}, which the kernel library does not have")
-    if step.get("native"):  # type: ignore[union-attr]
+    if native:
         _need(op in NATIVE_KERNELS, f"node {node!r} asks for a native {op!r} kernel, which the runtime does not have")
-    inputs = step.get("inputs")  # type: ignore[union-attr]
-    outputs = step.get("outputs")  # type: ignore[union-attr]
-    _need(isinstance(inputs, list) and all(isinstance(i, str) for i in inputs)
-          and isinstance(outputs, list) and all(isinstance(o, str) for o in outputs),
-          f"node {node!r} has bad input or output lists")
-    undefined = [i for i in inputs if i and i not in defined]
+    undefined = [i for i in step.inputs if i and i not in defined]
     _need(not undefined, f"node {node!r} reads undefined value {_short(undefined[:1])}")
-    attrs = step.get("attrs", {})  # type: ignore[union-attr]
-    _need(isinstance(attrs, dict), f"node {node!r} has bad attributes")
     inline = sum(_encoded_tensor(a["tensor"], f"node {node!r} attribute {k!r}")
-                 for k, a in attrs.items() if isinstance(a, dict) and "tensor" in a)
-    for key in ("tiling", "layout"):
-        _need(step.get(key) is None or isinstance(step[key], dict), f"node {node!r} has a bad {key}")  # type: ignore
-    inline += _bodies(step, node, op)  # type: ignore[arg-type]
-    for out in filter(None, outputs):
-        plan = values.get(out)  # none: sized at run time, the executor keeps the kernel's own array
-        _need(plan is None or (isinstance(plan, dict) and _plan_fits(plan, arena)),
-              f"value {out!r} has no valid buffer in the arena")
+                 for k, a in step.attrs.items() if isinstance(a, dict) and "tensor" in a)
+    inline += _bodies(step)
+    for out in filter(None, step.outputs):
+        plan = code.values.get(out)  # none: sized at run time, the executor keeps the kernel's own array
+        _need(plan is None or _plan_fits(plan, code.arena_bytes), f"value {out!r} has no valid buffer in the arena")
         defined.add(out)
     return inline
 
 
-def _bodies(step: dict, node: str, op: str) -> int:
-    """A control-flow step's bodies: exactly the ones its op has, each a well-formed program."""
-    bodies = step.get("bodies")
-    graph_attrs = KERNEL_GRAPH_ATTRS.get((step.get("domain", ""), op))
-    if graph_attrs is not None and bodies is not None:  # a kernel's optional graph attributes
-        _need(isinstance(bodies, dict) and bodies and set(bodies) <= set(graph_attrs),
-              f"node {node!r} ({op}) takes graph attributes {', '.join(graph_attrs)} only")
-    elif op not in CONTROL_OPS or step.get("domain"):
-        _need(bodies is None, f"node {node!r} ({op}) has bodies, which only {', '.join(sorted(CONTROL_OPS))} have")
-        return 0
-    else:
-        _need(isinstance(bodies, dict) and sorted(bodies) == list(BODY_ATTRS[op]),
-              f"node {node!r} ({op}) needs bodies {', '.join(BODY_ATTRS[op])}")
+def _bodies(step: Step) -> int:
+    """A step's bodies (the decoder checked they are the ones its op has): each a well-formed program."""
+    bodies = step.bodies if isinstance(step, ControlStep | KernelStep) else {}
     total = 0
-    for attr, body in bodies.items():  # type: ignore[union-attr]
+    for attr, body in bodies.items():
         try:
             total += _body(body)
         except _Bad as bad:
-            raise _Bad(f"in {attr} of node {node!r}: {bad}") from None
-    _arity(step, node, op, bodies)  # type: ignore[arg-type]
+            raise _Bad(f"in {attr} of node {step.node!r}: {bad}") from None
+    if bodies:
+        _arity(step, bodies)
     return total
 
 
-def _arity(step: dict, node: str, op: str, bodies: dict) -> None:
+def _arity(step: Step, bodies: Mapping[str, Body]) -> None:
     """Each body takes and returns what the control step hands it and expects back (runtime/control.py)."""
-    captures = step.get("attrs", {}).get("captures", 0)
-    n_in, n_out = len(step["inputs"]), len(step["outputs"])
+    node, op = step.node, step.op
+    captures = step.attrs.get("captures", 0)
+    n_in, n_out = len(step.inputs), len(step.outputs)
     _need(type(captures) is int and 0 <= captures <= n_in, f"node {node!r} has a bad captures count")
     explicit = n_in - captures
     for attr, body in bodies.items():
-        b_in, b_out = len(body["inputs"]), len(body["outputs"])
+        b_in, b_out = len(body.inputs), len(body.outputs)
         if op == "If":
             ok = explicit == 1 and b_in == captures and b_out == n_out
         elif op == "Loop":  # body: (iteration, condition, carried..., captures...) -> (condition, carried..., scans...)
@@ -392,56 +363,30 @@ def _arity(step: dict, node: str, op: str, bodies: dict) -> None:
                   f"fit a step with {n_in} inputs ({captures} captured) and {n_out} outputs")
 
 
-def _unique_control_names(steps: list) -> None:
-    """The executor finds a step's bodies by its node name."""
-    names = [s.get("node") for s in steps if isinstance(s, dict) and "bodies" in s]
-    _need(len(names) == len(set(map(str, names))), "two steps with bodies share a node name")
-
-
-def _body(p: object) -> int:
+def _body(b: Body) -> int:
     """Check one body program; return the bytes its executor allocates."""
-    _need(isinstance(p, dict), "the body is not a mapping")
-    arena = p.get("arena_bytes")  # type: ignore[union-attr]
-    _need(type(arena) is int and arena >= 0, f"bad arena_bytes {_short(arena)}")
-    values = p.get("values")  # type: ignore[union-attr]
-    _need(isinstance(values, dict), "the body has no value plans")
-    _need(type(p.get("opset")) is int, "the body has no opset")  # type: ignore[union-attr]
-    _known_opset("", p["opset"])  # type: ignore[index]
-    typed = []
-    for key in ("inputs", "outputs"):
-        entries = p.get(key)  # type: ignore[union-attr]
-        _need(isinstance(entries, list), f"the body has no {key} list")
+    _known_opset("", b.opset)
+    for key, entries in (("input", b.inputs), ("output", b.outputs)):
         for e in entries:
-            _need(isinstance(e, dict) and isinstance(e.get("name"), str), f"a body {key[:-1]} has no name")
-            _need(isinstance(e.get("shape"), list) and all(type(d) is int and d >= -1 for d in e["shape"]),
-                  f"body {key[:-1]} {e['name']!r} has a bad shape")
-            if e.get("dtype") != UNKNOWN_DTYPE:  # untyped: a branch that cannot run on these shapes
-                _value_dtype(e.get("dtype"), f"body {key[:-1]} {e['name']!r}")
-        typed.append(entries)
-    consts = p.get("consts")  # type: ignore[union-attr]
-    _need(isinstance(consts, dict), "the body has no consts mapping")
-    inline = sum(_encoded_tensor(t, f"const {name!r}") for name, t in consts.items())
-    defined = {i["name"] for i in typed[0]} | set(consts)
-    steps = p.get("steps")  # type: ignore[union-attr]
-    _need(isinstance(steps, list), "the body has no step list")
-    _unique_control_names(steps)
-    opsets = _opsets(p)  # type: ignore[arg-type]
-    for step in steps:
-        inline += _step(step, defined, values, arena, opsets)
-    missing = [o["name"] for o in typed[1] if o["name"] not in defined]
+            if e.dtype != UNKNOWN_DTYPE:  # untyped: a branch that cannot run on these shapes
+                _value_dtype(e.dtype, f"body {key} {e.name!r}")
+    inline = sum(_encoded_tensor(t, f"const {name!r}") for name, t in b.consts.items())
+    defined = {i.name for i in b.inputs} | set(b.consts)
+    _opsets(b.opsets)
+    for step in b.steps:
+        inline += _step(step, defined, b)
+    missing = [o.name for o in b.outputs if o.name not in defined]
     _need(not missing, f"body output {_short(missing[:1])} is not produced")
-    return arena + inline
+    return b.arena_bytes + inline
 
 
-def _plan_fits(plan: dict, arena: int) -> bool:
+def _plan_fits(plan: Plan, arena: int) -> bool:
     try:
-        shape = _shape(plan.get("shape"), "value")
-        stored = _shape(plan["storage"], "value") if "storage" in plan else shape
-        nbytes = _nbytes(stored, _dtype(plan.get("dtype"), "value"))
+        _shape(list(plan.shape), "value")
+        nbytes = _nbytes(_shape(list(plan.stored), "value"), _dtype(plan.dtype, "value"))
     except _Bad:
         return False
-    offset = plan.get("offset")
-    return type(offset) is int and offset >= 0 and offset + nbytes <= arena
+    return plan.offset >= 0 and plan.offset + nbytes <= arena
 
 
 def _encoded_tensor(t: object, what: str) -> int:

@@ -17,8 +17,26 @@ from typing import Any
 
 from ..dtypes import dtype_from_name
 from ..errors import OptionInvalid
-from ..ir.graph import Graph, Node, TensorType, encode_tensor
+from ..ir.graph import Graph, Node, TensorType
 from ..layouts import STANDARD, storage_shape
+from ..program import (
+    APPROX_OPS,
+    CONTROL_OPS,
+    TRANSDATA,
+    Body,
+    ControlStep,
+    Feed,
+    KernelStep,
+    Layout,
+    Output,
+    Plan,
+    Program,
+    Step,
+    TransDataStep,
+    Value,
+    encode,
+    encode_tensor,
+)
 from .stage import GRAPH, Input, Stage, StageContext
 
 NAME = "codegen"
@@ -27,14 +45,19 @@ ALIGN = 64  # arena offsets are 64-byte aligned so every dtype view is aligned
 CUBE_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose"})
 MOVE_OPS = frozenset({"TransData", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Concat",
                       "Split", "Slice", "Gather", "Expand", "Tile", "Pad", "Shape", "Size", "Cast", "Dropout"})
-APPROX_OPS = frozenset({"Gelu", "Erf", "Exp", "Tanh", "Sigmoid"})  # runtime/approx.py has their fast forms
 FLOAT_DTYPES = frozenset({"float16", "float32", "float64"})
 NHWC_TO_NCHW = [0, 3, 1, 2]
 
 
 def run(structure: dict, tiling: dict[str, dict], variables: dict, role: str, options: dict,
         assign: Mapping[str, str] | None = None) -> dict:
-    """The program the runtime executes. ``options``: the codegen subset of the graph's build options.
+    """The program the runtime executes, as the JSON a bundle stores (``program.encode`` of ``build``)."""
+    return encode(build(structure, tiling, variables, role, options, assign))
+
+
+def build(structure: dict, tiling: dict[str, dict], variables: dict, role: str, options: dict,
+          assign: Mapping[str, str] | None = None) -> Program:
+    """The typed program. ``options``: the codegen subset of the graph's build options.
 
     ``assign`` (output -> variable) of an init/update graph: an output marked ``variable`` writes the variable
     of its own name, or the one named by ``writes``.
@@ -46,26 +69,19 @@ def run(structure: dict, tiling: dict[str, dict], variables: dict, role: str, op
     fast = options.get("op_select_implmode", "high_precision") == "high_performance"
     reuse = options.get("exec_disable_reused_memory", "0") != "1"
     emit = _Emit(tiling, precision, fast, reuse)
-    steps = [emit.step(node, graph) for node in graph.nodes]
-    buffers, arena = plan_buffers(graph, reuse)
+    steps = tuple(emit.step(node, graph) for node in graph.nodes)
+    values, arena = plan_buffers(graph, reuse)
     # for inspect: what the other setting would cost (without reuse that is just the sum of the blocks)
     other = unshared_arena(graph) if reuse else plan_buffers(graph, True)[1]
-    return {
-        "graph": graph.name, "role": role, "opset": graph.opset,
-        **({"opsets": dict(sorted(graph.domain_opsets.items()))} if graph.domain_opsets else {}),
-        "feeds": [{**_typed(graph, v), **({"layout": layouts[v]} if v in layouts else {})}
-                  for v in graph.inputs if v not in variables],
-        "reads": sorted(reads),
-        "weights": sorted(w for w in graph.weights if w not in variables),
-        "consts": {k: encode_tensor(v) for k, v in sorted(graph.consts.items())},
-        "outputs": [_output(graph, o, variables, role, assign or {}) for o in graph.outputs],
-        "values": buffers,
-        "steps": steps,
-        "arena_bytes": arena,
-        "reuse_memory": reuse,
-        "arena_bytes_by_reuse": {"on": arena if reuse else other, "off": other if reuse else arena},
-        "formats": {k: v for k, v in sorted(graph.formats.items()) if v not in STANDARD},
-    }
+    return Program(
+        graph=graph.name, role=role, opset=graph.opset, opsets=dict(sorted(graph.domain_opsets.items())),
+        feeds=tuple(Feed(v, *_type(graph, v), layouts.get(v)) for v in graph.inputs if v not in variables),
+        reads=tuple(sorted(reads)), weights=tuple(sorted(w for w in graph.weights if w not in variables)),
+        consts={k: encode_tensor(v) for k, v in sorted(graph.consts.items())},
+        outputs=tuple(_output(graph, o, variables, role, assign or {}) for o in graph.outputs),
+        values=values, steps=steps, arena_bytes=arena, reuse_memory=reuse,
+        arena_bytes_by_reuse={"on": arena if reuse else other, "off": other if reuse else arena},
+        formats={k: v for k, v in sorted(graph.formats.items()) if v not in STANDARD})
 
 
 def apply_input_format(graph: Graph, variables: dict, input_format: str) -> dict[str, str]:
@@ -107,16 +123,20 @@ def _fresh(name: str, taken) -> str:
     return candidate
 
 
-def _output(graph: Graph, name: str, variables: dict, role: str, assign: Mapping[str, str]) -> dict:
+def _output(graph: Graph, name: str, variables: dict, role: str, assign: Mapping[str, str]) -> Output:
     """A graph output; when it writes a variable, ``variable`` is set (and ``writes`` names the variable if
     ``assign`` maps the output to another name). All writes of a run land together after it (the runtime)."""
     written = assign.get(name, name)
     writes = written in variables and role != "infer"
-    return {**_typed(graph, name), "variable": writes, **({"writes": written} if writes and written != name else {})}
+    return Output(name, *_type(graph, name), writes, written if writes and written != name else None)
 
 
-def _typed(graph: Graph, name: str) -> dict:
-    return {"name": name, **graph.types[name].to_json()}
+def _type(graph: Graph, name: str) -> tuple[tuple[int, ...], str]:
+    return tuple(graph.types[name].shape), graph.types[name].dtype
+
+
+def _value(graph: Graph, name: str) -> Value:
+    return Value(name, *_type(graph, name))
 
 
 @dataclass(frozen=True)
@@ -128,49 +148,42 @@ class _Emit:
     fast: bool
     reuse: bool
 
-    def step(self, node: Node, graph: Graph) -> dict:
-        tiling = self.tiling.get(node.name)
-        step = {"node": node.name, "op": node.op_type, "inputs": node.inputs, "outputs": node.outputs,
-                "attrs": {k: v for k, v in node.to_json()["attrs"].items() if k not in node.bodies()},
-                **({"domain": node.domain} if node.domain else {})}  # absent: the default ONNX domain
-        if node.bodies():
-            step["bodies"] = {attr: self.body(body) for attr, body in sorted(node.bodies().items())}
-        if node.name in graph.native or node.op_type == "TransData":
-            step.update(_layout_data(node, graph))
+    def step(self, node: Node, graph: Graph) -> Step:
+        common = {"node": node.name, "op": node.op_type, "inputs": tuple(node.inputs),
+                  "outputs": tuple(node.outputs), "domain": node.domain, "tiling": self.tiling.get(node.name),
+                  "attrs": {k: v for k, v in node.to_json()["attrs"].items() if k not in node.bodies()}}
+        bodies = {attr: self.body(body) for attr, body in sorted(node.bodies().items())}
+        if node.op_type == TRANSDATA and not node.domain:
+            return TransDataStep(**common, layout=_layout(node, graph))
+        rounded = self.precision == "force_fp16" and _float32_step(node, graph)
+        if node.op_type in CONTROL_OPS and not node.domain:
+            return ControlStep(**common, bodies=bodies, precision="fp16_round" if rounded else None)
+        native = node.name in graph.native
+        kernel = {**common, "bodies": bodies, "native": native, "layout": _layout(node, graph) if native else None}
         dtype = graph.types[node.inputs[0]].dtype if node.inputs and node.inputs[0] else None
         if node.op_type not in CUBE_OPS or node.domain:
             approx = self.fast and node.op_type in APPROX_OPS and not node.domain and dtype in FLOAT_DTYPES
-            rounded = self.precision == "force_fp16" and _float32_step(node, graph)
-            return {**step, "tiling": tiling, **({"impl": "high_performance"} if approx else {}),
-                    **({"precision": "fp16_round"} if rounded else {})}
+            return KernelStep(**kernel, impl="high_performance" if approx else None,
+                              precision="fp16_round" if rounded else None)
         fp16 = self.precision in ("allow_fp32_to_fp16", "force_fp16") and dtype == "float32"
-        return {**step, **_kernel_data(tiling, fp16)}
+        return KernelStep(**kernel, precision="fp16" if fp16 else None)  # cube inputs rounded, fp32 accumulation
 
-    def body(self, body: Graph) -> dict:
+    def body(self, body: Graph) -> Body:
         """A control-flow body as a program of its own: formal inputs bound per call, its own arena.
         Values sized at run time (dims -1) have no planned buffer; the executor keeps the kernel's array."""
         values, arena = plan_buffers(body, self.reuse)
-        return {"graph": body.name, "opset": body.opset,
-                **({"opsets": dict(sorted(body.domain_opsets.items()))} if body.domain_opsets else {}),
-                "inputs": [_typed(body, v) for v in body.inputs],
-                "consts": {k: encode_tensor(v) for k, v in sorted(body.consts.items())},
-                "outputs": [_typed(body, o) for o in body.outputs],
-                "values": values, "steps": [self.step(node, body) for node in body.nodes],
-                "arena_bytes": arena}
+        return Body(graph=body.name, opset=body.opset, opsets=dict(sorted(body.domain_opsets.items())),
+                    inputs=tuple(_value(body, v) for v in body.inputs),
+                    consts={k: encode_tensor(v) for k, v in sorted(body.consts.items())},
+                    outputs=tuple(_value(body, o) for o in body.outputs),
+                    values=values, steps=tuple(self.step(node, body) for node in body.nodes), arena_bytes=arena)
 
 
-def _layout_data(node: Node, graph: Graph) -> dict:
+def _layout(node: Node, graph: Graph) -> Layout:
     """What a formatted kernel needs besides the arrays: each operand's format and logical shape."""
-    return {"native": node.op_type != "TransData",
-            "layout": {"in_formats": [graph.format_of(i) if i else None for i in node.inputs],
-                       "in_shapes": [list(graph.types[i].shape) if i else None for i in node.inputs],
-                       "out_format": graph.format_of(node.outputs[0]),
-                       "out_shape": list(graph.types[node.outputs[0]].shape)}}
-
-
-def _kernel_data(tiling: dict | None, fp16: bool) -> dict:
-    """What the runtime needs besides the node: tiling data and the precision of the cube inputs."""
-    return {"tiling": tiling, **({"precision": "fp16"} if fp16 else {})}
+    return Layout(tuple(graph.format_of(i) if i else None for i in node.inputs),
+                  tuple(tuple(graph.types[i].shape) if i else None for i in node.inputs),
+                  graph.format_of(node.outputs[0]), tuple(graph.types[node.outputs[0]].shape))
 
 
 def _float32_step(node: Node, graph: Graph) -> bool:
@@ -179,7 +192,7 @@ def _float32_step(node: Node, graph: Graph) -> bool:
     return node.op_type not in MOVE_OPS and bool(outs) and all(d == "float32" for d in outs)
 
 
-def plan_buffers(graph: Graph, reuse: bool) -> tuple[dict[str, dict], int]:
+def plan_buffers(graph: Graph, reuse: bool) -> tuple[dict[str, Plan], int]:
     """Assign every node output an arena offset; with ``reuse`` values whose lifetimes are disjoint share bytes.
 
     Lifetime of a value = [step that defines it, last step that reads it]; graph outputs live to the end.
@@ -195,7 +208,7 @@ def plan_buffers(graph: Graph, reuse: bool) -> tuple[dict[str, dict], int]:
     outputs = set(graph.outputs)
     free = _FreeList()
     dying: dict[int, list[tuple[int, int]]] = {}  # step -> (offset, size) of the blocks that die before it
-    buffers: dict[str, dict] = {}
+    buffers: dict[str, Plan] = {}
     arena = 0
     for index, node in enumerate(graph.nodes):
         for offset, size in dying.pop(index, ()):  # placed in definition order: a dead block never matters again
@@ -211,8 +224,9 @@ def plan_buffers(graph: Graph, reuse: bool) -> tuple[dict[str, dict], int]:
             offset = free.take(size) if reuse else arena
             if reuse:
                 dying.setdefault(life_end + 1, []).append((offset, size))
-            buffers[name] = {**graph.types[name].to_json(), "offset": offset,
-                             **({"format": fmt, "storage": list(storage)} if fmt not in STANDARD else {})}
+            standard = fmt in STANDARD
+            buffers[name] = Plan(tuple(graph.types[name].shape), graph.types[name].dtype, offset,
+                                 None if standard else fmt, None if standard else tuple(storage))
             arena = max(arena, offset + size)
     return buffers, arena
 

@@ -34,10 +34,10 @@ from ..dtypes import dtype_from_name
 from ..errors import BundleIOError
 from ..guard import canonical, check_replaceable
 from ..layouts import storage_shape
+from ..program import FORMAT_VERSION
 from .stage import BUNDLE, TEXT, Input, Ref, Stage, StageContext
 
 VERSION = "4"  # 3: small constants share constants/packed (bundle format 2), compact root zarr.json; 4: UTF-8 manifest
-FORMAT_VERSION = 2
 PACKED_ARRAY = "constants/packed"
 PACKED_MAX_BYTES = 256 << 10  # a constant up to this size lives in the packed array
 PACKED_CHUNK_BYTES = 1 << 20

@@ -20,6 +20,8 @@ import numpy as np
 import onnx
 import yaml
 
+from bundle_pipeline.program import Program
+
 HUGE = [2**31, 2**40, 2**62, 2**63 - 1, 2**64 + 1, 10**30]
 VALUES: list[Any] = [None, True, False, 0, -1, 1, 3, 2.5, float("-inf"), "", "x", "float32", "object", "<U8",
                      "V16", "../../etc/passwd", "/abs", [], {}, [1, 2], [-1], [2**40, 2**40], [0, 2**62],
@@ -180,17 +182,17 @@ def mutate_bundle(src: Path, dst: Path, rng: random.Random) -> str:
     return kind
 
 
-def feeds_for(program: dict, rng: np.random.Generator, limit_bytes: int = 1 << 24) -> dict[str, np.ndarray] | None:
-    """Feeds matching a program's declared feeds, or None when they are malformed or too big to make."""
+def feeds_for(program: Program, rng: np.random.Generator, limit_bytes: int = 1 << 24) -> dict[str, np.ndarray] | None:
+    """Feeds matching a (loaded) program's declared feeds, or None when they are malformed or too big to make."""
     try:
         feeds = {}
         total = 0
-        for f in program["feeds"]:
-            dtype = np.dtype(f["dtype"])
-            total += int(np.prod(f["shape"], dtype=object)) * dtype.itemsize
+        for f in program.feeds:
+            dtype = np.dtype(f.dtype)
+            total += int(np.prod(f.shape, dtype=object)) * dtype.itemsize
             if total > limit_bytes:
                 return None
-            feeds[f["name"]] = rng.standard_normal(f["shape"]).astype(dtype)
+            feeds[f.name] = rng.standard_normal(f.shape).astype(dtype)
         return feeds
     except (KeyError, TypeError, ValueError):
         return None

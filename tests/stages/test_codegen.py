@@ -152,10 +152,10 @@ def test_reuse_shrinks_the_arena_of_a_long_chain():
 def test_offsets_are_aligned_for_odd_sizes():
     graph = chain(5, 3)  # 12-byte values
     buffers, arena = codegen.plan_buffers(graph, reuse=False)
-    assert [b["offset"] for b in buffers.values()] == [0, 64, 128, 192, 256]
+    assert [b.offset for b in buffers.values()] == [0, 64, 128, 192, 256]
     assert arena == 320
     buffers, arena = codegen.plan_buffers(graph, reuse=True)
-    assert all(b["offset"] % 64 == 0 for b in buffers.values()) and arena == 128
+    assert all(b.offset % 64 == 0 for b in buffers.values()) and arena == 128
 
 
 CUBES = """
