@@ -1,0 +1,183 @@
+"""A compiled cpu program as an ONNX model ONNX Runtime can run (``runtime/ort_executor.py`` runs it).
+
+The model is built at load from the program the validator has checked, so both executors run exactly the same
+compiled graph (options already applied by codegen: ``input_format``'s leading Transpose, ``out_nodes``'
+pruning, the precision marks) and bundles of every format version get it. Every variable and every bundle
+constant is a named graph *input*, never an initializer: the executor binds them to the bundle's own arrays
+(one copy, shared by every graph; an update writes them in place and the next run sees the new values). Only
+the program's inline consts (small tensors that steer shapes) are initializers, so ORT still knows them.
+
+Precision marks become Cast nodes that round as the reference executor does (``executor.call_kernel``):
+``"fp16"`` (cube ops) rounds the first two float32 inputs through float16; ``"fp16_round"`` (force_fp16 on a
+vector op) rounds every float32 input and every output. A program ORT cannot run as such (control-flow
+bodies, formats other than the standard layouts, the approximate kernels of ``op_select_implmode``,
+sequences) gets a reason instead of a model, and runs on the reference executor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from ..ir.graph import decode_attr, decode_tensor, split_container
+
+ROW_MAJOR = frozenset({"ND", "NCHW", "NHWC", "NCDHW"})  # formats whose bytes are the plain row-major array
+
+
+class Unsupported(Exception):
+    """Why a program stays on the reference executor (one line, for ``inspect`` and errors)."""
+
+
+def program_model(program: dict, inputs: Mapping[str, tuple[list[int], str]]):
+    """The ``onnx.ModelProto`` of ``program``; ``inputs``: shape and dtype of every variable and bundle constant
+    it reads (graph inputs besides the feeds). Raises ``Unsupported`` with the reason when ORT cannot run it."""
+    import onnx
+    from onnx import helper
+
+    unsupported_reason(program)
+    types = value_types(program, inputs)
+    nodes = []
+    for step in program["steps"]:
+        nodes.extend(_step_nodes(step, types, program.get("opset")))
+    graph_inputs = [_value_info(f["name"], f["shape"], f["dtype"]) for f in program["feeds"]]
+    graph_inputs += [_value_info(name, *inputs[name]) for name in [*program["reads"], *program["weights"]]]
+    consts = [onnx.numpy_helper.from_array(decode_tensor(v), k) for k, v in program["consts"].items()]
+    outputs = [_value_info(o["name"], o["shape"], o["dtype"]) for o in program["outputs"]]
+    graph = helper.make_graph(nodes, program["graph"], graph_inputs, outputs, consts)
+    opsets = [helper.make_opsetid("", int(program["opset"]))]
+    opsets += [helper.make_opsetid(d, int(v)) for d, v in program.get("opsets", {}).items()]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets),
+                             producer_name="bundle-pipeline")
+
+
+def unsupported_reason(program: dict) -> None:
+    """Raise ``Unsupported`` for what this translation does not express (checked before anything is built)."""
+    if any(fmt not in ROW_MAJOR for fmt in program.get("formats", {}).values()):
+        raise Unsupported("values in stored formats (npu layouts) ORT does not have")
+    for step in program["steps"]:
+        if "bodies" in step:
+            raise Unsupported(f"control flow: node {step['node']!r} ({step['op']}) has compiled bodies")
+        if step.get("native"):
+            raise Unsupported(f"node {step['node']!r} ({step['op']}) is an npu-native kernel")
+        if "impl" in step:
+            raise Unsupported(f"node {step['node']!r} ({step['op']}) uses the approximate kernel of "
+                              f"op_select_implmode={step['impl']}")
+        formats = {step["attrs"].get("src_format"), step["attrs"].get("dst_format")}
+        if step["op"] == "TransData" and not formats <= ROW_MAJOR:
+            raise Unsupported(f"node {step['node']!r} converts to a stored format")
+    for value in [*program["feeds"], *program["outputs"]]:
+        if split_container(value["dtype"]):
+            raise Unsupported(f"{value['name']!r} is a {value['dtype']} (sequence/optional) value")
+
+
+def value_types(program: dict, inputs: Mapping[str, tuple[list[int], str]]) -> dict[str, str]:
+    """The dtype of every value whose type the program records (feeds, reads, consts, planned values, outputs)."""
+    types = {name: dtype for name, (_, dtype) in inputs.items()}
+    types.update({f["name"]: f["dtype"] for f in program["feeds"]})
+    types.update({k: v["dtype"] for k, v in program["consts"].items()})
+    types.update({k: v["dtype"] for k, v in program["values"].items()})
+    types.update({o["name"]: o["dtype"] for o in program["outputs"]})
+    return types
+
+
+def _step_nodes(step: dict, types: Mapping[str, str], opset: int | None) -> list:
+    """One step as ONNX nodes: the op itself, with Casts around it for its precision mark."""
+    from onnx import helper
+
+    op, domain = step["op"], step.get("domain", "")
+    if op == "TransData":  # between row-major formats: moves no byte
+        return [helper.make_node("Identity", step["inputs"][:1], step["outputs"][:1], name=step["node"])]
+    inputs, outputs, casts_before, casts_after = list(step["inputs"]), list(step["outputs"]), [], []
+    precision = step.get("precision")
+    if precision in ("fp16", "fp16_round"):
+        rounded = range(2) if precision == "fp16" else range(len(inputs))
+        for i in rounded:
+            if i < len(inputs) and inputs[i] and _float32(inputs[i], types, step):
+                casts_before += _round_fp16(inputs[i], f"{inputs[i]}@fp16/{step['node']}/{i}", step["node"])
+                inputs[i] = casts_before[-1].output[0]
+    if precision == "fp16_round":
+        for i, out in enumerate(outputs):
+            if out:
+                outputs[i] = f"{out}@exact/{step['node']}"
+                casts_after += _round_fp16(outputs[i], out, step["node"])
+    elif precision not in (None, "fp16"):
+        raise Unsupported(f"node {step['node']!r} has precision {precision!r}")
+    node = helper.make_node(op, inputs, outputs, name=step["node"], domain=domain or None)
+    node.attribute.extend(_attributes(step, domain, opset))
+    return [*casts_before, node, *casts_after]
+
+
+def _float32(name: str, types: Mapping[str, str], step: dict) -> bool:
+    if name not in types:
+        raise Unsupported(f"node {step['node']!r} rounds input {name!r}, whose type is known only at run time")
+    return types[name] == "float32"
+
+
+def _round_fp16(src: str, dst: str, node: str) -> list:
+    """``dst = float32(float16(src))``: round to the nearest float16, as numpy's astype does."""
+    from onnx import TensorProto, helper
+
+    half = f"{dst}@half"
+    return [helper.make_node("Cast", [src], [half], name=f"{node}/round/{half}", to=TensorProto.FLOAT16),
+            helper.make_node("Cast", [half], [dst], name=f"{node}/round/{dst}", to=TensorProto.FLOAT)]
+
+
+def _attributes(step: dict, domain: str, opset: int | None) -> list:
+    """The step's attributes with the ONNX types the op's schema declares (JSON cannot tell an empty list of
+    floats from one of ints, nor ``1.0`` written as ``1``)."""
+    import onnx
+    from onnx import helper
+
+    declared = {}
+    try:
+        schema = onnx.defs.get_schema(step["op"], int(opset or 1), domain)
+        declared = {name: attr.type for name, attr in schema.attributes.items()}
+    except onnx.defs.SchemaError:
+        pass  # an op onnx does not know: ORT decides at session creation
+    out = []
+    for name, encoded in sorted(step["attrs"].items()):
+        kind = declared.get(name)
+        out.append(helper.make_attribute(name, _typed_attr(decode_attr(encoded), kind), attr_type=kind))
+    return out
+
+
+def _typed_attr(value, kind):
+    """``value`` converted to what ``helper.make_attribute`` makes an attribute of type ``kind`` from."""
+    from onnx import AttributeProto as A
+    from onnx import numpy_helper
+
+    if isinstance(value, np.ndarray):
+        return numpy_helper.from_array(value)
+    if kind == A.FLOAT:
+        return float(value)
+    if kind == A.INT:
+        return int(value)
+    if kind == A.FLOATS:
+        return [float(v) for v in value]
+    if kind == A.INTS:
+        return [int(v) for v in value]
+    if kind == A.STRINGS and not value:
+        return []
+    return value
+
+
+def _value_info(name: str, shape: list[int], dtype: str):
+    from onnx import helper
+
+    dims = [d if d >= 0 else None for d in shape]
+    return helper.make_tensor_value_info(name, onnx_dtype(dtype), dims)
+
+
+def onnx_dtype(name: str) -> int:
+    """The TensorProto element type of a dtype name (numpy or ml_dtypes, as the IR writes them)."""
+    from onnx import helper
+
+    if name == "object":
+        return helper.TensorProto.STRING
+    from ..dtypes import dtype_from_name
+
+    try:
+        return helper.np_dtype_to_tensor_dtype(dtype_from_name(name))
+    except (KeyError, ValueError, TypeError):
+        raise Unsupported(f"dtype {name} has no ONNX tensor type here") from None
