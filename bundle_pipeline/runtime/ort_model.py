@@ -21,8 +21,13 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..ir.graph import decode_attr, decode_tensor, split_container
+from .ort_departures import departs_from_spec
 
 ROW_MAJOR = frozenset({"ND", "NCHW", "NHWC", "NCDHW"})  # formats whose bytes are the plain row-major array
+# dtypes ORT binds from numpy at a graph's edge (feeds, outputs, variables, constants); strings and the
+# ml_dtypes types (bfloat16, float8*, int4, ...) it does not, so such graphs stay on the reference
+BINDABLE = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16",
+                      "float32", "float64"})
 
 
 class Unsupported(Exception):
@@ -36,7 +41,14 @@ def program_model(program: dict, inputs: Mapping[str, tuple[list[int], str]]):
     from onnx import helper
 
     unsupported_reason(program)
+    for name, (_, dtype) in inputs.items():
+        if dtype not in BINDABLE:
+            raise Unsupported(f"{name!r} is {dtype}, which ORT does not bind from numpy")
     types = value_types(program, inputs)
+    for step in program["steps"]:
+        why = departs_from_spec(step, types)
+        if why:
+            raise Unsupported(f"node {step['node']!r} ({step['op']}): {why}")
     nodes = []
     for step in program["steps"]:
         nodes.extend(_step_nodes(step, types, program.get("opset")))
@@ -69,6 +81,8 @@ def unsupported_reason(program: dict) -> None:
     for value in [*program["feeds"], *program["outputs"]]:
         if split_container(value["dtype"]):
             raise Unsupported(f"{value['name']!r} is a {value['dtype']} (sequence/optional) value")
+        if value["dtype"] not in BINDABLE:
+            raise Unsupported(f"{value['name']!r} is {value['dtype']}, which ORT does not bind from numpy")
 
 
 def value_types(program: dict, inputs: Mapping[str, tuple[list[int], str]]) -> dict[str, str]:
