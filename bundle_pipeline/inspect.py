@@ -31,7 +31,7 @@ def describe(path: str) -> dict:
                         and c["offset"] + c["nbytes"] > size), None)
         if outside is not None:
             raise BundleCorrupt(f"constant {outside!r} lies outside {PACKED_ARRAY}", path)
-    graphs = [_graph(g) for g in manifest["graphs"]]
+    graphs = [{**_graph(g), **_executor(g, manifest)} for g in manifest["graphs"]]
     variables = [{k: v[k] for k in ("name", "shape", "dtype", "format", "nbytes", "readers", "writers")}
                  for v in manifest["variables"]]
     constants = manifest["constants"]
@@ -60,6 +60,14 @@ def _graph(g: dict) -> dict:
             "kernels": [{"node": s["node"], "op": s["op"], "native": bool(s.get("native")),
                          "tiling": {k: v for k, v in s["tiling"].items() if k != "cost"}}
                         for s in steps if s.get("tiling")]}
+
+
+def _executor(graph: dict, manifest: dict) -> dict:
+    """What ``load_bundle`` (executor auto) runs the graph with, and why."""
+    from .runtime.ort_executor import planned_executor
+
+    executor, why = planned_executor(graph, manifest)
+    return {"executor": executor, "executor_reason": why}
 
 
 def _writes(program: dict) -> dict[str, str]:
@@ -110,6 +118,10 @@ def render(info: dict, path: str) -> None:
                        _bytes(g["transdata_bytes"]), _bytes(by_reuse.get("on", g["arena_bytes"])) + bodies,
                        _bytes(by_reuse.get("off", g["arena_bytes"])) + bodies, options or "-")
     console.print(graphs)
+    executors = Table("graph", "executor (load_bundle auto)", "why", title="executors")
+    for g in info["graphs"]:
+        executors.add_row(g["name"], g["executor"], g["executor_reason"])
+    console.print(executors)
     kernels = Table("graph", "node", "op", "kernel", "tiling", title="tiling per kernel")
     for g in info["graphs"]:
         for k in g["kernels"]:

@@ -41,6 +41,31 @@ def ort_errors() -> tuple[type[Exception], ...]:
                                              "NotImplemented", "InvalidGraph", "EPFail") if hasattr(state, n))
 
 
+def planned_executor(graph: dict, manifest: dict, executor: str = "auto") -> tuple[str, str]:
+    """(executor, why) ``load_bundle(executor=...)`` would pick for a manifest's graph, from the manifest alone
+    (``inspect``: no constant is read; the session is created without data, as every weight is an input)."""
+    variables = {v["name"]: v for v in manifest["variables"]}
+    types = {n: (list(variables[n].get("storage", variables[n]["shape"])), variables[n]["dtype"])
+             for n in graph["program"]["reads"]}
+    for weight, cid in graph.get("bindings", {}).items():
+        const = manifest["constants"][cid]
+        types[weight] = (list(const.get("storage", const["shape"])), const["dtype"])
+    session, why = _session(graph["program"], manifest["target"], executor, types, SessionSettings(threads=1))
+    return ("onnxruntime" if session is not None else "reference"), why
+
+
+def _session(program: dict, target: str, executor: str, types: Mapping[str, tuple[list[int], str]],
+             settings: SessionSettings) -> tuple[object | None, str]:
+    if executor == "reference":
+        return None, "reference executor requested"
+    if target != "cpu":
+        return None, f"target {target}: the reference executor simulates its formats and kernels"
+    try:
+        return create_session(program, types, settings), f"cpu target: onnxruntime ({executor})"
+    except Unsupported as why:
+        return None, str(why)
+
+
 def input_types(program: dict, constants: Mapping[str, np.ndarray], variables: VariableStore) -> dict:
     """Shape and dtype of every graph input besides the feeds: the variables read and the bundle constants."""
     types = {n: (list(variables.values[n].shape), variables.values[n].dtype.name) for n in program["reads"]}
@@ -131,15 +156,10 @@ def _shareable(arr: np.ndarray, name: str) -> np.ndarray:
 def choose(program: dict, target: str, executor: str, constants: Mapping[str, np.ndarray],
            variables: VariableStore, settings: SessionSettings) -> tuple[OrtExecutor | None, str]:
     """(executor or None, why): the ORT executor of ``program``, or None and why the reference runs it."""
-    if executor == "reference":
-        return None, "reference executor requested"
-    if target != "cpu":
-        return None, f"target {target}: the reference executor simulates its formats and kernels"
+    session, why = _session(program, target, executor, input_types(program, constants, variables), settings)
+    if session is None:
+        return None, why
     try:
-        session = create_session(program, input_types(program, constants, variables), settings)
-    except Unsupported as why:
-        return None, str(why)
-    try:
-        return OrtExecutor(program, session, constants, variables), f"cpu target: onnxruntime ({executor})"
+        return OrtExecutor(program, session, constants, variables), why
     except (*ort_errors(), RuntimeError, TypeError, ValueError) as err:  # an array ORT cannot wrap
         return None, f"onnxruntime cannot bind the arrays: {_first_line(err)}"
