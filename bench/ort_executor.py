@@ -7,7 +7,8 @@ variable) and built for cpu with three infer graphs (``infer_a/b/c``, the same m
 Measured side by side in one process, median of ``--repeat`` runs after a warm-up:
 
 - run: ``bundle.run("infer_a")`` with ``executor="auto"`` (ORT) and ``"reference"`` (NumPy) vs
-  ``InferenceSession.run`` on the original model (both ORT sides at ORT's default threads);
+  ``InferenceSession.run`` on the original model (both ORT sides at ORT's default threads); ours and ORT are
+  timed in turn within each round (a load spike on a shared machine hits both);
 - refresh: ``bundle.update`` writing every variable (auto) vs ORT's way, a new ``InferenceSession`` from the
   model bytes with the new initializers (the substitution and serialisation are not timed);
 - after the refresh, the max abs error of the bundle (auto) against ORT on the model with the new weights;
@@ -149,6 +150,20 @@ def build_bundle(model: onnx.ModelProto, input_shape: str, work: Path) -> tuple[
     return path, list(graphs.variables)
 
 
+def interleaved_ms(fns: dict, repeat: int) -> dict[str, float]:
+    """Median ms of each function, timed in turn within every round: on a shared machine a load spike hits
+    all of them, not one side's whole series."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeat):
+        for key, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[key].append((time.perf_counter() - start) * 1000)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def median_ms(fn, repeat: int) -> float:
     fn()  # warm-up: first-run allocations are not latency
     times = []
@@ -181,8 +196,8 @@ def measure(name: str, model: onnx.ModelProto, feeds: dict, input_shape: str, wo
     row = {"model": name, "variables": len(variables),
            "variable_bytes": int(sum(fast.variables.values[v].nbytes for v in variables)),
            "executor": fast.executor_of("infer_a"), "executor_reason": fast.executor_reasons["infer_a"]}
-    row["ort_run_ms"] = median_ms(lambda: session.run(None, feeds), repeat)
-    row["ours_ort_run_ms"] = median_ms(lambda: fast.run("infer_a", feeds), repeat)
+    row.update(interleaved_ms({"ort_run_ms": lambda: session.run(None, feeds),
+                               "ours_ort_run_ms": lambda: fast.run("infer_a", feeds)}, repeat))
     row["ours_reference_run_ms"] = median_ms(lambda: ref.run("infer_a", feeds), max(3, repeat // 4))
     row["run_ratio"] = row["ours_ort_run_ms"] / row["ort_run_ms"]
     expected = dict(zip(outputs, session.run(None, feeds), strict=True))
@@ -191,9 +206,9 @@ def measure(name: str, model: onnx.ModelProto, feeds: dict, input_shape: str, wo
     new = {v: (fast.variable(v) * (1 + 0.05 * rng.standard_normal(fast.variable(v).shape))).astype(
         fast.variable(v).dtype) for v in variables}
     updates = {f"{k}.new": v for k, v in new.items()}
-    row["ours_refresh_ms"] = median_ms(lambda: fast.update(updates), repeat)
     new_bytes = substitute_weights(model, new).SerializeToString()
-    row["ort_new_session_ms"] = median_ms(lambda: ort_session(new_bytes), max(3, repeat // 4))
+    row.update(interleaved_ms({"ours_refresh_ms": lambda: fast.update(updates),
+                               "ort_new_session_ms": lambda: ort_session(new_bytes)}, max(3, repeat // 4)))
     row["refresh_ratio"] = row["ours_refresh_ms"] / row["ort_new_session_ms"]
     refreshed = ort_session(new_bytes)
     row["err_after_refresh"] = max_abs_err(fast.run("infer_a", feeds),
