@@ -83,7 +83,8 @@ def create_session(program: dict, types: Mapping[str, tuple[list[int], str]], se
 
     model = program_model(program, types)
     options = ort.SessionOptions()
-    options.log_severity_level = 3  # ORT's warnings (e.g. unused initializers) are not the user's business
+    # ORT's own log lines are not the user's business: a refusal comes back as the reason this module records
+    options.log_severity_level = 4
     if settings.threads is not None:
         options.intra_op_num_threads = settings.threads
     options.inter_op_num_threads = 1

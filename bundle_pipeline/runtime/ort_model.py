@@ -9,9 +9,12 @@ the program's inline consts (small tensors that steer shapes) are initializers, 
 
 Precision marks become Cast nodes that round as the reference executor does (``executor.call_kernel``):
 ``"fp16"`` (cube ops) rounds the first two float32 inputs through float16; ``"fp16_round"`` (force_fp16 on a
-vector op) rounds every float32 input and every output. A program ORT cannot run as such (control-flow
-bodies, formats other than the standard layouts, the approximate kernels of ``op_select_implmode``,
-sequences) gets a reason instead of a model, and runs on the reference executor.
+vector op) rounds every float32 input and every output. A program ORT cannot run as such (Loop, Scan and other
+graph attributes, formats other than the standard layouts, the approximate kernels of ``op_select_implmode``,
+sequences, strings and ml_dtypes at its edges, steps where ORT departs from the spec: ``ort_departures.py``)
+gets a reason instead of a model, and runs on the reference executor. If keeps its
+bodies as ONNX subgraphs (the closed bodies of ``ir/subgraphs.py`` opened again: captured values are read by
+name from the enclosing graph).
 """
 
 from __future__ import annotations
@@ -20,9 +23,14 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ..ir.graph import UNKNOWN_DTYPE as UNKNOWN
 from ..ir.graph import decode_attr, decode_tensor, split_container
 from .ort_departures import departs_from_spec
 
+# control flow whose closed bodies become ONNX subgraphs again. Loop and Scan stay on the reference: on the
+# node suite ORT returned their scan outputs with another shape than the spec (Range's expanded Loop, Scan-9
+# over scalars) from these bodies
+BODY_OPS = frozenset({"If"})
 ROW_MAJOR = frozenset({"ND", "NCHW", "NHWC", "NCDHW"})  # formats whose bytes are the plain row-major array
 # dtypes ORT binds from numpy at a graph's edge (feeds, outputs, variables, constants); strings and the
 # ml_dtypes types (bfloat16, float8*, int4, ...) it does not, so such graphs stay on the reference
@@ -52,10 +60,15 @@ def program_model(program: dict, inputs: Mapping[str, tuple[list[int], str]]):
     nodes = []
     for step in program["steps"]:
         nodes.extend(_step_nodes(step, types, program.get("opset")))
-    graph_inputs = [_value_info(f["name"], f["shape"], f["dtype"]) for f in program["feeds"]]
+    # With control flow, feeds and outputs keep their rank but not their sizes: ORT infers shapes in both
+    # branches of an If, and a branch that cannot run on these feeds (silero-vad's 8 kHz path on a 16 kHz
+    # frame) is refused on static shapes; the original model's symbolic dims are what ORT checks it with.
+    # The feeds are still checked against their static shapes before every run (``check_feeds``).
+    loose = any("bodies" in step for step in program["steps"])
+    graph_inputs = [_value_info(f["name"], f["shape"], f["dtype"], loose) for f in program["feeds"]]
     graph_inputs += [_value_info(name, *inputs[name]) for name in [*program["reads"], *program["weights"]]]
     consts = [onnx.numpy_helper.from_array(decode_tensor(v), k) for k, v in program["consts"].items()]
-    outputs = [_value_info(o["name"], o["shape"], o["dtype"]) for o in program["outputs"]]
+    outputs = [_value_info(o["name"], o["shape"], o["dtype"], loose) for o in program["outputs"]]
     graph = helper.make_graph(nodes, program["graph"], graph_inputs, outputs, consts)
     opsets = [helper.make_opsetid("", int(program["opset"]))]
     opsets += [helper.make_opsetid(d, int(v)) for d, v in program.get("opsets", {}).items()]
@@ -64,12 +77,16 @@ def program_model(program: dict, inputs: Mapping[str, tuple[list[int], str]]):
 
 
 def unsupported_reason(program: dict) -> None:
-    """Raise ``Unsupported`` for what this translation does not express (checked before anything is built)."""
+    """Raise ``Unsupported`` for what this translation does not express (checked before anything is built);
+    control-flow bodies are checked like programs."""
+    for step in program["steps"]:
+        for body in step.get("bodies", {}).values():
+            unsupported_reason({**body, "feeds": [], "outputs": []})
     if any(fmt not in ROW_MAJOR for fmt in program.get("formats", {}).values()):
         raise Unsupported("values in stored formats (npu layouts) ORT does not have")
     for step in program["steps"]:
-        if "bodies" in step:
-            raise Unsupported(f"control flow: node {step['node']!r} ({step['op']}) has compiled bodies")
+        if "bodies" in step and step["op"] not in BODY_OPS:
+            raise Unsupported(f"node {step['node']!r} ({step['op']}) has graph attributes ORT does not take")
         if step.get("native"):
             raise Unsupported(f"node {step['node']!r} ({step['op']}) is an npu-native kernel")
         if "impl" in step:
@@ -100,6 +117,8 @@ def _step_nodes(step: dict, types: Mapping[str, str], opset: int | None) -> list
     from onnx import helper
 
     op, domain = step["op"], step.get("domain", "")
+    if "bodies" in step:
+        return [_control_node(step, types, opset)]
     if op == "TransData":  # between row-major formats: moves no byte
         return [helper.make_node("Identity", step["inputs"][:1], step["outputs"][:1], name=step["node"])]
     inputs, outputs, casts_before, casts_after = list(step["inputs"]), list(step["outputs"]), [], []
@@ -120,6 +139,53 @@ def _step_nodes(step: dict, types: Mapping[str, str], opset: int | None) -> list
     node = helper.make_node(op, inputs, outputs, name=step["node"], domain=domain or None)
     node.attribute.extend(_attributes(step, domain, opset))
     return [*casts_before, node, *casts_after]
+
+
+def _control_node(step: dict, types: Mapping[str, str], opset: int | None):
+    """If/Loop/Scan with its closed bodies opened again: the ``captures`` last inputs of the node (and of each
+    body) are outer values the ONNX body reads by name, as ir/subgraphs.py found them."""
+    from onnx import helper
+
+    captures = int(decode_attr(step["attrs"].get("captures", 0)))
+    own = step["inputs"][:len(step["inputs"]) - captures]
+    node = helper.make_node(step["op"], own, step["outputs"], name=step["node"])
+    plain = {**step, "attrs": {k: v for k, v in step["attrs"].items() if k != "captures"}}
+    node.attribute.extend(_attributes(plain, "", opset))
+    for attr, body in sorted(step["bodies"].items()):
+        node.attribute.append(helper.make_attribute(attr, _body_graph(body, captures, types, opset)))
+    return node
+
+
+def _body_graph(body: dict, captures: int, outer: Mapping[str, str], opset: int | None):
+    import onnx
+    from onnx import helper
+
+    formal, captured = body["inputs"][:len(body["inputs"]) - captures], body["inputs"][len(body["inputs"]) - captures:]
+    types = {**outer, **value_types({**body, "feeds": formal, "outputs": []}, {})}
+    nodes = [n for step in body["steps"] for n in _step_nodes(step, types, body.get("opset", opset))]
+    outputs, passed = [], {i["name"] for i in body["inputs"]}
+    for out in body["outputs"]:
+        name = out["name"]
+        if name in passed:  # ORT wants a body output made inside the body: an input passed through gets an Identity
+            name = f"{name}@out"
+            nodes.append(helper.make_node("Identity", [out["name"]], [name], name=f"{body['graph']}/{name}"))
+        outputs.append(_body_value_info(name, out))
+    consts = [onnx.numpy_helper.from_array(decode_tensor(v), k) for k, v in body["consts"].items()]
+    del captured  # read by name from the enclosing graph
+    return helper.make_graph(nodes, body["graph"], [_body_value_info(i["name"], i) for i in formal], outputs,
+                             consts)
+
+
+def _body_value_info(name: str, value: dict):
+    """A body's formal input or output; what inference left unknown is left for ORT to infer (a body value
+    sized at run time may not even have the rank its ``[-1]`` shows)."""
+    from onnx import helper
+
+    if value["dtype"] in (UNKNOWN, "object") or split_container(value["dtype"]):
+        return helper.make_empty_tensor_value_info(name)
+    if any(d < 0 for d in value["shape"]):
+        return helper.make_tensor_value_info(name, onnx_dtype(value["dtype"]), None)
+    return _value_info(name, value["shape"], value["dtype"])
 
 
 def _float32(name: str, types: Mapping[str, str], step: dict) -> bool:
@@ -176,10 +242,10 @@ def _typed_attr(value, kind):
     return value
 
 
-def _value_info(name: str, shape: list[int], dtype: str):
+def _value_info(name: str, shape: list[int], dtype: str, symbolic: bool = False):
     from onnx import helper
 
-    dims = [d if d >= 0 else None for d in shape]
+    dims = [f"{name}:{i}" if symbolic else d if d >= 0 else None for i, d in enumerate(shape)]
     return helper.make_tensor_value_info(name, onnx_dtype(dtype), dims)
 
 

@@ -202,3 +202,41 @@ def test_inspect_and_exec_name_the_executor(shared, tmp_path):
     assert_outputs_close(outs["onnxruntime"], outs["reference"], rtol=1e-5, atol=1e-6)
     bad = CliRunner().invoke(app, ["exec", str(path), graph, *args, "--executor", "gpu"])
     assert bad.exit_code == 1 and "error:" in bad.output and "unknown executor 'gpu'" in bad.output
+
+
+def _branchy() -> onnx.ModelProto:
+    """y = If(flag, then: x @ W, else: x @ W + b): the branches read the weights W and b from the outer graph."""
+    rng = np.random.default_rng(3)
+    w = onnx.numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "W")
+    b = onnx.numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b")
+    out = helper.make_tensor_value_info("r", TensorProto.FLOAT, [3, 4])
+    then = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["r"])], "then", [], [out])
+    other = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["m"]),
+                               helper.make_node("Add", ["m", "b"], ["r"])], "else", [], [out])
+    graph = helper.make_graph([helper.make_node("If", ["flag"], ["y"], then_branch=then, else_branch=other)], "branchy",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 8]),
+                               helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])], [w, b])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_if_bodies_run_on_onnxruntime_and_read_updated_variables(tmp_path):
+    model = _branchy()
+    graphs = bp.convert_to_weight_refreshable_graphs(model)
+    path = _save(tmp_path, [bp.GraphWithOptions(graphs.var_init, role="init", name="init"),
+                            bp.GraphWithOptions(graphs.var_update, role="update", name="update"),
+                            bp.GraphWithOptions(graphs.infer, role="infer", name="infer")], "branchy")
+    fast, ref = load_bundle(path), load_bundle(path, executor="reference")
+    assert fast.executor_of("infer") == "onnxruntime", fast.executor_reasons["infer"]
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 8)).astype(np.float32)
+    new = {"W": rng.standard_normal((8, 4)).astype(np.float32), "b": rng.standard_normal(4).astype(np.float32)}
+    for step in ("init", "update"):
+        if step == "update":
+            for bundle in (fast, ref):
+                bundle.update({f"{k}.new": v for k, v in new.items()})
+        for flag in (True, False):
+            feeds = {"x": x, "flag": np.array(flag)}
+            weights = new if step == "update" else None
+            assert_outputs_close(fast.run("infer", feeds), ort_run(model, feeds, weights=weights))
+            assert_outputs_close(fast.run("infer", feeds), ref.run("infer", feeds), rtol=1e-6, atol=1e-6)
