@@ -170,7 +170,7 @@ def interleaved_ms(fns: dict, repeat: int) -> dict[str, float]:
 def weights_as_inputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """The original model with its float initializers turned into graph inputs (and their values): what ORT
     runs when weights are bound rather than baked in, the price of sharing and refreshing them in place (ORT
-    cannot prepack or fold a weight it does not own). Constant nodes stay constants."""
+    cannot prepack or fold a weight it does not own), top-level Constant nodes of floats included."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     values = {}
@@ -179,6 +179,12 @@ def weights_as_inputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str
             values[tensor.name] = numpy_helper.to_array(tensor)
             copy.graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
             copy.graph.initializer.remove(tensor)
+    for node in list(copy.graph.node):  # weights in Constant nodes (rapidocr, silero-vad) too
+        value = next((a.t for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
+        if value is not None and value.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16) and len(value.dims):
+            values[node.output[0]] = numpy_helper.to_array(value)
+            copy.graph.input.append(helper.make_tensor_value_info(node.output[0], value.data_type, list(value.dims)))
+            copy.graph.node.remove(node)
     return copy, values
 
 
