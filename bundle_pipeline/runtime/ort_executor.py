@@ -13,6 +13,7 @@ them with no session re-created and nothing re-bound.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -138,12 +139,28 @@ class OrtExecutor:
             self.binding.bind_output(name, "cpu")
         try:
             self.session.run_with_iobinding(self.binding)
-        except ort_errors() as err:
-            raise RuntimeFailure(f"onnxruntime: {_first_line(err)}", f"graph {self.name}") from None
+        except (*ort_errors(), RuntimeError) as err:  # a failed run is a plain RuntimeError from the binding
+            self.binding.clear_binding_outputs()
+            raise RuntimeFailure(_run_error(str(err)), f"graph {self.name}") from None
         # copies out of ORT's buffers: an output never aliases a variable or the next run's memory
         outputs = dict(zip(self.output_names, self.binding.copy_outputs_to_cpu(), strict=True))
         self.binding.clear_binding_outputs()
         return outputs
+
+
+# ORT's status of a failed node, innermost last: "... running Reshape node. Name:'If_0/then_branch/Reshape_0' ..."
+_FAILED_NODE = re.compile(r"running (\w+) node\. Name:'([^']*)' Status Message: ")
+
+
+def _run_error(text: str) -> str:
+    """ORT's error as the reference words it: the innermost failing node (inside a body: its own name), its op,
+    and ORT's message for it."""
+    failed = list(_FAILED_NODE.finditer(text))
+    if not failed:
+        return f"onnxruntime: {_first_line(Exception(text))}"
+    last = failed[-1]
+    detail = _first_line(Exception(text[last.end():]))
+    return f"while executing node {last.group(2)} ({last.group(1)}): onnxruntime: {detail}"
 
 
 def _shareable(arr: np.ndarray, name: str) -> np.ndarray:
