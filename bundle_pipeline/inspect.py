@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import math
+import re
+import sys
+from typing import TextIO
 
 import numpy as np
 
 from .errors import BundleCorrupt
+from .formats import storage_shape
 from .runtime.bundle import open_constant, open_group, open_packed
-from .runtime.formats import storage_shape
 from .runtime.storage import PACKED_ARRAY, accounted_bytes, digest, inventory
 from .runtime.validate import validate_manifest
+from .tables import Cell, Table, cell, listed, show
 
 
 def describe(path: str) -> dict:
@@ -101,47 +105,61 @@ def _nbytes(t: dict) -> int:
 NON_DEFAULT_SKIP = ("", "0", "must_keep_origin_dtype", "NCHW", "high_precision")
 
 
-def render(info: dict, path: str) -> None:
-    """``inspect`` for people: rich tables of graphs, kernels' tiling, variables and the constant pool."""
-    from rich.console import Console
-    from rich.table import Table
+def render(info: dict, path: str, stream: TextIO | None = None) -> None:
+    """``inspect`` for people: graphs, kernels' tiling, variables and the constant pool, as tables that fit the
+    width (``tables.show``: columns, or one ``field: value`` line per field) and never cut a name."""
+    c = info["constants"]
+    summary = (f"constants: {c['count']} stored once each ({_bytes(c['nbytes'])}) for {c['references']} "
+               f"references, {_bytes(c['bytes_saved'])} saved by deduplication; {c['converted']} stored in a "
+               f"target format")
+    blocks = [cell(f"bundle {path}", f"target {info['target']}", f"digest {info['digest'][:16]}", sep="  "),
+              _graphs_table(info["graphs"]), _executors_table(info["graphs"]), _kernels_table(info["graphs"]),
+              _variables_table(info),
+              Cell(tuple(_words(summary)))]
+    show([b for b in blocks if not isinstance(b, Table) or b.rows], stream or sys.stdout)
 
-    console = Console()
-    console.print(f"bundle {path}  target {info['target']}  digest {info['digest'][:16]}")
-    graphs = Table("graph", "role", "steps", "native", "TransData", "TransData bytes", "arena (reuse on)",
-                   "arena (reuse off)", "options", title="graphs")
-    for g in info["graphs"]:
+
+def _graphs_table(graphs: list[dict]) -> Table:
+    rows = []
+    for g in graphs:
         by_reuse = g.get("arena_bytes_by_reuse") or {}
-        options = ", ".join(f"{k}={v}" for k, v in g["options"].items() if v not in NON_DEFAULT_SKIP)
-        bodies = f" + {_bytes(g['body_arena_bytes'])} in bodies" if g.get("body_arena_bytes") else ""
-        graphs.add_row(g["name"], g["role"], str(g["steps"]), str(g["native_steps"]), str(g["transdata"]),
-                       _bytes(g["transdata_bytes"]), _bytes(by_reuse.get("on", g["arena_bytes"])) + bodies,
-                       _bytes(by_reuse.get("off", g["arena_bytes"])) + bodies, options or "-")
-    console.print(graphs)
-    executors = Table("graph", "executor (load_bundle auto)", "why", title="executors")
-    for g in info["graphs"]:
-        executors.add_row(g["name"], g["executor"], g["executor_reason"])
-    console.print(executors)
-    kernels = Table("graph", "node", "op", "kernel", "tiling", title="tiling per kernel")
-    for g in info["graphs"]:
-        for k in g["kernels"]:
-            kernels.add_row(g["name"], k["node"], k["op"], "native" if k["native"] else "portable",
-                            " ".join(f"{key}={value}" for key, value in sorted(k["tiling"].items())))
-    if kernels.row_count:
-        console.print(kernels)
-    variables = Table("variable", "shape", "dtype", "format", "bytes", "readers", "writers", title="variables")
+        options = [f"{k}={v}" for k, v in g["options"].items() if v not in NON_DEFAULT_SKIP]
+        bodies = ("+", _bytes(g["body_arena_bytes"]), "in bodies") if g.get("body_arena_bytes") else ()
+        rows.append((cell(g["name"]), cell(g["role"]), cell(str(g["steps"])), cell(str(g["native_steps"])),
+                     cell(str(g["transdata"])), cell(_bytes(g["transdata_bytes"])),
+                     cell(_bytes(by_reuse.get("on", g["arena_bytes"])), *bodies),
+                     cell(_bytes(by_reuse.get("off", g["arena_bytes"])), *bodies), listed(options, empty="-")))
+    return Table("graphs", ("graph", "role", "steps", "native", "TransData", "TransData bytes", "arena (reuse on)",
+                            "arena (reuse off)", "options"), rows)
+
+
+def _executors_table(graphs: list[dict]) -> Table:
+    rows = [(cell(g["name"]), cell(g["executor"]), cell(*_words(g["executor_reason"]))) for g in graphs]
+    return Table("executors", ("graph", "executor (load_bundle auto)", "why"), rows)
+
+
+def _kernels_table(graphs: list[dict]) -> Table:
+    rows = [(cell(g["name"]), cell(k["node"]), cell(k["op"]), cell("native" if k["native"] else "portable"),
+             cell(*(f"{key}={value}" for key, value in sorted(k["tiling"].items()))))
+            for g in graphs for k in g["kernels"]]
+    return Table("tiling per kernel", ("graph", "node", "op", "kernel", "tiling"), rows)
+
+
+def _variables_table(info: dict) -> Table:
     writes = {g["name"]: g["writes"] for g in info["graphs"]}
+    rows = []
     for v in info["variables"]:
         outputs = {w: writes.get(w, {}).get(v["name"], v["name"]) for w in v["writers"]}
         # "update (W_next)": the output that writes the variable, when assign maps another name to it
         writers = [w if out == v["name"] else f"{w} ({out})" for w, out in outputs.items()]
-        variables.add_row(v["name"], str(v["shape"]), v["dtype"], v["format"], _bytes(v["nbytes"]),
-                          ", ".join(v["readers"]), ", ".join(writers) or "-")
-    console.print(variables)
-    c = info["constants"]
-    console.print(f"constants: {c['count']} stored once each ({_bytes(c['nbytes'])}) for {c['references']} "
-                  f"references, {_bytes(c['bytes_saved'])} saved by deduplication; {c['converted']} stored in a "
-                  f"target format")
+        rows.append((cell(v["name"]), cell(str(v["shape"])), cell(v["dtype"]), cell(v["format"]),
+                     cell(_bytes(v["nbytes"])), listed(v["readers"]), listed(writers, empty="-")))
+    return Table("variables", ("variable", "shape", "dtype", "format", "bytes", "readers", "writers"), rows)
+
+
+def _words(text: str) -> list[str]:
+    """Words of a sentence, a size's number kept with its unit ("2.1 KiB")."""
+    return re.split(r" (?!(?:B|KiB|MiB|GiB)\b)", text)
 
 
 def _bytes(n: int) -> str:

@@ -1,7 +1,7 @@
 """Storage layouts by name and their physical shapes: what the build side and the runtime both need.
 
 Pure Python (no numpy), so planning and format selection load nothing heavy. The layouts themselves (how
-elements move, zero padding, TransData) are in ``runtime/formats.py``, which imports these names.
+elements move, zero padding, TransData) are in ``formats.py``, which imports these names.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 import bundle_pipeline as bp
 from bundle_pipeline.cli import app
+from bundle_pipeline.formats import from_format, storage_shape
 from bundle_pipeline.runtime import load_bundle
-from bundle_pipeline.runtime.formats import from_format, storage_shape
 
 SHAPE = (24, 40)
 X_ROWS = 5

@@ -21,7 +21,7 @@ from bundle_pipeline import targets
 from bundle_pipeline.cache.store import AREAS
 from bundle_pipeline.cli import app
 from bundle_pipeline.options import ALIASES, OPTIONS
-from bundle_pipeline.tasks.steps import VERSIONS
+from bundle_pipeline.stages import order
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -196,7 +196,7 @@ def test_design_notes_name_what_the_code_has(tmp_path):
     for link in re.findall(r"\]\(((?:docs/)?[^)#:]+\.(?:md|yaml))\)", README):
         if not link.startswith("../"):  # ../shared/DESIGN.md lives beside the repository, not in a clone
             assert (ROOT / link).is_file(), link
-    for step in VERSIONS:
+    for step in (stage.name for stage in order.ORDER):
         assert f"`{step}" in pages["tasks.md"], f"docs/tasks.md does not describe the {step} task"
         assert f"`{step}" in README, f"README's task table lacks {step}"
     for area in AREAS:

@@ -17,9 +17,9 @@ from bundle_pipeline.dtypes import (
     storage_dtype,
     unpack_sub_byte,
 )
+from bundle_pipeline.hashing import canonical_json, tensor_hash
 from bundle_pipeline.ir.external import ExternalRef
 from bundle_pipeline.ir.graph import TensorType, decode_tensor, encode_tensor
-from bundle_pipeline.ir.hashing import canonical_json, tensor_hash
 from bundle_pipeline.runtime.validate import DTYPES
 
 # every ONNX element type ml_dtypes provides (FLOAT6 aside), by TensorProto code

@@ -14,9 +14,11 @@ from pathlib import Path
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo"
 # What a no-op must not load: the issue's list, plus numpy, networkx, fsspec and pydantic (each 0.1-0.2 s at
-# import; planning needs none of them: task keys hash JSON, a local cache is read with os calls).
+# import; planning needs none of them: task keys hash JSON, a local cache is read with os calls), and the
+# numpy-heavy shared modules that moved out of the runtime (issue 15): the kernels, formats, npu predicates.
 HEAVY = ("ml_dtypes", "onnx", "zarr", "dask", "distributed", "rich", "bundle_pipeline.runtime", "numpy", "networkx",
-         "fsspec", "pydantic", "onnxruntime")
+         "fsspec", "pydantic", "onnxruntime", "bundle_pipeline.kernels", "bundle_pipeline.formats",
+         "bundle_pipeline.targets.npu")
 PROBE = """
 import json, sys
 from bundle_pipeline.cli import main

@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 import bundle_pipeline as bp
 from bundle_pipeline.cli import app
+from bundle_pipeline.formats import pad_mask
 from bundle_pipeline.pipeline import build
 from bundle_pipeline.runtime import load_bundle
 from bundle_pipeline.runtime.executor import Executor
-from bundle_pipeline.runtime.formats import pad_mask
 from bundle_pipeline.spec import load_spec
 
 BUILDERS = {"mlp": models.mlp, "cnn": models.cnn, "attention": models.attention, "shared": models.shared}

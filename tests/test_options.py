@@ -20,11 +20,11 @@ import bundle_pipeline as bp
 from bundle_pipeline.cli import app
 from bundle_pipeline.errors import BundleCorrupt
 from bundle_pipeline.ir.graph import Graph, Node, TensorType
+from bundle_pipeline.kernels import run_kernel
 from bundle_pipeline.options import ALIASES, OPTIONS, options_for, validate_options
 from bundle_pipeline.pipeline import build
 from bundle_pipeline.runtime import approx, load_bundle
 from bundle_pipeline.runtime.executor import Executor, VariableStore
-from bundle_pipeline.runtime.kernels import run_kernel
 from bundle_pipeline.spec import load_spec
 from bundle_pipeline.stages import codegen
 

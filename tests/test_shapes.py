@@ -15,8 +15,8 @@ import bundle_pipeline as bp
 from bundle_pipeline.errors import GraphInvalid
 from bundle_pipeline.ir import shapes
 from bundle_pipeline.ir.onnx_import import import_model
+from bundle_pipeline.kernels import run_kernel
 from bundle_pipeline.runtime import load_bundle
-from bundle_pipeline.runtime.kernels import run_kernel
 from bundle_pipeline.split import convert_to_weight_refreshable_graphs, shape_steering
 
 TARGETS = ["cpu", "npu"]

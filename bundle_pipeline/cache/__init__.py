@@ -12,7 +12,7 @@ __all__ = ["SUPPORTED_DTYPES", "Cache", "CacheMiss", "chunk_shape"]
 def __getattr__(name: str):
     """The tensor store's names load it (numpy) on first use: planning a build needs only the Cache."""
     if name in ("SUPPORTED_DTYPES", "chunk_shape"):
-        from bundle_pipeline.cache import tensors
+        import bundle_pipeline.cache.tensors as tensors
 
         return getattr(tensors, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

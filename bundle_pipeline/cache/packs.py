@@ -1,4 +1,4 @@
-"""Tensor packs: many small tensors in one content-addressed object, so storing one costs microseconds.
+"""Tensor packs: many small tensors in one object (``objects/``); in memory, ``DECODED`` (packs read lately).
 
 A tensor entry of its own (``tensors.py``) is a directory with two files: right for a weight of megabytes
 (chunked, an edit rewrites only its chunks, a bundle hard-links them), but a model's hundreds of biases,
@@ -27,7 +27,7 @@ import struct
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from ..ir.hashing import canonical_json
+from ..hashing import canonical_json
 from .recent import Recent
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""Input stat state: hash an input file once, then trust its stat signature until it changes.
+"""Owns ``state/stat.json`` and ``state/outputs.json``: this machine's input stat signatures and output records.
 
 On-disk state
 -------------
@@ -51,16 +51,25 @@ from typing import TYPE_CHECKING, Any
 import blake3
 
 from bundle_pipeline.files import NotRegularFile, kind, regular_opener
-from bundle_pipeline.ir.hashing import canonical_json
+from bundle_pipeline.hashing import canonical_json
 
 if TYPE_CHECKING:
-    from bundle_pipeline.cache.store import LocalBackend
+    from bundle_pipeline.cache.backend_local import LocalBackend
 
 STATE_FORMAT = 1
 READ_BYTES = 8 << 20
 RACY_WINDOW_NS = 2_000_000_000
 MMAP_MIN_BYTES = 16 << 20
 _HASH_RE = re.compile(r"[0-9a-f]{64}")
+_FILE_LOCKS: dict[str, threading.Lock] = {}
+_FILE_LOCKS_GUARD = threading.Lock()
+
+
+def _file_lock(path: str) -> threading.Lock:
+    """One lock per state file in this process: two bundles of one build share a cache root through two
+    ``Cache`` objects, and their read-merge-write of one file must not lose each other's entries."""
+    with _FILE_LOCKS_GUARD:
+        return _FILE_LOCKS.setdefault(os.path.abspath(path), threading.Lock())
 
 Signature = tuple[int, int, int, int]
 
@@ -104,7 +113,7 @@ class StatState:
     def __init__(self, backend: LocalBackend, rel: str):
         self._backend = backend
         self._rel = rel
-        self._lock = threading.Lock()
+        self._lock = _file_lock(backend.path(rel))
         self._entries: dict[str, list[Any]] | None = None  # loaded on first use
 
     @property
@@ -210,7 +219,7 @@ class OutputState:
     def __init__(self, backend: LocalBackend, rel: str):
         self._backend = backend
         self._rel = rel
-        self._lock = threading.Lock()
+        self._lock = _file_lock(backend.path(rel))
 
     def get(self, path: str | os.PathLike[str]) -> dict[str, Any] | None:
         with self._lock:

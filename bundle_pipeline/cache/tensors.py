@@ -1,4 +1,4 @@
-"""Tensor store: numpy arrays as uncompressed zarr v3 arrays named by their ``tensor_hash``.
+"""Owns ``tensors/<h[:2]>/<h>/``: one uncompressed zarr v3 array per ``tensor_hash``; nothing in memory.
 
 On-disk state
 -------------
@@ -52,11 +52,11 @@ import numpy as np
 
 from bundle_pipeline import zarr_plain
 from bundle_pipeline.dtypes import EXTENDED, dtype_from_name, is_extended, storage_dtype
-from bundle_pipeline.ir.hashing import hash_json, tensor_hash
+from bundle_pipeline.hashing import hash_json, tensor_hash
 from bundle_pipeline.zarr_plain import chunk_grid, chunk_shape  # noqa: F401  (chunk_grid: for the cache)
 
 if TYPE_CHECKING:
-    from bundle_pipeline.cache.store import Backend
+    from bundle_pipeline.cache.backends import Backend
 
 ATTR = "bundle_pipeline"
 

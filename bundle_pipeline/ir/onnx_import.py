@@ -21,18 +21,21 @@ from ..dtypes import dtype_name
 from ..errors import BundleIOError, GraphInvalid, OptionInvalid, UnsupportedOp
 from ..files import TooLarge, describe_error, read_regular
 from .external import ExternalRef, external_path
-from .fold_budget import fold_output_bound
-from .graph import SEQUENCE_OPS, Graph, Node, TensorType
+from .fold import (
+    CONST_DTYPES,
+    CONST_MAX_ELEMENTS,
+    MAX_FOLD_PASSES,
+    constant_value,
+    fold_constants,
+    is_const_array,
+    is_static,
+)
+from .graph import Graph, Node, TensorType
+from .node_attrs import node_attrs
 from .scopes import bodies, body_reads, uniquify_body_names
-from .subgraphs import CONTROL_OPS, Scope, convert_control, has_bodies, op_domain, type_string, used_opsets, value_type
+from .subgraphs import CONTROL_OPS, Scope, convert_control, has_bodies, op_domain, used_opsets, value_type
 
-CONST_MAX_ELEMENTS = 1024
 MAX_MODEL_BYTES = (2 << 30) - 1  # protobuf's limit: a larger .onnx file cannot be a model, whatever it holds
-MAX_FOLD_PASSES = 16  # fold + re-infer rounds; nested Ifs on static conditions need one round per level
-CONST_DTYPES = (np.int64, np.int32)
-# Ops whose result never depends on data at compile time or must not be folded.
-UNFOLDABLE = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-                        "Dropout", "If", "Loop", "Scan", *SEQUENCE_OPS})
 
 
 def load_model(source: str | bytes | os.PathLike, where: str) -> tuple[onnx.ModelProto, Path | None]:
@@ -123,7 +126,7 @@ def check_model(model: onnx.ModelProto, where: str) -> None:
 def check_opsets(model: onnx.ModelProto, where: str) -> None:
     """Every imported version of a domain the kernel library implements must be one it knows: ops of opset 99
     are not run as if they were opset 28's. (Unknown domains are refused where a node uses one.)"""
-    from ..runtime.kernels import KNOWN_OPSETS
+    from ..kernels import KNOWN_OPSETS
 
     for imp in model.opset_import:
         domain = "" if imp.domain == "ai.onnx" else imp.domain
@@ -208,139 +211,6 @@ def infer_shapes(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
     return infer(model, where)
 
 
-def fold_constants(model: onnx.ModelProto, opset: int, where: str) -> tuple[onnx.ModelProto, bool]:
-    """Replace nodes whose inputs are all known small consts (or static shapes) by initializers, in bodies
-    too, and inline every If whose condition is known. True when an If was inlined: the caller re-infers
-    shapes and folds again, as the inlined branch may make more of the graph static."""
-    types = _static_types(model.graph)
-    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if _is_const_array_proto(t)}
-    return model, _fold_graph(model.graph, consts, types, opset, where)
-
-
-def _fold_graph(graph: onnx.GraphProto, consts: dict, types: dict, opset: int, where: str) -> bool:
-    from ..runtime.kernels import KernelError, run_kernel  # the runtime's kernels define op semantics
-
-    consts.update({t.name: numpy_helper.to_array(t) for t in graph.initializer if _is_const_array_proto(t)})
-    pending = list(graph.node)
-    kept: list[onnx.NodeProto] = []
-    folded: list[onnx.TensorProto] = []
-    inlined = False
-    while pending:
-        node = pending.pop(0)
-        if node.op_type == "If" and node.input[0] in consts:
-            pending[:0] = _inline_branch(node, bool(np.asarray(consts[node.input[0]]).reshape(-1)[0]), graph)
-            inlined = True
-            continue
-        for body in bodies(node):
-            inlined |= _fold_graph(body, dict(consts), types, opset, where)
-        values = _foldable_inputs(node, consts, types)
-        bound = None if values is None else fold_output_bound(node.op_type, values, [types.get(o) for o in node.output])
-        if bound is None or bound > CONST_MAX_ELEMENTS:  # checked before the kernel allocates anything
-            kept.append(node)
-            continue
-        try:
-            outs = run_kernel(node.op_type, values, _attrs(node), opset)
-        except KernelError as err:
-            raise GraphInvalid(f"while folding node {node.name!r} ({node.op_type}): {err}", where) from None
-        small = all(np.asarray(o).size <= CONST_MAX_ELEMENTS for o in outs[: len(node.output)])
-        if not small:
-            kept.append(node)
-            continue
-        for name, value in zip(node.output, outs, strict=False):
-            if name:
-                consts[name] = np.asarray(value)
-                folded.append(numpy_helper.from_array(np.asarray(value), name))
-    del graph.node[:]
-    graph.node.extend(kept)
-    graph.initializer.extend(folded)
-    return inlined
-
-
-def _inline_branch(node: onnx.NodeProto, cond: bool, graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """The nodes that replace an If whose condition is known: the taken branch, then an Identity per output.
-
-    The branch's initializers move to ``graph``; its value names are already unique in the model
-    (``scopes.uniquify_body_names`` ran at load), so they need no renaming.
-    """
-    branch = next(a.g for a in node.attribute if a.name == ("then_branch" if cond else "else_branch"))
-    graph.initializer.extend(branch.initializer)
-    identities = [helper.make_node("Identity", [src.name], [dst], name=f"{node.name or 'If'}/{dst}")
-                  for src, dst in zip(branch.output, node.output, strict=True) if dst]
-    return [*branch.node, *identities]
-
-
-def _foldable_inputs(node: onnx.NodeProto, consts: dict, types: dict) -> list | None:
-    if node.op_type in UNFOLDABLE or node.domain not in ("", "ai.onnx"):
-        return None
-    if node.op_type in ("Shape", "Size") and node.input[0] in types:
-        return [np.broadcast_to(np.uint8(0), types[node.input[0]])]  # only the shape is read: no bytes behind it
-    if node.op_type == "Constant":
-        # Only integer constants steer shapes; float Constants are weights (they may become variables).
-        value = _constant_value(node)
-        return [] if value.dtype in CONST_DTYPES and value.size <= CONST_MAX_ELEMENTS else None
-    if not node.input or not all(i == "" or i in consts for i in node.input):
-        return None
-    return [consts[i] if i else None for i in node.input]
-
-
-def _static_types(graph: onnx.GraphProto) -> dict[str, tuple[int, ...]]:
-    """Static shapes of every value in ``graph`` and its bodies (names are unique once scopes are uniquified)."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for info in list(graph.input) + list(graph.value_info) + list(graph.output):
-        tt = info.type.tensor_type
-        if _is_static(tt):
-            shapes[info.name] = tuple(d.dim_value for d in tt.shape.dim)
-    for init in graph.initializer:
-        shapes[init.name] = tuple(init.dims)
-    for node in graph.node:
-        for body in bodies(node):
-            shapes.update(_static_types(body))
-    return shapes
-
-
-def _is_static(tt: onnx.TypeProto.Tensor) -> bool:
-    """Every dim known and non-negative (exporters write -1 for 'unknown')."""
-    return tt.HasField("shape") and all(d.HasField("dim_value") and d.dim_value >= 0 for d in tt.shape.dim)
-
-
-def _is_const_array_proto(t: onnx.TensorProto) -> bool:
-    return t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) and math.prod(t.dims) <= CONST_MAX_ELEMENTS
-
-
-_A = onnx.AttributeProto
-# The common attribute types read straight from their field (what helper.get_attribute_value does, without its
-# dispatch: a model has thousands of attributes); the others go through onnx's helper.
-_PLAIN_ATTRS = {_A.INT: lambda a: a.i, _A.INTS: lambda a: list(a.ints), _A.FLOAT: lambda a: a.f,
-                _A.FLOATS: lambda a: list(a.floats), _A.STRING: lambda a: a.s.decode()}
-
-
-def _attrs(node: onnx.NodeProto) -> dict:
-    out = {}
-    for attr in node.attribute:
-        plain = _PLAIN_ATTRS.get(attr.type)
-        if plain is not None:
-            out[attr.name] = plain(attr)
-            continue
-        if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
-            raise UnsupportedOp(f"node {node.name!r} ({node.op_type}) has a subgraph attribute {attr.name!r}; "
-                                f"only If, Loop, Scan and SequenceMap bodies are supported")
-        value = helper.get_attribute_value(attr)
-        if isinstance(value, bytes):
-            value = value.decode()
-        elif isinstance(value, list) and value and isinstance(value[0], bytes):
-            value = [v.decode() for v in value]
-        elif isinstance(value, onnx.TensorProto):
-            value = numpy_helper.to_array(value)
-        elif isinstance(value, onnx.TypeProto):  # Optional's type: an IR dtype string
-            value = type_string(value, f"node {node.name!r}")
-        elif isinstance(value, onnx.SparseTensorProto):
-            raise UnsupportedOp(f"node {node.name!r}: sparse tensor attributes are not supported")
-        out[attr.name] = value
-    if node.op_type == "Split" and "num_outputs" not in out:
-        out["num_outputs"] = len(node.output)  # before opset 18 the count lives only in the node's outputs
-    return out
-
-
 def to_ir(model: onnx.ModelProto, name: str, detached: Detached, where: str,
           outputs_write: bool = False) -> tuple[Graph, Detached]:
     """Build the IR graph and the weights (arrays or external refs) from a folded, shape-inferred model.
@@ -352,7 +222,7 @@ def to_ir(model: onnx.ModelProto, name: str, detached: Detached, where: str,
     weights: Detached = {k: v for k, v in initializers.items() if k not in consts}
     weights.update(detached)
     scope = Scope(weights, {**types, **_types_of(consts), **_types_of(weights)}, default_opset(model), where,
-                  _is_const_array, _attrs, _constant_value, lambda node, index: _check_supported(node, index, where),
+                  is_const_array, node_attrs, constant_value, lambda node, index: _check_supported(node, index, where),
                   domain_opsets=domain_opsets(model))
     nodes: list[Node] = []
     for index, node in enumerate(g.node):
@@ -362,7 +232,7 @@ def to_ir(model: onnx.ModelProto, name: str, detached: Detached, where: str,
         if has_bodies(node):
             nodes.append(convert_control(node, label, scope))
             continue
-        attrs = _attrs(node)
+        attrs = node_attrs(node)
         if node.op_type == "Constant" and not domain:
             _constant_to_tensor(node, attrs, consts, weights, where)
             scope.types.update(_types_of({node.output[0]: {**consts, **weights}[node.output[0]]}))
@@ -427,7 +297,7 @@ def _drop_dead_outputs(nodes: list[Node], g: onnx.GraphProto, types: dict) -> No
 
 
 def _check_supported(node: onnx.NodeProto, index: int, where: str) -> None:
-    from ..runtime.kernels import DOMAIN_OPS, SUPPORTED_OPS, supports_op
+    from ..kernels import DOMAIN_OPS, SUPPORTED_OPS, supports_op
 
     domain = op_domain(node)
     if domain and not supports_op(node.op_type, domain):
@@ -448,19 +318,9 @@ def _drop_unused(nodes: list[Node], g: onnx.GraphProto, consts: dict, weights: d
             del table[tensor]
 
 
-def _constant_value(node: onnx.NodeProto) -> np.ndarray:
-    from ..runtime.kernels import run_kernel
-
-    return np.asarray(run_kernel("Constant", [], _attrs(node), 21)[0])
-
-
-def _is_const_array(value: np.ndarray) -> bool:
-    return value.dtype in CONST_DTYPES and value.size <= CONST_MAX_ELEMENTS
-
-
 def _constant_to_tensor(node: onnx.NodeProto, attrs: dict, consts: dict, weights: dict, where: str) -> None:
-    value = _constant_value(node)
-    target = consts if _is_const_array(value) else weights
+    value = constant_value(node)
+    target = consts if is_const_array(value) else weights
     target[node.output[0]] = value
 
 
@@ -527,7 +387,7 @@ def _clear_graph(graph: onnx.GraphProto) -> None:
     del graph.value_info[:]
     for out in graph.output:
         tt = out.type.tensor_type
-        if tt.HasField("shape") and not _is_static(tt):
+        if tt.HasField("shape") and not is_static(tt):
             tt.ClearField("shape")
     for node in graph.node:
         for body in bodies(node):

@@ -271,13 +271,13 @@ class _State:
                 if name and isinstance(v, np.ndarray)}
 
     def _run(self, node: onnx.NodeProto, args: list) -> list | None:
-        from ..runtime.kernels import run_kernel  # the runtime's kernels define op semantics
-        from .onnx_import import _attrs
+        from ..kernels import run_kernel  # the kernels define op semantics
+        from .node_attrs import node_attrs
 
         domain = op_domain(node)
         try:
             with np.errstate(all="ignore"):
-                return run_kernel(node.op_type, args, _attrs(node), self.opsets.get(domain, 21), domain=domain)
+                return run_kernel(node.op_type, args, node_attrs(node), self.opsets.get(domain, 21), domain=domain)
         except EVAL_ERRORS as err:
             self._explain(node, f"its kernel cannot run on these shapes: {err}")
             return None

@@ -22,9 +22,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
+from ..stages import order
 from .schedule import Event, Observer
-
-STAGE_ORDER = ("parse", "dedupe", "formats", "tiling", "codegen", "pack")
 
 
 class Counts:
@@ -71,7 +70,8 @@ class Counts:
             self.last = event.task
 
     def stages(self) -> list[str]:
-        return sorted(self.total, key=lambda s: (STAGE_ORDER.index(s) if s in STAGE_ORDER else len(STAGE_ORDER), s))
+        known = order.groups()  # the declared stage order
+        return sorted(self.total, key=lambda s: (known.index(s) if s in known else len(known), s))
 
     def elapsed(self) -> float:
         return time.time() - self.started

@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..cache import Cache
-from ..ir.hashing import hash_json
+from ..hashing import hash_json
+from ..stages import order
 from ..tasks.runner import BuildContext, Lookup, cached_result, lookup
 from ..tasks.task import Task, TaskResult
 from .dag import TaskGraph
@@ -87,7 +88,7 @@ def why(task: Task, found: Lookup, old_key: str | None, cache: Cache) -> str:
     if old is None:
         return "no cached result for the last build (evicted)"
     if old_key == found.key:
-        return "output missing or modified" if task.step == "pack" else "cached outputs missing"
+        return "output missing or modified" if order.named(task.step).writes_bundle else "cached outputs missing"
     if old.get("version") != task.version:
         return f"stage version changed ({old.get('version')} -> {task.version})"
     if old.get("params") != task.params:

@@ -5,8 +5,8 @@ and reads and writes data through the cache. Already-resolved upstream results a
 literal values, so the scheduler never sees the up-to-date part of the DAG.
 
 With an existing cluster (``tcp://HOST:PORT``, possibly other machines) the tasks that touch this
-machine's files run here, in local threads: ``parse`` and ``parse.weights`` read the ONNX and
-external-data files and store their contents in the cache, ``pack`` writes the bundle from the cache.
+machine's files run here, in local threads (``Stage.on_client``): ``parse`` and ``parse.weights`` read the
+ONNX and external-data files and store their contents in the cache, ``pack`` writes the bundle from the cache.
 The cluster's workers run the rest (dedupe, formats, tiling, codegen) and read and write nothing but
 the cache, so their cache root must be reachable from every worker (an ``s3://`` URL, or a path on a
 shared filesystem). The stale tasks run in alternating batches (``_batches``): for one bundle that is
@@ -28,13 +28,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ..errors import BundleIOError, ParamInvalid
+from ..stages import order
 from ..tasks.runner import BuildContext, execute_task
 from ..tasks.task import TaskResult
 from .dag import TaskGraph
 
 SCHEDULERS = ("sync", "threads", "processes", "tcp://HOST:PORT")
-# Steps that read this machine's input files or write its output: never sent to a remote cluster.
-CLIENT_STEPS = frozenset({"parse", "parse.weights", "pack"})
 CONNECT_TIMEOUT_S = 20
 
 
@@ -78,10 +77,10 @@ def run_stale(dag: TaskGraph, stale: list[str], resolved: dict[str, TaskResult],
             done.update(_run_batch(get, dag, stale, resolved, ctxs))
             return done, setup
         with _local_getter("threads", None, notify) as here:
-            _load_steps({dag.tasks[t].step for t in stale if dag.tasks[t].step in CLIENT_STEPS})
+            _load_steps({dag.tasks[t].step for t in stale if on_client(dag.tasks[t].step)})
             setup = time.perf_counter() - began
-            for on_client, ids in _batches(dag, stale):
-                done.update(_run_batch(here if on_client else get, dag, ids, {**resolved, **done}, ctxs))
+            for client_side, ids in _batches(dag, stale):
+                done.update(_run_batch(here if client_side else get, dag, ids, {**resolved, **done}, ctxs))
     return done, setup
 
 
@@ -90,11 +89,15 @@ def _load_steps(steps: set[str]) -> None:
     starting the tool (a build report counts them apart), and a task's seconds should be its own work."""
     from importlib import import_module
 
-    needed = ["bundle_pipeline.tasks.steps"]  # numpy, the stage implementations
-    if "parse" in steps:  # onnx, and the kernels folding runs
-        needed += ["bundle_pipeline.ir.onnx_import", "bundle_pipeline.runtime.kernels"]
-    for module in needed:
+    needed = ["bundle_pipeline.tasks.steps"]  # the cache glue, numpy
+    needed += [m for stage in order.ordered() if stage.name in steps for m in stage.preload]  # onnx, kernels...
+    for module in dict.fromkeys(needed):
         import_module(module)
+
+
+def on_client(step: str) -> bool:
+    """The step reads this machine's input files or writes its output: never sent to a remote cluster."""
+    return order.named(step).on_client
 
 
 def _run_batch(get, dag: TaskGraph, ids: list[str], known: dict[str, TaskResult],
@@ -112,11 +115,11 @@ def _batches(dag: TaskGraph, stale: list[str]) -> list[tuple[bool, list[str]]]:
     levels, cluster steps at odd ones, each task one level past any upstream task of the other side."""
     level: dict[str, int] = {}
     for tid in stale:
-        here = dag.tasks[tid].step in CLIENT_STEPS
+        here = on_client(dag.tasks[tid].step)
         lv = 0 if here else 1
         for p in dag.predecessors(tid):
             if p in level:
-                same = (dag.tasks[p].step in CLIENT_STEPS) == here
+                same = on_client(dag.tasks[p].step) == here
                 lv = max(lv, level[p] if same else level[p] + 1)
         level[tid] = lv
     return [(lv % 2 == 0, [t for t in stale if level[t] == lv]) for lv in sorted(set(level.values()))]

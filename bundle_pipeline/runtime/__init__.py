@@ -5,7 +5,7 @@ __all__ = ["LoadedBundle", "load_bundle"]
 
 def __getattr__(name: str):
     """``runtime.load_bundle`` loads the executor and kernels on first use, not when a submodule such as
-    ``runtime.formats`` is imported by the build side."""
+    ``runtime.storage`` is imported (``inspect`` reads a bundle's files without running it)."""
     if name in __all__:
         from . import bundle
 

@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .kernels import KernelError
+from ..kernels import KernelError
 
 BOUNDS = {  # op -> (kind, bound) as documented above
     "Exp": ("relative", 7e-5),

@@ -24,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import formats
 from ..dtypes import dtype_from_name, storage_dtype
 from ..errors import BundleCorrupt, BundleError, ParamInvalid, RuntimeFailure
-from ..ir.hashing import tensor_hash
-from . import formats, ort_executor
+from ..hashing import tensor_hash
+from . import ort_executor
 from .executor import Executor, VariableStore
 from .ort_executor import OrtExecutor, SessionSettings
 from .storage import Inventory, accounted_bytes, check_chunk_files, inventory, manifest_cap

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..dtypes import dtype_from_name
 from ..ir.graph import CONTROL_OPS
-from .kernels import KernelError
+from ..kernels import KernelError
 
 __all__ = ["BODY_ATTRS", "CONTROL_OPS", "KERNEL_GRAPH_ATTRS", "graph_callables", "run_control"]
 BODY_ATTRS = {"If": ("else_branch", "then_branch"), "Loop": ("body",), "Scan": ("body",), "SequenceMap": ("body",)}

@@ -12,12 +12,13 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .. import formats
 from ..dtypes import dtype_from_name
 from ..errors import BundleCorrupt, ParamInvalid, RuntimeFailure
 from ..ir.graph import UNKNOWN_DTYPE, decode_attr, decode_tensor, split_container
-from . import approx, formats, inplace
+from ..kernels import KernelError, run_kernel
+from . import approx, inplace
 from .control import CONTROL_OPS, graph_callables, run_control
-from .kernels import KernelError, run_kernel
 from .npu import run_npu_kernel
 
 # Formats that share one physical layout (row-major); TransData between them moves no bytes.

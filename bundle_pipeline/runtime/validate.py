@@ -25,9 +25,9 @@ import re
 from ..dtypes import EXTENDED, dtype_from_name
 from ..errors import BundleCorrupt, ParamInvalid, RuntimeFailure
 from ..ir.graph import UNKNOWN_DTYPE, split_container, tensor_dtype
+from ..kernels import KNOWN_OPSETS, SUPPORTED_OPS, supports_op
 from .control import BODY_ATTRS, CONTROL_OPS, KERNEL_GRAPH_ATTRS
-from .kernels import KNOWN_OPSETS, SUPPORTED_OPS, supports_op
-from .npu import NPU_FORMAT_OPS
+from .npu import NATIVE_KERNELS
 from .storage import PACKED_ARRAY
 
 FORMAT_VERSIONS = (1, 2)  # 2: small constants share constants/packed at an offset
@@ -323,7 +323,7 @@ def _step(step: object, defined: set[str], values: dict, arena: int, opsets: dic
         _need(op in SUPPORTED_OPS or op in EXECUTOR_OPS,
               f"node {node!r} uses op {_short(op)}, which the kernel library does not have")
     if step.get("native"):  # type: ignore[union-attr]
-        _need(op in NPU_FORMAT_OPS, f"node {node!r} asks for a native {op!r} kernel, which the runtime does not have")
+        _need(op in NATIVE_KERNELS, f"node {node!r} asks for a native {op!r} kernel, which the runtime does not have")
     inputs = step.get("inputs")  # type: ignore[union-attr]
     outputs = step.get("outputs")  # type: ignore[union-attr]
     _need(isinstance(inputs, list) and all(isinstance(i, str) for i in inputs)

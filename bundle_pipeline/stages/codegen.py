@@ -13,11 +13,13 @@ import bisect
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ..dtypes import dtype_from_name
 from ..errors import OptionInvalid
 from ..ir.graph import Graph, Node, TensorType, encode_tensor
 from ..layouts import STANDARD, storage_shape
+from .stage import GRAPH, Input, Stage, StageContext
 
 NAME = "codegen"
 VERSION = "3"
@@ -261,3 +263,14 @@ class _FreeList:
 
 def _aligned(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageContext) -> dict[str, Any]:
+    """``run`` on the formatted structure, its tiling and the variable table (the stage calling convention)."""
+    return {"program": run(inputs["structure"], inputs["tiling"], inputs["variables"], params["role"],
+                           params["options"], params.get("assign"))}
+
+
+STAGE = Stage("codegen", VERSION, compute, outputs=("program",),
+              inputs=(Input("formats", "structure"), Input("tiling", "tiling"), Input("dedupe", "variables")),
+              params=("role", "options", "target", "assign"), scope=GRAPH)

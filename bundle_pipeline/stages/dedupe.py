@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
 from ..errors import GraphInvalid, ParamInvalid, VariableConflict
 from ..ir.steering import ir_steering
+from .stage import BUNDLE, Input, Stage, StageContext
 
-NAME = "dedupe"
 VERSION = "5"  # 2: steering variables refused / writes by assign / type conflicts first; 3, 4: merges of those;
 # 5: reads graph interfaces
 
@@ -205,3 +207,21 @@ def _unique_id(raw: str, used: set[str]) -> str:
 
 def _show(t: dict) -> str:
     return f"{t['dtype']}[{','.join(map(str, t['shape']))}]"
+
+
+def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageContext) -> dict[str, Any]:
+    """``run`` over every graph's interface and weight table; the storage also names the tensors and packs
+    that hold the pool's constants."""
+    tables = inputs["weights"]
+    graphs = [{"name": g["name"], "role": g["role"], "interface": inputs["interface"][g["name"]],
+               "weights": tables[g["name"]]["tensors"]} for g in params["graphs"]]
+    variables, storage = run(graphs, params)
+    packs = {h: p for t in tables.values() for h, p in t.get("packs", {}).items()}
+    tensors = {c["hash"]: c["hash"] for c in storage["constants"].values()}
+    storage = {**storage, "tensors": tensors, "packs": {h: packs[h] for h in sorted(tensors) if h in packs}}
+    return {"variables": variables, "storage": storage}
+
+
+STAGE = Stage("dedupe", VERSION, compute, outputs=("variables", "storage"),
+              inputs=(Input("parse", "interface"), Input("parse.weights", "weights")),
+              params=("graph roles", "variables", "assigns"), scope=BUNDLE)

@@ -1,7 +1,7 @@
 """Format insertion over one graph: every value's format, TransData where a reader wants another, what-ifs.
 
 Per node the target's kernel table says which formats each input position takes and what comes out; a
-native kernel is used when ``runtime.npu.supports`` accepts the call, else the node runs the portable kernel
+native kernel is used when ``targets.npu.supports`` accepts the call, else the node runs the portable kernel
 on standard layouts. Where a value is in another format than its reader wants, a TransData converts it,
 except for weights: the first reader decides a constant's stored format (``formats.weights`` converts the
 bytes), later readers convert it like any value.
@@ -53,7 +53,7 @@ def same_layout(a: str, b: str) -> bool:
 
 def native_plan(node: Node, graph: Graph, target: Target, formats: dict[str, str]) -> Plan:
     """(input formats, output format) when the target runs this node natively, else None."""
-    from ..runtime.npu import supports
+    from ..targets.npu import supports
 
     if node.domain:
         return None  # ops of other domains (ai.onnx.ml, ...) have portable kernels only

@@ -4,7 +4,7 @@ The per-graph pass (kernel formats, TransData, what-if costs) is ``format_pass.p
 
 Per node the target's kernel table says which formats each input position takes and what comes out;
 a native kernel (npu: Conv in NC1HWC0 x FRACTAL_Z, MatMul in FRACTAL_NZ, elementwise in the operands'
-format...) is used when ``runtime.npu.supports`` accepts the call, else the node runs the portable
+format...) is used when ``targets.npu.supports`` accepts the call, else the node runs the portable
 kernel on standard layouts (ND / NCHW, which are the same row-major bytes). Where a value is in another
 format than its reader wants, a TransData node converts it, except for weights: their conversion is
 folded into the stored constant (the ``formats.weights`` task transforms the bytes). Feeds and infer
@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from ..dtypes import dtype_from_name
 from ..ir.graph import Graph
 from ..layouts import STANDARD, accepts, storage_shape
 from ..targets import Target
 from .format_pass import FormatPass, natural_format, same_layout  # noqa: F401  (same_layout: part of the stage's API)
+from .stage import GRAPH, Input, Stage, StageContext
 
-NAME = "formats"
 VERSION = "4"  # 4: format costs measured per graph (formats.cost)
 
 
@@ -132,3 +133,15 @@ def weight_formats(structure: dict) -> dict[str, str]:
 
 def transdata_count(structure: dict) -> int:
     return sum(1 for n in structure["nodes"] if n["op"] == "TransData")
+
+
+def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageContext) -> dict[str, Any]:
+    """The formatted structure, and the format of each weight apart: all ``formats.weights`` reads."""
+    fp = FormatPass.shared(ctx.hashes["structure"], inputs["structure"], ctx.target)
+    structure = insert(fp, inputs["var_formats"], ctx.target, params.get("assign"))
+    return {"structure": structure, "weight_formats": weight_formats(structure)}
+
+
+STAGE = Stage("formats", VERSION, compute, outputs=("structure", "weight_formats"),
+              inputs=(Input("parse", "structure"), Input("formats.assign", "var_formats")),
+              params=("target", "assign"), scope=GRAPH)

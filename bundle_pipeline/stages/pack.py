@@ -24,17 +24,18 @@ import tempfile
 import time
 import uuid
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from .. import zarr_plain
 from ..dtypes import dtype_from_name
 from ..errors import BundleIOError
 from ..guard import canonical, check_replaceable
 from ..layouts import storage_shape
+from .stage import BUNDLE, TEXT, Input, Ref, Stage, StageContext
 
-NAME = "pack"
 VERSION = "4"  # 3: small constants share constants/packed (bundle format 2), compact root zarr.json; 4: UTF-8 manifest
 FORMAT_VERSION = 2
 PACKED_ARRAY = "constants/packed"
@@ -329,3 +330,17 @@ def bundle_digest(path: str | os.PathLike, known: dict[str, str] | None = None) 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageContext) -> dict[str, Any]:
+    """The programs go into the manifest as the canonical JSON the cache holds, never decoded (``RawJSON``)."""
+    graphs = [{**g, "program": zarr_plain.RawJSON(inputs["program"][g["name"]])} for g in params["graphs"]]
+    storage = inputs["stored"]
+    meta = manifest(params["name"], params["target"], graphs, inputs["variables"], inputs["var_formats"], storage)
+    return {"digest": Ref(run(meta, ctx.placer(storage.get("packs", {})), ctx.out))}
+
+
+STAGE = Stage("pack", VERSION, compute, outputs=("digest",),
+              inputs=(Input("codegen", "program", form=TEXT), Input("dedupe", "variables"),
+                      Input("formats.assign", "var_formats"), Input("formats.weights", "stored")),
+              params=("bundle", "target", "graph options"), scope=BUNDLE, writes_bundle=True)

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import GraphInvalid
 from ..options import parse_input_shape
+from .dedupe import interface
+from .stage import GRAPH, MODEL, Stage, StageContext
 
 if TYPE_CHECKING:
     import numpy as np
 
     from ..ir.external import ExternalRef
 
-NAME = "parse"
 VERSION = "5"  # 2: onnx-checked shapes / outputs are writes / unknown opsets refused; 3, 4: merges of those;
 # 5: the interface dedupe reads is an output of its own
 
@@ -38,3 +41,22 @@ def run(source: str | bytes | os.PathLike, params: dict) -> ParseOutput:
     if problems:
         raise GraphInvalid(f"graph {graph.name}: {problems[0]}", where)
     return ParseOutput(graph.to_json(), weights)
+
+
+def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageContext) -> dict[str, Any]:
+    """Structure + weight refs: inline weights are stored now (the small ones in one pack), external-data
+    ones only located; and the interface ``dedupe`` reads."""
+    from ..ir.external import ExternalRef
+
+    src = ctx.source
+    result = run(src["bytes"] if "bytes" in src else src["path"], {**params, "graph": ctx.graph, "where": ctx.where})
+    inline = {n: w for n, w in result.weights.items() if not isinstance(w, ExternalRef)}
+    refs: dict[str, dict] = dict(ctx.cache.put_tensors(inline))
+    model_dir = Path(src["path"]).parent if "path" in src else Path()
+    refs.update({n: {"external": w.to_json(model_dir)} for n, w in result.weights.items() if n not in inline})
+    return {"structure": result.structure, "refs": dict(sorted(refs.items())), "interface": interface(result.structure)}
+
+
+STAGE = Stage("parse", VERSION, compute, outputs=("structure", "refs", "interface"),
+              params=("option values", "role"), scope=GRAPH, reads=MODEL,
+              preload=("bundle_pipeline.ir.onnx_import", "bundle_pipeline.kernels"))  # onnx, folding's kernels

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ..dtypes import dtype_from_name
 from ..ir.graph import Graph, Node, TensorType
 from ..targets import Target
+from .stage import GRAPH, Input, Stage, StageContext
 
-NAME = "tiling"
 VERSION = "3"
 TILED_OPS = frozenset({"Conv", "MatMul", "Gemm"})  # the kernels whose workspace grows with the problem
 
@@ -122,3 +123,12 @@ def _matmul(node: Node, inputs: list[TensorType | None], budget: int) -> dict | 
 
 def _pow2_floor(x: int) -> int:
     return 1 << max(0, int(math.log2(max(1, x))))
+
+
+def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageContext) -> dict[str, Any]:
+    """``run`` with tile searches shared through the kernel-level cache."""
+    return {"tiling": run(inputs["structure"], ctx.target, ctx.memo("tiling", VERSION))}
+
+
+STAGE = Stage("tiling", VERSION, compute, outputs=("tiling",), inputs=(Input("formats", "structure"),),
+              params=("target",), scope=GRAPH)

@@ -31,7 +31,7 @@ axis = ceil(Mp / tile_m) ...; every term times the batch):
 
 ``search_*`` returns the tiling of minimum total cost among ``valid_tilings_*`` (ties: the smallest
 tile_m, then tile_n, then tile_k), with its k_l1 and cost breakdown. Any valid tiling computes the same
-numbers (``runtime.npu`` kernels loop over the tiles), up to float summation order over K.
+numbers (``runtime/npu`` kernels loop over the tiles), up to float summation order over K.
 """
 
 from __future__ import annotations

@@ -6,10 +6,8 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-import yaml
-
 from ..errors import ParamInvalid
-from ..ir.hashing import hash_json
+from ..hashing import hash_json
 
 KNOWN_TARGETS = ("cpu", "npu")
 
@@ -53,6 +51,8 @@ def _kernel_formats(entry: dict, native: bool) -> KernelFormats:
 def get_target(name: str) -> Target:
     if name not in KNOWN_TARGETS:
         raise ParamInvalid(f"unknown target {name!r}; available: {', '.join(KNOWN_TARGETS)}", "target")
+    import yaml  # loaded here: the runtime imports targets.npu and never reads a description
+
     raw = yaml.safe_load(resources.files(__package__).joinpath(f"{name}.yaml").read_text())
     native = bool(raw.get("native_kernels", False))
     kernels = {op: _kernel_formats(k, native and op != "default") for op, k in raw["kernels"].items()}

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..cache import Cache
-from ..ir.hashing import hash_json
+from ..hashing import hash_json
 
 RECORD_MIN_SECONDS = 1e-3
 

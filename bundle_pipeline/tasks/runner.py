@@ -17,7 +17,8 @@ Faults
   build); a cache that keeps losing entries ends the build with an ``IO_ERROR``. The same holds when
   the entry is lost while the plan computes a key (``LostEntry``, raised by ``lookup``).
 - **A malformed model** that the importer's checks miss still ends as ``GRAPH_INVALID`` naming the
-  file: exceptions from data in the ``parse`` steps are converted (``USER_INPUT_STEPS``).
+  file: exceptions from data in the stages that read the user's files (``Stage.reads``: parse,
+  parse.weights) are converted.
 - **Disk full, permission denied, network errors** (``OSError``) while a task reads or writes the cache
   or a file become one ``IO_ERROR`` naming the path and whether it is in the cache. Cache writes are
   atomic and the bundle is staged and renamed (``stages/pack.py``), so the previous bundle and every
@@ -42,9 +43,10 @@ from pathlib import Path
 
 from ..cache import Cache, CacheMiss
 from ..errors import BundleIOError, GraphInvalid
-from ..ir.hashing import hash_json
+from ..hashing import hash_json
+from ..stages import order
 from ..targets import get_target
-from .sources import external_digests, source_digest
+from .sources import file_inputs
 from .task import Task, TaskResult, input_hashes, task_key, timed
 
 
@@ -94,11 +96,9 @@ def lookup(task: Task, ctx: BuildContext, upstream: dict[str, TaskResult], cache
 
 def _lookup(task: Task, ctx: BuildContext, upstream: dict[str, TaskResult], cache: Cache) -> Lookup:
     inputs = input_hashes(task, upstream)
-    if task.step == "parse":
-        inputs["model"] = source_digest(task.context["source"], cache, task.context["where"])
-    elif task.step == "parse.weights":
-        model_dir = Path(task.context["source"].get("path", ".")).parent
-        inputs.update(external_digests(cache.get_json(inputs["refs"]), model_dir, cache, task.context["where"]))
+    reads = order.named(task.step).reads
+    if reads is not None:
+        inputs.update(file_inputs(reads, task.context, inputs, cache))
     key = task_key(task, inputs, get_target(ctx.target).fingerprint)
     record = None if ctx.force else cache.get_action(key)
     if record is not None and not _still_valid(task, key, record, cache):
@@ -126,14 +126,14 @@ def execute_task(task: Task, ctx: BuildContext, *upstream_results: TaskResult) -
         found = lookup(task, ctx, {r.id: r for r in upstream_results}, cache)
         if found.record is not None:
             return _stamped(cached_result(task, found), start)
-        from .steps import STEPS  # the stages and what they import load only when a task really runs
+        from .steps import run_stage  # the cache glue and what it imports load only when a task really runs
 
-        outputs, seconds = timed(STEPS[task.step], task, cache, found.inputs)
-        extra = outputs.pop("_extra", {}) if isinstance(outputs.get("_extra"), dict) else {}
+        stage = order.named(task.step)
+        (outputs, extra), seconds = timed(run_stage, stage, task, cache, found.inputs)
         record = {"task": task.id, "outputs": outputs, "seconds": seconds, "inputs": found.inputs,
                   "params": task.params, "version": task.version, "target": get_target(ctx.target).fingerprint}
         cache.put_action(found.key, record)
-        if task.step == "pack":  # this machine's output: recorded locally, not in the shared record
+        if stage.writes_bundle:  # this machine's output: recorded locally, not in the shared record
             cache.record_output(task.context["out"], {"key": found.key, "stamp": output_stamp(task.context["out"])})
     except (CacheMiss, LostEntry) as lost:
         missing = lost.missing if isinstance(lost, LostEntry) else str(lost.args[0])
@@ -141,16 +141,15 @@ def execute_task(task: Task, ctx: BuildContext, *upstream_results: TaskResult) -
     except OSError as err:
         raise io_error(err, task, cache) from None
     except _MODEL_DATA_ERRORS as err:
-        if task.step not in USER_INPUT_STEPS:
+        if not order.named(task.step).reads_user_input:
             raise
         raise GraphInvalid(f"cannot import the model: {type(err).__name__}: {err}", task.context["where"]) from None
     return _stamped(TaskResult(task.id, task.stage, task.graph, found.key, outputs, "ran", seconds, extra), start)
 
 
-# Steps that decode the user's files. An exception the importer did not turn into a BundleError there
+# In a stage that decodes the user's files, an exception the importer did not turn into a BundleError
 # (a malformed model the checks missed: mismatched tensor sizes, invalid UTF-8 names, ...) is still the
 # model's fault, so it becomes GRAPH_INVALID naming the file; elsewhere it is a bug and propagates.
-USER_INPUT_STEPS = frozenset({"parse", "parse.weights"})
 _MODEL_DATA_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, ArithmeticError, RecursionError)
 
 
@@ -213,7 +212,7 @@ def worker_name() -> str:
 def _still_valid(task: Task, key: str, record: dict, cache: Cache) -> bool:
     """A hit needs its outputs in the cache; pack's output must also still be the bundle this key wrote
     on this machine (the cache's local output state, not the shared record: see cache/statstate.py)."""
-    if task.step == "pack":
+    if order.named(task.step).writes_bundle:
         out = task.context["out"]
         return cache.output_record(out) == {"key": key, "stamp": output_stamp(out)}
     return all(cache.has_object(h) for h in record["outputs"].values())

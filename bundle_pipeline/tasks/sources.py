@@ -1,4 +1,4 @@
-"""Content digests of what parse tasks read: the ONNX file, and the external-data files its weights name."""
+"""Content digests of the user's files stages read (``Stage.reads``): the ONNX file, its external-data files."""
 
 from __future__ import annotations
 
@@ -7,7 +7,19 @@ from pathlib import Path
 from ..cache import Cache
 from ..errors import BundleIOError
 from ..files import NotRegularFile, describe_error
-from ..ir.hashing import hash_bytes
+from ..hashing import hash_bytes
+from ..stages.stage import EXTERNAL_DATA, MODEL
+
+
+def file_inputs(reads: str, context: dict, inputs: dict[str, str], cache: Cache) -> dict[str, str]:
+    """The key inputs of a stage that reads the user's files (``Stage.reads``): the model's digest
+    (``model``), or the digests of the external-data files its weight refs name (``file:<location>``)."""
+    src, where = context["source"], context["where"]
+    if reads == MODEL:
+        return {"model": source_digest(src, cache, where)}
+    if reads == EXTERNAL_DATA:
+        return external_digests(cache.get_json(inputs["refs"]), Path(src.get("path", ".")).parent, cache, where)
+    raise ValueError(f"unknown kind of user file {reads!r}")  # a declaration bug
 
 
 def source_digest(src: dict, cache: Cache, where: str) -> str:

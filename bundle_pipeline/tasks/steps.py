@@ -1,78 +1,116 @@
-"""The glue between the cache and each stage: load input objects, call the stage, store its outputs.
+"""The glue between the cache and every stage: load its inputs, call ``Stage.compute``, store its outputs.
 
-Each step is ``(task, cache, inputs) -> outputs`` where inputs and outputs map names to content
-hashes. Only hashes leave a step, so a scheduler moves references, never arrays.
+``run_stage(stage, task, cache, hashes) -> (outputs, extra)``: inputs and outputs are content hashes by name,
+so only hashes leave a task and a scheduler moves references, never arrays. What a stage may ask of the cache
+besides (``StageContext``) is implemented here: kernel-level memos, storing loaded tensors, placing a bundle's
+tensor bytes.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from ..cache import Cache, CacheMiss
 from ..cache.packs import SMALL_TENSOR_BYTES, stored_bytes
-from ..ir.external import ExternalRef
-from ..ir.hashing import hash_json
-from ..runtime.formats import STANDARD, storage_shape, to_format
-from ..stages import codegen, dedupe, formats, pack, parse, tiling
-from ..stages.format_pass import FormatPass
-from ..targets import get_target
-from ..zarr_plain import RawJSON
+from ..hashing import hash_json
+from ..stages import pack
+from ..stages.stage import TEXT, Input, Ref, Stage
+from ..targets import Target, get_target
 from .kernel_cache import KernelCache
 from .task import Task
-from .versions import VERSIONS  # noqa: F401  (steps and their versions, side by side for readers)
-
-Step = Callable[[Task, Cache, dict[str, str]], dict[str, str]]
 
 
-def step_parse(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, str]:
-    """Structure + weight refs: inline weights are stored now (the small ones in one pack), external-data
-    ones only located."""
-    src = task.context["source"]
-    source = src["bytes"] if "bytes" in src else src["path"]
-    result = parse.run(source, {**task.params, "graph": task.graph, "where": task.context["where"]})
-    inline = {n: w for n, w in result.weights.items() if not isinstance(w, ExternalRef)}
-    refs: dict[str, dict] = dict(cache.put_tensors(inline))
-    model_dir = Path(src["path"]).parent if "path" in src else Path()
-    refs.update({n: {"external": w.to_json(model_dir)} for n, w in result.weights.items() if n not in inline})
-    return {"structure": cache.put_json(result.structure), "refs": cache.put_json(dict(sorted(refs.items()))),
-            "interface": cache.put_json(dedupe.interface(result.structure))}
+def run_stage(stage: Stage, task: Task, cache: Cache, hashes: dict[str, str]) -> tuple[dict[str, str], dict]:
+    """Run ``stage`` for ``task`` on the inputs whose content hashes are ``hashes``; its outputs stored."""
+    ctx = TaskContext(task, cache, hashes)
+    produced = stage.compute(Inputs(stage, task, cache, hashes), task.params, ctx)
+    outputs = {name: value.address if isinstance(value, Ref) else cache.put_json(value)
+               for name, value in produced.items()}
+    return outputs, ctx.stats()
 
 
-def step_weights(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, str]:
-    """Weight table ``{"tensors": name -> tensor hash, "packs": tensor hash -> pack}``. An external tensor
-    whose file is unchanged is not read again: its reference is remembered per (file content hash, offset,
-    dtype, shape)."""
-    refs = cache.get_json(inputs["refs"])
-    model_dir = Path(task.context["source"].get("path", ".")).parent
-    found: dict[str, dict] = {n: r for n, r in refs.items() if "tensor" in r}
-    memos: dict[str, str] = {}
-    for name, ref in refs.items():
-        if name in found:
-            continue
-        memos[name] = hash_json({"external-tensor": inputs[f"file:{ref['external']['location']}"],
-                                 "offset": ref["external"]["offset"], "dtype": ref["external"]["dtype"],
-                                 "shape": list(ref["external"]["shape"])})
-        record = cache.get_action(memos[name])
-        if record is not None and cache.has_tensor(record["tensor"], record.get("pack")):
-            found[name] = record
-    missing = {n: ExternalRef.from_json(refs[n]["external"], model_dir) for n in sorted(set(refs) - set(found))}
-    small = {n: r for n, r in missing.items() if r.nbytes <= SMALL_TENSOR_BYTES}
-    stored = cache.put_tensors({n: r.load() for n, r in small.items()})  # one pack
-    stored.update(_parallel(lambda r: {"tensor": cache.put_tensor(r.load())},  # one big tensor in memory a thread
-                            {n: r for n, r in missing.items() if n not in small}))
-    for name, ref in stored.items():
-        cache.put_action(memos[name], ref)
-    found.update(stored)
-    return {"weights": cache.put_json(tensor_table({n: r for n, r in found.items()}))}
+class Inputs(Mapping):
+    """A stage's inputs, each read from the cache and decoded the first time the stage looks at it."""
+
+    def __init__(self, stage: Stage, task: Task, cache: Cache, hashes: dict[str, str]):
+        self.cache, self.hashes = cache, hashes
+        self.declared = {inp.key: inp for inp in stage.inputs}
+        self.names = {inp.key: [d.name for d in task.deps if d.name == inp.key or d.name.startswith(f"{inp.key}:")]
+                      for inp in stage.inputs}
+        self.loaded: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self.loaded:
+            inp, names = self.declared[name], self.names[name]
+            if names == [name]:
+                self.loaded[name] = self._load(inp, self.hashes[name])
+            else:  # one per graph, in spec order
+                self.loaded[name] = {n.split(":", 1)[1]: self._load(inp, self.hashes[n]) for n in names}
+        return self.loaded[name]
+
+    def _load(self, inp: Input, h: str) -> Any:
+        return self.cache.get_object(h).decode() if inp.form == TEXT else self.cache.get_json(h)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.declared)
+
+    def __len__(self) -> int:
+        return len(self.declared)
 
 
-def tensor_table(refs: dict[str, dict]) -> dict:
-    """``{"tensors": name -> hash, "packs": hash -> pack}`` from tensor references (``Cache.put_tensors``)."""
-    return {"tensors": {n: r["tensor"] for n, r in sorted(refs.items())},
-            "packs": {r["tensor"]: r["pack"] for _, r in sorted(refs.items()) if "pack" in r}}
+class TaskContext:
+    """``StageContext`` for one task (see ``stages/stage.py``)."""
+
+    def __init__(self, task: Task, cache: Cache, hashes: dict[str, str]):
+        self.task, self.cache, self.hashes = task, cache, hashes
+        self.graph = task.graph
+        self.extra: dict[str, Any] = {}
+        self.memos: list[KernelCache] = []
+
+    @property
+    def source(self) -> dict:
+        return self.task.context["source"]
+
+    @property
+    def where(self) -> str:
+        return self.task.context["where"]
+
+    @property
+    def out(self) -> str:
+        return self.task.context["out"]
+
+    @property
+    def target(self) -> Target:
+        return get_target(self.task.params["target"])
+
+    def memo(self, kind: str, version: str) -> Callable[[dict, Callable[[], Any]], Any]:
+        kernels = KernelCache(self.cache, kind, version, self.target.fingerprint)
+        self.memos.append(kernels)
+        return kernels.get
+
+    def stats(self) -> dict:
+        """``extra`` plus the kernel-cache counts of the memos the stage used."""
+        counts: dict[str, int] = {}
+        for kernels in self.memos:
+            for name, n in kernels.stats().items():
+                counts[name] = counts.get(name, 0) + n
+        return {**self.extra, **counts}
+
+    def store_tensors(self, loaders: Mapping[str, Any]) -> dict[str, dict]:
+        """Load and store tensors (objects with ``nbytes`` and ``load()``): the small ones in one pack, the big
+        ones each its own entry, one in memory a thread."""
+        small = {n: r for n, r in loaders.items() if r.nbytes <= SMALL_TENSOR_BYTES}
+        stored = self.cache.put_tensors({n: r.load() for n, r in small.items()})
+        stored.update(_parallel(lambda r: {"tensor": self.cache.put_tensor(r.load())},
+                                {n: r for n, r in loaders.items() if n not in small}))
+        return stored
+
+    def placer(self, packs: Mapping[str, str]) -> CachePlacer:
+        return CachePlacer(self.cache, dict(packs))
 
 
 def _parallel(fn: Callable, items: dict) -> dict:
@@ -82,133 +120,6 @@ def _parallel(fn: Callable, items: dict) -> dict:
         return {}
     with ThreadPoolExecutor(max_workers=min(len(names), os.cpu_count() or 2)) as pool:
         return dict(zip(names, pool.map(lambda n: fn(items[n]), names), strict=True))
-
-
-def step_dedupe(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, str]:
-    tables = {g["name"]: cache.get_json(inputs[f"weights:{g['name']}"]) for g in task.params["graphs"]}
-    graphs = [{"name": g["name"], "role": g["role"],
-               "interface": cache.get_json(inputs[f"interface:{g['name']}"]),
-               "weights": tables[g["name"]]["tensors"]}
-              for g in task.params["graphs"]]
-    variables, storage = dedupe.run(graphs, task.params)
-    packs = {h: p for t in tables.values() for h, p in t.get("packs", {}).items()}
-    tensors = {c["hash"]: c["hash"] for c in storage["constants"].values()}
-    storage = {**storage, "tensors": tensors, "packs": {h: packs[h] for h in sorted(tensors) if h in packs}}
-    return {"variables": cache.put_json(variables), "storage": cache.put_json(storage)}
-
-
-def step_format_costs(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, str]:
-    """What each variable this graph reads would cost it in each format; a graph that reads none is not parsed."""
-    variables = cache.get_json(inputs["variables"])
-    if not any(task.graph in v["readers"] for v in variables.values()):
-        return {"costs": cache.put_json({})}
-    target = get_target(task.params["target"])
-    fp = FormatPass.shared(inputs["structure"], cache.get_json(inputs["structure"]), target)
-    return {"costs": cache.put_json(formats.costs(fp, task.graph, variables, target))}
-
-
-def step_formats_assign(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, str]:
-    costs = {g: cache.get_json(inputs[f"costs:{g}"]) for g in task.params["graphs"]}
-    chosen = formats.choose(costs, cache.get_json(inputs["variables"]), get_target(task.params["target"]))
-    return {"var_formats": cache.put_json(chosen)}
-
-
-def step_formats(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, str]:
-    target = get_target(task.params["target"])
-    fp = FormatPass.shared(inputs["structure"], cache.get_json(inputs["structure"]), target)
-    structure = formats.insert(fp, cache.get_json(inputs["var_formats"]), target, task.params.get("assign"))
-    return {"structure": cache.put_json(structure),
-            "weight_formats": cache.put_json(formats.weight_formats(structure))}  # all formats.weights reads
-
-
-def step_weight_formats(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, str]:
-    """Constants and variable initial values converted to the formats their readers store them in.
-
-    A conversion is remembered per (tensor hash, format), so after a weight edit only the changed
-    tensors are converted again; the converted small ones go into one pack. Standard layouts (ND/NCHW)
-    are the parsed bytes themselves.
-    """
-    storage = cache.get_json(inputs["storage"])
-    var_formats = cache.get_json(inputs["var_formats"])
-    wanted = {g: cache.get_json(inputs[f"weight_formats:{g}"]) for g in task.params["graphs"]}
-    placed: dict[str, tuple[str, str]] = {}  # stored id -> (constant id, format)
-    bindings = {graph: {w: _stored_id(placed, cid, wanted[graph].get(w, "ND")) for w, cid in sorted(bound.items())}
-                for graph, bound in storage["bindings"].items()}
-    initial = {var: _stored_id(placed, cid, var_formats.get(var, "ND"))
-               for var, cid in sorted(storage["initial"].items())}
-    refs = _converted(cache, storage, {(storage["constants"][cid]["hash"], fmt) for cid, fmt in placed.values()})
-    stored = {}
-    for sid, (cid, fmt) in sorted(placed.items()):
-        const, shape = storage["constants"][cid], tuple(storage["constants"][cid]["shape"])
-        stored[sid] = {**const, "hash": refs[const["hash"], fmt]["tensor"],
-                       **({"format": fmt, "storage": list(storage_shape(fmt, shape))} if fmt not in STANDARD else {})}
-    table = tensor_table({f"{h}@{fmt}": ref for (h, fmt), ref in refs.items()})
-    result = {"constants": stored, "bindings": bindings, "initial": initial,
-              "tensors": {c["hash"]: c["hash"] for c in stored.values()}, "packs": table["packs"]}
-    return {"stored": cache.put_json(result)}
-
-
-def _stored_id(placed: dict[str, tuple[str, str]], cid: str, fmt: str) -> str:
-    sid = cid if fmt in STANDARD else f"{cid}@{fmt}"
-    placed[sid] = (cid, fmt)
-    return sid
-
-
-def _converted(cache: Cache, storage: dict, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], dict]:
-    """(tensor hash, format) -> reference of the tensor in that format: the tensor itself for standard layouts,
-    else a remembered conversion, else one made now (the small ones stored in one pack).
-
-    A conversion is remembered per big tensor, and per (source pack, format) for the small ones: after a weight
-    edit only the changed tensors, or the pack that changed, are converted again, at one record a pack rather
-    than one a tensor."""
-    packs = storage.get("packs", {})
-    refs: dict[tuple[str, str], dict] = {}
-    groups: dict[tuple[str | None, str], list[str]] = {}  # (source pack or None, format) -> tensor hashes
-    for h, fmt in sorted(wanted):
-        if fmt in STANDARD:
-            refs[h, fmt] = {"tensor": h, **({"pack": packs[h]} if h in packs else {})}
-        else:
-            groups.setdefault((packs.get(h), fmt), []).append(h)
-    memos: dict[str, tuple[str | None, str, list[str]]] = {}
-    for (pack_hash, fmt), hashes in groups.items():
-        for batch in ([hashes] if pack_hash else [[h] for h in hashes]):
-            key = hash_json({"transform": batch, "pack": pack_hash, "format": fmt, "version": formats.VERSION})
-            record = cache.get_action(key)
-            if record is not None and all(cache.has_tensor(r["tensor"], r.get("pack")) for r in record["refs"]):
-                refs.update({(h, fmt): r for h, r in zip(batch, record["refs"], strict=True)})
-            else:
-                memos[key] = (pack_hash, fmt, batch)
-    todo = [(h, fmt) for _, fmt, batch in memos.values() for h in batch]
-    made = cache.put_tensors({f"{h}@{fmt}": to_format(cache.get_tensor(h, pack=packs.get(h)), fmt) for h, fmt in todo})
-    for key, (_, fmt, batch) in memos.items():
-        converted = [made[f"{h}@{fmt}"] for h in batch]
-        refs.update({(h, fmt): r for h, r in zip(batch, converted, strict=True)})
-        cache.put_action(key, {"refs": converted})
-    return refs
-
-
-def step_tiling(task: Task, cache: Cache, inputs: dict[str, str]) -> dict:
-    target = get_target(task.params["target"])
-    kernels = KernelCache(cache, "tiling", tiling.VERSION, target.fingerprint)
-    plan = tiling.run(cache.get_json(inputs["structure"]), target, kernels.get)
-    return {"tiling": cache.put_json(plan), "_extra": kernels.stats()}
-
-
-def step_codegen(task: Task, cache: Cache, inputs: dict[str, str]) -> dict:
-    program = codegen.run(cache.get_json(inputs["structure"]), cache.get_json(inputs["tiling"]),
-                          cache.get_json(inputs["variables"]), task.params["role"], task.params["options"],
-                          task.params.get("assign"))
-    return {"program": cache.put_json(program)}
-
-
-def step_pack(task: Task, cache: Cache, inputs: dict[str, str]) -> dict[str, str]:
-    """The programs go into the manifest as the canonical JSON the cache holds, never decoded (``RawJSON``)."""
-    graphs = [{**g, "program": RawJSON(cache.get_object(inputs[f"program:{g['name']}"]).decode())}
-              for g in task.params["graphs"]]
-    storage = cache.get_json(inputs["stored"])
-    meta = pack.manifest(task.params["name"], task.params["target"], graphs, cache.get_json(inputs["variables"]),
-                         cache.get_json(inputs["var_formats"]), storage)
-    return {"digest": pack.run(meta, CachePlacer(cache, storage.get("packs", {})), task.context["out"])}
 
 
 class CachePlacer:
@@ -238,11 +149,3 @@ class CachePlacer:
         obj = self.cache.put_object(data)
         self.cache.put_action(key, {"object": obj})
         return self.cache.place_object(obj, dest, data)
-
-
-STEPS: dict[str, Step] = {
-    "parse": step_parse, "parse.weights": step_weights, "dedupe": step_dedupe, "formats.cost": step_format_costs,
-    "formats.assign": step_formats_assign,
-    "formats.weights": step_weight_formats,
-    "formats": step_formats, "tiling": step_tiling, "codegen": step_codegen, "pack": step_pack,
-}

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..ir.hashing import hash_json
+from ..hashing import hash_json
 
 
 @dataclass(frozen=True)

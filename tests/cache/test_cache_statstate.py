@@ -13,7 +13,7 @@ import fsspec
 import pytest
 
 from bundle_pipeline.cache import Cache, statstate
-from bundle_pipeline.ir.hashing import hash_bytes
+from bundle_pipeline.hashing import hash_bytes
 
 HOUR_NS = 3600 * 10**9
 
@@ -219,3 +219,20 @@ def test_gc_prunes_entries_of_deleted_files(tmp_path):
     assert result["stat_entries_pruned"] == 1 and result["temp_removed"] == 1
     entries = json.loads((tmp_path / "c" / "state" / "stat.json").read_bytes())["entries"]
     assert list(entries) == [str(kept)]
+
+
+def test_two_caches_on_one_root_keep_every_output_record(tmp_path):
+    """Two bundles of one build use two Cache objects on one root; concurrent packs must not lose records
+    (a lost record re-packs that bundle on the next build)."""
+    caches = [Cache(str(tmp_path / "cache")), Cache(str(tmp_path / "cache"))]
+    paths = [str(tmp_path / f"out{i}.bundle") for i in range(40)]
+
+    def record(i: int) -> None:
+        caches[i % 2].record_output(paths[i], {"key": f"k{i}", "stamp": f"s{i}"})
+
+    threads = [threading.Thread(target=record, args=(i,)) for i in range(len(paths))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(caches[0].output_record(p) == {"key": f"k{i}", "stamp": f"s{i}"} for i, p in enumerate(paths))

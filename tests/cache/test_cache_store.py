@@ -11,7 +11,7 @@ import pytest
 from bundle_pipeline.cache import Cache, CacheMiss
 from bundle_pipeline.cache import store as store_mod
 from bundle_pipeline.cache.store import MARKER
-from bundle_pipeline.ir.hashing import canonical_json, hash_bytes
+from bundle_pipeline.hashing import canonical_json, hash_bytes
 
 
 @pytest.fixture(params=["local", "memory"])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bundle_pipeline.cache import SUPPORTED_DTYPES, Cache, CacheMiss, chunk_shape
-from bundle_pipeline.ir.hashing import tensor_hash
+from bundle_pipeline.hashing import tensor_hash
 
 DTYPES = sorted(str(d) for d in SUPPORTED_DTYPES)
 SHAPES = [(), (0,), (1,), (7,), (0, 3), (3, 0, 2), (5, 3), (2, 3, 4, 5), (1000, 3)]
@@ -267,7 +267,7 @@ def test_half_published_remote_entry_is_replaced(memory_root):
 
 
 def test_scalar_and_one_element_vector_are_distinct_entries(tmp_path):
-    # ir.hashing.tensor_hash once used np.ascontiguousarray, which turns a 0-d array into shape
+    # hashing.tensor_hash once used np.ascontiguousarray, which turns a 0-d array into shape
     # (1,): both hashed alike and the cache handed back whichever was stored first
     c = Cache(tmp_path / "cache")
     scalar, vector = np.array(3.0), np.array([3.0])

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bundle_pipeline.runtime.formats import (
+from bundle_pipeline.formats import (
     FORMATS,
     FormatError,
     accepts,

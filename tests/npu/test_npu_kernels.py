@@ -10,9 +10,10 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bundle_pipeline.runtime.formats import FORMATS, from_format, pad_mask, storage_shape, to_format
-from bundle_pipeline.runtime.kernels import SUPPORTED_OPS, KernelError, run_kernel
-from bundle_pipeline.runtime.npu import ELEMENTWISE_OPS, NPU_FORMAT_OPS, run_npu_kernel, supports
+from bundle_pipeline.formats import FORMATS, from_format, pad_mask, storage_shape, to_format
+from bundle_pipeline.kernels import SUPPORTED_OPS, KernelError, run_kernel
+from bundle_pipeline.runtime.npu import NATIVE_KERNELS, run_npu_kernel
+from bundle_pipeline.targets.npu import ELEMENTWISE_OPS, NPU_FORMAT_OPS, supports
 
 NZ, NC, FZ = "FRACTAL_NZ", "NC1HWC0", "FRACTAL_Z"
 DIM = st.integers(1, 40)  # crosses 16 and 32, mostly not a multiple of 16
@@ -260,6 +261,8 @@ def test_target_table_matches_native_ops() -> None:
         "l1": 1 << 20, "l0a": 64 << 10, "l0b": 64 << 10, "l0c": 256 << 10, "ub": 256 << 10}
     table = {op: k for op, k in raw["kernels"].items() if op != "default"}
     assert set(table) == set(NPU_FORMAT_OPS)
+    # what the target declares native (build side) is what the runtime has a kernel for
+    assert set(NATIVE_KERNELS) == set(NPU_FORMAT_OPS)
     for op, entry in table.items():
         native = NPU_FORMAT_OPS[op]
         assert [tuple(i) for i in entry["inputs"]] == list(native.inputs), op

@@ -12,8 +12,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bundle_pipeline.runtime.formats import from_format, to_format
-from bundle_pipeline.runtime.kernels import run_kernel
+from bundle_pipeline.formats import from_format, to_format
+from bundle_pipeline.kernels import run_kernel
 from bundle_pipeline.runtime.npu import run_npu_kernel
 from bundle_pipeline.stages.tiling_search import (
     Buffers,

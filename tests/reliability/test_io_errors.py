@@ -25,7 +25,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from bundle_pipeline.cache import store
+from bundle_pipeline.cache import Cache
+from bundle_pipeline.cache.backend_local import LocalBackend
 from bundle_pipeline.errors import BundleError
 from bundle_pipeline.pipeline import build
 from bundle_pipeline.spec import load_spec
@@ -143,7 +144,7 @@ def test_file_too_large_in_the_cache_is_an_io_error_naming_the_cache(tmp_path):
     line = faults.one_line_error(proc, proc.stderr)
     assert line.startswith("error: IO_ERROR: ") and "File too large" in line and str(cache) in line
     assert faults.bundle_bytes(out) == before
-    assert store.Cache(cache).verify()["corrupt"] == []
+    assert Cache(cache).verify()["corrupt"] == []
 
 
 def test_permission_denied_on_the_cache(tmp_path, monkeypatch):
@@ -156,7 +157,7 @@ def test_permission_denied_on_the_cache(tmp_path, monkeypatch):
     def denied(self, rel, data):
         raise PermissionError(errno.EACCES, "Permission denied", self.path(rel))
 
-    monkeypatch.setattr(store.LocalBackend, "write_atomic", denied)
+    monkeypatch.setattr(LocalBackend, "write_atomic", denied)
     with pytest.raises(BundleError) as err:
         build(spec, scheduler="sync")
     assert err.value.status == "IO_ERROR" and "Permission denied" in str(err.value)

@@ -7,7 +7,7 @@ import onnx
 import pytest
 from kernel_oracle import one_node_model, reference
 
-from bundle_pipeline.runtime.kernels import SUPPORTED_OPS, KernelError, run_kernel
+from bundle_pipeline.kernels import SUPPORTED_OPS, KernelError, run_kernel
 
 RNG = np.random.default_rng(1234)
 

@@ -8,7 +8,7 @@ import pytest
 from kernel_oracle import one_node_model, reference
 from onnx import TensorProto, numpy_helper
 
-from bundle_pipeline.runtime.kernels import KernelError, run_kernel
+from bundle_pipeline.kernels import KernelError, run_kernel
 
 FLOAT8 = {TensorProto.FLOAT8E4M3FN: ml_dtypes.float8_e4m3fn, TensorProto.FLOAT8E4M3FNUZ: ml_dtypes.float8_e4m3fnuz,
           TensorProto.FLOAT8E5M2: ml_dtypes.float8_e5m2, TensorProto.FLOAT8E5M2FNUZ: ml_dtypes.float8_e5m2fnuz}

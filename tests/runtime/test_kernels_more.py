@@ -8,7 +8,7 @@ import onnx
 import pytest
 from kernel_oracle import one_node_model, reference
 
-from bundle_pipeline.runtime.kernels import SUPPORTED_OPS, KernelError, run_kernel
+from bundle_pipeline.kernels import SUPPORTED_OPS, KernelError, run_kernel
 
 RNG = np.random.default_rng(2024)
 
@@ -339,3 +339,23 @@ def test_new_ops_are_registered() -> None:
 def test_kernel_errors(op: str, inputs: list, attrs: dict, match: str) -> None:
     with pytest.raises(KernelError, match=match):
         run_kernel(op, inputs, attrs, 21)
+
+
+def test_optional_kernels_take_tensors_sequences_and_both_empty_forms():
+    seq = [np.ones(2, np.float32), np.zeros(3, np.float32)]
+    assert run_kernel("OptionalHasElement", [seq], {}, 18)[0].item() is True
+    assert run_kernel("OptionalGetElement", [seq], {}, 18)[0] is seq
+    x = np.arange(3)
+    assert run_kernel("OptionalHasElement", [x], {}, 18)[0].item() is True
+    np.testing.assert_array_equal(run_kernel("OptionalGetElement", [x], {}, 18)[0], x)
+    for empty in (None, np.asarray(None)):
+        assert run_kernel("OptionalHasElement", [empty], {}, 18)[0].item() is False
+        with pytest.raises(KernelError, match="empty optional"):
+            run_kernel("OptionalGetElement", [empty], {}, 18)
+
+
+def test_a_kernel_registered_twice_is_refused():
+    from bundle_pipeline.kernels._registry import kernel
+
+    with pytest.raises(RuntimeError, match="registered twice"):
+        kernel("Relu")(lambda inputs, attrs, opset, tiling: [])

@@ -11,7 +11,7 @@ import pytest
 from onnx import helper, numpy_helper
 from onnx.backend.test.loader import load_model_tests
 
-from bundle_pipeline.runtime.kernels import SUPPORTED_OPS, KernelError, run_kernel
+from bundle_pipeline.kernels import SUPPORTED_OPS, KernelError, run_kernel
 
 # Cases that cannot pass by design, each with the reason. Matched as regular expressions on the name.
 EXCLUDED: dict[str, str] = {

@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bundle_pipeline.ir.graph import Graph, Node, TensorType
+from bundle_pipeline.kernels import run_kernel
 from bundle_pipeline.runtime.executor import Executor, VariableStore
-from bundle_pipeline.runtime.kernels import run_kernel
 from bundle_pipeline.stages import codegen, parse
 
 REUSE = {"exec_disable_reused_memory": "0"}

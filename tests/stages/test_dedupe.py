@@ -6,7 +6,7 @@ import onnx.parser
 import pytest
 
 from bundle_pipeline.errors import BundleError
-from bundle_pipeline.ir.hashing import tensor_hash
+from bundle_pipeline.hashing import tensor_hash
 from bundle_pipeline.stages import dedupe, parse
 
 W34 = "{" + ", ".join(str(float(i)) for i in range(12)) + "}"

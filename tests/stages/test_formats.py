@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import onnx.parser
 
+from bundle_pipeline.hashing import tensor_hash
 from bundle_pipeline.ir.graph import Graph
-from bundle_pipeline.ir.hashing import tensor_hash
 from bundle_pipeline.stages import dedupe, formats, parse
 from bundle_pipeline.targets import get_target
 

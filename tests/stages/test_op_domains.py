@@ -15,7 +15,7 @@ from onnx.reference import ReferenceEvaluator
 from bundle_pipeline.backend import BundleBackend
 from bundle_pipeline.errors import BundleError
 from bundle_pipeline.ir.graph import Graph, Node
-from bundle_pipeline.runtime.kernels import KernelError, run_kernel, supports_op
+from bundle_pipeline.kernels import KernelError, run_kernel, supports_op
 from bundle_pipeline.runtime.validate import validate_manifest
 from bundle_pipeline.stages import codegen, parse
 

@@ -10,7 +10,7 @@ import pytest
 import zarr
 
 from bundle_pipeline.cache import Cache
-from bundle_pipeline.ir.hashing import tensor_hash
+from bundle_pipeline.hashing import tensor_hash
 from bundle_pipeline.stages import pack
 from bundle_pipeline.tasks.steps import CachePlacer
 

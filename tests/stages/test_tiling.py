@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bundle_pipeline.ir.graph import Graph
-from bundle_pipeline.runtime.kernels import run_kernel
+from bundle_pipeline.kernels import run_kernel
 from bundle_pipeline.stages import parse, tiling
 from bundle_pipeline.targets import get_target
 

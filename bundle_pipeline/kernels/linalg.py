@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...dtypes import EXTENDED
+from ..dtypes import EXTENDED
 from ._registry import Attrs, Inputs, KernelError, Tiling, arg, broadcast_shape, kernel, need, wide
 
 BFLOAT16 = EXTENDED["bfloat16"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...dtypes import EXTENDED
+from ..dtypes import EXTENDED
 from . import _lowp
 from ._registry import KERNELS, Attrs, Inputs, KernelError, Tiling, arg, kernel, need, norm_axis, onnx_dtype, wide
 

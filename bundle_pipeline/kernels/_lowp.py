@@ -18,7 +18,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
-from ...dtypes import EXTENDED
+from ..dtypes import EXTENDED
 
 FLOAT8_SATURATING = frozenset(EXTENDED[n] for n in ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2",
                                                      "float8_e5m2fnuz"))

@@ -10,12 +10,15 @@ import numpy as np
 
 from . import (
     attention,
+    conv,
     elementwise,
     image,
+    indexing,
     linalg,
     loss,
     ml,
-    nn,
+    norm,
+    pool,
     preview,
     quant,
     reduce,
@@ -32,8 +35,8 @@ from ._registry import DEFAULT_DOMAINS, DOMAIN_KERNELS, KERNELS, Attrs, KernelEr
 __all__ = ["DOMAIN_OPS", "KNOWN_OPSETS", "SUPPORTED_OPS", "KernelError", "run_kernel", "supports_op"]
 
 # imported for their registrations
-_MODULES = (attention, elementwise, image, linalg, loss, ml, nn, preview, quant, reduce, resize, rnn, sequence,
-            signal, tensor, text, training)
+_MODULES = (attention, conv, elementwise, image, indexing, linalg, loss, ml, norm, pool, preview, quant, reduce,
+            resize, rnn, sequence, signal, tensor, text, training)
 
 SUPPORTED_OPS: frozenset[str] = frozenset(KERNELS)  # the default domain's
 # Opset versions whose semantics the kernels follow, per domain ("" is ai.onnx). A model or program importing

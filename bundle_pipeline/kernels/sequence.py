@@ -1,4 +1,5 @@
-"""Sequence and optional ops: a sequence is a Python list of arrays, an empty optional is None.
+"""Sequence and optional ops: a sequence is a Python list of arrays, an empty optional is None
+(or np.asarray(None) from a caller).
 
 Tensors that enter a sequence or an optional are copied: the executor never plans containers in its arena,
 so they must not hold views of arena buffers that a later step overwrites. SequenceMap has a body and is a
@@ -150,14 +151,23 @@ def _optional(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list:
     return [_owned(value)]
 
 
+def _optional_value(inputs: Inputs) -> object:
+    """Input 0 as an optional's content, None when empty: a caller may hand an empty optional over as None or
+    as ``np.asarray(None)`` (a 0-d object array); a sequence (list) or a tensor is a present value."""
+    value = arg(inputs, 0)
+    if isinstance(value, np.ndarray) and value.dtype == object and value.shape == () and value.item() is None:
+        return None
+    return value
+
+
 @kernel("OptionalHasElement")
 def _optional_has_element(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list:
-    return [np.array(arg(inputs, 0) is not None)]
+    return [np.array(_optional_value(inputs) is not None)]
 
 
 @kernel("OptionalGetElement")
 def _optional_get_element(inputs: Inputs, attrs: Attrs, opset: int, tiling: Tiling) -> list:
-    value = arg(inputs, 0)
+    value = _optional_value(inputs)
     if value is None:
         raise KernelError("OptionalGetElement of an empty optional")
     return [value]

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ...dtypes import EXTENDED
+from ..dtypes import EXTENDED
 
 Inputs = list[np.ndarray | None]
 Attrs = dict[str, Any]
@@ -30,6 +30,10 @@ def kernel(*op_types: str, domain: str = "") -> Callable[[Kernel], Kernel]:
     def register(fn: Kernel) -> Kernel:
         table = KERNELS if domain in DEFAULT_DOMAINS else DOMAIN_KERNELS.setdefault(domain, {})
         for op in op_types:
+            # One kernel per op: a second registration would silently win or lose by module import order.
+            if op in table:
+                raise RuntimeError(f"kernel for {op!r} of domain {domain!r} registered twice: {table[op].__module__}"
+                                   f" and {fn.__module__}")
             table[op] = fn
         return fn
 

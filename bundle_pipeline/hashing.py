@@ -32,7 +32,7 @@ def tensor_hash(arr: np.ndarray) -> str:
     """Hash of a tensor's dtype, shape and C-order bytes: equal values give equal hashes."""
     import numpy as np
 
-    from ..dtypes import hash_key
+    from .dtypes import hash_key
 
     arr = np.asarray(arr, order="C")  # keeps 0-d arrays 0-d, so a scalar and [x] hash apart
     h = blake3.blake3(max_threads=blake3.blake3.AUTO if arr.nbytes > 1 << 22 else 1)

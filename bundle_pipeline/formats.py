@@ -25,7 +25,7 @@ from functools import cache
 
 import numpy as np
 
-from ..layouts import C0, FORMATS, STANDARD, FormatError, accepts, c0_blocks, check_layout, storage_shape  # noqa: F401
+from .layouts import C0, FORMATS, STANDARD, FormatError, accepts, c0_blocks, check_layout, storage_shape  # noqa: F401
 
 
 def c_contiguous(x: np.ndarray) -> np.ndarray:
@@ -126,3 +126,37 @@ def zero_padding(y: np.ndarray, fmt: str, shape: tuple[int, ...]) -> np.ndarray:
     if not has_padding(fmt, shape):
         return y
     return np.where(pad_mask(fmt, shape), np.zeros((), dtype=y.dtype), y)
+
+
+# ---- views the npu kernels compute on ----
+
+
+def channel_vector(v: np.ndarray, c: int, dtype: np.dtype) -> np.ndarray:
+    """A per-channel ND [C] parameter as (1, C1, 1, 1, C0): it broadcasts over an NC1HWC0 tensor, zero on padding
+    lanes."""
+    v = np.asarray(v).reshape(-1)
+    if v.size != c:
+        raise FormatError(f"per-channel parameter of {v.size} values for {c} channels")
+    padded = np.zeros(c0_blocks(c) * C0, dtype=dtype)
+    padded[:c] = v
+    return padded.reshape(1, padded.size // C0, 1, 1, C0)
+
+
+def transposed_fractals(x: np.ndarray) -> np.ndarray:
+    """The fractal grid of the transposed matrix, as a view: [.., a1, b1, a0, b0] -> [.., b1, a1, b0, a0]."""
+    return x.swapaxes(-4, -3).swapaxes(-2, -1)
+
+
+def nz_dense(grid: np.ndarray) -> np.ndarray:
+    """A FRACTAL_NZ grid [..., C1, R1, 16, 16] as the dense (padded) matrix [..., R1*16, C1*16]."""
+    *batch, c1, r1, _, _ = grid.shape
+    b = len(batch)
+    return grid.transpose(*range(b), b + 1, b + 2, b, b + 3).reshape(*batch, r1 * C0, c1 * C0)
+
+
+def nz_grid(dense: np.ndarray) -> np.ndarray:
+    """A dense matrix [..., R, C] (multiples of 16) as its FRACTAL_NZ grid [..., C1, R1, 16, 16]."""
+    *batch, r, c = dense.shape
+    b = len(batch)
+    tiles = dense.reshape(*batch, r // C0, C0, c // C0, C0)
+    return tiles.transpose(*range(b), b + 2, b, b + 1, b + 3)

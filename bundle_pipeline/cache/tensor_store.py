@@ -1,0 +1,220 @@
+"""Tensors as entries (``tensors.py``) or packs (``packs.py``), placed into bundles; owns the chunk-digest memos.
+
+Local tensor entries also get an action memo of their chunk files' sha256 by file stat (``entry_memo_key``),
+so a bundle that hard-links them hashes nothing when nothing changed. ``tensors.py`` (numpy, zarr) is imported
+on first use: planning a build on a local cache reads JSON records only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import struct
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from bundle_pipeline.cache.actions import get_action, put_action
+from bundle_pipeline.cache.layout import CacheMiss, check_hash, object_rel, temp_name
+from bundle_pipeline.cache.objects import get_object, has_object, put_object, stamp
+from bundle_pipeline.cache.packs import DECODED, SMALL_TENSOR_BYTES, decode, encode
+from bundle_pipeline.hashing import hash_json, tensor_hash
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from bundle_pipeline.cache.backends import Backend
+
+# Tensor entries are content-addressed whole (an edited tensor is a new entry), so chunks bound memory and
+# files, not rewrites: 16 MiB keeps a 1 GiB model to a few hundred files (each costs a create, 0.1-0.5 ms).
+DEFAULT_CHUNK_BYTES = 16 << 20
+
+
+def _tensors():
+    import bundle_pipeline.cache.tensors as tensors  # numpy: loaded on first use
+
+    return tensors
+
+
+def entry_memo_key(h: str) -> str:
+    """The action key of the memo of a tensor entry's file digests (see ``entry_sha256``)."""
+    return hash_json({"entry-sha256": h})
+
+
+def put_tensor(backend: Backend, arr: np.ndarray, chunk_bytes: int) -> str:
+    """Store an array as a zarr array under its ``tensor_hash`` and return the hash; idempotent.
+
+    A local entry written here has its files' sha256 recorded at once (``entry_sha256``'s memo), so the
+    first bundle that links it hashes nothing: the bytes were just written from memory.
+    """
+    h, digests = _tensors().put_tensor(backend, arr, chunk_bytes, temp_name())
+    if digests is not None and backend.is_local:
+        files = _file_stats(backend.path(_tensors().tensor_rel(h)), skip=("zarr.json",))
+        if set(files) == set(digests):  # else someone else's copy won the race to publish: verify later
+            put_action(backend, entry_memo_key(h), {"stats": {rel: st for rel, (st, _) in files.items()},
+                                                    "sha256": digests})
+    return h
+
+
+def get_tensor(backend: Backend, h: str, verify: bool = True, pack: str | None = None) -> np.ndarray:
+    """The array stored under ``h`` (verified unless ``verify=False``), from its own entry or, given
+    ``pack``, from that pack (verified whole; the array is then a read-only view). CacheMiss when missing
+    or corrupt (the missing hash is the pack's when the pack is)."""
+    if pack is not None:
+        found = read_pack(backend, pack).get(check_hash(h))
+        if found is None:
+            raise CacheMiss(h)
+        return found
+    arr = _tensors().get_tensor(backend, check_hash(h), verify=verify)
+    if arr is None:
+        raise CacheMiss(h)
+    return arr
+
+
+def has_tensor(backend: Backend, h: str, pack: str | None = None) -> bool:
+    """Whether a published entry, or the pack said to hold it, exists (unverified)."""
+    if pack is not None:
+        return has_object(backend, pack)
+    return backend.exists(f"{_tensors().tensor_rel(check_hash(h))}/zarr.json")
+
+
+def entry_intact(backend: Backend, h: str) -> bool:
+    """Whether tensor entry ``h`` is there and hashes to its name (``cache verify``)."""
+    return _tensors().get_tensor(backend, h, verify=True, missing_is_corrupt=True) is not None
+
+
+def put_tensors(backend: Backend, arrays: Mapping[str, Any], chunk_bytes: int) -> dict[str, dict[str, str]]:
+    """Store many tensors at once: the small ones (``packs.SMALL_TENSOR_BYTES``) in one pack, each larger
+    one as its own entry (in threads). Returns name -> ``{"tensor": hash}``, plus ``"pack": pack hash``
+    for a packed one: the reference ``get_tensor``/``has_tensor`` take (see ``packs.py``)."""
+    normal = {name: _tensors().normalise(a) for name, a in arrays.items()}
+    small = {name: a for name, a in normal.items() if a.nbytes <= SMALL_TENSOR_BYTES}
+    refs: dict[str, dict[str, str]] = {}
+    if small:
+        hashes = {name: tensor_hash(a) for name, a in small.items()}
+        pack = put_object(backend, encode({hashes[name]: a for name, a in small.items()}))
+        refs.update({name: {"tensor": h, "pack": pack} for name, h in hashes.items()})
+    big = sorted(set(normal) - set(small))
+    if big:
+        from concurrent.futures import ThreadPoolExecutor  # not at import: a no-op build stores nothing
+
+        with ThreadPoolExecutor(max_workers=min(len(big), os.cpu_count() or 2)) as pool:
+            refs.update({name: {"tensor": h} for name, h in zip(big, pool.map(
+                lambda n: put_tensor(backend, normal[n], chunk_bytes), big), strict=True)})
+    return refs
+
+
+def read_pack(backend: Backend, pack: str) -> dict[str, np.ndarray]:
+    """A pack's tensors, verified; this process keeps recently read packs decoded (``packs.DECODED``)."""
+    found = DECODED.get(check_hash(pack))
+    if found is not None and found[0] is not None and found[0] == stamp(backend, pack):
+        return found[1]  # this cache's entry, untouched since this process verified it
+    blob = get_object(backend, pack)
+    try:
+        tensors = decode(blob)
+    except (ValueError, TypeError, KeyError, struct.error) as err:  # verified bytes, bad layout: not ours
+        backend.remove(object_rel(pack))
+        raise CacheMiss(pack) from err
+    DECODED.put(pack, len(blob), (stamp(backend, pack), tensors))
+    return tensors
+
+
+def export_tensor(backend: Backend, h: str, dest: str | os.PathLike[str], chunk_bytes: int,
+                  pack: str | None = None) -> dict[str, str]:
+    """Place tensor ``h`` (held by ``pack``, if given) as a plain zarr array at local directory ``dest``;
+    return the sha256 of each placed file by its path relative to ``dest`` (posix separators).
+
+    A local entry's chunk files are hard-linked, so a bundle re-pack writes no tensor bytes (the entry
+    must not be modified through ``dest``: it is the cache's own file; readers verify hashes, so such
+    damage would read as a miss, never as a wrong value). A remote entry is read (verified) and its
+    chunks written. ``zarr.json`` is always written from the entry's metadata, so the placed bytes do
+    not depend on how or when the cache entry was written.
+    """
+    tensors = _tensors()
+    dest = os.fspath(dest)
+    if pack is not None:
+        arr = get_tensor(backend, h, pack=pack)
+        chunks = tensors.chunk_shape(arr.shape, arr.dtype.itemsize, chunk_bytes)
+        digests = tensors.write_chunks(arr, chunks, dest)
+        doc = tensors.entry_document(h, arr.dtype, arr.shape, chunks, digests)
+        with open(os.path.join(dest, "zarr.json"), "wb") as f:
+            f.write(doc)
+        return {**digests, "zarr.json": hashlib.sha256(doc).hexdigest()}
+    meta = tensors.entry_meta(backend, check_hash(h))
+    if meta is None:
+        raise CacheMiss(h)
+    canonical = tensors.chunk_shape(meta.shape, meta.dtype.itemsize, chunk_bytes) if meta.plain else None
+    if backend.is_local and meta.plain and meta.chunks == canonical:
+        backend.export_tree(tensors.tensor_rel(h), dest, skip=("zarr.json",))
+        digests = entry_sha256(backend, h, dest, meta)
+        dtype = meta.logical if meta.logical is not None else meta.dtype
+    else:  # a remote entry, or one written with other chunks: the bundle gets this version's chunks
+        arr = get_tensor(backend, h)
+        chunks = tensors.chunk_shape(arr.shape, arr.dtype.itemsize, chunk_bytes)
+        digests, dtype = tensors.write_chunks(arr, chunks, dest), arr.dtype
+        meta = dataclasses.replace(meta, chunks=chunks)
+    doc = tensors.entry_document(h, dtype, meta.shape, meta.chunks, digests)
+    with open(os.path.join(dest, "zarr.json"), "wb") as f:
+        f.write(doc)
+    return {**digests, "zarr.json": hashlib.sha256(doc).hexdigest()}
+
+
+def entry_sha256(backend: Backend, h: str, exported: str, meta: Any) -> dict[str, str]:
+    """sha256 of each chunk file of tensor entry ``h`` (bundle digests list them), remembered per file stat.
+
+    Entries are immutable, so a file whose (size, mtime_ns, inode) is unchanged still has the
+    remembered digest (ctime is no use: every new hard link changes it); ``put_tensor`` remembers the
+    files it writes. A changed stat (an entry written elsewhere, or a write through a hard link) makes
+    us hash the files again and check them against the entry's recorded chunk sha256 (entries written
+    before those were recorded: against ``h``), CacheMiss when damaged.
+    """
+    memo_key = entry_memo_key(h)
+    files = _file_stats(exported)
+    stats = {rel: st for rel, (st, _) in files.items()}
+    record = get_action(backend, memo_key)
+    if record is not None and record.get("stats") == stats:
+        return dict(record["sha256"])
+    digests = {rel: _sha256_file(path) for rel, (_, path) in files.items()}
+    names = [name for name, _ in _tensors().chunk_grid(meta.shape, meta.chunks)]
+    intact = ([digests.get(n) for n in names] == meta.chunk_sha256 and len(digests) == len(names)
+              if meta.chunk_sha256 is not None else _verified(backend, h))
+    if not intact:
+        backend.remove_tree(_tensors().tensor_rel(h))
+        raise CacheMiss(h)
+    put_action(backend, memo_key, {"stats": stats, "sha256": digests})
+    return digests
+
+
+def _verified(backend: Backend, h: str) -> bool:
+    try:
+        get_tensor(backend, h, verify=True)
+    except CacheMiss:
+        return False
+    return True
+
+
+def tensor_chunks(backend: Backend, h: str) -> list[str]:
+    """The sha256 of each stored chunk file, in chunk (C) order; CacheMiss when missing or damaged."""
+    hashes = _tensors().chunk_sha256(backend, check_hash(h))
+    if hashes is None:
+        raise CacheMiss(h)
+    return hashes
+
+
+def _file_stats(root: str, skip: tuple[str, ...] = ()) -> dict[str, tuple[list[int], str]]:
+    """rel path -> ([size, mtime_ns, inode], absolute path) for every file under ``root`` (but ``skip``)."""
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            if name in skip:
+                continue
+            path = os.path.join(dirpath, name)
+            st = os.stat(path)
+            rel = os.path.relpath(path, root).replace(os.sep, "/")
+            out[rel] = ([st.st_size, st.st_mtime_ns, st.st_ino], path)
+    return out
+
+
+def _sha256_file(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
