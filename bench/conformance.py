@@ -1,13 +1,14 @@
 """ONNX backend node suite conformance: passed / failed / excluded per op type and in total, for one target.
 
-    python bench/conformance.py --target cpu [--json] [--jobs N] [--failures] [--check-exclusions] [-k REGEX]
-                                [--out PATH]
+    python bench/conformance.py --target cpu [--executor auto|onnxruntime|reference] [--json] [--jobs N]
+                                [--failures] [--check-exclusions] [-k REGEX] [--out PATH]
 
 Every node case is compiled through ``bundle_pipeline.backend`` (one-infer-graph bundle), loaded and run;
 a case passes when its outputs match as onnx's own runner checks them. Excluded cases (with their reasons)
 come from ``tests/conformance/exclusions.py``, the list the pytest suite skips. ``--check-exclusions`` also
 runs the excluded cases and lists those that pass (stale entries). With ``--json`` the last line is
-``{"target", "passed", "failed", "excluded", "total"}``. A full run (no ``-k``) also writes the per-op table,
+``{"target", "executor", "passed", "failed", "excluded", "total", "passed_by_executor"}`` (how many passed
+cases ran on ONNX Runtime and how many on the reference executor). A full run (no ``-k``) also writes the per-op table,
 every failure and every exclusion to ``bench/results/conformance_<target>.json`` (or ``--out``).
 """
 
@@ -32,26 +33,30 @@ from bundle_pipeline.targets import KNOWN_TARGETS
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _run_one(job: tuple[str, str, bool]) -> tuple[str, str, str, float]:
-    """(name, status, detail, seconds); status is passed | failed | excluded | stale (excluded but passes)."""
-    name, target, check_excluded = job
+def _run_one(job: tuple[str, str, bool, str]) -> tuple[str, str, str, float, str]:
+    """(name, status, detail, seconds, executor); status is passed | failed | excluded | stale (excluded but
+    passes); executor: what ran the case's graph (onnxruntime | reference; "" when it did not run to the end)."""
+    name, target, check_excluded, executor = job
     why = exclusion(name)
     if why and not check_excluded:
-        return name, "excluded", why, 0.0
+        return name, "excluded", why, 0.0, ""
     start = time.perf_counter()
+    ran = ""
     try:
-        run_case(node_cases()[name], target=target)
+        ran = run_case(node_cases()[name], target=target, executor=executor)
         status, detail = ("stale" if why else "passed"), (why or "")
     except Exception as err:  # noqa: BLE001 - any failure of a case is a result to report, not a crash
         status = "excluded" if why else "failed"
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         detail = why or f"{type(err).__name__}: {first}"[:300]
-    return name, status, detail, time.perf_counter() - start
+    return name, status, detail, time.perf_counter() - start, ran
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="cpu", help=f"compile target ({' | '.join(KNOWN_TARGETS)})")
+    parser.add_argument("--executor", default="auto", choices=["auto", "onnxruntime", "reference"],
+                        help="runtime executor the bundles are loaded with (default auto)")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of totals")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
     parser.add_argument("--failures", action="store_true", help="list every failed case with its error")
@@ -68,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     names = sorted(node_cases())
     if args.pattern:
         names = [n for n in names if re.search(args.pattern, n)]
-    jobs = [(n, args.target, args.check_exclusions) for n in names]
+    jobs = [(n, args.target, args.check_exclusions, args.executor) for n in names]
     start = time.perf_counter()
     if args.jobs > 1:
         with mp.get_context("fork").Pool(args.jobs) as pool:
@@ -80,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
 
     per_op: dict[str, Counter] = defaultdict(Counter)
     totals: Counter = Counter()
-    for name, status, _, _ in results:
+    ran_by = Counter(ran for _, status, _, _, ran in results if status == "passed")
+    for name, status, _, _, _ in results:
         counted = "excluded" if status == "stale" else status
         per_op[op_type(name)][counted] += 1
         totals[counted] += 1
@@ -92,24 +98,27 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(totals.values())
     print(f"{'TOTAL':<34}{totals['passed']:>8}{totals['failed']:>8}{totals['excluded']:>10}{total:>8}")
     print(f"target {args.target}: {totals['passed']} passed, {totals['failed']} failed, {totals['excluded']} "
-          f"excluded of {total} node cases in {seconds:.1f} s ({args.jobs} jobs)")
+          f"excluded of {total} node cases in {seconds:.1f} s ({args.jobs} jobs); passed cases ran on: "
+          f"{', '.join(f'{k} {v}' for k, v in sorted(ran_by.items()))}")
     if args.failures:
-        for name, status, detail, _ in results:
+        for name, status, detail, _, _ in results:
             if status == "failed":
                 print(f"FAILED {name}: {detail}")
     if args.check_exclusions:
-        stale = [(n, d) for n, s, d, _ in results if s == "stale"]
+        stale = [(n, d) for n, s, d, _, _ in results if s == "stale"]
         print(f"{len(stale)} excluded cases pass (stale exclusions)")
         for name, why in stale:
             print(f"STALE {name}: {why}")
-    summary = {"target": args.target, "passed": totals["passed"], "failed": totals["failed"],
-               "excluded": totals["excluded"], "total": total}
+    summary = {"target": args.target, "executor": args.executor, "passed": totals["passed"],
+               "failed": totals["failed"], "excluded": totals["excluded"], "total": total,
+               "passed_by_executor": dict(sorted(ran_by.items()))}
     out = args.out or (None if args.pattern else RESULTS / f"conformance_{args.target}.json")
     if out is not None:
         _write_results(out, {**summary, "seconds": round(seconds, 1), "per_op": {op: dict(c) for op, c in
                                                                                  sorted(per_op.items())},
-                             "failed_cases": {n: d for n, s, d, _ in results if s == "failed"},
-                             "excluded_cases": {n: d for n, s, d, _ in results if s in ("excluded", "stale")}})
+                             "failed_cases": {n: d for n, s, d, _, _ in results if s == "failed"},
+                             "excluded_cases": {n: d for n, s, d, _, _ in results
+                                                if s in ("excluded", "stale")}})
     if args.json:
         print(json.dumps(summary))
     return 0

@@ -10,7 +10,7 @@ option does not fix is bound from the inputs of the first ``run`` (the model is 
 measures us::
 
     from bundle_pipeline.backend import BundleBackend
-    rep = BundleBackend.prepare(model, target="cpu")
+    rep = BundleBackend.prepare(model, target="cpu")   # executor="auto" | "onnxruntime" | "reference"
     outputs = rep.run([x, y])
 
 Builds in one process share one cache directory (a temp dir removed at exit), so identical kernels,
@@ -104,7 +104,7 @@ class BundleBackend(Backend):
     @classmethod
     def prepare(cls, model: onnx.ModelProto, device: str = "CPU", target: str = "cpu",
                 build_options: Mapping[str, str] | None = None, cache: str | os.PathLike | None = None,
-                **kwargs: Any) -> BundleBackendRep:
+                executor: str = "auto", **kwargs: Any) -> BundleBackendRep:
         if not cls.supports_device(device):
             raise ParamInvalid(f"device {device!r} is not supported; use CPU", "device")
         graph = model.graph
@@ -124,7 +124,8 @@ class BundleBackend(Backend):
             with tempfile.TemporaryDirectory(prefix="backend-") as tmp:  # a new path: saving replaces nothing
                 path = os.path.join(tmp, "bundle.zip")
                 bundle_save_model(path, buffer)
-                return load_bundle(path)  # constants are read into memory: the file is not needed afterwards
+                # constants are read into memory: the file is not needed afterwards
+                return load_bundle(path, executor=executor)
 
         if symbolic:  # compiled at the first run, when the inputs fix the dims
             return BundleBackendRep(None, feeds, outputs, build, symbolic)

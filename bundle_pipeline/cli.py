@@ -207,6 +207,10 @@ def exec_(
     max_memory: Annotated[str | None, typer.Option(help="memory loading may plan (variables, arenas, inline "
                                                         "constants), e.g. 8G [default: max(1 GiB, 64 x the "
                                                         "bundle's size)]")] = None,
+    executor: Annotated[str, typer.Option(help="auto (ONNX Runtime for the cpu graphs it runs, else the "
+                                               "reference) | onnxruntime | reference")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="ONNX Runtime intra-op threads [default: one per "
+                                                     "core]")] = None,
 ) -> None:
     """Load a bundle (runs init), apply -u updates, run GRAPH on -i feeds.
 
@@ -218,7 +222,7 @@ def exec_(
 
     budget = None if max_memory is None else _parse_bytes(max_memory, "--max-memory")
     update_feeds, infer_feeds = _read_feeds(updates or []), _read_feeds(inputs or [])  # bad feeds fail first
-    loaded = load_bundle(bundle, max_alloc_bytes=budget)
+    loaded = load_bundle(bundle, max_alloc_bytes=budget, executor=executor, threads=threads)
     files = _output_files(loaded, graph, bundle, out_dir, [*(updates or []), *(inputs or [])], force) \
         if out_dir else {}
     if updates:

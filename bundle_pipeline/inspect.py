@@ -35,7 +35,7 @@ def describe(path: str) -> dict:
                         and c["offset"] + c["nbytes"] > size), None)
         if outside is not None:
             raise BundleCorrupt(f"constant {outside!r} lies outside {PACKED_ARRAY}", path)
-    graphs = [_graph(g) for g in manifest["graphs"]]
+    graphs = [{**_graph(g), **_executor(g, manifest)} for g in manifest["graphs"]]
     variables = [{k: v[k] for k in ("name", "shape", "dtype", "format", "nbytes", "readers", "writers")}
                  for v in manifest["variables"]]
     constants = manifest["constants"]
@@ -64,6 +64,14 @@ def _graph(g: dict) -> dict:
             "kernels": [{"node": s["node"], "op": s["op"], "native": bool(s.get("native")),
                          "tiling": {k: v for k, v in s["tiling"].items() if k != "cost"}}
                         for s in steps if s.get("tiling")]}
+
+
+def _executor(graph: dict, manifest: dict) -> dict:
+    """What ``load_bundle`` (executor auto) runs the graph with, and why."""
+    from .runtime.ort_executor import planned_executor
+
+    executor, why = planned_executor(graph, manifest)
+    return {"executor": executor, "executor_reason": why}
 
 
 def _writes(program: dict) -> dict[str, str]:
@@ -105,7 +113,8 @@ def render(info: dict, path: str, stream: TextIO | None = None) -> None:
                f"references, {_bytes(c['bytes_saved'])} saved by deduplication; {c['converted']} stored in a "
                f"target format")
     blocks = [cell(f"bundle {path}", f"target {info['target']}", f"digest {info['digest'][:16]}", sep="  "),
-              _graphs_table(info["graphs"]), _kernels_table(info["graphs"]), _variables_table(info),
+              _graphs_table(info["graphs"]), _executors_table(info["graphs"]), _kernels_table(info["graphs"]),
+              _variables_table(info),
               Cell(tuple(_words(summary)))]
     show([b for b in blocks if not isinstance(b, Table) or b.rows], stream or sys.stdout)
 
@@ -122,6 +131,11 @@ def _graphs_table(graphs: list[dict]) -> Table:
                      cell(_bytes(by_reuse.get("off", g["arena_bytes"])), *bodies), listed(options, empty="-")))
     return Table("graphs", ("graph", "role", "steps", "native", "TransData", "TransData bytes", "arena (reuse on)",
                             "arena (reuse off)", "options"), rows)
+
+
+def _executors_table(graphs: list[dict]) -> Table:
+    rows = [(cell(g["name"]), cell(g["executor"]), cell(*_words(g["executor_reason"]))) for g in graphs]
+    return Table("executors", ("graph", "executor (load_bundle auto)", "why"), rows)
 
 
 def _kernels_table(graphs: list[dict]) -> Table:

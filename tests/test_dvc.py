@@ -33,7 +33,8 @@ def outs(stage: str) -> list[str]:
 
 def test_stages_declare_existing_deps_and_the_published_results():
     assert (ROOT / ".dvc" / "config").is_file()  # `dvc repro` needs the repository initialised for DVC
-    assert set(STAGES) == {"example", "incremental", "speed", "memory", "conformance-cpu", "conformance-npu"}
+    assert set(STAGES) == {"example", "incremental", "speed", "memory", "ort-executor", "conformance-cpu",
+                           "conformance-npu"}
     for name, stage in STAGES.items():
         for dep in stage["deps"]:
             assert (ROOT / dep).exists(), (name, dep)
@@ -43,10 +44,10 @@ def test_stages_declare_existing_deps_and_the_published_results():
         if words[0] == "python":
             assert words[1] in stage["deps"] and (ROOT / words[1]).is_file()
     assert outs("example") == ["examples/demo/build/demo.bundle"]
-    benches = ("incremental", "speed", "memory", "conformance-cpu", "conformance-npu")
+    benches = ("incremental", "speed", "memory", "ort-executor", "conformance-cpu", "conformance-npu")
     assert {o for s in benches for o in outs(s)} == {
         "bench/results/incremental.json", "bench/results/speed.json", "bench/results/memory.json",
-        "bench/results/conformance_cpu.json", "bench/results/conformance_npu.json"}
+        "bench/results/ort_executor.json", "bench/results/conformance_cpu.json", "bench/results/conformance_npu.json"}
     sys.path.insert(0, str(ROOT / "bench"))
     import incremental
     import memory
@@ -84,8 +85,21 @@ def test_conformance_stage_smoke(tmp_path, target):
     proc = subprocess.run(argv(f"conformance-{target}", "-k", "^test_relu$", "--jobs", "1", "--out", str(out)),
                           cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"target": target, "passed": 1, "failed": 0,
-                                                                 "excluded": 0, "total": 1}
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {
+        "target": target, "executor": "auto", "passed": 1, "failed": 0, "excluded": 0, "total": 1,
+        "passed_by_executor": {"onnxruntime" if target == "cpu" else "reference": 1}}
+
+
+@pytest.mark.slow
+def test_ort_executor_stage_smoke(tmp_path):
+    """The generated transformer only (no download): ORT runs its infer graphs, a refresh matches ORT."""
+    out = tmp_path / "ort_executor.json"
+    proc = subprocess.run(argv("ort-executor", "--only", "transformer", "--repeat", "2", "--out", str(out)), cwd=ROOT,
+                          capture_output=True, text=True, check=False, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["model"] == "transformer" and row["executor"] == "onnxruntime"
+    assert row["err_after_refresh"] < 1e-4 and row["err_after_refresh_other_graphs"] < 1e-4
 
 
 @pytest.mark.slow

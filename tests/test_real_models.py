@@ -14,14 +14,16 @@ def _input_shape_option(model) -> str:
     return ";".join(f"{name}:{','.join(map(str, shape))}" for name, shape in model.input_shapes.items())
 
 
+@pytest.mark.parametrize("executor", ["auto", "reference"])
 @pytest.mark.parametrize("name", ["magika", "rapidocr_cls"])
-def test_real_model_bundle_matches_ort(name, real_models, tmp_path, tmp_cache):
+def test_real_model_bundle_matches_ort(name, executor, real_models, tmp_path, tmp_cache):
     model = real_models[name]
     options = {"input_shape": _input_shape_option(model)}
     buf = bp.bundle_build_model([bp.GraphWithOptions(str(model.path), options, role="infer", name="infer")],
                                 cache=tmp_cache)
     bp.bundle_save_model(tmp_path / "model.bundle", buf)
-    bundle = load_bundle(tmp_path / "model.bundle")
+    bundle = load_bundle(tmp_path / "model.bundle", executor=executor)
+    assert bundle.executor_of("infer") == ("onnxruntime" if executor == "auto" else "reference")
     rng = np.random.default_rng(3)
     for _ in range(2):
         feeds = model.feeds(rng)

@@ -28,13 +28,15 @@ from bundle_pipeline.runtime import load_bundle
 
 pytestmark = pytest.mark.slow
 
-TARGETS = ["cpu", "npu"]
+# "cpu+reference": the cpu bundle loaded with the reference executor ("cpu" loads with auto: ORT where it runs)
+TARGETS = ["cpu", "cpu+reference", "npu"]
 RTOL, ATOL = 1e-4, 1e-5
 RUNS = 4  # consecutive runs per stream, state fed back
 SEQUENCE_FRAMES = 3  # frames per run of silero_vad_16k_sequence (input [N, 576])
 
 
 def _build(graphs: bp.WeightRefreshableGraphs, feeds: dict[str, np.ndarray], target: str, tmp_path, cache):
+    target, _, executor = target.partition("+")
     shape = ";".join(f"{k}:{','.join(map(str, v.shape))}" for k, v in feeds.items())
     buf = bp.bundle_build_model([bp.GraphWithOptions(graphs.var_init, role="init", name="init"),
                                  bp.GraphWithOptions(graphs.var_update, role="update", name="update"),
@@ -42,7 +44,7 @@ def _build(graphs: bp.WeightRefreshableGraphs, feeds: dict[str, np.ndarray], tar
                                 target=target, cache=cache)
     path = tmp_path / f"{target}.bundle.zip"
     bp.bundle_save_model(path, buf)
-    return load_bundle(path)
+    return load_bundle(path, executor=executor or "auto")
 
 
 def _stream(run, runs: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:

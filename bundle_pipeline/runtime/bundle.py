@@ -29,13 +29,16 @@ from ..dtypes import dtype_from_name, storage_dtype
 from ..errors import BundleCorrupt, BundleError, ParamInvalid, RuntimeFailure
 from ..hashing import tensor_hash
 from ..program import STANDARD, Output, Program
+from . import ort_executor
 from .executor import Executor, VariableStore
+from .ort_executor import OrtExecutor, SessionSettings
 from .storage import Inventory, accounted_bytes, check_chunk_files, inventory, manifest_cap
 from .validate import PACKED_ARRAY, validate_manifest
 
 
 class LoadedBundle:
-    def __init__(self, path: str, manifest: dict, constants: dict[str, np.ndarray], programs: dict[str, Program]):
+    def __init__(self, path: str, manifest: dict, constants: dict[str, np.ndarray], programs: dict[str, Program],
+                 executor: str = "reference", threads: int | None = None):
         """``programs``: each graph's program as ``validate_manifest`` decoded it."""
         self.path = path
         self.manifest = manifest
@@ -44,8 +47,28 @@ class LoadedBundle:
         for var in manifest["variables"]:
             if var["initial"] is not None:
                 self.variables.write(var["name"], constants[var["initial"]])
-        self.executors = {g["name"]: Executor(programs[g["name"]], {w: constants[c] for w, c in g["bindings"].items()},
-                                              self.variables) for g in manifest["graphs"]}
+        self.executors: dict[str, Executor | OrtExecutor] = {}
+        self.executor_reasons: dict[str, str] = {}  # graph -> why its executor runs it (inspect, load_bundle)
+        for g in manifest["graphs"]:
+            bound = {w: constants[c] for w, c in g["bindings"].items()}
+            self.executors[g["name"]], self.executor_reasons[g["name"]] = self._executor(
+                g, programs[g["name"]], bound, executor, SessionSettings(threads))
+
+    def _executor(self, graph: dict, program: Program, bound: dict[str, np.ndarray], executor: str,
+                  settings: SessionSettings) -> tuple[Executor | OrtExecutor, str]:
+        """ORT for a cpu graph it can run (``auto``/``onnxruntime``), else the reference interpreter."""
+        ort, why = ort_executor.choose(program, self.manifest["target"], executor, bound, self.variables,
+                                       settings)
+        if ort is not None:
+            return ort, why
+        if executor == "onnxruntime":
+            raise ParamInvalid(f"graph {graph['name']!r} cannot run on onnxruntime: {why}; load it with "
+                               f"executor='auto' or 'reference'", self.path)
+        return Executor(program, bound, self.variables), why
+
+    def executor_of(self, graph: str) -> str:
+        """``onnxruntime`` or ``reference``: what runs ``graph``."""
+        return getattr(self.executors[graph], "kind", "reference")
 
     @property
     def graphs(self) -> list[str]:
@@ -117,12 +140,17 @@ class LoadedBundle:
             raise ParamInvalid(f"graph {graph!r} is a {self.roles[graph]} graph, not {role}", self.path)
 
 
-def load_bundle(path: str | os.PathLike, run_init: bool = True, max_alloc_bytes: int | None = None) -> LoadedBundle:
+def load_bundle(path: str | os.PathLike, run_init: bool = True, max_alloc_bytes: int | None = None,
+                executor: str = "auto", threads: int | None = None) -> LoadedBundle:
     """Open a directory or zip bundle, verify it, allocate the variables once and run the init graph.
 
     ``max_alloc_bytes``: what loading may allocate (constants, variables, arenas); default
-    ``$BUNDLE_PIPELINE_MAX_ALLOC_BYTES``, else ``validate.alloc_budget`` of the bundle's real size."""
+    ``$BUNDLE_PIPELINE_MAX_ALLOC_BYTES``, else ``validate.alloc_budget`` of the bundle's real size.
+    ``executor``: ``auto`` (ONNX Runtime for every cpu-target graph it can run, the reference otherwise),
+    ``onnxruntime`` (every graph, or a ``PARAM_INVALID`` naming the graph it cannot run) or ``reference`` (the
+    NumPy interpreter). ``threads``: ORT's intra-op threads (default: ORT's, one per core)."""
     path = str(path)
+    check_executor_options(executor, threads)
     inv = inventory(path, manifest_cap(max_alloc_bytes))
     group = open_group(path, inv)
     with _guarded(BundleCorrupt, path):
@@ -133,10 +161,18 @@ def load_bundle(path: str | os.PathLike, run_init: bool = True, max_alloc_bytes:
     constants = {cid: _packed_constant(packed, cid, c, inv.path) if c["array"] == PACKED_ARRAY
                  else _read_constant(group, cid, c, inv) for cid, c in manifest["constants"].items()}
     with _guarded(BundleCorrupt, path):
-        bundle = LoadedBundle(path, manifest, constants, programs)
+        bundle = LoadedBundle(path, manifest, constants, programs, executor, threads)
     if run_init:
         bundle.init()
     return bundle
+
+
+def check_executor_options(executor: str, threads: int | None) -> None:
+    if executor not in ort_executor.EXECUTORS:
+        raise ParamInvalid(f"unknown executor {executor!r}; choose one of {', '.join(ort_executor.EXECUTORS)}",
+                           "executor")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ParamInvalid(f"threads must be a positive integer, not {threads!r}", "threads")
 
 
 # What numpy, zarr and the kernels raise on data they cannot handle (zarr's errors are ValueErrors).

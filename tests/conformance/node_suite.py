@@ -18,7 +18,7 @@ from exclusions import EXCLUSIONS
 from onnx import numpy_helper
 from onnx.backend.test.loader import load_model_tests
 
-from bundle_pipeline.backend import BundleBackend
+from bundle_pipeline.backend import GRAPH, BundleBackend
 
 
 @cache
@@ -61,14 +61,16 @@ def as_array(value: object) -> object:
     return np.asarray(value)
 
 
-def run_case(case, target: str = "cpu") -> None:
-    """Compile the case's model for ``target``, run every data set, compare; AssertionError on a mismatch."""
-    rep = BundleBackend.prepare(case.model, target=target)
+def run_case(case, target: str = "cpu", executor: str = "auto") -> str:
+    """Compile the case's model for ``target``, run every data set, compare; AssertionError on a mismatch.
+    Returns the executor that ran the (last) bundle: ``onnxruntime`` or ``reference``."""
+    rep = BundleBackend.prepare(case.model, target=target, executor=executor)
     for inputs, expected in case.data_sets:
         outputs = rep.run([as_array(x) for x in inputs])
         assert len(outputs) == len(expected), f"{len(outputs)} outputs, expected {len(expected)}"
         for name, got, want in zip(rep.outputs, outputs, expected, strict=True):
             assert_same(name, got, as_array(want), case.rtol, case.atol)
+    return rep.bundle.executor_of(GRAPH) if rep.bundle is not None else "reference"
 
 
 def assert_same(name: str, got: object, want: object, rtol: float, atol: float) -> None:

@@ -6,6 +6,8 @@ given in ``exclusions.py`` (shared with ``bench/conformance.py``), so this list 
 No case is marked slow: the slowest takes about half a second (the whole module ~35 s of CPU per target).
 The npu target runs natively what its kernel table covers (Conv, MatMul/Gemm, pools, elementwise...) on
 Ascend formats, with TransData around, and the rest on standard layouts: same cases, same tolerances.
+The cpu target runs twice: with ``executor="auto"`` (ONNX Runtime for what it runs to the spec, the reference
+otherwise) and with the reference NumPy executor alone.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ from node_suite import exclusion, node_cases, run_case
 NAMES = sorted(node_cases())
 
 
-@pytest.mark.parametrize("target", ["cpu", "npu"])
+@pytest.mark.parametrize(("target", "executor"), [("cpu", "auto"), ("cpu", "reference"), ("npu", "auto")])
 @pytest.mark.parametrize("name", NAMES)
-def test_node_case(name: str, target: str) -> None:
+def test_node_case(name: str, target: str, executor: str) -> None:
     why = exclusion(name)
     if why:
         pytest.skip(why)
-    run_case(node_cases()[name], target=target)
+    run_case(node_cases()[name], target=target, executor=executor)
 
 
 def test_suite_size_and_gap() -> None:
