@@ -23,7 +23,7 @@ from __future__ import annotations
 import heapq
 import math
 import threading
-from collections import OrderedDict
+from collections import ChainMap, Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -251,8 +251,12 @@ class FormatPass:
     def transdata_bytes(self, var_formats: dict[str, str]) -> int:
         """TransData bytes ``build(var_formats)`` would read, replaying only the nodes that change (see the
         module docstring)."""
-        start = self.initial(var_formats)
-        replayed = self._replay({v: s for v, s in start.items() if s != self.base_initial[v]})
+        # only the given variables start differently: building every source's state would make a bundle-wide
+        # what-if per variable quadratic in the number of variables
+        override = {v: (f, False) for v, f in var_formats.items()
+                    if v in self.base_initial and (f, False) != self.base_initial[v]}
+        start = ChainMap(override, self.base_initial)
+        replayed = self._replay(dict(override))
         counts: dict[Conversion, int] = {}  # conversions whose number of readers changed
         for i, step in replayed.items():
             for conv, delta in [*((c, -1) for c in _conversions(self.base[i])), *((c, 1) for c in _conversions(step))]:
@@ -268,14 +272,37 @@ class FormatPass:
         def exists(pair: Pair) -> bool:
             return self.base_made.get(pair, 0) + made.get(pair, 0) > 0
 
-        for out in self.graph.outputs:
+        # outputs whose closing TransData can differ from the baseline's: made by a replayed node, writing a
+        # given variable, or whose converted pair appeared or vanished; the others cost what they cost before
+        touched = {o for i in replayed for o in self.graph.nodes[i].outputs} | set(var_formats) | {x for x, _ in made}
+        total += self.base_output_bytes
+        for out in touched & self.output_counts.keys():
             if out not in self.producer:
                 continue  # a graph input passed through: the runtime converts it when it writes (formats.insert)
             fmt = self._final_format(out, replayed, start)
             wanted = output_format(out, var_formats, self.natural)
-            if not same_layout(fmt, wanted) and not exists((out, wanted)):
-                total += self._nbytes(out, fmt)  # a new TransData writes the output
+            now = self._nbytes(out, fmt) if not same_layout(fmt, wanted) and not exists((out, wanted)) else 0
+            total += (now - self.base_output_cost(out)) * self.output_counts[out]
         return total
+
+    @cached_property
+    def output_counts(self) -> dict[str, int]:
+        """How often each graph output is listed (each listing is written)."""
+        return dict(Counter(self.graph.outputs))
+
+    def base_output_cost(self, out: str) -> int:
+        """The bytes the baseline's TransData writing output ``out`` reads (0 when none is needed)."""
+        if out not in self.producer:
+            return 0
+        i, k = self.producer[out]
+        fmt, wanted = self.base[i].outs[k], self.natural[out]
+        if same_layout(fmt, wanted) or self.base_made.get((out, wanted), 0) > 0:
+            return 0
+        return self._nbytes(out, fmt)
+
+    @cached_property
+    def base_output_bytes(self) -> int:
+        return sum(self.base_output_cost(o) * n for o, n in self.output_counts.items())
 
     def _replay(self, override: dict[str, State]) -> dict[int, Step]:
         """Re-run, in topological order, the nodes that see a state other than the baseline's; ``override``
@@ -307,7 +334,7 @@ class FormatPass:
                         heapq.heappush(queue, r)
         return replayed
 
-    def _final_format(self, value: str, replayed: dict[int, Step], start: dict[str, State]) -> str:
+    def _final_format(self, value: str, replayed: dict[int, Step], start: Mapping[str, State]) -> str:
         """The format ``value`` ends in: its producer's, else its last reader's decision, else its start."""
         if value in self.producer:
             i, k = self.producer[value]
