@@ -279,8 +279,9 @@ def refresh_ms(fast, bound, updates: dict, new_bytes: bytes, repeat: int) -> dic
         ort_session(new_bytes)
         ort_done = time.perf_counter()
         if i:
-            for key, value in (("ours_refresh_ms", returned - start), ("ours_owned_ready_ms", ready - start),
-                               ("ours_bound_refresh_ms", bound_done - ready), ("ort_new_session_ms", ort_done - bound_done)):
+            spans = {"ours_refresh_ms": returned - start, "ours_owned_ready_ms": ready - start,
+                     "ours_bound_refresh_ms": bound_done - ready, "ort_new_session_ms": ort_done - bound_done}
+            for key, value in spans.items():
                 times[key].append(value * 1000)
     return {k: statistics.median(v) for k, v in times.items()}
 
