@@ -6,16 +6,20 @@ Each is split into init/update/infer (``convert_to_weight_refreshable_graphs``: 
 variable) and built for cpu with three infer graphs (``infer_a/b/c``, the same model) sharing the variables.
 Measured side by side in one process, median of ``--repeat`` runs after a warm-up:
 
-- run: ``bundle.run("infer_a")`` with ``executor="auto"`` (ORT) and ``"reference"`` (NumPy) vs
-  ``InferenceSession.run`` on the original model (both ORT sides at ORT's default threads), and ORT on the
-  original model with its float initializers fed as inputs (``weights_as_inputs``: the cost of binding weights
-  instead of baking them in, which sharing and in-place refresh need); ours and ORT are timed in turn within
-  each round (a load spike on a shared machine hits all of them);
-- refresh: ``bundle.update`` writing every variable (auto) vs ORT's way, a new ``InferenceSession`` from the
-  model bytes with the new initializers (the substitution and serialisation are not timed);
-- after the refresh, the max abs error of the bundle (auto) against ORT on the model with the new weights;
+- run: ``bundle.run("infer_a")`` with ``executor="auto"`` (its owned-weight session, ``runtime/ort_owned.py``),
+  the same with ``owned_weights=False`` (the bound session: weights are inputs over the shared arrays, what runs
+  right after a refresh until the owned session is rebuilt) and ``"reference"`` (NumPy) vs
+  ``InferenceSession.run`` on the original model (every ORT side at ORT's default threads), and ORT on the
+  original model with its float initializers fed as inputs (``weights_as_inputs``); the ORT sides are timed in
+  turn within each round (a load spike on a shared machine hits all of them);
+- refresh: ``bundle.update`` writing every variable (the call: it returns once the store is written), the time
+  from that call until the owned sessions of the 3 infer graphs are rebuilt (``wait_owned``), the update of a
+  bound-only bundle, vs ORT's way, a new ``InferenceSession`` from the model bytes with the new initializers
+  (the substitution and serialisation are not timed); timed one after another, none overlapping another;
+- after the refresh, the max abs error against ORT on the model with the new weights: right after the call
+  (every graph; the bound session runs), after the rebuild (owned) and on the bound-only bundle;
 - resident memory (in fresh child processes, RSS after one run of each graph minus RSS after the imports):
-  the bundle with its 3 infer graphs (auto) vs 3 ORT sessions of the original model.
+  the bundle with its 3 infer graphs (auto, and bound-only) vs 3 ORT sessions of the original model.
 
     python bench/ort_executor.py [--repeat N] [--only NAME] [--out FILE]   # default bench/results/ort_executor.json
 """
@@ -245,11 +249,11 @@ def measure(name: str, model: onnx.ModelProto, feeds: dict, input_shape: str, wo
     expected = dict(zip(outputs, refreshed.run(None, feeds), strict=True))
     fast.update(updates)  # a run right after the refresh (the owned sessions are being rebuilt meanwhile)
     row["err_after_refresh"] = max(max_abs_err(fast.run(g, feeds), expected) for g in INFERS[:1])
-    row["session_after_refresh"] = fast.executors["infer_a"].last_session
+    row["session_after_refresh"] = getattr(fast.executors["infer_a"], "last_session", "reference")
     row["err_after_refresh_other_graphs"] = max(max_abs_err(fast.run(g, feeds), expected) for g in INFERS[1:])
     fast.wait_owned()
     row["err_after_rebuild"] = max(max_abs_err(fast.run(g, feeds), expected) for g in INFERS)
-    row["session_after_rebuild"] = fast.executors["infer_a"].last_session
+    row["session_after_rebuild"] = getattr(fast.executors["infer_a"], "last_session", "reference")
     bound.update(updates)
     row["err_after_refresh_bound"] = max(max_abs_err(bound.run(g, feeds), expected) for g in INFERS)
     model_path = work / "model.onnx"
