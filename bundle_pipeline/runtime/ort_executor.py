@@ -193,9 +193,10 @@ class OrtExecutor:
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         bound = self.check_feeds(feeds)
-        for name in self.program.reads:
-            self.variables.read(name, self.name)  # an unset variable is the reference's clear error
         session, binding = self._current()
+        if self.last_session == "bound":  # an owned session was built from variables that were all set
+            for name in self.program.reads:
+                self.variables.read(name, self.name)  # an unset variable is the reference's clear error
         for name, value in bound.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
         for name in self.output_names:
