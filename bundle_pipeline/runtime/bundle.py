@@ -32,13 +32,14 @@ from ..program import STANDARD, Output, Program
 from . import ort_executor
 from .executor import Executor, VariableStore
 from .ort_executor import OrtExecutor, SessionSettings
+from .ort_owned import OwnedBuilder
 from .storage import Inventory, accounted_bytes, check_chunk_files, inventory, manifest_cap
 from .validate import PACKED_ARRAY, validate_manifest
 
 
 class LoadedBundle:
     def __init__(self, path: str, manifest: dict, constants: dict[str, np.ndarray], programs: dict[str, Program],
-                 executor: str = "reference", threads: int | None = None):
+                 executor: str = "reference", threads: int | None = None, owned_weights: bool = True):
         """``programs``: each graph's program as ``validate_manifest`` decoded it."""
         self.path = path
         self.manifest = manifest
@@ -49,16 +50,19 @@ class LoadedBundle:
                 self.variables.write(var["name"], constants[var["initial"]])
         self.executors: dict[str, Executor | OrtExecutor] = {}
         self.executor_reasons: dict[str, str] = {}  # graph -> why its executor runs it (inspect, load_bundle)
+        self.owned = OwnedBuilder(self.variables)  # the owned-weight sessions of ORT infer graphs
         for g in manifest["graphs"]:
             bound = {w: constants[c] for w, c in g["bindings"].items()}
             self.executors[g["name"]], self.executor_reasons[g["name"]] = self._executor(
-                g, programs[g["name"]], bound, executor, SessionSettings(threads))
+                g, programs[g["name"]], bound, executor, SessionSettings(threads, owned_weights))
+            if getattr(self.executors[g["name"]], "owned_model", None) is not None:
+                self.owned.add(self.executors[g["name"]])
 
     def _executor(self, graph: dict, program: Program, bound: dict[str, np.ndarray], executor: str,
                   settings: SessionSettings) -> tuple[Executor | OrtExecutor, str]:
         """ORT for a cpu graph it can run (``auto``/``onnxruntime``), else the reference interpreter."""
         ort, why = ort_executor.choose(program, self.manifest["target"], executor, bound, self.variables,
-                                       settings)
+                                       settings, graph["role"])
         if ort is not None:
             return ort, why
         if executor == "onnxruntime":
@@ -69,6 +73,17 @@ class LoadedBundle:
     def executor_of(self, graph: str) -> str:
         """``onnxruntime`` or ``reference``: what runs ``graph``."""
         return getattr(self.executors[graph], "kind", "reference")
+
+    def wait_owned(self, timeout: float | None = None) -> bool:
+        """Block until every owned-weight session holds the variables' current values (built in the background
+        after a refresh; runs meanwhile use the bound sessions, which are always current). False on timeout."""
+        done = self.owned.wait(timeout)
+        for name, executor in self.executors.items():
+            failure = getattr(executor, "owned_failure", None)
+            if failure and ort_executor.OWNED in self.executor_reasons[name]:
+                self.executor_reasons[name] = self.executor_reasons[name].replace(
+                    ort_executor.OWNED, f"{ort_executor.BOUND_ONLY} (ORT refused the owned copy: {failure})")
+        return done
 
     @property
     def graphs(self) -> list[str]:
@@ -113,6 +128,7 @@ class LoadedBundle:
             program = executor.program
             self.variables.write_all({out.target: self._stored(out, outputs[out.name], program)
                                       for out in program.outputs if out.variable})
+            self.owned.schedule()  # owned sessions of the new values, built in the background
             return {name: self._standard(name, value, program) for name, value in outputs.items()}
 
     def _stored(self, out: Output, value: np.ndarray, program: Program) -> np.ndarray:
@@ -141,16 +157,21 @@ class LoadedBundle:
 
 
 def load_bundle(path: str | os.PathLike, run_init: bool = True, max_alloc_bytes: int | None = None,
-                executor: str = "auto", threads: int | None = None) -> LoadedBundle:
+                executor: str = "auto", threads: int | None = None, owned_weights: bool = True) -> LoadedBundle:
     """Open a directory or zip bundle, verify it, allocate the variables once and run the init graph.
 
     ``max_alloc_bytes``: what loading may allocate (constants, variables, arenas); default
     ``$BUNDLE_PIPELINE_MAX_ALLOC_BYTES``, else ``validate.alloc_budget`` of the bundle's real size.
     ``executor``: ``auto`` (ONNX Runtime for every cpu-target graph it can run, the reference otherwise),
     ``onnxruntime`` (every graph, or a ``PARAM_INVALID`` naming the graph it cannot run) or ``reference`` (the
-    NumPy interpreter). ``threads``: ORT's intra-op threads (default: ORT's, one per core)."""
+    NumPy interpreter). ``threads``: ORT's intra-op threads (default: ORT's, one per core). ``owned_weights``:
+    an ORT infer graph also gets a session optimising its own copy of the weights (ORT's speed; one copy of the
+    variables more; rebuilt in the background after each refresh, the bound session running meanwhile); False:
+    bound sessions only (``runtime/ort_owned.py``). Loading waits for the owned sessions of the initial values."""
     path = str(path)
     check_executor_options(executor, threads)
+    if not isinstance(owned_weights, bool):
+        raise ParamInvalid(f"owned_weights must be True or False, not {owned_weights!r}", "owned_weights")
     inv = inventory(path, manifest_cap(max_alloc_bytes))
     group = open_group(path, inv)
     with _guarded(BundleCorrupt, path):
@@ -161,9 +182,11 @@ def load_bundle(path: str | os.PathLike, run_init: bool = True, max_alloc_bytes:
     constants = {cid: _packed_constant(packed, cid, c, inv.path) if c["array"] == PACKED_ARRAY
                  else _read_constant(group, cid, c, inv) for cid, c in manifest["constants"].items()}
     with _guarded(BundleCorrupt, path):
-        bundle = LoadedBundle(path, manifest, constants, programs, executor, threads)
+        bundle = LoadedBundle(path, manifest, constants, programs, executor, threads, owned_weights)
     if run_init:
         bundle.init()
+    bundle.owned.schedule()
+    bundle.wait_owned()
     return bundle
 
 

@@ -9,6 +9,7 @@ points, as in ``torch.fx.Interpreter``: ``bind`` (inputs of a run), ``run_step``
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 
 import numpy as np
@@ -254,7 +255,10 @@ def _fp16(a: np.ndarray | None) -> np.ndarray | None:
 
 
 class VariableStore:
-    """The bundle's variables: allocated once at load, shared by every graph, written in place."""
+    """The bundle's variables: allocated once at load, shared by every graph, written in place.
+
+    ``version`` counts the writes (a session built over a copy of the values is current while it matches);
+    ``lock`` orders a write against ``snapshot`` taken by another thread (``ort_owned``'s builder)."""
 
     def __init__(self, table: list[dict]):
         self.table = {v["name"]: v for v in table}
@@ -262,6 +266,8 @@ class VariableStore:
         self.values = {name: np.zeros(v.get("storage", v["shape"]), dtype=dtype_from_name(v["dtype"]))
                        for name, v in self.table.items()}
         self.is_set = dict.fromkeys(self.table, False)
+        self.version = 0
+        self.lock = threading.RLock()
 
     def read(self, name: str, graph: str) -> np.ndarray:
         if not self.is_set[name]:
@@ -281,6 +287,15 @@ class VariableStore:
             if value.shape != stored.shape or value.dtype != stored.dtype:
                 raise RuntimeFailure(f"variable {name!r} is {stored.dtype}{list(stored.shape)} but the graph "
                                      f"wrote {value.dtype}{list(value.shape)}", f"variable {name}")
-        for name, value in values.items():
-            np.copyto(self.values[name], value)
-            self.is_set[name] = True
+        with self.lock:
+            for name, value in values.items():
+                np.copyto(self.values[name], value)
+                self.is_set[name] = True
+            self.version += 1
+
+    def snapshot(self, names: list[str]) -> tuple[int, dict[str, np.ndarray]] | None:
+        """(version, a copy of each named variable) taken under the lock, or None while one of them is unset."""
+        with self.lock:
+            if not all(self.is_set[n] for n in names):
+                return None
+            return self.version, {n: self.values[n].copy() for n in names}

@@ -240,3 +240,77 @@ def test_if_bodies_run_on_onnxruntime_and_read_updated_variables(tmp_path):
             weights = new if step == "update" else None
             assert_outputs_close(fast.run("infer", feeds), ort_run(model, feeds, weights=weights))
             assert_outputs_close(fast.run("infer", feeds), ref.run("infer", feeds), rtol=1e-6, atol=1e-6)
+
+
+def _expected(built, new: dict, name: str, feeds: dict) -> dict:
+    graph = built.infer[name]
+    return ort_run(graph.path, feeds, weights={k: v for k, v in new.items() if k in graph.variables})
+
+
+def test_owned_sessions_run_at_load_and_a_refresh_is_seen_before_and_after_their_rebuild(shared):
+    """Right after a refresh the bound sessions run (the builder is held off by the store's lock), then the
+    rebuilt owned sessions; both agree with ORT on the new weights and with the reference executor, every graph,
+    two refreshes in a row (the second replaces the first before any rebuild)."""
+    built, path = shared
+    bundle, ref = load_bundle(path), load_bundle(path, executor="reference")
+    rng = np.random.default_rng(21)
+    first = built.feeds(rng, next(iter(built.infer)))
+    bundle.run(next(iter(built.infer)), first)
+    assert bundle.executors[next(iter(built.infer))].last_session == "owned"
+    with bundle.variables.lock:  # the builder cannot copy the variables: every run must take the bound session
+        for _ in range(2):
+            new = built.new_weights(rng)
+            bundle.update({f"{k}.new": v for k, v in new.items()})
+            ref.update({f"{k}.new": v for k, v in new.items()})
+        feeds = {name: built.feeds(rng, name) for name in built.infer}
+        for name in built.infer:
+            got = bundle.run(name, feeds[name])
+            assert bundle.executors[name].last_session == "bound"
+            assert_outputs_close(got, _expected(built, new, name, feeds[name]))
+            assert_outputs_close(got, ref.run(name, feeds[name]), rtol=1e-5, atol=1e-6)
+    assert bundle.wait_owned(timeout=60)
+    for name in built.infer:
+        got = bundle.run(name, feeds[name])
+        assert bundle.executors[name].last_session == "owned"
+        assert bundle.executors[name].owned.version == bundle.variables.version
+        assert_outputs_close(got, _expected(built, new, name, feeds[name]))
+        assert_outputs_close(got, ref.run(name, feeds[name]), rtol=1e-5, atol=1e-6)
+
+
+def test_bound_only_bundles_see_a_refresh_on_every_graph(shared):
+    built, path = shared
+    bundle = load_bundle(path, owned_weights=False)
+    assert not bundle.owned.executors
+    assert all("owned" not in why for why in bundle.executor_reasons.values())
+    rng = np.random.default_rng(22)
+    new = built.new_weights(rng)
+    bundle.update({f"{k}.new": v for k, v in new.items()})
+    for name in built.infer:
+        feeds = built.feeds(rng, name)
+        assert_outputs_close(bundle.run(name, feeds), _expected(built, new, name, feeds))
+        assert bundle.executors[name].last_session == "bound" and bundle.executors[name].owned is None
+
+
+def test_owned_sessions_share_one_copy_of_the_variables_and_only_infer_graphs_have_one(shared):
+    built, path = shared
+    bundle = load_bundle(path)
+    copies: dict[str, set[int]] = {}
+    for name in built.infer:
+        executor = bundle.executors[name]
+        assert "ORT-owned" in bundle.executor_reasons[name]
+        values = executor.owned.keep_alive[1]
+        for var in executor.program.reads:
+            assert values[var].ctypes.data != bundle.variables.values[var].ctypes.data  # a copy, never the store
+            copies.setdefault(var, set()).add(values[var].ctypes.data)
+    assert copies and all(len(ptrs) == 1 for ptrs in copies.values())  # one copy per variable, for all graphs
+    for name, role in bundle.roles.items():
+        if role != "infer":
+            assert bundle.executors[name].owned is None and "ORT-owned" not in bundle.executor_reasons[name]
+    info = json.loads(CliRunner().invoke(app, ["inspect", str(path), "--json"]).stdout)
+    assert {g["name"] for g in info["graphs"] if "ORT-owned" in g["executor_reason"]} == set(built.infer)
+
+
+def test_owned_weights_must_be_a_bool(shared):
+    with pytest.raises(bp.BundleError) as err:
+        load_bundle(shared[1], owned_weights="yes")
+    assert err.value.status == "PARAM_INVALID" and "owned_weights" in str(err.value)
