@@ -223,9 +223,9 @@ def _assigned(name: str) -> list[str]:
 
 
 @pytest.mark.parametrize("name, home", [
-    ("FORMAT_VERSION", "program/schema.py"), ("FORMAT_VERSIONS", "program/schema.py"),
-    ("APPROX_OPS", "program/schema.py"), ("STANDARD", "layouts.py"), ("CONTROL_OPS", "program/schema.py"),
-    ("BODY_ATTRS", "program/schema.py"), ("UNKNOWN_DTYPE", "program/encoding.py"),
+    ("FORMAT_VERSION", "program/constants.py"), ("FORMAT_VERSIONS", "program/constants.py"),
+    ("APPROX_OPS", "program/constants.py"), ("STANDARD", "layouts.py"), ("CONTROL_OPS", "program/constants.py"),
+    ("BODY_ATTRS", "program/constants.py"), ("UNKNOWN_DTYPE", "program/encoding.py"),
 ])
 def test_shared_constants_are_defined_once(name, home):
     assert _assigned(name) == [home]

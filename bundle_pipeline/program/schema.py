@@ -22,23 +22,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..layouts import STANDARD
+from .constants import (  # noqa: F401  (the schema's own vocabulary, re-exported with it)
+    APPROX_OPS,
+    BODY_ATTRS,
+    CONTROL_OPS,
+    FORMAT_VERSION,
+    FORMAT_VERSIONS,
+    IMPLS,
+    KERNEL_GRAPH_ATTRS,
+    PRECISIONS,
+    ROLES,
+    TRANSDATA,
+)
 
 __all__ = ["APPROX_OPS", "BODY_ATTRS", "CONTROL_OPS", "FORMAT_VERSION", "FORMAT_VERSIONS", "IMPLS",
            "KERNEL_GRAPH_ATTRS", "PRECISIONS", "ROLES", "STANDARD", "Body", "ControlStep", "Feed", "KernelStep",
            "Layout", "Output", "Plan", "Program", "Step", "TransDataStep", "Value", "encode"]
 
-FORMAT_VERSION = 2  # the bundle format pack writes; 2: small constants share constants/packed at an offset
-FORMAT_VERSIONS = (1, FORMAT_VERSION)  # the formats the runtime reads
-ROLES = ("init", "update", "infer")
-CONTROL_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})  # ops whose attributes hold bodies
-BODY_ATTRS = {"If": ("else_branch", "then_branch"), "Loop": ("body",), "Scan": ("body",), "SequenceMap": ("body",)}
-# kernels of other domains whose graph attributes (each optional) they call as tensor -> tensor functions
-KERNEL_GRAPH_ATTRS = {("ai.onnx.preview", "FlexAttention"): ("prob_mod", "score_mod")}
-# ops with an approximate kernel for op_select_implmode=high_performance (runtime/approx.py; a test ties them)
-APPROX_OPS = frozenset({"Gelu", "Erf", "Exp", "Tanh", "Sigmoid"})
-PRECISIONS = ("fp16", "fp16_round")  # fp16: cube inputs rounded; fp16_round: a vector op's inputs and outputs
-IMPLS = ("high_performance",)
-TRANSDATA = "TransData"
 
 
 @dataclass(frozen=True)

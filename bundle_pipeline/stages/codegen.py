@@ -13,31 +13,18 @@ import bisect
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .. import program
 from ..dtypes import dtype_from_name
 from ..errors import OptionInvalid
 from ..ir.graph import Graph, Node, TensorType
 from ..layouts import STANDARD, storage_shape
-from ..program import (
-    APPROX_OPS,
-    CONTROL_OPS,
-    TRANSDATA,
-    Body,
-    ControlStep,
-    Feed,
-    KernelStep,
-    Layout,
-    Output,
-    Plan,
-    Program,
-    Step,
-    TransDataStep,
-    Value,
-    encode,
-    encode_tensor,
-)
+from ..program import APPROX_OPS, CONTROL_OPS, TRANSDATA, encode_tensor
 from .stage import GRAPH, Input, Stage, StageContext
+
+if TYPE_CHECKING:  # the typed classes load on first use (program.__getattr__): a no-op build never needs them
+    from ..program import Body, Layout, Output, Plan, Program, Step, Value
 
 NAME = "codegen"
 VERSION = "3"
@@ -52,7 +39,7 @@ NHWC_TO_NCHW = [0, 3, 1, 2]
 def run(structure: dict, tiling: dict[str, dict], variables: dict, role: str, options: dict,
         assign: Mapping[str, str] | None = None) -> dict:
     """The program the runtime executes, as the JSON a bundle stores (``program.encode`` of ``build``)."""
-    return encode(build(structure, tiling, variables, role, options, assign))
+    return program.encode(build(structure, tiling, variables, role, options, assign))
 
 
 def build(structure: dict, tiling: dict[str, dict], variables: dict, role: str, options: dict,
@@ -73,9 +60,9 @@ def build(structure: dict, tiling: dict[str, dict], variables: dict, role: str, 
     values, arena = plan_buffers(graph, reuse)
     # for inspect: what the other setting would cost (without reuse that is just the sum of the blocks)
     other = unshared_arena(graph) if reuse else plan_buffers(graph, True)[1]
-    return Program(
+    return program.Program(
         graph=graph.name, role=role, opset=graph.opset, opsets=dict(sorted(graph.domain_opsets.items())),
-        feeds=tuple(Feed(v, *_type(graph, v), layouts.get(v)) for v in graph.inputs if v not in variables),
+        feeds=tuple(program.Feed(v, *_type(graph, v), layouts.get(v)) for v in graph.inputs if v not in variables),
         reads=tuple(sorted(reads)), weights=tuple(sorted(w for w in graph.weights if w not in variables)),
         consts={k: encode_tensor(v) for k, v in sorted(graph.consts.items())},
         outputs=tuple(_output(graph, o, variables, role, assign or {}) for o in graph.outputs),
@@ -128,7 +115,7 @@ def _output(graph: Graph, name: str, variables: dict, role: str, assign: Mapping
     ``assign`` maps the output to another name). All writes of a run land together after it (the runtime)."""
     written = assign.get(name, name)
     writes = written in variables and role != "infer"
-    return Output(name, *_type(graph, name), writes, written if writes and written != name else None)
+    return program.Output(name, *_type(graph, name), writes, written if writes and written != name else None)
 
 
 def _type(graph: Graph, name: str) -> tuple[tuple[int, ...], str]:
@@ -136,7 +123,7 @@ def _type(graph: Graph, name: str) -> tuple[tuple[int, ...], str]:
 
 
 def _value(graph: Graph, name: str) -> Value:
-    return Value(name, *_type(graph, name))
+    return program.Value(name, *_type(graph, name))
 
 
 @dataclass(frozen=True)
@@ -154,25 +141,25 @@ class _Emit:
                   "attrs": {k: v for k, v in node.to_json()["attrs"].items() if k not in node.bodies()}}
         bodies = {attr: self.body(body) for attr, body in sorted(node.bodies().items())}
         if node.op_type == TRANSDATA and not node.domain:
-            return TransDataStep(**common, layout=_layout(node, graph))
+            return program.TransDataStep(**common, layout=_layout(node, graph))
         rounded = self.precision == "force_fp16" and _float32_step(node, graph)
         if node.op_type in CONTROL_OPS and not node.domain:
-            return ControlStep(**common, bodies=bodies, precision="fp16_round" if rounded else None)
+            return program.ControlStep(**common, bodies=bodies, precision="fp16_round" if rounded else None)
         native = node.name in graph.native
         kernel = {**common, "bodies": bodies, "native": native, "layout": _layout(node, graph) if native else None}
         dtype = graph.types[node.inputs[0]].dtype if node.inputs and node.inputs[0] else None
         if node.op_type not in CUBE_OPS or node.domain:
             approx = self.fast and node.op_type in APPROX_OPS and not node.domain and dtype in FLOAT_DTYPES
-            return KernelStep(**kernel, impl="high_performance" if approx else None,
+            return program.KernelStep(**kernel, impl="high_performance" if approx else None,
                               precision="fp16_round" if rounded else None)
         fp16 = self.precision in ("allow_fp32_to_fp16", "force_fp16") and dtype == "float32"
-        return KernelStep(**kernel, precision="fp16" if fp16 else None)  # cube inputs rounded, fp32 accumulation
+        return program.KernelStep(**kernel, precision="fp16" if fp16 else None)  # cube inputs rounded, fp32 accum.
 
     def body(self, body: Graph) -> Body:
         """A control-flow body as a program of its own: formal inputs bound per call, its own arena.
         Values sized at run time (dims -1) have no planned buffer; the executor keeps the kernel's array."""
         values, arena = plan_buffers(body, self.reuse)
-        return Body(graph=body.name, opset=body.opset, opsets=dict(sorted(body.domain_opsets.items())),
+        return program.Body(graph=body.name, opset=body.opset, opsets=dict(sorted(body.domain_opsets.items())),
                     inputs=tuple(_value(body, v) for v in body.inputs),
                     consts={k: encode_tensor(v) for k, v in sorted(body.consts.items())},
                     outputs=tuple(_value(body, o) for o in body.outputs),
@@ -181,7 +168,7 @@ class _Emit:
 
 def _layout(node: Node, graph: Graph) -> Layout:
     """What a formatted kernel needs besides the arrays: each operand's format and logical shape."""
-    return Layout(tuple(graph.format_of(i) if i else None for i in node.inputs),
+    return program.Layout(tuple(graph.format_of(i) if i else None for i in node.inputs),
                   tuple(tuple(graph.types[i].shape) if i else None for i in node.inputs),
                   graph.format_of(node.outputs[0]), tuple(graph.types[node.outputs[0]].shape))
 
@@ -225,7 +212,7 @@ def plan_buffers(graph: Graph, reuse: bool) -> tuple[dict[str, Plan], int]:
             if reuse:
                 dying.setdefault(life_end + 1, []).append((offset, size))
             standard = fmt in STANDARD
-            buffers[name] = Plan(tuple(graph.types[name].shape), graph.types[name].dtype, offset,
+            buffers[name] = program.Plan(tuple(graph.types[name].shape), graph.types[name].dtype, offset,
                                  None if standard else fmt, None if standard else tuple(storage))
             arena = max(arena, offset + size)
     return buffers, arena
