@@ -79,10 +79,7 @@ def real(work: Path) -> list[tuple[str, onnx.ModelProto, dict, dict]]:
         except ModelUnavailable as err:
             print(f"skipping {name}: {err}", file=sys.stderr)
             continue
-        model = RealModel(name=name, path=path, source=source,
-                          input_shapes={k: s for k, (s, _, _) in inputs.items()},
-                          input_dtypes={k: np.dtype(d) for k, (_, d, _) in inputs.items()},
-                          input_ranges={k: r for k, (_, _, r) in inputs.items()})
+        model = RealModel.of(name, path, source, inputs)
         shape = ";".join(f"{k}:{','.join(map(str, s))}" for k, s in model.input_shapes.items())
         out.append((name, model.static_model(), model.feeds(np.random.default_rng(0)), {"input_shape": shape}))
     try:

@@ -127,9 +127,7 @@ def cases(only: str | None) -> list[tuple[str, onnx.ModelProto, dict, str]]:
         except ModelUnavailable as err:
             print(f"skipping {name}: {err}", file=sys.stderr)
             continue
-        model = RealModel(name=name, path=path, source=source, input_shapes={k: s for k, (s, _, _) in inputs.items()},
-                          input_dtypes={k: np.dtype(d) for k, (_, d, _) in inputs.items()},
-                          input_ranges={k: r for k, (_, _, r) in inputs.items()})
+        model = RealModel.of(name, path, source, inputs)
         out.append((name, model.static_model(), model.feeds(np.random.default_rng(0))))
     try:
         silero = onnx.load(fetch_wheel_model(SILERO_VAD["silero_vad"], real_models_cache_dir()))

@@ -43,6 +43,14 @@ class RealModel:
     input_dtypes: dict[str, np.dtype]
     input_ranges: dict[str, tuple[float, float]]
 
+    @classmethod
+    def of(cls, name: str, path: Path, source: WheelModel, inputs: dict) -> RealModel:
+        """The model of a ``REAL_MODEL_INPUTS`` entry fetched to ``path``: inputs are (shape, dtype, range)."""
+        return cls(name=name, path=path, source=source,
+                   input_shapes={k: shape for k, (shape, _, _) in inputs.items()},
+                   input_dtypes={k: np.dtype(dtype) for k, (_, dtype, _) in inputs.items()},
+                   input_ranges={k: value_range for k, (_, _, value_range) in inputs.items()})
+
     def feeds(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Random feeds of the static shapes, within each input's value range."""
         return {name: self._random_input(name, rng) for name in self.input_shapes}
@@ -334,12 +342,7 @@ def real_models() -> dict[str, RealModel]:
             if _in_ci():
                 pytest.fail(reason, pytrace=False)
             pytest.skip(reason)
-        models[name] = RealModel(
-            name=name, path=path, source=source,
-            input_shapes={k: shape for k, (shape, _, _) in inputs.items()},
-            input_dtypes={k: np.dtype(dtype) for k, (_, dtype, _) in inputs.items()},
-            input_ranges={k: value_range for k, (_, _, value_range) in inputs.items()},
-        )
+        models[name] = RealModel.of(name, path, source, inputs)
     return models
 
 
