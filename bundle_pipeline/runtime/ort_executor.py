@@ -66,7 +66,7 @@ def planned_executor(graph: dict, manifest: dict, executor: str = "auto") -> tup
     for weight, cid in graph.get("bindings", {}).items():
         const = manifest["constants"][cid]
         types[weight] = (list(const.get("storage", const["shape"])), const["dtype"])
-    session, why = _session(program, manifest["target"], executor, types, SessionSettings(threads=1))
+    session, _, why = _session(program, manifest["target"], executor, types, SessionSettings(threads=1))
     if session is None:
         return "reference", why
     return "onnxruntime", f"{why}; {OWNED if wants_owned(program, graph['role'], SessionSettings()) else BOUND_ONLY}"
@@ -79,15 +79,17 @@ def wants_owned(program: Program, role: str, settings: SessionSettings) -> bool:
 
 
 def _session(program: Program, target: str, executor: str, types: Mapping[str, tuple[list[int], str]],
-             settings: SessionSettings) -> tuple[object | None, str]:
+             settings: SessionSettings) -> tuple[object | None, object | None, str]:
+    """(bound session, its ModelProto, why), or (None, None, why the reference runs the program)."""
     if executor == "reference":
-        return None, "reference executor requested"
+        return None, None, "reference executor requested"
     if target != "cpu":
-        return None, f"target {target}: the reference executor simulates its formats and kernels"
+        return None, None, f"target {target}: the reference executor simulates its formats and kernels"
     try:
-        return create_session(program, types, settings), f"cpu target: onnxruntime ({executor})"
+        model = program_model(program, types)
+        return create_session(program, model, settings), model, f"cpu target: onnxruntime ({executor})"
     except Unsupported as why:
-        return None, str(why)
+        return None, None, str(why)
 
 
 def input_types(program: Program, constants: Mapping[str, np.ndarray], variables: VariableStore) -> dict:
@@ -101,11 +103,11 @@ def _dtype_name(arr: np.ndarray) -> str:
     return "object" if arr.dtype == object else arr.dtype.name
 
 
-def create_session(program: Program, types: Mapping[str, tuple[list[int], str]], settings: SessionSettings):
-    """The session of ``program``, or ``Unsupported`` with ORT's reason when it refuses the model."""
+def create_session(program: Program, model, settings: SessionSettings):
+    """The session of ``model`` (``program_model`` of ``program``), or ``Unsupported`` with ORT's reason when it
+    refuses it."""
     import onnxruntime as ort
 
-    model = program_model(program, types)
     try:
         return ort.InferenceSession(model.SerializeToString(), session_options(program, settings),
                                     providers=["CPUExecutionProvider"])
@@ -239,10 +241,10 @@ def choose(program: Program, target: str, executor: str, constants: Mapping[str,
            variables: VariableStore, settings: SessionSettings, role: str = "infer") -> tuple[OrtExecutor | None, str]:
     """(executor or None, why): the ORT executor of ``program``, or None and why the reference runs it."""
     types = input_types(program, constants, variables)
-    session, why = _session(program, target, executor, types, settings)
+    session, bound, why = _session(program, target, executor, types, settings)
     if session is None:
         return None, why
-    model = owned_model(program, types) if wants_owned(program, role, settings) else None
+    model = owned_model(program, bound, types) if wants_owned(program, role, settings) else None
     try:
         ort = OrtExecutor(program, session, constants, variables, settings, model)
     except (*ort_errors(), RuntimeError, TypeError, ValueError) as err:  # an array ORT cannot wrap

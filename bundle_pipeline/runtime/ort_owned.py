@@ -43,14 +43,15 @@ class Owned:
     keep_alive: tuple  # the OrtValues and arrays ORT's initializers point into
 
 
-def owned_model(program: Program, types: dict[str, tuple[list[int], str]]) -> bytes:
-    """The program's model with every variable and bundle constant an external initializer (no data: the values
-    are supplied when a session is built)."""
-    from onnx import TensorProto
+def owned_model(program: Program, bound, types: dict[str, tuple[list[int], str]]) -> bytes:
+    """``bound`` (the bound session's ModelProto of the program) with every variable and bundle constant an
+    external initializer instead of an input (no data: the values are supplied when a session is built)."""
+    from onnx import ModelProto, TensorProto
 
-    from .ort_model import onnx_dtype, program_model
+    from .ort_model import onnx_dtype
 
-    model = program_model(program, types)
+    model = ModelProto()
+    model.CopyFrom(bound)
     shared = [*program.reads, *program.weights]
     kept = [i for i in model.graph.input if i.name not in set(shared)]
     del model.graph.input[:]
