@@ -252,7 +252,8 @@ def test_noop_run_imports_no_onnx_zarr_or_dask(tmp_path):
     assert lines[-1] == "[]"
 
 
-def test_external_data_weight_edit_leaves_the_structure_parse_cached(tmp_path):
+def external_weight_bundle(tmp_path: Path):
+    """One MatMul whose 64x64 weight lives in an external-data file (``w.init`` beside the init graph)."""
     rng = np.random.default_rng(2)
     w = numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "w")  # > 1024 elements
     graph = onnx.helper.make_graph(
@@ -264,9 +265,13 @@ def test_external_data_weight_edit_leaves_the_structure_parse_cached(tmp_path):
     for path in (built.init, built.graph().path):
         onnx.save_model(onnx.load(path), path, save_as_external_data=True, all_tensors_to_one_file=False,
                         size_threshold=0)
+    return built, built.init.parent / "w.init"
+
+
+def test_external_data_weight_edit_leaves_the_structure_parse_cached(tmp_path):
+    built, weight_file = external_weight_bundle(tmp_path)
     spec = load_spec(built.spec, cache=str(tmp_path / "cache"))
     build(spec)
-    weight_file = built.init.parent / "w.init"
     arr = np.fromfile(weight_file, dtype=np.float32)
     (arr + 1).tofile(weight_file)
     report = build(spec)
@@ -274,6 +279,33 @@ def test_external_data_weight_edit_leaves_the_structure_parse_cached(tmp_path):
     np.testing.assert_array_equal(load_bundle(spec.output).variable("w").ravel(), arr + 1)
     stale = CliRunner().invoke(app, ["status", str(built.spec), "--cache", spec.cache, "--json"])
     assert json.loads(stale.stdout.splitlines()[-1]) == {"stale": [], "maybe": []}
+
+
+def test_a_chain_of_reruns_runs_in_process_without_loading_dask(tmp_path):
+    """A weight edit re-runs a chain (parse.weights -> dedupe -> formats.weights -> pack): no two of its tasks
+    could run at once, so pipeline/serial.py runs them in order and dask is never imported; a cold build
+    (many parses at once) still goes to dask. Same bundle either way."""
+    built, weight_file = external_weight_bundle(tmp_path)
+    cache, out = str(tmp_path / "cache"), tmp_path / "out.bundle"
+    code = ("import json, sys\nfrom bundle_pipeline.cli import app\n"
+            f"try:\n    app(['run', {str(built.spec)!r}, '--cache', {cache!r}, '--out', {str(out)!r}, '--json'])\n"
+            "except SystemExit:\n    pass\n"
+            "print(json.dumps('dask' in sys.modules))\n")
+
+    def run() -> tuple[dict, bool]:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        lines = proc.stdout.strip().splitlines()
+        return json.loads(lines[-2]), json.loads(lines[-1])
+
+    _, cold_loaded_dask = run()
+    arr = np.fromfile(weight_file, dtype=np.float32)
+    (arr * 2).tofile(weight_file)
+    report, edit_loaded_dask = run()
+    assert cold_loaded_dask and not edit_loaded_dask
+    assert {t["id"].split("/", 1)[1] for t in report["tasks"] if t["status"] == "ran"} == {
+        "parse.weights:init", "dedupe", "formats.weights", "pack"}
+    again = build(load_spec(built.spec, cache=str(tmp_path / "fresh"), output=str(tmp_path / "again.bundle")))
+    assert again.digest == report["digest"]  # the same bytes as a cold build through dask
 
 
 def test_weight_edit_inside_an_if_branch_skips_formats_tiling_codegen(tmp_path):

@@ -17,9 +17,9 @@ import yaml
 from bundle_pipeline.cache import Cache
 from bundle_pipeline.pipeline import build
 from bundle_pipeline.pipeline.dag import TaskGraph
+from bundle_pipeline.pipeline.events import Event
 from bundle_pipeline.pipeline.progress import Counts, choose
 from bundle_pipeline.pipeline.rebuild import Plan
-from bundle_pipeline.pipeline.schedule import Event
 from bundle_pipeline.spec import load_spec
 from bundle_pipeline.stages.pack import bundle_digest, entries
 from bundle_pipeline.tasks.task import Task, TaskResult

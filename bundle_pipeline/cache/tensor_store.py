@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import shutil
 import struct
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -140,11 +141,15 @@ def export_tensor(backend: Backend, h: str, dest: str | os.PathLike[str], chunk_
         with open(os.path.join(dest, "zarr.json"), "wb") as f:
             f.write(doc)
         return {**digests, "zarr.json": hashlib.sha256(doc).hexdigest()}
-    meta = tensors.entry_meta(backend, check_hash(h))
+    remembered = _export_remembered(backend, check_hash(h), dest, chunk_bytes)
+    if remembered is not None:
+        return remembered
+    meta = tensors.entry_meta(backend, h)
     if meta is None:
         raise CacheMiss(h)
     canonical = tensors.chunk_shape(meta.shape, meta.dtype.itemsize, chunk_bytes) if meta.plain else None
-    if backend.is_local and meta.plain and meta.chunks == canonical:
+    linked = backend.is_local and meta.plain and meta.chunks == canonical
+    if linked:
         backend.export_tree(tensors.tensor_rel(h), dest, skip=("zarr.json",))
         digests = entry_sha256(backend, h, dest, meta)
         dtype = meta.logical if meta.logical is not None else meta.dtype
@@ -156,7 +161,48 @@ def export_tensor(backend: Backend, h: str, dest: str | os.PathLike[str], chunk_
     doc = tensors.entry_document(h, dtype, meta.shape, meta.chunks, digests)
     with open(os.path.join(dest, "zarr.json"), "wb") as f:
         f.write(doc)
-    return {**digests, "zarr.json": hashlib.sha256(doc).hexdigest()}
+    placed = {**digests, "zarr.json": hashlib.sha256(doc).hexdigest()}
+    if linked:
+        stats = {rel: st for rel, (st, _) in _file_stats(dest, skip=("zarr.json",)).items()}
+        put_action(backend, export_memo_key(h, chunk_bytes), {"stats": stats, "sha256": placed, "doc": doc.decode()})
+    return placed
+
+
+# Bump when what export_tensor places for an entry changes (entry_document's zarr.json, the chunk files).
+EXPORT_VERSION = "1"
+
+
+def export_memo_key(h: str, chunk_bytes: int) -> str:
+    """The action key of what exporting local entry ``h`` placed: its files' stats and digests, its zarr.json."""
+    return hash_json({"entry-export": h, "chunk_bytes": chunk_bytes, "version": EXPORT_VERSION})
+
+
+def _export_remembered(backend: Backend, h: str, dest: str, chunk_bytes: int) -> dict[str, str] | None:
+    """A re-pack's fast path: hard-link the chunk files an earlier export of entry ``h`` recorded and write the
+    zarr.json it recorded, when each linked file still has the recorded (size, mtime_ns, inode), as in
+    ``entry_sha256``; else None (nothing left at ``dest``) and the caller exports from the entry's metadata."""
+    if not backend.is_local or os.path.lexists(dest):
+        return None
+    record = get_action(backend, export_memo_key(h, chunk_bytes))
+    if record is None:
+        return None
+    src = backend.path(_tensors().tensor_rel(h))
+    try:
+        os.makedirs(dest)
+        for rel, expected in record["stats"].items():
+            target = os.path.join(dest, rel)
+            if "/" in rel:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.link(os.path.join(src, rel), target)
+            st = os.stat(target)
+            if [st.st_size, st.st_mtime_ns, st.st_ino] != expected:
+                raise FileExistsError(target)  # changed since recorded: verify the slow way
+        with open(os.path.join(dest, "zarr.json"), "wb") as f:
+            f.write(record["doc"].encode())
+    except (OSError, KeyError, TypeError, AttributeError):  # gone, another filesystem, or a record of another shape
+        shutil.rmtree(dest, ignore_errors=True)  # made by this call: it did not exist
+        return None
+    return dict(record["sha256"])
 
 
 def entry_sha256(backend: Backend, h: str, exported: str, meta: Any) -> dict[str, str]:

@@ -14,8 +14,9 @@ from ..tasks.factory import bundle_tasks
 from ..tasks.runner import LOST, BuildContext, LostEntry, forget_holders, forget_records
 from ..tasks.task import TaskResult
 from .dag import TaskGraph, build_dag
+from .events import Event, Observer
 from .rebuild import Plan, plan, remember
-from .schedule import Event, Observer, check_scheduler, run_stale
+from .schedule import check_scheduler, run_stale
 
 
 @dataclass

@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path
 
 from ..tasks.task import TaskResult
-from .schedule import Event
+from .events import Event
 
 PLANNER_THREAD = "planner"
 

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from typing import TextIO
 
 from ..stages import order
-from .schedule import Event, Observer
+from .events import Event, Observer
 
 
 class Counts:

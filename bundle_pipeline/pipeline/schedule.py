@@ -23,32 +23,21 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 from ..errors import BundleIOError, ParamInvalid
 from ..stages import order
 from ..tasks.runner import BuildContext, execute_task
 from ..tasks.task import TaskResult
 from .dag import TaskGraph
+from .events import Event, Observer
+from .serial import run_serial_prefix
 
 SCHEDULERS = ("sync", "threads", "processes", "tcp://HOST:PORT")
 CONNECT_TIMEOUT_S = 20
 
 
-@dataclass
-class Event:
-    """A build event for observers: "plan" (from build_many), "start" or "finish" of one task."""
-
-    kind: str
-    task: str | None = None
-    result: TaskResult | None = None
-    at: float = field(default_factory=time.time)  # epoch seconds
-    data: dict = field(default_factory=dict)  # "plan": {"dag", "plan", "started", "finished"}
-
-
-Observer = Callable[[Event], None]
 
 
 def check_scheduler(scheduler: str | None, workers: int | None) -> None:
@@ -69,19 +58,38 @@ def run_stale(dag: TaskGraph, stale: list[str], resolved: dict[str, TaskResult],
     notify = on_event or (lambda event: None)
     remote = scheduler is not None and scheduler.startswith("tcp://")
     done: dict[str, TaskResult] = {}
+    setup = 0.0
+    if _in_process(scheduler, workers):  # a chain of must-run tasks needs no scheduler (pipeline/serial.py)
+        began = time.perf_counter()
+        _load_steps({dag.tasks[t].step for t in stale})
+        setup = time.perf_counter() - began
+        done = run_serial_prefix(dag, stale, resolved, ctxs, notify)
+        stale = [t for t in stale if t not in done]
+        if not stale:
+            return done, setup
     began = time.perf_counter()
     with _getter(scheduler, workers, notify) as get:
         if not remote:
             _load_steps({dag.tasks[t].step for t in stale})
-            setup = time.perf_counter() - began
-            done.update(_run_batch(get, dag, stale, resolved, ctxs))
+            setup += time.perf_counter() - began
+            done.update(_run_batch(get, dag, stale, {**resolved, **done}, ctxs))
             return done, setup
         with _local_getter("threads", None, notify) as here:
             _load_steps({dag.tasks[t].step for t in stale if on_client(dag.tasks[t].step)})
-            setup = time.perf_counter() - began
+            setup += time.perf_counter() - began
             for client_side, ids in _batches(dag, stale):
                 done.update(_run_batch(here if client_side else get, dag, ids, {**resolved, **done}, ctxs))
     return done, setup
+
+
+def _in_process(scheduler: str | None, workers: int | None) -> bool:
+    """sync or threads, with no dask callbacks of the caller's (a ``with ProgressBar():`` wants every task)."""
+    import sys
+
+    if scheduler not in (None, "sync", "threads") or workers is not None:
+        return False
+    callbacks = sys.modules.get("dask.callbacks")
+    return callbacks is None or not callbacks.Callback.active
 
 
 def _load_steps(steps: set[str]) -> None:

@@ -40,6 +40,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from ..cache import Cache, CacheMiss
 from ..errors import BundleIOError, GraphInvalid
@@ -118,14 +119,11 @@ def execute_task(task: Task, ctx: BuildContext, *upstream_results: TaskResult) -
     upstream task was lost or blocked (see the module docstring); raises IO_ERROR on an OSError.
     """
     start = time.time()
-    for r in upstream_results:
-        if r.status in (LOST, BLOCKED):
-            return TaskResult(task.id, task.stage, task.graph, "", {}, BLOCKED, 0.0, {"blocked_by": r.id})
     cache = Cache(ctx.cache_root)
+    known, found = _settle(task, ctx, upstream_results, cache, start)
+    if known is not None:
+        return known
     try:
-        found = lookup(task, ctx, {r.id: r for r in upstream_results}, cache)
-        if found.record is not None:
-            return _stamped(cached_result(task, found), start)
         from .steps import run_stage  # the cache glue and what it imports load only when a task really runs
 
         stage = order.named(task.step)
@@ -141,16 +139,42 @@ def execute_task(task: Task, ctx: BuildContext, *upstream_results: TaskResult) -
     except OSError as err:
         raise io_error(err, task, cache) from None
     except _MODEL_DATA_ERRORS as err:
-        if not order.named(task.step).reads_user_input:
-            raise
-        raise GraphInvalid(f"cannot import the model: {type(err).__name__}: {err}", task.context["where"]) from None
+        _raise_model_error(err, task)
     return _stamped(TaskResult(task.id, task.stage, task.graph, found.key, outputs, "ran", seconds, extra), start)
+
+
+def settled(task: Task, ctx: BuildContext, *upstream_results: TaskResult) -> TaskResult | None:
+    """The task's result when it needs no run (blocked, lost, or a valid cached record), else None."""
+    return _settle(task, ctx, upstream_results, Cache(ctx.cache_root), time.time())[0]
+
+
+def _settle(task: Task, ctx: BuildContext, upstream_results: tuple[TaskResult, ...], cache: Cache,
+            start: float) -> tuple[TaskResult | None, Lookup | None]:
+    for r in upstream_results:
+        if r.status in (LOST, BLOCKED):
+            return TaskResult(task.id, task.stage, task.graph, "", {}, BLOCKED, 0.0, {"blocked_by": r.id}), None
+    try:
+        found = lookup(task, ctx, {r.id: r for r in upstream_results}, cache)
+    except LostEntry as lost:
+        return _stamped(TaskResult(task.id, task.stage, task.graph, "", {}, LOST, 0.0, {"missing": lost.missing}),
+                        start), None
+    except _MODEL_DATA_ERRORS as err:
+        _raise_model_error(err, task)
+    if found.record is not None:
+        return _stamped(cached_result(task, found), start), found
+    return None, found
 
 
 # In a stage that decodes the user's files, an exception the importer did not turn into a BundleError
 # (a malformed model the checks missed: mismatched tensor sizes, invalid UTF-8 names, ...) is still the
 # model's fault, so it becomes GRAPH_INVALID naming the file; elsewhere it is a bug and propagates.
 _MODEL_DATA_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, ArithmeticError, RecursionError)
+
+
+def _raise_model_error(err: Exception, task: Task) -> NoReturn:
+    if not order.named(task.step).reads_user_input:
+        raise err
+    raise GraphInvalid(f"cannot import the model: {type(err).__name__}: {err}", task.context["where"]) from None
 
 
 def forget_holders(missing: str, candidates: list[TaskResult], cache: Cache) -> list[str]:

@@ -35,3 +35,23 @@ def test_write_through_a_link_is_detected_on_next_export(tmp_path):
         f.write(b"\xff\xff\xff\xff")
     with pytest.raises(CacheMiss):
         cache.export_tensor(h, tmp_path / "out2")
+
+
+def test_a_re_export_places_the_remembered_files_without_reading_the_entry(tmp_path, monkeypatch):
+    """A re-pack's fast path: the first export records what it placed (stats, digests, zarr.json); the next
+    links the same files and writes the same zarr.json without parsing the entry's metadata."""
+    import os
+
+    from bundle_pipeline.cache import tensors
+
+    cache = Cache(tmp_path / "c")
+    h = cache.put_tensor(np.random.default_rng(1).standard_normal((600, 1024)).astype(np.float32))
+    first = cache.export_tensor(h, tmp_path / "out")
+    monkeypatch.setattr(tensors, "entry_meta", lambda *a: pytest.fail("the remembered export read the entry"))
+    assert cache.export_tensor(h, tmp_path / "again") == first
+    for rel in first:
+        assert (tmp_path / "again" / rel).read_bytes() == (tmp_path / "out" / rel).read_bytes()
+    monkeypatch.undo()
+    chunk = next(p for p in (tmp_path / "out").rglob("*") if p.is_file() and p.name != "zarr.json")
+    os.utime(chunk, ns=(1, 1))  # the recorded stat no longer matches: the slow path re-verifies the bytes
+    assert cache.export_tensor(h, tmp_path / "third") == first
