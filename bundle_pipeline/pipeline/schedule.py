@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from ..errors import BundleIOError, ParamInvalid
@@ -68,14 +68,15 @@ def run_stale(dag: TaskGraph, stale: list[str], resolved: dict[str, TaskResult],
         if not stale:
             return done, setup
     began = time.perf_counter()
-    with _getter(scheduler, workers, notify) as get:
+    with _getter(scheduler, workers, notify) as (get, load):
         if not remote:
-            _load_steps({dag.tasks[t].step for t in stale})
+            load({dag.tasks[t].step for t in stale})
             setup += time.perf_counter() - began
             done.update(_run_batch(get, dag, stale, {**resolved, **done}, ctxs))
             return done, setup
         with _local_getter("threads", None, notify) as here:
             _load_steps({dag.tasks[t].step for t in stale if on_client(dag.tasks[t].step)})
+            load({dag.tasks[t].step for t in stale if not on_client(dag.tasks[t].step)})
             setup += time.perf_counter() - began
             for client_side, ids in _batches(dag, stale):
                 done.update(_run_batch(here if client_side else get, dag, ids, {**resolved, **done}, ctxs))
@@ -135,9 +136,11 @@ def _batches(dag: TaskGraph, stale: list[str]) -> list[tuple[bool, list[str]]]:
 
 @contextmanager
 def _getter(scheduler: str | None, workers: int | None, notify: Observer) -> Iterator:
+    """(get, load): ``get(graph, keys)`` runs tasks; ``load(steps)`` imports what those steps use wherever
+    they will run (this process, or every worker of a cluster), so imports count as setup, not as task time."""
     if scheduler is None and workers is not None:
         with _local_cluster(workers) as client:
-            yield _distributed_getter(client, notify)
+            yield _distributed_getter(client, notify), _loader(client)
         return
     if scheduler is not None and scheduler.startswith("tcp://"):
         from distributed import Client
@@ -147,10 +150,19 @@ def _getter(scheduler: str | None, workers: int | None, notify: Observer) -> Ite
         except (OSError, TimeoutError) as err:
             raise BundleIOError(f"cannot connect to the dask scheduler at {scheduler}: {err}", "--scheduler") from None
         with client:
-            yield _distributed_getter(client, notify)
+            yield _distributed_getter(client, notify), _loader(client)
         return
     with _local_getter(scheduler or "threads", workers, notify) as get:
-        yield get
+        yield get, _load_steps
+
+
+def _loader(client) -> Callable[[set[str]], None]:
+    """``_load_steps`` on every worker of the cluster (workers that join later import on their first task)."""
+
+    def load(steps: set[str]) -> None:
+        client.run(_load_steps, steps)
+
+    return load
 
 
 @contextmanager
