@@ -23,6 +23,37 @@ def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
 
 
+def stored_json(obj: Any) -> bytes:
+    """The canonical encoding of a stage output (``cache.put_json``): sorted keys, compact, UTF-8, by orjson
+    (4-5x faster than ``canonical_json`` on IR-sized values).
+
+    orjson spells some floats differently (``0.00001`` for ``1e-05``), so a kind of value is always encoded by
+    one of the two: stored outputs here, keys and records by ``canonical_json``. orjson writes NaN and inf as
+    null, so an output with a null in it is checked for them (``canonical_json`` then refuses it, as before).
+    Only what orjson cannot encode (ints beyond 64 bits) takes ``canonical_json``'s spelling.
+    """
+    import orjson  # a compiled extension, ~5 ms: loaded by the first task that stores an output, never by a no-op
+
+    try:
+        data = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    except TypeError:  # ints beyond 64 bits, numpy scalars: json's rules (or its error)
+        return canonical_json(obj)
+    if b"null" in data and orjson.loads(data) != obj and not _finite(obj):
+        return canonical_json(obj)  # raises: a NaN or inf became null
+    return data
+
+
+def _finite(obj: Any) -> bool:
+    """No NaN or inf anywhere in a JSON-able value (the rare path of ``stored_json``: a value with tuples)."""
+    if isinstance(obj, float):
+        return obj - obj == 0.0
+    if isinstance(obj, dict):
+        return all(_finite(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return all(_finite(v) for v in obj)
+    return True
+
+
 def hash_json(obj: Any) -> str:
     """Hash of the canonical JSON of ``obj``; use for task keys and stage outputs."""
     return hash_bytes(canonical_json(obj))

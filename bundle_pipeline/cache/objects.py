@@ -16,7 +16,7 @@ from bundle_pipeline.cache.actions import get_action, put_action
 from bundle_pipeline.cache.backend_local import link_or_copy
 from bundle_pipeline.cache.layout import CacheMiss, check_hash, object_rel
 from bundle_pipeline.cache.recent import Recent
-from bundle_pipeline.hashing import canonical_json, hash_bytes, hash_json
+from bundle_pipeline.hashing import hash_bytes, hash_json, stored_json
 
 if TYPE_CHECKING:
     from bundle_pipeline.cache.backends import Backend
@@ -83,7 +83,7 @@ def place_object(backend: Backend, h: str, dest: str | os.PathLike[str], data: b
 def put_json(backend: Backend, obj: Any) -> str:
     """Store the canonical JSON of ``obj`` as an object; equal values give equal hashes. ``obj`` must not be
     changed afterwards: this process hands it to the next ``get_json`` of its hash (``RECENT_JSON``)."""
-    data = canonical_json(obj)
+    data = stored_json(obj)
     h = put_object(backend, data)
     RECENT_JSON.put(h, len(data), (stamp(backend, h), obj))
     return h

@@ -11,7 +11,7 @@ import pytest
 from bundle_pipeline.cache import Cache, CacheMiss
 from bundle_pipeline.cache import store as store_mod
 from bundle_pipeline.cache.store import MARKER
-from bundle_pipeline.hashing import canonical_json, hash_bytes
+from bundle_pipeline.hashing import canonical_json, hash_bytes, stored_json
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -110,6 +110,25 @@ def test_json_objects_are_canonical(cache):
     assert h1 == h2
     assert cache.get_json(h1) == {"a": {"y": True, "z": None}, "b": [1, 2.5, "x"]}
     assert cache.get_object(h1) == canonical_json({"a": {"y": True, "z": None}, "b": [1, 2.5, "x"]})
+
+
+@pytest.mark.parametrize("value", [{"eps": 1e-05, "big": 1e16, "n": None, "s": "null é"}, {"k": (1, None, 2.5e-7)},
+                                   {3: "int key", 4: [None, 1e-9]}, [2**62, 0.1], {"deep": [[{"b": 1, "a": -0.0}]]}])
+def test_stored_outputs_decode_to_what_was_stored(cache, value):
+    """Stage outputs are encoded by orjson (hashing.stored_json), whose float spelling differs from json's;
+    every value still decodes equal (tuples as lists, int keys as strings, as json does), one value one hash."""
+    h = cache.put_json(value)
+    assert json.loads(cache.get_object(h)) == json.loads(canonical_json(value))
+    assert stored_json(value) == stored_json(json.loads(json.dumps(value)))  # tuples, int keys: one spelling
+    assert cache.put_json(value) == h
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_stored_outputs_refuse_nan_like_canonical_json(cache, bad):
+    with pytest.raises(ValueError):
+        cache.put_json({"weights": [1.0, bad], "note": None})
+    with pytest.raises(ValueError):
+        cache.put_json({"weights": (bad,)})
 
 
 def test_failed_write_leaves_no_temp_file(tmp_path, monkeypatch):
