@@ -32,6 +32,7 @@ from ..tasks.runner import BuildContext, execute_task
 from ..tasks.task import TaskResult
 from .dag import TaskGraph
 from .events import Event, Observer
+from .fuse import group_graph
 from .serial import run_serial_prefix
 
 SCHEDULERS = ("sync", "threads", "processes", "tcp://HOST:PORT")
@@ -72,14 +73,16 @@ def run_stale(dag: TaskGraph, stale: list[str], resolved: dict[str, TaskResult],
         if not remote:
             load({dag.tasks[t].step for t in stale})
             setup += time.perf_counter() - began
-            done.update(_run_batch(get, dag, stale, {**resolved, **done}, ctxs))
+            run = _run_fused if workers is not None else _run_batch  # a LocalCluster: per-graph groups (fuse.py)
+            done.update(run(get, dag, stale, {**resolved, **done}, ctxs))
             return done, setup
         with _local_getter("threads", None, notify) as here:
             _load_steps({dag.tasks[t].step for t in stale if on_client(dag.tasks[t].step)})
             load({dag.tasks[t].step for t in stale if not on_client(dag.tasks[t].step)})
             setup += time.perf_counter() - began
             for client_side, ids in _batches(dag, stale):
-                done.update(_run_batch(here if client_side else get, dag, ids, {**resolved, **done}, ctxs))
+                run = _run_batch if client_side else _run_fused
+                done.update(run(here if client_side else get, dag, ids, {**resolved, **done}, ctxs))
     return done, setup
 
 
@@ -117,6 +120,16 @@ def _run_batch(get, dag: TaskGraph, ids: list[str], known: dict[str, TaskResult]
         upstream = [known.get(p, p) for p in sorted(dag.predecessors(tid))]  # literal when already known
         graph[tid] = (execute_task, task, ctxs[task.bundle], *upstream)
     return dict(zip(ids, get(graph, ids), strict=True))
+
+
+def _run_fused(get, dag: TaskGraph, ids: list[str], known: dict[str, TaskResult],
+               ctxs: dict[str, BuildContext]) -> dict[str, TaskResult]:
+    """Like ``_run_batch`` on a cluster, with each graph's consecutive tasks in one scheduler task."""
+    graph = group_graph(dag, ids, known, ctxs)
+    done: dict[str, TaskResult] = {}
+    for results in get(graph, list(graph)):
+        done.update(results)
+    return {tid: done[tid] for tid in ids}
 
 
 def _batches(dag: TaskGraph, stale: list[str]) -> list[tuple[bool, list[str]]]:
@@ -205,7 +218,8 @@ def _distributed_getter(client, notify: Observer):
         try:
             for future in as_completed(futures, loop=client.loop):
                 result = future.result()  # re-raises the task's own exception (e.g. a BundleError)
-                notify(Event("finish", future.key, result))
+                for member in result.values() if isinstance(result, dict) else [result]:  # a group: each task
+                    notify(Event("finish", member.id, member))
         except KilledWorker as err:  # dask retried the task on other workers, and they died too
             client.cancel(futures)
             raise BundleIOError(f"dask workers kept dying while running {err.task!r} (dask's retries used up); "

@@ -1,0 +1,57 @@
+"""pipeline/fuse.py: a graph's consecutive stale tasks become one cluster task; bundles stay the same bytes."""
+
+from __future__ import annotations
+
+import models
+
+from bundle_pipeline.pipeline import build
+from bundle_pipeline.pipeline.build import prepare
+from bundle_pipeline.pipeline.fuse import Members, execute_group, fuse, group_graph
+from bundle_pipeline.spec import load_spec
+
+
+def steps(dag, ids: list[str]) -> list[str]:
+    return [dag.tasks[t].step for t in ids]
+
+
+def test_each_graph_fuses_into_three_groups_around_the_bundle_barriers(tmp_path):
+    built = models.shared(tmp_path / "shared")
+    _, dag, _ = prepare([load_spec(built.spec, cache=str(tmp_path / "c"))])
+    groups, group_of = fuse(dag, list(dag.order()))
+    shapes = sorted({tuple(steps(dag, g.ids)) for g in groups})
+    assert shapes == sorted({("parse", "parse.weights"), ("dedupe",), ("formats.cost",), ("formats.assign",),
+                             ("formats", "tiling", "codegen"), ("formats.weights",), ("pack",)})
+    graphs = {dag.tasks[t].graph for t in dag.order()} - {None}
+    assert len(groups) == 3 * len(graphs) + 4
+    for group in groups:  # a later member reads only its group and what the group's first task waits for
+        assert len({dag.tasks[t].graph for t in group.ids}) == 1
+        for tid in group.ids[1:]:
+            assert all(p in group.ids or p in group.bundle_ancestors for p in dag.predecessors(tid))
+        assert all(group_of[t] is group for t in group.ids)
+
+
+def test_a_task_with_a_barrier_its_group_does_not_wait_for_starts_a_new_group(tmp_path):
+    """formats.cost reads dedupe, which the parse group does not wait for: it is its own group."""
+    built = models.mlp(tmp_path / "mlp")
+    _, dag, _ = prepare([load_spec(built.spec, cache=str(tmp_path / "c"))])
+    _, group_of = fuse(dag, list(dag.order()))
+    parse, cost = next(t for t in dag.order() if t.endswith("parse:infer")), next(
+        t for t in dag.order() if t.endswith("formats.cost:infer"))
+    assert group_of[parse] is not group_of[cost]
+
+
+def test_groups_run_in_order_and_give_the_bundle_of_a_plain_build(tmp_path):
+    """Running the fused graph by hand (what a cluster does) gives every task's result and the same bundle."""
+    built = models.shared(tmp_path / "shared")
+    plain = build(load_spec(built.spec, cache=str(tmp_path / "plain"), output=str(tmp_path / "plain.bundle")),
+                  scheduler="sync")
+    specs = [load_spec(built.spec, cache=str(tmp_path / "fused"), output=str(tmp_path / "fused.bundle"))]
+    _, dag, ctxs = prepare(specs)
+    graph = group_graph(dag, list(dag.order()), {}, ctxs)
+    results: dict = {}
+    for key, (fn, members, ctx, *upstream) in graph.items():  # keys are in topological order
+        assert fn is execute_group and isinstance(members, Members)
+        results[key] = fn(members, ctx, *(results[u] if isinstance(u, str) else u for u in upstream))
+    flat = {tid: r for group in results.values() for tid, r in group.items()}
+    assert set(flat) == set(dag.order()) and {r.status for r in flat.values()} == {"ran"}
+    assert {tid: r.outputs for tid, r in flat.items()} == {r.id: r.outputs for r in plain.tasks}
