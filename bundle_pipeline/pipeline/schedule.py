@@ -32,8 +32,6 @@ from ..tasks.runner import BuildContext, execute_task
 from ..tasks.task import TaskResult
 from .dag import TaskGraph
 from .events import Event, Observer
-from .fuse import group_graph
-from .serial import run_serial_prefix
 
 SCHEDULERS = ("sync", "threads", "processes", "tcp://HOST:PORT")
 CONNECT_TIMEOUT_S = 20
@@ -61,6 +59,8 @@ def run_stale(dag: TaskGraph, stale: list[str], resolved: dict[str, TaskResult],
     done: dict[str, TaskResult] = {}
     setup = 0.0
     if _in_process(scheduler, workers):  # a chain of must-run tasks needs no scheduler (pipeline/serial.py)
+        from .serial import run_serial_prefix  # loaded when tasks run, not by a no-op
+
         began = time.perf_counter()
         _load_steps({dag.tasks[t].step for t in stale})
         setup = time.perf_counter() - began
@@ -125,6 +125,7 @@ def _run_batch(get, dag: TaskGraph, ids: list[str], known: dict[str, TaskResult]
 def _run_fused(get, dag: TaskGraph, ids: list[str], known: dict[str, TaskResult],
                ctxs: dict[str, BuildContext]) -> dict[str, TaskResult]:
     """Like ``_run_batch`` on a cluster, with each graph's consecutive tasks in one scheduler task."""
+    from .fuse import group_graph
     graph = group_graph(dag, ids, known, ctxs)
     done: dict[str, TaskResult] = {}
     for results in get(graph, list(graph)):
