@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping
-from functools import cache
-from typing import Any
+from functools import cache, lru_cache
+from typing import TYPE_CHECKING, Any
 
 from ..dtypes import dtype_from_name
 from ..ir.graph import Node, TensorType
 from ..targets import Target
 from .stage import GRAPH, Input, Stage, StageContext
 
+if TYPE_CHECKING:  # tiling_search imports numpy: loaded by a task, not by the stage's declaration
+    from .tiling_search import Problem
+
 VERSION = "3"
 TILED_OPS = frozenset({"Conv", "MatMul", "Gemm"})  # the kernels whose workspace grows with the problem
 
 
-# A search over fewer candidates takes less time than the kernel cache would spend on it (hashing the
-# signature, a failed open; it records only searches of a millisecond or more, about 10^4 candidates), so it
-# is not looked up: it is made in-process, with all of the graph's other small searches in one vectorised
-# evaluation. Larger searches (big layers: up to 64^3 candidates) are made one by one, looked up and recorded.
+# A search over fewer candidates (under a millisecond) takes less time than the kernel cache would spend on it
+# (building and hashing the signature, a failed open, then a 0.1-1 ms record), so it is made in-process, with
+# all of the graph's other small searches in one vectorised evaluation. Larger searches (big layers: up to
+# 64^3 candidates) are made one by one through the kernel cache: looked up, and recorded on a miss.
 MEMO_MIN_CANDIDATES = 1 << 13
 
 Memo = Callable[[dict, Callable[[], dict]], "dict | None"]
@@ -32,12 +35,12 @@ def run(structure: dict, target: Target, memo: Memo | None = None) -> dict[str, 
     database: only searches of at least ``MEMO_MIN_CANDIDATES`` candidates are looked up; the workspace
     split of the portable kernels is arithmetic on the signature, cheaper than a lookup).
     """
-    from . import tiling_search as search  # numpy: a task's import, not the stage declaration's
+    from . import tiling_search as search
 
     budget, buffers = int(target.buffers["workspace_bytes"]), search.Buffers.from_target(target.buffers)
     memo = memo or (lambda _signature, decide: decide())
     plan: dict[str, dict | None] = {}
-    batched: dict[Any, list[str]] = {}  # a small search's problem -> the nodes it tiles (equal problems, once)
+    batched: dict[Problem, list[str]] = {}  # a small search's problem -> the nodes it tiles (equal problems, once)
     for owner, native, d in _tiled_nodes(structure):
         types = _static_types(owner, d)
         if types is None:
@@ -61,12 +64,24 @@ def run(structure: dict, target: Target, memo: Memo | None = None) -> dict[str, 
 
 def _static_types(graph: dict, node: dict) -> tuple[list[TensorType | None], TensorType] | None:
     """The node's input types (None for an omitted input) and first output type; None if one is dynamic."""
-    types = graph["types"]
-    inputs = [TensorType.from_json(types[i]) if i else None for i in node["inputs"]]
-    output = TensorType.from_json(types[node["outputs"][0]])
-    if any(t is not None and t.dynamic for t in [*inputs, output]):
-        return None
-    return inputs, output
+    types, inputs = graph["types"], []
+    for name in node["inputs"]:
+        if not name:
+            inputs.append(None)
+        elif (t := _static_type(tuple(types[name]["shape"]), types[name]["dtype"])) is None:
+            return None
+        else:
+            inputs.append(t)
+    out = types[node["outputs"][0]]
+    output = _static_type(tuple(out["shape"]), out["dtype"])
+    return None if output is None else (inputs, output)
+
+
+@lru_cache(maxsize=1 << 12)
+def _static_type(shape: tuple[int, ...], dtype: str) -> TensorType | None:
+    """``TensorType.from_json``, or None for a dynamic type; remembered: the layers of a build repeat shapes."""
+    t = TensorType(shape, dtype)
+    return None if t.dynamic else t
 
 
 def _tiled_nodes(graph: dict) -> Iterator[tuple[dict, frozenset[str], dict]]:
@@ -91,7 +106,8 @@ def kernel_signature(node: Node, inputs: list[TensorType | None], output: Tensor
             "formats": [formats.get(i, "ND") if i else None for i in node.inputs], "budget": budget}
 
 
-def native_problem(op: str, attrs: Mapping[str, Any], inputs: list[TensorType | None], output: TensorType) -> Any:
+def native_problem(op: str, attrs: Mapping[str, Any], inputs: list[TensorType | None],
+                   output: TensorType) -> Problem:
     """The tiling_search problem of a native cube kernel (Conv, or MatMul/Gemm with their transposes)."""
     from .tiling_search import conv_problem, matmul_problem
 

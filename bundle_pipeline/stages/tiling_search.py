@@ -198,12 +198,15 @@ def search_many(problems: Sequence[Problem], buffers: Buffers = Buffers()) -> li
     tm = (local // per_m + 1) * FRACTAL
     tn = (local // per_k % cn[seg] + 1) * FRACTAL
     tk = (local % per_k + 1) * FRACTAL
-    fields = np.array([g[1:] for g in problems], dtype=np.int64)[seg]  # m, n, k, batch, in_bytes, out_bytes
-    ev = _evaluate(_Columns(*fields.T), buffers, tm, tn, tk)
+    fields = np.array([(g.m, g.n, g.k, g.batch, g.in_bytes, g.out_bytes) for g in problems], dtype=np.int64)
+    ev = _evaluate(_Columns(*fields[seg].T), buffers, tm, tn, tk)
     keep = np.flatnonzero(ev["fits"])
     seg, tm, tn, tk = seg[keep], tm[keep], tn[keep], tk[keep]
     order = np.lexsort((tk, tn, tm, ev["total"][keep], seg))  # per problem: min cost, then the smallest tiles
-    first = order[np.flatnonzero(np.diff(seg[order], prepend=-1))]  # each problem's best candidate
+    ranked = seg[order]
+    starts = np.ones(len(ranked), dtype=bool)  # where each problem's run of candidates begins: its best
+    starts[1:] = ranked[1:] != ranked[:-1]
+    first = order[starts]
     found = seg[first].tolist()
     if len(found) < len(problems):
         raise _no_tiling(problems[min(set(range(len(problems))) - set(found))], buffers)
