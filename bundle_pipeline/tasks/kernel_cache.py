@@ -1,27 +1,27 @@
-"""Kernel-level cache: tiling and codegen decisions keyed by kernel signature, shared across graphs and bundles.
+"""Kernel-level cache: tile searches keyed by kernel signature, shared across graphs and bundles.
 
 Like tinygrad's diskcache or TVM's tuning database, small decisions live apart from the big
 artifacts: a second graph or bundle with the same layer (op, attributes, shapes, dtypes, formats,
 target) reuses the decision without deciding again. Records are ``actions/<key>`` entries keyed by
 hash(kind, stage VERSION, target fingerprint, signature); an in-process memo avoids re-reading them.
-A decision is recorded only when making it took at least ``RECORD_MIN_SECONDS``: a record costs a file
-write (0.1-1 ms), more than a vectorised tile search over a small layer, so recording every decision
-made cold builds of many distinct layers slower, not faster. Lookups always happen (a miss is one
-failed open, microseconds), so a recorded search is reused wherever the same layer appears.
+
+Every decision asked of it is looked up and, on a miss, recorded: the caller asks only for decisions
+that cost more than a lookup and a record (hashing the signature, an open, a 0.1-1 ms file write). The
+tiling stage sends its searches of at least ``tiling.MEMO_MIN_CANDIDATES`` candidates (a millisecond or
+more) and makes the smaller ones itself, all of a graph's in one vectorised evaluation; recording every
+search made cold builds of many distinct small layers slower, not faster. What is recorded is thus a
+function of the signatures, not of how busy the machine was.
 
 State kept: the in-process memo of this ``KernelCache`` and its hit/miss counts.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 from ..cache import Cache
 from ..hashing import hash_json
-
-RECORD_MIN_SECONDS = 1e-3
 
 
 class KernelCache:
@@ -40,10 +40,8 @@ class KernelCache:
                 self.memo[key] = record["value"]
             else:
                 self.misses += 1
-                start = time.perf_counter()
                 self.memo[key] = decide()
-                if time.perf_counter() - start >= RECORD_MIN_SECONDS:
-                    self.cache.put_action(key, {"kind": self.kind, "value": self.memo[key]})
+                self.cache.put_action(key, {"kind": self.kind, "value": self.memo[key]})
         return self.memo[key]
 
     def stats(self) -> dict[str, int]:

@@ -18,9 +18,14 @@ from bundle_pipeline.runtime.npu import run_npu_kernel
 from bundle_pipeline.stages.tiling_search import (
     Buffers,
     TilingError,
+    candidate_count,
+    conv_problem,
     fits_conv,
     fits_matmul,
+    matmul_problem,
+    search,
     search_conv,
+    search_many,
     search_matmul,
     valid_tilings_conv,
     valid_tilings_matmul,
@@ -118,6 +123,56 @@ def test_buffers_from_the_target() -> None:
     raw = yaml.safe_load(resources.files("bundle_pipeline.targets").joinpath("npu.yaml").read_text())
     assert Buffers.from_target(raw["buffers"]) == Buffers()
     assert Buffers.from_target({"l1": 2048, "workspace_bytes": 1}) == Buffers(l1=2048)
+
+
+# ---- many kernels in one evaluation: the same choices as one at a time ----
+
+TINY = Buffers(l0a=1024)  # 4-byte inputs fit no tiling; 2-byte ones only 16-wide tiles
+MATMULS = st.builds(matmul_problem, st.integers(1, 120), st.integers(1, 120), st.integers(1, 120), BYTES, BYTES)
+CONVS = st.builds(conv_problem, st.integers(1, 3), st.integers(1, 40), st.integers(1, 70), st.integers(1, 3),
+                  st.integers(1, 3), st.integers(1, 12), st.integers(1, 12), BYTES, BYTES)
+
+
+def _one_by_one(problems: list, buffers: Buffers) -> list[dict] | str:
+    """``search`` of each problem, or the message of the first TilingError."""
+    try:
+        return [search(p, buffers) for p in problems]
+    except TilingError as err:
+        return str(err)
+
+
+def _many(problems: list, buffers: Buffers) -> list[dict] | str:
+    try:
+        return search_many(problems, buffers)
+    except TilingError as err:
+        return str(err)
+
+
+@settings(max_examples=40, deadline=None)
+@given(problems=st.lists(st.one_of(MATMULS, CONVS), max_size=12), buffers=st.sampled_from([Buffers(), SMALL, TINY]))
+def test_search_many_chooses_what_search_does_one_by_one(problems: list, buffers: Buffers) -> None:
+    assert _many(problems, buffers) == _one_by_one(problems, buffers)
+
+
+def test_search_many_over_the_shapes_of_a_layer_stack() -> None:
+    # rows 1+k and widths 16..56 as in bench/speed.py's 40-layer graphs, fp16 and fp32, and convs, in one call
+    matmuls = [(m, n, k, ib, ob) for m in range(1, 41, 3) for n in range(16, 57, 4) for k in (8, 16, 40, 56)
+               for ib, ob in ((2, 2), (4, 4), (2, 4))]
+    convs = [(n, c, c + 5, c + 5, o, kh, kh, c + 6 - kh, c + 6 - kh, ib, ib) for n in (1, 2) for c in (1, 3, 16, 20)
+             for o in (8, 33) for kh in (1, 3) for ib in (2, 4)]
+    problems = [matmul_problem(*a) for a in matmuls] + [conv_problem(*a[:2], *a[4:]) for a in convs]
+    expected = [search_matmul(*a) for a in matmuls] + [search_conv(*a) for a in convs]
+    assert search_many(problems, Buffers()) == expected
+    assert search_many(problems[::-1] + problems[:5], Buffers()) == expected[::-1] + expected[:5]  # any order, repeats
+    assert search_many([], Buffers()) == []
+
+
+def test_candidate_count_is_the_size_of_the_searched_grid() -> None:
+    assert candidate_count(matmul_problem(1, 16, 16, 2, 2)) == 1
+    assert candidate_count(matmul_problem(40, 56, 56, 2, 2)) == 3 * 4 * 4  # padded to 48 x 64 x 64
+    # a tile dim is capped by what its buffers can hold: 64 KiB L0A / (2 x 16 fp16 lanes) = 1024
+    assert candidate_count(matmul_problem(4096, 4096, 4096, 2, 2)) == 64 ** 3
+    assert candidate_count(matmul_problem(64, 64, 64, 4, 4), TINY) == 0
 
 
 # ---- any valid tiling gives the same numbers ----

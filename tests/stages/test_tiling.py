@@ -10,12 +10,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bundle_pipeline.cache import Cache
 from bundle_pipeline.ir.graph import Graph
 from bundle_pipeline.kernels import run_kernel
 from bundle_pipeline.stages import parse, tiling
+from bundle_pipeline.stages.tiling_search import candidate_count
 from bundle_pipeline.targets import get_target
+from bundle_pipeline.tasks.kernel_cache import KernelCache
 
 CPU = get_target("cpu")
+NPU = get_target("npu")
 BUDGET = CPU.buffers["workspace_bytes"]
 
 
@@ -175,3 +179,80 @@ def test_node_with_omitted_first_output_is_not_a_crash():
 agraph (float[5,1,3] x, float[1,16,3] w, float[1,16,4] r) => (float[1,1,4] h) { , h = LSTM<hidden_size = 4>(x, w, r) }
 """)
     assert tiling.run(s, CPU) == {}
+
+
+# ---- npu: native cube kernels searched all at once, big ones through the kernel cache ----
+
+CUBE_KERNELS = """
+agraph (float16[17,40] x, float16[40,56] w1, float16[56,24] w2, float16[24,56] w3, float16[1,8,10,10] img,
+        float16[16,8,3,3] k, bool c, float16[24,17] xt, float16[512,512] big) => (float16[17,56] y,
+                                                                                   float16[1,16,8,8] z,
+                                                                                   float16[17,24] v,
+                                                                                   float16[512,512] u) {
+  [mm1] h = MatMul(x, w1)
+  [mm2] g = MatMul(h, w2)
+  [mm3] y = Gemm<transB = 1>(g, w3)
+  [mm4] twin = MatMul(x, w1)
+  [conv] z = Conv(img, k)
+  [gemm_t] v = Gemm<transA = 1>(xt, w2)
+  [big] u = MatMul(big, big)
+  [cond] b = If(c) <
+    then_branch = then_g () => (float16[17,56] t) { [in_then] t = MatMul(x, w1) },
+    else_branch = else_g () => (float16[17,56] e) { [in_else] e = Gemm<transB = 1>(g, w3) }
+  >
+}"""
+
+
+def native_structure(body: str, native: set[str]) -> dict:
+    """The parsed graph with ``native`` (node names, bodies too) marked as the npu's native kernels."""
+    graph = Graph.from_json(structure(body))
+    for owner, node in graph.walk():
+        if node.name in native:
+            owner.native.append(node.name)
+    return graph.to_json()
+
+
+def one_by_one(s: dict, target) -> dict[str, dict]:
+    """The plan as the stage made it before batching: Graph.walk, one search_native or choose per kernel."""
+    graph, budget, plan = Graph.from_json(s), int(target.buffers["workspace_bytes"]), {}
+    for owner, node in graph.walk():
+        if node.op_type not in tiling.TILED_OPS:
+            continue
+        types = [owner.types[i] if i else None for i in node.inputs]
+        output = owner.types[node.outputs[0]]
+        if node.name in owner.native:
+            plan[node.name] = tiling.search_native(node, types, output, target)
+        elif (tile := tiling.choose(node, types, output, budget)) is not None:
+            plan[node.name] = tile
+    return plan
+
+
+def test_native_kernels_batched_equal_one_by_one_searches():
+    then, other = "cond/then_branch/in_then", "cond/else_branch/in_else"  # parse prefixes body node names
+    native = {"mm1", "mm2", "mm3", "mm4", "conv", "gemm_t", "big", then, other}
+    s = native_structure(CUBE_KERNELS, native)
+    plan = tiling.run(s, NPU)
+    assert list(plan) == list(one_by_one(s, NPU))  # walk order, bodies after their node
+    assert plan == one_by_one(s, NPU)
+    assert set(plan) == native and plan["mm4"] == plan["mm1"] == plan[then] and plan[other] == plan["mm3"]
+    assert plan["conv"].keys() == {"tile_hw", "tile_n", "tile_k", "k_l1", "cost"}
+    # not native: the standard-layout split of the workspace budget (untiled here: it fits)
+    assert tiling.run(native_structure(CUBE_KERNELS, native - {"mm1", other}), NPU) == {
+        name: t for name, t in plan.items() if name not in ("mm1", other)}
+
+
+def test_only_big_searches_go_through_the_kernel_cache(tmp_path):
+    s = native_structure(CUBE_KERNELS, {"mm1", "mm2", "conv", "big", "in_then"})
+    graph = Graph.from_json(s)
+    sizes = {node.name: candidate_count(tiling.native_problem(node.op_type, node.attrs,
+                                                              [graph.types[i] for i in node.inputs],
+                                                              graph.types[node.outputs[0]]))
+             for node in graph.nodes if node.name in graph.native}
+    assert sizes["big"] >= tiling.MEMO_MIN_CANDIDATES > max(sizes["mm1"], sizes["mm2"], sizes["conv"])
+    cache = Cache(str(tmp_path / "cache"))
+    first = KernelCache(cache, "tiling", tiling.VERSION, NPU.fingerprint)
+    plan = tiling.run(s, NPU, first.get)
+    assert first.stats() == {"kernel_hits": 0, "kernel_misses": 1}  # the big search, recorded
+    again = KernelCache(cache, "tiling", tiling.VERSION, NPU.fingerprint)  # another task, graph or bundle
+    assert tiling.run(s, NPU, again.get) == plan == tiling.run(s, NPU)
+    assert again.stats() == {"kernel_hits": 1, "kernel_misses": 0}
