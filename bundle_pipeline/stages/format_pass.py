@@ -8,11 +8,14 @@ bytes), later readers convert it like any value.
 
 ``FormatPass`` parses a structure once and keeps:
 
-- the native-plan decision of each node, memoised per (node, input formats): a plan depends on nothing else;
+- the native-plan decision of each node, memoised per (node, input formats): a plan depends on nothing else
+  (and on the formats only through the one an elementwise kernel picks: ``NodeFacts``);
 - one recorded *baseline* pass (no variable formats given) with what each node saw and did.
 
-``build(var_formats)`` runs the whole pass and returns the formatted structure (the per-graph ``formats``
-stage). ``transdata_bytes(var_formats)`` answers what format assignment asks for every candidate format of
+``build_json(var_formats)`` returns the formatted structure (the per-graph ``formats`` stage), copying nodes
+from the parsed JSON; when the baseline has run already (``formats.cost`` ran it in this process), only the
+nodes the variable formats change are replayed (as below), else the whole pass runs once.
+``transdata_bytes(var_formats)`` answers what format assignment asks for every candidate format of
 every variable without re-running the pass: starting from the baseline, it replays, in topological order,
 only the nodes that would see an input differently, and stops where the difference stops (an elementwise
 kernel that carries a new format onward is replayed, a node whose inputs look as in the baseline is not).
@@ -25,7 +28,6 @@ import math
 import threading
 from collections import ChainMap, Counter, OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
 
@@ -59,34 +61,45 @@ def native_plan(node: Node, graph: Graph, target: Target, formats: dict[str, str
     return None if facts is None else facts.plan(tuple(formats.get(i, "ND") if i else None for i in node.inputs))
 
 
-@dataclass(frozen=True)
 class NodeFacts:
-    """What a node's native plan depends on besides its inputs' formats: worked out once per node."""
+    """What a node's native plan depends on besides its inputs' formats: worked out once per node. A plan
+    depends on the formats only through the one an elementwise kernel picks (other kernels take fixed
+    formats), so ``supports`` is asked once per such choice."""
 
-    node: Node
-    opset: int
-    kernel: KernelFormats
-    shapes: tuple[tuple[int, ...] | None, ...]  # each input's shape (None: omitted)
-    big: tuple[bool, ...]  # each input: present and of more than one element (a scalar broadcasts as ND)
-    out_shape: tuple[int, ...]
-    values: tuple  # each input's const value, if it has one (Reduce* axes...)
+    __slots__ = ("_plans", "big", "kernel", "node", "opset", "out_shape", "shapes", "values")
+
+    def __init__(self, node: Node, opset: int, kernel: KernelFormats, shapes: tuple, big: tuple,
+                 out_shape: tuple[int, ...], values: tuple):
+        self.node, self.opset, self.kernel = node, opset, kernel
+        self.shapes = shapes  # each input's shape (None: omitted)
+        self.big = big  # each input: present and of more than one element (a scalar broadcasts as ND)
+        self.out_shape = out_shape
+        self.values = values  # each input's const value, if it has one (Reduce* axes...)
+        self._plans: dict[str | None, Plan] = {}  # the elementwise kernel's format (None: fixed formats) -> plan
 
     def plan(self, in_fmts: tuple[str | None, ...]) -> Plan:
         """The plan given each input's format (None for an omitted one)."""
-        from ..targets.npu import supports
-
-        kernel = self.kernel
-        if kernel.same_format:
+        chosen = None
+        if self.kernel.same_format:
             chosen = next((f for f, big in zip(in_fmts, self.big, strict=True) if big and f not in STANDARD), None)
             if chosen is None:
                 return None  # standard operands: the portable kernel is as good
+        found = self._plans.get(chosen, _UNKNOWN)
+        if found is _UNKNOWN:
+            found = self._plans[chosen] = self._decide(chosen)
+        return found
+
+    def _decide(self, chosen: str | None) -> Plan:
+        from ..targets.npu import supports
+
+        node, kernel = self.node, self.kernel
+        if chosen is not None:
             in_formats = [None if not i else chosen if big else "ND"
-                          for i, big in zip(self.node.inputs, self.big, strict=True)]
+                          for i, big in zip(node.inputs, self.big, strict=True)]
             out = chosen
         else:
-            in_formats = [kernel.accepted(p)[0] if i else None for p, i in enumerate(self.node.inputs)]
+            in_formats = [kernel.accepted(p)[0] if i else None for p, i in enumerate(node.inputs)]
             out = kernel.output
-        node = self.node
         if not supports(node.op_type, node.attrs, self.opset, in_formats, self.shapes, out, self.out_shape,
                         self.values):
             return None
@@ -117,11 +130,12 @@ def node_facts(node: Node, graph: Graph, target: Target) -> NodeFacts | None:
     if not kernel.native or len(results) != 1 or results[0] != node.outputs[0]:
         return None  # native kernels produce exactly one result (e.g. MaxPool without Indices)
     types = graph.types
-    if not all(_modelled(types[v]) for v in [*filter(None, node.inputs), node.outputs[0]]):
-        return None  # sized at run time, or a type the native kernels do not model
-    shapes = tuple(types[i].shape if i else None for i in node.inputs)
-    big = tuple(bool(i) and math.prod(s) > 1 for i, s in zip(node.inputs, shapes, strict=True))
-    values = tuple(graph.consts.get(i) if i else None for i in node.inputs)
+    for v in [*node.inputs, node.outputs[0]]:
+        if v and not _modelled(types[v]):
+            return None  # sized at run time, or a type the native kernels do not model
+    shapes = tuple([types[i].shape if i else None for i in node.inputs])
+    big = tuple([bool(i) and math.prod(s) > 1 for i, s in zip(node.inputs, shapes, strict=True)])
+    values = tuple([graph.consts.get(i) if i else None for i in node.inputs])
     return NodeFacts(node, graph.opset, kernel, shapes, big, types[node.outputs[0]].shape, values)
 
 
