@@ -6,6 +6,8 @@ elements move, zero padding, TransData) are in ``formats.py``, which imports the
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 C0 = 16  # lanes per fractal edge: C0 = N0 = M0 = K0 on this core
 FORMATS = ("ND", "NCHW", "NC1HWC0", "FRACTAL_Z", "FRACTAL_NZ")
 STANDARD = ("ND", "NCHW")  # the layouts users feed and read; same row-major bytes
@@ -21,7 +23,7 @@ def c0_blocks(x: int) -> int:
 
 
 def check_layout(fmt: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-    shape = tuple(int(s) for s in shape)
+    shape = tuple(map(int, shape))
     if fmt not in FORMATS:
         raise FormatError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")
     if not accepts(fmt, shape):
@@ -43,7 +45,12 @@ def accepts(fmt: str, shape: tuple[int, ...]) -> bool:
 
 def storage_shape(fmt: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     """Physical shape of a logical tensor of ``shape`` stored in ``fmt``."""
-    shape = check_layout(fmt, shape)
+    return _storage_shape(fmt, tuple(map(int, shape)))
+
+
+@lru_cache(maxsize=4096)  # format selection and weight conversion ask for the same few shapes many times
+def _storage_shape(fmt: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    check_layout(fmt, shape)
     if fmt in STANDARD:
         return shape
     if fmt == "NC1HWC0":

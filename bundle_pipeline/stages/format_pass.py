@@ -8,11 +8,14 @@ bytes), later readers convert it like any value.
 
 ``FormatPass`` parses a structure once and keeps:
 
-- the native-plan decision of each node, memoised per (node, input formats): a plan depends on nothing else;
+- the native-plan decision of each node, memoised per (node, input formats): a plan depends on nothing else
+  (and on the formats only through the one an elementwise kernel picks: ``NodeFacts``);
 - one recorded *baseline* pass (no variable formats given) with what each node saw and did.
 
-``build(var_formats)`` runs the whole pass and returns the formatted structure (the per-graph ``formats``
-stage). ``transdata_bytes(var_formats)`` answers what format assignment asks for every candidate format of
+``build_json(var_formats)`` returns the formatted structure (the per-graph ``formats`` stage), copying nodes
+from the parsed JSON; when the baseline has run already (``formats.cost`` ran it in this process), only the
+nodes the variable formats change are replayed (as below), else the whole pass runs once.
+``transdata_bytes(var_formats)`` answers what format assignment asks for every candidate format of
 every variable without re-running the pass: starting from the baseline, it replays, in topological order,
 only the nodes that would see an input differently, and stops where the difference stops (an elementwise
 kernel that carries a new format onward is replayed, a node whose inputs look as in the baseline is not).
@@ -25,13 +28,13 @@ import math
 import threading
 from collections import ChainMap, Counter, OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 from ..dtypes import dtype_from_name, is_extended
-from ..ir.graph import Graph, Node
+from ..ir.graph import Graph, Node, TensorType
 from ..layouts import STANDARD, storage_shape
-from ..targets import Target
+from ..targets import KernelFormats, Target
 
 SHARED_PASSES = 256  # passes kept per process (FormatPass.shared)
 _SHARED: OrderedDict[tuple[str, str], FormatPass] = OrderedDict()
@@ -40,6 +43,7 @@ Plan = tuple[list[str | None], str] | None  # (input formats, output format) of 
 State = tuple[str, bool]  # (format, foldable): a value's format and whether a reader may still fold it
 Pair = tuple[str, str]  # (value, destination format): one TransData
 Conversion = tuple[str, str, str]  # (value, destination format, source format): its bytes depend on all three
+_UNKNOWN = object()  # a plan not worked out yet (None is a plan: "not native")
 
 
 def natural_format(rank: int, target: Target) -> str:
@@ -53,40 +57,89 @@ def same_layout(a: str, b: str) -> bool:
 
 def native_plan(node: Node, graph: Graph, target: Target, formats: dict[str, str]) -> Plan:
     """(input formats, output format) when the target runs this node natively, else None."""
-    from ..targets.npu import supports
+    facts = node_facts(node, graph, target)
+    return None if facts is None else facts.plan(tuple(formats.get(i, "ND") if i else None for i in node.inputs))
 
+
+class NodeFacts:
+    """What a node's native plan depends on besides its inputs' formats: worked out once per node. A plan
+    depends on the formats only through the one an elementwise kernel picks (other kernels take fixed
+    formats), so ``supports`` is asked once per such choice."""
+
+    __slots__ = ("_plans", "big", "kernel", "node", "opset", "out_shape", "shapes", "values")
+
+    def __init__(self, node: Node, opset: int, kernel: KernelFormats, shapes: tuple, big: tuple,
+                 out_shape: tuple[int, ...], values: tuple):
+        self.node, self.opset, self.kernel = node, opset, kernel
+        self.shapes = shapes  # each input's shape (None: omitted)
+        self.big = big  # each input: present and of more than one element (a scalar broadcasts as ND)
+        self.out_shape = out_shape
+        self.values = values  # each input's const value, if it has one (Reduce* axes...)
+        self._plans: dict[str | None, Plan] = {}  # the elementwise kernel's format (None: fixed formats) -> plan
+
+    def plan(self, in_fmts: tuple[str | None, ...]) -> Plan:
+        """The plan given each input's format (None for an omitted one)."""
+        chosen = None
+        if self.kernel.same_format:
+            chosen = next((f for f, big in zip(in_fmts, self.big, strict=True) if big and f not in STANDARD), None)
+            if chosen is None:
+                return None  # standard operands: the portable kernel is as good
+        found = self._plans.get(chosen, _UNKNOWN)
+        if found is _UNKNOWN:
+            found = self._plans[chosen] = self._decide(chosen)
+        return found
+
+    def _decide(self, chosen: str | None) -> Plan:
+        from ..targets.npu import supports
+
+        node, kernel = self.node, self.kernel
+        if chosen is not None:
+            in_formats = [None if not i else chosen if big else "ND"
+                          for i, big in zip(node.inputs, self.big, strict=True)]
+            out = chosen
+        else:
+            in_formats = [kernel.accepted(p)[0] if i else None for p, i in enumerate(node.inputs)]
+            out = kernel.output
+        if not supports(node.op_type, node.attrs, self.opset, in_formats, self.shapes, out, self.out_shape,
+                        self.values):
+            return None
+        return in_formats, out
+
+
+MODELLED_TYPES = 65536  # types whose _modelled answer a process keeps
+_MODELLED: dict[TensorType, bool] = {}  # a bundle's graphs share few types: each checked once a process
+
+
+def _modelled(t: TensorType) -> bool:
+    """Static (not sized at run time: the portable kernel on standard layouts) and not bfloat16/float8/int4...
+    (the native kernels model numpy types; the portable ones run these)."""
+    found = _MODELLED.get(t)
+    if found is None:
+        if len(_MODELLED) >= MODELLED_TYPES:
+            _MODELLED.clear()
+        found = _MODELLED[t] = not t.dynamic and not is_extended(t.dtype)
+    return found
+
+
+def node_facts(node: Node, graph: Graph, target: Target) -> NodeFacts | None:
+    """The node's ``NodeFacts``, or None when it never runs natively whatever its inputs' formats."""
     if node.domain:
         return None  # ops of other domains (ai.onnx.ml, ...) have portable kernels only
     kernel = target.kernel(node.op_type)
     results = [o for o in node.outputs if o]
     if not kernel.native or len(results) != 1 or results[0] != node.outputs[0]:
         return None  # native kernels produce exactly one result (e.g. MaxPool without Indices)
-    if any(graph.types[v].dynamic for v in [*filter(None, node.inputs), node.outputs[0]]):
-        return None  # sized at run time: the portable kernel on standard layouts
-    if any(is_extended(graph.types[v].dtype) for v in [*node.inputs, *results] if v in graph.types):
-        return None  # bfloat16/float8/int4...: the native kernels model numpy types; the portable ones run these
-    shapes = [graph.types[i].shape if i else None for i in node.inputs]
-    if kernel.same_format:
-        operands = [formats.get(i, "ND") for i, s in zip(node.inputs, shapes, strict=True)
-                    if i and math.prod(s) > 1]
-        chosen = next((f for f in operands if f not in STANDARD), None)
-        if chosen is None:
-            return None  # standard operands: the portable kernel is as good
-        in_formats = [None if not i else chosen if math.prod(s) > 1 else "ND"
-                      for i, s in zip(node.inputs, shapes, strict=True)]
-        out = chosen
-    else:
-        in_formats = [kernel.accepted(p)[0] if i else None for p, i in enumerate(node.inputs)]
-        out = kernel.output
-    out_shape = graph.types[node.outputs[0]].shape
-    values = [graph.consts.get(i) if i else None for i in node.inputs]
-    if not supports(node.op_type, node.attrs, graph.opset, in_formats, shapes, out, out_shape, values):
-        return None
-    return in_formats, out
+    types = graph.types
+    for v in [*node.inputs, node.outputs[0]]:
+        if v and not _modelled(types[v]):
+            return None  # sized at run time, or a type the native kernels do not model
+    shapes = tuple([types[i].shape if i else None for i in node.inputs])
+    big = tuple([bool(i) and math.prod(s) > 1 for i, s in zip(node.inputs, shapes, strict=True)])
+    values = tuple([graph.consts.get(i) if i else None for i in node.inputs])
+    return NodeFacts(node, graph.opset, kernel, shapes, big, types[node.outputs[0]].shape, values)
 
 
-@dataclass(frozen=True)
-class Step:
+class Step(NamedTuple):
     """What the pass did at one node."""
 
     seen: tuple[State | None, ...]  # each input's state when the node ran (None: an omitted input)
@@ -120,17 +173,26 @@ class FormatPass:
 
     def __init__(self, structure: dict | Graph, target: Target):
         self.graph = structure if isinstance(structure, Graph) else Graph.from_json(structure)
+        self._source = None if isinstance(structure, Graph) else structure  # read only: shared by the cache
         self.target = target
         g = self.graph
         self.natural = {v: natural_format(len(t.shape), target) for v, t in g.types.items()}
         self.sources = [*g.inputs, *g.weights, *g.consts]  # the values no node produces
         self.weights = frozenset(g.weights)
         self.readers: dict[str, list[int]] = {}
+        self._weights_read: list[tuple[str, ...]] = []  # per node: the weights it reads, each once
         for i, node in enumerate(g.nodes):
-            for name in dict.fromkeys(filter(None, node.inputs)):
+            read = tuple(dict.fromkeys(filter(None, node.inputs)))
+            for name in read:
                 self.readers.setdefault(name, []).append(i)
+            self._weights_read.append(tuple(x for x in read if x in self.weights))
+        # per node: the standard layout of each input and output (None where omitted): what a portable kernel takes
+        self._natural_in = [[self.natural[x] if x else None for x in n.inputs] for n in g.nodes]
+        self._natural_out = [tuple(self.natural[o] if o else None for o in n.outputs) for n in g.nodes]
         self.producer = {o: (i, k) for i, node in enumerate(g.nodes) for k, o in enumerate(node.outputs) if o}
         self._plans: dict[tuple, Plan] = {}
+        self._node_facts: dict[int, NodeFacts | None] = {}
+        self._sizes: dict[tuple[str, str], int] = {}
         self.full_passes = 0  # how often the whole pass ran (format assignment must not scale with candidates)
         self.base_initial = self.initial({})
 
@@ -164,11 +226,16 @@ class FormatPass:
 
     def plan(self, i: int, formats: Callable[[str], str]) -> Plan:
         """Node ``i``'s native plan given its inputs' formats, memoised: a plan depends on nothing else."""
-        node = self.graph.nodes[i]
-        key = (i, *(formats(x) if x else None for x in node.inputs))
-        if key not in self._plans:
-            self._plans[key] = native_plan(node, self.graph, self.target, dict(zip(node.inputs, key[1:], strict=True)))
-        return self._plans[key]
+        return self._plan(i, tuple([formats(x) if x else None for x in self.graph.nodes[i].inputs]))
+
+    def _plan(self, i: int, in_fmts: tuple[str | None, ...]) -> Plan:
+        found = self._plans.get((i, in_fmts), _UNKNOWN)
+        if found is _UNKNOWN:
+            if i not in self._node_facts:
+                self._node_facts[i] = node_facts(self.graph.nodes[i], self.graph, self.target)
+            facts = self._node_facts[i]
+            found = self._plans[i, in_fmts] = None if facts is None else facts.plan(in_fmts)
+        return found
 
     def initial(self, var_formats: dict[str, str]) -> dict[str, State]:
         """The state of each graph input, weight and const before the first node."""
@@ -177,19 +244,19 @@ class FormatPass:
 
     def step(self, i: int, state: Callable[[str], State]) -> Step:
         """Run node ``i`` against the states ``state(value)`` gives."""
-        node = self.graph.nodes[i]
-        seen = tuple(state(x) if x else None for x in node.inputs)
-        now = {x: s for x, s in zip(node.inputs, seen, strict=True) if x}
-        plan = self.plan(i, lambda x: now[x][0])
-        wanted = plan[0] if plan else [self.natural[x] if x else None for x in node.inputs]
+        inputs = self.graph.nodes[i].inputs
+        seen = tuple([state(x) if x else None for x in inputs])
+        plan = self._plan(i, tuple([s[0] if s else None for s in seen]))
+        wanted = plan[0] if plan else self._natural_in[i]
+        now = dict(zip(inputs, seen, strict=True))  # the omitted input "" maps to None and is never looked up
         reads: list[str | Pair] = []
         converted: dict[Pair, str] = {}
-        for x, dst in zip(node.inputs, wanted, strict=True):
+        for x, dst in zip(inputs, wanted, strict=True):
             if not x:
                 reads.append(x)  # an omitted optional input stays ""
                 continue
             fmt, foldable = now[x]
-            if same_layout(fmt, dst):
+            if fmt == dst or (fmt in STANDARD and dst in STANDARD):  # same_layout, inlined: the hot loop
                 reads.append(x)
             elif foldable:  # the first reader decides a constant's stored format
                 now[x] = (dst, False)
@@ -197,9 +264,10 @@ class FormatPass:
             else:
                 converted.setdefault((x, dst), fmt)
                 reads.append((x, dst))
-        after = {x: (now[x][0], False) for x in now if x in self.weights}  # read once: no longer foldable
-        outs = tuple(None if not o else plan[1] if plan and k == 0 else self.natural[o]
-                     for k, o in enumerate(node.outputs))
+        after = {x: (now[x][0], False) for x in self._weights_read[i]}  # read once: no longer foldable
+        outs = self._natural_out[i]
+        if plan:
+            outs = (plan[1], *outs[1:])
         return Step(seen, plan, tuple(reads), converted, after, outs)
 
     def _run(self, var_formats: dict[str, str]) -> list[Step]:
@@ -215,36 +283,58 @@ class FormatPass:
 
     # -- the per-graph stage -----------------------------------------------------------------------
 
+    def steps(self, var_formats: dict[str, str]) -> list[Step]:
+        """What the pass does at each node with the variables in ``var_formats``. Once the baseline has run (format
+        assignment ran it), only the nodes that see an input differently are replayed; else one full pass."""
+        initial = self.initial(var_formats)
+        if initial == self.base_initial:
+            return self.base
+        if "base" not in self.__dict__:
+            return self._run(var_formats)
+        replayed = self._replay({v: s for v, s in initial.items() if s != self.base_initial[v]})
+        return [replayed.get(i, step) for i, step in enumerate(self.base)]
+
+    @property
+    def source(self) -> dict:
+        """The structure as JSON (the cache's object, or the graph's encoding): ``build_json`` copies from it."""
+        if self._source is None:
+            self._source = self.graph.to_json()
+        return self._source
+
     def build(self, var_formats: dict[str, str], assign: Mapping[str, str] | None = None) -> Graph:
-        """The formatted graph: every value's format, TransData nodes, native node names; ``assign``: see
-        ``formats.insert``."""
-        steps = self.base if self.initial(var_formats) == self.base_initial else self._run(var_formats)
-        g = self.graph
-        graph = Graph(g.name, g.opset, list(g.inputs), list(g.outputs), [], dict(g.types), list(g.weights),
-                      dict(g.consts), {}, [], dict(g.domain_opsets))
+        """The formatted graph (``build_json`` decoded)."""
+        return Graph.from_json(self.build_json(var_formats, assign))
+
+    def build_json(self, var_formats: dict[str, str], assign: Mapping[str, str] | None = None) -> dict:
+        """The formatted structure: every value's format, TransData nodes, native node names; ``assign``: see
+        ``formats.insert``. Built from the structure's JSON (nodes copied with their inputs renamed), so no node
+        is decoded or encoded again."""
+        source = self.source
+        nodes: list[dict] = []
+        types = dict(source["types"])
         formats = {v: s[0] for v, s in self.initial(var_formats).items()}
+        native: list[str] = []
         made: set[Pair] = set()
-        for node, step in zip(g.nodes, steps, strict=True):
+        for node, step in zip(source["nodes"], self.steps(var_formats), strict=True):
             for (x, dst), src in step.converted.items():
                 if (x, dst) not in made:
                     made.add((x, dst))
                     out = f"{x}@{dst}"
-                    graph.nodes.append(Node(f"TransData_{out}", "TransData", [x], [out],
-                                            {"src_format": src, "dst_format": dst}))
-                    graph.types[out] = graph.types[x]
+                    nodes.append(_transdata_json(f"TransData_{out}", x, out, src, dst))
+                    types[out] = types[x]
                     formats[out] = dst
             inputs = [r if isinstance(r, str) else f"{r[0]}@{r[1]}" for r in step.reads]
-            graph.nodes.append(Node(node.name, node.op_type, inputs, list(node.outputs), node.attrs, node.domain))
+            nodes.append({**node, "inputs": inputs, "outputs": list(node["outputs"])})
             formats.update({x: s[0] for x, s in step.after.items()})
-            formats.update({o: f for o, f in zip(node.outputs, step.outs, strict=True) if o})
+            formats.update({o: f for o, f in zip(node["outputs"], step.outs, strict=True) if o})
             if step.plan:
-                graph.native.append(node.name)
-        graph.formats = formats
-        for out in graph.outputs:
+                native.append(node["name"])
+        for out in source["outputs"]:
             wanted = output_format(out, var_formats, self.natural, assign)
             if out in self.producer and not same_layout(formats[out], wanted):
-                convert_output(graph, out, wanted)
-        return graph
+                convert_output(nodes, types, formats, out, wanted)
+        return {**source, "nodes": nodes, "types": dict(sorted(types.items())),
+                "formats": dict(sorted(formats.items())), "native": sorted(native)}
 
     # -- what-ifs for format assignment --------------------------------------------------------------
 
@@ -345,8 +435,11 @@ class FormatPass:
         return start[value][0]
 
     def _nbytes(self, value: str, fmt: str) -> int:
-        t = self.graph.types[value]
-        return math.prod(storage_shape(fmt, t.shape)) * dtype_from_name(t.dtype).itemsize
+        size = self._sizes.get((value, fmt))
+        if size is None:
+            t = self.graph.types[value]
+            size = self._sizes[value, fmt] = math.prod(storage_shape(fmt, t.shape)) * dtype_from_name(t.dtype).itemsize
+        return size
 
 
 def _conversions(step: Step) -> list[Conversion]:
@@ -360,25 +453,33 @@ def output_format(out: str, var_formats: dict[str, str], natural: dict[str, str]
     return var_formats.get((assign or {}).get(out, out), natural[out])
 
 
-def convert_output(graph: Graph, out: str, dst: str) -> None:
+def _transdata_json(name: str, x: str, out: str, src: str, dst: str) -> dict:
+    return {"name": name, "op": "TransData", "inputs": [x], "outputs": [out],
+            "attrs": {"dst_format": dst, "src_format": src}}
+
+
+def convert_output(nodes: list[dict], types: dict, formats: dict[str, str], out: str, dst: str) -> None:
     """Rename the value computed for graph output ``out`` and make a TransData write ``out``: the one a reader
-    already needed (``out@dst``), which then writes ``out`` itself, or else a new one at the end."""
+    already needed (``out@dst``), which then writes ``out`` itself, or else a new one at the end. ``nodes``
+    (JSON, the pass's own copies), ``types`` and ``formats`` are changed in place."""
     pre = f"{out}@pre"
-    reused = next((n for n in graph.nodes if n.op_type == "TransData" and n.inputs == [out]
-                   and n.attrs["dst_format"] == dst), None)
-    for node in graph.nodes:
-        node.inputs = [pre if i == out else i for i in node.inputs]
-        node.outputs = [pre if o == out else o for o in node.outputs]
-    graph.types[pre] = graph.types[out]
-    graph.formats[pre] = graph.formats[out]
-    graph.formats[out] = dst
+    reused = next((n for n in nodes if n["op"] == "TransData" and n["inputs"] == [out]
+                   and n["attrs"]["dst_format"] == dst), None)
+    for node in nodes:
+        if out in node["inputs"]:
+            node["inputs"] = [pre if i == out else i for i in node["inputs"]]
+        if out in node["outputs"]:
+            node["outputs"] = [pre if o == out else o for o in node["outputs"]]
+    types[pre] = types[out]
+    formats[pre] = formats[out]
+    formats[out] = dst
     if reused is None:
-        graph.nodes.append(Node(f"TransData_{out}", "TransData", [pre], [out],
-                                {"src_format": graph.formats[pre], "dst_format": dst}))
+        nodes.append(_transdata_json(f"TransData_{out}", pre, out, formats[pre], dst))
         return
-    converted = reused.outputs[0]
-    reused.outputs = [out]
-    for node in graph.nodes:
-        node.inputs = [out if i == converted else i for i in node.inputs]
-    graph.types.pop(converted, None)
-    graph.formats.pop(converted, None)
+    converted = reused["outputs"][0]
+    reused["outputs"] = [out]
+    for node in nodes:
+        if converted in node["inputs"]:
+            node["inputs"] = [out if i == converted else i for i in node["inputs"]]
+    types.pop(converted, None)
+    formats.pop(converted, None)

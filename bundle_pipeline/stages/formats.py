@@ -122,7 +122,7 @@ def insert(structure: dict | Graph | FormatPass, var_formats: dict[str, str], ta
     that output ends in the variable's format. An output that is a graph input passed through unchanged is
     left as it is (its name is the input's); the runtime converts it when it writes the variable."""
     fp = structure if isinstance(structure, FormatPass) else FormatPass(structure, target)
-    return fp.build(var_formats, assign).to_json()
+    return fp.build_json(var_formats, assign)
 
 
 def weight_formats(structure: dict) -> dict[str, str]:

@@ -66,6 +66,19 @@ class NativeOp:
         return self.inputs[min(i, len(self.inputs) - 1)]
 
 
+def broadcast(*shapes: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The numpy broadcast of ``shapes``, or None when they do not broadcast (``np.broadcast_shapes`` without
+    its arrays: this runs for every node the format pass weighs)."""
+    rank = max(len(s) for s in shapes)
+    out = []
+    for dims in zip(*[(1,) * (rank - len(s)) + tuple(s) for s in shapes], strict=True):
+        sized = {d for d in dims if d != 1}
+        if len(sized) > 1 or any(d < 0 for d in sized):
+            return None
+        out.append(sized.pop() if sized else 1)
+    return tuple(out)
+
+
 def family(fmt: str | None) -> str | None:
     """ND and NCHW are the same bytes: compare formats by family."""
     return "ND" if fmt in STANDARD else fmt
@@ -87,10 +100,9 @@ def matmul_dims(call: Call) -> tuple[int, int, int, bool, bool]:
     kb, n = (b[-1], b[-2]) if tb else (b[-2], b[-1])
     if k != kb:
         raise KernelError(f"{call.op_type}: inner dimensions differ: {a} and {b}")
-    try:
-        batch = np.broadcast_shapes(tuple(a[:-2]), tuple(b[:-2]))
-    except ValueError:
-        raise KernelError(f"{call.op_type}: batch dims of {a} and {b} do not broadcast") from None
+    batch = broadcast(tuple(a[:-2]), tuple(b[:-2]))
+    if batch is None:
+        raise KernelError(f"{call.op_type}: batch dims of {a} and {b} do not broadcast")
     if tuple(call.out_shape) != (*batch, m, n):
         raise KernelError(f"{call.op_type}: output shape {call.out_shape} is not {(*batch, m, n)}")
     return m, n, k, ta, tb
@@ -103,11 +115,7 @@ def _check_matmul(call: Call) -> None:
         return
     if family(call.in_formats[2]) == "FRACTAL_NZ" and tuple(c) != (m, n):
         raise KernelError(f"Gemm: C in FRACTAL_NZ must have the output shape {(m, n)}, got {c}")
-    try:
-        ok = np.broadcast_shapes(tuple(c), (m, n)) == (m, n)
-    except ValueError:
-        ok = False
-    if not ok:
+    if broadcast(tuple(c), (m, n)) != (m, n):
         raise KernelError(f"Gemm: C shape {c} does not broadcast to {(m, n)}")
 
 
@@ -245,10 +253,7 @@ def is_scalar(fmt: str | None, shape: tuple[int, ...] | None, out_shape: tuple[i
 
 def _broadcasts_physically(fmt: str, shape: tuple[int, ...], out: tuple[int, ...]) -> bool:
     """Whether numpy broadcasting of the physical arrays equals the logical broadcast in ``fmt``."""
-    try:
-        if np.broadcast_shapes(tuple(shape), tuple(out)) != tuple(out):
-            return False
-    except ValueError:
+    if broadcast(tuple(shape), tuple(out)) != tuple(out):
         return False
     if fmt == "ND":
         return True
@@ -305,17 +310,32 @@ def check_call(call: Call) -> NativeOp:
     op = NPU_FORMAT_OPS.get(call.op_type)
     if op is None:
         raise KernelError(f"no native npu kernel for {call.op_type}")
-    if len(call.in_formats) != len(call.in_shapes):
-        raise KernelError(f"{call.op_type}: {len(call.in_formats)} formats for {len(call.in_shapes)} inputs")
-    for i, (fmt, shape) in enumerate(zip(call.in_formats, call.in_shapes, strict=True)):
-        if shape is None:
-            continue
-        if fmt not in op.input_formats(i) or not accepts(fmt, tuple(shape)):
-            raise KernelError(f"{call.op_type}: input {i} of shape {tuple(shape)} in {fmt} is not accepted natively")
-    if call.out_format not in op.outputs or not accepts(call.out_format, tuple(call.out_shape)):
-        raise KernelError(f"{call.op_type}: cannot produce {call.out_format} for shape {tuple(call.out_shape)}")
+    if not _formats_fit(op, call.in_formats, call.in_shapes, call.out_format, call.out_shape):
+        raise KernelError(_misfit(op, call))
     op.check(call)
     return op
+
+
+def _formats_fit(op: NativeOp, in_formats: list[str | None], in_shapes: list, out_format: str,
+                 out_shape: tuple) -> bool:
+    """Whether each given input's format is one ``op`` takes at its position and can hold its shape, and the
+    output's likewise (``check_call``'s first test; ``_misfit`` says which part fails)."""
+    if len(in_formats) != len(in_shapes):
+        return False
+    for i, (fmt, shape) in enumerate(zip(in_formats, in_shapes, strict=True)):
+        if shape is not None and (fmt not in op.input_formats(i) or not accepts(fmt, tuple(shape))):
+            return False
+    return out_format in op.outputs and accepts(out_format, tuple(out_shape))
+
+
+def _misfit(op: NativeOp, call: Call) -> str:
+    """Why ``_formats_fit`` rejects ``call``."""
+    if len(call.in_formats) != len(call.in_shapes):
+        return f"{call.op_type}: {len(call.in_formats)} formats for {len(call.in_shapes)} inputs"
+    for i, (fmt, shape) in enumerate(zip(call.in_formats, call.in_shapes, strict=True)):
+        if shape is not None and (fmt not in op.input_formats(i) or not accepts(fmt, tuple(shape))):
+            return f"{call.op_type}: input {i} of shape {tuple(shape)} in {fmt} is not accepted natively"
+    return f"{call.op_type}: cannot produce {call.out_format} for shape {tuple(call.out_shape)}"
 
 
 def supports(op_type: str, attrs: dict, opset: int, in_formats: list[str | None], in_shapes: list[tuple | None],
@@ -323,11 +343,15 @@ def supports(op_type: str, attrs: dict, opset: int, in_formats: list[str | None]
     """Whether the npu runtime runs this call natively. ``inputs`` may carry the values of small
     constant inputs a decision depends on (Reduce* axes from opset 13/18); unknown values count as
     not native, so the caller falls back to the cpu kernel on the standard layout."""
+    op = NPU_FORMAT_OPS.get(op_type)
+    shapes = [None if s is None else tuple(s) for s in in_shapes]
+    out_shape = tuple(out_shape)
+    if op is None or not _formats_fit(op, in_formats, shapes, out_format, out_shape):
+        return False  # what check_call rejects first, answered without building a call or an error message
     values = list(inputs) if inputs is not None else [None] * len(in_shapes)
-    call = Call(op_type, values, dict(attrs), int(opset), list(in_formats), out_format,
-                [None if s is None else tuple(s) for s in in_shapes], tuple(out_shape), None)
+    call = Call(op_type, values, dict(attrs), int(opset), list(in_formats), out_format, shapes, out_shape, None)
     try:
-        check_call(call)
+        op.check(call)
     except (KernelError, FormatError):
         return False
     return True

@@ -138,3 +138,41 @@ def test_zero_padding_and_mask_cache() -> None:
     assert mask is pad_mask("NC1HWC0", shape) and not mask.flags.writeable
     x = np.ones((3, 4))
     assert zero_padding(x, "ND", x.shape) is x
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 3), max_size=4).map(tuple), min_size=1, max_size=3))
+def test_broadcast_is_numpys(shapes: list[tuple[int, ...]]) -> None:
+    """The format pass's pure-Python broadcast answers as np.broadcast_shapes does (None where numpy raises)."""
+    from bundle_pipeline.targets.npu import broadcast
+
+    try:
+        want = np.broadcast_shapes(*shapes)
+    except ValueError:
+        want = None
+    assert broadcast(*shapes) == want
+
+
+@pytest.mark.parametrize(("op", "formats", "shapes", "out_format", "out_shape"), [
+    ("MatMul", ["FRACTAL_NZ", "FRACTAL_NZ"], [(4, 23), (23, 30)], "FRACTAL_NZ", (4, 30)),
+    ("MatMul", ["FRACTAL_NZ", "FRACTAL_NZ"], [(2, 4, 23), (3, 23, 30)], "FRACTAL_NZ", (2, 4, 30)),
+    ("Add", ["FRACTAL_NZ", "FRACTAL_NZ"], [(4, 30), (30,)], "FRACTAL_NZ", (4, 30)),
+    ("Add", ["FRACTAL_NZ", "ND"], [(4, 30), (1,)], "FRACTAL_NZ", (4, 30)),
+    ("Add", ["FRACTAL_NZ"], [(4, 30), (1,)], "FRACTAL_NZ", (4, 30)),
+    ("Conv", ["NC1HWC0", "ND"], [(1, 3, 8, 8), (4, 3, 3, 3)], "NC1HWC0", (1, 4, 6, 6)),
+    ("Relu", ["NC1HWC0"], [(1, 3, 8, 8)], "FRACTAL_Z", (1, 3, 8, 8)),
+    ("Resize", ["ND"], [(1, 3)], "ND", (1, 3)),
+])
+def test_supports_agrees_with_check_call(op, formats, shapes, out_format, out_shape) -> None:
+    """``supports`` rejects a misfit format before building a call; its answer stays check_call's."""
+    from bundle_pipeline.layouts import FormatError
+    from bundle_pipeline.targets.npu import Call, KernelError, check_call, supports
+
+    call = Call(op, [None] * len(shapes), {}, 17, formats, out_format, shapes, out_shape, None)
+    try:
+        check_call(call)
+        native = True
+    except (KernelError, FormatError) as err:
+        native = False
+        assert op in str(err)
+    assert supports(op, {}, 17, formats, shapes, out_format, out_shape) == native

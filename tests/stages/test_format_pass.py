@@ -134,3 +134,30 @@ def test_a_what_if_touches_only_what_the_variable_reaches(monkeypatch):
     for i in range(n):
         fp.transdata_bytes({f"w{i}": "FRACTAL_NZ"})
     assert len(stepped) == n  # each what-if replays the one MatMul reading its variable
+
+
+@pytest.mark.parametrize(("body", "weights"), [(TANGLED, WEIGHTS["tangled"]), (CONV, WEIGHTS["conv"]),
+                                               (OMITTED, WEIGHTS["omitted"])], ids=["tangled", "conv", "omitted"])
+def test_the_formats_stage_replays_from_the_baseline_exactly(body, weights, monkeypatch):
+    """Once format assignment ran the baseline, building a graph replays only the nodes the variable formats
+    change: the result is the full pass's, for every source in every format it fits, and with an assign."""
+    s = structure(body, weights)
+    replaying = format_pass.FormatPass(s, NPU)
+    assert len(replaying.base) == len(s["nodes"])  # format assignment ran the baseline
+    for v, fmt in sources_and_formats(s):
+        for assign in ({}, {s["outputs"][0]: v}):
+            full = format_pass.FormatPass(s, NPU)  # no baseline: one full pass
+            assert full.build_json({v: fmt}, assign) == replaying.build_json({v: fmt}, assign), (v, fmt, assign)
+            assert full.full_passes == 1
+    assert replaying.full_passes == 1  # the baseline only
+
+
+def test_build_json_is_the_decoded_graph_encoded_again():
+    """The formats stage copies nodes from the parsed JSON instead of decoding and encoding the graph: the same
+    structure as encoding the built graph (attributes, consts and types included)."""
+    s = structure(CONV, WEIGHTS["conv"])
+    fp = format_pass.FormatPass(s, NPU)
+    for v, fmt in sources_and_formats(s):
+        built = fp.build_json({v: fmt})
+        assert format_pass.FormatPass(s, NPU).build({v: fmt}).to_json() == built
+        assert format_pass.Graph.from_json(built).to_json() == built
