@@ -133,6 +133,10 @@ class Cache:
         """The array stored under ``h`` (in ``pack``, if given); CacheMiss when missing or corrupt."""
         return tensor_store.get_tensor(self._backend, h, verify, pack)
 
+    def get_tensors(self, refs: Mapping[str, str | None]) -> dict[str, np.ndarray]:
+        """Many tensors at once (tensor hash -> its pack or None); each pack read once."""
+        return tensor_store.get_tensors(self._backend, refs)
+
     def has_tensor(self, h: str, pack: str | None = None) -> bool:
         """Whether a published entry, or the pack said to hold it, exists (unverified)."""
         return tensor_store.has_tensor(self._backend, h, pack)

@@ -72,6 +72,26 @@ def get_tensor(backend: Backend, h: str, verify: bool = True, pack: str | None =
     return arr
 
 
+def get_tensors(backend: Backend, refs: Mapping[str, str | None]) -> dict[str, np.ndarray]:
+    """``get_tensor`` of many: tensor hash -> its pack (or None) in, tensor hash -> array out; each pack is
+    read (or found decoded, one stat) once, not once a tensor."""
+    out: dict[str, np.ndarray] = {}
+    by_pack: dict[str, list[str]] = {}
+    for h, pack in refs.items():
+        if pack is None:
+            out[h] = get_tensor(backend, h)
+        else:
+            by_pack.setdefault(pack, []).append(h)
+    for pack, hashes in by_pack.items():
+        tensors = read_pack(backend, pack)
+        for h in hashes:
+            found = tensors.get(check_hash(h))
+            if found is None:
+                raise CacheMiss(h)
+            out[h] = found
+    return out
+
+
 def has_tensor(backend: Backend, h: str, pack: str | None = None) -> bool:
     """Whether a published entry, or the pack said to hold it, exists (unverified)."""
     if pack is not None:

@@ -69,7 +69,8 @@ def converted(cache: Store, storage: dict, wanted: set[tuple[str, str]]) -> dict
             else:
                 memos[key] = (pack_hash, fmt, batch)
     todo = [(h, fmt) for _, fmt, batch in memos.values() for h in batch]
-    made = cache.put_tensors({f"{h}@{fmt}": to_format(cache.get_tensor(h, pack=packs.get(h)), fmt) for h, fmt in todo})
+    sources = cache.get_tensors({h: packs.get(h) for h, _ in todo})
+    made = cache.put_tensors({f"{h}@{fmt}": to_format(sources[h], fmt) for h, fmt in todo})
     for key, (_, fmt, batch) in memos.items():
         done = [made[f"{h}@{fmt}"] for h in batch]
         refs.update({(h, fmt): r for h, r in zip(batch, done, strict=True)})

@@ -142,8 +142,9 @@ class CachePlacer:
             except CacheMiss:
                 pass  # gone since (gc): build it again
         buf = bytearray(size)
+        arrays = self.cache.get_tensors({p.tensor: self.packs.get(p.tensor) for p in pieces})
         for p in pieces:
-            raw = stored_bytes(self.cache.get_tensor(p.tensor, pack=self.packs.get(p.tensor)))
+            raw = stored_bytes(arrays[p.tensor])
             buf[p.at : p.at + p.length] = raw[p.start : p.start + p.length]
         data = bytes(buf)
         obj = self.cache.put_object(data)

@@ -349,3 +349,22 @@ def test_concurrent_puts_of_one_tensor_publish_once(tmp_path):
     assert got == [tensor_hash(arr)] * 4
     assert caches[0].info()["tensors"]["count"] == 1 and caches[0].info()["temp"]["count"] == 0
     assert_same(caches[0].get_tensor(got[0]), arr)
+
+
+def test_get_tensors_reads_each_pack_once_and_misses_like_get_tensor(tmp_path, monkeypatch):
+    from bundle_pipeline.cache import tensor_store
+
+    cache = Cache(tmp_path / "c")
+    small = {f"t{i}": np.full((3,), i, dtype=np.float32) for i in range(5)}
+    refs = cache.put_tensors({**small, "big": np.arange(400_000, dtype=np.float32)})
+    wanted = {r["tensor"]: r.get("pack") for r in refs.values()}
+    reads = []
+    real = tensor_store.read_pack
+    monkeypatch.setattr(tensor_store, "read_pack", lambda b, p: reads.append(p) or real(b, p))
+    got = cache.get_tensors(wanted)
+    assert len(reads) == len({p for p in wanted.values() if p})  # one read a pack, not one a tensor
+    for ref in refs.values():
+        np.testing.assert_array_equal(got[ref["tensor"]], cache.get_tensor(ref["tensor"], pack=ref.get("pack")))
+    pack = next(p for p in wanted.values() if p)
+    with pytest.raises(CacheMiss):
+        cache.get_tensors({"0" * 64: pack})
