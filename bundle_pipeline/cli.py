@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -33,25 +32,6 @@ def one_line_errors(fn):
             raise typer.Exit(1) from None
 
     return wrapper
-
-
-@contextmanager
-def few_collections():
-    """A build allocates millions of small, acyclic objects (IR and program dicts). With CPython's default
-    thresholds the cyclic collector then runs ~660 times over a heap that is mostly loaded modules: 13% of a
-    cold 32-graph build (0.38 s) to free under a thousand objects. For the build, collect after 50,000
-    allocations instead of 700, with what is loaded so far frozen out of the scans; restored afterwards.
-    Only the command does this: the library leaves a caller's process settings alone."""
-    import gc
-
-    before = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 10)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*before)
-        gc.unfreeze()
 
 
 SpecsArg = Annotated[list[Path], typer.Argument(help="bundle.yaml files, or directories of them")]
@@ -84,6 +64,7 @@ def run(
     """
     try:
         from .pipeline import build_many
+        from .pipeline.gcpolicy import few_collections
         from .pipeline.progress import fan_out, show_progress
 
         loaded = _load_specs(specs, target, out, cache)

@@ -154,6 +154,9 @@ def _getter(scheduler: str | None, workers: int | None, notify: Observer) -> Ite
     they will run (this process, or every worker of a cluster), so imports count as setup, not as task time."""
     if scheduler is None and workers is not None:
         with _local_cluster(workers) as client:
+            from .gcpolicy import collect_rarely
+
+            client.run(collect_rarely)  # our own worker processes: they only build (pipeline/gcpolicy.py)
             yield _distributed_getter(client, notify), _loader(client)
         return
     if scheduler is not None and scheduler.startswith("tcp://"):
