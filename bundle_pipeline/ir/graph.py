@@ -131,9 +131,11 @@ class Node:
         return {k: v for k, v in self.attrs.items() if isinstance(v, Graph)} if self.attrs else {}
 
     def to_json(self) -> dict:
-        return {"name": self.name, "op": self.op_type, "inputs": self.inputs, "outputs": self.outputs,
-                "attrs": {k: encode_attr(v) for k, v in sorted(self.attrs.items())},
-                **({"domain": self.domain} if self.domain else {})}  # absent for the default domain
+        out = {"name": self.name, "op": self.op_type, "inputs": self.inputs, "outputs": self.outputs,
+               "attrs": {k: encode_attr(v) for k, v in sorted(self.attrs.items())} if self.attrs else {}}
+        if self.domain:  # absent for the default domain
+            out["domain"] = self.domain
+        return out
 
     @staticmethod
     def from_json(d: dict) -> Node:
