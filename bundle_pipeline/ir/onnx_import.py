@@ -401,7 +401,9 @@ def _refuse_dynamic_input(model: onnx.ModelProto, name: str, where: str) -> None
 
 def import_model(source: str | bytes | os.PathLike, name: str, input_shapes: Mapping[str, list[int]],
                  out_nodes: str, where: str, outputs_write: bool = False) -> tuple[Graph, Detached]:
-    """The whole parse: load, detach weights, check, apply options, infer shapes, fold, re-infer, convert."""
+    """The whole parse: load, detach weights, check, apply options, infer shapes, fold, re-infer, convert.
+    (A graph without bodies that folding left unchanged and onnx typed strictly is not re-inferred: the types
+    would come out the same, which ``tests/test_ir_import_fast_paths.py`` checks against the long way.)"""
     model, base = load_model(source, where)
     detached = detach_weights(model, base, where)
     check_model(model, where)
