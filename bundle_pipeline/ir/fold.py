@@ -5,6 +5,8 @@ each op computes (``kernels.run_kernel``), so folding and the runtime agree by c
 from __future__ import annotations
 
 import math
+from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -13,7 +15,7 @@ from onnx import helper, numpy_helper
 from ..errors import GraphInvalid
 from .fold_budget import fold_output_bound
 from .graph import SEQUENCE_OPS
-from .node_attrs import node_attrs
+from .node_attrs import node_attrs, tensor_array
 from .scopes import bodies
 
 CONST_MAX_ELEMENTS = 1024
@@ -24,31 +26,65 @@ UNFOLDABLE = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "Ra
                         "Dropout", "If", "Loop", "Scan", *SEQUENCE_OPS})
 
 
-def fold_constants(model: onnx.ModelProto, opset: int, where: str) -> tuple[onnx.ModelProto, bool]:
+@dataclass
+class Folded:
+    """What one folding pass did: ``inlined`` an If (fold again after re-inferring: the branch may make more of
+    the graph static), or ``changed`` the graph at all (if not, its inferred types still hold)."""
+
+    inlined: bool = False
+    changed: bool = False
+
+
+def fold_constants(model: onnx.ModelProto, opset: int, where: str) -> tuple[onnx.ModelProto, Folded]:
     """Replace nodes whose inputs are all known small consts (or static shapes) by initializers, in bodies
-    too, and inline every If whose condition is known. True when an If was inlined: the caller re-infers
-    shapes and folds again, as the inlined branch may make more of the graph static."""
-    types = _static_types(model.graph)
-    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if _is_const_array_proto(t)}
-    return model, _fold_graph(model.graph, consts, types, opset, where)
+    too, and inline every If whose condition is known."""
+    done = Folded()
+    _fold_graph(model.graph, {}, _StaticTypes(model.graph), opset, where, done)
+    return model, done
 
 
-def _fold_graph(graph: onnx.GraphProto, consts: dict, types: dict, opset: int, where: str) -> bool:
+class _StaticTypes(dict):
+    """``_static_types`` of a graph, computed on the first look: most graphs have no node to fold, and then
+    no shape is ever asked for."""
+
+    def __init__(self, graph: onnx.GraphProto):
+        super().__init__()
+        self.graph: onnx.GraphProto | None = graph
+
+    def _load(self) -> None:
+        if self.graph is not None:
+            self.update(_static_types(self.graph))
+            self.graph = None
+
+    def __contains__(self, key: object) -> bool:
+        self._load()
+        return super().__contains__(key)
+
+    def __getitem__(self, key: str) -> tuple[int, ...]:
+        self._load()
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: object = None) -> object:
+        self._load()
+        return super().get(key, default)
+
+
+def _fold_graph(graph: onnx.GraphProto, consts: dict, types: dict, opset: int, where: str, done: Folded) -> None:
     from ..kernels import KernelError, run_kernel  # the kernels define op semantics
 
-    consts.update({t.name: numpy_helper.to_array(t) for t in graph.initializer if _is_const_array_proto(t)})
-    pending = list(graph.node)
+    consts.update({t.name: tensor_array(t) for t in graph.initializer if _is_const_array_proto(t)})
+    pending = deque(graph.node)
     kept: list[onnx.NodeProto] = []
     folded: list[onnx.TensorProto] = []
-    inlined = False
     while pending:
-        node = pending.pop(0)
+        node = pending.popleft()
         if node.op_type == "If" and node.input[0] in consts:
-            pending[:0] = _inline_branch(node, bool(np.asarray(consts[node.input[0]]).reshape(-1)[0]), graph)
-            inlined = True
+            pending.extendleft(reversed(
+                _inline_branch(node, bool(np.asarray(consts[node.input[0]]).reshape(-1)[0]), graph)))
+            done.inlined = done.changed = True
             continue
         for body in bodies(node):
-            inlined |= _fold_graph(body, dict(consts), types, opset, where)
+            _fold_graph(body, dict(consts), types, opset, where, done)
         values = _foldable_inputs(node, consts, types)
         bound = None if values is None else fold_output_bound(node.op_type, values, [types.get(o) for o in node.output])
         if bound is None or bound > CONST_MAX_ELEMENTS:  # checked before the kernel allocates anything
@@ -66,10 +102,11 @@ def _fold_graph(graph: onnx.GraphProto, consts: dict, types: dict, opset: int, w
             if name:
                 consts[name] = np.asarray(value)
                 folded.append(numpy_helper.from_array(np.asarray(value), name))
-    del graph.node[:]
-    graph.node.extend(kept)
-    graph.initializer.extend(folded)
-    return inlined
+        done.changed = True
+    if done.changed:  # else every node was kept, in order: nothing to rewrite
+        del graph.node[:]
+        graph.node.extend(kept)
+        graph.initializer.extend(folded)
 
 
 def _inline_branch(node: onnx.NodeProto, cond: bool, graph: onnx.GraphProto) -> list[onnx.NodeProto]:

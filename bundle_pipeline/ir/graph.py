@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from ..dtypes import dtype_from_name
@@ -64,31 +65,56 @@ SEQUENCE_OPS = frozenset({"SequenceEmpty", "SequenceConstruct", "SequenceInsert"
                           "OptionalHasElement", "OptionalGetElement"})
 @dataclass(frozen=True)
 class TensorType:
+    """A value's static type. Immutable, so what is derived from it is computed once per instance
+    (``cached_property`` writes the instance's ``__dict__``, which a frozen dataclass allows), and ``of`` /
+    ``from_json`` hand out one shared instance per (shape, dtype): a build decodes the same few types tens of
+    thousands of times (every stage after parse decodes the structure)."""
+
     shape: tuple[int, ...]
     dtype: str  # numpy dtype name: float32, int64, bool, ... or an ml_dtypes name (bfloat16, int4, ...)
 
-    @property
+    @staticmethod
+    def of(shape: tuple[int, ...], dtype: str) -> TensorType:
+        """The shared instance of this type (``shape`` a tuple of ints)."""
+        key = (shape, dtype)
+        found = _INTERNED.get(key)
+        if found is None:
+            if len(_INTERNED) >= _INTERN_MAX:  # a long-lived worker must not grow without bound
+                _INTERNED.clear()
+            found = _INTERNED[key] = TensorType(shape, dtype)
+        return found
+
+    @cached_property
     def dynamic(self) -> bool:
         """Some dim is only known at run time (``-1``), a string tensor (Python objects, which no arena
         holds) or a sequence/optional: the value is allocated by its kernel, not planned."""
         return (any(d < 0 for d in self.shape) or self.dtype in (UNKNOWN_DTYPE, "object")  # object: strings
                 or self.container)
 
-    @property
+    @cached_property
     def container(self) -> bool:
         """A sequence or optional value (dtype ``seq(...)`` / ``optional(...)``), not a tensor."""
         return split_container(self.dtype) is not None
 
-    @property
+    @cached_property
+    def itemsize(self) -> int:
+        """Bytes per element (TypeError for a container or an unknown dtype, which have none)."""
+        return dtype_from_name(self.dtype).itemsize
+
+    @cached_property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * dtype_from_name(self.dtype).itemsize
+        return math.prod(self.shape) * self.itemsize
 
     def to_json(self) -> dict:
         return {"shape": list(self.shape), "dtype": self.dtype}
 
     @staticmethod
     def from_json(d: dict) -> TensorType:
-        return TensorType(tuple(d["shape"]), d["dtype"])  # JSON we wrote: ints and a string already
+        return TensorType.of(tuple(d["shape"]), d["dtype"])  # JSON we wrote: ints and a string already
+
+
+_INTERNED: dict[tuple[tuple[int, ...], str], TensorType] = {}
+_INTERN_MAX = 1 << 16
 
 
 @dataclass
@@ -102,17 +128,21 @@ class Node:
 
     def bodies(self) -> dict[str, Graph]:
         """The subgraph attributes (If: then_branch/else_branch, Loop/Scan: body) by attribute name."""
-        return {k: v for k, v in self.attrs.items() if isinstance(v, Graph)}
+        return {k: v for k, v in self.attrs.items() if isinstance(v, Graph)} if self.attrs else {}
 
     def to_json(self) -> dict:
-        return {"name": self.name, "op": self.op_type, "inputs": self.inputs, "outputs": self.outputs,
-                "attrs": {k: encode_attr(v) for k, v in sorted(self.attrs.items())},
-                **({"domain": self.domain} if self.domain else {})}  # absent for the default domain
+        out = {"name": self.name, "op": self.op_type, "inputs": self.inputs, "outputs": self.outputs,
+               "attrs": {k: encode_attr(v) for k, v in sorted(self.attrs.items())} if self.attrs else {}}
+        if self.domain:  # absent for the default domain
+            out["domain"] = self.domain
+        return out
 
     @staticmethod
     def from_json(d: dict) -> Node:
+        attrs = d["attrs"]
         return Node(d["name"], d["op"], list(d["inputs"]), list(d["outputs"]),
-                    {k: decode_attr(v, Graph.from_json) for k, v in d["attrs"].items()}, str(d.get("domain", "")))
+                    {k: decode_attr(v, Graph.from_json) if type(v) is dict else v for k, v in attrs.items()}
+                    if attrs else {}, str(d.get("domain", "")))
 
 
 @dataclass
@@ -208,11 +238,16 @@ class Graph:
         return errors
 
 
+_PLAIN = (int, float, str, list, bool)  # attribute values that are their own JSON (most of them)
+
+
 def encode_attr(value: Any) -> Any:
-    import numpy as np
+    if type(value) in _PLAIN:
+        return value
+    if isinstance(value, Graph):
+        return {"graph": value.to_json()}
+    import numpy as np  # only a tensor attribute needs it, and then numpy is loaded already
 
     if isinstance(value, np.ndarray):
         return {"tensor": encode_tensor(value)}
-    if isinstance(value, Graph):
-        return {"graph": value.to_json()}
     return value

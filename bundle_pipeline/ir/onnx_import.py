@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from ..dtypes import dtype_name
 from ..errors import BundleIOError, GraphInvalid, OptionInvalid, UnsupportedOp
@@ -31,7 +32,7 @@ from .fold import (
     is_static,
 )
 from .graph import Graph, Node, TensorType
-from .node_attrs import node_attrs
+from .node_attrs import node_attrs, tensor_array
 from .scopes import bodies, body_reads, uniquify_body_names
 from .subgraphs import CONTROL_OPS, Scope, convert_control, has_bodies, op_domain, used_opsets, value_type
 
@@ -82,7 +83,7 @@ def detach_weights(model: onnx.ModelProto, base: Path | None, where: str) -> Det
                 inline_external(t, base, where)
             keep.append(t)
             continue
-        detached[t.name] = _external_ref(t, base, where) if external else numpy_helper.to_array(t)
+        detached[t.name] = _external_ref(t, base, where) if external else tensor_array(t)
         if t.name not in inputs:
             graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     del graph.initializer[:]
@@ -206,7 +207,12 @@ def infer_shapes(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
     project's own propagation (``ir/shapes.py``). With control flow, a body branch that cannot run on these
     input shapes (silero-vad's 8 kHz branch fed a 16 kHz frame) stays partly untyped: its values are sized at
     run time, and it fails only if it is ever taken, as it does in onnxruntime."""
-    from .shapes import infer
+    return infer_strict(model, where)[0]
+
+
+def infer_strict(model: onnx.ModelProto, where: str) -> tuple[onnx.ModelProto, bool]:
+    """``infer_shapes``, and whether onnx's strict inference stood (``shapes.infer_strict``)."""
+    from .shapes import infer_strict as infer
 
     return infer(model, where)
 
@@ -217,7 +223,8 @@ def to_ir(model: onnx.ModelProto, name: str, detached: Detached, where: str,
     ``outputs_write``: the graph writes variables (init/update), see ``_outputs_as_writes``."""
     g = model.graph
     types = _tensor_types(model, where)
-    initializers = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    outputs = [o.name for o in g.output]
+    initializers = {t.name: tensor_array(t) for t in g.initializer}
     consts = {k: v for k, v in initializers.items() if v.dtype in CONST_DTYPES and v.size <= CONST_MAX_ELEMENTS}
     weights: Detached = {k: v for k, v in initializers.items() if k not in consts}
     weights.update(detached)
@@ -226,26 +233,26 @@ def to_ir(model: onnx.ModelProto, name: str, detached: Detached, where: str,
                   domain_opsets=domain_opsets(model))
     nodes: list[Node] = []
     for index, node in enumerate(g.node):
-        _check_supported(node, index, where)
-        label = scope.label(node.name or f"{node.op_type}_{index}")
-        domain = op_domain(node)
-        if has_bodies(node):
+        op_type, domain = node.op_type, op_domain(node)
+        _check_op(op_type, domain, node, index, where)
+        label = scope.label(node.name or f"{op_type}_{index}")
+        if node.attribute and has_bodies(node):
             nodes.append(convert_control(node, label, scope))
             continue
         attrs = node_attrs(node)
-        if node.op_type == "Constant" and not domain:
+        if op_type == "Constant" and not domain:
             _constant_to_tensor(node, attrs, consts, weights, where)
             scope.types.update(_types_of({node.output[0]: {**consts, **weights}[node.output[0]]}))
             continue
-        nodes.append(Node(label, node.op_type, list(node.input), list(node.output), attrs, domain))
-    written = (_outputs_as_writes(nodes, [o.name for o in g.output], consts, weights, types, scope.label)
+        nodes.append(Node(label, op_type, list(node.input), list(node.output), attrs, domain))
+    written = (_outputs_as_writes(nodes, outputs, consts, weights, types, scope.label)
                if outputs_write else {})
-    _drop_unused(nodes, g, consts, weights)
-    _drop_dead_outputs(nodes, g, types)
+    _drop_unused(nodes, outputs, consts, weights)
+    _drop_dead_outputs(nodes, outputs, types)
     types.update(_types_of({**consts, **weights}))
     types.update(written)
     feeds = [i.name for i in g.input if i.name not in initializers and i.name not in detached]
-    graph = Graph(name=name, opset=default_opset(model), inputs=feeds, outputs=[o.name for o in g.output],
+    graph = Graph(name=name, opset=default_opset(model), inputs=feeds, outputs=outputs,
                   nodes=nodes, types=types, weights=sorted(weights), consts=consts,
                   domain_opsets=used_opsets(nodes, scope.domain_opsets))
     _check_static(graph, model, where)
@@ -285,34 +292,46 @@ def _fresh_name(name: str, taken: set[str]) -> str:
 
 
 def _types_of(tensors: Mapping[str, np.ndarray | ExternalRef]) -> dict[str, TensorType]:
-    return {k: TensorType(tuple(v.shape), dtype_name(np.dtype(v.dtype))) for k, v in tensors.items()}
+    return {k: TensorType.of(tuple(v.shape), dtype_name(np.dtype(v.dtype))) for k, v in tensors.items()}
 
 
-def _drop_dead_outputs(nodes: list[Node], g: onnx.GraphProto, types: dict) -> None:
+def _drop_dead_outputs(nodes: list[Node], outputs: list[str], types: dict) -> None:
     """An output nobody reads and no graph output names, whose shape inference could not tell, is
     omitted (``""``): e.g. a Loop's final loop-carried value when only its scan output is used."""
-    read = {i for n in nodes for i in n.inputs} | {o.name for o in g.output}
+    read = {i for n in nodes for i in n.inputs} | set(outputs)
     for node in nodes:
-        node.outputs = [o if o in read or o in types else "" for o in node.outputs]
+        if not all(o in read or o in types for o in node.outputs):
+            node.outputs = [o if o in read or o in types else "" for o in node.outputs]
+
+
+@cache
+def _kernel_ops() -> tuple[frozenset, dict, Callable[[str, str], bool]]:
+    from ..kernels import DOMAIN_OPS, SUPPORTED_OPS, supports_op  # once, not once a node
+
+    return SUPPORTED_OPS | CONTROL_OPS, DOMAIN_OPS, supports_op
 
 
 def _check_supported(node: onnx.NodeProto, index: int, where: str) -> None:
-    from ..kernels import DOMAIN_OPS, SUPPORTED_OPS, supports_op
+    _check_op(node.op_type, op_domain(node), node, index, where)
 
-    domain = op_domain(node)
+
+def _check_op(op_type: str, domain: str, node: onnx.NodeProto, index: int, where: str) -> None:
+    default_ops, domain_ops, supports_op = _kernel_ops()
+    if not domain and op_type in default_ops:
+        return
     if domain and not supports_op(node.op_type, domain):
         why = (f"which the kernel library does not support in that domain (its {domain} ops: "
-               f"{', '.join(sorted(DOMAIN_OPS[domain]))})" if domain in DOMAIN_OPS else
-               f"a domain the kernel library does not support (other domains it supports: {', '.join(DOMAIN_OPS)})")
+               f"{', '.join(sorted(domain_ops[domain]))})" if domain in domain_ops else
+               f"a domain the kernel library does not support (other domains it supports: {', '.join(domain_ops)})")
         raise UnsupportedOp(f"node {node.name or index!r} ({node.op_type}) uses op domain {domain!r}, {why}", where)
-    if not domain and node.op_type not in SUPPORTED_OPS and node.op_type not in CONTROL_OPS:
+    if not domain:
         raise UnsupportedOp(f"node {node.name or index!r} uses op {node.op_type}, which the kernel library does not "
                             f"support", where)
 
 
-def _drop_unused(nodes: list[Node], g: onnx.GraphProto, consts: dict, weights: dict) -> None:
+def _drop_unused(nodes: list[Node], outputs: list[str], consts: dict, weights: dict) -> None:
     """Tensors no node reads and no output names (e.g. after out_nodes pruning) are not stored."""
-    used = {i for n in nodes for i in n.inputs} | {o.name for o in g.output}
+    used = {i for n in nodes for i in n.inputs} | set(outputs)
     for table in (consts, weights):
         for tensor in [t for t in table if t not in used]:
             del table[tensor]
@@ -328,23 +347,36 @@ def _tensor_types(model: onnx.ModelProto, where: str) -> dict[str, TensorType]:
     """Types of the top graph's values: tensors, sequences and optionals (``subgraphs.value_type``); a value
     inference left untyped is skipped (``_check_static`` names it if a node produces it)."""
     types: dict[str, TensorType] = {}
-    for info in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
-        t = value_type(info.type, info.name, where)
-        if t is not None:
-            types[info.name] = t
+    for infos in (model.graph.input, model.graph.value_info, model.graph.output):
+        for info in infos:
+            t = _value_type(info, where)
+            if t is not None:
+                types[info.name] = t
     return types
 
 
+_NO_TYPE = object()
+_TYPES_BY_BYTES: dict[bytes, object] = {}  # a TypeProto's bytes -> its IR type (or _NO_TYPE): models repeat types
+
+
+def _value_type(info: onnx.ValueInfoProto, where: str) -> TensorType | None:
+    """``value_type`` of a value info, remembered by the type's serialised bytes (a few dozen distinct types
+    a model, thousands of values a build); a refused type raises every time (its message names the value)."""
+    key = info.type.SerializeToString()
+    found = _TYPES_BY_BYTES.get(key)
+    if found is None:
+        t = value_type(info.type, info.name, where)
+        if len(_TYPES_BY_BYTES) >= 1 << 14:
+            _TYPES_BY_BYTES.clear()
+        found = _TYPES_BY_BYTES[key] = _NO_TYPE if t is None else t
+    return None if found is _NO_TYPE else found
+
+
 def _check_static(graph: Graph, model: onnx.ModelProto, where: str) -> None:
-    feeds = set(graph.inputs)
-    for info in model.graph.input:
-        known = graph.types.get(info.name)
-        if info.name in feeds and (known is None or (-1 in known.shape and not known.container)):
-            dims = [str(d.dim_value) if d.HasField("dim_value") and d.dim_value >= 0 else d.dim_param or "?"
-                    for d in info.type.tensor_type.shape.dim]
-            raise GraphInvalid(f"input {info.name!r} has a dynamic shape [{','.join(dims)}]; set the build option "
-                               f"input_shape, e.g. input_shape: \"{info.name}:"
-                               f"{','.join(d if d.isdigit() else '1' for d in dims)}\"", where)
+    for name in graph.inputs:
+        known = graph.types.get(name)
+        if known is None or (-1 in known.shape and not known.container):
+            _refuse_dynamic_input(model, name, where)
     for node in graph.nodes:
         for out in node.outputs:
             if out and out not in graph.types:
@@ -356,39 +388,61 @@ def _check_static(graph: Graph, model: onnx.ModelProto, where: str) -> None:
                                 f"bundle (string inputs and computed strings are supported)", where)
 
 
+def _refuse_dynamic_input(model: onnx.ModelProto, name: str, where: str) -> None:
+    for info in model.graph.input:
+        if info.name == name:
+            dims = [str(d.dim_value) if d.HasField("dim_value") and d.dim_value >= 0 else d.dim_param or "?"
+                    for d in info.type.tensor_type.shape.dim]
+            raise GraphInvalid(f"input {info.name!r} has a dynamic shape [{','.join(dims)}]; set the build option "
+                               f"input_shape, e.g. input_shape: \"{info.name}:"
+                               f"{','.join(d if d.isdigit() else '1' for d in dims)}\"", where)
+    raise AssertionError(f"{name!r} is not an input of the model")
+
+
 def import_model(source: str | bytes | os.PathLike, name: str, input_shapes: Mapping[str, list[int]],
                  out_nodes: str, where: str, outputs_write: bool = False) -> tuple[Graph, Detached]:
-    """The whole parse: load, detach weights, check, apply options, infer shapes, fold, re-infer, convert."""
+    """The whole parse: load, detach weights, check, apply options, infer shapes, fold, re-infer, convert.
+    (A graph without bodies that folding left unchanged and onnx typed strictly is not re-inferred: the types
+    would come out the same, which ``tests/test_ir_import_fast_paths.py`` checks against the long way.)"""
     model, base = load_model(source, where)
     detached = detach_weights(model, base, where)
     check_model(model, where)
-    uniquify_body_names(model)  # sibling bodies may reuse names; the tables below are flat
+    flat = not any(node.attribute and has_bodies(node) for node in model.graph.node)  # no control flow
+    if not flat:
+        uniquify_body_names(model)  # sibling bodies may reuse names; the tables below are flat
     if input_shapes:
         set_input_shapes(model, input_shapes, where)
-    _clear_inferred(model)
-    model = infer_shapes(model, where)
+    _clear_inferred(model, flat)
+    model, strict = infer_strict(model, where)
     if out_nodes:
         prune_outputs(model, out_nodes, where)
     for _ in range(MAX_FOLD_PASSES):  # each pass may inline Ifs whose condition it made known
-        model, inlined = fold_constants(model, default_opset(model), where)
-        _clear_inferred(model)
-        model = infer_shapes(model, where)
-        if not inlined:
+        model, folded = fold_constants(model, default_opset(model), where)
+        # an unchanged graph onnx typed strictly gets the same types again: not inferred twice (a graph with
+        # bodies is, as onnx types a Loop body's values only on the second pass)
+        if not folded.changed and strict and flat and not out_nodes:
+            break
+        _clear_inferred(model, flat and not folded.inlined)
+        model, strict = infer_strict(model, where)
+        if not folded.inlined:
             break
     return to_ir(model, name, detached, where, outputs_write)
 
 
-def _clear_inferred(model: onnx.ModelProto) -> None:
-    """Drop stale value_info so inference recomputes every intermediate shape from the inputs."""
-    _clear_graph(model.graph)
+def _clear_inferred(model: onnx.ModelProto, flat: bool = False) -> None:
+    """Drop stale value_info so inference recomputes every intermediate shape from the inputs. ``flat``: no
+    node has a body (then the nodes are not looked at)."""
+    _clear_graph(model.graph, flat)
 
 
-def _clear_graph(graph: onnx.GraphProto) -> None:
+def _clear_graph(graph: onnx.GraphProto, flat: bool = False) -> None:
     del graph.value_info[:]
     for out in graph.output:
         tt = out.type.tensor_type
         if tt.HasField("shape") and not is_static(tt):
             tt.ClearField("shape")
+    if flat:
+        return
     for node in graph.node:
         for body in bodies(node):
             _clear_graph(body)

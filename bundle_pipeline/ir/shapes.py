@@ -49,16 +49,23 @@ _TENSOR = helper.make_tensor_type_proto(onnx.TensorProto.FLOAT, None)
 def infer(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
     """The model with every top-level value typed: onnx's strict inference if it succeeds and agrees with the
     kernels on ``VERIFIED_OPS``, else ``propagate``."""
+    return infer_strict(model, where)[0]
+
+
+def infer_strict(model: onnx.ModelProto, where: str) -> tuple[onnx.ModelProto, bool]:
+    """``infer``, and whether onnx's strict result stood (then inferring the result again, unchanged, gives
+    the same types: the importer need not re-infer a graph folding left as it was)."""
     for node in model.graph.node:
         for body in bodies(node):
             spell_out_defaults(body)
     try:
         inferred = shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except INFERENCE_ERRORS as err:
-        return propagate(model, where, first_line(err))
-    if disagreement(inferred) is None:
-        return inferred
-    return propagate(model, where, disagreement(inferred))
+        return propagate(model, where, first_line(err)), False
+    why = disagreement(inferred)
+    if why is None:
+        return inferred, True
+    return propagate(model, where, why), False
 
 
 def spell_out_defaults(graph: onnx.GraphProto) -> None:

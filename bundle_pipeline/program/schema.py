@@ -92,9 +92,12 @@ class Plan:
         return self.storage if self.storage is not None else self.shape
 
     def to_json(self) -> dict:
-        return {"shape": list(self.shape), "dtype": self.dtype, "offset": self.offset,
-                **({"format": self.format} if self.format is not None else {}),
-                **({"storage": list(self.storage)} if self.storage is not None else {})}
+        out = {"shape": list(self.shape), "dtype": self.dtype, "offset": self.offset}
+        if self.format is not None:
+            out["format"] = self.format
+        if self.storage is not None:
+            out["storage"] = list(self.storage)
+        return out
 
 
 @dataclass(frozen=True)
@@ -126,8 +129,11 @@ class Step:
     tiling: Mapping[str, Any] | None = None
 
     def _common(self) -> dict:
-        return {"node": self.node, "op": self.op, "inputs": list(self.inputs), "outputs": list(self.outputs),
-                "attrs": dict(self.attrs), **({"domain": self.domain} if self.domain else {}), "tiling": self.tiling}
+        out = {"node": self.node, "op": self.op, "inputs": list(self.inputs), "outputs": list(self.outputs),
+               "attrs": dict(self.attrs), "tiling": self.tiling}
+        if self.domain:
+            out["domain"] = self.domain
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,10 +145,17 @@ class KernelStep(Step):
     bodies: Mapping[str, Body] = field(default_factory=dict)  # graph attributes (KERNEL_GRAPH_ATTRS)
 
     def to_json(self) -> dict:
-        return {**self._common(), **_bodies_json(self.bodies),
-                **({"native": True, "layout": self.layout.to_json()} if self.native and self.layout else {}),
-                **({"impl": self.impl} if self.impl is not None else {}),
-                **({"precision": self.precision} if self.precision is not None else {})}
+        out = self._common()
+        if self.bodies:
+            out["bodies"] = _bodies_of(self.bodies)
+        if self.native and self.layout:
+            out["native"] = True
+            out["layout"] = self.layout.to_json()
+        if self.impl is not None:
+            out["impl"] = self.impl
+        if self.precision is not None:
+            out["precision"] = self.precision
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,7 +171,10 @@ class TransDataStep(Step):
         return self.attrs["dst_format"]
 
     def to_json(self) -> dict:
-        return {**self._common(), "native": False, "layout": self.layout.to_json()}
+        out = self._common()
+        out["native"] = False
+        out["layout"] = self.layout.to_json()
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -174,7 +190,11 @@ class ControlStep(Step):
 
 
 def _bodies_json(bodies: Mapping[str, Body]) -> dict:
-    return {"bodies": {attr: body.to_json() for attr, body in bodies.items()}} if bodies else {}
+    return {"bodies": _bodies_of(bodies)} if bodies else {}
+
+
+def _bodies_of(bodies: Mapping[str, Body]) -> dict:
+    return {attr: body.to_json() for attr, body in bodies.items()}
 
 
 @dataclass(frozen=True, kw_only=True)

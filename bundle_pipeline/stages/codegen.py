@@ -13,12 +13,12 @@ import bisect
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from .. import program
-from ..dtypes import dtype_from_name
 from ..errors import OptionInvalid
-from ..ir.graph import Graph, Node, TensorType
+from ..ir.graph import Graph, Node, TensorType, encode_attr
 from ..layouts import STANDARD, storage_shape
 from ..program import APPROX_OPS, CONTROL_OPS, TRANSDATA, encode_tensor
 from .stage import GRAPH, Input, Stage, StageContext
@@ -56,10 +56,10 @@ def build(structure: dict, tiling: dict[str, dict], variables: dict, role: str, 
     fast = options.get("op_select_implmode", "high_precision") == "high_performance"
     reuse = options.get("exec_disable_reused_memory", "0") != "1"
     emit = _Emit(tiling, precision, fast, reuse)
-    steps = tuple(emit.step(node, graph) for node in graph.nodes)
-    values, arena = plan_buffers(graph, reuse)
+    steps = emit.steps(graph)
+    values, arena, unshared = _plan(graph, reuse)
     # for inspect: what the other setting would cost (without reuse that is just the sum of the blocks)
-    other = unshared_arena(graph) if reuse else plan_buffers(graph, True)[1]
+    other = unshared if reuse else plan_buffers(graph, True)[1]
     return program.Program(
         graph=graph.name, role=role, opset=graph.opset, opsets=dict(sorted(graph.domain_opsets.items())),
         feeds=tuple(program.Feed(v, *_type(graph, v), layouts.get(v)) for v in graph.inputs if v not in variables),
@@ -135,17 +135,23 @@ class _Emit:
     fast: bool
     reuse: bool
 
-    def step(self, node: Node, graph: Graph) -> Step:
+    def steps(self, graph: Graph) -> tuple[Step, ...]:
+        native = set(graph.native)  # a list in the IR: looked up once a node
+        return tuple(self.step(node, graph, node.name in native) for node in graph.nodes)
+
+    def step(self, node: Node, graph: Graph, native: bool) -> Step:
+        bodies = node.bodies()
+        attrs = {k: encode_attr(v) for k, v in sorted(node.attrs.items()) if k not in bodies} if node.attrs else {}
         common = {"node": node.name, "op": node.op_type, "inputs": tuple(node.inputs),
                   "outputs": tuple(node.outputs), "domain": node.domain, "tiling": self.tiling.get(node.name),
-                  "attrs": {k: v for k, v in node.to_json()["attrs"].items() if k not in node.bodies()}}
-        bodies = {attr: self.body(body) for attr, body in sorted(node.bodies().items())}
+                  "attrs": attrs}
+        if bodies:
+            bodies = {attr: self.body(body) for attr, body in sorted(bodies.items())}
         if node.op_type == TRANSDATA and not node.domain:
             return program.TransDataStep(**common, layout=_layout(node, graph))
         rounded = self.precision == "force_fp16" and _float32_step(node, graph)
         if node.op_type in CONTROL_OPS and not node.domain:
             return program.ControlStep(**common, bodies=bodies, precision="fp16_round" if rounded else None)
-        native = node.name in graph.native
         kernel = {**common, "bodies": bodies, "native": native, "layout": _layout(node, graph) if native else None}
         dtype = graph.types[node.inputs[0]].dtype if node.inputs and node.inputs[0] else None
         if node.op_type not in CUBE_OPS or node.domain:
@@ -163,14 +169,15 @@ class _Emit:
                     inputs=tuple(_value(body, v) for v in body.inputs),
                     consts={k: encode_tensor(v) for k, v in sorted(body.consts.items())},
                     outputs=tuple(_value(body, o) for o in body.outputs),
-                    values=values, steps=tuple(self.step(node, body) for node in body.nodes), arena_bytes=arena)
+                    values=values, steps=self.steps(body), arena_bytes=arena)
 
 
 def _layout(node: Node, graph: Graph) -> Layout:
     """What a formatted kernel needs besides the arrays: each operand's format and logical shape."""
-    return program.Layout(tuple(graph.format_of(i) if i else None for i in node.inputs),
-                  tuple(tuple(graph.types[i].shape) if i else None for i in node.inputs),
-                  graph.format_of(node.outputs[0]), tuple(graph.types[node.outputs[0]].shape))
+    formats, types = graph.formats, graph.types
+    return program.Layout(tuple(formats.get(i, "ND") if i else None for i in node.inputs),
+                          tuple(types[i].shape if i else None for i in node.inputs),
+                          formats.get(node.outputs[0], "ND"), types[node.outputs[0]].shape)
 
 
 def _float32_step(node: Node, graph: Graph) -> bool:
@@ -186,43 +193,63 @@ def plan_buffers(graph: Graph, reuse: bool) -> tuple[dict[str, Plan], int]:
     Greedy first fit in definition order (as TFLite's arena planner): place each value at the lowest
     aligned offset that does not overlap a live value already placed.
     """
+    values, arena, _ = _plan(graph, reuse)
+    return values, arena
+
+
+def _plan(graph: Graph, reuse: bool) -> tuple[dict[str, Plan], int, int]:
+    """``plan_buffers`` and, from the same pass, the arena without reuse (the sum of the aligned blocks)."""
     last_use: dict[str, int] = {}
     for index, node in enumerate(graph.nodes):
         for name in node.inputs:
-            if name:
-                last_use[name] = index
+            last_use[name] = index  # "" (an omitted input) too: no output is named ""
     end = len(graph.nodes)
     outputs = set(graph.outputs)
+    types, formats = graph.types, graph.formats
+    blocks: dict[tuple[str, int], tuple[tuple[int, ...] | None, int]] = {}  # (format, id of a type) -> block
     free = _FreeList()
     dying: dict[int, list[tuple[int, int]]] = {}  # step -> (offset, size) of the blocks that die before it
     buffers: dict[str, Plan] = {}
-    arena = 0
+    arena = unshared = 0
+    make_plan = program.Plan
     for index, node in enumerate(graph.nodes):
         for offset, size in dying.pop(index, ()):  # placed in definition order: a dead block never matters again
             free.release(offset, size)
-        for name in filter(None, node.outputs):
-            if graph.types[name].dynamic:
+        for name in node.outputs:
+            if not name:
+                continue
+            ttype = types[name]
+            if ttype.dynamic:
                 continue  # sized at run time (inside a control-flow body): allocated by its kernel
-            fmt = graph.format_of(name)
-            storage = storage_shape(fmt, graph.types[name].shape)
-            size = _aligned(math.prod(storage) * dtype_from_name(graph.types[name].dtype).itemsize)
+            fmt = formats.get(name, "ND")
+            block = blocks.get((fmt, id(ttype)))  # types are interned: ids repeat, and hash faster than types
+            if block is None:
+                block = blocks[fmt, id(ttype)] = _block(fmt, ttype.shape, ttype.dtype, ttype.itemsize)
+            storage, size = block
             life_end = end if name in outputs else max(index, last_use.get(name, index))
             # without reuse nothing dies, every block is packed from 0 without gaps: first fit is the end
-            offset = free.take(size) if reuse else arena
+            offset = free.take(size) if reuse else unshared
             if reuse:
                 dying.setdefault(life_end + 1, []).append((offset, size))
-            standard = fmt in STANDARD
-            buffers[name] = program.Plan(tuple(graph.types[name].shape), graph.types[name].dtype, offset,
-                                 None if standard else fmt, None if standard else tuple(storage))
+            buffers[name] = (make_plan(ttype.shape, ttype.dtype, offset) if storage is None
+                             else make_plan(ttype.shape, ttype.dtype, offset, fmt, storage))
+            unshared += size
             arena = max(arena, offset + size)
-    return buffers, arena
+    return buffers, arena, unshared
 
 
 def unshared_arena(graph: Graph) -> int:
     """The arena ``plan_buffers(graph, reuse=False)`` plans: every value its own aligned block, end to end."""
-    return sum(_aligned(math.prod(storage_shape(graph.format_of(name), graph.types[name].shape))
-                        * dtype_from_name(graph.types[name].dtype).itemsize)
-               for node in graph.nodes for name in filter(None, node.outputs) if not graph.types[name].dynamic)
+    return _plan(graph, False)[1]
+
+
+@lru_cache(maxsize=4096)
+def _block(fmt: str, shape: tuple[int, ...], dtype: str, itemsize: int) -> tuple[tuple[int, ...] | None, int]:
+    """(physical shape when ``fmt`` is not a standard layout, else None; aligned bytes) of a static value: a
+    graph has a few dozen distinct types and formats, and a build plans thousands of values."""
+    storage = storage_shape(fmt, shape)
+    size = _aligned(math.prod(storage) * itemsize)
+    return (None if fmt in STANDARD else tuple(storage)), size
 
 
 class _FreeList:

@@ -149,6 +149,19 @@ def test_reuse_shrinks_the_arena_of_a_long_chain():
     np.testing.assert_array_equal(execute(reused, {"x": x})["v11"], x)
 
 
+def test_both_arenas_inspect_shows_come_from_the_plans_of_either_setting():
+    graph = chain(12, 1)
+    graph.types = dict.fromkeys(graph.types, TensorType((3, 20), "float32"))  # 240 bytes, 256 aligned
+    graph.formats = {"v3": "FRACTAL_NZ"}  # stored as (2, 1, 16, 16): 2048 bytes
+    on, off = codegen.plan_buffers(graph, reuse=True)[1], codegen.plan_buffers(graph, reuse=False)[1]
+    assert off == codegen.unshared_arena(graph) == 11 * 256 + 2048 and on < off
+    assert codegen.plan_buffers(graph, reuse=True)[0]["v3"].storage == (2, 1, 16, 16)
+    for options in (REUSE, NO_REUSE):
+        program = codegen.run(graph.to_json(), {}, {}, "infer", options)
+        assert program["arena_bytes_by_reuse"] == {"on": on, "off": off}
+        assert program["arena_bytes"] == (on if options is REUSE else off)
+
+
 def test_offsets_are_aligned_for_odd_sizes():
     graph = chain(5, 3)  # 12-byte values
     buffers, arena = codegen.plan_buffers(graph, reuse=False)
