@@ -124,6 +124,15 @@ def check_model(model: onnx.ModelProto, where: str) -> None:
         raise GraphInvalid(f"onnx.checker: {first}", where) from None
 
 
+def warm_up() -> None:
+    """Load onnx's operator schemas (its checker does on first use, ~15-20 ms) while the compiler loads, not in
+    the first parse task: one tiny model is checked."""
+    x, y = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1]), helper.make_tensor_value_info(
+        "y", onnx.TensorProto.FLOAT, [1])
+    onnx.checker.check_model(helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "warm",
+                                                                 [x], [y])))
+
+
 def check_opsets(model: onnx.ModelProto, where: str) -> None:
     """Every imported version of a domain the kernel library implements must be one it knows: ops of opset 99
     are not run as if they were opset 28's. (Unknown domains are refused where a node uses one.)"""

@@ -98,13 +98,17 @@ def _in_process(scheduler: str | None, workers: int | None) -> bool:
 
 def _load_steps(steps: set[str]) -> None:
     """Import what the steps that run in this process use, once, before they run: imports are a cost of
-    starting the tool (a build report counts them apart), and a task's seconds should be its own work."""
+    starting the tool (a build report counts them apart), and a task's seconds should be its own work. A
+    preloaded module's ``warm_up()``, if it has one, runs too (what a library does on first use: onnx loads its
+    operator schemas on the first check)."""
     from importlib import import_module
 
-    needed = ["bundle_pipeline.tasks.steps"]  # the cache glue, numpy
+    needed = ["bundle_pipeline.tasks.steps", "numpy", "orjson"]  # the cache glue, arrays, stage outputs' encoder
     needed += [m for stage in order.ordered() if stage.name in steps for m in stage.preload]  # onnx, kernels...
-    for module in dict.fromkeys(needed):
-        import_module(module)
+    for name in dict.fromkeys(needed):
+        module = import_module(name)
+        if name.startswith("bundle_pipeline.") and callable(getattr(module, "warm_up", None)):
+            module.warm_up()
 
 
 def on_client(step: str) -> bool:

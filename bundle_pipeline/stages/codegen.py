@@ -301,4 +301,5 @@ def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageCont
 
 STAGE = Stage("codegen", VERSION, compute, outputs=("program",),
               inputs=(Input("formats", "structure"), Input("tiling", "tiling"), Input("dedupe", "variables")),
-              params=("role", "options", "target", "assign"), scope=GRAPH)
+              params=("role", "options", "target", "assign"), scope=GRAPH,
+              preload=("bundle_pipeline.program.schema",))  # the typed step classes (lazy for a no-op)

@@ -83,7 +83,7 @@ class Stage:
     scope: str = GRAPH
     reads: str | None = None  # MODEL / EXTERNAL_DATA: the user's files it reads (their digests are key inputs)
     writes_bundle: bool = False  # writes the user's output: a hit also needs the bundle on disk unchanged
-    preload: tuple[str, ...] = ()  # heavy modules it uses: imported as setup before it runs, not in its seconds
+    preload: tuple[str, ...] = ()  # heavy modules it uses: imported (and warm_up() run) as setup, not in its seconds
 
     @property
     def group(self) -> str:

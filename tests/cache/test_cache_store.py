@@ -180,6 +180,18 @@ def test_truncated_or_garbled_action_is_none(cache):
         assert cache.get_action(KEY) is None
 
 
+def test_an_action_is_checked_where_its_record_lies_and_refuses_what_canonical_json_would(cache):
+    """decode_action hashes the record's bytes in place; a hand-made record with the right hash but a NaN, or
+    that is not an object, is still no record; a file in another (valid) spelling takes the decoding path."""
+    from bundle_pipeline.cache.actions import decode_action
+
+    for body in (b'{"seconds":NaN}', b"[1,2]", b'{"a":'):
+        assert decode_action(b'{"checksum":"%s","record":%s,"v":1}' % (hash_bytes(body).encode(), body)) is None
+    record = {"outputs": {"a": "cd" * 32}, "seconds": 0.5}
+    spaced = json.dumps({"v": 1, "record": record, "checksum": hash_bytes(canonical_json(record))}, indent=1)
+    assert decode_action(spaced.encode()) == record
+
+
 def test_action_keys_and_records_are_validated(cache):
     for bad in ["", "a", ".tmp-x", "a/b", "../x"]:
         with pytest.raises(ValueError):
