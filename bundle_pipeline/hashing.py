@@ -23,6 +23,13 @@ def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
 
 
+def sha256_hex(data: bytes | memoryview) -> str:
+    """sha256 hex digest (what a bundle lists for each file); hashlib loads on first use, not on a no-op."""
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
 def stored_json(obj: Any) -> bytes:
     """The canonical encoding of a stage output (``cache.put_json``): sorted keys, compact, UTF-8, by orjson
     (4-5x faster than ``canonical_json`` on IR-sized values).

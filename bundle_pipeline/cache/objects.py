@@ -7,7 +7,6 @@ without reading and decoding the bytes again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import TYPE_CHECKING, Any
@@ -16,7 +15,7 @@ from bundle_pipeline.cache.actions import get_action, put_action
 from bundle_pipeline.cache.backend_local import link_or_copy
 from bundle_pipeline.cache.layout import CacheMiss, check_hash, object_rel
 from bundle_pipeline.cache.recent import Recent
-from bundle_pipeline.hashing import hash_bytes, hash_json, stored_json
+from bundle_pipeline.hashing import hash_bytes, hash_json, sha256_hex, stored_json
 
 if TYPE_CHECKING:
     from bundle_pipeline.cache.backends import Backend
@@ -63,7 +62,7 @@ def place_object(backend: Backend, h: str, dest: str | os.PathLike[str], data: b
         data = get_object(backend, h)
         with open(dest, "wb") as f:
             f.write(data)
-        return hashlib.sha256(data).hexdigest()
+        return sha256_hex(data)
     path = backend.path(object_rel(check_hash(h)))
     try:
         st = os.stat(path)
@@ -74,7 +73,7 @@ def place_object(backend: Backend, h: str, dest: str | os.PathLike[str], data: b
     if record is not None and record.get("stat") == stat:
         digest = record["sha256"]
     else:
-        digest = hashlib.sha256(data if data is not None else get_object(backend, h)).hexdigest()
+        digest = sha256_hex(data if data is not None else get_object(backend, h))
         put_action(backend, memo, {"stat": stat, "sha256": digest})
     link_or_copy(path, os.fspath(dest))
     return digest

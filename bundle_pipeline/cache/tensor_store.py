@@ -8,7 +8,6 @@ on first use: planning a build on a local cache reads JSON records only.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import shutil
 import struct
@@ -19,7 +18,7 @@ from bundle_pipeline.cache.actions import get_action, put_action
 from bundle_pipeline.cache.layout import CacheMiss, check_hash, object_rel, temp_name
 from bundle_pipeline.cache.objects import get_object, has_object, put_object, stamp
 from bundle_pipeline.cache.packs import DECODED, SMALL_TENSOR_BYTES, decode, encode
-from bundle_pipeline.hashing import hash_json, tensor_hash
+from bundle_pipeline.hashing import hash_json, sha256_hex, tensor_hash
 
 if TYPE_CHECKING:
     import numpy as np
@@ -160,7 +159,7 @@ def export_tensor(backend: Backend, h: str, dest: str | os.PathLike[str], chunk_
         doc = tensors.entry_document(h, arr.dtype, arr.shape, chunks, digests)
         with open(os.path.join(dest, "zarr.json"), "wb") as f:
             f.write(doc)
-        return {**digests, "zarr.json": hashlib.sha256(doc).hexdigest()}
+        return {**digests, "zarr.json": sha256_hex(doc)}
     remembered = _export_remembered(backend, check_hash(h), dest, chunk_bytes)
     if remembered is not None:
         return remembered
@@ -181,7 +180,7 @@ def export_tensor(backend: Backend, h: str, dest: str | os.PathLike[str], chunk_
     doc = tensors.entry_document(h, dtype, meta.shape, meta.chunks, digests)
     with open(os.path.join(dest, "zarr.json"), "wb") as f:
         f.write(doc)
-    placed = {**digests, "zarr.json": hashlib.sha256(doc).hexdigest()}
+    placed = {**digests, "zarr.json": sha256_hex(doc)}
     if linked:
         stats = {rel: st for rel, (st, _) in _file_stats(dest, skip=("zarr.json",)).items()}
         put_action(backend, export_memo_key(h, chunk_bytes), {"stats": stats, "sha256": placed, "doc": doc.decode()})
@@ -283,4 +282,6 @@ def _file_stats(root: str, skip: tuple[str, ...] = ()) -> dict[str, tuple[list[i
 
 def _sha256_file(path: str) -> str:
     with open(path, "rb") as f:
+        import hashlib
+
         return hashlib.file_digest(f, "sha256").hexdigest()

@@ -14,7 +14,6 @@ import ctypes
 import errno
 import functools
 import glob
-import hashlib
 import math
 import os
 import re
@@ -33,6 +32,7 @@ from .. import zarr_plain
 from ..dtypes import dtype_from_name
 from ..errors import BundleIOError
 from ..guard import canonical, check_replaceable
+from ..hashing import sha256_hex
 from ..layouts import storage_shape
 from ..program import FORMAT_VERSION
 from .stage import BUNDLE, TEXT, Input, Ref, Stage, StageContext
@@ -316,20 +316,18 @@ def bundle_digest(path: str | os.PathLike, known: dict[str, str] | None = None) 
     ``known`` gives entries whose sha256 is already established (the cache's verified tensor files),
     so packing a large bundle hashes only its metadata.
     """
+    import hashlib  # a no-op imports this module's declaration, not hashlib
+
     path, known = Path(path), known or {}
     listing = hashlib.sha256()
     if path.is_dir():
-        items = ((rel, known.get(rel) or _sha256((path / rel).read_bytes())) for rel in entries(path))
+        items = ((rel, known.get(rel) or sha256_hex((path / rel).read_bytes())) for rel in entries(path))
     else:
         zf = zipfile.ZipFile(path)
-        items = ((name, _sha256(zf.read(name))) for name in sorted(zf.namelist()) if not name.endswith("/"))
+        items = ((name, sha256_hex(zf.read(name))) for name in sorted(zf.namelist()) if not name.endswith("/"))
     for rel, digest in items:
         listing.update(f"{rel}\t{digest}\n".encode())
     return listing.hexdigest()
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageContext) -> dict[str, Any]:

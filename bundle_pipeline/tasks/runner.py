@@ -34,7 +34,6 @@ Faults
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import threading
 import time
@@ -230,6 +229,8 @@ def worker_name() -> str:
             return str(get_worker().address)
         except ValueError:  # not inside a distributed worker
             pass
+    import socket  # a no-op plans without it
+
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
