@@ -146,6 +146,7 @@ def test_schedulers_give_byte_identical_bundles(tmp_path):
     built = models.cnn(tmp_path / "cnn")
     digests = {}
     for name, kwargs in {"sync": {"scheduler": "sync"}, "threads": {"scheduler": "threads"},
+                         "threads-3": {"scheduler": "threads", "workers": 3},
                          "processes": {"scheduler": "processes", "workers": 2},
                          "local-cluster-2": {"workers": 2}}.items():
         spec = load_spec(built.spec, cache=str(tmp_path / f"cache-{name}"), output=str(tmp_path / f"{name}.bundle"))

@@ -73,8 +73,10 @@ def run_stale(dag: TaskGraph, stale: list[str], resolved: dict[str, TaskResult],
         if not remote:
             load({dag.tasks[t].step for t in stale})
             setup += time.perf_counter() - began
-            run = _run_fused if workers is not None else _run_batch  # a LocalCluster: per-graph groups (fuse.py)
-            done.update(run(get, dag, stale, {**resolved, **done}, ctxs))
+            if workers is not None and scheduler is None:  # a LocalCluster: per-graph groups (fuse.py)
+                done.update(_run_fused(get, dag, stale, {**resolved, **done}, ctxs))
+            else:
+                done.update(_run_batch(get, dag, stale, {**resolved, **done}, ctxs))
             return done, setup
         with _local_getter("threads", None, notify) as here:
             _load_steps({dag.tasks[t].step for t in stale if on_client(dag.tasks[t].step)})
