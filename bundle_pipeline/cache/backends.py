@@ -6,16 +6,19 @@ fsspec is imported only for URLs: planning a build on a local cache (a no-op run
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bundle_pipeline.cache.backend_fsspec import FsspecBackend
 from bundle_pipeline.cache.backend_local import LocalBackend
 from bundle_pipeline.errors import ParamInvalid
+
+if TYPE_CHECKING:  # the fsspec backend loads with fsspec, for URLs only
+    from bundle_pipeline.cache.backend_fsspec import FsspecBackend
+
+    Backend = LocalBackend | FsspecBackend
 
 # Object stores with directory-listing caches, which would go stale while other machines write.
 LISTING_CACHE_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "abfs", "az"})
 
-Backend = LocalBackend | FsspecBackend
 
 
 def open_backend(root: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> Backend:
@@ -36,5 +39,7 @@ def open_backend(root: str | os.PathLike[str], storage_options: dict[str, Any] |
         raise ParamInvalid(f"cannot open the cache: {err}", given) from None
     if isinstance(fs, LocalFileSystem):
         return LocalBackend(os.path.abspath(path), mark_root=True)
+    from bundle_pipeline.cache.backend_fsspec import FsspecBackend
+
     return FsspecBackend(fs, path, opts)
 

@@ -21,11 +21,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import bundle_pipeline.cache.actions as actions
-import bundle_pipeline.cache.gc as collector
 import bundle_pipeline.cache.marker as marker
 import bundle_pipeline.cache.objects as objects
 import bundle_pipeline.cache.tensor_store as tensor_store
-import bundle_pipeline.cache.verify as verifier
 from bundle_pipeline.cache.backend_local import LocalBackend
 from bundle_pipeline.cache.backends import open_backend
 from bundle_pipeline.cache.layout import AREAS, MARKER, CacheMiss, NotACache
@@ -201,18 +199,26 @@ class Cache:
 
     def info(self) -> dict[str, Any]:
         """Entry counts and bytes per area, plus temp leftovers."""
-        return verifier.info(self._backend, self.root)
+        from bundle_pipeline.cache import verify  # cache commands only
+
+        return verify.info(self._backend, self.root)
 
     def verify(self) -> dict[str, Any]:
         """Re-hash every entry; delete and list the corrupt ones, list (never delete) foreign files."""
-        return verifier.verify(self._backend)
+        from bundle_pipeline.cache import verify
+
+        return verify.verify(self._backend)
 
     def gc(self, keep_actions: set[str] | None = None, older_than_s: float = 0,
            max_bytes: int | None = None, temp_older_than_s: float | None = None) -> dict[str, int]:
         """Remove temp leftovers, then entries the kept actions do not reach (or evict down to ``max_bytes``)."""
+        from bundle_pipeline.cache import gc as collector  # cache commands only
+
         return collector.gc(self._backend, self._stat, self._outputs, keep_actions, older_than_s, max_bytes,
                             temp_older_than_s)
 
     def newest_builds(self) -> set[str]:
         """gc roots: the key of every ``last-build`` record and of each task record it names."""
+        from bundle_pipeline.cache import gc as collector
+
         return collector.newest_builds(self._backend)
