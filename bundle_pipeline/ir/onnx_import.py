@@ -124,9 +124,10 @@ def check_model(model: onnx.ModelProto, where: str) -> None:
         raise GraphInvalid(f"onnx.checker: {first}", where) from None
 
 
+@cache
 def warm_up() -> None:
     """Load onnx's operator schemas (its checker does on first use, ~15-20 ms) while the compiler loads, not in
-    the first parse task: one tiny model is checked."""
+    the first parse task: one tiny model is checked, once a process (setup may load the steps twice)."""
     x, y = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1]), helper.make_tensor_value_info(
         "y", onnx.TensorProto.FLOAT, [1])
     onnx.checker.check_model(helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "warm",
