@@ -35,6 +35,11 @@ from .events import Event, Observer
 
 SCHEDULERS = ("sync", "threads", "processes", "tcp://HOST:PORT")
 CONNECT_TIMEOUT_S = 20
+# Our own LocalCluster's workers only build: distributed's statistical profiler samples every thread's stack
+# every 10 ms and its GIL monitor every 1 ms, both on the cores the tasks need (tasks ran 1.3x slower in a
+# worker than in-process); memory and system monitors poll less often. Connected clusters keep their config.
+QUIET_WORKERS = {"distributed.worker.profile.enabled": False, "distributed.admin.system-monitor.gil.enabled": False,
+                 "distributed.worker.memory.monitor-interval": "1s", "distributed.admin.system-monitor.interval": "2s"}
 
 
 
@@ -224,10 +229,10 @@ def _distributed_getter(client, notify: Observer):
         from distributed.scheduler import KilledWorker
 
         futures = client.get(graph, keys, sync=False)
-        by_key = {f.key: f for f in futures}
-        try:
-            for future in as_completed(futures, loop=client.loop):
-                result = future.result()  # re-raises the task's own exception (e.g. a BundleError)
+        results: dict[str, TaskResult | dict[str, TaskResult]] = {}
+        try:  # results arrive with their futures: one round trip each, and a task's exception is re-raised
+            for future, result in as_completed(futures, with_results=True, loop=client.loop):
+                results[future.key] = result
                 for member in result.values() if isinstance(result, dict) else [result]:  # a group: each task
                     notify(Event("finish", member.id, member))
         except KilledWorker as err:  # dask retried the task on other workers, and they died too
@@ -238,7 +243,7 @@ def _distributed_getter(client, notify: Observer):
         except BaseException:
             client.cancel(futures)
             raise
-        return [by_key[k].result() for k in keys]
+        return [results[k] for k in keys]
 
     return get
 
@@ -246,8 +251,10 @@ def _distributed_getter(client, notify: Observer):
 @contextmanager
 def _local_cluster(workers: int) -> Iterator:
     """A distributed.LocalCluster of ``workers`` single-threaded worker processes, closed afterwards."""
+    import dask
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=40) as cluster, Client(cluster, set_as_default=False) as client:
+    with dask.config.set(QUIET_WORKERS), LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
+    ) as cluster, Client(cluster, set_as_default=False) as client:
         yield client
