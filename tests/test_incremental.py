@@ -281,31 +281,34 @@ def test_external_data_weight_edit_leaves_the_structure_parse_cached(tmp_path):
     assert json.loads(stale.stdout.splitlines()[-1]) == {"stale": [], "maybe": []}
 
 
-def test_a_chain_of_reruns_runs_in_process_without_loading_dask(tmp_path):
-    """A weight edit re-runs a chain (parse.weights -> dedupe -> formats.weights -> pack): no two of its tasks
-    could run at once, so pipeline/serial.py runs them in order and dask is never imported; a cold build
-    (many parses at once) still goes to dask. Same bundle either way."""
+def test_small_builds_and_chains_of_reruns_run_in_process_without_loading_dask(tmp_path):
+    """pipeline/serial.py: a weight edit re-runs a chain (parse.weights -> dedupe -> formats.weights -> pack)
+    and a tiny cold build ends within the serial budget, so dask is never imported; with no budget a cold
+    build (several parses ready at once) goes to dask. The same bundle every way."""
     built, weight_file = external_weight_bundle(tmp_path)
-    cache, out = str(tmp_path / "cache"), tmp_path / "out.bundle"
-    code = ("import json, sys\nfrom bundle_pipeline.cli import app\n"
-            f"try:\n    app(['run', {str(built.spec)!r}, '--cache', {cache!r}, '--out', {str(out)!r}, '--json'])\n"
-            "except SystemExit:\n    pass\n"
-            "print(json.dumps('dask' in sys.modules))\n")
 
-    def run() -> tuple[dict, bool]:
+    def run(name: str, budget: float | None = None) -> tuple[dict, bool]:
+        cache, out = str(tmp_path / name), str(tmp_path / f"{name}.bundle")
+        code = ("import json, sys\nfrom bundle_pipeline.cli import app\nfrom bundle_pipeline.pipeline import serial\n"
+                + (f"serial.SERIAL_BUDGET_S = {budget}\n" if budget is not None else "")
+                + f"try:\n    app(['run', {str(built.spec)!r}, '--cache', {cache!r}, '--out', {out!r}, '--json'])\n"
+                "except SystemExit:\n    pass\nprint(json.dumps('dask' in sys.modules))\n")
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         lines = proc.stdout.strip().splitlines()
         return json.loads(lines[-2]), json.loads(lines[-1])
 
-    _, cold_loaded_dask = run()
+    cold, cold_loaded_dask = run("small", budget=60.0)
+    parallel, parallel_loaded_dask = run("parallel", budget=0.0)
+    assert not cold_loaded_dask and parallel_loaded_dask
+    assert parallel["digest"] == cold["digest"]
     arr = np.fromfile(weight_file, dtype=np.float32)
     (arr * 2).tofile(weight_file)
-    report, edit_loaded_dask = run()
-    assert cold_loaded_dask and not edit_loaded_dask
+    report, edit_loaded_dask = run("parallel", budget=0.0)
+    assert not edit_loaded_dask  # a chain: never two tasks ready at once
     assert {t["id"].split("/", 1)[1] for t in report["tasks"] if t["status"] == "ran"} == {
         "parse.weights:init", "dedupe", "formats.weights", "pack"}
     again = build(load_spec(built.spec, cache=str(tmp_path / "fresh"), output=str(tmp_path / "again.bundle")))
-    assert again.digest == report["digest"]  # the same bytes as a cold build through dask
+    assert again.digest == report["digest"]  # the same bytes as a cold build
 
 
 def test_weight_edit_inside_an_if_branch_skips_formats_tiling_codegen(tmp_path):
