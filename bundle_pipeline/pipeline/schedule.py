@@ -271,6 +271,6 @@ def _local_cluster(workers: int) -> Iterator:
     from distributed import Client, LocalCluster
 
     with dask.config.set(QUIET_WORKERS), LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=50
     ) as cluster, Client(cluster, set_as_default=False) as client:
         yield client
