@@ -32,6 +32,8 @@ from bundle_pipeline.cache.tensor_store import DEFAULT_CHUNK_BYTES
 from bundle_pipeline.hashing import hash_bytes
 
 if TYPE_CHECKING:
+    import contextlib
+
     import numpy as np
 
 # The names other packages and tests take from here; the layout names are the on-disk contract.
@@ -170,6 +172,10 @@ class Cache:
     def file_hash(self, path: str | os.PathLike[str]) -> str:
         """``hash_bytes`` of a local file's content, re-hashed only when its stat changed."""
         return self._stat.file_hash(path)
+
+    def deferred_file_hashes(self) -> contextlib.AbstractContextManager[None]:
+        """Within: ``file_hash`` saves the stat state once at the end, not once per new file (the planner)."""
+        return self._stat.deferred()
 
     def output_record(self, path: str | os.PathLike[str]) -> dict[str, Any] | None:
         """What this machine recorded about output ``path`` (see ``statstate.OutputState``)."""
