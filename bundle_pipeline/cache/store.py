@@ -99,9 +99,10 @@ class Cache:
 
     # -- objects (objects.py) ---------------------------------------------------------------------
 
-    def put_object(self, data: bytes) -> str:
-        """Store ``data`` under its hash and return the hash; a no-op when already stored."""
-        return objects.put_object(self._backend, data)
+    def put_object(self, data: bytes, placed: bool = False) -> str:
+        """Store ``data`` under its hash and return the hash; a no-op when already stored. ``placed``: it will be
+        placed into a bundle (``place_object``), so a local cache remembers its sha256 now (see objects.py)."""
+        return objects.put_object(self._backend, data, placed)
 
     def get_object(self, h: str) -> bytes:
         """The bytes stored under ``h``; CacheMiss when missing or corrupt (a corrupt entry is deleted)."""
