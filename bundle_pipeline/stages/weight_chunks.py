@@ -12,6 +12,7 @@ by its record, which also names the content hash of every converted constant it 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
@@ -22,6 +23,7 @@ from . import pack
 from .stage import Store
 
 VERSION = "1"  # bump when a chunk's bytes change for the same pieces
+_LITTLE = sys.byteorder == "little"
 
 
 def source_name(h: str, fmt: str) -> str:
@@ -103,8 +105,10 @@ def _chunk_bytes(pieces: list[pack.Piece], size: int, converter: _Converter) -> 
 
 def _stored_bytes(arr: Any) -> memoryview:
     """C-order little-endian bytes (ml_dtypes types: their bit patterns), as ``cache.packs`` stores tensors."""
-    from ..dtypes import storage_dtype
+    from ..dtypes import is_extended, storage_dtype
 
+    if _LITTLE and arr.dtype.isnative and arr.flags.c_contiguous and not is_extended(arr.dtype):
+        return memoryview(arr).cast("B")  # the common case, in a tenth of the time (thousands of constants)
     stored = storage_dtype(arr.dtype)
     return memoryview(arr.view(stored).astype(stored.newbyteorder("<"), copy=False).reshape(-1).view("u1"))
 
