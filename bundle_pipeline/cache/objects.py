@@ -23,14 +23,32 @@ if TYPE_CHECKING:
 RECENT_JSON = Recent(64 << 20)
 
 
-def put_object(backend: Backend, data: bytes) -> str:
-    """Store ``data`` under its hash and return the hash; a no-op when already stored."""
+def put_object(backend: Backend, data: bytes, placed: bool = False) -> str:
+    """Store ``data`` under its hash and return the hash; a no-op when already stored.
+
+    ``placed``: the object is to be placed into a bundle (``place_object``): when this call writes it to a local
+    cache, the sha256 of ``data`` is remembered with the new file's stat now, so placing it reads nothing."""
     data = bytes(data)
     h = hash_bytes(data)
     rel = object_rel(h)
     if not backend.exists(rel):
         backend.write_atomic(rel, data)
+        if placed and backend.is_local:
+            _remember_sha256(backend, h, sha256_hex(data))
     return h
+
+
+def _sha256_memo(h: str) -> str:
+    return hash_json({"object-sha256": h})
+
+
+def _file_stat(backend: Backend, h: str) -> list[int]:
+    st = os.stat(backend.path(object_rel(h)))
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _remember_sha256(backend: Backend, h: str, digest: str) -> None:
+    put_action(backend, _sha256_memo(h), {"stat": _file_stat(backend, h), "sha256": digest})
 
 
 def get_object(backend: Backend, h: str) -> bytes:
@@ -63,19 +81,17 @@ def place_object(backend: Backend, h: str, dest: str | os.PathLike[str], data: b
         with open(dest, "wb") as f:
             f.write(data)
         return sha256_hex(data)
-    path = backend.path(object_rel(check_hash(h)))
     try:
-        st = os.stat(path)
+        stat = _file_stat(backend, check_hash(h))
     except FileNotFoundError:
         raise CacheMiss(h) from None
-    stat, memo = [st.st_size, st.st_mtime_ns, st.st_ino], hash_json({"object-sha256": h})
-    record = get_action(backend, memo)
+    record = get_action(backend, _sha256_memo(h))
     if record is not None and record.get("stat") == stat:
         digest = record["sha256"]
     else:
         digest = sha256_hex(data if data is not None else get_object(backend, h))
-        put_action(backend, memo, {"stat": stat, "sha256": digest})
-    link_or_copy(path, os.fspath(dest))
+        _remember_sha256(backend, h, digest)
+    link_or_copy(backend.path(object_rel(h)), os.fspath(dest))
     return digest
 
 

@@ -22,7 +22,9 @@ Two rules keep a stale entry from ever being *recorded*:
 
 The file is rewritten atomically (temp + ``os.replace``) after each new entry, merged with what
 is on disk at that moment, so concurrent processes can at worst lose each other's entries
-(which only costs a re-hash). An unreadable or corrupt state file is treated as empty.
+(which only costs a re-hash). Inside ``deferred()`` (the planner, which hashes every new model of a cold
+build) new entries are kept in memory and saved once when it ends: a read-merge-write per file would cost
+O(files^2). An unreadable or corrupt state file is treated as empty.
 
 Output state
 ------------
@@ -46,6 +48,7 @@ import re
 import stat
 import threading
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import blake3
@@ -115,6 +118,7 @@ class StatState:
         self._rel = rel
         self._lock = _file_lock(backend.path(rel))
         self._entries: dict[str, list[Any]] | None = None  # loaded on first use
+        self._pending: dict[str, list[Any]] | None = None  # entries not saved yet, inside ``deferred()``
 
     @property
     def path(self) -> str:
@@ -165,12 +169,35 @@ class StatState:
             return {}
         return {k: v for k, v in entries.items() if isinstance(k, str) and _valid_entry(v)}
 
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Within: new entries are recorded in memory only; at the end they are saved in one read-merge-write."""
+        with self._lock:
+            outer = self._pending is not None
+            if not outer:
+                self._pending = {}
+        try:
+            yield
+        finally:
+            if not outer:
+                with self._lock:
+                    pending, self._pending = self._pending or {}, None
+                    if pending:
+                        self._save(pending)
+
     def _record(self, path: str, sig: Signature, h: str) -> None:
         with self._lock:
-            merged = self._read_disk()  # keep what other processes saved since we loaded
-            merged[path] = [*sig, h]
-            self._entries = merged
-            self._write(merged)
+            if self._pending is not None:
+                self._pending[path] = self._loaded()[path] = [*sig, h]
+                return
+            self._save({path: [*sig, h]})
+
+    def _save(self, new: dict[str, list[Any]]) -> None:
+        """Merge ``new`` into what is on disk (other processes may have saved entries since we loaded) and write."""
+        merged = self._read_disk()
+        merged.update(new)
+        self._entries = merged
+        self._write(merged)
 
     def _write(self, entries: dict[str, list[Any]]) -> None:
         data = canonical_json({"v": STATE_FORMAT, "entries": entries})

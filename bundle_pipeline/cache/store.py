@@ -32,6 +32,8 @@ from bundle_pipeline.cache.tensor_store import DEFAULT_CHUNK_BYTES
 from bundle_pipeline.hashing import hash_bytes
 
 if TYPE_CHECKING:
+    import contextlib
+
     import numpy as np
 
 # The names other packages and tests take from here; the layout names are the on-disk contract.
@@ -97,9 +99,10 @@ class Cache:
 
     # -- objects (objects.py) ---------------------------------------------------------------------
 
-    def put_object(self, data: bytes) -> str:
-        """Store ``data`` under its hash and return the hash; a no-op when already stored."""
-        return objects.put_object(self._backend, data)
+    def put_object(self, data: bytes, placed: bool = False) -> str:
+        """Store ``data`` under its hash and return the hash; a no-op when already stored. ``placed``: it will be
+        placed into a bundle (``place_object``), so a local cache remembers its sha256 now (see objects.py)."""
+        return objects.put_object(self._backend, data, placed)
 
     def get_object(self, h: str) -> bytes:
         """The bytes stored under ``h``; CacheMiss when missing or corrupt (a corrupt entry is deleted)."""
@@ -170,6 +173,10 @@ class Cache:
     def file_hash(self, path: str | os.PathLike[str]) -> str:
         """``hash_bytes`` of a local file's content, re-hashed only when its stat changed."""
         return self._stat.file_hash(path)
+
+    def deferred_file_hashes(self) -> contextlib.AbstractContextManager[None]:
+        """Within: ``file_hash`` saves the stat state once at the end, not once per new file (the planner)."""
+        return self._stat.deferred()
 
     def output_record(self, path: str | os.PathLike[str]) -> dict[str, Any] | None:
         """What this machine recorded about output ``path`` (see ``statstate.OutputState``)."""

@@ -12,6 +12,7 @@ build), written by ``remember``; ``status`` and ``explain`` diff against them.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 from ..cache import Cache
@@ -45,8 +46,15 @@ class Plan:
 
 def plan(dag: TaskGraph, ctxs: dict[str, BuildContext], identities: dict[str, str]) -> Plan:
     """Resolve every task whose key hits; explain why each other task is stale."""
-    result = Plan()
     caches = {b: Cache(ctx.cache_root) for b, ctx in ctxs.items()}
+    with contextlib.ExitStack() as saved_once:  # a cold build hashes every model: one stat-state write, not N
+        for cache in caches.values():
+            saved_once.enter_context(cache.deferred_file_hashes())
+        return _plan(dag, ctxs, identities, caches)
+
+
+def _plan(dag: TaskGraph, ctxs: dict[str, BuildContext], identities: dict[str, str], caches: dict[str, Cache]) -> Plan:
+    result = Plan()
     previous = {b: last_build(caches[b], identities[b]) for b in ctxs}
     for tid in dag.order():
         task: Task = dag.tasks[tid]

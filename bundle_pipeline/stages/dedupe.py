@@ -39,10 +39,21 @@ def run(graphs: list[dict], params: dict) -> tuple[dict, dict]:
     assign = params.get("assign") or {}
     graphs = [_indexed(g) for g in graphs]
     writes = {g["name"]: _write_map(g, assign.get(g["name"], {})) for g in graphs}
-    names = _variable_names(graphs, writes, params.get("variables"))
+    touching = _touching(graphs, writes)
+    names = _variable_names(graphs, writes, params.get("variables"), touching)
     _check_assigned(graphs, assign, names)
-    variables = {name: _variable(name, graphs, writes) for name in sorted(names)}
+    variables = {name: _variable(name, touching.get(name, []), writes) for name in sorted(names)}
     return variables, _storage(graphs, variables)
+
+
+def _touching(graphs: list[dict], writes: dict[str, dict[str, str]]) -> dict[str, list[dict]]:
+    """name -> the graphs that read, write or hold it as a small constant, in spec order: what a variable's checks
+    look at, so they cost the graphs that use a name, not every graph of the bundle for every name."""
+    touching: dict[str, list[dict]] = {}
+    for g in graphs:
+        for name in _reads(g) | set(g["structure"]["consts"]) | set(writes[g["name"]]):
+            touching.setdefault(name, []).append(g)
+    return touching
 
 
 def _indexed(g: dict) -> dict:
@@ -79,7 +90,8 @@ def _write_map(g: dict, assign: dict[str, str]) -> dict[str, str]:
     return writes
 
 
-def _variable_names(graphs: list[dict], writes: dict[str, dict[str, str]], declared: list[str] | None) -> set[str]:
+def _variable_names(graphs: list[dict], writes: dict[str, dict[str, str]], declared: list[str] | None,
+                    touching: dict[str, list[dict]]) -> set[str]:
     """The declared names, and every name an init/update graph writes and any graph (itself too) reads."""
     names = set(declared or [])
     everywhere = set().union(*(_reads(g) | set(g["structure"]["outputs"]) | set(g["structure"]["consts"])
@@ -91,7 +103,7 @@ def _variable_names(graphs: list[dict], writes: dict[str, dict[str, str]], decla
     for g in graphs:
         names.update(name for name in writes[g["name"]] if name in read_anywhere)
     for name in sorted(names):  # a dtype/shape conflict is the real problem, whatever else is wrong with the name
-        _same_type_everywhere(name, graphs, writes)
+        _same_type_everywhere(name, touching.get(name, []), writes)
     for g in graphs:
         consts = g["structure"]["consts"]
         for name in sorted(names & set(consts)):
@@ -128,7 +140,8 @@ def _check_assigned(graphs: list[dict], assign: dict[str, dict[str, str]], names
 
 
 def _typed(name: str, graphs: list[dict], writes: dict[str, dict[str, str]]) -> list[tuple[str, dict]]:
-    """(where, type) of every read, write and small constant of ``name``, in spec order."""
+    """(where, type) of every read, write and small constant of ``name`` in ``graphs`` (those touching it), in
+    spec order."""
     typed = []
     for g in graphs:
         types = g["structure"]["types"]
@@ -150,6 +163,7 @@ def _same_type_everywhere(name: str, graphs: list[dict], writes: dict[str, dict[
 
 
 def _variable(name: str, graphs: list[dict], writes: dict[str, dict[str, str]]) -> dict:
+    """The variable table entry of ``name``; ``graphs``: those touching it (``_touching``), in spec order."""
     readers = [g["name"] for g in graphs if name in _reads(g)]
     writers = [g["name"] for g in graphs if name in writes[g["name"]]]
     first_type = _typed(name, graphs, writes)[0][1]  # one type everywhere (_same_type_everywhere)

@@ -115,14 +115,18 @@ class Placer(Protocol):
         """Put one chunk of the packed array (``size`` bytes: ``pieces``, zeros elsewhere) at file ``dest``;
         its sha256."""
 
+    def object(self, h: str, dest: Path) -> str:
+        """Put the cache object ``h`` (a chunk ``formats.weights`` built) at file ``dest``; its sha256."""
 
-def run(meta: dict, placer: Placer, out_path: str) -> str:
+
+def run(meta: dict, placer: Placer, out_path: str, chunks: list[str] | None = None) -> str:
     """Write the bundle described by ``meta`` (from ``manifest``) to ``out_path``; return its digest.
 
     ``placer`` puts each stored tensor's zarr array and each chunk of the packed array; the cache
     hard-links what it already holds, so re-packing a directory bundle writes metadata and the chunks an
-    edit changed. The bundle
-    is staged beside the destination and renamed into place, so a failure leaves the previous bundle
+    edit changed; ``chunks``, when given, are the packed array's chunks as cache objects already (built by
+    ``formats.weights``, ``weight_chunks``), linked in order. The bundle is staged beside the destination and
+    renamed into place, so a failure leaves the previous bundle
     untouched. A ``.zip`` destination gets the stored-zip form of the same entries, read from the
     staged (linked) chunk files: no tensor is recomputed.
     """
@@ -136,7 +140,7 @@ def run(meta: dict, placer: Placer, out_path: str) -> str:
         raise BundleIOError(f"cannot write bundle: {err}", str(out)) from None
     staged_zip = stage_dir.with_name(stage_dir.name + ".zip.tmp")  # unique per build, like stage_dir
     try:
-        known = write_directory(stage_dir, meta, placer)
+        known = write_directory(stage_dir, meta, placer, chunks)
         digest = bundle_digest(stage_dir, known)
         if out.suffix == ".zip":
             write_zip(stage_dir, staged_zip)
@@ -151,8 +155,9 @@ def run(meta: dict, placer: Placer, out_path: str) -> str:
             _remove(leftover)
 
 
-def write_directory(root: Path, meta: dict, placer: Placer) -> dict[str, str]:
-    """Write the bundle's metadata and place its arrays; return the sha256 the placers already know."""
+def write_directory(root: Path, meta: dict, placer: Placer, chunks: list[str] | None = None) -> dict[str, str]:
+    """Write the bundle's metadata and place its arrays (the packed array's ``chunks``: cache objects, when
+    given); return the sha256 the placers already know."""
     (root / "constants").mkdir(parents=True, exist_ok=True)
     (root / "zarr.json").write_bytes(zarr_plain.group_document(meta))
     (root / "constants" / "zarr.json").write_bytes(zarr_plain.dumps(zarr_plain.group_meta({})))
@@ -161,14 +166,18 @@ def write_directory(root: Path, meta: dict, placer: Placer) -> dict[str, str]:
         if const["array"] != PACKED_ARRAY:
             placed = placer.tensor(const["hash"], root / const["array"]) or {}
             known.update({f"{const['array']}/{rel}": digest for rel, digest in placed.items()})
-    size, chunks = packed_chunks(meta)
-    if chunks:
+    size, pieces = packed_chunks(meta)
+    if chunks is not None and len(chunks) != len(pieces):
+        raise ValueError(f"{len(chunks)} chunks given for a packed array of {len(pieces)}")  # a stage bug
+    if pieces:
         array = root / PACKED_ARRAY
         array.mkdir()
-        (array / "zarr.json").write_bytes(zarr_plain.dumps(zarr_plain.array_meta((size * len(chunks),), "uint8", 1,
+        (array / "zarr.json").write_bytes(zarr_plain.dumps(zarr_plain.array_meta((size * len(pieces),), "uint8", 1,
                                                                                  (size,), {})))
-        for i, pieces in enumerate(chunks):
-            known[f"{PACKED_ARRAY}/c.{i}"] = placer.chunk(pieces, size, array / f"c.{i}")
+        for i, held in enumerate(pieces):
+            dest = array / f"c.{i}"
+            known[f"{PACKED_ARRAY}/c.{i}"] = (placer.chunk(held, size, dest) if chunks is None
+                                              else placer.object(chunks[i], dest))
     return known
 
 
@@ -335,7 +344,7 @@ def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageCont
     graphs = [{**g, "program": zarr_plain.RawJSON(inputs["program"][g["name"]])} for g in params["graphs"]]
     storage = inputs["stored"]
     meta = manifest(params["name"], params["target"], graphs, inputs["variables"], inputs["var_formats"], storage)
-    return {"digest": Ref(run(meta, ctx.placer(storage.get("packs", {})), ctx.out))}
+    return {"digest": Ref(run(meta, ctx.placer(storage.get("packs", {})), ctx.out, storage.get("chunks")))}
 
 
 STAGE = Stage("pack", VERSION, compute, outputs=("digest",),

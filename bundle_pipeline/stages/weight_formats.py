@@ -1,8 +1,9 @@
 """formats.weights: constants and variable initial values converted to the formats their readers store them in.
 
-A conversion is remembered per (tensor hash, format), so after a weight edit only the changed tensors are
-converted again; the converted small ones go into one pack. Standard layouts (ND/NCHW) are the parsed bytes
-themselves.
+The small ones (``pack.PACKED_MAX_BYTES``) are converted straight into the chunks of the bundle's packed array
+(``weight_chunks``: their bytes are written once, and ``pack`` links the chunks); each larger one becomes a tensor
+entry of its own, its conversion remembered per (tensor hash, format). After a weight edit only the changed chunks
+and tensors are built again. Standard layouts (ND/NCHW) are the parsed bytes themselves.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from typing import Any
 
 from ..hashing import hash_json
 from ..layouts import STANDARD, storage_shape
+from . import pack, weight_chunks
 from .parse_weights import tensor_table
 from .stage import BUNDLE, Input, Stage, StageContext, Store
 
-VERSION = "4"  # the version formats had when this was its bundle-level step: keys and conversion records stay
+VERSION = "5"  # 5: small constants go straight into the packed array's chunks (no pack of converted tensors)
 
 
 def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageContext) -> dict[str, Any]:
@@ -25,15 +27,31 @@ def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageCont
                 for graph, bound in storage["bindings"].items()}
     initial = {var: _stored_id(placed, cid, var_formats.get(var, "ND"))
                for var, cid in sorted(storage["initial"].items())}
-    refs = converted(ctx.cache, storage, {(storage["constants"][cid]["hash"], fmt) for cid, fmt in placed.values()})
+    layout = pack.constant_table({sid: _entry(storage["constants"][cid], fmt) for sid, (cid, fmt) in placed.items()})
+    small = {sid for sid, c in layout.items() if c["array"] == pack.PACKED_ARRAY}
+    packs = storage.get("packs", {})
+    chunks, small_hashes = weight_chunks.build(ctx.cache, layout, packs)
+    refs = converted(ctx.cache, storage, {(storage["constants"][cid]["hash"], fmt)
+                                          for sid, (cid, fmt) in placed.items() if sid not in small})
     stored = {}
     for sid, (cid, fmt) in sorted(placed.items()):
-        const, shape = storage["constants"][cid], tuple(storage["constants"][cid]["shape"])
-        stored[sid] = {**const, "hash": refs[const["hash"], fmt]["tensor"],
-                       **({"format": fmt, "storage": list(storage_shape(fmt, shape))} if fmt not in STANDARD else {})}
+        const = storage["constants"][cid]
+        h = small_hashes[layout[sid]["hash"]] if sid in small else refs[const["hash"], fmt]["tensor"]
+        stored[sid] = {**_entry(const, fmt), "hash": h}
     table = tensor_table({f"{h}@{fmt}": ref for (h, fmt), ref in refs.items()})
-    return {"stored": {"constants": stored, "bindings": bindings, "initial": initial,
-                       "tensors": {c["hash"]: c["hash"] for c in stored.values()}, "packs": table["packs"]}}
+    # gc keeps what "tensors" (entries) and "packs" (objects) name: the big constants, the packed array's chunks
+    chunk_names = {f"{pack.PACKED_ARRAY}/c.{i}": obj for i, obj in enumerate(chunks)}
+    return {"stored": {"constants": stored, "bindings": bindings, "initial": initial, "chunks": chunks,
+                       "tensors": {r["tensor"]: r["tensor"] for r in refs.values()},
+                       "packs": {**table["packs"], **chunk_names}}}
+
+
+def _entry(const: dict, fmt: str) -> dict:
+    """A stored constant without its content hash yet: ``hash`` names its source and format (the packed array's
+    layout and chunk records use that), ``format`` and ``storage`` shape when not a standard layout."""
+    return {**const, "hash": weight_chunks.source_name(const["hash"], fmt),
+            **({"format": fmt, "storage": list(storage_shape(fmt, tuple(const["shape"])))}
+               if fmt not in STANDARD else {})}
 
 
 def _stored_id(placed: dict[str, tuple[str, str]], cid: str, fmt: str) -> str:
@@ -44,11 +62,11 @@ def _stored_id(placed: dict[str, tuple[str, str]], cid: str, fmt: str) -> str:
 
 def converted(cache: Store, storage: dict, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], dict]:
     """(tensor hash, format) -> reference of the tensor in that format: the tensor itself for standard layouts,
-    else a remembered conversion, else one made now (the small ones stored in one pack).
+    else a remembered conversion, else one made now (``compute`` asks this for the constants too big for the
+    packed array: each is stored as an entry of its own).
 
-    A conversion is remembered per big tensor, and per (source pack, format) for the small ones: after a weight
-    edit only the changed tensors, or the pack that changed, are converted again, at one record a pack rather
-    than one a tensor."""
+    A conversion is remembered per tensor, and per (source pack, format) for tensors read from a pack: after a
+    weight edit only the changed tensors, or the pack that changed, are converted again."""
     from ..formats import to_format  # numpy
 
     packs = storage.get("packs", {})

@@ -133,6 +133,9 @@ class CachePlacer:
     def tensor(self, h: str, dest: Path) -> dict[str, str]:
         return self.cache.export_tensor(h, dest, pack=self.packs.get(h))
 
+    def object(self, h: str, dest: Path) -> str:
+        return self.cache.place_object(h, dest)
+
     def chunk(self, pieces: list[pack.Piece], size: int, dest: Path) -> str:
         key = hash_json({"packed-chunk": [[p.tensor, p.start, p.length, p.at] for p in pieces], "size": size})
         record = self.cache.get_action(key)

@@ -236,3 +236,26 @@ def test_two_caches_on_one_root_keep_every_output_record(tmp_path):
     for t in threads:
         t.join()
     assert all(caches[0].output_record(p) == {"key": f"k{i}", "stamp": f"s{i}"} for i, p in enumerate(paths))
+
+
+def test_deferred_records_save_once_and_keep_other_processes_entries(tmp_path, monkeypatch, reads):
+    """The planner hashes every new model of a cold build: one read-merge-write of the state, not one per file."""
+    files = [tmp_path / f"m{i}.onnx" for i in range(5)]
+    for i, f in enumerate(files):
+        write_old(f, b"model %d" % i)
+    c = Cache(tmp_path / "c")
+    other = Cache(tmp_path / "c")  # another process's view of the same state file
+    writes = []
+    real = statstate.StatState._write
+    monkeypatch.setattr(statstate.StatState, "_write", lambda self, entries: (writes.append(len(entries)),
+                                                                               real(self, entries)))
+    with c.deferred_file_hashes():
+        hashes = [c.file_hash(f) for f in files[:4]]
+        assert writes == []
+        assert c.file_hash(files[0]) == hashes[0]  # known in memory already: not read again
+        other.file_hash(files[4])  # saved at once, outside the deferral
+        assert writes == [1]
+    assert writes == [1, 5]  # the deferred four merged with the other's one, in one write
+    again = Cache(tmp_path / "c")
+    assert [again.file_hash(f) for f in files] == [*hashes, hash_bytes(b"model 4")]
+    assert len(reads) == 5  # each file hashed once: the fresh Cache found all five entries on disk

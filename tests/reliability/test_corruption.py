@@ -68,8 +68,9 @@ def test_corrupt_tensor_chunk_is_rebuilt_and_reported(built, damage):
 
 @pytest.mark.parametrize("damage", [flip, truncate])
 def test_corrupt_packed_chunk_is_rebuilt(built, damage):
-    """The bundle's packed array links cache objects: damage through the link makes pack re-run, find the
-    object corrupt (it is deleted) and build that chunk again from the tensors."""
+    """The bundle's packed array links cache objects: damage through the link makes pack re-run and find the
+    object corrupt (it is deleted); formats.weights, whose output names it, builds that chunk again from the
+    tensors (a repair round) and pack links the new one."""
     spec, first, clean = built
     packed = Path(spec.output) / "constants" / "packed"
     victim = next(p for p in packed.iterdir() if p.name.startswith("c."))
@@ -77,7 +78,9 @@ def test_corrupt_packed_chunk_is_rebuilt(built, damage):
     damage(victim)  # in place: the cache's object is the same file
     report = build(spec, scheduler="threads")
     assert report.digest == first.digest and faults.bundle_bytes(Path(spec.output)) == clean
-    assert [t.id.split("/", 1)[1] for t in report.tasks if t.status == "ran"] == ["pack"]
+    assert [t.id.split("/", 1)[1] for t in report.tasks if t.status == "ran"] == ["formats.weights", "pack"]
+    (repair,) = report.cache_repairs
+    assert repair["task"].endswith("/pack") and [r.split("/", 1)[1] for r in repair["rerun"]] == ["formats.weights"]
     assert (packed / victim.name).stat().st_ino != inode  # a new, intact object linked in
     assert Cache(spec.cache).verify()["corrupt"] == []
 

@@ -181,3 +181,23 @@ def test_shape_steering_const_cannot_be_a_variable():
 agraph (float[2,3] x) => (float[3,2] y) <int64[2] shp = {3, 2}> { y = Reshape(x, shp) }""")
     err = errors_of([infer], variables=["shp"])
     assert err.status == "GRAPH_INVALID" and "'shp'" in err.message
+
+
+def test_a_variable_is_checked_against_the_graphs_that_use_it_not_every_graph(monkeypatch):
+    """Many graphs, each reading its own variable: the per-variable checks look at that variable's graphs only
+    (a look at every graph for every variable made dedupe quadratic in the bundle)."""
+    n = 12
+    outs = ", ".join(f"float[3] v{i}" for i in range(n))
+    init = graph("init", "init", f"agraph (float[3] s) => ({outs}) {{ "
+                 + " ".join(f"v{i} = Identity(s)" for i in range(n)) + " }")
+    infers = [graph(f"g{i}", "infer", f"agraph (float[3] x, float[3] v{i}) => (float[3] y) {{ y = Add(x, v{i}) }}")
+              for i in range(n)]
+    looked = []
+    real = dedupe._typed
+    monkeypatch.setattr(dedupe, "_typed", lambda name, graphs, writes: (looked.append(len(graphs)),
+                                                                       real(name, graphs, writes))[1])
+    variables, _ = dedupe.run([init, *infers], {})
+    assert sorted(variables) == sorted(f"v{i}" for i in range(n))
+    assert all(variables[f"v{i}"]["readers"] == [f"g{i}"] and variables[f"v{i}"]["writers"] == ["init"]
+               for i in range(n))
+    assert len(looked) == 2 * n and set(looked) == {2}  # init and the one reader, twice a variable
