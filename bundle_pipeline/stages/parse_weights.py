@@ -19,6 +19,7 @@ VERSION = parse.VERSION  # one version with parse since the two were split: keys
 
 def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageContext) -> dict[str, Any]:
     from ..ir.external import ExternalRef  # numpy
+    from ..ir.external_map import MappedExternal
 
     refs = inputs["refs"]
     model_dir = Path(ctx.source.get("path", ".")).parent
@@ -33,7 +34,8 @@ def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageCont
         record = ctx.cache.get_action(memos[name])
         if record is not None and ctx.cache.has_tensor(record["tensor"], record.get("pack")):
             found[name] = record
-    missing = {n: ExternalRef.from_json(refs[n]["external"], model_dir) for n in sorted(set(refs) - set(found))}
+    missing = {n: MappedExternal(ExternalRef.from_json(refs[n]["external"], model_dir))
+               for n in sorted(set(refs) - set(found))}
     stored = ctx.store_tensors(missing)
     for name, ref in stored.items():
         ctx.cache.put_action(memos[name], ref)
