@@ -169,14 +169,17 @@ def _attrs(h: str, chunk_sha256: list[str], logical: str | None = None) -> dict[
     return {ATTR: {"tensor_hash": h, **listed, **extra, "checksum": hash_json([h, listed, *extra.values()])}}
 
 
-def put_tensor(backend: Backend, arr: Any, chunk_bytes: int, tmp_name: str) -> tuple[str, dict[str, str] | None]:
+def put_tensor(backend: Backend, arr: Any, chunk_bytes: int, tmp_name: str,
+               known_hash: str | None = None) -> tuple[str, dict[str, str] | None]:
     """Write ``arr`` under its tensor hash unless already there; return the hash and, when this call wrote
-    the entry, the sha256 of each chunk file (file name -> digest), else None.
+    the entry, the sha256 of each chunk file (file name -> digest), else None. ``known_hash`` is the caller's
+    ``tensor_hash(arr)``, taken from the same bytes (``parse.weights``: while the source digest read the file
+    at the stat signature it still has); it saves hashing the array again.
 
     The array is written to ``tensors/<h[:2]>/<tmp_name>`` first (zarr.json last), then renamed into place.
     """
     arr = normalise(arr)
-    h = tensor_hash(arr)
+    h = tensor_hash(arr) if known_hash is None else known_hash
     final = tensor_rel(h)
     if backend.exists(f"{final}/zarr.json"):
         return h, None
