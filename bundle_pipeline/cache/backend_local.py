@@ -95,6 +95,13 @@ class LocalBackend:
         with open(self.path(rel), "xb") as f:
             f.write(data)
 
+    def write_new_file(self, rel: str, data: memoryview, size: int) -> str:
+        """``write_new`` of a large file: ``data`` then zeros up to ``size`` bytes, written with O_DIRECT where the
+        file system allows (``direct_io``: no page cache filled); returns the file's sha256."""
+        from bundle_pipeline.cache.direct_io import write_new_file  # not on a no-op: it stores nothing
+
+        return write_new_file(self.path(rel), data, size)
+
     def _create_root(self) -> None:
         """A cache root this process creates gets the marker (``Cache.claim`` marks existing roots)."""
         if not self.mark_root or os.path.isdir(self.root):

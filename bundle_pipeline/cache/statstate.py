@@ -8,6 +8,10 @@ else ``<state_dir>/stat.json`` with state_dir defaulting to
 
     {"v": 1, "entries": {"/abs/path/model.onnx": [size, mtime_ns, inode, device, "<blake3 hex>"]}}
 
+External-data files are hashed by the byte ranges the weights take from them (``range_hashes``: each range's
+tensor hash, which is also the stored tensor's name, so a cold build hashes those bytes once), in an entry
+named ``"ranges\0" + path``: ``[size, mtime_ns, inode, device, {range key: hash}]``.
+
 A file whose current ``os.stat`` gives the same (size, mtime_ns, inode, device) as its entry is
 not read again, as in make, git and Bazel; anything else is re-hashed, streaming 8 MiB reads
 through one incremental blake3 hasher. Rewriting a file without changing its size, mtime and
@@ -48,7 +52,7 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import blake3
@@ -64,6 +68,7 @@ READ_BYTES = 8 << 20
 RACY_WINDOW_NS = 2_000_000_000
 MMAP_MIN_BYTES = 16 << 20
 _HASH_RE = re.compile(r"[0-9a-f]{64}")
+RANGES = "ranges\0"  # key prefix of a file's range-hash entry (no absolute path starts with it)
 _FILE_LOCKS: dict[str, threading.Lock] = {}
 _FILE_LOCKS_GUARD = threading.Lock()
 
@@ -98,14 +103,21 @@ def hash_stream(f: Any) -> str:
     return hasher.hexdigest()
 
 
-def _valid_entry(value: Any) -> bool:
-    return (
-        isinstance(value, list)
-        and len(value) == 5
-        and all(isinstance(x, int) and not isinstance(x, bool) for x in value[:4])
-        and isinstance(value[4], str)
-        and _HASH_RE.fullmatch(value[4]) is not None
-    )
+def _valid_entry(key: str, value: Any) -> bool:
+    if not (isinstance(value, list) and len(value) == 5
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in value[:4])):
+        return False
+    if key.startswith(RANGES):
+        return isinstance(value[4], dict) and all(isinstance(k, str) and _is_hash(h) for k, h in value[4].items())
+    return _is_hash(value[4])
+
+
+def _is_hash(value: Any) -> bool:
+    return isinstance(value, str) and _HASH_RE.fullmatch(value) is not None
+
+
+def _key_path(key: str) -> str:
+    return key.removeprefix(RANGES)
 
 
 class StatState:
@@ -152,6 +164,48 @@ class StatState:
                 return h, after, after[1] < start_ns - self.racy_window_ns
         return h, after, False  # still being written: use what we read, remember nothing
 
+    def range_hashes(self, path: str | os.PathLike[str], keys: list[str],
+                     hash_ranges: Callable[[int, list[str]], dict[str, str]]) -> dict[str, str]:
+        """Hashes of named byte ranges of a local file, key -> hash; ``hash_ranges(fd, keys)`` computes those not
+        remembered for the file's current stat signature (FileNotFoundError, NotRegularFile as ``file_hash``).
+
+        The same rules as ``file_hash``: a file modified while read is read again and nothing recorded, a file
+        modified within the racy window is hashed but not recorded."""
+        abspath = os.path.abspath(os.fspath(path))
+        for _ in range(3):
+            start_ns = time.time_ns()
+            with open(abspath, "rb", opener=regular_opener) as f:  # a FIFO or device: refused, never read
+                before = signature(os.fstat(f.fileno()))
+                known = self._known(abspath, before)
+                missing = [k for k in keys if k not in known]
+                got = hash_ranges(f.fileno(), missing) if missing else {}
+                after = signature(os.fstat(f.fileno()))
+            if before == after:
+                break
+        hashes = {**known, **got}
+        if got and before == after and after[1] < start_ns - self.racy_window_ns:
+            self._record_ranges(abspath, after, got)
+        return {k: hashes[k] for k in keys}
+
+    def known_ranges(self, path: str | os.PathLike[str]) -> tuple[Signature, dict[str, str]] | None:
+        """The range hashes remembered for a file and the stat signature they hold for (the caller compares it
+        with the file it opened), or None; nothing is read or hashed."""
+        with self._lock:
+            entry = self._loaded().get(RANGES + os.path.abspath(os.fspath(path)))
+        return None if entry is None else (tuple(entry[:4]), dict(entry[4]))
+
+    def _known(self, abspath: str, sig: Signature) -> dict[str, str]:
+        with self._lock:
+            entry = self._loaded().get(RANGES + abspath)
+        return dict(entry[4]) if entry is not None and tuple(entry[:4]) == sig else {}
+
+    def _record_ranges(self, abspath: str, sig: Signature, hashes: dict[str, str]) -> None:
+        key = RANGES + abspath
+        with self._lock:
+            entry = (self._loaded() if self._pending is not None else self._read_disk()).get(key)
+            kept = entry[4] if entry is not None and tuple(entry[:4]) == sig else {}
+            self._put(key, [*sig, {**kept, **hashes}])
+
     def _loaded(self) -> dict[str, list[Any]]:
         if self._entries is None:
             self._entries = self._read_disk()
@@ -167,7 +221,7 @@ class StatState:
         entries = payload.get("entries")
         if not isinstance(entries, dict):
             return {}
-        return {k: v for k, v in entries.items() if isinstance(k, str) and _valid_entry(v)}
+        return {k: v for k, v in entries.items() if isinstance(k, str) and _valid_entry(k, v)}
 
     @contextlib.contextmanager
     def deferred(self) -> Iterator[None]:
@@ -187,10 +241,14 @@ class StatState:
 
     def _record(self, path: str, sig: Signature, h: str) -> None:
         with self._lock:
-            if self._pending is not None:
-                self._pending[path] = self._loaded()[path] = [*sig, h]
-                return
-            self._save({path: [*sig, h]})
+            self._put(path, [*sig, h])
+
+    def _put(self, key: str, value: list[Any]) -> None:
+        """Record one entry (the caller holds the lock): kept in memory inside ``deferred()``, else saved now."""
+        if self._pending is not None:
+            self._pending[key] = self._loaded()[key] = value
+        else:
+            self._save({key: value})
 
     def _save(self, new: dict[str, list[Any]]) -> None:
         """Merge ``new`` into what is on disk (other processes may have saved entries since we loaded) and write."""
@@ -212,7 +270,7 @@ class StatState:
             keep = {}
             for path, entry in entries.items():
                 try:
-                    if signature(os.stat(path)) == tuple(entry[:4]):
+                    if signature(os.stat(_key_path(path))) == tuple(entry[:4]):
                         keep[path] = entry
                 except OSError:
                     pass  # deleted or unreadable: the entry can never hit again

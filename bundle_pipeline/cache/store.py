@@ -17,7 +17,7 @@ The jobs live in their own modules; this one wires them to a root and is what ot
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import bundle_pipeline.cache.actions as actions
@@ -126,9 +126,10 @@ class Cache:
 
     # -- tensors (tensor_store.py) ----------------------------------------------------------------
 
-    def put_tensor(self, arr: np.ndarray) -> str:
-        """Store an array as a zarr array under its ``tensor_hash`` and return the hash; idempotent."""
-        return tensor_store.put_tensor(self._backend, arr, self.chunk_bytes)
+    def put_tensor(self, arr: np.ndarray, known_hash: str | None = None) -> str:
+        """Store an array as a zarr array under its ``tensor_hash`` and return the hash; idempotent. ``known_hash``:
+        the caller's ``tensor_hash`` of exactly these bytes (not computed again)."""
+        return tensor_store.put_tensor(self._backend, arr, self.chunk_bytes, known_hash)
 
     def get_tensor(self, h: str, verify: bool = True, pack: str | None = None) -> np.ndarray:
         """The array stored under ``h`` (in ``pack``, if given); CacheMiss when missing or corrupt."""
@@ -177,6 +178,16 @@ class Cache:
     def deferred_file_hashes(self) -> contextlib.AbstractContextManager[None]:
         """Within: ``file_hash`` saves the stat state once at the end, not once per new file (the planner)."""
         return self._stat.deferred()
+
+    def range_hashes(self, path: str | os.PathLike[str], keys: list[str],
+                     hash_ranges: Callable[[int, list[str]], dict[str, str]]) -> dict[str, str]:
+        """Hashes of named byte ranges of a local file, computed by ``hash_ranges(fd, keys)`` only when its stat
+        changed (``statstate.StatState.range_hashes``)."""
+        return self._stat.range_hashes(path, keys, hash_ranges)
+
+    def known_ranges(self, path: str | os.PathLike[str]) -> tuple[tuple[int, int, int, int], dict[str, str]] | None:
+        """The range hashes remembered for a file and the stat signature they hold for; nothing hashed."""
+        return self._stat.known_ranges(path)
 
     def output_record(self, path: str | os.PathLike[str]) -> dict[str, Any] | None:
         """What this machine recorded about output ``path`` (see ``statstate.OutputState``)."""

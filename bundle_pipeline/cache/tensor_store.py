@@ -41,13 +41,15 @@ def entry_memo_key(h: str) -> str:
     return hash_json({"entry-sha256": h})
 
 
-def put_tensor(backend: Backend, arr: np.ndarray, chunk_bytes: int) -> str:
-    """Store an array as a zarr array under its ``tensor_hash`` and return the hash; idempotent.
+def put_tensor(backend: Backend, arr: np.ndarray, chunk_bytes: int, known_hash: str | None = None) -> str:
+    """Store an array as a zarr array under its ``tensor_hash`` (``known_hash`` when the caller has it) and return
+    the hash; idempotent.
 
     A local entry written here has its files' sha256 recorded at once (``entry_sha256``'s memo), so the
     first bundle that links it hashes nothing: the bytes were just written from memory.
     """
-    h, digests = _tensors().put_tensor(backend, arr, chunk_bytes, temp_name())
+    h, digests = _tensors().put_tensor(backend, arr, chunk_bytes, temp_name(),
+                                       None if known_hash is None else check_hash(known_hash))
     if digests is not None and backend.is_local:
         files = _file_stats(backend.path(_tensors().tensor_rel(h)), skip=("zarr.json",))
         if set(files) == set(digests):  # else someone else's copy won the race to publish: verify later

@@ -1,7 +1,9 @@
 """parse.weights: a graph's weight table; reads external-data files only when they changed.
 
 The table is ``{"tensors": name -> tensor hash, "packs": tensor hash -> pack}``. An external tensor whose file
-is unchanged is not read again: its reference is remembered per (file content hash, offset, dtype, shape).
+is unchanged is not read again: its reference is remembered per (file digest, offset, dtype, shape). A large one
+that is read is mapped, not copied (``ir/external_map.py``), and stored under the tensor hash the file digest
+was made of (``tasks/sources.py``) while the file keeps the stat signature it was hashed at: hashed once.
 """
 
 from __future__ import annotations
@@ -33,12 +35,25 @@ def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageCont
         record = ctx.cache.get_action(memos[name])
         if record is not None and ctx.cache.has_tensor(record["tensor"], record.get("pack")):
             found[name] = record
-    missing = {n: ExternalRef.from_json(refs[n]["external"], model_dir) for n in sorted(set(refs) - set(found))}
+    missing = {n: _mapped(ExternalRef.from_json(refs[n]["external"], model_dir), refs[n]["external"], ctx)
+               for n in sorted(set(refs) - set(found))}
     stored = ctx.store_tensors(missing)
     for name, ref in stored.items():
         ctx.cache.put_action(memos[name], ref)
     found.update(stored)
     return {"weights": tensor_table(found)}
+
+
+def _mapped(ref: Any, external: dict, ctx: StageContext) -> Any:
+    """A loader of ``ref`` that maps a large tensor and carries the tensor hash the source digest remembered for
+    its range (``tasks/sources.py``): storing it then hashes nothing, if the file still has that stat."""
+    from ..ir.external_map import MappedExternal
+    from ..ir.external_ranges import range_key
+
+    remembered = ctx.cache.known_ranges(ref.path)
+    h = None if remembered is None else remembered[1].get(
+        range_key(external["offset"], external["dtype"], external["shape"]))
+    return MappedExternal(ref, None if h is None else (remembered[0], h))
 
 
 def tensor_table(refs: dict[str, dict]) -> dict:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from ..cache import Cache
 from ..errors import BundleIOError
 from ..files import NotRegularFile, describe_error
-from ..hashing import hash_bytes
+from ..hashing import hash_bytes, hash_json
+from ..ir.external_ranges import range_key
 from ..stages.stage import EXTERNAL_DATA, MODEL
 
 
@@ -34,14 +36,52 @@ def source_digest(src: dict, cache: Cache, where: str) -> str:
 
 
 def external_digests(refs: dict, model_dir: Path, cache: Cache, where: str) -> dict[str, str]:
-    """``file:<location>`` -> content hash for every external-data file the weight refs name."""
-    locations = sorted({r["external"]["location"] for r in refs.values() if "external" in r})
-    return {f"file:{loc}": file_digest(cache, model_dir / loc, f"{where}: external data") for loc in locations}
+    """``file:<location>`` -> content digest for every external-data file the weight refs name.
+
+    The digest is made of the tensor hashes of the ranges the refs take from the file (``range_digest``), which
+    is all ``parse.weights`` reads of it: those hashes are the names the tensors are stored under, so a cold
+    build hashes each weight byte once (blake3), not once for the file digest and again for the tensor. A file
+    whose ranges cannot be taken as tensors (too short, an unknown dtype) gets its whole-content hash, and the
+    stage reports the problem when it reads it."""
+    ranges: dict[str, set[str]] = {}
+    for r in refs.values():
+        if "external" in r:
+            e = r["external"]
+            ranges.setdefault(e["location"], set()).add(range_key(e["offset"], e["dtype"], e["shape"]))
+    return {f"file:{loc}": range_digest(cache, model_dir / loc, sorted(keys), f"{where}: external data")
+            for loc, keys in sorted(ranges.items())}
+
+
+class _Unhashable(Exception):
+    """A range of an external-data file that is not a tensor this host hashes in place."""
+
+
+def _hash_ranges(fd: int, keys: list[str]) -> dict[str, str]:
+    from ..ir.external_map import hash_ranges  # numpy: only when a file changed, never on a no-op
+
+    hashes = hash_ranges(fd, keys)
+    if hashes is None:
+        raise _Unhashable
+    return hashes
+
+
+def range_digest(cache: Cache, path: Path, keys: list[str], where: str) -> str:
+    """hash_json of range key -> tensor hash for the ``keys`` ranges of an external-data file (remembered per stat
+    signature), or the file's content hash when a range is not a tensor this host can hash in place."""
+    try:
+        return _io(lambda: hash_json({"external-ranges": cache.range_hashes(path, keys, _hash_ranges)}), path, where)
+    except _Unhashable:
+        return file_digest(cache, path, where)
 
 
 def file_digest(cache: Cache, path: Path, where: str) -> str:
+    return _io(lambda: cache.file_hash(path), path, where)
+
+
+def _io(read: Callable[[], str], path: Path, where: str) -> str:
+    """``read()`` of a user's file, its OSErrors as one BundleIOError naming the file."""
     try:
-        return cache.file_hash(path)
+        return read()
     except NotRegularFile as err:
         raise BundleIOError(describe_error(err), where) from None
     except FileNotFoundError:

@@ -105,12 +105,18 @@ class TaskContext:
         ones each its own entry, one in memory a thread."""
         small = {n: r for n, r in loaders.items() if r.nbytes <= SMALL_TENSOR_BYTES}
         stored = self.cache.put_tensors({n: r.load() for n, r in small.items()})
-        stored.update(_parallel(lambda r: {"tensor": self.cache.put_tensor(r.load())},
+        stored.update(_parallel(lambda r: {"tensor": self.cache.put_tensor(*_load_hashed(r))},
                                 {n: r for n, r in loaders.items() if n not in small}))
         return stored
 
     def placer(self, packs: Mapping[str, str]) -> CachePlacer:
         return CachePlacer(self.cache, dict(packs))
+
+
+def _load_hashed(loader: Any) -> tuple[Any, str | None]:
+    """A loader's array and, when it knows it (``ir.external_map.MappedExternal``), the array's tensor hash."""
+    load_hashed = getattr(loader, "load_hashed", None)
+    return load_hashed() if load_hashed is not None else (loader.load(), None)
 
 
 def _parallel(fn: Callable, items: dict) -> dict:
