@@ -76,6 +76,22 @@ def test_range_hashes_are_taken_once_and_remembered_per_stat_signature(tmp_path)
     assert Cache(tmp_path / "c").known_ranges(path)[1] == again
 
 
+def test_inside_a_deferred_save_range_hashes_reach_stat_json_once_at_the_end(tmp_path):
+    path, other = tmp_path / "w.bin", tmp_path / "v.bin"
+    write_old(path, bytes(range(64)))
+    write_old(other, bytes(64))
+    a, b = range_key(0, "float32", [4]), range_key(16, "uint8", [8])
+    cache, calls = Cache(tmp_path / "c"), []
+    with cache.deferred_file_hashes():
+        cache.range_hashes(path, [a], counting(calls))
+        cache.range_hashes(path, [b], counting(calls))  # merged with a, not replacing it
+        cache.file_hash(other)
+        assert Cache(tmp_path / "c").known_ranges(path) is None  # nothing written yet
+    assert set(Cache(tmp_path / "c").known_ranges(path)[1]) == {a, b}
+    Cache(tmp_path / "c").range_hashes(path, [a, b], counting(calls))
+    assert calls == [[a], [b]]
+
+
 def test_a_recently_written_file_is_hashed_but_not_remembered(tmp_path):
     path = tmp_path / "w.bin"
     path.write_bytes(bytes(64))
