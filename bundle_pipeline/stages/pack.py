@@ -23,7 +23,7 @@ import tempfile
 import time
 import uuid
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -140,8 +140,7 @@ def run(meta: dict, placer: Placer, out_path: str, chunks: list[str] | None = No
         raise BundleIOError(f"cannot write bundle: {err}", str(out)) from None
     staged_zip = stage_dir.with_name(stage_dir.name + ".zip.tmp")  # unique per build, like stage_dir
     try:
-        known = write_directory(stage_dir, meta, placer, chunks)
-        digest = bundle_digest(stage_dir, known)
+        digest = listing_digest(write_directory(stage_dir, meta, placer, chunks))
         if out.suffix == ".zip":
             write_zip(stage_dir, staged_zip)
             _swap_into_place(staged_zip, out)
@@ -157,11 +156,12 @@ def run(meta: dict, placer: Placer, out_path: str, chunks: list[str] | None = No
 
 def write_directory(root: Path, meta: dict, placer: Placer, chunks: list[str] | None = None) -> dict[str, str]:
     """Write the bundle's metadata and place its arrays (the packed array's ``chunks``: cache objects, when
-    given); return the sha256 the placers already know."""
+    given); return the sha256 of every file written, by relative path (the listing ``listing_digest`` hashes:
+    nothing is read back or walked)."""
     (root / "constants").mkdir(parents=True, exist_ok=True)
-    (root / "zarr.json").write_bytes(zarr_plain.group_document(meta))
-    (root / "constants" / "zarr.json").write_bytes(zarr_plain.dumps(zarr_plain.group_meta({})))
     known: dict[str, str] = {}
+    _write_file(root, "zarr.json", zarr_plain.group_document(meta), known)
+    _write_file(root, "constants/zarr.json", zarr_plain.dumps(zarr_plain.group_meta({})), known)
     for const in meta["constants"].values():
         if const["array"] != PACKED_ARRAY:
             placed = placer.tensor(const["hash"], root / const["array"]) or {}
@@ -172,13 +172,18 @@ def write_directory(root: Path, meta: dict, placer: Placer, chunks: list[str] | 
     if pieces:
         array = root / PACKED_ARRAY
         array.mkdir()
-        (array / "zarr.json").write_bytes(zarr_plain.dumps(zarr_plain.array_meta((size * len(pieces),), "uint8", 1,
-                                                                                 (size,), {})))
+        _write_file(root, f"{PACKED_ARRAY}/zarr.json",
+                    zarr_plain.dumps(zarr_plain.array_meta((size * len(pieces),), "uint8", 1, (size,), {})), known)
         for i, held in enumerate(pieces):
             dest = array / f"c.{i}"
             known[f"{PACKED_ARRAY}/c.{i}"] = (placer.chunk(held, size, dest) if chunks is None
                                               else placer.object(chunks[i], dest))
     return known
+
+
+def _write_file(root: Path, rel: str, data: bytes, known: dict[str, str]) -> None:
+    (root / rel).write_bytes(data)
+    known[rel] = sha256_hex(data)
 
 
 STALE_STAGE_S = 86400  # a stage directory a day old is a killed build's leftover, not a running build's
@@ -325,18 +330,28 @@ def bundle_digest(path: str | os.PathLike, known: dict[str, str] | None = None) 
     ``known`` gives entries whose sha256 is already established (the cache's verified tensor files),
     so packing a large bundle hashes only its metadata.
     """
+    path, known = Path(path), known or {}
+    if path.is_dir():
+        return _sorted_listing_digest((rel, known.get(rel) or sha256_hex((path / rel).read_bytes()))
+                                      for rel in entries(path))
+    zf = zipfile.ZipFile(path)  # a name listed twice is hashed twice: a duplicate never hides
+    return _sorted_listing_digest((name, sha256_hex(zf.read(name))) for name in sorted(zf.namelist())
+                                  if not name.endswith("/"))
+
+
+def listing_digest(listing: dict[str, str]) -> str:
+    """``bundle_digest`` of the directory ``write_directory`` wrote, from its complete listing (relative path ->
+    sha256 of the file's bytes): nothing walked or read."""
+    return _sorted_listing_digest((rel, listing[rel]) for rel in sorted(listing))
+
+
+def _sorted_listing_digest(items: Iterable[tuple[str, str]]) -> str:
     import hashlib  # a no-op imports this module's declaration, not hashlib
 
-    path, known = Path(path), known or {}
-    listing = hashlib.sha256()
-    if path.is_dir():
-        items = ((rel, known.get(rel) or sha256_hex((path / rel).read_bytes())) for rel in entries(path))
-    else:
-        zf = zipfile.ZipFile(path)
-        items = ((name, sha256_hex(zf.read(name))) for name in sorted(zf.namelist()) if not name.endswith("/"))
-    for rel, digest in items:
-        listing.update(f"{rel}\t{digest}\n".encode())
-    return listing.hexdigest()
+    digest = hashlib.sha256()
+    for rel, sha in items:
+        digest.update(f"{rel}\t{sha}\n".encode())
+    return digest.hexdigest()
 
 
 def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageContext) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""export_tensor: hard-linked chunk files with remembered sha256, a zarr.json written from the entry's metadata;
-damage through a link is detected."""
+"""export_tensor: hard-linked chunk files with remembered sha256, a zarr.json made from the entry's metadata
+(a cache object, linked like the chunks); damage through a link is detected."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def test_export_links_files_and_returns_their_sha256(tmp_path):
     assert set(digests) == set(on_disk) and "zarr.json" in digests
     for rel, path in on_disk.items():
         assert digests[rel] == hashlib.sha256(path.read_bytes()).hexdigest()
-        assert path.stat().st_nlink >= (1 if rel == "zarr.json" else 2)  # chunks are the cache's own files
+        assert path.stat().st_nlink >= 2  # the cache's own files: a re-pack creates no file
     assert cache.export_tensor(h, tmp_path / "again") == digests  # remembered, same answer
     entry = tmp_path / "c" / "tensors" / h[:2] / h / "zarr.json"
     assert (tmp_path / "out" / "zarr.json").read_bytes() == entry.read_bytes()  # as this version writes entries
@@ -55,3 +55,17 @@ def test_a_re_export_places_the_remembered_files_without_reading_the_entry(tmp_p
     chunk = next(p for p in (tmp_path / "out").rglob("*") if p.is_file() and p.name != "zarr.json")
     os.utime(chunk, ns=(1, 1))  # the recorded stat no longer matches: the slow path re-verifies the bytes
     assert cache.export_tensor(h, tmp_path / "third") == first
+
+
+def test_a_zarr_json_changed_through_its_link_is_placed_anew_not_reused(tmp_path):
+    cache = Cache(tmp_path / "c")
+    h = cache.put_tensor(np.arange(300_000, dtype=np.float32))
+    first = cache.export_tensor(h, tmp_path / "out")
+    doc = tmp_path / "out" / "zarr.json"
+    good = doc.read_bytes()
+    with open(doc, "r+b") as f:  # in place: the cache's document object shares this inode
+        f.write(b"{}")
+    assert cache.export_tensor(h, tmp_path / "again") == first
+    assert (tmp_path / "again" / "zarr.json").read_bytes() == good
+    assert cache.export_tensor(h, tmp_path / "third") == first  # and remembered again
+    assert (tmp_path / "third" / "zarr.json").read_bytes() == good
