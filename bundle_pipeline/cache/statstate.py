@@ -172,11 +172,9 @@ class StatState:
         The same rules as ``file_hash``: a file modified while read is read again and nothing recorded, a file
         modified within the racy window is hashed but not recorded."""
         abspath = os.path.abspath(os.fspath(path))
-        st = os.stat(abspath)  # as file_hash: a stat that matches what is remembered answers without opening
-        if stat.S_ISREG(st.st_mode):
-            known = self._known(abspath, signature(st))
-            if all(k in known for k in keys):
-                return {k: known[k] for k in keys}
+        remembered = self.remembered_ranges(abspath, keys)
+        if remembered is not None:
+            return remembered
         for _ in range(3):
             start_ns = time.time_ns()
             with open(abspath, "rb", opener=regular_opener) as f:  # a FIFO or device: refused, never read
@@ -191,6 +189,16 @@ class StatState:
         if got and before == after and after[1] < start_ns - self.racy_window_ns:
             self._record_ranges(abspath, after, got)
         return {k: hashes[k] for k in keys}
+
+    def remembered_ranges(self, path: str | os.PathLike[str], keys: list[str]) -> dict[str, str] | None:
+        """``range_hashes`` when every range is remembered for the file's current stat (as ``file_hash``: the stat
+        answers, the file is not opened), else None; FileNotFoundError when it does not exist."""
+        abspath = os.path.abspath(os.fspath(path))
+        st = os.stat(abspath)
+        if not stat.S_ISREG(st.st_mode):
+            return None  # range_hashes refuses it when it opens it
+        known = self._known(abspath, signature(st))
+        return {k: known[k] for k in keys} if all(k in known for k in keys) else None
 
     def known_ranges(self, path: str | os.PathLike[str]) -> tuple[Signature, dict[str, str]] | None:
         """The range hashes remembered for a file and the stat signature they hold for (the caller compares it

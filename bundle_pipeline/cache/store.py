@@ -185,6 +185,10 @@ class Cache:
         changed (``statstate.StatState.range_hashes``)."""
         return self._stat.range_hashes(path, keys, hash_ranges)
 
+    def remembered_ranges(self, path: str | os.PathLike[str], keys: list[str]) -> dict[str, str] | None:
+        """``range_hashes`` answered from the stat state alone, or None (``statstate.StatState.remembered_ranges``)."""
+        return self._stat.remembered_ranges(path, keys)
+
     def known_ranges(self, path: str | os.PathLike[str]) -> tuple[tuple[int, int, int, int], dict[str, str]] | None:
         """The range hashes remembered for a file and the stat signature they hold for; nothing hashed."""
         return self._stat.known_ranges(path)

@@ -36,8 +36,12 @@ from ..ir.graph import Graph, Node, TensorType
 from ..layouts import STANDARD, storage_shape
 from ..targets import KernelFormats, Target
 
-SHARED_PASSES = 256  # passes kept per process (FormatPass.shared)
+# Nodes of the passes kept per process (FormatPass.shared), least recently used dropped first. A bound in nodes,
+# not passes: a bundle of 512 small graphs keeps all of them (a bound of 256 passes rebuilt 432 of 514 when
+# format assignment had visited every graph before their ``formats`` tasks ran), a bundle of huge graphs fewer.
+SHARED_NODES = 1 << 17
 _SHARED: OrderedDict[tuple[str, str], FormatPass] = OrderedDict()
+_shared_nodes = 0
 _SHARED_LOCK = threading.Lock()
 Plan = tuple[list[str | None], str] | None  # (input formats, output format) of a native call, else None
 State = tuple[str, bool]  # (format, foldable): a value's format and whether a reader may still fold it
@@ -165,10 +169,14 @@ class FormatPass:
                 _SHARED.move_to_end(memo_key)
                 return found
         made = FormatPass(structure, target)
+        global _shared_nodes
         with _SHARED_LOCK:
-            _SHARED[memo_key] = made
-            while len(_SHARED) > SHARED_PASSES:
-                _SHARED.popitem(last=False)
+            if memo_key not in _SHARED:  # another thread may have made it meanwhile
+                _SHARED[memo_key] = made
+                _shared_nodes += len(made.graph.nodes)
+            while _shared_nodes > SHARED_NODES and len(_SHARED) > 1:
+                _, dropped = _SHARED.popitem(last=False)
+                _shared_nodes -= len(dropped.graph.nodes)
         return made
 
     def __init__(self, structure: dict | Graph, target: Target):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,8 +49,31 @@ def external_digests(refs: dict, model_dir: Path, cache: Cache, where: str) -> d
         if "external" in r:
             e = r["external"]
             ranges.setdefault(e["location"], set()).add(range_key(e["offset"], e["dtype"], e["shape"]))
-    return {f"file:{loc}": range_digest(cache, model_dir / loc, sorted(keys), f"{where}: external data")
-            for loc, keys in sorted(ranges.items())}
+    files = {f"file:{loc}": (model_dir / loc, sorted(keys)) for loc, keys in sorted(ranges.items())}
+    digests, changed = {}, []
+    for name, (path, keys) in files.items():
+        remembered = _io(lambda p=path, k=keys: cache.remembered_ranges(p, k), path, f"{where}: external data")
+        if remembered is None:
+            changed.append(name)
+        else:
+            digests[name] = _ranges_digest(remembered)
+    digests.update(_threads(lambda name: range_digest(cache, *files[name], f"{where}: external data"), changed))
+    return {name: digests[name] for name in files}
+
+
+def _threads(fn: Callable[[str], str], names: list[str]) -> dict[str, str]:
+    """``fn`` of each name, in threads when there are several (blake3 and file reads release the GIL: a cold
+    build's changed external-data files hash on every core)."""
+    if len(names) < 2:
+        return {n: fn(n) for n in names}
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(len(names), os.cpu_count() or 2)) as pool:
+        return dict(zip(names, pool.map(fn, names), strict=True))
+
+
+def _ranges_digest(hashes: dict[str, str]) -> str:
+    return hash_json({"external-ranges": hashes})
 
 
 class _Unhashable(Exception):
@@ -69,7 +93,7 @@ def range_digest(cache: Cache, path: Path, keys: list[str], where: str) -> str:
     """hash_json of range key -> tensor hash for the ``keys`` ranges of an external-data file (remembered per stat
     signature), or the file's content hash when a range is not a tensor this host can hash in place."""
     try:
-        return _io(lambda: hash_json({"external-ranges": cache.range_hashes(path, keys, _hash_ranges)}), path, where)
+        return _io(lambda: _ranges_digest(cache.range_hashes(path, keys, _hash_ranges)), path, where)
     except _Unhashable:
         return file_digest(cache, path, where)
 
