@@ -12,11 +12,13 @@ less than ``budget_s``, the first of several. Past the budget, the first time tw
 the rest goes to dask, so a big build keeps its parallelism. Results are the same TaskResults dask would
 return, and bundles the same bytes; only where a task ran differs.
 
-State kept: none between calls; ``done`` (task id -> result) grows within one call.
+State kept: none between calls. Within one call: ``done`` (task id -> result), and per stale task how many of its
+inputs are not final yet (a task becomes ready when that reaches zero: no rescans of the whole list).
 """
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Callable
 
@@ -36,26 +38,43 @@ def run_serial_prefix(dag: TaskGraph, stale: list[str], known: dict[str, TaskRes
     schedules the rest."""
     deadline = time.perf_counter() + (SERIAL_BUDGET_S if budget_s is None else budget_s)
     done: dict[str, TaskResult] = {}
-    must_run: set[str] = set()  # settled as "has to run": its upstream is final, so that never changes
+    order = {t: i for i, t in enumerate(stale)}
+    waiting = {t: sum(p not in known for p in dag.predecessors(t)) for t in stale}  # upstream not final yet
+    readers: dict[str, list[str]] = {}
+    for t in stale:
+        for p in dag.predecessors(t):
+            readers.setdefault(p, []).append(t)
+    fresh = [t for t in stale if not waiting[t]]  # ready, not yet asked whether it must run
+    must_run: list[int] = []  # heap of ``order`` of the ready tasks settled as "has to run" (that never changes)
+
+    def finish(tid: str, result: TaskResult) -> None:
+        done[tid] = result
+        for reader in readers.get(tid, ()):
+            if reader in waiting:
+                waiting[reader] -= 1
+                if not waiting[reader]:
+                    fresh.append(reader)
+
     while True:
-        ready = [t for t in stale if t not in done and all(p in known or p in done for p in dag.predecessors(t))]
-        settled_some = False
-        for tid in (t for t in ready if t not in must_run):
-            result = settled(dag.tasks[tid], ctxs[dag.tasks[tid].bundle], *_upstream(dag, tid, known, done))
-            if result is None:
-                must_run.add(tid)
-            else:
-                done[tid], settled_some = result, True
-                notify(Event("start", tid))
-                notify(Event("finish", tid, result))
-        if settled_some:
-            continue  # what they unblock may settle too
-        if not ready or (len(ready) > 1 and time.perf_counter() > deadline):
+        if fresh:  # settle them (in build order); what they unblock is settled in the next round
+            batch = sorted(fresh, key=order.__getitem__)
+            fresh.clear()
+            for tid in batch:
+                result = settled(dag.tasks[tid], ctxs[dag.tasks[tid].bundle], *_upstream(dag, tid, known, done))
+                if result is None:
+                    heapq.heappush(must_run, order[tid])
+                else:
+                    notify(Event("start", tid))
+                    notify(Event("finish", tid, result))
+                    finish(tid, result)
+            continue
+        if not must_run or (len(must_run) > 1 and time.perf_counter() > deadline):
             return done  # finished, or a big build's tasks that can run side by side: a scheduler's job
-        tid = ready[0]  # the only one that can start, or the first while the build is still small
+        tid = stale[heapq.heappop(must_run)]  # the only one that can start, or the first while the build is small
         notify(Event("start", tid))
-        done[tid] = execute_task(dag.tasks[tid], ctxs[dag.tasks[tid].bundle], *_upstream(dag, tid, known, done))
-        notify(Event("finish", tid, done[tid]))
+        result = execute_task(dag.tasks[tid], ctxs[dag.tasks[tid].bundle], *_upstream(dag, tid, known, done))
+        notify(Event("finish", tid, result))
+        finish(tid, result)
 
 
 def _upstream(dag: TaskGraph, tid: str, known: dict[str, TaskResult], done: dict[str, TaskResult]) -> list[TaskResult]:
