@@ -87,14 +87,21 @@ class Piece:
     at: int
 
 
+def packed_size(meta: dict) -> tuple[int, int]:
+    """The packed array's chunk length and chunk count (0, 0: no packed array)."""
+    ends = (c["offset"] + c["nbytes"] for c in meta["constants"].values() if c["array"] == PACKED_ARRAY)
+    total = -(-max(ends, default=0) // PACKED_ALIGN) * PACKED_ALIGN
+    if not total:
+        return 0, 0
+    size = min(PACKED_CHUNK_BYTES, total)
+    return size, -(-total // size)
+
+
 def packed_chunks(meta: dict) -> tuple[int, list[list[Piece]]]:
     """The packed array's chunk length and, per chunk, the pieces of constants it holds (zero elsewhere)."""
+    size, count = packed_size(meta)
     packed = [c for c in meta["constants"].values() if c["array"] == PACKED_ARRAY]
-    total = max((-(-(c["offset"] + c["nbytes"]) // PACKED_ALIGN) * PACKED_ALIGN for c in packed), default=0)
-    if not total:
-        return 0, []
-    size = min(PACKED_CHUNK_BYTES, total)
-    chunks: list[list[Piece]] = [[] for _ in range(-(-total // size))]
+    chunks: list[list[Piece]] = [[] for _ in range(count)]
     for c in sorted(packed, key=lambda c: c["offset"]):
         pos, end = c["offset"], c["offset"] + c["nbytes"]
         while pos < end:
@@ -166,17 +173,18 @@ def write_directory(root: Path, meta: dict, placer: Placer, chunks: list[str] | 
         if const["array"] != PACKED_ARRAY:
             placed = placer.tensor(const["hash"], root / const["array"]) or {}
             known.update({f"{const['array']}/{rel}": digest for rel, digest in placed.items()})
-    size, pieces = packed_chunks(meta)
-    if chunks is not None and len(chunks) != len(pieces):
-        raise ValueError(f"{len(chunks)} chunks given for a packed array of {len(pieces)}")  # a stage bug
-    if pieces:
+    size, count = packed_size(meta)
+    if chunks is not None and len(chunks) != count:
+        raise ValueError(f"{len(chunks)} chunks given for a packed array of {count}")  # a stage bug
+    if count:
         array = root / PACKED_ARRAY
         array.mkdir()
         _write_file(root, f"{PACKED_ARRAY}/zarr.json",
-                    zarr_plain.dumps(zarr_plain.array_meta((size * len(pieces),), "uint8", 1, (size,), {})), known)
-        for i, held in enumerate(pieces):
+                    zarr_plain.dumps(zarr_plain.array_meta((size * count,), "uint8", 1, (size,), {})), known)
+        pieces = packed_chunks(meta)[1] if chunks is None else None  # chunks given: their layout is not needed
+        for i in range(count):
             dest = array / f"c.{i}"
-            known[f"{PACKED_ARRAY}/c.{i}"] = (placer.chunk(held, size, dest) if chunks is None
+            known[f"{PACKED_ARRAY}/c.{i}"] = (placer.chunk(pieces[i], size, dest) if pieces is not None
                                               else placer.object(chunks[i], dest))
     return known
 
