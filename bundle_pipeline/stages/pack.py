@@ -115,8 +115,9 @@ def packed_chunks(meta: dict) -> tuple[int, list[list[Piece]]]:
 class Placer(Protocol):
     """Where tensor bytes come from (the cache, ``tasks/steps.py``): pack itself writes only metadata."""
 
-    def tensor(self, h: str, dest: Path) -> dict[str, str] | None:
-        """Put tensor ``h``'s zarr array at directory ``dest``; the sha256 of each file by relative path."""
+    def tensor(self, h: str, dest: Path) -> dict[str, str]:
+        """Put tensor ``h``'s zarr array at directory ``dest``; the sha256 of every file it put there, by relative
+        path (all of them: the bundle digest is taken from these listings, nothing is walked)."""
 
     def chunk(self, pieces: list[Piece], size: int, dest: Path) -> str:
         """Put one chunk of the packed array (``size`` bytes: ``pieces``, zeros elsewhere) at file ``dest``;
@@ -171,7 +172,7 @@ def write_directory(root: Path, meta: dict, placer: Placer, chunks: list[str] | 
     _write_file(root, "constants/zarr.json", zarr_plain.dumps(zarr_plain.group_meta({})), known)
     for const in meta["constants"].values():
         if const["array"] != PACKED_ARRAY:
-            placed = placer.tensor(const["hash"], root / const["array"]) or {}
+            placed = placer.tensor(const["hash"], root / const["array"])
             known.update({f"{const['array']}/{rel}": digest for rel, digest in placed.items()})
     size, count = packed_size(meta)
     if chunks is not None and len(chunks) != count:
