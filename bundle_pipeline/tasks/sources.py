@@ -57,7 +57,8 @@ def external_digests(refs: dict, model_dir: Path, cache: Cache, where: str) -> d
             changed.append(name)
         else:
             digests[name] = _ranges_digest(remembered)
-    digests.update(_threads(lambda name: range_digest(cache, *files[name], f"{where}: external data"), changed))
+    with cache.deferred_file_hashes():  # one stat-state save for all of them, not a read-merge-write per file
+        digests.update(_threads(lambda name: range_digest(cache, *files[name], f"{where}: external data"), changed))
     return {name: digests[name] for name in files}
 
 

@@ -133,6 +133,21 @@ def test_the_source_digest_is_made_of_the_range_hashes_or_the_file_hash(tmp_path
     assert sources.external_digests(refs, tmp_path, c, "g") == {"file:w.bin": hash_bytes(bytes(range(64)))}
 
 
+def test_a_graphs_changed_external_files_are_hashed_in_threads_and_saved_once(tmp_path, monkeypatch):
+    refs = {}
+    for i in range(5):
+        write_old(tmp_path / f"w{i}.bin", bytes([i]) * 64)
+        refs[f"t{i}"] = {"external": {"location": f"w{i}.bin", "offset": 0, "dtype": "uint8", "shape": [64]}}
+    c = Cache(tmp_path / "c")
+    saves: list = []
+    write = statstate.StatState._write
+    monkeypatch.setattr(statstate.StatState, "_write", lambda self, entries: (saves.append(1), write(self, entries)))
+    got = sources.external_digests(refs, tmp_path, c, "g")
+    assert len(got) == 5 and len(saves) == 1  # not a read-merge-write of stat.json per file
+    again = sources.external_digests(refs, tmp_path, Cache(tmp_path / "c"), "g")  # a new process: from stat.json
+    assert again == got and len(saves) == 1
+
+
 def test_a_remembered_hash_is_used_only_while_the_file_keeps_its_signature(tmp_path):
     arr = np.random.default_rng(1).standard_normal(MAP_MIN_BYTES // 4).astype(np.float32)
     path = tmp_path / "w.bin"
