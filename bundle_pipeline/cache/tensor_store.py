@@ -115,7 +115,11 @@ def put_tensors(backend: Backend, arrays: Mapping[str, Any], chunk_bytes: int) -
     refs: dict[str, dict[str, str]] = {}
     if small:
         hashes = {name: tensor_hash(a) for name, a in small.items()}
-        pack = put_object(backend, encode({hashes[name]: a for name, a in small.items()}))
+        blob = encode({hashes[name]: a for name, a in small.items()})
+        pack = put_object(backend, blob)
+        # kept decoded (views into the bytes just written), as ``read_pack`` keeps what it reads: the next stage of
+        # this process that reads the pack (formats.weights) neither reads nor re-hashes it
+        DECODED.put(pack, len(blob), (stamp(backend, pack), decode(blob)))
         refs.update({name: {"tensor": h, "pack": pack} for name, h in hashes.items()})
     big = sorted(set(normal) - set(small))
     if big:

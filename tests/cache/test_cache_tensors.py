@@ -368,3 +368,25 @@ def test_get_tensors_reads_each_pack_once_and_misses_like_get_tensor(tmp_path, m
     pack = next(p for p in wanted.values() if p)
     with pytest.raises(CacheMiss):
         cache.get_tensors({"0" * 64: pack})
+
+
+def test_a_pack_this_process_just_stored_is_read_back_without_reading_the_file(tmp_path, monkeypatch):
+    """put_tensors keeps the pack decoded, as a read would: formats.weights reads what parse.weights just stored.
+    The copy is used only while the file keeps the stat it had when written."""
+    from bundle_pipeline.cache import objects, tensor_store
+
+    cache = Cache(tmp_path / "c")
+    arrays = {f"w{i}": np.full((3, 4), i, dtype=np.float32) for i in range(3)}
+    refs = cache.put_tensors(arrays)
+    pack = refs["w1"]["pack"]
+    monkeypatch.setattr(objects, "get_object", lambda *a: pytest.fail("the pack was read from disk"))
+    monkeypatch.setattr(tensor_store, "get_object", lambda *a: pytest.fail("the pack was read from disk"))
+    got = cache.get_tensor(refs["w1"]["tensor"], pack=pack)
+    assert np.array_equal(got, arrays["w1"]) and not got.flags.writeable
+    monkeypatch.undo()
+    path = tmp_path / "c" / "objects" / pack[:2] / pack
+    st = path.stat()
+    path.write_bytes(path.read_bytes()[:-1] + b"\x01")  # damaged in place: a new stat, the copy is not used
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # timestamps may be coarser than this test
+    with pytest.raises(CacheMiss):
+        cache.get_tensor(refs["w1"]["tensor"], pack=pack)
