@@ -172,9 +172,6 @@ class StatState:
         The same rules as ``file_hash``: a file modified while read is read again and nothing recorded, a file
         modified within the racy window is hashed but not recorded."""
         abspath = os.path.abspath(os.fspath(path))
-        remembered = self.remembered_ranges(abspath, keys)
-        if remembered is not None:
-            return remembered
         for _ in range(3):
             start_ns = time.time_ns()
             with open(abspath, "rb", opener=regular_opener) as f:  # a FIFO or device: refused, never read

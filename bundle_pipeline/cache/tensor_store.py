@@ -20,6 +20,7 @@ from bundle_pipeline.cache.layout import CacheMiss, check_hash, object_rel, temp
 from bundle_pipeline.cache.objects import get_object, has_object, put_object, stamp
 from bundle_pipeline.cache.packs import DECODED, SMALL_TENSOR_BYTES, decode, encode
 from bundle_pipeline.hashing import hash_json, sha256_hex, tensor_hash
+from bundle_pipeline.threads import map_values
 
 if TYPE_CHECKING:
     import numpy as np
@@ -121,13 +122,8 @@ def put_tensors(backend: Backend, arrays: Mapping[str, Any], chunk_bytes: int) -
         # this process that reads the pack (formats.weights) neither reads nor re-hashes it
         DECODED.put(pack, len(blob), (stamp(backend, pack), decode(blob)))
         refs.update({name: {"tensor": h, "pack": pack} for name, h in hashes.items()})
-    big = sorted(set(normal) - set(small))
-    if big:
-        from concurrent.futures import ThreadPoolExecutor  # not at import: a no-op build stores nothing
-
-        with ThreadPoolExecutor(max_workers=min(len(big), os.cpu_count() or 2)) as pool:
-            refs.update({name: {"tensor": h} for name, h in zip(big, pool.map(
-                lambda n: put_tensor(backend, normal[n], chunk_bytes), big), strict=True)})
+    big = map_values(lambda a: put_tensor(backend, a, chunk_bytes), {n: a for n, a in normal.items() if n not in small})
+    refs.update({name: {"tensor": h} for name, h in big.items()})
     return refs
 
 
@@ -307,9 +303,7 @@ def _file_stats(root: str, skip: tuple[str, ...] = ()) -> dict[str, tuple[list[i
             if name in skip:
                 continue
             path = os.path.join(dirpath, name)
-            st = os.stat(path)
-            rel = os.path.relpath(path, root).replace(os.sep, "/")
-            out[rel] = ([st.st_size, st.st_mtime_ns, st.st_ino], path)
+            out[os.path.relpath(path, root).replace(os.sep, "/")] = (_stat_of(path), path)
     return out
 
 

@@ -333,16 +333,12 @@ def write_zip(root: Path, dest: Path) -> None:
             zf.writestr(info, (root / rel).read_bytes())
 
 
-def bundle_digest(path: str | os.PathLike, known: dict[str, str] | None = None) -> str:
-    """sha256 of the sorted listing (relative path, sha256 of bytes); equal for directory and zip forms.
-
-    ``known`` gives entries whose sha256 is already established (the cache's verified tensor files),
-    so packing a large bundle hashes only its metadata.
-    """
-    path, known = Path(path), known or {}
+def bundle_digest(path: str | os.PathLike) -> str:
+    """sha256 of the sorted listing (relative path, sha256 of bytes); equal for directory and zip forms. Reads
+    every file: pack itself takes the digest from what it wrote (``listing_digest``)."""
+    path = Path(path)
     if path.is_dir():
-        return _sorted_listing_digest((rel, known.get(rel) or sha256_hex((path / rel).read_bytes()))
-                                      for rel in entries(path))
+        return _sorted_listing_digest((rel, sha256_hex((path / rel).read_bytes())) for rel in entries(path))
     zf = zipfile.ZipFile(path)  # a name listed twice is hashed twice: a duplicate never hides
     return _sorted_listing_digest((name, sha256_hex(zf.read(name))) for name in sorted(zf.namelist())
                                   if not name.endswith("/"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from ..files import NotRegularFile, describe_error
 from ..hashing import hash_bytes, hash_json
 from ..ir.external_ranges import range_key
 from ..stages.stage import EXTERNAL_DATA, MODEL
+from ..threads import map_values
 
 
 def file_inputs(reads: str, context: dict, inputs: dict[str, str], cache: Cache) -> dict[str, str]:
@@ -58,19 +58,9 @@ def external_digests(refs: dict, model_dir: Path, cache: Cache, where: str) -> d
         else:
             digests[name] = _ranges_digest(remembered)
     with cache.deferred_file_hashes():  # one stat-state save for all of them, not a read-merge-write per file
-        digests.update(_threads(lambda name: range_digest(cache, *files[name], f"{where}: external data"), changed))
+        digests.update(map_values(lambda file: range_digest(cache, *file, f"{where}: external data"),
+                                  {name: files[name] for name in changed}))  # blake3 and reads release the GIL
     return {name: digests[name] for name in files}
-
-
-def _threads(fn: Callable[[str], str], names: list[str]) -> dict[str, str]:
-    """``fn`` of each name, in threads when there are several (blake3 and file reads release the GIL: a cold
-    build's changed external-data files hash on every core)."""
-    if len(names) < 2:
-        return {n: fn(n) for n in names}
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=min(len(names), os.cpu_count() or 2)) as pool:
-        return dict(zip(names, pool.map(fn, names), strict=True))
 
 
 def _ranges_digest(hashes: dict[str, str]) -> str:

@@ -8,9 +8,7 @@ tensor bytes.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from ..hashing import hash_json
 from ..stages import pack
 from ..stages.stage import TEXT, Input, Ref, Stage
 from ..targets import Target, get_target
+from ..threads import map_values
 from .kernel_cache import KernelCache
 from .task import Task
 
@@ -105,7 +104,7 @@ class TaskContext:
         ones each its own entry, one in memory a thread."""
         small = {n: r for n, r in loaders.items() if r.nbytes <= SMALL_TENSOR_BYTES}
         stored = self.cache.put_tensors({n: r.load() for n, r in small.items()})
-        stored.update(_parallel(lambda r: {"tensor": self.cache.put_tensor(*_load_hashed(r))},
+        stored.update(map_values(lambda r: {"tensor": self.cache.put_tensor(*_load_hashed(r))},
                                 {n: r for n, r in loaders.items() if n not in small}))
         return stored
 
@@ -117,15 +116,6 @@ def _load_hashed(loader: Any) -> tuple[Any, str | None]:
     """A loader's array and, when it knows it (``ir.external_map.MappedExternal``), the array's tensor hash."""
     load_hashed = getattr(loader, "load_hashed", None)
     return load_hashed() if load_hashed is not None else (loader.load(), None)
-
-
-def _parallel(fn: Callable, items: dict) -> dict:
-    """Map over a dict's values in threads: hashing and file I/O release the GIL."""
-    names = sorted(items)
-    if not names:
-        return {}
-    with ThreadPoolExecutor(max_workers=min(len(names), os.cpu_count() or 2)) as pool:
-        return dict(zip(names, pool.map(lambda n: fn(items[n]), names), strict=True))
 
 
 class CachePlacer:
