@@ -7,20 +7,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .errors import BundleIOError, OptionInvalid, ParamInvalid
 from .files import TooLarge, describe_error, read_regular
 from .guard import check_cache_url
 from .options import validate_options
 from .targets import get_target
+from .yaml_memo import remembered
 
 ROLES = ("init", "update", "infer")
 TOP_KEYS = {"name", "target", "output", "cache", "variables", "graphs"}
 GRAPH_KEYS = {"name", "role", "model", "options", "assign"}
 MAX_SPEC_BYTES = 16 << 20  # a spec is a few lines; this bounds what reading a wrong file costs
-MAX_SPEC_NODES = 100_000  # YAML nodes after alias expansion (a "billion laughs" spec is refused, not expanded)
-MAX_SPEC_NESTING = 100  # [ and { levels: PyYAML's scanner is quadratic in them (50k levels: minutes)
 
 
 @dataclass(frozen=True)
@@ -50,30 +47,6 @@ class BundleSpec:
         return self.output.endswith(".zip")
 
 
-class _TooDeep(Exception):
-    """The YAML nests [ ] / { } deeper than MAX_SPEC_NESTING."""
-
-
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that records the line of every mapping so errors can point at it, and refuses deep [ ] / { }
-    nesting as it scans (PyYAML's scanner is quadratic in the flow level: 50k levels take minutes)."""
-
-    def fetch_flow_collection_start(self, token_class: type) -> None:
-        if self.flow_level >= MAX_SPEC_NESTING:
-            raise _TooDeep(f"the YAML nests more than {MAX_SPEC_NESTING} levels of [ ] / {{ }} (line "
-                           f"{self.get_mark().line + 1})")
-        super().fetch_flow_collection_start(token_class)
-
-
-def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict:
-    mapping = loader.construct_mapping(node, deep=True)
-    mapping["__line__"] = node.start_mark.line + 1
-    return mapping
-
-
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def load_spec(path: str | os.PathLike, target: str | None = None, output: str | None = None,
               cache: str | None = None) -> BundleSpec:
     """Read and validate a bundle.yaml; CLI overrides win over the file's values."""
@@ -86,65 +59,21 @@ def load_spec(path: str | os.PathLike, target: str | None = None, output: str | 
         raise BundleIOError(f"cannot read spec: {describe_error(err)}", str(path)) from None
     except UnicodeDecodeError:
         raise ParamInvalid("not a bundle spec: the file is not UTF-8 text", str(path)) from None
-    try:
-        raw = _parse_yaml(text, str(path))
-    except RecursionError:
-        raise ParamInvalid("the YAML nests too deeply to be a bundle spec", str(path)) from None
-    except _TooDeep as err:
-        raise ParamInvalid(str(err), str(path)) from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise ParamInvalid(f"not valid YAML: {getattr(err, 'problem', err)}", f"{path}{line}") from None
+    raw = _parsed(text, path)
     if not isinstance(raw, dict):
         raise ParamInvalid("a bundle spec must be a mapping with 'name' and 'graphs'", str(path))
     return _build_spec(raw, path, target, output, cache)
 
 
-def _parse_yaml(text: str, where: str) -> Any:
-    """Compose the YAML node graph, refuse it if aliases would expand it past MAX_SPEC_NODES (or into a cycle),
-    then construct it: an alias bomb costs its text, never its expansion."""
-    loader = _LineLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _check_expansion(node, where)
-        return loader.construct_document(node)
-    finally:
-        loader.dispose()
+def _parsed(text: str, path: Path) -> Any:
+    """The YAML's value, remembered per text (``yaml_memo``): the remembered value goes through the same checks."""
 
+    def parse(text: str) -> Any:
+        from .spec_yaml import parse  # PyYAML: only for a spec text this machine has not parsed before
 
-def _check_expansion(root: yaml.Node, where: str) -> None:
-    sizes: dict[int, int] = {}  # id(node) -> nodes it expands to; aliases share the node object
-    open_nodes: set[int] = set()
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    while stack:
-        node, done = stack.pop()
-        key = id(node)
-        children = _children(node)
-        if done:
-            open_nodes.discard(key)
-            sizes[key] = 1 + sum(sizes[id(c)] for c in children)
-            if sizes[key] > MAX_SPEC_NODES:
-                raise ParamInvalid(f"the YAML expands to more than {MAX_SPEC_NODES} values through aliases "
-                                   f"(&anchor / *alias); write the values out", where)
-            continue
-        if key in sizes:
-            continue
-        if key in open_nodes:
-            raise ParamInvalid("the YAML has a recursive alias (a value that contains itself)", where)
-        open_nodes.add(key)
-        stack.append((node, True))
-        stack.extend((c, False) for c in children if id(c) not in sizes)
+        return parse(text, str(path))
 
-
-def _children(node: yaml.Node) -> list[yaml.Node]:
-    if isinstance(node, yaml.SequenceNode):
-        return list(node.value)
-    if isinstance(node, yaml.MappingNode):
-        return [n for pair in node.value for n in pair]
-    return []
+    return remembered("spec", text, parse)
 
 
 def _build_spec(raw: dict, path: Path, target: str | None, output: str | None,

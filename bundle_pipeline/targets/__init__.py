@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import Any
 
 from ..errors import ParamInvalid
 from ..hashing import hash_json
@@ -51,10 +52,16 @@ def _kernel_formats(entry: dict, native: bool) -> KernelFormats:
 def get_target(name: str) -> Target:
     if name not in KNOWN_TARGETS:
         raise ParamInvalid(f"unknown target {name!r}; available: {', '.join(KNOWN_TARGETS)}", "target")
-    import yaml  # loaded here: the runtime imports targets.npu and never reads a description
+    from ..yaml_memo import remembered
 
-    raw = yaml.safe_load(resources.files(__package__).joinpath(f"{name}.yaml").read_text())
+    raw = remembered("target", resources.files(__package__).joinpath(f"{name}.yaml").read_text(), _safe_load)
     native = bool(raw.get("native_kernels", False))
     kernels = {op: _kernel_formats(k, native and op != "default") for op, k in raw["kernels"].items()}
     return Target(name=raw["name"], formats=tuple(raw["formats"]), buffers=dict(raw["buffers"]),
                   kernels=kernels, fingerprint=hash_json(raw))
+
+
+def _safe_load(text: str) -> Any:
+    import yaml  # loaded here: the runtime imports targets.npu and never reads a description
+
+    return yaml.safe_load(text)
