@@ -61,12 +61,34 @@ class RawJSON:
 
 
 def group_document(attributes: dict[str, Any]) -> bytes:
-    """A group's zarr.json without indentation: for a large document (a bundle's manifest), which json's C encoder
-    writes 10x faster than its indenting Python one. zarr's key order outside and the attributes' own top-level
-    order (pack puts ``format_version`` and ``name`` first: ``guard.is_bundle`` reads them from the first bytes);
-    everything below is sorted, so the bytes never depend on the order nested dicts were built in. ``RawJSON``
-    values anywhere below are written verbatim (the encoder writes a unique placeholder string for each, which
-    is then replaced by the text)."""
+    """A group's zarr.json without indentation, for a large document (a bundle's manifest): zarr's key order
+    outside, the attributes' own top-level order (pack puts ``format_version`` and ``name`` first:
+    ``guard.is_bundle`` reads them from the first bytes), everything below sorted, so the bytes never depend on
+    the order nested dicts were built in. ``RawJSON`` values anywhere below are written verbatim.
+
+    orjson writes it (a 2.9 MB manifest of 32 graphs: 2 ms, against 11-17 ms for json's C encoder); a value orjson
+    cannot write (an int beyond 64 bits, a non-string key) sends the whole document through ``json``."""
+    import orjson
+
+    try:
+        body = b",".join(orjson.dumps(k) + b":" + orjson.dumps(v, default=_fragment, option=orjson.OPT_SORT_KEYS)
+                         for k, v in attributes.items())
+    except TypeError:
+        body = _json_body(attributes).encode()
+    return b'{"attributes":{' + body + b'},"zarr_format":3,"node_type":"group"}'
+
+
+def _fragment(o: Any) -> Any:
+    import orjson
+
+    if isinstance(o, RawJSON):
+        return orjson.Fragment(o.text)
+    raise TypeError(f"{type(o).__name__} is not JSON serializable")
+
+
+def _json_body(attributes: dict[str, Any]) -> str:
+    """``group_document``'s body by ``json``: each ``RawJSON`` is written as a unique placeholder string, then
+    replaced by its text."""
     raws: list[str] = []
     token = uuid.uuid4().hex
 
@@ -81,7 +103,7 @@ def group_document(attributes: dict[str, Any]) -> bytes:
                     for k, v in attributes.items())
     if raws:  # the encoder escapes the NUL, so the quoted placeholder reads '"\u0000<token>:<i>"'
         body = re.sub(rf'"\\u0000{token}:(\d+)"', lambda m: raws[int(m[1])], body)
-    return ('{"attributes":{' + body + '},"zarr_format":3,"node_type":"group"}').encode()
+    return body
 
 
 def is_plain(meta: dict[str, Any]) -> bool:

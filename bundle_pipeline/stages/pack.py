@@ -37,7 +37,9 @@ from ..layouts import storage_shape
 from ..program import FORMAT_VERSION
 from .stage import BUNDLE, TEXT, Input, Ref, Stage, StageContext
 
-VERSION = "4"  # 3: small constants share constants/packed (bundle format 2), compact root zarr.json; 4: UTF-8 manifest
+# 3: small constants share constants/packed (bundle format 2), compact root zarr.json; 4: UTF-8 manifest;
+# 5: the manifest written by orjson (floats in options may be spelled differently: 1e-05 as 0.00001)
+VERSION = "5"
 PACKED_ARRAY = "constants/packed"
 PACKED_MAX_BYTES = 256 << 10  # a constant up to this size lives in the packed array
 PACKED_CHUNK_BYTES = 1 << 20
