@@ -169,9 +169,9 @@ def test_ctrl_c_stops_cleanly_and_the_next_build_is_byte_identical(tmp_path):
     proc = subprocess.Popen(cli("run", str(spec), "--cache", str(cache), "--force"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     seen = []
-    for line in proc.stdout:  # plain progress lines: interrupt once the first task has finished
-        seen.append(line)
-        if line.startswith("["):
+    for line in proc.stdout:  # interrupt at the plan's line: the whole build can take ~1 s, and waiting for a
+        seen.append(line)    # task's line let a loaded machine's test read it after the build had finished
+        if "to run" in line:
             proc.send_signal(signal.SIGINT)
             break
     stdout, stderr = proc.communicate(timeout=120)
