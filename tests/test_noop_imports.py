@@ -53,3 +53,24 @@ def test_noop_run_and_status_import_nothing_heavy(tmp_path):
     assert "bundle_pipeline.pipeline.build" in modules  # the probe really planned the build
     code, modules = loaded_by("status", spec)
     assert code in (None, 0) and heavy(modules) == []
+
+
+def test_planning_a_weight_edit_of_plain_float_weights_loads_no_numpy(tmp_path):
+    """The planner hashes a changed external-data file's float32 ranges from the mapped bytes (external_ranges):
+    numpy (~0.1 s) loads only once a task runs, as the scheduler's setup."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import generate
+    import incremental
+
+    manifest = generate.generate("a", tmp_path / "data", 0.001)
+    spec = manifest["spec"]
+    built = subprocess.run([sys.executable, "-m", "bundle_pipeline.cli", "run", spec], capture_output=True, text=True,
+                           check=False)
+    assert built.returncode == 0, built.stderr
+    incremental.edit_external(Path(spec).parent, manifest)
+    proc = subprocess.run([sys.executable, "-c", PROBE, "status", spec, "--json"], capture_output=True, text=True,
+                          check=False)
+    *report, last = proc.stdout.strip().splitlines()
+    assert heavy(set(json.loads(last)["modules"])) == []
+    stale = json.loads("\n".join(report))["stale"]  # the probe hashed the edited file's ranges to say so
+    assert [s["id"] for s in stale] == ["a/parse.weights:infer"] and "file changed" in stale[0]["reason"]

@@ -5,7 +5,8 @@
 usually in the page cache already (the source digest just read them), and mapping them allocates nothing.
 Storing a tensor (``cache.put_tensor``) only hashes it and writes its bytes, so a view of the map serves.
 
-``hash_ranges`` gives the tensor hashes of byte ranges of an external-data file, read through one map: the
+``hash_ranges`` gives the tensor hashes of byte ranges of an external-data file, read through one map, for the
+types ``external_ranges.hash_plain_ranges`` leaves to numpy (it hashes the plain ones without numpy): the
 source digest of an external-data file is made of them (``tasks/sources.py``), and ``parse.weights`` stores a
 tensor under the hash remembered for its range while the file keeps the stat signature it was hashed at, so a
 cold build hashes each weight byte once with blake3 instead of twice (file digest, then tensor hash).

@@ -1,11 +1,65 @@
-"""The name of a weight's byte range in its external-data file (no numpy: a no-op build computes these)."""
+"""Weights' byte ranges in their external-data files: names, and hashes of plain types (no numpy: planning runs this).
+
+A cold build or a weight edit computes the source digest of a changed external-data file from the tensor hashes of
+its ranges before any task runs (``tasks/sources.py``). For the standard numeric types the hash is blake3 of a
+small header and the file's bytes as they lie (little-endian, C order), so the planner needs no numpy (~0.1 s to
+import, more than the hashing of a 4 MiB edit); the types ONNX packs or numpy lacks take ``external_map``.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import mmap
+import os
+import sys
+
+import blake3
+
+from ..hashing import HASH_VERSION
+
+# numpy's ``dtype.str`` (what ``hashing.tensor_hash`` writes) and item size of the plain numeric types
+PLAIN_TYPES: dict[str, tuple[str, int]] = {
+    "float16": ("<f2", 2), "float32": ("<f4", 4), "float64": ("<f8", 8),
+    "int8": ("|i1", 1), "int16": ("<i2", 2), "int32": ("<i4", 4), "int64": ("<i8", 8),
+    "uint8": ("|u1", 1), "uint16": ("<u2", 2), "uint32": ("<u4", 4), "uint64": ("<u8", 8),
+    "bool": ("|b1", 1), "complex64": ("<c8", 8), "complex128": ("<c16", 16),
+}
 
 
 def range_key(offset: int, dtype: str, shape: list[int] | tuple[int, ...]) -> str:
     """What a weight's tensor hash depends on besides its bytes: JSON ``[offset, dtype, shape]`` (as
     ``ir.external_map.hash_ranges`` reads it back)."""
     return json.dumps([int(offset), dtype, [int(n) for n in shape]], separators=(",", ":"))
+
+
+def hash_plain_ranges(fd: int, keys: list[str]) -> dict[str, str] | None:
+    """``hashing.tensor_hash`` of each range named by ``range_key`` in file ``fd``, computed from the mapped bytes;
+    None when one is not a plain type (``PLAIN_TYPES``) in the file on this little-endian host: the caller then
+    uses ``external_map.hash_ranges``, which reads the others through numpy (or gives up)."""
+    parsed = [json.loads(key) for key in keys]
+    if sys.byteorder != "little" or not all(dtype in PLAIN_TYPES for _, dtype, _ in parsed):
+        return None
+    size = os.fstat(fd).st_size
+    ends = [offset + math.prod(shape) * PLAIN_TYPES[dtype][1] for offset, dtype, shape in parsed]
+    if any(offset < 0 or end > size for (offset, _, _), end in zip(parsed, ends, strict=True)):
+        return None
+    mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if size else None
+    try:
+        view = memoryview(mapped) if mapped is not None else memoryview(b"")
+        with view:
+            return {key: _tensor_hash(dtype, shape, view[offset:end])
+                    for key, (offset, dtype, shape), end in zip(keys, parsed, ends, strict=True)}
+    finally:
+        if mapped is not None:
+            mapped.close()
+
+
+def _tensor_hash(dtype: str, shape: list[int], data: memoryview) -> str:
+    """``hashing.tensor_hash`` of a C-order little-endian array of plain type ``dtype`` held in ``data``."""
+    h = blake3.blake3(max_threads=blake3.blake3.AUTO if len(data) > 1 << 22 else 1)
+    h.update(f'{{"dtype":"{PLAIN_TYPES[dtype][0]}","shape":[{",".join(map(str, shape))}],'
+             f'"v":"{HASH_VERSION}"}}'.encode())
+    with data:
+        h.update(data)
+    return h.hexdigest()

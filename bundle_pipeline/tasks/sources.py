@@ -9,7 +9,7 @@ from ..cache import Cache
 from ..errors import BundleIOError
 from ..files import NotRegularFile, describe_error
 from ..hashing import hash_bytes, hash_json
-from ..ir.external_ranges import range_key
+from ..ir.external_ranges import hash_plain_ranges, range_key
 from ..stages.stage import EXTERNAL_DATA, MODEL
 from ..threads import map_values
 
@@ -72,9 +72,11 @@ class _Unhashable(Exception):
 
 
 def _hash_ranges(fd: int, keys: list[str]) -> dict[str, str]:
-    from ..ir.external_map import hash_ranges  # numpy: only when a file changed, never on a no-op
+    hashes = hash_plain_ranges(fd, keys)  # no numpy: the plain numeric types, hashed from the mapped file
+    if hashes is None:
+        from ..ir.external_map import hash_ranges  # numpy: bfloat16, float8, packed 4-bit types...
 
-    hashes = hash_ranges(fd, keys)
+        hashes = hash_ranges(fd, keys)
     if hashes is None:
         raise _Unhashable
     return hashes
