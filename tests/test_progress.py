@@ -4,6 +4,7 @@ leaving the previous bundle and a consistent cache, and the next build is byte-i
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -168,10 +169,13 @@ def test_ctrl_c_stops_cleanly_and_the_next_build_is_byte_identical(tmp_path):
 
     proc = subprocess.Popen(cli("run", str(spec), "--cache", str(cache), "--force"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+    # The whole build takes about a second: on a loaded machine this test could read the first task's line after
+    # the build had finished. With a one-page pipe the build blocks on its progress lines until they are read.
+    fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, 4096)
     seen = []
-    for line in proc.stdout:  # interrupt at the plan's line: the whole build can take ~1 s, and waiting for a
-        seen.append(line)    # task's line let a loaded machine's test read it after the build had finished
-        if "to run" in line:
+    for line in proc.stdout:  # plain progress lines: interrupt once the first task has finished
+        seen.append(line)
+        if line.startswith("["):
             proc.send_signal(signal.SIGINT)
             break
     stdout, stderr = proc.communicate(timeout=120)
