@@ -216,14 +216,17 @@ def _export_remembered(backend: Backend, h: str, dest: str, chunk_bytes: int) ->
     """A re-pack's fast path: hard-link the chunk files an earlier export of entry ``h`` recorded and write the
     zarr.json it recorded, when each linked file still has the recorded (size, mtime_ns, inode), as in
     ``entry_sha256``; else None (nothing left at ``dest``) and the caller exports from the entry's metadata."""
-    if not backend.is_local or os.path.lexists(dest):
+    if not backend.is_local:
         return None
     record = get_action(backend, export_memo_key(h, chunk_bytes))
     if record is None:
         return None
     src = backend.path(_tensors().tensor_rel(h))
     try:
-        os.makedirs(dest)
+        os.mkdir(dest)  # its parent is the bundle's constants/ directory
+    except OSError:  # already there (not ours to fill or remove), or no parent: the caller's way
+        return None
+    try:
         for rel, expected in record["stats"].items():
             target = os.path.join(dest, rel)
             if "/" in rel:

@@ -372,4 +372,5 @@ def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageCont
 STAGE = Stage("pack", VERSION, compute, outputs=("digest",),
               inputs=(Input("codegen", "program", form=TEXT), Input("dedupe", "variables"),
                       Input("formats.assign", "var_formats"), Input("formats.weights", "stored")),
-              params=("bundle", "target", "graph options"), scope=BUNDLE, writes_bundle=True)
+              params=("bundle", "target", "graph options"), scope=BUNDLE, writes_bundle=True,
+              preload=("bundle_pipeline.cache.tensors",))  # placing arrays: the tensor store's array side

@@ -63,4 +63,4 @@ def tensor_table(refs: dict[str, dict]) -> dict:
 
 
 STAGE = Stage("parse.weights", VERSION, compute, outputs=("weights",), inputs=(Input("parse", "refs"),),
-              scope=GRAPH, reads=EXTERNAL_DATA)
+              scope=GRAPH, reads=EXTERNAL_DATA, preload=("bundle_pipeline.cache.tensors",))  # the tensor store's arrays
