@@ -311,6 +311,22 @@ def test_small_builds_and_chains_of_reruns_run_in_process_without_loading_dask(t
     assert again.digest == report["digest"]  # the same bytes as a cold build
 
 
+def test_a_cold_builds_external_data_tasks_run_together_on_threads_after_the_parses(tmp_path):
+    """pipeline/serial.py: the parse.weights tasks (hashing and storing external data) wait until the structure
+    parses have run, then run side by side on threads; the rest stays on the calling thread, without dask."""
+    built, _ = external_weight_bundle(tmp_path)
+    report = build(load_spec(built.spec, cache=str(tmp_path / "cache")))
+    threads = {t.id.split("/", 1)[1]: t.extra["thread"] for t in report.tasks}
+    weights = [step for step in threads if step.startswith("parse.weights:")]
+    assert len(weights) == 3 and all(threads[w] != threads["dedupe"] for w in weights)
+    assert {threads[s] for s in threads if s not in weights} == {threads["dedupe"]}
+    order = [t.id.split("/", 1)[1] for t in sorted(report.tasks, key=lambda t: t.extra["start"])]
+    assert max(order.index(s) for s in threads if s.startswith("parse:")) < min(order.index(w) for w in weights)
+    plain = build(load_spec(built.spec, cache=str(tmp_path / "sync"), output=str(tmp_path / "sync.bundle")),
+                  scheduler="sync")  # one thread, as --scheduler sync promises
+    assert plain.digest == report.digest and len({t.extra["thread"] for t in plain.tasks}) == 1
+
+
 def test_weight_edit_inside_an_if_branch_skips_formats_tiling_codegen(tmp_path):
     """A Constant weight in a branch is hoisted to the weight table: editing its value is a weight-only edit."""
     import onnx.parser

@@ -69,7 +69,7 @@ def run_stale(dag: TaskGraph, stale: list[str], resolved: dict[str, TaskResult],
         began = time.perf_counter()
         _load_steps({dag.tasks[t].step for t in stale})
         setup = time.perf_counter() - began
-        done = run_serial_prefix(dag, stale, resolved, ctxs, notify)
+        done = run_serial_prefix(dag, stale, resolved, ctxs, notify, threads=scheduler != "sync")
         stale = [t for t in stale if t not in done]
         if not stale:
             return done, setup
