@@ -167,8 +167,12 @@ def test_ctrl_c_stops_cleanly_and_the_next_build_is_byte_identical(tmp_path):
     edited["options"] = {**(edited.get("options") or {}), "exec_disable_reused_memory": "1"}
     spec.write_text(yaml.safe_dump(text, sort_keys=False))
 
+    inherited = signal.getsignal(signal.SIGINT)
+    # SIGINT at its default in the child, whatever this test process inherited or was left with: a child started
+    # with SIGINT ignored (as some runners start workers) keeps ignoring it, and the build runs to its end
     proc = subprocess.Popen(cli("run", str(spec), "--cache", str(cache), "--force"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # The whole build takes about a second: on a loaded machine this test could read the first task's line after
     # the build had finished. With a one-page pipe the build blocks on its progress lines until they are read.
     fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, 4096)
@@ -179,7 +183,7 @@ def test_ctrl_c_stops_cleanly_and_the_next_build_is_byte_identical(tmp_path):
             proc.send_signal(signal.SIGINT)
             break
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, "".join(seen) + stdout + stderr
+    assert proc.returncode == 130, f"SIGINT here: {inherited}\n" + "".join(seen) + stdout + stderr
     assert stderr.startswith("interrupted: ") and stderr.count("\n") == 1 and "Traceback" not in stderr
     assert stdout.splitlines()[-1].startswith("interrupted at ") and "built " not in stdout
     assert bundle_digest(out) == first.digest
