@@ -66,6 +66,7 @@ def build_record(m: Measured) -> dict:
     counts = stage_counts(report)
     rec = {"argv": m.argv, "returncode": m.returncode, "wall_s": m.wall_s, "maxrss_kib": m.maxrss_kib,
            "tree_peak_kib": m.tree_peak_kib, "in_process_s": (report or {}).get("seconds"),
+           "setup_s": (report or {}).get("setup_seconds"),  # imports, scheduler start: not in the build seconds
            "ran": sum(c["ran"] for c in counts.values()), "cached": sum(c["cached"] for c in counts.values()),
            "stages": counts, "ran_tasks": ran_ids(report), "ran_seconds": ran_seconds(report),
            "digest": (report or {}).get("digest")}
