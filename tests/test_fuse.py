@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import models
 
 from bundle_pipeline.pipeline import build
 from bundle_pipeline.pipeline.build import prepare
-from bundle_pipeline.pipeline.fuse import Members, execute_group, fuse, group_graph
+from bundle_pipeline.pipeline.fuse import BATCHES_PER_SLOT, Members, batched, execute_group, fuse, group_graph
 from bundle_pipeline.spec import load_spec
 
 
@@ -55,3 +57,30 @@ def test_groups_run_in_order_and_give_the_bundle_of_a_plain_build(tmp_path):
     flat = {tid: r for group in results.values() for tid, r in group.items()}
     assert set(flat) == set(dag.order()) and {r.status for r in flat.values()} == {"ran"}
     assert {tid: r.outputs for tid, r in flat.items()} == {r.id: r.outputs for r in plain.tasks}
+
+
+def test_groups_of_many_graphs_are_batched_per_stage_and_give_the_same_bundle(tmp_path):
+    """On a cluster of ``slots`` worker threads, the same steps of different graphs are merged into at most
+    BATCHES_PER_SLOT * slots batches (fewer scheduler tasks); run by hand they still give the plain bundle."""
+    built = models.shared(tmp_path / "shared")
+    plain = build(load_spec(built.spec, cache=str(tmp_path / "plain"), output=str(tmp_path / "plain.bundle")),
+                  scheduler="sync")
+    specs = [load_spec(built.spec, cache=str(tmp_path / "batched"), output=str(tmp_path / "batched.bundle"))]
+    _, dag, ctxs = prepare(specs)
+    groups, _ = fuse(dag, list(dag.order()))
+    merged, group_of = batched(dag, groups, slots=1)
+    graphs = {dag.tasks[t].graph for t in dag.order()} - {None}
+    assert len(graphs) == 5 > BATCHES_PER_SLOT
+    per_shape = Counter(tuple(dict.fromkeys(steps(dag, g.ids))) for g in merged)
+    assert per_shape[("parse", "parse.weights")] == per_shape[("formats", "tiling", "codegen")] == BATCHES_PER_SLOT - 1
+    assert sorted(t for g in merged for t in g.ids) == sorted(dag.order())  # every task once
+    position = {t: i for i, t in enumerate(dag.order())}
+    assert all([position[t] for t in g.ids] == sorted(position[t] for t in g.ids) for g in merged)
+    graph = group_graph(dag, list(dag.order()), {}, ctxs, slots=1)
+    assert len(graph) == len(merged) < len(groups)
+    results: dict = {}
+    for key, (fn, members, ctx, *upstream) in graph.items():
+        results[key] = fn(members, ctx, *(results[u] if isinstance(u, str) else u for u in upstream))
+    flat = {tid: r for group in results.values() for tid, r in group.items()}
+    assert {tid: r.outputs for tid, r in flat.items()} == {r.id: r.outputs for r in plain.tasks}
+    assert all(group_of[t].key in graph for t in dag.order())

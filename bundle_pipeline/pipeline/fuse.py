@@ -89,10 +89,37 @@ def execute_group(members: Members, ctx: BuildContext,
     return {task.id: known[task.id] for task in members.tasks}
 
 
+# Batches per stage and per worker thread: enough to balance the workers, few enough that the scheduler's cost
+# per task (messages, and the worker's event loop taking the GIL from the task) stays small beside the work
+BATCHES_PER_SLOT = 4
+
+
+def batched(dag: TaskGraph, groups: list[Group], slots: int) -> tuple[list[Group], dict[str, Group]]:
+    """Groups of different graphs doing the same steps after the same barriers, merged into at most
+    ``BATCHES_PER_SLOT * slots`` batches each (graphs are independent of each other: a batch runs its graphs'
+    tasks one graph after another). A distributed worker ran a 128-graph build's ~390 single-graph groups about
+    1.7x slower than the same tasks in one process, and 1.5-2 ms apart."""
+    shapes: dict[tuple, list[Group]] = {}
+    for g in groups:
+        task = dag.tasks[g.key]
+        shape = (task.bundle, tuple(dag.tasks[t].step for t in g.ids), frozenset(g.bundle_ancestors))
+        shapes.setdefault(shape if task.graph is not None else (g.key,), []).append(g)
+    merged: list[Group] = []
+    for same in shapes.values():
+        size = -(-len(same) // (BATCHES_PER_SLOT * max(1, slots)))  # ceil: graphs a batch
+        for i in range(0, len(same), size):
+            part = same[i:i + size]
+            merged.append(Group([t for g in part for t in g.ids], set(part[0].bundle_ancestors)))
+    return merged, {t: g for g in merged for t in g.ids}
+
+
 def group_graph(dag: TaskGraph, ids: list[str], known: dict[str, TaskResult],
-                ctxs: dict[str, BuildContext]) -> dict[str, tuple]:
-    """The dask graph of ``ids`` fused: one ``execute_group`` task per group, keyed by its first task id."""
+                ctxs: dict[str, BuildContext], slots: int | None = None) -> dict[str, tuple]:
+    """The dask graph of ``ids`` fused: one ``execute_group`` task per group, keyed by its first task id; with
+    ``slots`` (the cluster's worker threads), groups of many graphs are batched (``batched``)."""
     groups, group_of = fuse(dag, ids)
+    if slots is not None:
+        groups, group_of = batched(dag, groups, slots)
     graph = {}
     for group in groups:
         members = Members(tuple(dag.tasks[t] for t in group.ids), tuple(tuple(dag.predecessors(t)) for t in group.ids))

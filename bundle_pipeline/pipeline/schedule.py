@@ -137,7 +137,7 @@ def _run_fused(get, dag: TaskGraph, ids: list[str], known: dict[str, TaskResult]
                ctxs: dict[str, BuildContext]) -> dict[str, TaskResult]:
     """Like ``_run_batch`` on a cluster, with each graph's consecutive tasks in one scheduler task."""
     from .fuse import group_graph
-    graph = group_graph(dag, ids, known, ctxs)
+    graph = group_graph(dag, ids, known, ctxs, getattr(get, "slots", None))
     done: dict[str, TaskResult] = {}
     for results in get(graph, list(graph)):
         done.update(results)
@@ -246,6 +246,7 @@ def _distributed_getter(client, notify: Observer):
             raise
         return [results[k] for k in keys]
 
+    get.slots = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())  # fuse.batched
     return get
 
 
