@@ -8,7 +8,7 @@ import models
 
 from bundle_pipeline.pipeline import build
 from bundle_pipeline.pipeline.build import prepare
-from bundle_pipeline.pipeline.fuse import BATCHES_PER_SLOT, Members, batched, execute_group, fuse, group_graph
+from bundle_pipeline.pipeline.fuse import BATCHES_PER_SLOT, Members, batched, execute_group, fuse, group_graph, priority
 from bundle_pipeline.spec import load_spec
 
 
@@ -32,6 +32,31 @@ def test_each_graph_fuses_into_three_groups_around_the_bundle_barriers(tmp_path)
         assert all(group_of[t] is group for t in group.ids)
 
 
+def test_with_several_workers_formats_ends_its_group_and_groups_are_ranked_and_spread(tmp_path):
+    """formats.weights reads each graph's formats but not its tiling or codegen: on a cluster that runs two tasks at
+    once formats ends its group, so that barrier can run beside the codegen. Priorities count the barriers still
+    waiting; per-graph batches alternate between the workers (a hint the scheduler may override)."""
+    built = models.shared(tmp_path / "shared")
+    _, dag, ctxs = prepare([load_spec(built.spec, cache=str(tmp_path / "c"))])
+    groups, group_of = fuse(dag, list(dag.order()), split=True)
+    assert {tuple(steps(dag, g.ids)) for g in groups if dag.tasks[g.key].graph is not None} == {
+        ("parse", "parse.weights"), ("formats.cost",), ("formats",), ("tiling", "codegen")}
+    for group in groups:  # a later member reads only its group and what the group's first task waits for
+        for tid in group.ids[1:]:
+            assert all(p in group.ids or p in group.bundle_ancestors or id(group_of[p]) in group.reads_groups
+                       for p in dag.predecessors(tid))
+    assert {tuple(steps(dag, g.ids)): priority(g, dag) for g in groups} == {
+        ("parse", "parse.weights"): 4, ("dedupe",): 4, ("formats.cost",): 3, ("formats.assign",): 3,
+        ("formats",): 2, ("formats.weights",): 2, ("tiling", "codegen"): 1, ("pack",): 1}
+    workers = [("tcp://a", 1), ("tcp://b", 1)]
+    graph, notes = group_graph(dag, list(dag.order()), {}, ctxs, workers)
+    assert set(notes) == set(graph)
+    spread = Counter(n["workers"][0] for n in notes.values() if "workers" in n)
+    assert set(spread) == {"tcp://a", "tcp://b"} and abs(spread["tcp://a"] - spread["tcp://b"]) <= 4
+    assert all(n["allow_other_workers"] for n in notes.values() if "workers" in n)
+    assert all("workers" not in notes[t] for t in graph if dag.tasks[t].graph is None)  # barriers go anywhere
+
+
 def test_a_task_with_a_barrier_its_group_does_not_wait_for_starts_a_new_group(tmp_path):
     """formats.cost reads dedupe, which the parse group does not wait for: it is its own group."""
     built = models.mlp(tmp_path / "mlp")
@@ -49,7 +74,8 @@ def test_groups_run_in_order_and_give_the_bundle_of_a_plain_build(tmp_path):
                   scheduler="sync")
     specs = [load_spec(built.spec, cache=str(tmp_path / "fused"), output=str(tmp_path / "fused.bundle"))]
     _, dag, ctxs = prepare(specs)
-    graph = group_graph(dag, list(dag.order()), {}, ctxs)
+    graph, annotations = group_graph(dag, list(dag.order()), {}, ctxs)
+    assert annotations == {}  # no cluster named: nothing to batch, rank or spread
     results: dict = {}
     for key, (fn, members, ctx, *upstream) in graph.items():  # keys are in topological order
         assert fn is execute_group and isinstance(members, Members)
@@ -76,7 +102,7 @@ def test_groups_of_many_graphs_are_batched_per_stage_and_give_the_same_bundle(tm
     assert sorted(t for g in merged for t in g.ids) == sorted(dag.order())  # every task once
     position = {t: i for i, t in enumerate(dag.order())}
     assert all([position[t] for t in g.ids] == sorted(position[t] for t in g.ids) for g in merged)
-    graph = group_graph(dag, list(dag.order()), {}, ctxs, slots=1)
+    graph, _ = group_graph(dag, list(dag.order()), {}, ctxs, workers=[("tcp://w", 1)])
     assert len(graph) == len(merged) < len(groups)
     results: dict = {}
     for key, (fn, members, ctx, *upstream) in graph.items():

@@ -137,9 +137,9 @@ def _run_fused(get, dag: TaskGraph, ids: list[str], known: dict[str, TaskResult]
                ctxs: dict[str, BuildContext]) -> dict[str, TaskResult]:
     """Like ``_run_batch`` on a cluster, with each graph's consecutive tasks in one scheduler task."""
     from .fuse import group_graph
-    graph = group_graph(dag, ids, known, ctxs, getattr(get, "slots", None))
+    graph, annotations = group_graph(dag, ids, known, ctxs, getattr(get, "workers", None))
     done: dict[str, TaskResult] = {}
-    for results in get(graph, list(graph)):
+    for results in get(graph, list(graph), annotations):
         done.update(results)
     return {tid: done[tid] for tid in ids}
 
@@ -225,11 +225,11 @@ def _distributed_getter(client, notify: Observer):
     """``client.get`` that reports each task as its result arrives."""
     _name_cheaply()
 
-    def get(graph: dict, keys: list[str]) -> list[TaskResult]:
+    def get(graph: dict, keys: list[str], annotations: dict[str, dict] | None = None) -> list[TaskResult]:
         from distributed import as_completed
         from distributed.scheduler import KilledWorker
 
-        futures = client.get(graph, keys, sync=False)
+        futures = client.get(_annotated(graph, annotations) if annotations else graph, keys, sync=False)
         results: dict[str, TaskResult | dict[str, TaskResult]] = {}
         try:  # results arrive with their futures: one round trip each, and a task's exception is re-raised
             for future, result in as_completed(futures, with_results=True, loop=client.loop):
@@ -246,8 +246,23 @@ def _distributed_getter(client, notify: Observer):
             raise
         return [results[k] for k in keys]
 
-    get.slots = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())  # fuse.batched
+    get.workers = [(address, w.get("nthreads", 1))  # fuse.group_graph batches and spreads the groups over them
+                   for address, w in sorted(client.scheduler_info()["workers"].items())]
     return get
+
+
+def _annotated(graph: dict, annotations: dict[str, dict]):
+    """``graph`` as a HighLevelGraph with one layer per distinct annotation (a priority, a worker hint), which
+    the scheduler applies to every task of the layer."""
+    from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+
+    layers: dict[str, tuple[dict, dict]] = {}
+    for key, task in graph.items():
+        note = annotations.get(key, {})
+        name = "bundle-pipeline-" + "-".join(f"{k}={v}" for k, v in sorted(note.items()))
+        layers.setdefault(name, ({}, note))[0][key] = task
+    return HighLevelGraph({name: MaterializedLayer(tasks, annotations=note or None)
+                           for name, (tasks, note) in layers.items()}, {name: set() for name in layers})
 
 
 def _name_cheaply() -> None:
