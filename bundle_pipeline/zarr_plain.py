@@ -56,8 +56,8 @@ class RawJSON:
 
     __slots__ = ("text",)
 
-    def __init__(self, text: str):
-        self.text = text
+    def __init__(self, text: str | bytes):
+        self.text = text  # bytes as the cache holds them (UTF-8): never decoded on the way to the manifest
 
 
 def group_document(attributes: dict[str, Any]) -> bytes:
@@ -95,7 +95,7 @@ def _json_body(attributes: dict[str, Any]) -> str:
     def placeholder(o: Any) -> str:
         if not isinstance(o, RawJSON):
             raise TypeError(f"{type(o).__name__} is not JSON serializable")
-        raws.append(o.text)
+        raws.append(o.text if isinstance(o.text, str) else o.text.decode())
         return f"\0{token}:{len(raws) - 1}"
 
     body = ",".join(f"{json.dumps(k, ensure_ascii=False)}:"

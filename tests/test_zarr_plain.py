@@ -30,3 +30,12 @@ def test_the_same_attributes_give_the_same_bytes():
         return {"format_version": 2, "options": {"z": 1e-05, "a": [0.5, "s"]}, "p": RawJSON("[1,2]")}
 
     assert group_document(attributes()) == group_document(attributes())
+
+
+def test_raw_values_may_be_the_stored_utf8_bytes():
+    """Pack hands over a program as the cache holds it (bytes); both encoders write it as the str would be."""
+    text = '{"name":"é","ops":[1]}'
+    as_str = group_document({"format_version": 2, "p": RawJSON(text)})
+    assert group_document({"format_version": 2, "p": RawJSON(text.encode())}) == as_str
+    fallback = {"format_version": 2, "big": 1 << 70, "p": RawJSON(text.encode())}  # through json
+    assert json.loads(group_document(fallback))["attributes"]["p"] == {"name": "é", "ops": [1]}

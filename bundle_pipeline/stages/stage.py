@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from ..targets import Target
 
 GRAPH, BUNDLE = "graph", "bundle"  # Stage.scope: one task per graph, or one for the bundle
-JSON, TEXT = "json", "text"  # Input.form: the decoded object, or its canonical JSON text undecoded
+JSON, TEXT = "json", "text"  # Input.form: the decoded object, or its canonical JSON as stored (UTF-8 bytes)
 MODEL, EXTERNAL_DATA = "model", "external data"  # Stage.reads: the user's files a stage reads
 
 # The params a stage may declare (``Stage.params``): each word names what the task factory puts in the

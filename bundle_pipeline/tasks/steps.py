@@ -52,7 +52,7 @@ class Inputs(Mapping):
         return self.loaded[name]
 
     def _load(self, inp: Input, h: str) -> Any:
-        return self.cache.get_object(h).decode() if inp.form == TEXT else self.cache.get_json(h)
+        return self.cache.get_object(h) if inp.form == TEXT else self.cache.get_json(h)  # TEXT: the stored bytes
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.declared)
