@@ -10,7 +10,6 @@ after an edit writes only the chunks whose bytes changed.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import functools
 import glob
@@ -253,6 +252,8 @@ def _exchange(a: Path, b: Path) -> bool | None:
         return None
     if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
         return True
+    import ctypes
+
     code = ctypes.get_errno()
     if code == errno.ENOENT and os.path.lexists(a):
         return False
@@ -265,6 +266,8 @@ def _exchange(a: Path, b: Path) -> bool | None:
 def _renameat2():
     if sys.platform != "linux":
         return None
+    import ctypes  # loaded by the first pack, not by every command (3 ms)
+
     try:
         fn = ctypes.CDLL(None, use_errno=True).renameat2
     except (OSError, AttributeError):  # glibc < 2.28, or no libc symbol table
