@@ -73,10 +73,16 @@ def tensor_hash(arr: np.ndarray) -> str:
     from .dtypes import hash_key
 
     arr = np.asarray(arr, order="C")  # keeps 0-d arrays 0-d, so a scalar and [x] hash apart
-    h = blake3.blake3(max_threads=blake3.blake3.AUTO if arr.nbytes > 1 << 22 else 1)
-    # canonical_json({"dtype", "shape", "v"}) written out: dtype keys are plain ASCII ("<f4", "bfloat16"), and
-    # this runs once a tensor (thousands a build)
-    h.update(f'{{"dtype":"{hash_key(arr.dtype)}","shape":[{",".join(map(str, arr.shape))}],'
-             f'"v":"{HASH_VERSION}"}}'.encode())
+    h = tensor_hasher(hash_key(arr.dtype), arr.shape, arr.nbytes)
     h.update(arr.reshape(-1).view(np.uint8))
     return h.hexdigest()
+
+
+def tensor_hasher(dtype_key: str, shape: tuple[int, ...] | list[int], nbytes: int) -> blake3.blake3:
+    """A blake3 hasher fed a tensor's header: feed it the C-order bytes for ``tensor_hash`` (also taken without
+    numpy, from a mapped file: ``ir.external_ranges``)."""
+    h = blake3.blake3(max_threads=blake3.blake3.AUTO if nbytes > 1 << 22 else 1)
+    # canonical_json({"dtype", "shape", "v"}) written out: dtype keys are plain ASCII ("<f4", "bfloat16"), and
+    # this runs once a tensor (thousands a build)
+    h.update(f'{{"dtype":"{dtype_key}","shape":[{",".join(map(str, shape))}],"v":"{HASH_VERSION}"}}'.encode())
+    return h

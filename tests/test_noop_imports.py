@@ -41,13 +41,19 @@ def heavy(modules: set[str]) -> list[str]:
     return sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY))
 
 
-def test_noop_run_and_status_import_nothing_heavy(tmp_path):
+def built_demo(tmp_path: Path) -> str:
+    """A copy of the demo, built once (so the next run is a no-op); its spec's path."""
     demo = tmp_path / "demo"
     shutil.copytree(DEMO, demo, ignore=shutil.ignore_patterns("build", ".bundle-cache"))
     spec = str(demo / "bundle.yaml")
     built = subprocess.run([sys.executable, "-m", "bundle_pipeline.cli", "run", spec], capture_output=True, text=True,
                            check=False)
     assert built.returncode == 0, built.stderr
+    return spec
+
+
+def test_noop_run_and_status_import_nothing_heavy(tmp_path):
+    spec = built_demo(tmp_path)
     code, modules = loaded_by("run", spec)
     assert code in (None, 0) and heavy(modules) == []
     assert "bundle_pipeline.pipeline.build" in modules  # the probe really planned the build

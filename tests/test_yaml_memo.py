@@ -4,12 +4,9 @@ PyYAML; a damaged memo, or a value JSON cannot give back, falls back to parsing.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 
 import pytest
-from test_noop_imports import DEMO, loaded_by
+from test_noop_imports import built_demo, loaded_by
 
 from bundle_pipeline import spec_yaml, yaml_memo
 from bundle_pipeline.errors import ParamInvalid
@@ -73,11 +70,6 @@ def test_a_remembered_spec_is_checked_like_a_parsed_one(home, tmp_path):
 
 def test_a_noop_run_reads_its_spec_and_target_without_pyyaml(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    demo = tmp_path / "demo"
-    shutil.copytree(DEMO, demo, ignore=shutil.ignore_patterns("build", ".bundle-cache"))
-    spec = str(demo / "bundle.yaml")
-    built = subprocess.run([sys.executable, "-m", "bundle_pipeline.cli", "run", spec], capture_output=True, text=True,
-                           check=False)
-    assert built.returncode == 0, built.stderr
+    spec = built_demo(tmp_path)
     code, modules = loaded_by("run", spec)
     assert code in (None, 0) and "yaml" not in modules and "bundle_pipeline.pipeline.build" in modules

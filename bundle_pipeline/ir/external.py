@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dtypes import PACKED_BITS, dtype_from_name, unpack_sub_byte
+from ..dtypes import PACKED_BITS, dtype_from_name, itemsize, unpack_sub_byte
 from ..errors import BundleIOError, GraphInvalid
 from ..files import describe_error, kind, open_regular
 
@@ -76,7 +76,7 @@ class ExternalRef:
         count = math.prod(self.shape)
         if self.dtype in PACKED_BITS:
             return -(-count * PACKED_BITS[self.dtype] // 8)
-        return count * dtype_from_name(self.dtype).itemsize
+        return count * itemsize(self.dtype)
 
     def read_raw(self) -> bytearray:
         """Exactly the tensor's bytes, once the file is known to hold them (a regular file, never a FIFO)."""

@@ -14,9 +14,7 @@ import mmap
 import os
 import sys
 
-import blake3
-
-from ..hashing import HASH_VERSION
+from ..hashing import tensor_hasher
 
 # numpy's ``dtype.str`` (what ``hashing.tensor_hash`` writes) and item size of the plain numeric types
 PLAIN_TYPES: dict[str, tuple[str, int]] = {
@@ -57,9 +55,7 @@ def hash_plain_ranges(fd: int, keys: list[str]) -> dict[str, str] | None:
 
 def _tensor_hash(dtype: str, shape: list[int], data: memoryview) -> str:
     """``hashing.tensor_hash`` of a C-order little-endian array of plain type ``dtype`` held in ``data``."""
-    h = blake3.blake3(max_threads=blake3.blake3.AUTO if len(data) > 1 << 22 else 1)
-    h.update(f'{{"dtype":"{PLAIN_TYPES[dtype][0]}","shape":[{",".join(map(str, shape))}],'
-             f'"v":"{HASH_VERSION}"}}'.encode())
+    h = tensor_hasher(PLAIN_TYPES[dtype][0], shape, len(data))
     with data:
         h.update(data)
     return h.hexdigest()

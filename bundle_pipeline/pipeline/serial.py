@@ -70,8 +70,9 @@ def run_serial_prefix(dag: TaskGraph, stale: list[str], known: dict[str, TaskRes
         if fresh:  # settle them (in build order); what they unblock is settled in the next round
             batch = sorted(fresh, key=order.__getitem__)
             fresh.clear()
-            bulk += [t for t in batch if _reads_external_data(dag, t)]
-            for tid in (t for t in batch if not _reads_external_data(dag, t)):
+            external = [t for t in batch if _reads_external_data(dag, t)]
+            bulk += external
+            for tid in (t for t in batch if t not in external):
                 result = settled(dag.tasks[tid], ctxs[dag.tasks[tid].bundle], *_upstream(dag, tid, known, done))
                 if result is None:
                     heapq.heappush(must_run, order[tid])

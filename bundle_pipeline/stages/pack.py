@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .. import zarr_plain
-from ..dtypes import dtype_from_name
+from ..dtypes import itemsize
 from ..errors import BundleIOError
 from ..guard import canonical, check_replaceable
 from ..hashing import sha256_hex
@@ -57,7 +57,7 @@ def manifest(name: str, target: str, graphs: list[dict], variables: dict, var_fo
         "variables": [{"name": n, "shape": v["shape"], "dtype": v["dtype"], "format": var_formats[n],
                        "storage": list(storage_shape(var_formats[n], tuple(v["shape"]))),
                        "nbytes": math.prod(storage_shape(var_formats[n], tuple(v["shape"])))
-                       * _itemsize(v["dtype"]),
+                       * itemsize(v["dtype"]),
                        "readers": v["readers"], "writers": v["writers"], "source": v["source"],
                        "initial": storage["initial"].get(n)} for n, v in sorted(variables.items())],
         "constants": constant_table(storage["constants"]),
@@ -68,18 +68,13 @@ def constant_table(stored: dict[str, dict]) -> dict[str, dict]:
     """Where each constant lives: its own array, or (small ones) an ``offset`` into the packed array."""
     table, offset = {}, 0
     for cid, c in sorted(stored.items()):
-        nbytes = math.prod(c.get("storage", c["shape"])) * _itemsize(c["dtype"])
+        nbytes = math.prod(c.get("storage", c["shape"])) * itemsize(c["dtype"])
         if nbytes <= PACKED_MAX_BYTES:
             table[cid] = {**c, "array": PACKED_ARRAY, "offset": offset, "nbytes": nbytes}
             offset += -(-nbytes // PACKED_ALIGN) * PACKED_ALIGN
         else:
             table[cid] = {**c, "array": f"constants/{cid}"}
     return table
-
-
-@functools.cache
-def _itemsize(dtype: str) -> int:
-    return dtype_from_name(dtype).itemsize  # a numpy dtype made per call costs ~1.5 us; a bundle has thousands
 
 
 @dataclass(frozen=True)

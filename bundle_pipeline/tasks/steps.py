@@ -105,7 +105,7 @@ class TaskContext:
         small = {n: r for n, r in loaders.items() if r.nbytes <= SMALL_TENSOR_BYTES}
         stored = self.cache.put_tensors({n: r.load() for n, r in small.items()})
         stored.update(map_values(lambda r: {"tensor": self.cache.put_tensor(*_load_hashed(r))},
-                                {n: r for n, r in loaders.items() if n not in small}))
+                                 {n: r for n, r in loaders.items() if n not in small}))
         return stored
 
     def placer(self, packs: Mapping[str, str]) -> CachePlacer:
