@@ -257,9 +257,21 @@ def output_stamp(path: str) -> str | None:
         return hash_json([root.name, st.st_size, st.st_mtime_ns, st.st_ino])
     if not root.is_dir():
         return None
-    rows = []
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            st = os.stat(os.path.join(dirpath, name))
-            rows.append([os.path.relpath(os.path.join(dirpath, name), root), st.st_size, st.st_mtime_ns, st.st_ino])
+    rows: list[list] = []
+    _stat_rows(str(root), "", rows)
     return hash_json(sorted(rows))
+
+
+def _stat_rows(directory: str, prefix: str, rows: list[list]) -> None:
+    """One row per file under ``directory`` (paths relative to the walk's root, as ``os.walk`` without
+    following directory links would give them): scandir and string joins, no ``relpath`` (a bundle has
+    hundreds of files, and every no-op and pack stamps it)."""
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            rel = prefix + entry.name
+            if entry.is_dir():
+                if not entry.is_symlink():
+                    _stat_rows(entry.path, rel + os.sep, rows)
+                continue
+            st = os.stat(entry.path)
+            rows.append([rel, st.st_size, st.st_mtime_ns, st.st_ino])

@@ -1,4 +1,5 @@
-"""direct_io: large new files written with O_DIRECT from a pooled buffer, and the page-cache fallback.
+"""direct_io: large new files written with O_DIRECT from an aligned source or a pooled buffer, and the page-cache
+fallback.
 
 Every path ends in the same bytes and the same sha256: O_DIRECT with an aligned or a ragged tail (padded write,
 then ftruncate), the plain path (small files, ``direct=False``), a file system refusing O_DIRECT at open
@@ -59,6 +60,37 @@ def test_file_holds_data_then_zeros_and_its_sha256_is_returned(tmp_path, have, s
     want = data + bytes(size - have)
     assert Path(path).read_bytes() == want
     assert digest == hashlib.sha256(want).hexdigest()
+
+
+def page_aligned(data: bytes) -> memoryview:
+    buf = mmap.mmap(-1, max(len(data), 1))  # an anonymous map starts on a page: aligned like a mapped file
+    buf[:len(data)] = data
+    return memoryview(buf)[:len(data)]
+
+
+@pytest.mark.parametrize(("have", "size"), SIZES)
+def test_an_aligned_source_is_written_from_where_it_lies_with_the_same_bytes(tmp_path, have, size, monkeypatch):
+    data = pattern(have, have + 1)
+    if direct_supported(tmp_path) and have % dio.ALIGN == 0 and have == size and size >= dio.DIRECT_MIN_BYTES:
+        monkeypatch.setattr(dio._POOL, "take", lambda: pytest.fail("whole aligned blocks need no buffer"))
+    digest = dio.write_new_file(str(tmp_path / "f"), page_aligned(data), size)
+    want = data + bytes(size - have)
+    assert (tmp_path / "f").read_bytes() == want and digest == hashlib.sha256(want).hexdigest()
+
+
+def test_an_aligned_source_refused_in_place_finishes_through_the_buffer(tmp_path, monkeypatch):
+    real_pwrite, calls = os.pwrite, []
+
+    def refuse_first(fd, data, offset):  # a file system that takes O_DIRECT from its own buffers only
+        calls.append(offset)
+        if len(calls) == 1:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(dio.os, "pwrite", refuse_first)
+    data = pattern(2 * dio.PIECE_BYTES + 100, 7)
+    digest = dio.write_new_file(str(tmp_path / "f"), page_aligned(data), len(data))
+    assert (tmp_path / "f").read_bytes() == data and digest == hashlib.sha256(data).hexdigest()
 
 
 def test_a_reused_buffer_does_not_leak_old_bytes_into_padding(tmp_path):
