@@ -12,6 +12,8 @@ Everything lives under one root (``.bundle-cache/`` by default, or ``memory://..
                                  (``actions.py``)
     state/stat.json              input-file stat state, local roots only (see ``statstate.py``)
     state/outputs.json           which build wrote each output path of this machine (idem)
+    state/spares/<h[:32]>/       the bundle tree a re-pack of an output path replaced, kept for that output's
+                                 next pack to update (``stages/pack_spare.py``); ``gc`` empties them
     */<xx>/.tmp-<uuid>           a write in progress, or a leftover of a crashed one (``gc`` removes)
     bundle-pipeline-cache.json   the marker: written when the root is created (or first used by a build),
                                  so that ``cache info|verify|gc`` act only on caches (``marker.py``)

@@ -17,6 +17,7 @@ The jobs live in their own modules; this one wires them to a root and is what ot
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -88,6 +89,7 @@ class Cache:
             state, prefix = self._backend, "state/"
         else:
             state, prefix = LocalBackend(_default_state_dir(self.root)), ""
+        self._spares = state.path(f"{prefix}spares") if self._backend.is_local else None
         self._stat = StatState(state, f"{prefix}stat.json")
         self._outputs = OutputState(state, f"{prefix}outputs.json")
 
@@ -151,6 +153,10 @@ class Cache:
         """Place tensor ``h`` as a plain zarr array at local directory ``dest``; the sha256 of each file."""
         return tensor_store.export_tensor(self._backend, h, dest, self.chunk_bytes, pack)
 
+    def placed_tensor(self, h: str, dest: str | os.PathLike[str]) -> dict[str, str] | None:
+        """``export_tensor``'s answer when ``dest`` already holds exactly what it would place, else None."""
+        return tensor_store.placed_tensor(self._backend, h, dest, self.chunk_bytes)
+
     def tensor_chunks(self, h: str) -> list[str]:
         """The sha256 of each stored chunk file, in chunk (C) order; CacheMiss when missing or damaged."""
         return tensor_store.tensor_chunks(self._backend, h)
@@ -192,6 +198,13 @@ class Cache:
     def known_ranges(self, path: str | os.PathLike[str]) -> tuple[tuple[int, int, int, int], dict[str, str]] | None:
         """The range hashes remembered for a file and the stat signature they hold for; nothing hashed."""
         return self._stat.known_ranges(path)
+
+    def spare_tree(self, out: str | os.PathLike[str]) -> str | None:
+        """The slot where the tree a re-pack of ``out`` replaced waits for the next pack (``stages/pack_spare.py``):
+        this machine's state directory; None for a remote cache (its exports are copies, never reused)."""
+        if self._spares is None:
+            return None
+        return os.path.join(self._spares, hash_bytes(os.fspath(out).encode())[:32])
 
     def output_record(self, path: str | os.PathLike[str]) -> dict[str, Any] | None:
         """What this machine recorded about output ``path`` (see ``statstate.OutputState``)."""
@@ -236,6 +249,8 @@ class Cache:
         """Remove temp leftovers, then entries the kept actions do not reach (or evict down to ``max_bytes``)."""
         from bundle_pipeline.cache import gc as collector  # cache commands only
 
+        if self._spares is not None:  # their files are links to entries: kept, they would keep those on disk
+            shutil.rmtree(self._spares, ignore_errors=True)
         return collector.gc(self._backend, self._stat, self._outputs, keep_actions, older_than_s, max_bytes,
                             temp_older_than_s)
 

@@ -241,6 +241,28 @@ def _export_remembered(backend: Backend, h: str, dest: str, chunk_bytes: int) ->
     return dict(record["sha256"])
 
 
+def placed_tensor(backend: Backend, h: str, dest: str | os.PathLike[str], chunk_bytes: int) -> dict[str, str] | None:
+    """``export_tensor``'s answer for local entry ``h`` when directory ``dest`` already holds what an export placed
+    (a re-pack reusing the tree it replaced, ``stages/pack_spare.py``): the recorded files and nothing else,
+    each with the recorded (size, mtime_ns, inode), as ``_export_remembered`` checks the links it makes; else
+    None (``dest`` is left as it is)."""
+    if not backend.is_local:
+        return None
+    record = get_action(backend, export_memo_key(check_hash(h), chunk_bytes))
+    if record is None or "doc_object" not in record:
+        return None
+    dest = os.fspath(dest)
+    try:
+        expected = {**record["stats"], "zarr.json": record["doc_stat"]}
+        if sorted(os.listdir(dest)) != sorted(expected):
+            return None
+        if any(_stat_of(os.path.join(dest, rel)) != st for rel, st in expected.items()):
+            return None
+        return dict(record["sha256"])
+    except (OSError, KeyError, TypeError, AttributeError, ValueError):  # gone, or a record of another shape
+        return None
+
+
 def _place_document(backend: Backend, record: dict[str, Any], doc_path: str) -> None:
     """The array's zarr.json: a link to the object the export stored, while it keeps the recorded stat (else it
     was changed through a link: removed, and the caller verifies the slow way); written from the record when

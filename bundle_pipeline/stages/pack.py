@@ -34,6 +34,7 @@ from ..guard import canonical, check_replaceable
 from ..hashing import sha256_hex
 from ..layouts import storage_shape
 from ..program import FORMAT_VERSION
+from . import pack_spare
 from .stage import BUNDLE, TEXT, Input, Ref, Stage, StageContext
 
 # 3: small constants share constants/packed (bundle format 2), compact root zarr.json; 4: UTF-8 manifest;
@@ -124,6 +125,12 @@ class Placer(Protocol):
         """Put one chunk of the packed array (``size`` bytes: ``pieces``, zeros elsewhere) at file ``dest``;
         its sha256."""
 
+    def placed(self, h: str, dest: Path) -> dict[str, str] | None:
+        """What ``tensor`` returns when ``dest`` already holds tensor ``h`` exactly as it would place it."""
+
+    def spare(self, out: Path) -> Path | None:
+        """Where the tree a re-pack of ``out`` replaces may wait for the next pack (``pack_spare``)."""
+
     def object(self, h: str, dest: Path) -> str:
         """Put the cache object ``h`` (a chunk ``formats.weights`` built) at file ``dest``; its sha256."""
 
@@ -141,20 +148,24 @@ def run(meta: dict, placer: Placer, out_path: str, chunks: list[str] | None = No
     """
     out = Path(canonical(out_path))  # "constants/.." would stage inside the directory it replaces
     check_replaceable(out)  # the build checked it before any task ran; something may have appeared since
+    spare = None if out.suffix == ".zip" else placer.spare(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_stages(out)
-        stage_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        stage_dir = pack_spare.claim(spare, out)
+        kept = set() if stage_dir is None else pack_spare.prune(stage_dir, _array_paths(meta), PACKED_ARRAY)
+        stage_dir = stage_dir or Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     except OSError as err:
         raise BundleIOError(f"cannot write bundle: {err}", str(out)) from None
     staged_zip = stage_dir.with_name(stage_dir.name + ".zip.tmp")  # unique per build, like stage_dir
     try:
-        digest = listing_digest(write_directory(stage_dir, meta, placer, chunks))
+        digest = listing_digest(write_directory(stage_dir, meta, placer, chunks, kept))
         if out.suffix == ".zip":
             write_zip(stage_dir, staged_zip)
             _swap_into_place(staged_zip, out)
         else:
             _swap_into_place(stage_dir, out)
+            pack_spare.park(stage_dir, spare)  # the replaced bundle, if any: the next pack's stage
         return digest
     except OSError as err:
         raise BundleIOError(f"cannot write bundle: {err}", str(out)) from None
@@ -163,17 +174,19 @@ def run(meta: dict, placer: Placer, out_path: str, chunks: list[str] | None = No
             _remove(leftover)
 
 
-def write_directory(root: Path, meta: dict, placer: Placer, chunks: list[str] | None = None) -> dict[str, str]:
+def write_directory(root: Path, meta: dict, placer: Placer, chunks: list[str] | None = None,
+                    kept: set[str] = frozenset()) -> dict[str, str]:
     """Write the bundle's metadata and place its arrays (the packed array's ``chunks``: cache objects, when
     given); return the sha256 of every file written, by relative path (the listing ``listing_digest`` hashes:
-    nothing is read back or walked)."""
+    nothing is read back or walked). ``kept``: array directories a reused stage already holds
+    (``pack_spare``), each used when the placer finds it as placed, else replaced."""
     (root / "constants").mkdir(parents=True, exist_ok=True)
     known: dict[str, str] = {}
     _write_file(root, "zarr.json", zarr_plain.group_document(meta), known)
     _write_file(root, "constants/zarr.json", zarr_plain.dumps(zarr_plain.group_meta({})), known)
     for const in meta["constants"].values():
         if const["array"] != PACKED_ARRAY:
-            placed = placer.tensor(const["hash"], root / const["array"])
+            placed = _placed_tensor(placer, const["hash"], root / const["array"], const["array"] in kept)
             known.update({f"{const['array']}/{rel}": digest for rel, digest in placed.items()})
     size, count = packed_size(meta)
     if chunks is not None and len(chunks) != count:
@@ -189,6 +202,19 @@ def write_directory(root: Path, meta: dict, placer: Placer, chunks: list[str] | 
             known[f"{PACKED_ARRAY}/c.{i}"] = (placer.chunk(pieces[i], size, dest) if pieces is not None
                                               else placer.object(chunks[i], dest))
     return known
+
+
+def _placed_tensor(placer: Placer, h: str, dest: Path, there: bool) -> dict[str, str]:
+    if there:
+        found = placer.placed(h, dest)
+        if found is not None:
+            return found
+        _remove(dest)
+    return placer.tensor(h, dest)
+
+
+def _array_paths(meta: dict) -> set[str]:
+    return {const["array"] for const in meta["constants"].values()}
 
 
 def _write_file(root: Path, rel: str, data: bytes, known: dict[str, str]) -> None:

@@ -129,6 +129,13 @@ class CachePlacer:
     def tensor(self, h: str, dest: Path) -> dict[str, str]:
         return self.cache.export_tensor(h, dest, pack=self.packs.get(h))
 
+    def placed(self, h: str, dest: Path) -> dict[str, str] | None:
+        return None if h in self.packs else self.cache.placed_tensor(h, dest)  # a packed one is written, not linked
+
+    def spare(self, out: Path) -> Path | None:
+        slot = self.cache.spare_tree(out)
+        return None if slot is None else Path(slot)
+
     def object(self, h: str, dest: Path) -> str:
         return self.cache.place_object(h, dest)
 
