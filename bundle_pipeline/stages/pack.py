@@ -131,6 +131,11 @@ class Placer(Protocol):
     def spare(self, out: Path) -> Path | None:
         """Where the tree a re-pack of ``out`` replaces may wait for the next pack (``pack_spare``)."""
 
+    @property
+    def layout(self) -> str:
+        """What decides the files ``tensor`` places for a hash (chunking, format version): a kept tree's
+        record holds only for the same layout."""
+
     def object(self, h: str, dest: Path) -> str:
         """Put the cache object ``h`` (a chunk ``formats.weights`` built) at file ``dest``; its sha256."""
 
@@ -149,24 +154,26 @@ def run(meta: dict, placer: Placer, out_path: str, chunks: list[str] | None = No
     out = Path(canonical(out_path))  # "constants/.." would stage inside the directory it replaces
     check_replaceable(out)  # the build checked it before any task ran; something may have appeared since
     spare = None if out.suffix == ".zip" else placer.spare(out)
+    arrays = {c["array"]: c["hash"] for c in meta["constants"].values() if c["array"] != PACKED_ARRAY}
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_stages(out)
-        stage_dir = pack_spare.claim(spare, out)
-        kept = set() if stage_dir is None else pack_spare.prune(stage_dir, _array_paths(meta), PACKED_ARRAY)
+        stage_dir, kept = pack_spare.claim(spare, out, set(arrays), PACKED_ARRAY, placer.layout)
         stage_dir = stage_dir or Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     except OSError as err:
         raise BundleIOError(f"cannot write bundle: {err}", str(out)) from None
     staged_zip = stage_dir.with_name(stage_dir.name + ".zip.tmp")  # unique per build, like stage_dir
     try:
-        digest = listing_digest(write_directory(stage_dir, meta, placer, chunks, kept))
+        listing = write_directory(stage_dir, meta, placer, chunks, kept)
         if out.suffix == ".zip":
             write_zip(stage_dir, staged_zip)
             _swap_into_place(staged_zip, out)
         else:
+            record = None if spare is None else pack_spare.describe(stage_dir, arrays, listing, placer.layout)
             _swap_into_place(stage_dir, out)
             pack_spare.park(stage_dir, spare)  # the replaced bundle, if any: the next pack's stage
-        return digest
+            pack_spare.remember(spare, record)
+        return listing_digest(listing)
     except OSError as err:
         raise BundleIOError(f"cannot write bundle: {err}", str(out)) from None
     finally:
@@ -175,18 +182,18 @@ def run(meta: dict, placer: Placer, out_path: str, chunks: list[str] | None = No
 
 
 def write_directory(root: Path, meta: dict, placer: Placer, chunks: list[str] | None = None,
-                    kept: set[str] = frozenset()) -> dict[str, str]:
+                    kept: pack_spare.Kept | None = None) -> dict[str, str]:
     """Write the bundle's metadata and place its arrays (the packed array's ``chunks``: cache objects, when
     given); return the sha256 of every file written, by relative path (the listing ``listing_digest`` hashes:
     nothing is read back or walked). ``kept``: array directories a reused stage already holds
-    (``pack_spare``), each used when the placer finds it as placed, else replaced."""
+    (``pack_spare``), each used when its record or the placer finds it as placed, else replaced."""
     (root / "constants").mkdir(parents=True, exist_ok=True)
     known: dict[str, str] = {}
     _write_file(root, "zarr.json", zarr_plain.group_document(meta), known)
     _write_file(root, "constants/zarr.json", zarr_plain.dumps(zarr_plain.group_meta({})), known)
     for const in meta["constants"].values():
         if const["array"] != PACKED_ARRAY:
-            placed = _placed_tensor(placer, const["hash"], root / const["array"], const["array"] in kept)
+            placed = _placed_tensor(placer, const["hash"], root, const["array"], kept)
             known.update({f"{const['array']}/{rel}": digest for rel, digest in placed.items()})
     size, count = packed_size(meta)
     if chunks is not None and len(chunks) != count:
@@ -204,17 +211,15 @@ def write_directory(root: Path, meta: dict, placer: Placer, chunks: list[str] | 
     return known
 
 
-def _placed_tensor(placer: Placer, h: str, dest: Path, there: bool) -> dict[str, str]:
-    if there:
-        found = placer.placed(h, dest)
+def _placed_tensor(placer: Placer, h: str, root: Path, rel: str, kept: pack_spare.Kept | None) -> dict[str, str]:
+    dest = root / rel
+    if kept is not None and rel in kept.arrays:
+        # a tree's record answers for the arrays it lists (a changed one is replaced unasked); else the placer
+        found = kept.placed(rel, h, dest) if rel in kept.record else placer.placed(h, dest)
         if found is not None:
             return found
         _remove(dest)
     return placer.tensor(h, dest)
-
-
-def _array_paths(meta: dict) -> set[str]:
-    return {const["array"] for const in meta["constants"].values()}
 
 
 def _write_file(root: Path, rel: str, data: bytes, known: dict[str, str]) -> None:

@@ -11,6 +11,12 @@ and each array it keeps is checked file by file by the placer (``Placer.placed``
 cache's own, by size, mtime and inode, and nothing else there) or else removed and placed anew. What ends
 in the stage is what a fresh stage would hold, byte for byte, and it is swapped in the same way.
 
+Each pack also records the tree it swapped in (``<slot>.out.json``: the root's inode, and each array's tensor
+hash and files with their size, mtime, inode and sha256); parking moves that record along with the tree
+(``<slot>.json``), so the next pack checks a kept array with one ``listdir`` and a ``stat`` a file, not one
+cache record an array. A record that does not match (another root, another layout, a file changed) only
+means the placer's own check (or a fresh placement) for that array.
+
 Nothing here is trusted: a slot that is missing, on another file system (EXDEV) or taken by another build
 means a fresh stage; a slot already filled when parking means the tree is removed, as before. ``cache gc``
 empties the slots (their files are links to entries, which they would keep on disk).
@@ -18,16 +24,49 @@ empties the slots (their files are links to entries, which they would keep on di
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+RECORD_VERSION = 1
 
 
-def claim(spare: Path | None, out: Path) -> Path | None:
-    """Rename the slot ``spare`` to a fresh stage name beside ``out``; None when there is nothing to claim."""
+@dataclass
+class Kept:
+    """A claimed tree: the array directories left in it and what its record says they hold."""
+
+    arrays: set[str] = field(default_factory=set)
+    record: dict[str, Any] = field(default_factory=dict)  # array path -> {"hash", "files": {name: stat + sha}}
+
+    def placed(self, rel: str, h: str, dest: Path) -> dict[str, str] | None:
+        """The sha256 of each file of array ``rel`` when the record says it holds tensor ``h`` and every file
+        is still the one recorded (and nothing else is there); else None."""
+        known = self.record.get(rel)
+        try:
+            if known is None or known["hash"] != h:
+                return None
+            files = known["files"]
+            if sorted(os.listdir(dest)) != sorted(files):
+                return None
+            for name, (size, mtime_ns, ino, _) in files.items():
+                st = os.stat(os.path.join(dest, name))
+                if (st.st_size, st.st_mtime_ns, st.st_ino) != (size, mtime_ns, ino):
+                    return None
+            return {name: row[3] for name, row in files.items()}
+        except (OSError, KeyError, TypeError, ValueError):
+            return None
+
+
+def claim(spare: Path | None, out: Path, arrays: set[str], packed: str, layout: str) -> tuple[Path | None, Kept]:
+    """Rename the slot ``spare`` to a fresh stage name beside ``out`` and prune it to the array directories
+    named in ``arrays``; (None, nothing kept) when there is no tree to claim."""
     if spare is None:
-        return None
+        return None, Kept()
     for _ in range(4):
         stage = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}")  # a name like mkdtemp's (pack._stage_names)
         if os.path.lexists(stage):
@@ -35,12 +74,12 @@ def claim(spare: Path | None, out: Path) -> Path | None:
         try:
             os.rename(spare, stage)
         except OSError:  # no slot, another build took it, another file system: a fresh stage
-            return None
+            return None, Kept()
         if stage.is_dir() and not stage.is_symlink():
-            return stage
+            return stage, Kept(prune(stage, arrays, packed), _read_record(_record(spare), stage, layout))
         _remove(stage)  # not a tree (nothing of ours puts a file there): not reused
-        return None
-    return None
+        return None, Kept()
+    return None, Kept()
 
 
 def prune(root: Path, arrays: set[str], packed: str) -> set[str]:
@@ -61,7 +100,8 @@ def prune(root: Path, arrays: set[str], packed: str) -> set[str]:
 
 
 def park(previous: Path, spare: Path | None) -> None:
-    """Move the tree a swap put at ``previous`` (the replaced bundle) to the slot; removed when it cannot go."""
+    """Move the tree a swap put at ``previous`` (the replaced bundle) to the slot, with the record of it; the
+    caller removes the tree when it cannot go."""
     if spare is None or not previous.is_dir() or previous.is_symlink():
         return
     try:
@@ -69,6 +109,67 @@ def park(previous: Path, spare: Path | None) -> None:
         os.rename(previous, spare)
     except OSError:  # a slot already filled (another build), another file system: the caller removes it
         return
+    with contextlib.suppress(OSError):  # no record (a first pack, or one by an older version): checks by the placer
+        os.replace(_out_record(spare), _record(spare))
+
+
+def describe(stage: Path, arrays: dict[str, str], listing: dict[str, str], layout: str) -> dict[str, Any] | None:
+    """The record of the tree at ``stage``, taken before it is swapped in (it is ours alone until then; the
+    swap keeps its inodes): each array (path -> tensor hash) with its files' stats and sha256 (from
+    ``listing``, the bundle's). None when a file cannot be stat'ed (then the next pack checks the slow way)."""
+    files: dict[str, dict[str, str]] = {rel: {} for rel in arrays}
+    for path, sha in listing.items():
+        rel, _, name = path.rpartition("/")
+        if rel in files:
+            files[rel][name] = sha
+    try:
+        return {"v": RECORD_VERSION, "layout": layout, "root": os.stat(stage).st_ino,
+                "arrays": {rel: {"hash": h, "files": _stats(stage / rel, files[rel])} for rel, h in arrays.items()}}
+    except OSError:
+        return None
+
+
+def remember(spare: Path | None, record: dict[str, Any] | None) -> None:
+    """Keep ``describe``'s record of the tree just swapped in, for when it is parked. Best effort."""
+    if spare is None or record is None:
+        return
+    tmp = spare.with_name(f"{spare.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        spare.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(record, separators=(",", ":")))
+        os.replace(tmp, _out_record(spare))
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _stats(directory: Path, shas: dict[str, str]) -> dict[str, list]:
+    rows = {}
+    for name, sha in shas.items():
+        st = os.stat(directory / name)
+        rows[name] = [st.st_size, st.st_mtime_ns, st.st_ino, sha]
+    return rows
+
+
+def _record(spare: Path) -> Path:
+    return spare.with_name(spare.name + ".json")
+
+
+def _out_record(spare: Path) -> Path:
+    return spare.with_name(spare.name + ".out.json")
+
+
+def _read_record(path: Path, stage: Path, layout: str) -> dict[str, Any]:
+    """The arrays the record at ``path`` describes, when it describes tree ``stage`` (root inode) as placed with
+    ``layout``; else {}."""
+    try:
+        record = json.loads(path.read_bytes())
+        if (record["v"], record["layout"], record["root"]) != (RECORD_VERSION, layout, os.stat(stage).st_ino):
+            return {}
+        arrays = record["arrays"]
+        return arrays if isinstance(arrays, dict) else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def _entries(directory: Path) -> list[os.DirEntry]:

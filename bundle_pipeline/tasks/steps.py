@@ -14,6 +14,7 @@ from typing import Any
 
 from ..cache import Cache, CacheMiss
 from ..cache.packs import SMALL_TENSOR_BYTES, stored_bytes
+from ..cache.tensor_store import EXPORT_VERSION
 from ..hashing import hash_json
 from ..stages import pack
 from ..stages.stage import TEXT, Input, Ref, Stage
@@ -131,6 +132,10 @@ class CachePlacer:
 
     def placed(self, h: str, dest: Path) -> dict[str, str] | None:
         return None if h in self.packs else self.cache.placed_tensor(h, dest)  # a packed one is written, not linked
+
+    @property
+    def layout(self) -> str:
+        return f"export {EXPORT_VERSION}, chunk bytes {self.cache.chunk_bytes}"
 
     def spare(self, out: Path) -> Path | None:
         slot = self.cache.spare_tree(out)

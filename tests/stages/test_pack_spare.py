@@ -62,6 +62,34 @@ def test_the_replaced_tree_waits_in_the_cache_and_the_next_pack_updates_it(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.bundle", "fresh", "tensor-cache"]
 
 
+def test_kept_arrays_are_checked_against_the_record_of_the_tree_not_one_cache_record_each(tmp_path, monkeypatch):
+    out = tmp_path / "b.bundle"
+    pack_into(out, tensors_with(BIG2, BIG3), tmp_path)
+    pack_into(out, tensors_with(BIG2, BIG3 + 1), tmp_path)
+    monkeypatch.setattr(CachePlacer, "placed", lambda *a: pytest.fail("the tree's record answers for kept arrays"))
+    final = tensors_with(BIG2, BIG3 + 2)
+    inode = (slot(tmp_path, out) / "constants/infer.t5").stat().st_ino
+    digest = pack_into(out, final, tmp_path)
+    assert (out / "constants/infer.t5").stat().st_ino == inode
+    assert files(out) == fresh(final, tmp_path) and pack.bundle_digest(out) == digest
+
+
+def test_a_record_of_another_layout_or_tree_is_not_used(tmp_path, monkeypatch):
+    out = tmp_path / "b.bundle"
+    pack_into(out, tensors_with(BIG2, BIG3), tmp_path)
+    pack_into(out, tensors_with(BIG2, BIG3 + 1), tmp_path)
+    record = slot(tmp_path, out).with_name(slot(tmp_path, out).name + ".json")
+    assert record.is_file()
+    monkeypatch.setattr(CachePlacer, "layout", property(lambda self: "another chunking"))
+    asked = []
+    real = CachePlacer.placed
+    monkeypatch.setattr(CachePlacer, "placed", lambda self, h, dest: asked.append(h) or real(self, h, dest))
+    final = tensors_with(BIG2, BIG3 + 2)
+    digest = pack_into(out, final, tmp_path)
+    assert tensor_hash(BIG2) in asked  # checked by the placer, not taken from the record
+    assert files(out) == fresh(final, tmp_path) and pack.bundle_digest(out) == digest
+
+
 @pytest.mark.parametrize("tamper", ["extra file", "altered chunk", "relinked chunk", "extra array", "root file",
                                     "array is a file", "no zarr.json"])
 def test_whatever_the_kept_tree_holds_the_bundle_equals_a_fresh_pack(tmp_path, tamper):
@@ -93,6 +121,30 @@ def test_whatever_the_kept_tree_holds_the_bundle_equals_a_fresh_pack(tmp_path, t
     assert files(out) == fresh(final, tmp_path) and pack.bundle_digest(out) == digest
 
 
+def test_a_pack_racing_another_records_its_own_tree_not_the_one_at_the_output(tmp_path, monkeypatch):
+    """B swaps its tree in, then A packs other content over it before B records anything: B's record must still
+    describe B's tree (now in A's hands), so no later pack takes A's files for B's tensor."""
+    out = tmp_path / "b.bundle"
+    version = [tensors_with(BIG2 + k) for k in range(6)]
+    pack_into(out, version[1], tmp_path)
+    pack_into(out, version[2], tmp_path)
+    real_swap, raced = pack._swap_into_place, []
+
+    def swap_then_race(staged, target):
+        real_swap(staged, target)
+        if not raced:
+            raced.append(True)
+            pack_into(out, version[4], tmp_path)  # A, start to end, between B's swap and B's record
+
+    monkeypatch.setattr(pack, "_swap_into_place", swap_then_race)
+    pack_into(out, version[3], tmp_path)  # B
+    monkeypatch.setattr(pack, "_swap_into_place", real_swap)
+    pack_into(out, version[5], tmp_path)
+    for k in (3, 4, 3, 5):
+        digest = pack_into(out, version[k], tmp_path)
+        assert files(out) == fresh(version[k], tmp_path) and pack.bundle_digest(out) == digest, k
+
+
 def test_a_zip_output_keeps_no_tree(tmp_path):
     out = tmp_path / "b.zip"
     pack_into(out, TENSORS, tmp_path)
@@ -105,7 +157,7 @@ def test_a_slot_that_is_not_a_tree_is_not_used(tmp_path):
     spare = slot(tmp_path, out)
     spare.parent.mkdir(parents=True)
     spare.write_text("not a bundle")
-    assert pack_spare.claim(spare, out) is None
+    assert pack_spare.claim(spare, out, set(), pack.PACKED_ARRAY, "any")[0] is None
     digest = pack_into(out, TENSORS, tmp_path)
     assert pack.bundle_digest(out) == digest and files(out) == fresh(TENSORS, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.bundle", "fresh", "tensor-cache"]
