@@ -18,12 +18,14 @@ from onnx import numpy_helper
 from typer.testing import CliRunner
 
 from bundle_pipeline import targets
+from bundle_pipeline.cache.statstate import StatState
 from bundle_pipeline.cli import app
 from bundle_pipeline.pipeline import build, build_many
 from bundle_pipeline.runtime import load_bundle
 from bundle_pipeline.spec import load_spec
 from bundle_pipeline.stages import order, tiling
 from bundle_pipeline.stages.pack import PACKED_ARRAY, entries
+from bundle_pipeline.tasks.steps import TaskContext
 
 
 def ran(report) -> set[str]:
@@ -279,6 +281,36 @@ def test_external_data_weight_edit_leaves_the_structure_parse_cached(tmp_path):
     np.testing.assert_array_equal(load_bundle(spec.output).variable("w").ravel(), arr + 1)
     stale = CliRunner().invoke(app, ["status", str(built.spec), "--cache", spec.cache, "--json"])
     assert json.loads(stale.stdout.splitlines()[-1]) == {"stale": [], "maybe": []}
+
+
+def test_a_large_weight_of_an_unchanged_file_is_found_by_its_range_hash_not_its_memo(tmp_path, monkeypatch):
+    """parse.weights: after an edit of one large external weight, the other large one (an entry of its own) is
+    named by the range hash the stat state remembers for its unchanged file; no memo is read for it."""
+    rng = np.random.default_rng(3)
+    ws = [numpy_helper.from_array(rng.standard_normal((300, 300)).astype(np.float32), n) for n in ("w1", "w2")]
+    graph = onnx.helper.make_graph(  # 360 KB each: above the packs' small-tensor size
+        [onnx.helper.make_node("MatMul", ["x", "w1"], ["h"]), onnx.helper.make_node("MatMul", ["h", "w2"], ["y"])],
+        "ext", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 300])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 300])], ws)
+    built = models.write_bundle(tmp_path / "ext", "ext", {"infer": onnx.helper.make_model(
+        graph, opset_imports=[onnx.helper.make_opsetid("", 17)])})
+    for path in (built.init, built.graph().path):
+        onnx.save_model(onnx.load(path), path, save_as_external_data=True, all_tensors_to_one_file=False,
+                        size_threshold=0)
+    monkeypatch.setattr(StatState, "racy_window_ns", 0)  # remember hashes of files written just now
+    spec = load_spec(built.spec, cache=str(tmp_path / "cache"))
+    build(spec)
+    edited = built.init.parent / "w1.init"
+    (np.fromfile(edited, dtype=np.float32) + 1).tofile(edited)
+    answers: list[tuple[str, bool]] = []
+    real = TaskContext.stored_range
+    monkeypatch.setattr(TaskContext, "stored_range", lambda self, path, ext: answers.append(
+        (Path(path).name, (found := real(self, path, ext)) is not None)) or found)
+    report = build(spec)
+    assert ran(report) == {"parse.weights:init", "dedupe", "formats.weights", "pack"}
+    assert sorted(answers) == [("w1.init", False), ("w2.init", True)]  # the edited one is read and stored
+    cold = build(load_spec(built.spec, cache=str(tmp_path / "fresh"), output=str(tmp_path / "cold.bundle")))
+    assert report.digest == cold.digest
 
 
 def test_small_builds_and_chains_of_reruns_run_in_process_without_loading_dask(tmp_path):

@@ -1,7 +1,9 @@
 """parse.weights: a graph's weight table; reads external-data files only when they changed.
 
 The table is ``{"tensors": name -> tensor hash, "packs": tensor hash -> pack}``. An external tensor whose file
-is unchanged is not read again: its reference is remembered per (file digest, offset, dtype, shape). A large one
+is unchanged is not read again: a large one is found by the range hash the stat state remembers (the name it
+is stored under), a small one by its reference, remembered per (file digest, offset, dtype, shape) (it is in a
+pack). A large one
 that is read is mapped, not copied (``ir/external_map.py``), and stored under the tensor hash the file digest
 was made of (``tasks/sources.py``) while the file keeps the stat signature it was hashed at: hashed once.
 """
@@ -28,6 +30,10 @@ def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageCont
     memos: dict[str, str] = {}
     for name, ref in refs.items():
         if name in found:
+            continue
+        known = ctx.stored_range(model_dir / ref["external"]["location"], ref["external"])
+        if known is not None:  # a large one from an unchanged file: no memo to read
+            found[name] = known
             continue
         memos[name] = hash_json({"external-tensor": ctx.hashes[f"file:{ref['external']['location']}"],
                                  "offset": ref["external"]["offset"], "dtype": ref["external"]["dtype"],

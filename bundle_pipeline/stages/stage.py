@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -147,5 +148,7 @@ class StageContext(Protocol):
     def memo(self, kind: str, version: str) -> Memo: ...  # kernel-level decisions (tasks/kernel_cache.py)
 
     def store_tensors(self, loaders: Mapping[str, Any]) -> dict[str, dict]: ...  # objects with nbytes, load()
+
+    def stored_range(self, path: Path, external: dict) -> dict | None: ...  # a large unchanged external tensor's entry
 
     def placer(self, packs: Mapping[str, str]) -> Any: ...  # pack's tensor bytes from the cache

@@ -8,14 +8,17 @@ tensor bytes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from .. import dtypes
 from ..cache import Cache, CacheMiss
 from ..cache.packs import SMALL_TENSOR_BYTES, stored_bytes
 from ..cache.tensor_store import EXPORT_VERSION
 from ..hashing import hash_json
+from ..ir.external_ranges import range_key
 from ..stages import pack
 from ..stages.stage import TEXT, Input, Ref, Stage
 from ..targets import Target, get_target
@@ -108,6 +111,21 @@ class TaskContext:
         stored.update(map_values(lambda r: {"tensor": self.cache.put_tensor(*_load_hashed(r))},
                                  {n: r for n, r in loaders.items() if n not in small}))
         return stored
+
+    def stored_range(self, path: Path, external: dict) -> dict | None:
+        """``{"tensor": h}`` for a large external tensor (an entry of its own, as ``store_tensors`` keeps it) when
+        the stat state remembers its range's hash for the file's current stat (the hash the file digest in
+        the key was made of) and the cache holds that entry; else None (the caller's memo answers)."""
+        if dtypes.is_extended(external["dtype"]):
+            return None  # sub-byte types: their size is not shape x itemsize
+        try:
+            if dtypes.itemsize(external["dtype"]) * math.prod(external["shape"]) <= SMALL_TENSOR_BYTES:
+                return None  # small ones live in packs: only their memo names the pack
+            key = range_key(external["offset"], external["dtype"], external["shape"])
+            h = (self.cache.remembered_ranges(path, [key]) or {}).get(key)
+        except (OSError, TypeError):  # gone, or a dtype this host does not know: the memo's way
+            return None
+        return {"tensor": h} if h is not None and self.cache.has_tensor(h) else None
 
     def placer(self, packs: Mapping[str, str]) -> CachePlacer:
         return CachePlacer(self.cache, dict(packs))
