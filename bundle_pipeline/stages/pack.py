@@ -213,13 +213,15 @@ def write_directory(root: Path, meta: dict, placer: Placer, chunks: list[str] | 
 
 def _placed_tensor(placer: Placer, h: str, root: Path, rel: str, kept: pack_spare.Kept | None) -> dict[str, str]:
     dest = root / rel
-    if kept is not None and rel in kept.arrays:
+    if kept is None:
+        return placer.tensor(h, dest)
+    if rel in kept.arrays:
         # a tree's record answers for the arrays it lists (a changed one is replaced unasked); else the placer
         found = kept.placed(rel, h, dest) if rel in kept.record else placer.placed(h, dest)
         if found is not None:
             return found
         _remove(dest)
-    return placer.tensor(h, dest)
+    return kept.link(rel, h, dest) or placer.tensor(h, dest)
 
 
 def _write_file(root: Path, rel: str, data: bytes, known: dict[str, str]) -> None:

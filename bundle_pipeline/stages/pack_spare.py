@@ -42,6 +42,8 @@ class Kept:
 
     arrays: set[str] = field(default_factory=set)
     record: dict[str, Any] = field(default_factory=dict)  # array path -> {"hash", "files": {name: stat + sha}}
+    live: Path | None = None  # the bundle being replaced, and its record: arrays to link from (``link``)
+    live_record: dict[str, Any] = field(default_factory=dict)
 
     def placed(self, rel: str, h: str, dest: Path) -> dict[str, str] | None:
         """The sha256 of each file of array ``rel`` when the record says it holds tensor ``h`` and every file
@@ -50,11 +52,11 @@ class Kept:
         try:
             if known is None or known["hash"] != h:
                 return None
-            files = known["files"]
-            if sorted(os.listdir(dest)) != sorted(files):
+            files, where = known["files"], os.fspath(dest)
+            if sorted(os.listdir(where)) != sorted(files):
                 return None
             for name, (size, mtime_ns, ino, _) in files.items():
-                st = os.stat(os.path.join(dest, name))
+                st = os.stat(os.path.join(where, name))
                 if (st.st_size, st.st_mtime_ns, st.st_ino) != (size, mtime_ns, ino):
                     return None
             return {name: row[3] for name, row in files.items()}
@@ -62,11 +64,45 @@ class Kept:
             return None
 
 
+    def link(self, rel: str, h: str, dest: Path) -> dict[str, str] | None:
+        """Make array ``rel`` at ``dest`` (absent) from the bundle being replaced, when its record says it holds
+        tensor ``h``: its recorded files hard-linked, each checked to be the file recorded; else None (nothing
+        left at ``dest``). A re-pack's first stage, with no kept tree, then reads no cache record an array."""
+        known = self.live_record.get(rel)
+        if self.live is None or known is None or known.get("hash") != h:
+            return None
+        src, dst = os.path.join(self.live, rel), os.fspath(dest)  # strings: pathlib costs more than the syscalls
+        try:
+            os.mkdir(dst)
+        except OSError:  # there already (not ours), or no parent: the placer's way
+            return None
+        try:
+            for name, (size, mtime_ns, ino, _) in known["files"].items():
+                if "/" in name or name in (".", ".."):
+                    raise ValueError(name)
+                target = os.path.join(dst, name)
+                os.link(os.path.join(src, name), target)
+                st = os.stat(target)
+                if (st.st_size, st.st_mtime_ns, st.st_ino) != (size, mtime_ns, ino):
+                    raise FileExistsError(name)  # not the recorded file (replaced, or a concurrent swap)
+            return {name: row[3] for name, row in known["files"].items()}
+        except (OSError, KeyError, TypeError, ValueError):
+            shutil.rmtree(dest, ignore_errors=True)  # made by this call
+            return None
+
+
 def claim(spare: Path | None, out: Path, arrays: set[str], packed: str, layout: str) -> tuple[Path | None, Kept]:
     """Rename the slot ``spare`` to a fresh stage name beside ``out`` and prune it to the array directories
-    named in ``arrays``; (None, nothing kept) when there is no tree to claim."""
+    named in ``arrays``; (None, nothing kept) when there is no tree to claim. Either way the record of the
+    bundle at ``out`` (the one being replaced) comes along, to link arrays from."""
     if spare is None:
         return None, Kept()
+    live = _read_record(_out_record(spare), out, layout)
+    stage, kept = _claim_slot(spare, out, arrays, packed, layout)
+    return stage, Kept(kept.arrays, kept.record, out if live else None, live)
+
+
+def _claim_slot(spare: Path, out: Path, arrays: set[str], packed: str, layout: str) -> tuple[Path | None, Kept]:
     for _ in range(4):
         stage = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}")  # a name like mkdtemp's (pack._stage_names)
         if os.path.lexists(stage):
@@ -123,8 +159,9 @@ def describe(stage: Path, arrays: dict[str, str], listing: dict[str, str], layou
         if rel in files:
             files[rel][name] = sha
     try:
-        return {"v": RECORD_VERSION, "layout": layout, "root": os.stat(stage).st_ino,
-                "arrays": {rel: {"hash": h, "files": _stats(stage / rel, files[rel])} for rel, h in arrays.items()}}
+        described = {rel: {"hash": h, "files": _stats(os.path.join(stage, rel), files[rel])}
+                     for rel, h in arrays.items()}
+        return {"v": RECORD_VERSION, "layout": layout, "root": os.stat(stage).st_ino, "arrays": described}
     except OSError:
         return None
 
@@ -143,10 +180,10 @@ def remember(spare: Path | None, record: dict[str, Any] | None) -> None:
             tmp.unlink()
 
 
-def _stats(directory: Path, shas: dict[str, str]) -> dict[str, list]:
+def _stats(directory: str, shas: dict[str, str]) -> dict[str, list]:
     rows = {}
     for name, sha in shas.items():
-        st = os.stat(directory / name)
+        st = os.stat(os.path.join(directory, name))
         rows[name] = [st.st_size, st.st_mtime_ns, st.st_ino, sha]
     return rows
 
@@ -160,8 +197,8 @@ def _out_record(spare: Path) -> Path:
 
 
 def _read_record(path: Path, stage: Path, layout: str) -> dict[str, Any]:
-    """The arrays the record at ``path`` describes, when it describes tree ``stage`` (root inode) as placed with
-    ``layout``; else {}."""
+    """The arrays the record at ``path`` describes, when it describes the tree at ``stage`` (root inode) as placed
+    with ``layout``; else {}."""
     try:
         record = json.loads(path.read_bytes())
         if (record["v"], record["layout"], record["root"]) != (RECORD_VERSION, layout, os.stat(stage).st_ino):

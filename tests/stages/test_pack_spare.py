@@ -74,6 +74,28 @@ def test_kept_arrays_are_checked_against_the_record_of_the_tree_not_one_cache_re
     assert files(out) == fresh(final, tmp_path) and pack.bundle_digest(out) == digest
 
 
+@pytest.mark.parametrize("tamper", [False, True])
+def test_a_first_re_pack_links_unchanged_arrays_from_the_bundle_it_replaces(tmp_path, monkeypatch, tamper):
+    """No kept tree yet (the first edit after a cold build): unchanged arrays are linked from the bundle being
+    replaced, by its record, and only the changed one is placed by the cache; a file of the live bundle that is
+    not the one recorded is not linked."""
+    out = tmp_path / "b.bundle"
+    pack_into(out, tensors_with(BIG2, BIG3), tmp_path)
+    if tamper:
+        chunk = out / "constants/infer.t5/c.0"
+        data = chunk.read_bytes()
+        chunk.unlink()
+        chunk.write_bytes(data[::-1])
+    asked: list[str] = []
+    real = CachePlacer.tensor
+    monkeypatch.setattr(CachePlacer, "tensor", lambda self, h, dest: asked.append(h) or real(self, h, dest))
+    final = tensors_with(BIG2, BIG3 + 1)
+    digest = pack_into(out, final, tmp_path)
+    want = {tensor_hash(BIG3 + 1)} | ({tensor_hash(BIG2)} if tamper else set())
+    assert set(asked) == want
+    assert files(out) == fresh(final, tmp_path) and pack.bundle_digest(out) == digest
+
+
 def test_a_record_of_another_layout_or_tree_is_not_used(tmp_path, monkeypatch):
     out = tmp_path / "b.bundle"
     pack_into(out, tensors_with(BIG2, BIG3), tmp_path)
