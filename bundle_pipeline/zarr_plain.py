@@ -61,7 +61,14 @@ class RawJSON:
 
 
 def group_document(attributes: dict[str, Any]) -> bytes:
-    """A group's zarr.json without indentation, for a large document (a bundle's manifest): zarr's key order
+    """A group's zarr.json without indentation, for a large document (a bundle's manifest): ``group_pieces``
+    joined."""
+    return b"".join(group_pieces(attributes))
+
+
+def group_pieces(attributes: dict[str, Any]) -> list[bytes]:
+    """``group_document``'s bytes as consecutive pieces, for a writer that takes them in turn (no copy of a
+    manifest-sized buffer: new memory costs a page fault every 4 KiB on the development VM). Zarr's key order
     outside, the attributes' own top-level order (pack puts ``format_version`` and ``name`` first:
     ``guard.is_bundle`` reads them from the first bytes), everything below sorted, so the bytes never depend on
     the order nested dicts were built in. ``RawJSON`` values anywhere below are written verbatim.
@@ -70,12 +77,14 @@ def group_document(attributes: dict[str, Any]) -> bytes:
     cannot write (an int beyond 64 bits, a non-string key) sends the whole document through ``json``."""
     import orjson
 
+    pieces = [b'{"attributes":{']
     try:
-        body = b",".join(orjson.dumps(k) + b":" + orjson.dumps(v, default=_fragment, option=orjson.OPT_SORT_KEYS)
-                         for k, v in attributes.items())
+        for i, (k, v) in enumerate(attributes.items()):
+            pieces += [b"," if i else b"", orjson.dumps(k), b":",
+                       orjson.dumps(v, default=_fragment, option=orjson.OPT_SORT_KEYS)]
     except TypeError:
-        body = _json_body(attributes).encode()
-    return b'{"attributes":{' + body + b'},"zarr_format":3,"node_type":"group"}'
+        pieces[1:] = [_json_body(attributes).encode()]
+    return [*pieces, b'},"zarr_format":3,"node_type":"group"}']
 
 
 def _fragment(o: Any) -> Any:

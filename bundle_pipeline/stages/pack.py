@@ -13,6 +13,7 @@ import contextlib
 import errno
 import functools
 import glob
+import hashlib
 import math
 import os
 import re
@@ -189,7 +190,7 @@ def write_directory(root: Path, meta: dict, placer: Placer, chunks: list[str] | 
     (``pack_spare``), each used when its record or the placer finds it as placed, else replaced."""
     (root / "constants").mkdir(parents=True, exist_ok=True)
     known: dict[str, str] = {}
-    _write_file(root, "zarr.json", zarr_plain.group_document(meta), known)
+    _write_pieces(root, "zarr.json", zarr_plain.group_pieces(meta), known)
     _write_file(root, "constants/zarr.json", zarr_plain.dumps(zarr_plain.group_meta({})), known)
     for const in meta["constants"].values():
         if const["array"] != PACKED_ARRAY:
@@ -222,6 +223,15 @@ def _placed_tensor(placer: Placer, h: str, root: Path, rel: str, kept: pack_spar
             return found
         _remove(dest)
     return kept.link(rel, h, dest) or placer.tensor(h, dest)
+
+
+def _write_pieces(root: Path, rel: str, pieces: list[bytes], known: dict[str, str]) -> None:
+    digest = hashlib.sha256()
+    with open(root / rel, "wb") as f:
+        for piece in pieces:
+            f.write(piece)
+            digest.update(piece)
+    known[rel] = digest.hexdigest()
 
 
 def _write_file(root: Path, rel: str, data: bytes, known: dict[str, str]) -> None:
