@@ -18,9 +18,12 @@ from onnx import numpy_helper
 from typer.testing import CliRunner
 
 from bundle_pipeline import targets
+from bundle_pipeline.cache import Cache
 from bundle_pipeline.cache.statstate import StatState
 from bundle_pipeline.cli import app
 from bundle_pipeline.pipeline import build, build_many
+from bundle_pipeline.pipeline.build import identity
+from bundle_pipeline.pipeline.rebuild import last_build_key
 from bundle_pipeline.runtime import load_bundle
 from bundle_pipeline.spec import load_spec
 from bundle_pipeline.stages import order, tiling
@@ -53,6 +56,27 @@ def test_noop_runs_nothing(shared_bundle):
     _, spec, first = shared_bundle
     again = build(spec)
     assert ran(again) == set() and again.digest == first.digest
+
+
+def test_unchanged_tasks_take_their_outputs_from_the_last_build_record_not_one_record_each(shared_bundle,
+                                                                                           monkeypatch):
+    """pipeline/rebuild.py: the last-build record holds every task's outputs, so a no-op reads no other action
+    record; after an edit, the tasks whose keys did not change (early cutoff) are answered from it too."""
+    built, spec, first = shared_bundle
+    reads: list[str] = []
+    real = Cache.get_action
+    monkeypatch.setattr(Cache, "get_action", lambda self, key: reads.append(key) or real(self, key))
+    again = build(spec)
+    assert ran(again) == set() and again.digest == first.digest
+    assert reads == [last_build_key(identity(spec))] * 2  # the plan reads it, and remember compares with it
+    reads.clear()
+    edit_initializer(built.graph("infer_c").path, "c.offset", lambda a: a + 1)
+    edited = build(spec)
+    assert ran(edited) == {"parse:infer_c", "parse.weights:infer_c", "dedupe", "formats.weights", "pack"}
+    ran_keys = {t.key for t in edited.tasks if t.status == "ran"}
+    assert set(reads) & {t.key for t in edited.tasks} == ran_keys  # the cached tasks' records were not read
+    fresh = build(load_spec(built.spec, cache=str(spec.cache) + "-fresh", output=str(spec.output) + "-fresh"))
+    assert fresh.digest == edited.digest
 
 
 def test_weight_only_edit_skips_formats_tiling_codegen(shared_bundle):

@@ -141,7 +141,7 @@ def _build_round(specs, dag, ctxs, scheduler, workers, on_event, repairs: list[d
     spent setting up the scheduler are added to ``setup[0]``."""
     started = time.time()
     try:
-        found = plan(dag, ctxs, {s.name: identity(s) for s in specs})
+        found = plan(dag, ctxs, {s.name: identity(s) for s in specs}, use_last=not repairs)
     except LostEntry as lost:
         repairs.append({"task": lost.task, "missing": lost.missing, "rerun": []})
         return {}
@@ -150,7 +150,7 @@ def _build_round(specs, dag, ctxs, scheduler, workers, on_event, repairs: list[d
     stale = list(found.stale)  # topological order, as plan walked them
     results = dict(found.resolved)
     if stale:
-        done, setup_seconds = run_stale(dag, stale, found.resolved, ctxs, scheduler, workers, on_event)
+        done, setup_seconds = run_stale(dag, stale, found.resolved, ctxs, scheduler, workers, on_event, found.recorded)
         results.update(done)
         setup[0] += setup_seconds
     return results

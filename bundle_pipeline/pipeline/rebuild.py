@@ -7,7 +7,10 @@ says which input changed since the last build of this spec), or an upstream task
 is unknown until that one runs (early cutoff may still spare it at execution time).
 
 State kept: ``last-build`` records in the cache (one per spec: task id -> key of the last successful
-build), written by ``remember``; ``status`` and ``explain`` diff against them.
+build, and each task's outputs and seconds), written by ``remember``; ``status`` and ``explain`` diff against
+them. The plan also hands their records, by key, to the lookups of this process (``Plan.recorded``): a task
+whose key is the one it had last time takes its outputs from there (checked like any cached record: its
+output objects must exist) instead of reading its action record, one file a task.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class Stale:
 class Plan:
     resolved: dict[str, TaskResult] = field(default_factory=dict)
     stale: dict[str, Stale] = field(default_factory=dict)
+    recorded: dict[str, dict[str, dict]] = field(default_factory=dict)  # bundle -> key -> the last build's record
 
     def definite(self) -> list[Stale]:
         """Tasks whose key is known to miss: a run executes them."""
@@ -44,18 +48,23 @@ class Plan:
         return [s for s in self.stale.values() if s.found is None]
 
 
-def plan(dag: TaskGraph, ctxs: dict[str, BuildContext], identities: dict[str, str]) -> Plan:
-    """Resolve every task whose key hits; explain why each other task is stale."""
+def plan(dag: TaskGraph, ctxs: dict[str, BuildContext], identities: dict[str, str], use_last: bool = True) -> Plan:
+    """Resolve every task whose key hits; explain why each other task is stale. ``use_last=False``: every lookup
+    reads the cache's action records (after a repair forgot some, the last build's copies must not answer)."""
     caches = {b: Cache(ctx.cache_root) for b, ctx in ctxs.items()}
     with contextlib.ExitStack() as saved_once:  # a cold build hashes every model: one stat-state write, not N
         for cache in caches.values():
             saved_once.enter_context(cache.deferred_file_hashes())
-        return _plan(dag, ctxs, identities, caches)
+        return _plan(dag, ctxs, identities, caches, use_last)
 
 
-def _plan(dag: TaskGraph, ctxs: dict[str, BuildContext], identities: dict[str, str], caches: dict[str, Cache]) -> Plan:
+def _plan(dag: TaskGraph, ctxs: dict[str, BuildContext], identities: dict[str, str], caches: dict[str, Cache],
+          use_last: bool) -> Plan:
     result = Plan()
-    previous = {b: last_build(caches[b], identities[b]) for b in ctxs}
+    records = {b: _last_build_record(caches[b], identities[b]) for b in ctxs}
+    previous = {b: dict(records[b].get("tasks", {})) for b in ctxs}
+    if use_last:
+        result.recorded = {b: _by_key(records[b]) for b in ctxs}
     for tid in dag.order():
         task: Task = dag.tasks[tid]
         blocked = [p for p in dag.predecessors(tid) if p in result.stale]
@@ -63,7 +72,7 @@ def _plan(dag: TaskGraph, ctxs: dict[str, BuildContext], identities: dict[str, s
             result.stale[tid] = Stale(tid, f"upstream {blocked[0]} re-runs (early cutoff may still spare this one)")
             continue
         ctx, cache = ctxs[task.bundle], caches[task.bundle]
-        found = lookup(task, ctx, result.resolved, cache)
+        found = lookup(task, ctx, result.resolved, cache, result.recorded.get(task.bundle))
         if found.record is not None:
             result.resolved[tid] = cached_result(task, found)
         else:
@@ -77,15 +86,34 @@ def last_build_key(identity: str) -> str:
 
 
 def last_build(cache: Cache, identity: str) -> dict[str, str]:
+    return dict(_last_build_record(cache, identity).get("tasks", {}))
+
+
+def _last_build_record(cache: Cache, identity: str) -> dict:
     record = cache.get_action(last_build_key(identity))
-    return dict(record["tasks"]) if record else {}
+    return record if record is not None and isinstance(record.get("tasks"), dict) else {}
+
+
+def _by_key(record: dict) -> dict[str, dict]:
+    """The last build's task records by key, as ``lookup`` takes them (outputs and seconds)."""
+    outputs, seconds = record.get("outputs"), record.get("seconds")
+    if not isinstance(outputs, dict) or not isinstance(seconds, dict):
+        return {}  # a record of an older version: keys only
+    return {key: {"outputs": outputs[tid], "seconds": seconds.get(tid, 0.0)}
+            for tid, key in record["tasks"].items() if isinstance(outputs.get(tid), dict)}
 
 
 def remember(cache: Cache, identity: str, results: list[TaskResult]) -> None:
-    """Record the keys of a successful build, so status/explain can say what changed next time."""
+    """Record the keys and outputs of a successful build, so status/explain can say what changed next time and
+    the next plan finds the unchanged tasks' outputs in one record. Written only when a key or an output changed
+    (a no-op writes nothing)."""
     tasks = {r.id: r.key for r in results}
-    if last_build(cache, identity) != tasks:
-        cache.put_action(last_build_key(identity), {"identity": identity, "tasks": tasks})
+    outputs = {r.id: r.outputs for r in results}
+    old = _last_build_record(cache, identity)
+    if old.get("tasks") != tasks or old.get("outputs") != outputs:
+        seconds = {r.id: r.seconds if r.status == "ran" else r.extra.get("recorded_seconds", 0.0) for r in results}
+        cache.put_action(last_build_key(identity),
+                         {"identity": identity, "tasks": tasks, "outputs": outputs, "seconds": seconds})
 
 
 def why(task: Task, found: Lookup, old_key: str | None, cache: Cache) -> str:

@@ -55,10 +55,11 @@ def check_scheduler(scheduler: str | None, workers: int | None) -> None:
 
 
 def run_stale(dag: TaskGraph, stale: list[str], resolved: dict[str, TaskResult], ctxs: dict[str, BuildContext],
-              scheduler: str | None, workers: int | None, on_event: Observer | None = None
-              ) -> tuple[dict[str, TaskResult], float]:
+              scheduler: str | None, workers: int | None, on_event: Observer | None = None,
+              recorded: dict[str, dict[str, dict]] | None = None) -> tuple[dict[str, TaskResult], float]:
     """Execute the stale tasks; return their results by task id and the seconds spent setting up (loading
-    the scheduler and the compilers the stale steps use, starting worker processes, connecting)."""
+    the scheduler and the compilers the stale steps use, starting worker processes, connecting).
+    ``recorded``: the plan's records of the last build by bundle and key, for the lookups made in this process."""
     notify = on_event or (lambda event: None)
     remote = scheduler is not None and scheduler.startswith("tcp://")
     done: dict[str, TaskResult] = {}
@@ -69,7 +70,8 @@ def run_stale(dag: TaskGraph, stale: list[str], resolved: dict[str, TaskResult],
         began = time.perf_counter()
         _load_steps({dag.tasks[t].step for t in stale})
         setup = time.perf_counter() - began
-        done = run_serial_prefix(dag, stale, resolved, ctxs, notify, threads=scheduler != "sync")
+        done = run_serial_prefix(dag, stale, resolved, ctxs, notify, threads=scheduler != "sync",
+                                 recorded=recorded)
         stale = [t for t in stale if t not in done]
         if not stale:
             return done, setup

@@ -17,9 +17,10 @@ stores its tensors, both blake3 and file I/O that release the GIL, and a cold bu
 most of its time there (three 340 MB graphs: 0.55 s each). They wait in ``bulk`` while anything else can run
 (the cheap structure parses that unblock them), then go together to a few threads (``threads.map_values``).
 
-State kept: none between calls. Within one call: ``done`` (task id -> result), per stale task how many of its
-inputs are not final yet (a task becomes ready when that reaches zero: no rescans of the whole list), and
-``bulk``, the ready tasks that read external data, not yet settled.
+State kept: none between calls (the last build's records, ``recorded``, are the plan's). Within one call:
+``done`` (task id -> result), per stale task how many of its inputs are not final yet (a task becomes ready when
+that reaches zero: no rescans of the whole list), and ``bulk``, the ready tasks that read external data, not yet
+settled.
 """
 
 from __future__ import annotations
@@ -41,11 +42,13 @@ SERIAL_BUDGET_S = 1.0
 
 
 def run_serial_prefix(dag: TaskGraph, stale: list[str], known: dict[str, TaskResult], ctxs: dict[str, BuildContext],
-                      notify: Callable, budget_s: float | None = None, threads: bool = True) -> dict[str, TaskResult]:
+                      notify: Callable, budget_s: float | None = None, threads: bool = True,
+                      recorded: dict[str, dict[str, dict]] | None = None) -> dict[str, TaskResult]:
     """Settle and run stale tasks (topological order) while at most one of them has to run at a time, or for
     ``budget_s`` seconds (default ``SERIAL_BUDGET_S``); return the results of those it finished. The caller
     schedules the rest. ``threads``: the external-data tasks may run side by side (not for ``--scheduler sync``,
-    which promises one thread)."""
+    which promises one thread). ``recorded``: the last build's records by bundle and key (``rebuild.Plan``)."""
+    recorded = recorded or {}
     deadline = time.perf_counter() + (SERIAL_BUDGET_S if budget_s is None else budget_s)
     done: dict[str, TaskResult] = {}
     order = {t: i for i, t in enumerate(stale)}
@@ -73,7 +76,9 @@ def run_serial_prefix(dag: TaskGraph, stale: list[str], known: dict[str, TaskRes
             external = [t for t in batch if _reads_external_data(dag, t)]
             bulk += external
             for tid in (t for t in batch if t not in external):
-                result = settled(dag.tasks[tid], ctxs[dag.tasks[tid].bundle], *_upstream(dag, tid, known, done))
+                task = dag.tasks[tid]
+                result = settled(task, ctxs[task.bundle], *_upstream(dag, tid, known, done),
+                                 recorded=recorded.get(task.bundle))
                 if result is None:
                     heapq.heappush(must_run, order[tid])
                 else:
@@ -84,7 +89,7 @@ def run_serial_prefix(dag: TaskGraph, stale: list[str], known: dict[str, TaskRes
         if bulk and not must_run:  # nothing else can run: the external-data tasks' turn, all at once
             began = time.perf_counter()
             for tid, result in _run_together(dag, sorted(bulk, key=order.__getitem__), known, done, ctxs,
-                                             notify, threads).items():
+                                             notify, threads, recorded).items():
                 finish(tid, result)
             bulk.clear()
             deadline += time.perf_counter() - began  # they ran side by side already: not work dask could spread
@@ -93,7 +98,9 @@ def run_serial_prefix(dag: TaskGraph, stale: list[str], known: dict[str, TaskRes
             return done  # finished, or a big build's tasks that can run side by side: a scheduler's job
         tid = stale[heapq.heappop(must_run)]  # the only one that can start, or the first while the build is small
         notify(Event("start", tid))
-        result = execute_task(dag.tasks[tid], ctxs[dag.tasks[tid].bundle], *_upstream(dag, tid, known, done))
+        task = dag.tasks[tid]
+        result = execute_task(task, ctxs[task.bundle], *_upstream(dag, tid, known, done),
+                              recorded=recorded.get(task.bundle))
         notify(Event("finish", tid, result))
         finish(tid, result)
 
@@ -103,14 +110,17 @@ def _reads_external_data(dag: TaskGraph, tid: str) -> bool:
 
 
 def _run_together(dag: TaskGraph, ids: list[str], known: dict[str, TaskResult], done: dict[str, TaskResult],
-                  ctxs: dict[str, BuildContext], notify: Callable, threads: bool) -> dict[str, TaskResult]:
+                  ctxs: dict[str, BuildContext], notify: Callable, threads: bool,
+                  recorded: dict[str, dict[str, dict]]) -> dict[str, TaskResult]:
     """Settle and run ``ids`` (tasks whose upstream is final), on threads (one a core) if ``threads``; this thread
     reports them."""
     for tid in ids:
         notify(Event("start", tid))
 
     def run(tid: str) -> TaskResult:
-        return execute_task(dag.tasks[tid], ctxs[dag.tasks[tid].bundle], *_upstream(dag, tid, known, done))
+        task = dag.tasks[tid]
+        return execute_task(task, ctxs[task.bundle], *_upstream(dag, tid, known, done),
+                            recorded=recorded.get(task.bundle))
 
     results = map_values(run, {t: t for t in ids}) if threads else {t: run(t) for t in ids}
     for tid in ids:

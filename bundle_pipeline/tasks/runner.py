@@ -37,6 +37,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -81,26 +82,30 @@ class Lookup:
     record: dict | None  # the cached record when it is a valid hit
 
 
-def lookup(task: Task, ctx: BuildContext, upstream: dict[str, TaskResult], cache: Cache) -> Lookup:
+def lookup(task: Task, ctx: BuildContext, upstream: dict[str, TaskResult], cache: Cache,
+           recorded: Mapping[str, dict] | None = None) -> Lookup:
     """The task's key from its inputs' content hashes, and its cached record if still valid.
 
+    ``recorded``: records by key that the caller already holds (the last build's, ``pipeline/rebuild.py``): a key
+    found there is not read from the cache again (still checked by ``_still_valid``).
     LostEntry when an entry the key depends on is missing or corrupt; IO_ERROR on an OSError.
     """
     try:
-        return _lookup(task, ctx, upstream, cache)
+        return _lookup(task, ctx, upstream, cache, recorded or {})
     except CacheMiss as miss:
         raise LostEntry(task.id, str(miss.args[0])) from None
     except OSError as err:
         raise io_error(err, task, cache) from None
 
 
-def _lookup(task: Task, ctx: BuildContext, upstream: dict[str, TaskResult], cache: Cache) -> Lookup:
+def _lookup(task: Task, ctx: BuildContext, upstream: dict[str, TaskResult], cache: Cache,
+            recorded: Mapping[str, dict]) -> Lookup:
     inputs = input_hashes(task, upstream)
     reads = order.named(task.step).reads
     if reads is not None:
         inputs.update(file_inputs(reads, task.context, inputs, cache))
     key = task_key(task, inputs, get_target(ctx.target).fingerprint)
-    record = None if ctx.force else cache.get_action(key)
+    record = None if ctx.force else recorded.get(key) or cache.get_action(key)
     if record is not None and not _still_valid(task, key, record, cache):
         record = None
     return Lookup(key, inputs, record)
@@ -111,7 +116,8 @@ def cached_result(task: Task, found: Lookup) -> TaskResult:
                       {"recorded_seconds": found.record.get("seconds", 0.0)})
 
 
-def execute_task(task: Task, ctx: BuildContext, *upstream_results: TaskResult) -> TaskResult:
+def execute_task(task: Task, ctx: BuildContext, *upstream_results: TaskResult,
+                 recorded: Mapping[str, dict] | None = None) -> TaskResult:
     """Constructive trace with early cutoff: the key reads input content hashes, never upstream keys.
 
     Returns a "lost" result when a cache entry it needs is missing or corrupt, "blocked" when an
@@ -119,7 +125,7 @@ def execute_task(task: Task, ctx: BuildContext, *upstream_results: TaskResult) -
     """
     start = time.time()
     cache = Cache(ctx.cache_root)
-    known, found = _settle(task, ctx, upstream_results, cache, start)
+    known, found = _settle(task, ctx, upstream_results, cache, start, recorded)
     if known is not None:
         return known
     try:
@@ -142,18 +148,19 @@ def execute_task(task: Task, ctx: BuildContext, *upstream_results: TaskResult) -
     return _stamped(TaskResult(task.id, task.stage, task.graph, found.key, outputs, "ran", seconds, extra), start)
 
 
-def settled(task: Task, ctx: BuildContext, *upstream_results: TaskResult) -> TaskResult | None:
+def settled(task: Task, ctx: BuildContext, *upstream_results: TaskResult,
+            recorded: Mapping[str, dict] | None = None) -> TaskResult | None:
     """The task's result when it needs no run (blocked, lost, or a valid cached record), else None."""
-    return _settle(task, ctx, upstream_results, Cache(ctx.cache_root), time.time())[0]
+    return _settle(task, ctx, upstream_results, Cache(ctx.cache_root), time.time(), recorded)[0]
 
 
 def _settle(task: Task, ctx: BuildContext, upstream_results: tuple[TaskResult, ...], cache: Cache,
-            start: float) -> tuple[TaskResult | None, Lookup | None]:
+            start: float, recorded: Mapping[str, dict] | None = None) -> tuple[TaskResult | None, Lookup | None]:
     for r in upstream_results:
         if r.status in (LOST, BLOCKED):
             return TaskResult(task.id, task.stage, task.graph, "", {}, BLOCKED, 0.0, {"blocked_by": r.id}), None
     try:
-        found = lookup(task, ctx, {r.id: r for r in upstream_results}, cache)
+        found = lookup(task, ctx, {r.id: r for r in upstream_results}, cache, recorded)
     except LostEntry as lost:
         return _stamped(TaskResult(task.id, task.stage, task.graph, "", {}, LOST, 0.0, {"missing": lost.missing}),
                         start), None
