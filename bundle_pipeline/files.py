@@ -3,7 +3,9 @@
 ``open(path)`` on a FIFO blocks until a writer appears, and reading ``/dev/zero`` never ends. Every input file is
 therefore opened with ``O_NONBLOCK`` (a FIFO opens at once) and checked with ``fstat`` on the open descriptor
 (no race between check and read): anything but a regular file is refused with ``NotRegularFile``, an ``OSError``
-whose message says what the path is. Only ``os`` and ``stat``: the CLI's import path stays light.
+whose message says what the path is. Also what this tool trusts about files it placed itself (hard links to
+cache entries): a file is the one recorded while its (size, mtime_ns, inode) are (``identity``). Only ``os`` and
+``stat``: the CLI's import path stays light.
 """
 
 from __future__ import annotations
@@ -74,3 +76,20 @@ def read_regular(path: str | os.PathLike[str], max_bytes: int | None = None) -> 
 def describe_error(err: OSError) -> str:
     """An OSError as a short phrase (its strerror: ours say what the path is, the OS's what went wrong)."""
     return err.strerror or str(err)
+
+
+def identity(path: str | os.PathLike[str]) -> list[int]:
+    """[size, mtime_ns, inode] of a file: it is the file recorded with these while they match."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def holds_exactly(directory: str | os.PathLike[str], recorded: dict[str, list]) -> bool:
+    """Whether ``directory`` holds the files named in ``recorded`` and nothing else, each with the recorded
+    ``identity`` (the first three items of its row); False when it cannot be read."""
+    try:
+        if sorted(os.listdir(directory)) != sorted(recorded):
+            return False
+        return all(identity(os.path.join(directory, name)) == list(row[:3]) for name, row in recorded.items())
+    except (OSError, TypeError, ValueError):
+        return False

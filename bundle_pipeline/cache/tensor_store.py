@@ -19,6 +19,7 @@ from bundle_pipeline.cache.backend_local import link_or_copy
 from bundle_pipeline.cache.layout import CacheMiss, check_hash, object_rel, temp_name
 from bundle_pipeline.cache.objects import get_object, has_object, put_object, stamp
 from bundle_pipeline.cache.packs import DECODED, SMALL_TENSOR_BYTES, decode, encode
+from bundle_pipeline.files import holds_exactly, identity
 from bundle_pipeline.hashing import hash_json, sha256_hex, tensor_hash
 from bundle_pipeline.threads import map_values
 
@@ -194,13 +195,8 @@ def export_tensor(backend: Backend, h: str, dest: str | os.PathLike[str], chunk_
     stats = {rel: st for rel, (st, _) in _file_stats(dest, skip=("zarr.json",)).items()}
     put_action(backend, export_memo_key(h, chunk_bytes),
                {"stats": stats, "sha256": placed, "doc": doc.decode(), "doc_object": doc_object,
-                "doc_stat": _stat_of(doc_path)})
+                "doc_stat": identity(doc_path)})
     return placed
-
-
-def _stat_of(path: str) -> list[int]:
-    st = os.stat(path)
-    return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
 # Bump when what export_tensor places for an entry changes (entry_document's zarr.json, the chunk files).
@@ -232,7 +228,7 @@ def _export_remembered(backend: Backend, h: str, dest: str, chunk_bytes: int) ->
             if "/" in rel:
                 os.makedirs(os.path.dirname(target), exist_ok=True)
             os.link(os.path.join(src, rel), target)
-            if _stat_of(target) != expected:
+            if identity(target) != expected:
                 raise FileExistsError(target)  # changed since recorded: verify the slow way
         _place_document(backend, record, os.path.join(dest, "zarr.json"))
     except (OSError, KeyError, TypeError, AttributeError, ValueError):  # gone, other filesystem, record of other shape
@@ -251,15 +247,10 @@ def placed_tensor(backend: Backend, h: str, dest: str | os.PathLike[str], chunk_
     record = get_action(backend, export_memo_key(check_hash(h), chunk_bytes))
     if record is None or "doc_object" not in record:
         return None
-    dest = os.fspath(dest)
     try:
         expected = {**record["stats"], "zarr.json": record["doc_stat"]}
-        if sorted(os.listdir(dest)) != sorted(expected):
-            return None
-        if any(_stat_of(os.path.join(dest, rel)) != st for rel, st in expected.items()):
-            return None
-        return dict(record["sha256"])
-    except (OSError, KeyError, TypeError, AttributeError, ValueError):  # gone, or a record of another shape
+        return dict(record["sha256"]) if holds_exactly(dest, expected) else None
+    except (KeyError, TypeError, AttributeError, ValueError):  # a record of another shape
         return None
 
 
@@ -273,7 +264,7 @@ def _place_document(backend: Backend, record: dict[str, Any], doc_path: str) -> 
             f.write(record["doc"].encode())
         return
     os.link(backend.path(object_rel(check_hash(doc_object))), doc_path)
-    if _stat_of(doc_path) != record["doc_stat"]:
+    if identity(doc_path) != record["doc_stat"]:
         backend.remove(object_rel(doc_object))
         raise FileExistsError(doc_path)
 
@@ -328,7 +319,7 @@ def _file_stats(root: str, skip: tuple[str, ...] = ()) -> dict[str, tuple[list[i
             if name in skip:
                 continue
             path = os.path.join(dirpath, name)
-            out[os.path.relpath(path, root).replace(os.sep, "/")] = (_stat_of(path), path)
+            out[os.path.relpath(path, root).replace(os.sep, "/")] = (identity(path), path)
     return out
 
 

@@ -17,7 +17,6 @@ import hashlib
 import math
 import os
 import re
-import shutil
 import sys
 import tempfile
 import time
@@ -179,7 +178,7 @@ def run(meta: dict, placer: Placer, out_path: str, chunks: list[str] | None = No
         raise BundleIOError(f"cannot write bundle: {err}", str(out)) from None
     finally:
         for leftover in (stage_dir, staged_zip):  # after a swap: the previous bundle, file or directory
-            _remove(leftover)
+            pack_spare.remove(leftover)
 
 
 def write_directory(root: Path, meta: dict, placer: Placer, chunks: list[str] | None = None,
@@ -221,7 +220,7 @@ def _placed_tensor(placer: Placer, h: str, root: Path, rel: str, kept: pack_spar
         found = kept.placed(rel, h, dest) if rel in kept.record else placer.placed(h, dest)
         if found is not None:
             return found
-        _remove(dest)
+        pack_spare.remove(dest)
     return kept.link(rel, h, dest) or placer.tensor(h, dest)
 
 
@@ -276,7 +275,7 @@ def _swap_into_place(staged: Path, out: Path) -> None:
         except OSError:
             os.replace(aside, out)
             raise
-        _remove(aside)
+        pack_spare.remove(aside)
 
 
 _RENAME_EXCHANGE = 2
@@ -331,13 +330,6 @@ def _lock(out: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
 def _stage_names(out: Path) -> re.Pattern[str]:
     """Names ``run`` gives its stages beside ``out``: mkdtemp's 8 random characters (+ ``.zip.tmp``) and the
     rename-aside ``.old-<uuid>``. Nothing else beside the output is ever removed."""
@@ -354,7 +346,7 @@ def _remove_stale_stages(out: Path) -> None:
             continue
         with contextlib.suppress(OSError):
             if now - leftover.lstat().st_mtime > STALE_STAGE_S:
-                _remove(leftover)
+                pack_spare.remove(leftover)
 
 
 def _looks_staged(path: Path) -> bool:

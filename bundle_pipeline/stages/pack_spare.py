@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..files import holds_exactly, identity
+
 RECORD_VERSION = 1
 
 
@@ -50,17 +52,10 @@ class Kept:
         is still the one recorded (and nothing else is there); else None."""
         known = self.record.get(rel)
         try:
-            if known is None or known["hash"] != h:
+            if known is None or known["hash"] != h or not holds_exactly(dest, known["files"]):
                 return None
-            files, where = known["files"], os.fspath(dest)
-            if sorted(os.listdir(where)) != sorted(files):
-                return None
-            for name, (size, mtime_ns, ino, _) in files.items():
-                st = os.stat(os.path.join(where, name))
-                if (st.st_size, st.st_mtime_ns, st.st_ino) != (size, mtime_ns, ino):
-                    return None
-            return {name: row[3] for name, row in files.items()}
-        except (OSError, KeyError, TypeError, ValueError):
+            return {name: row[3] for name, row in known["files"].items()}
+        except (KeyError, TypeError, IndexError):  # a record of another shape
             return None
 
 
@@ -82,8 +77,7 @@ class Kept:
                     raise ValueError(name)
                 target = os.path.join(dst, name)
                 os.link(os.path.join(src, name), target)
-                st = os.stat(target)
-                if (st.st_size, st.st_mtime_ns, st.st_ino) != (size, mtime_ns, ino):
+                if identity(target) != [size, mtime_ns, ino]:
                     raise FileExistsError(name)  # not the recorded file (replaced, or a concurrent swap)
             return {name: row[3] for name, row in known["files"].items()}
         except (OSError, KeyError, TypeError, ValueError):
@@ -113,7 +107,7 @@ def _claim_slot(spare: Path, out: Path, arrays: set[str], packed: str, layout: s
             return None, Kept()
         if stage.is_dir() and not stage.is_symlink():
             return stage, Kept(prune(stage, arrays, packed), _read_record(_record(spare), stage, layout))
-        _remove(stage)  # not a tree (nothing of ours puts a file there): not reused
+        remove(stage)  # not a tree (nothing of ours puts a file there): not reused
         return None, Kept()
     return None, Kept()
 
@@ -124,14 +118,14 @@ def prune(root: Path, arrays: set[str], packed: str) -> set[str]:
     kept: set[str] = set()
     for top in _entries(root):
         if top.name != "constants" or not top.is_dir() or top.is_symlink():
-            _remove(top)
+            remove(top)
             continue
         for entry in _entries(top):
             rel = f"constants/{entry.name}"
             if rel in arrays and rel != packed and entry.is_dir() and not entry.is_symlink():
                 kept.add(rel)
             else:
-                _remove(entry)
+                remove(entry)
     return kept
 
 
@@ -181,11 +175,7 @@ def remember(spare: Path | None, record: dict[str, Any] | None) -> None:
 
 
 def _stats(directory: str, shas: dict[str, str]) -> dict[str, list]:
-    rows = {}
-    for name, sha in shas.items():
-        st = os.stat(os.path.join(directory, name))
-        rows[name] = [st.st_size, st.st_mtime_ns, st.st_ino, sha]
-    return rows
+    return {name: [*identity(os.path.join(directory, name)), sha] for name, sha in shas.items()}
 
 
 def _record(spare: Path) -> Path:
@@ -214,7 +204,8 @@ def _entries(directory: Path) -> list[os.DirEntry]:
         return list(it)
 
 
-def _remove(entry: os.DirEntry | Path) -> None:
+def remove(entry: os.DirEntry | Path) -> None:
+    """Remove a tree or a file of ours (a stage, or part of one); a link is removed, never followed."""
     path = Path(entry)
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)

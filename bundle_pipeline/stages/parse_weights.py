@@ -27,13 +27,15 @@ def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageCont
     refs = inputs["refs"]
     model_dir = Path(ctx.source.get("path", ".")).parent
     found: dict[str, dict] = {n: r for n, r in refs.items() if "tensor" in r}
+    by_file: dict[str, dict[str, dict]] = {}
+    for name, ref in refs.items():
+        if name not in found:
+            by_file.setdefault(ref["external"]["location"], {})[name] = ref["external"]
+    for location, externals in sorted(by_file.items()):  # large ones from unchanged files: no memo to read
+        found.update(ctx.stored_ranges(model_dir / location, externals))
     memos: dict[str, str] = {}
     for name, ref in refs.items():
         if name in found:
-            continue
-        known = ctx.stored_range(model_dir / ref["external"]["location"], ref["external"])
-        if known is not None:  # a large one from an unchanged file: no memo to read
-            found[name] = known
             continue
         memos[name] = hash_json({"external-tensor": ctx.hashes[f"file:{ref['external']['location']}"],
                                  "offset": ref["external"]["offset"], "dtype": ref["external"]["dtype"],

@@ -149,6 +149,6 @@ class StageContext(Protocol):
 
     def store_tensors(self, loaders: Mapping[str, Any]) -> dict[str, dict]: ...  # objects with nbytes, load()
 
-    def stored_range(self, path: Path, external: dict) -> dict | None: ...  # a large unchanged external tensor's entry
+    def stored_ranges(self, path: Path, externals: Mapping[str, dict]) -> dict[str, dict]: ...  # large, unchanged
 
     def placer(self, packs: Mapping[str, str]) -> Any: ...  # pack's tensor bytes from the cache

@@ -112,23 +112,32 @@ class TaskContext:
                                  {n: r for n, r in loaders.items() if n not in small}))
         return stored
 
-    def stored_range(self, path: Path, external: dict) -> dict | None:
-        """``{"tensor": h}`` for a large external tensor (an entry of its own, as ``store_tensors`` keeps it) when
-        the stat state remembers its range's hash for the file's current stat (the hash the file digest in
-        the key was made of) and the cache holds that entry; else None (the caller's memo answers)."""
-        if dtypes.is_extended(external["dtype"]):
-            return None  # sub-byte types: their size is not shape x itemsize
+    def stored_ranges(self, path: Path, externals: Mapping[str, dict]) -> dict[str, dict]:
+        """name -> ``{"tensor": h}`` for the large external tensors of one file (each an entry of its own, as
+        ``store_tensors`` keeps them) whose range hashes the stat state remembers for the file's current stat
+        (the hashes the file digest in the key was made of) and whose entries the cache holds: one stat for the
+        file, however many tensors it holds. The others are left to the caller's memos."""
+        keys = {name: range_key(e["offset"], e["dtype"], e["shape"]) for name, e in externals.items() if _large(e)}
         try:
-            if dtypes.itemsize(external["dtype"]) * math.prod(external["shape"]) <= SMALL_TENSOR_BYTES:
-                return None  # small ones live in packs: only their memo names the pack
-            key = range_key(external["offset"], external["dtype"], external["shape"])
-            h = (self.cache.remembered_ranges(path, [key]) or {}).get(key)
-        except (OSError, TypeError):  # gone, or a dtype this host does not know: the memo's way
-            return None
-        return {"tensor": h} if h is not None and self.cache.has_tensor(h) else None
+            known = self.cache.remembered_ranges(path, sorted(set(keys.values()))) if keys else None
+        except OSError:  # gone: the memo's way, which reports it
+            return {}
+        hashes = {name: (known or {}).get(key) for name, key in keys.items()}
+        return {name: {"tensor": h} for name, h in hashes.items() if h is not None and self.cache.has_tensor(h)}
 
     def placer(self, packs: Mapping[str, str]) -> CachePlacer:
         return CachePlacer(self.cache, dict(packs))
+
+
+def _large(external: dict) -> bool:
+    """Whether an external tensor is stored as an entry of its own (``store_tensors``); False when its size is not
+    shape x itemsize (sub-byte types) or its dtype is unknown here (the memo's way)."""
+    if dtypes.is_extended(external["dtype"]):
+        return False
+    try:
+        return dtypes.itemsize(external["dtype"]) * math.prod(external["shape"]) > SMALL_TENSOR_BYTES
+    except TypeError:
+        return False
 
 
 def _load_hashed(loader: Any) -> tuple[Any, str | None]:
