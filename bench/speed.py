@@ -56,6 +56,9 @@ NOTES = [
     "optimized_model_filepath (the model as shipped: ORT takes no input shapes). For a bundle of several models "
     "one peer process compiles them all. Bundle (a): bench/peers.py's cold runs on its original.onnx.",
     "The machine is shared: loadavg_1m_before of each run and the load averages at start and end say how busy.",
+    "Figure 3's floor for --workers 2 vs 1 is the machine's own: two CPU-bound Python processes (a loop) run one "
+    "after the other, then both at once, right after the builds (serial wall / parallel wall; 2.0 on two free "
+    "cores). ours/peer near 1.0 means the build scales as far as the machine lets any two processes scale.",
 ]
 EXTRA_VERSIONS = ("ml_dtypes", "pyyaml", "rich")
 

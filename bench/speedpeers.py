@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -98,6 +100,34 @@ def import_numpy() -> dict:
     ``in_process_s`` is the import alone (what a build that needs arrays pays inside its build seconds)."""
     m = run_measured([sys.executable, "-c", _IMPORT_NUMPY])
     return _record(m, m.last_json())
+
+
+# One unit of CPU-bound work for parallel_ceiling: a Python loop (no I/O, no shared state), about 1 s
+_SPIN = "import sys\nx = 0\nfor i in range(int(sys.argv[1])):\n    x += i\n"
+SPIN_ITERATIONS = 15_000_000
+
+
+def parallel_ceiling(rounds: int = 3, iterations: int = SPIN_ITERATIONS) -> dict:
+    """The machine's own ceiling for figure 3's ratio: two CPU-bound Python processes one after the other, then
+    both at once; serial wall / parallel wall (2.0 on two free cores; a shared VM's neighbours, and the clock
+    a core runs at when both are busy, take their share). The median of ``rounds``."""
+    argv = [sys.executable, "-c", _SPIN, str(iterations)]
+
+    def timed(together: bool) -> float:
+        start = time.perf_counter()
+        if together:
+            procs = [subprocess.Popen(argv) for _ in range(2)]
+            codes = [p.wait() for p in procs]
+        else:
+            codes = [subprocess.run(argv, check=False).returncode for _ in range(2)]
+        if any(codes):
+            raise RuntimeError(f"the CPU probe failed: exit codes {codes}")
+        return time.perf_counter() - start
+
+    runs = [(timed(False), timed(True)) for _ in range(rounds)]
+    ratios = [one / two for one, two in runs]
+    return {"iterations": iterations, "serial_s": [a for a, _ in runs], "parallel_s": [b for _, b in runs],
+            "ratios": ratios, "ratio": statistics.median(ratios)}
 
 
 def blake3_rate(files: Sequence[Path]) -> dict:

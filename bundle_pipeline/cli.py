@@ -418,6 +418,7 @@ def _file_safe(name: str) -> str:
 
 
 def main() -> None:
+    """The command line, for a caller that goes on afterwards (it exits by ``SystemExit``, as typer does)."""
     # Start-up is a product figure (a no-op rebuild is mostly imports), and compiling this package's ~60 modules
     # from source on every command costs ~0.1 s more than loading them. pip byte-compiles a normal install, but
     # not an editable one, and PYTHONDONTWRITEBYTECODE stops the interpreter from caching them itself: the
@@ -427,5 +428,39 @@ def main() -> None:
     app()
 
 
+def entry() -> None:
+    """The ``bundle-pipeline`` command: ``main`` in a process of its own, which ends without freeing its objects."""
+    try:
+        main()
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    exit_now(code)
+
+
+def exit_now(code: int | str | None) -> None:
+    """End the process as the interpreter would (exit handlers, flushed output, the same exit status), minus
+    freeing every object one by one: after a build of 128 graphs in threads that took 1.4 s of the whole command
+    (the objects its caches and reports hold). mypy ends the same way. With a thread of someone else's still
+    running, the interpreter's own exit waits for it."""
+    import atexit
+    import os
+    import threading
+
+    if not isinstance(code, int):  # None: success; a message: printed, status 1 (what sys.exit does)
+        if code is not None:
+            print(code, file=sys.stderr)
+        code = 0 if code is None else 1
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.exit(code)
+    atexit._run_exitfuncs()  # logging's flush, multiprocessing's and distributed's clean-ups
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:  # a closed pipe (`| head`): the interpreter's status for output it could not flush
+        code = code or 120
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

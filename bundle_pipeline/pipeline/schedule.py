@@ -76,7 +76,7 @@ def run_stale(dag: TaskGraph, stale: list[str], resolved: dict[str, TaskResult],
         if not stale:
             return done, setup
     began = time.perf_counter()
-    with _getter(scheduler, workers, notify) as (get, load):
+    with _getter(scheduler, workers, notify, {dag.tasks[t].step for t in stale}) as (get, load):
         if not remote:
             load({dag.tasks[t].step for t in stale})
             setup += time.perf_counter() - began
@@ -112,12 +112,17 @@ def _load_steps(steps: set[str]) -> None:
     operator schemas on the first check)."""
     from importlib import import_module
 
-    needed = ["bundle_pipeline.tasks.steps", "numpy", "orjson"]  # the cache glue, arrays, stage outputs' encoder
-    needed += [m for stage in order.ordered() if stage.name in steps for m in stage.preload]  # onnx, kernels...
-    for name in dict.fromkeys(needed):
+    for name in _modules_for(steps):
         module = import_module(name)
         if name.startswith("bundle_pipeline.") and callable(getattr(module, "warm_up", None)):
             module.warm_up()
+
+
+def _modules_for(steps: set[str]) -> list[str]:
+    """The modules the steps use: the cache glue, arrays, stage outputs' encoder, and each stage's ``preload``."""
+    needed = ["bundle_pipeline.tasks.steps", "numpy", "orjson"]
+    needed += [m for stage in order.ordered() if stage.name in steps for m in stage.preload]  # onnx, kernels...
+    return list(dict.fromkeys(needed))
 
 
 def on_client(step: str) -> bool:
@@ -162,11 +167,12 @@ def _batches(dag: TaskGraph, stale: list[str]) -> list[tuple[bool, list[str]]]:
 
 
 @contextmanager
-def _getter(scheduler: str | None, workers: int | None, notify: Observer) -> Iterator:
+def _getter(scheduler: str | None, workers: int | None, notify: Observer, steps: set[str]) -> Iterator:
     """(get, load): ``get(graph, keys)`` runs tasks; ``load(steps)`` imports what those steps use wherever
-    they will run (this process, or every worker of a cluster), so imports count as setup, not as task time."""
+    they will run (this process, or every worker of a cluster), so imports count as setup, not as task time.
+    ``steps``: the steps that will run, which a LocalCluster's workers import before they start."""
     if scheduler is None and workers is not None:
-        with _local_cluster(workers) as client:
+        with _local_cluster(workers, steps) as client:
             from .gcpolicy import collect_rarely
 
             client.run(collect_rarely)  # our own worker processes: they only build (pipeline/gcpolicy.py)
@@ -283,12 +289,49 @@ def _name_cheaply() -> None:
 
 
 @contextmanager
-def _local_cluster(workers: int) -> Iterator:
-    """A distributed.LocalCluster of ``workers`` single-threaded worker processes, closed afterwards."""
+def _local_cluster(workers: int, steps: set[str]) -> Iterator:
+    """A distributed.LocalCluster of ``workers`` single-threaded worker processes, closed afterwards. Its
+    workers fork from a warm server process (``_start_forkserver``) rather than each starting a fresh interpreter."""
+    _start_forkserver(steps)  # first: it imports while this process imports distributed
     import dask
+    import distributed.utils
     from distributed import Client, LocalCluster
 
-    with dask.config.set(QUIET_WORKERS), LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=50
+    # distributed would import its optional packages here to preload them in a forkserver: ours already runs
+    distributed.utils._forkserver_preload_set = True
+    # env: the worker's environment is this process's now (a forked worker inherits the server's, from its start)
+    with dask.config.set({**QUIET_WORKERS, "distributed.worker.multiprocessing-method": "forkserver"}), LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=50,
+            env=dict(os.environ)
     ) as cluster, Client(cluster, set_as_default=False) as client:
         yield client
+
+
+# What distributed's Nanny sets before it spawns a worker (distributed.nanny.pre-spawn-environ, and the hash seed
+# it fixes so that every worker hashes strings alike): set for the forkserver, whose children are the workers.
+# A variable the user set keeps the user's value.
+WORKER_ENV = {"MALLOC_TRIM_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+              "OPENBLAS_NUM_THREADS": "1", "PYTHONHASHSEED": "6640"}
+
+
+def _start_forkserver(steps: set[str]) -> None:
+    """Start multiprocessing's fork server, which imports distributed and what ``steps`` use once, in the
+    background, while this process goes on; each worker is then a fork of it (a spawned worker imported all of
+    it again, on the cores the build needs: 0.4-0.6 s of a LocalCluster's start, and its close took longer too).
+    One server per process: a later cluster reuses it, importing what else its steps use on its first task."""
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    modules = ["distributed", "distributed.nanny", "distributed.worker", *_modules_for(steps)]
+    multiprocessing.get_context("forkserver").set_forkserver_preload(modules)
+    saved = {k: os.environ.get(k) for k in WORKER_ENV}
+    os.environ.update({k: v for k, v in WORKER_ENV.items() if saved[k] in (None, "") or
+                       (k == "PYTHONHASHSEED" and saved[k] == "0")})
+    try:
+        forkserver.ensure_running()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

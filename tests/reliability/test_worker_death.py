@@ -18,7 +18,8 @@ from bundle_pipeline.spec import load_spec
 
 
 def worker_processes(cli_pid: int) -> list[psutil.Process]:
-    """The LocalCluster's worker processes: the CLI's multiprocessing children (not its resource tracker)."""
+    """The LocalCluster's worker processes: forks of the CLI's multiprocessing fork server (the server itself is
+    the CLI's child; its resource tracker is not a worker), or spawned children of the CLI."""
     try:
         children = psutil.Process(cli_pid).children(recursive=True)
     except psutil.NoSuchProcess:
@@ -26,7 +27,8 @@ def worker_processes(cli_pid: int) -> list[psutil.Process]:
     out = []
     for child in children:
         try:
-            if "spawn_main" in " ".join(child.cmdline()):
+            line = " ".join(child.cmdline())
+            if "spawn_main" in line or ("forkserver" in line and child.ppid() != cli_pid):
                 out.append(child)
         except psutil.NoSuchProcess:
             continue
