@@ -20,9 +20,10 @@ For a cluster, ``group_graph`` then shapes the dask graph:
   apart and their tasks ~1.7x slower than in one process (its event loop takes the GIL from the task).
 - **priorities**: a batch's priority is how many barriers still wait for it, so the next barrier's inputs
   run first (``formats`` before the tiling and codegen only ``pack`` waits for).
-- **worker hints**: batches of one kind alternate between the workers (``allow_other_workers``: the
-  scheduler may still move them); without them the batches that read ``dedupe``'s result piled up on the
-  worker holding it.
+- **handed out**: every batch of graphs is queued on the scheduler and given to whichever worker has a
+  free thread (``_handed_out``). Hints that dealt the batches to the workers by turns left one worker idle
+  for up to 0.5 s a stage when the two ran at unequal speeds; with no hints and no queue, the batches that
+  read ``dedupe``'s result piled up on the worker holding it.
 
 State kept: none; ``Group`` lists are built per batch.
 """
@@ -160,24 +161,33 @@ def group_graph(dag: TaskGraph, ids: list[str], known: dict[str, TaskResult], ct
                 workers: list[tuple[str, int]] | None = None) -> tuple[dict[str, tuple], dict[str, dict]]:
     """The dask graph of ``ids`` fused: one ``execute_group`` task per group, keyed by its first task id, and each
     group's scheduler annotations. With ``workers`` (the cluster's (address, threads)), groups end where a barrier
-    can start early, groups of many graphs are batched (``batched``), batches get a ``priority`` and are spread
-    over the workers in turn (``allow_other_workers``: a hint, not a restriction)."""
+    can start early, groups of many graphs are batched (``batched``) and get a ``priority``, and each batch is a
+    task the scheduler hands out as a worker thread frees up (``_handed_out``)."""
     slots = sum(n for _, n in workers) if workers else 0
     groups, group_of = fuse(dag, ids, split=slots > 1)
     if workers:
         groups, group_of = batched(dag, groups, slots)
     graph, annotations = {}, {}
-    turn: dict[tuple, int] = {}  # per kind of batch, the next worker
     for group in groups:
         members = Members(tuple(dag.tasks[t] for t in group.ids), tuple(tuple(dag.predecessors(t)) for t in group.ids))
         outside = [p for p in dict.fromkeys(p for reads in members.preds for p in reads) if p not in group.ids]
         literal = [known[p] for p in outside if p in known]
-        keys = dict.fromkeys(group_of[p].key for p in outside if p not in known)  # dask passes their results
-        graph[group.key] = (execute_group, members, ctxs[members.tasks[0].bundle], *literal, *keys)
+        keys = list(dict.fromkeys(group_of[p].key for p in outside if p not in known))  # dask passes their results
+        args = (members, ctxs[members.tasks[0].bundle], *literal)
         if workers:
+            graph[group.key] = _handed_out(group.key, args, keys, dag.tasks[group.key].graph is not None)
             annotations[group.key] = {"priority": priority(group, dag)}
-            if len(workers) > 1 and dag.tasks[group.key].graph is not None:
-                kind = tuple(dag.tasks[t].step for t in dict.fromkeys(group.ids))
-                i = turn[kind] = turn.get(kind, -1) + 1
-                annotations[group.key] |= {"workers": [workers[i % len(workers)][0]], "allow_other_workers": True}
+        else:
+            graph[group.key] = (execute_group, *args, *keys)
     return graph, annotations
+
+
+def _handed_out(key: str, args: tuple, keys: list[str], per_graph: bool):
+    """A batch as a dask task. A batch of graphs is marked a data producer, which makes the scheduler queue it
+    and give it to the first worker with a free thread (a worker holds at most ``worker-saturation`` x threads,
+    rounded up, of them), wherever the tiny results it reads live. Placed up front, by turns or by the scheduler's
+    estimates, the batches of a stage ended up to 0.5 s apart on a machine whose two cores ran at unequal speeds."""
+    from dask.task_spec import Task as DaskTask
+    from dask.task_spec import TaskRef
+
+    return DaskTask(key, execute_group, *args, *(TaskRef(k) for k in keys), _data_producer=per_graph)
