@@ -142,8 +142,10 @@ def run(args: argparse.Namespace) -> dict:
     print(f"\n{len(missed)} of {sum(r.met is not None for r in table)} goals missed; load average "
           f"{load_start[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end; {payload['duration_s']:.0f} s")
     for r in missed:  # what each miss measured against its goal; why: the README's "Why the misses"
-        measured = f"{r.ratio:.2f}x {r.peer}" if "OV" in r.goal and r.ratio is not None else r.cells()[2]
-        print(f"  missed: {r.figure}: {r.name}: {measured}, goal {r.goal}")
+        against_ov = "OV" in r.goal and r.ratio is not None
+        measured = f"{r.ratio:.2f}x {r.peer}" if against_ov else r.cells()[2]
+        beside = f"; same run: {r.peer} (ours/that {r.ratio:.2f}x)" if r.peer and r.ratio and not against_ov else ""
+        print(f"  missed: {r.figure}: {r.name}: {measured}, goal {r.goal}{beside}")
     if missed:
         print("  (README, Benchmarks > Build speed: why each figure misses on the development machine)")
     print(f"wrote {args.results}")

@@ -71,4 +71,6 @@ def tensor_table(refs: dict[str, dict]) -> dict:
 
 
 STAGE = Stage("parse.weights", VERSION, compute, outputs=("weights",), inputs=(Input("parse", "refs"),),
-              scope=GRAPH, reads=EXTERNAL_DATA, preload=("bundle_pipeline.cache.tensors",))  # the tensor store's arrays
+              scope=GRAPH, reads=EXTERNAL_DATA,  # the tensor store's arrays; mapping and writing a large tensor
+              preload=("bundle_pipeline.cache.tensors", "bundle_pipeline.ir.external_map",
+                       "bundle_pipeline.cache.direct_io"))
