@@ -103,7 +103,9 @@ def _fill(fd: int, src: memoryview, size: int, direct: bool) -> str:
     source at an ALIGN-aligned address (a mapped file, a page-aligned array) is written from where it lies, up
     to its last whole ALIGN block; the rest (and all of an unaligned source) goes through a pooled buffer."""
     digest = hashlib.sha256()
-    offset = _write_in_place(fd, src, digest) if direct and _aligned(src) else 0
+    offset = 0
+    if direct and _aligned(src):
+        offset, digest = _write_in_place(fd, src)
     if offset == size:
         return digest.hexdigest()
     buf = _POOL.take()
@@ -134,26 +136,48 @@ def _aligned(src: memoryview) -> bool:
     return np.frombuffer(src, np.uint8).__array_interface__["data"][0] % ALIGN == 0
 
 
-def _write_in_place(fd: int, src: memoryview, digest: Any) -> int:
+def _write_in_place(fd: int, src: memoryview) -> tuple[int, Any]:
     """O_DIRECT-write ``src``'s whole ALIGN blocks from the source itself (no copy, and no buffer to fault
-    in: ~1,000 fresh pages a process on the development VM); return the bytes written. A refusal (EINVAL)
-    or short write stops here: the caller's loop writes the rest, and falls back to the page cache."""
+    in: ~1,000 fresh pages a process on the development VM); return the bytes written and the sha256 of them.
+    A refusal (EINVAL) or short write stops here: the caller's loop writes the rest, and falls back to the page
+    cache. A large source is hashed by a second thread while this one writes (sha256 and the write both let go of
+    the GIL: 4 MiB, 2.3 ms of hashing beside 1-3 ms of writing), and hashed again only if the write stopped short."""
     end = len(src) - len(src) % ALIGN
+    ahead = _HashAhead(src[:end]) if end >= HASH_AHEAD_BYTES else None
     offset = 0
-    while offset < end:
-        piece = src[offset:min(end, offset + PIECE_BYTES)]
-        try:
-            done = os.pwrite(fd, piece, offset)
-        except OSError as err:
-            if err.errno != errno.EINVAL:
-                raise
-            return offset
-        done -= done % ALIGN  # a short direct write: the caller rewrites from the last whole block
-        digest.update(piece[:done])
-        offset += done
-        if done < len(piece):
-            return offset
-    return offset
+    try:
+        while offset < end:
+            piece = src[offset:min(end, offset + PIECE_BYTES)]
+            try:
+                done = os.pwrite(fd, piece, offset)
+            except OSError as err:
+                if err.errno != errno.EINVAL:
+                    raise
+                break
+            offset += done - done % ALIGN  # a short direct write: the caller rewrites from the last whole block
+            if done < len(piece):
+                break
+    finally:
+        whole = ahead.result() if ahead is not None else None  # joined on every way out
+    if whole is not None and offset == end:
+        return offset, whole
+    return offset, hashlib.sha256(src[:offset])
+
+
+HASH_AHEAD_BYTES = 1 << 20  # below this a thread costs about what it saves
+
+
+class _HashAhead:
+    """The sha256 of a buffer, computed on a thread of its own; ``result()`` waits for it."""
+
+    def __init__(self, data: memoryview) -> None:
+        self._digest = hashlib.sha256()
+        self._thread = threading.Thread(target=self._digest.update, args=(data,), name="sha256-ahead", daemon=True)
+        self._thread.start()
+
+    def result(self) -> Any:
+        self._thread.join()
+        return self._digest
 
 
 def _write_piece(fd: int, view: memoryview, n: int, offset: int, direct: bool) -> bool:

@@ -93,6 +93,26 @@ def test_an_aligned_source_refused_in_place_finishes_through_the_buffer(tmp_path
     assert (tmp_path / "f").read_bytes() == data and digest == hashlib.sha256(data).hexdigest()
 
 
+@pytest.mark.parametrize("stop", ["refused", "short"])
+def test_an_in_place_write_stopping_midway_still_returns_the_sha256_of_the_file(tmp_path, monkeypatch, stop):
+    """The source is hashed ahead on another thread while it is written; a write that stops after the first
+    piece (refused, or short by a few blocks) leaves that hash unused and the file's digest still right."""
+    real_pwrite, calls = os.pwrite, []
+
+    def stop_second(fd, data, offset):
+        calls.append(offset)
+        if len(calls) != 2:
+            return real_pwrite(fd, data, offset)
+        if stop == "refused":
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data[: len(data) - 3 * dio.ALIGN], offset)  # whole blocks, short
+
+    monkeypatch.setattr(dio.os, "pwrite", stop_second)
+    data = pattern(3 * dio.PIECE_BYTES + 100, 11)
+    digest = dio.write_new_file(str(tmp_path / "f"), page_aligned(data), len(data))
+    assert (tmp_path / "f").read_bytes() == data and digest == hashlib.sha256(data).hexdigest()
+
+
 def test_a_reused_buffer_does_not_leak_old_bytes_into_padding(tmp_path):
     dio.write_new_file(str(tmp_path / "a"), b"\xff" * (2 * dio.PIECE_BYTES), 2 * dio.PIECE_BYTES)
     dio.write_new_file(str(tmp_path / "b"), b"\x01" * 10, dio.PIECE_BYTES + 3)
