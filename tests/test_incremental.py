@@ -340,7 +340,8 @@ def test_a_large_weight_of_an_unchanged_file_is_found_by_its_range_hash_not_its_
 def test_small_builds_and_chains_of_reruns_run_in_process_without_loading_dask(tmp_path):
     """pipeline/serial.py: a weight edit re-runs a chain (parse.weights -> dedupe -> formats.weights -> pack)
     and a tiny cold build ends within the serial budget, so dask is never imported; with no budget a cold
-    build (several parses ready at once) goes to dask. The same bundle every way."""
+    build still runs here, since its ready tasks (several parses) are Python-bound and gain nothing from
+    threads. The same bundle every way."""
     built, weight_file = external_weight_bundle(tmp_path)
 
     def run(name: str, budget: float | None = None) -> tuple[dict, bool]:
@@ -355,7 +356,7 @@ def test_small_builds_and_chains_of_reruns_run_in_process_without_loading_dask(t
 
     cold, cold_loaded_dask = run("small", budget=60.0)
     parallel, parallel_loaded_dask = run("parallel", budget=0.0)
-    assert not cold_loaded_dask and parallel_loaded_dask
+    assert not cold_loaded_dask and not parallel_loaded_dask
     assert parallel["digest"] == cold["digest"]
     arr = np.fromfile(weight_file, dtype=np.float32)
     (arr * 2).tofile(weight_file)
@@ -365,6 +366,25 @@ def test_small_builds_and_chains_of_reruns_run_in_process_without_loading_dask(t
         "parse.weights:init", "dedupe", "formats.weights", "pack"}
     again = build(load_spec(built.spec, cache=str(tmp_path / "fresh"), output=str(tmp_path / "again.bundle")))
     assert again.digest == report["digest"]  # the same bytes as a cold build
+
+
+def test_only_io_bound_tasks_ready_together_leave_the_serial_prefix_for_threads(tmp_path):
+    """Past the serial budget the rest goes to dask's threads only when two ready tasks would gain from them:
+    the packs of two bundles (file I/O and hashing let go of the GIL), not parses or codegens."""
+    from bundle_pipeline.pipeline.build import prepare
+    from bundle_pipeline.pipeline.serial import _side_by_side
+
+    one, two = models.mlp(tmp_path / "one"), models.mlp(tmp_path / "two")
+    specs = [load_spec(b.spec, cache=str(tmp_path / "c"), output=str(tmp_path / f"{i}.bundle"))
+             for i, b in enumerate((one, two))]
+    specs[1] = dataclasses.replace(specs[1], name="second")  # two bundles in one DAG need two names
+    _, dag, _ = prepare(specs)
+    by_step: dict[str, list[str]] = {}
+    for tid in dag.order():
+        by_step.setdefault(dag.tasks[tid].step, []).append(tid)
+    assert len(by_step["pack"]) == 2 and _side_by_side(dag, by_step["pack"])
+    assert not _side_by_side(dag, by_step["parse"]) and not _side_by_side(dag, by_step["codegen"])
+    assert not _side_by_side(dag, [by_step["pack"][0], by_step["codegen"][0]])
 
 
 def test_a_cold_builds_external_data_tasks_run_together_on_threads_after_the_parses(tmp_path):

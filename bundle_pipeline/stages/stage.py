@@ -97,6 +97,12 @@ class Stage:
         return self.reads is not None or self.writes_bundle
 
     @property
+    def io_bound(self) -> bool:
+        """Its time goes to file I/O and hashing, which let go of the GIL (reading external data, writing a
+        bundle): two such tasks gain from running side by side on threads; Python-bound stages do not."""
+        return self.reads == EXTERNAL_DATA or self.writes_bundle
+
+    @property
     def reads_user_input(self) -> bool:
         """It decodes the user's files: an unexpected exception there is the model's fault (GRAPH_INVALID)."""
         return self.reads is not None
