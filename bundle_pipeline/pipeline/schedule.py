@@ -291,16 +291,24 @@ def _name_cheaply() -> None:
 @contextmanager
 def _local_cluster(workers: int, steps: set[str]) -> Iterator:
     """A distributed.LocalCluster of ``workers`` single-threaded worker processes, closed afterwards. Its
-    workers fork from a warm server process (``_start_forkserver``) rather than each starting a fresh interpreter."""
-    _start_forkserver(steps)  # first: it imports while this process imports distributed
+    workers fork from a warm server process (``_start_forkserver``) rather than each starting a fresh interpreter,
+    where the platform has one (not on Windows: there they are spawned, as distributed does by default)."""
+    import multiprocessing
+
+    forked = "forkserver" in multiprocessing.get_all_start_methods()
+    if forked:
+        _start_forkserver(steps)  # first: it imports while this process imports distributed
     import dask
     import distributed.utils
     from distributed import Client, LocalCluster
 
-    # distributed would import its optional packages here to preload them in a forkserver: ours already runs
-    distributed.utils._forkserver_preload_set = True
+    config = dict(QUIET_WORKERS)
+    if forked:
+        # distributed would import its optional packages here to preload them in a forkserver: ours already runs
+        distributed.utils._forkserver_preload_set = True
+        config["distributed.worker.multiprocessing-method"] = "forkserver"
     # env: the worker's environment is this process's now (a forked worker inherits the server's, from its start)
-    with dask.config.set({**QUIET_WORKERS, "distributed.worker.multiprocessing-method": "forkserver"}), LocalCluster(
+    with dask.config.set(config), LocalCluster(
             n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=50,
             env=dict(os.environ)
     ) as cluster, Client(cluster, set_as_default=False) as client:
