@@ -260,7 +260,7 @@ def _distributed_getter(client, notify: Observer):
 
 
 def _annotated(graph: dict, annotations: dict[str, dict]):
-    """``graph`` as a HighLevelGraph with one layer per distinct annotation (a priority, a worker hint), which
+    """``graph`` as a HighLevelGraph with one layer per distinct annotation (a priority), which
     the scheduler applies to every task of the layer."""
     from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
