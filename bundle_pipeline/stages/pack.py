@@ -169,7 +169,8 @@ def run(meta: dict, placer: Placer, out_path: str, chunks: list[str] | None = No
             write_zip(stage_dir, staged_zip)
             _swap_into_place(staged_zip, out)
         else:
-            record = None if spare is None else pack_spare.describe(stage_dir, arrays, listing, placer.layout)
+            record = None if spare is None else pack_spare.describe(stage_dir, arrays, listing, placer.layout,
+                                                                    kept.checked)
             _swap_into_place(stage_dir, out)
             pack_spare.park(stage_dir, spare)  # the replaced bundle, if any: the next pack's stage
             pack_spare.remember(spare, record)

@@ -46,6 +46,7 @@ class Kept:
     record: dict[str, Any] = field(default_factory=dict)  # array path -> {"hash", "files": {name: stat + sha}}
     live: Path | None = None  # the bundle being replaced, and its record: arrays to link from (``link``)
     live_record: dict[str, Any] = field(default_factory=dict)
+    checked: dict[str, dict[str, Any]] = field(default_factory=dict)  # arrays found as recorded: their entries
 
     def placed(self, rel: str, h: str, dest: Path) -> dict[str, str] | None:
         """The sha256 of each file of array ``rel`` when the record says it holds tensor ``h`` and every file
@@ -54,6 +55,7 @@ class Kept:
         try:
             if known is None or known["hash"] != h or not holds_exactly(dest, known["files"]):
                 return None
+            self.checked[rel] = known
             return {name: row[3] for name, row in known["files"].items()}
         except (KeyError, TypeError, IndexError):  # a record of another shape
             return None
@@ -79,6 +81,7 @@ class Kept:
                 os.link(os.path.join(src, name), target)
                 if identity(target) != [size, mtime_ns, ino]:
                     raise FileExistsError(name)  # not the recorded file (replaced, or a concurrent swap)
+            self.checked[rel] = known
             return {name: row[3] for name, row in known["files"].items()}
         except (OSError, KeyError, TypeError, ValueError):
             shutil.rmtree(dest, ignore_errors=True)  # made by this call
@@ -143,18 +146,22 @@ def park(previous: Path, spare: Path | None) -> None:
         os.replace(_out_record(spare), _record(spare))
 
 
-def describe(stage: Path, arrays: dict[str, str], listing: dict[str, str], layout: str) -> dict[str, Any] | None:
+def describe(stage: Path, arrays: dict[str, str], listing: dict[str, str], layout: str,
+             checked: dict[str, dict[str, Any]] | None = None) -> dict[str, Any] | None:
     """The record of the tree at ``stage``, taken before it is swapped in (it is ours alone until then; the
     swap keeps its inodes): each array (path -> tensor hash) with its files' stats and sha256 (from
-    ``listing``, the bundle's). None when a file cannot be stat'ed (then the next pack checks the slow way)."""
-    files: dict[str, dict[str, str]] = {rel: {} for rel in arrays}
+    ``listing``, the bundle's). ``checked``: arrays this pack found file by file as a record said
+    (``Kept.checked``), whose entries are taken as they are, not stat'ed again. None when a file cannot be
+    stat'ed (then the next pack checks the slow way)."""
+    checked = checked or {}
+    files: dict[str, dict[str, str]] = {rel: {} for rel in arrays if checked.get(rel, {}).get("hash") != arrays[rel]}
     for path, sha in listing.items():
         rel, _, name = path.rpartition("/")
         if rel in files:
             files[rel][name] = sha
     try:
-        described = {rel: {"hash": h, "files": _stats(os.path.join(stage, rel), files[rel])}
-                     for rel, h in arrays.items()}
+        described = {rel: checked[rel] if rel not in files else
+                     {"hash": h, "files": _stats(os.path.join(stage, rel), files[rel])} for rel, h in arrays.items()}
         return {"v": RECORD_VERSION, "layout": layout, "root": os.stat(stage).st_ino, "arrays": described}
     except OSError:
         return None

@@ -74,6 +74,30 @@ def test_kept_arrays_are_checked_against_the_record_of_the_tree_not_one_cache_re
     assert files(out) == fresh(final, tmp_path) and pack.bundle_digest(out) == digest
 
 
+def test_the_record_of_a_re_pack_takes_the_kept_arrays_entries_as_checked_and_stats_only_the_new(tmp_path,
+                                                                                                 monkeypatch):
+    """Kept and linked arrays were just found file by file as recorded: the record of the new tree takes their
+    entries as they are; only arrays placed anew are stat'ed. The record is the one a full description gives."""
+    out = tmp_path / "b.bundle"
+    pack_into(out, tensors_with(BIG2, BIG3), tmp_path)
+    pack_into(out, tensors_with(BIG2, BIG3 + 1), tmp_path)  # the first re-pack links infer.t5 from the bundle
+    stated: list[str] = []
+    real_stats, real_describe = pack_spare._stats, pack_spare.describe
+    monkeypatch.setattr(pack_spare, "_stats", lambda d, shas: stated.append(os.path.basename(d)) or real_stats(d, shas))
+    described: list[dict] = []
+
+    def describe_both_ways(stage, arrays, listing, layout, checked=None):
+        quick = real_describe(stage, arrays, listing, layout, checked)
+        described.append({"quick": quick, "full": real_describe(stage, arrays, listing, layout)})
+        return quick
+
+    monkeypatch.setattr(pack_spare, "describe", describe_both_ways)
+    pack_into(out, tensors_with(BIG2, BIG3 + 2), tmp_path)  # the kept tree: infer.t5 kept, infer.t6 anew
+    quick_stated = stated[: len(stated) - len(described[0]["full"]["arrays"])]  # the full description stats all
+    assert "infer.t5" not in quick_stated and "infer.t6" in quick_stated
+    assert described[0]["quick"] == described[0]["full"]
+
+
 @pytest.mark.parametrize("tamper", [False, True])
 def test_a_first_re_pack_links_unchanged_arrays_from_the_bundle_it_replaces(tmp_path, monkeypatch, tamper):
     """No kept tree yet (the first edit after a cold build): unchanged arrays are linked from the bundle being
