@@ -76,9 +76,10 @@ def run_stale(dag: TaskGraph, stale: list[str], resolved: dict[str, TaskResult],
         if not stale:
             return done, setup
     began = time.perf_counter()
-    with _getter(scheduler, workers, notify, {dag.tasks[t].step for t in stale}) as (get, load):
+    steps = {dag.tasks[t].step for t in stale}
+    with _getter(scheduler, workers, notify, steps) as (get, load):
         if not remote:
-            load({dag.tasks[t].step for t in stale})
+            load(steps)
             setup += time.perf_counter() - began
             if workers is not None and scheduler is None:  # a LocalCluster: per-graph groups (fuse.py)
                 done.update(_run_fused(get, dag, stale, {**resolved, **done}, ctxs))

@@ -153,8 +153,8 @@ def describe(stage: Path, arrays: dict[str, str], listing: dict[str, str], layou
     ``listing``, the bundle's). ``checked``: arrays this pack found file by file as a record said
     (``Kept.checked``), whose entries are taken as they are, not stat'ed again. None when a file cannot be
     stat'ed (then the next pack checks the slow way)."""
-    checked = checked or {}
-    files: dict[str, dict[str, str]] = {rel: {} for rel in arrays if checked.get(rel, {}).get("hash") != arrays[rel]}
+    checked = checked or {}  # each entry was checked against the hash this pack placed there
+    files: dict[str, dict[str, str]] = {rel: {} for rel in arrays if rel not in checked}
     for path, sha in listing.items():
         rel, _, name = path.rpartition("/")
         if rel in files:
