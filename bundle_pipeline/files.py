@@ -84,6 +84,13 @@ def identity(path: str | os.PathLike[str]) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
+def tree_stamp(rows: list[list]) -> str:
+    """The stat fingerprint of a tree from one ``[relative path, size, mtime_ns, inode]`` row a file (any order)."""
+    from .hashing import hash_json
+
+    return hash_json(sorted(rows))
+
+
 def holds_exactly(directory: str | os.PathLike[str], recorded: dict[str, list]) -> bool:
     """Whether ``directory`` holds the files named in ``recorded`` and nothing else, each with the recorded
     ``identity`` (the first three items of its row); False when it cannot be read."""

@@ -23,6 +23,9 @@ Two rules keep a stale entry from ever being *recorded*:
 - a file modified less than ``racy_window_ns`` (2 s) before the read started is hashed but not
   recorded: on filesystems with coarse timestamps (1-2 s on ext3/FAT/HFS+/some NFS, a clock
   tick on ext4) a second write in that window could keep the same mtime ("racy git" problem).
+  While one build runs (``one_build``) such a hash is kept in this process's memory for that build
+  only, so the planner's hash of a file edited just before the run also serves the task that reads it:
+  the build already trusts its plan's keys, and the next build hashes the file again.
 
 The file is rewritten atomically (temp + ``os.replace``) after each new entry, merged with what
 is on disk at that moment, so concurrent processes can at worst lose each other's entries
@@ -71,6 +74,41 @@ _HASH_RE = re.compile(r"[0-9a-f]{64}")
 RANGES = "ranges\0"  # key prefix of a file's range-hash entry (no absolute path starts with it)
 _FILE_LOCKS: dict[str, threading.Lock] = {}
 _FILE_LOCKS_GUARD = threading.Lock()
+_PARSED: dict[str, tuple[tuple[int, ...], dict[str, list[Any]]]] = {}  # state file -> (its signature, entries)
+_BUILD_GUARD = threading.Lock()
+_builds = 0  # builds running in this process (``one_build``)
+_recent: dict[str, list[Any]] = {}  # their hashes of files inside the racy window, entries as in stat.json
+
+
+@contextlib.contextmanager
+def one_build() -> Iterator[None]:
+    """Within: the hashes of recently modified files are kept in memory (never on disk) while the file keeps its
+    signature, until the last build running in this process ends; outside, such a file is hashed every time."""
+    global _builds
+    with _BUILD_GUARD:
+        _builds += 1
+    try:
+        yield
+    finally:
+        with _BUILD_GUARD:
+            _builds -= 1
+            if not _builds:
+                _recent.clear()
+
+
+def _keep_recent(key: str, value: list[Any]) -> None:
+    with _BUILD_GUARD:
+        if _builds:
+            old = _recent.get(key)
+            if key.startswith(RANGES) and old is not None and old[:4] == value[:4]:
+                value = [*value[:4], {**old[4], **value[4]}]
+            _recent[key] = value
+
+
+def _recent_entry(key: str, sig: Signature) -> list[Any] | None:
+    with _BUILD_GUARD:
+        entry = _recent.get(key)
+    return entry if entry is not None and tuple(entry[:4]) == sig else None
 
 
 def _file_lock(path: str) -> threading.Lock:
@@ -101,6 +139,19 @@ def hash_stream(f: Any) -> str:
     while n := f.readinto(buf):
         hasher.update(view[:n])
     return hasher.hexdigest()
+
+
+def _valid_entries(data: bytes) -> dict[str, list[Any]]:
+    try:
+        payload = json.loads(data)
+    except ValueError:  # truncated or garbled: start over
+        return {}
+    if not isinstance(payload, dict) or payload.get("v") != STATE_FORMAT:
+        return {}
+    entries = payload.get("entries")
+    if not isinstance(entries, dict):
+        return {}
+    return {k: v for k, v in entries.items() if isinstance(k, str) and _valid_entry(k, v)}
 
 
 def _valid_entry(key: str, value: Any) -> bool:
@@ -147,13 +198,19 @@ class StatState:
             entry = self._loaded().get(abspath)
         if entry is not None and tuple(entry[:4]) == sig:
             return entry[4]
-        h, read_sig, trusted = self._hash_file(abspath)
+        recent = _recent_entry(abspath, sig)
+        if recent is not None:
+            return recent[4]
+        h, read_sig, trusted, steady = self._hash_file(abspath)
         if trusted:
             self._record(abspath, read_sig, h)
+        elif steady:
+            _keep_recent(abspath, [*read_sig, h])
         return h
 
-    def _hash_file(self, path: str) -> tuple[str, Signature, bool]:
-        """Hash a file; also return the signature it had while read and whether to record it."""
+    def _hash_file(self, path: str) -> tuple[str, Signature, bool, bool]:
+        """Hash a file; also return the signature it had while read, whether to record it, and whether it kept
+        that signature while read (a recent file: kept for this build alone)."""
         for _ in range(3):
             start_ns = time.time_ns()
             with open(path, "rb", opener=regular_opener) as f:  # swapped for a FIFO since the stat: refused
@@ -161,8 +218,8 @@ class StatState:
                 h = hash_stream(f)
                 after = signature(os.fstat(f.fileno()))
             if before == after:
-                return h, after, after[1] < start_ns - self.racy_window_ns
-        return h, after, False  # still being written: use what we read, remember nothing
+                return h, after, after[1] < start_ns - self.racy_window_ns, True
+        return h, after, False, False  # still being written: use what we read, remember nothing
 
     def range_hashes(self, path: str | os.PathLike[str], keys: list[str],
                      hash_ranges: Callable[[int, list[str]], dict[str, str]]) -> dict[str, str]:
@@ -183,8 +240,11 @@ class StatState:
             if before == after:
                 break
         hashes = {**known, **got}
-        if got and before == after and after[1] < start_ns - self.racy_window_ns:
-            self._record_ranges(abspath, after, got)
+        if got and before == after:
+            if after[1] < start_ns - self.racy_window_ns:
+                self._record_ranges(abspath, after, got)
+            else:
+                _keep_recent(RANGES + abspath, [*after, got])
         return {k: hashes[k] for k in keys}
 
     def remembered_ranges(self, path: str | os.PathLike[str], keys: list[str]) -> dict[str, str] | None:
@@ -199,15 +259,19 @@ class StatState:
 
     def known_ranges(self, path: str | os.PathLike[str]) -> tuple[Signature, dict[str, str]] | None:
         """The range hashes remembered for a file and the stat signature they hold for (the caller compares it
-        with the file it opened), or None; nothing is read or hashed."""
+        with the file it opened), or None; nothing is read or hashed. Never a recent file's (``one_build``): what
+        stores a tensor under its hash without hashing its bytes (``parse.weights``) trusts only recorded ones."""
         with self._lock:
             entry = self._loaded().get(RANGES + os.path.abspath(os.fspath(path)))
         return None if entry is None else (tuple(entry[:4]), dict(entry[4]))
 
     def _known(self, abspath: str, sig: Signature) -> dict[str, str]:
+        """Range hashes remembered for the file at signature ``sig``: on disk, or by this build (``one_build``)."""
         with self._lock:
             entry = self._loaded().get(RANGES + abspath)
-        return dict(entry[4]) if entry is not None and tuple(entry[:4]) == sig else {}
+        known = dict(entry[4]) if entry is not None and tuple(entry[:4]) == sig else {}
+        recent = _recent_entry(RANGES + abspath, sig)
+        return known if recent is None else {**known, **recent[4]}
 
     def _record_ranges(self, abspath: str, sig: Signature, hashes: dict[str, str]) -> None:
         key = RANGES + abspath
@@ -222,16 +286,22 @@ class StatState:
         return self._entries
 
     def _read_disk(self) -> dict[str, list[Any]]:
+        """The entries on disk; parsed once per version of the file in this process (every task's ``Cache`` has
+        a StatState of its own). An older version than the latest only lacks entries: each is a fact about a
+        file at a signature, true whenever it was written, so a stale read costs re-hashing, nothing else."""
+        path = self.path
         try:
-            payload = json.loads(self._backend.read(self._rel))
-        except (FileNotFoundError, ValueError):  # absent, truncated or garbled: start over
+            with open(path, "rb") as f:
+                version = tuple(signature(os.fstat(f.fileno())))
+                parsed = _PARSED.get(path)
+                if parsed is not None and parsed[0] == version:
+                    return dict(parsed[1])
+                data = f.read()
+        except FileNotFoundError:
             return {}
-        if not isinstance(payload, dict) or payload.get("v") != STATE_FORMAT:
-            return {}
-        entries = payload.get("entries")
-        if not isinstance(entries, dict):
-            return {}
-        return {k: v for k, v in entries.items() if isinstance(k, str) and _valid_entry(k, v)}
+        entries = _valid_entries(data)
+        _PARSED[path] = (version, entries)
+        return dict(entries)
 
     @contextlib.contextmanager
     def deferred(self) -> Iterator[None]:

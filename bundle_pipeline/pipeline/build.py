@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..cache import Cache
+from ..cache.statstate import one_build
 from ..cache.store import NotACache
 from ..errors import BundleIOError, ParamInvalid
 from ..guard import check_outputs
@@ -78,6 +79,12 @@ def build_many(specs: list[BundleSpec], scheduler: str | None = None, force: boo
     ``on_event`` (progress displays, build profiles) gets ``Event("plan", data={"dag", "plan", "started",
     "finished"})`` once the up-to-date tasks are known, then the scheduler's "start"/"finish" events.
     """
+    with one_build():  # a file the plan hashed inside the racy window is not hashed again by its task
+        return _build_many(specs, scheduler, force, workers, on_event)
+
+
+def _build_many(specs: list[BundleSpec], scheduler: str | None, force: bool, workers: int | None,
+                on_event: Observer | None) -> list[BuildReport]:
     check_scheduler(scheduler, workers)
     claim_caches(specs, write=False)  # refusals first: nothing is written before every check passed
     check_outputs(specs)

@@ -35,7 +35,7 @@ from ..hashing import sha256_hex
 from ..layouts import storage_shape
 from ..program import FORMAT_VERSION
 from . import pack_spare
-from .stage import BUNDLE, TEXT, Input, Ref, Stage, StageContext
+from .stage import BUNDLE, OUTPUT_STAMP, TEXT, Input, Ref, Stage, StageContext
 
 # 3: small constants share constants/packed (bundle format 2), compact root zarr.json; 4: UTF-8 manifest;
 # 5: the manifest written by orjson (floats in options may be spelled differently: 1e-05 as 0.00001)
@@ -141,7 +141,13 @@ class Placer(Protocol):
 
 
 def run(meta: dict, placer: Placer, out_path: str, chunks: list[str] | None = None) -> str:
-    """Write the bundle described by ``meta`` (from ``manifest``) to ``out_path``; return its digest.
+    """``run_stamped``'s digest alone."""
+    return run_stamped(meta, placer, out_path, chunks)[0]
+
+
+def run_stamped(meta: dict, placer: Placer, out_path: str, chunks: list[str] | None = None) -> tuple[str, str | None]:
+    """Write the bundle described by ``meta`` (from ``manifest``) to ``out_path``; return its digest, and its stat
+    fingerprint (``tasks.runner.output_stamp``) when the record of the tree (``pack_spare.describe``) gives it.
 
     ``placer`` puts each stored tensor's zarr array and each chunk of the packed array; the cache
     hard-links what it already holds, so re-packing a directory bundle writes metadata and the chunks an
@@ -165,16 +171,18 @@ def run(meta: dict, placer: Placer, out_path: str, chunks: list[str] | None = No
     staged_zip = stage_dir.with_name(stage_dir.name + ".zip.tmp")  # unique per build, like stage_dir
     try:
         listing = write_directory(stage_dir, meta, placer, chunks, kept)
+        stamp = None
         if out.suffix == ".zip":
             write_zip(stage_dir, staged_zip)
             _swap_into_place(staged_zip, out)
         else:
             record = None if spare is None else pack_spare.describe(stage_dir, arrays, listing, placer.layout,
                                                                     kept.checked)
+            stamp = pack_spare.stamp(stage_dir, listing, record)  # the swap keeps every file's inode and mtime
             _swap_into_place(stage_dir, out)
             pack_spare.park(stage_dir, spare)  # the replaced bundle, if any: the next pack's stage
             pack_spare.remember(spare, record)
-        return listing_digest(listing)
+        return listing_digest(listing), stamp
     except OSError as err:
         raise BundleIOError(f"cannot write bundle: {err}", str(out)) from None
     finally:
@@ -405,7 +413,10 @@ def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageCont
     graphs = [{**g, "program": zarr_plain.RawJSON(inputs["program"][g["name"]])} for g in params["graphs"]]
     storage = inputs["stored"]
     meta = manifest(params["name"], params["target"], graphs, inputs["variables"], inputs["var_formats"], storage)
-    return {"digest": Ref(run(meta, ctx.placer(storage.get("packs", {})), ctx.out, storage.get("chunks")))}
+    digest, stamp = run_stamped(meta, ctx.placer(storage.get("packs", {})), ctx.out, storage.get("chunks"))
+    if stamp is not None:
+        ctx.extra[OUTPUT_STAMP] = stamp  # the runner records it for the no-op's check, instead of walking the tree
+    return {"digest": Ref(digest)}
 
 
 STAGE = Stage("pack", VERSION, compute, outputs=("digest",),

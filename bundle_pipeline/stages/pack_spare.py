@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..files import holds_exactly, identity
+from ..files import holds_exactly, identity, tree_stamp
 
 RECORD_VERSION = 1
 
@@ -165,6 +165,24 @@ def describe(stage: Path, arrays: dict[str, str], listing: dict[str, str], layou
         return {"v": RECORD_VERSION, "layout": layout, "root": os.stat(stage).st_ino, "arrays": described}
     except OSError:
         return None
+
+
+def stamp(stage: Path, listing: dict[str, str], record: dict[str, Any] | None) -> str | None:
+    """``tasks.runner.output_stamp`` of the tree at ``stage`` from ``describe``'s record (its arrays' files) and
+    a stat of each other file in ``listing`` (the root's and the packed array's): the tree holds exactly the
+    listed files (``write_directory``). None without a record, or where paths do not join with "/"."""
+    if record is None or os.sep != "/":
+        return None
+    rows = [[f"{rel}/{name}", *row[:3]] for rel, entry in record["arrays"].items()
+            for name, row in entry["files"].items()]
+    if len(rows) + sum(1 for path in listing if path.rpartition("/")[0] not in record["arrays"]) != len(listing):
+        return None  # the record and the listing disagree: leave it to the walk
+    try:
+        rows += [[path, *identity(os.path.join(stage, path))] for path in listing
+                 if path.rpartition("/")[0] not in record["arrays"]]
+    except OSError:
+        return None
+    return tree_stamp(rows)
 
 
 def remember(spare: Path | None, record: dict[str, Any] | None) -> None:

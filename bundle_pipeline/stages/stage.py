@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 GRAPH, BUNDLE = "graph", "bundle"  # Stage.scope: one task per graph, or one for the bundle
 JSON, TEXT = "json", "text"  # Input.form: the decoded object, or its canonical JSON as stored (UTF-8 bytes)
 MODEL, EXTERNAL_DATA = "model", "external data"  # Stage.reads: the user's files a stage reads
+OUTPUT_STAMP = "output_stamp"  # in ``StageContext.extra`` of a stage that writes the bundle: the tree's stat stamp
 
 # The params a stage may declare (``Stage.params``): each word names what the task factory puts in the
 # params (and so in the task key), under the key given here.

@@ -44,8 +44,10 @@ from typing import NoReturn
 
 from ..cache import Cache, CacheMiss
 from ..errors import BundleIOError, GraphInvalid
+from ..files import tree_stamp
 from ..hashing import hash_json
 from ..stages import order
+from ..stages.stage import OUTPUT_STAMP
 from ..targets import get_target
 from .sources import file_inputs
 from .task import Task, TaskResult, input_hashes, task_key, timed
@@ -137,7 +139,8 @@ def execute_task(task: Task, ctx: BuildContext, *upstream_results: TaskResult,
                   "params": task.params, "version": task.version, "target": get_target(ctx.target).fingerprint}
         cache.put_action(found.key, record)
         if stage.writes_bundle:  # this machine's output: recorded locally, not in the shared record
-            cache.record_output(task.context["out"], {"key": found.key, "stamp": output_stamp(task.context["out"])})
+            out = task.context["out"]  # pack knows the stamp of the tree it wrote when it described it: no walk
+            cache.record_output(out, {"key": found.key, "stamp": extra.pop(OUTPUT_STAMP, None) or output_stamp(out)})
     except (CacheMiss, LostEntry) as lost:
         missing = lost.missing if isinstance(lost, LostEntry) else str(lost.args[0])
         return _stamped(TaskResult(task.id, task.stage, task.graph, "", {}, LOST, 0.0, {"missing": missing}), start)
@@ -266,7 +269,7 @@ def output_stamp(path: str) -> str | None:
         return None
     rows: list[list] = []
     _stat_rows(str(root), "", rows)
-    return hash_json(sorted(rows))
+    return tree_stamp(rows)
 
 
 def _stat_rows(directory: str, prefix: str, rows: list[list]) -> None:

@@ -20,7 +20,10 @@ def test_two_concurrent_builds_of_one_spec_both_succeed_identically(tmp_path):
             assert proc.returncode == 0, f"round {round_}: {stderr[-3000:]}"
             reports.append(faults.json.loads(stdout.strip().splitlines()[-1]))
         assert [r["digest"] for r in reports] == [clean["digest"]] * 2
-        assert all(any(t["status"] == "ran" for t in r["tasks"]) for r in reports)  # both really built
+        built = [any(t["status"] == "ran" for t in r["tasks"]) for r in reports]
+        # --force: both really build. Cold: on a loaded machine one may start after the other has finished
+        # (then it finds every task cached, as it should)
+        assert all(built) if extra else any(built)
         assert faults.bundle_bytes(out) == faults.bundle_bytes(tmp_path / "clean.bundle")
         assert Cache(cache).verify()["corrupt"] == []
     debris = [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.bundle") and not p.name.endswith(".lock")]

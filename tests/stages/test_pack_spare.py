@@ -17,6 +17,7 @@ from test_pack import TENSORS, files, meta, place
 
 from bundle_pipeline.hashing import tensor_hash
 from bundle_pipeline.stages import pack, pack_spare
+from bundle_pipeline.tasks.runner import output_stamp
 from bundle_pipeline.tasks.steps import CachePlacer
 
 BIG = "constants/infer.t1"  # the one tensor of TENSORS large enough for an array of its own
@@ -163,8 +164,21 @@ def test_whatever_the_kept_tree_holds_the_bundle_equals_a_fresh_pack(tmp_path, t
     elif tamper == "no zarr.json":
         (array / "zarr.json").unlink()
     final = tensors_with(BIG2 + 2)
-    digest = pack_into(out, final, tmp_path)
+    digest, stamp = pack.run_stamped(meta(final), place({tensor_hash(t): t for t in final}, tmp_path), str(out))
     assert files(out) == fresh(final, tmp_path) and pack.bundle_digest(out) == digest
+    assert stamp == output_stamp(str(out))  # what the no-op compares: the stamp taken from records is the walk's
+
+
+def test_every_pack_s_stamp_is_the_one_a_walk_of_the_bundle_gives(tmp_path):
+    out = tmp_path / "b.bundle"
+    stamps = []
+    for tensors in (tensors_with(BIG2, BIG3), tensors_with(BIG2, BIG3 + 1), tensors_with(BIG2 + 1),
+                    tensors_with(BIG2 + 1, BIG3), tensors_with(BIG2 + 1, BIG3)):  # fresh, linked, kept, pruned
+        digest, stamp = pack.run_stamped(meta(tensors), place({tensor_hash(t): t for t in tensors}, tmp_path), str(out))
+        stamps.append(stamp)
+        assert digest == pack.bundle_digest(out)
+        assert stamp is None or stamp == output_stamp(str(out))
+    assert stamps[0] is not None and all(s is not None for s in stamps)  # a local cache: every pack described its tree
 
 
 def test_a_pack_racing_another_records_its_own_tree_not_the_one_at_the_output(tmp_path, monkeypatch):
