@@ -259,3 +259,29 @@ def test_deferred_records_save_once_and_keep_other_processes_entries(tmp_path, m
     again = Cache(tmp_path / "c")
     assert [again.file_hash(f) for f in files] == [*hashes, hash_bytes(b"model 4")]
     assert len(reads) == 5  # each file hashed once: the fresh Cache found all five entries on disk
+
+
+def test_inside_one_build_a_recently_modified_file_is_hashed_once_and_never_recorded(tmp_path, reads):
+    f = tmp_path / "fresh.bin"
+    f.write_bytes(b"edited just now")  # inside the racy window
+    with statstate.one_build():
+        assert Cache(tmp_path / "c").file_hash(f) == Cache(tmp_path / "c").file_hash(f) == hash_bytes(b"edited just now")
+        assert len(reads) == 1  # the plan's hash serves the task's lookup (another Cache object, same process)
+        f.write_bytes(b"edited again!!!")  # another size: another signature
+        assert Cache(tmp_path / "c").file_hash(f) == hash_bytes(b"edited again!!!")
+        assert len(reads) == 2
+    assert not (tmp_path / "c" / "state" / "stat.json").exists()  # nothing of it on disk
+    Cache(tmp_path / "c").file_hash(f)
+    assert len(reads) == 3  # the build is over: the next one hashes it again
+
+
+def test_a_stat_state_read_again_after_another_process_saved_sees_its_entries(tmp_path):
+    old = tmp_path / "old.bin"
+    write_old(old, b"old bytes")
+    Cache(tmp_path / "c").file_hash(old)
+    mine = Cache(tmp_path / "c")._stat
+    assert old.resolve().as_posix() in mine._read_disk()
+    other = tmp_path / "other.bin"
+    write_old(other, b"other bytes")
+    Cache(tmp_path / "c").file_hash(other)  # saved by "another process": a new version of stat.json
+    assert {old.resolve().as_posix(), other.resolve().as_posix()} <= set(mine._read_disk())

@@ -163,3 +163,17 @@ def test_a_remembered_hash_is_used_only_while_the_file_keeps_its_signature(tmp_p
     got, known = MappedExternal(ref, (sig, h)).load_hashed()
     assert known is None and got.tobytes() == (arr + 1).tobytes()
     assert c.put_tensor(got, known) == tensor_hash(arr + 1)
+
+
+def test_inside_one_build_a_recent_file_s_ranges_are_hashed_once_but_never_known_for_storing(tmp_path):
+    path = tmp_path / "w.bin"
+    path.write_bytes(bytes(64))  # inside the racy window
+    calls: list = []
+    key = range_key(0, "uint8", [64])
+    with statstate.one_build():
+        first = Cache(tmp_path / "c").range_hashes(path, [key], counting(calls))
+        assert Cache(tmp_path / "c").remembered_ranges(path, [key]) == first  # the task's lookup: no hashing
+        assert Cache(tmp_path / "c").range_hashes(path, [key], counting(calls)) == first
+        assert len(calls) == 1
+        assert Cache(tmp_path / "c").known_ranges(path) is None  # parse.weights hashes what it stores itself
+    assert Cache(tmp_path / "c").remembered_ranges(path, [key]) is None  # the build is over
