@@ -265,7 +265,8 @@ def test_inside_one_build_a_recently_modified_file_is_hashed_once_and_never_reco
     f = tmp_path / "fresh.bin"
     f.write_bytes(b"edited just now")  # inside the racy window
     with statstate.one_build():
-        assert Cache(tmp_path / "c").file_hash(f) == Cache(tmp_path / "c").file_hash(f) == hash_bytes(b"edited just now")
+        plan, task = Cache(tmp_path / "c"), Cache(tmp_path / "c")
+        assert plan.file_hash(f) == task.file_hash(f) == hash_bytes(b"edited just now")
         assert len(reads) == 1  # the plan's hash serves the task's lookup (another Cache object, same process)
         f.write_bytes(b"edited again!!!")  # another size: another signature
         assert Cache(tmp_path / "c").file_hash(f) == hash_bytes(b"edited again!!!")
