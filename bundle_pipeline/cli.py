@@ -64,7 +64,7 @@ def run(
     """
     try:
         from .pipeline import build_many
-        from .pipeline.gcpolicy import few_collections
+        from .pipeline.gcpolicy import no_collections
         from .pipeline.progress import fan_out, show_progress
 
         loaded = _load_specs(specs, target, out, cache)
@@ -74,7 +74,7 @@ def run(
             from .pipeline.profile import TraceRecorder
 
             recorder = TraceRecorder()
-        with show_progress(as_json) as display, few_collections():
+        with show_progress(as_json) as display, no_collections():
             reports = build_many(loaded, scheduler=scheduler, force=force, workers=workers,
                                  on_event=fan_out([display, recorder]))
         if recorder is not None:

@@ -174,9 +174,9 @@ def _getter(scheduler: str | None, workers: int | None, notify: Observer, steps:
     ``steps``: the steps that will run, which a LocalCluster's workers import before they start."""
     if scheduler is None and workers is not None:
         with _local_cluster(workers, steps) as client:
-            from .gcpolicy import collect_rarely
+            from .gcpolicy import stop_collecting
 
-            client.run(collect_rarely)  # our own worker processes: they only build (pipeline/gcpolicy.py)
+            client.run(stop_collecting)  # our own worker processes: they only build (pipeline/gcpolicy.py)
             yield _distributed_getter(client, notify), _loader(client)
         return
     if scheduler is not None and scheduler.startswith("tcp://"):
