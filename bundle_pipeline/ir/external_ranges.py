@@ -12,6 +12,7 @@ import json
 import math
 import mmap
 import os
+import re
 import sys
 
 from ..hashing import tensor_hasher
@@ -25,9 +26,15 @@ PLAIN_TYPES: dict[str, tuple[str, int]] = {
 }
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_]+")  # nothing json.dumps would escape
+
+
 def range_key(offset: int, dtype: str, shape: list[int] | tuple[int, ...]) -> str:
     """What a weight's tensor hash depends on besides its bytes: JSON ``[offset, dtype, shape]`` (as
-    ``ir.external_map.hash_ranges`` reads it back)."""
+    ``ir.external_map.hash_ranges`` reads it back). A plain dtype name is spelled as ``json.dumps`` would spell it,
+    in a fifth of the time (a plan takes one key a weight, thousands in a real model)."""
+    if _PLAIN_NAME.fullmatch(dtype):
+        return f'[{int(offset)},"{dtype}",[{",".join(str(int(n)) for n in shape)}]]'
     return json.dumps([int(offset), dtype, [int(n) for n in shape]], separators=(",", ":"))
 
 

@@ -177,3 +177,8 @@ def test_inside_one_build_a_recent_file_s_ranges_are_hashed_once_but_never_known
         assert len(calls) == 1
         assert Cache(tmp_path / "c").known_ranges(path) is None  # parse.weights hashes what it stores itself
     assert Cache(tmp_path / "c").remembered_ranges(path, [key]) is None  # the build is over
+
+
+@pytest.mark.parametrize("offset, dtype, shape", [*RANGES, (2**40, "float8e4m3fn", (2, 2)), (7, 'we"ird\\', [1])])
+def test_a_range_key_is_the_json_it_always_was(offset, dtype, shape):
+    assert range_key(offset, dtype, shape) == json.dumps([offset, dtype, list(shape)], separators=(",", ":"))
