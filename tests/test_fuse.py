@@ -5,10 +5,20 @@ from __future__ import annotations
 from collections import Counter
 
 import models
+import pytest
 
 from bundle_pipeline.pipeline import build
 from bundle_pipeline.pipeline.build import prepare
-from bundle_pipeline.pipeline.fuse import BATCHES_PER_SLOT, Members, batched, execute_group, fuse, group_graph, priority
+from bundle_pipeline.pipeline.fuse import (
+    BATCHES_PER_SLOT,
+    Members,
+    batch_sizes,
+    batched,
+    execute_group,
+    fuse,
+    group_graph,
+    priority,
+)
 from bundle_pipeline.spec import load_spec
 
 
@@ -109,3 +119,35 @@ def test_groups_of_many_graphs_are_batched_per_stage_and_give_the_same_bundle(tm
     flat = {tid: r for group in results.values() for tid, r in group.items()}
     assert {tid: r.outputs for tid, r in flat.items()} == {r.id: r.outputs for r in plain.tasks}
     assert all(group_of[t].key in graph for t in dag.order())
+
+
+@pytest.mark.parametrize("n, slots", [(130, 2), (34, 2), (5, 1), (514, 2), (1, 2), (8, 4)])
+def test_batches_shrink_so_a_stage_ends_in_short_ones(n, slots):
+    sizes = batch_sizes(n, slots)
+    uniform = -(-n // (BATCHES_PER_SLOT * slots))
+    assert sum(sizes) == n and all(s > 0 for s in sizes)
+    assert sizes == sorted(sizes, reverse=True)  # largest first
+    assert sizes[-1] <= uniform and max(sizes) <= max(1, -(-n // (2 * slots)))
+    assert len(sizes) <= 3 * BATCHES_PER_SLOT * slots  # a few more scheduler tasks than equal batches, not many
+
+
+def test_on_two_workers_every_codegen_batch_waits_for_every_formats_batch_and_gives_the_same_bundle(tmp_path):
+    """formats.weights reads every graph's formats: run first, it builds beside the codegen instead of after it."""
+    built = models.shared(tmp_path / "shared")
+    plain = build(load_spec(built.spec, cache=str(tmp_path / "plain"), output=str(tmp_path / "plain.bundle")),
+                  scheduler="sync")
+    _, dag, ctxs = prepare([load_spec(built.spec, cache=str(tmp_path / "c"), output=str(tmp_path / "c.bundle"))])
+    graph, notes = group_graph(dag, list(dag.order()), {}, ctxs, workers=[("tcp://a", 1), ("tcp://b", 1)])
+    first = {key: dag.tasks[key].step for key in graph}
+    formats = {key for key, step in first.items() if step == "formats"}
+    later = {key for key, step in first.items() if step == "tiling"}
+    assert formats and later and all(formats <= set(graph[key].dependencies) for key in later)
+    assert all(notes[f]["priority"] > notes[t]["priority"] for f in formats for t in later)
+    results: dict = {}
+    while len(results) < len(graph):  # run by hand in dependency order: the graph has no cycle
+        ready = [k for k, task in graph.items() if k not in results and set(task.dependencies) <= set(results)]
+        assert ready
+        for key in ready:
+            results[key] = graph[key]({dep: results[dep] for dep in graph[key].dependencies})
+    flat = {tid: r for group in results.values() for tid, r in group.items()}
+    assert {tid: r.outputs for tid, r in flat.items()} == {r.id: r.outputs for r in plain.tasks}

@@ -15,9 +15,10 @@ On a cluster that runs several tasks at once, ``formats`` ends its group (``form
 the tiling or codegen after it), so that barrier runs beside the other graphs' codegen.
 
 For a cluster, ``group_graph`` then shapes the dask graph:
-- **batches**: groups of different graphs doing the same steps are merged, at most ``BATCHES_PER_SLOT`` per
-  worker thread and stage. A distributed worker ran a 128-graph build's ~390 single-graph groups 1.5-2 ms
-  apart and their tasks ~1.7x slower than in one process (its event loop takes the GIL from the task).
+- **batches**: groups of different graphs doing the same steps are merged, largest batches first and the last
+  ones short (``batch_sizes``), about ``BATCHES_PER_SLOT`` + 1 per worker thread and stage. A distributed worker
+  ran a 128-graph build's ~390 single-graph groups 1.5-2 ms apart and their tasks ~1.7x slower than in one
+  process (its event loop takes the GIL from the task).
 - **priorities**: a batch's priority is how many barriers still wait for it, so the next barrier's inputs
   run first (``formats`` before the tiling and codegen only ``pack`` waits for).
 - **handed out**: every batch of graphs is queued on the scheduler and given to whichever worker has a
@@ -45,6 +46,7 @@ class Group:
     bundle_ancestors: set[str] = field(default_factory=set)  # stale bundle-level tasks the first one waits for
     barriers_after: frozenset[str] = frozenset()  # stale bundle-level tasks that wait for the first one
     reads_groups: set[int] = field(default_factory=set)  # id() of the groups the first one reads from
+    rank: float = 0.0  # in [0, 1): among batches of one stage, the larger ones higher (``batched``)
 
     @property
     def key(self) -> str:
@@ -104,10 +106,11 @@ def _joinable(dag: TaskGraph, task: Task, preds: list[str], group_of: dict[str, 
     return None
 
 
-def priority(group: Group, dag: TaskGraph) -> int:
+def priority(group: Group, dag: TaskGraph) -> float:
     """A scheduler priority (higher first): the barriers still waiting for the group, counting itself when it is
-    one. Ready work the next barrier needs runs before work only ``pack`` waits for."""
-    return len(group.barriers_after) + (dag.tasks[group.key].graph is None)
+    one. Ready work the next barrier needs runs before work only ``pack`` waits for; within a stage, larger
+    batches first (``rank``)."""
+    return len(group.barriers_after) + (dag.tasks[group.key].graph is None) + group.rank
 
 
 @dataclass(frozen=True)
@@ -131,16 +134,17 @@ def execute_group(members: Members, ctx: BuildContext,
     return {task.id: known[task.id] for task in members.tasks}
 
 
-# Batches per stage and per worker thread: enough to balance the workers, few enough that the scheduler's cost
-# per task (messages, and the worker's event loop taking the GIL from the task) stays small beside the work
+# Batches per stage and per worker thread, as their uniform size (``batch_sizes`` shrinks them from twice that):
+# enough to balance the workers, few enough that the scheduler's cost per task (messages, and the worker's event
+# loop taking the GIL from the task) stays small beside the work
 BATCHES_PER_SLOT = 4
 
 
 def batched(dag: TaskGraph, groups: list[Group], slots: int) -> tuple[list[Group], dict[str, Group]]:
-    """Groups of different graphs doing the same steps after the same barriers, merged into at most
-    ``BATCHES_PER_SLOT * slots`` batches each (graphs are independent of each other: a batch runs its graphs'
-    tasks one graph after another). A distributed worker ran a 128-graph build's ~390 single-graph groups about
-    1.7x slower than the same tasks in one process, and 1.5-2 ms apart."""
+    """Groups of different graphs doing the same steps after the same barriers, merged into batches of
+    ``batch_sizes`` (graphs are independent of each other: a batch runs its graphs' tasks one graph after
+    another). A distributed worker ran a 128-graph build's ~390 single-graph groups about 1.7x slower than the
+    same tasks in one process, and 1.5-2 ms apart."""
     shapes: dict[tuple, list[Group]] = {}
     for g in groups:
         task = dag.tasks[g.key]
@@ -149,12 +153,28 @@ def batched(dag: TaskGraph, groups: list[Group], slots: int) -> tuple[list[Group
         shapes.setdefault(shape if task.graph is not None else (g.key,), []).append(g)
     merged: list[Group] = []
     for same in shapes.values():
-        size = -(-len(same) // (BATCHES_PER_SLOT * max(1, slots)))  # ceil: graphs a batch
-        for i in range(0, len(same), size):
-            part = same[i:i + size]
+        sizes = batch_sizes(len(same), slots)
+        start = 0
+        for i, size in enumerate(sizes):
+            part = same[start:start + size]
+            start += size
             merged.append(Group([t for g in part for t in g.ids], set(part[0].bundle_ancestors),
-                                part[0].barriers_after))
+                                part[0].barriers_after, rank=(len(sizes) - i) / (len(sizes) + 1)))
     return merged, {t: g for g in merged for t in g.ids}
+
+
+def batch_sizes(n: int, slots: int) -> list[int]:
+    """Graphs a batch for ``n`` graphs doing the same steps on ``slots`` worker threads, largest first and
+    shrinking (guided self-scheduling): each takes its share of what is left, at least a quarter of the uniform
+    size, so a stage ends in short batches and the workers reach the next barrier together. With equal batches
+    (a 128-graph build's parse in eight of 17), one worker waited ~0.1 s at each barrier for the other's last one."""
+    slots = max(1, slots)
+    smallest = -(-n // (4 * BATCHES_PER_SLOT * slots))
+    sizes: list[int] = []
+    while n > 0:
+        sizes.append(min(n, max(smallest, -(-n // (2 * slots)))))
+        n -= sizes[-1]
+    return sizes
 
 
 def group_graph(dag: TaskGraph, ids: list[str], known: dict[str, TaskResult], ctxs: dict[str, BuildContext],
@@ -168,11 +188,13 @@ def group_graph(dag: TaskGraph, ids: list[str], known: dict[str, TaskResult], ct
     if workers:
         groups, group_of = batched(dag, groups, slots)
     graph, annotations = {}, {}
+    first = _nearer_barriers_first(dag, groups) if workers else {}
     for group in groups:
         members = Members(tuple(dag.tasks[t] for t in group.ids), tuple(tuple(dag.predecessors(t)) for t in group.ids))
         outside = [p for p in dict.fromkeys(p for reads in members.preds for p in reads) if p not in group.ids]
         literal = [known[p] for p in outside if p in known]
-        keys = list(dict.fromkeys(group_of[p].key for p in outside if p not in known))  # dask passes their results
+        keys = list(dict.fromkeys([*(group_of[p].key for p in outside if p not in known),  # dask passes their results
+                                   *first.get(group.key, ())]))
         args = (members, ctxs[members.tasks[0].bundle], *literal)
         if workers:
             graph[group.key] = _handed_out(group.key, args, keys, dag.tasks[group.key].graph is not None)
@@ -180,6 +202,21 @@ def group_graph(dag: TaskGraph, ids: list[str], known: dict[str, TaskResult], ct
         else:
             graph[group.key] = (execute_group, *args, *keys)
     return graph, annotations
+
+
+def _nearer_barriers_first(dag: TaskGraph, groups: list[Group]) -> dict[str, list[str]]:
+    """For each batch of graphs, the batches it waits for although it reads nothing of them: those released by the
+    same barriers that more barriers wait for (``formats`` before the ``tiling``/``codegen`` only ``pack`` waits
+    for). Priorities alone did not keep that order: a batch made ready by its graphs' ``formats`` went straight to
+    the worker that ran them (a free thread takes a ready task before the scheduler's queue is looked at), and
+    the last ``formats`` batches ran after most of the codegen, leaving ``formats.weights`` alone at the end of a
+    128-graph build. A batch never waits for one downstream of it: that one has no more barriers after it."""
+    ahead: dict[tuple, list[Group]] = {}
+    for g in groups:
+        if dag.tasks[g.key].graph is not None:
+            ahead.setdefault((dag.tasks[g.key].bundle, frozenset(g.bundle_ancestors)), []).append(g)
+    return {g.key: [h.key for h in same if g.barriers_after < h.barriers_after]
+            for same in ahead.values() for g in same}
 
 
 def _handed_out(key: str, args: tuple, keys: list[str], per_graph: bool):
