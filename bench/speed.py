@@ -48,7 +48,8 @@ NOTES = [
     "build from spec to bundle, without interpreter start-up and imports).",
     "Each cold build uses a fresh --cache and --out, after waiting until its inputs are past the stat state's 2 s "
     "racy window; edits and no-ops reuse the cold build's cache. No-ops follow one unmeasured settling run.",
-    "--repeat N: every measurement N times, the median run (by wall time) stands; a build whose first run takes "
+    "--repeat N: every measurement N times (no-ops and edits at least 5), the median run (by wall time) stands, and "
+    "for build seconds the median of the runs' build seconds; a build whose first run takes "
     "longer than the repeat cutoff runs once. A build or peer still running after --budget seconds is killed "
     "(its process group) and recorded as timed out.",
     "Peers get the original model file. OpenVINO: read_model + reshape to the same static input shapes we build "

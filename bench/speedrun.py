@@ -4,6 +4,7 @@ cache, repeats (median), a time budget per build, table rows, and the least-squa
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -147,8 +148,12 @@ def cold_rounds(ctx: Ctx, builds: dict[str, tuple[Path, Sequence[str]]]) -> dict
     return recs
 
 
+REBUILD_REPEAT = 5  # no-ops and edits take well under a second: at least this many runs, for a steadier median
+
+
 def rebuild(ctx: Ctx, label: str, name: str, before: Callable[[int], object] | None = None) -> dict:
-    """Builds reusing ``ctx.built[label]``'s cache (a no-op, or an edit made by ``before(i)`` each time)."""
+    """Builds reusing ``ctx.built[label]``'s cache (a no-op, or an edit made by ``before(i)`` each time), at least
+    ``REBUILD_REPEAT`` times unless the run repeats nothing (``--repeat 1``, ``--quick``)."""
     b = ctx.built[label]
 
     def once(i: int) -> dict:
@@ -156,7 +161,7 @@ def rebuild(ctx: Ctx, label: str, name: str, before: Callable[[int], object] | N
         rec = cli_run(f"{label} {name}", b.spec, b.cache, b.out, b.extra, ctx.budget_s)
         return rec if made is None else {**rec, "edit": made}
 
-    return repeated(ctx.repeat, once, ctx.repeat_cutoff_s)
+    return repeated(max(ctx.repeat, REBUILD_REPEAT) if ctx.repeat > 1 else 1, once, ctx.repeat_cutoff_s)
 
 
 def settle(ctx: Ctx, label: str) -> dict:
@@ -175,7 +180,11 @@ def wall(rec: dict | None) -> float | None:
 
 
 def build_s(rec: dict | None) -> float | None:
-    return rec.get("in_process_s") if ok(rec) else None
+    """The median of the runs' build seconds (the run with the median wall time may not have the median build)."""
+    if not ok(rec):
+        return None
+    runs = [s for s in rec.get("in_process_s_all") or [rec.get("in_process_s")] if s is not None]
+    return statistics.median(runs) if runs else None
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
