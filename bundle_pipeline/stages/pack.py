@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import glob
 import hashlib
 import math
 import os
@@ -350,8 +349,10 @@ def _remove_stale_stages(out: Path) -> None:
     """Remove stage directories and zips of builds killed while packing ``out`` (a day old)."""
     now = time.time()
     ours = _stage_names(out)
-    for leftover in out.parent.glob(f".{glob.escape(out.name)}.*"):
-        if not ours.fullmatch(leftover.name) or not _looks_staged(leftover):
+    with os.scandir(out.parent) as entries:  # names only: pathlib's glob cost ~0.5 ms a pack
+        names = [e.name for e in entries if ours.fullmatch(e.name)]
+    for leftover in (out.parent / name for name in names):
+        if not _looks_staged(leftover):
             continue
         with contextlib.suppress(OSError):
             if now - leftover.lstat().st_mtime > STALE_STAGE_S:

@@ -25,7 +25,6 @@ empties the slots (their files are links to entries, which they would keep on di
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import uuid
@@ -192,11 +191,17 @@ def remember(spare: Path | None, record: dict[str, Any] | None) -> None:
     tmp = spare.with_name(f"{spare.name}.{uuid.uuid4().hex}.tmp")
     try:
         spare.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(record, separators=(",", ":")))
+        tmp.write_bytes(_orjson().dumps(record))
         os.replace(tmp, _out_record(spare))
     except OSError:
         with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+def _orjson():
+    import orjson  # what pack writes the manifest with; a no-op declares this module but never loads it
+
+    return orjson
 
 
 def _stats(directory: str, shas: dict[str, str]) -> dict[str, list]:
@@ -215,7 +220,7 @@ def _read_record(path: Path, stage: Path, layout: str) -> dict[str, Any]:
     """The arrays the record at ``path`` describes, when it describes the tree at ``stage`` (root inode) as placed
     with ``layout``; else {}."""
     try:
-        record = json.loads(path.read_bytes())
+        record = _orjson().loads(path.read_bytes())
         if (record["v"], record["layout"], record["root"]) != (RECORD_VERSION, layout, os.stat(stage).st_ino):
             return {}
         arrays = record["arrays"]

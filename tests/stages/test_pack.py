@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import zipfile
 from pathlib import Path
 
@@ -174,3 +175,19 @@ def test_directory_repack_links_cached_chunks_instead_of_writing_them(tmp_path):
     assert chunk_files and all(p.stat().st_nlink >= 2 for p in chunk_files)
     cache_inodes = {p.stat().st_ino for p in (tmp_path / "tensor-cache").rglob("*") if p.is_file()}
     assert {p.stat().st_ino for p in chunk_files} <= cache_inodes
+
+
+def test_a_pack_removes_a_killed_build_s_day_old_stage_and_nothing_else(tmp_path):
+    import os
+
+    out = tmp_path / "b.bundle"
+    old_stage, new_stage = tmp_path / ".b.bundle.abcd1234", tmp_path / ".b.bundle.efgh5678"
+    theirs, other = tmp_path / ".b.bundle.ijkl9012", tmp_path / ".b.bundle.notes"
+    for d in (old_stage, new_stage, theirs, other):
+        (d / "constants").mkdir(parents=True)
+    (theirs / "thesis.tex").write_text("x")  # more than a bundle's top-level entries: someone's data
+    day_ago = time.time() - pack.STALE_STAGE_S - 60
+    for d in (old_stage, theirs, other):
+        os.utime(d, (day_ago, day_ago))
+    pack.run(meta(), place(BY_HASH, tmp_path), str(out))
+    assert not old_stage.exists() and new_stage.is_dir() and theirs.is_dir() and other.is_dir()
