@@ -169,6 +169,37 @@ def _attrs(h: str, chunk_sha256: list[str], logical: str | None = None) -> dict[
     return {ATTR: {"tensor_hash": h, **listed, **extra, "checksum": hash_json([h, listed, *extra.values()])}}
 
 
+HASH_BESIDE_BYTES = 1 << 20  # a tensor to write whose hash is not known yet is hashed on a thread beside the write
+BESIDE_SHARD = "00"  # where such a write's temp directory goes before its hash names the entry
+
+
+class _HashBeside:
+    """``tensor_hash(arr)`` on a thread: blake3 and the O_DIRECT write both let go of the GIL, so the hash of a
+    changed 4 MiB tensor (1.3-1.7 ms) no longer comes before its write (2.8-3.5 ms) but beside it."""
+
+    def __init__(self, arr: np.ndarray):
+        import threading
+
+        self._arr, self._hash, self._error = arr, "", None
+        self._thread = threading.Thread(target=self._run, name="bundle-pipeline-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._hash = tensor_hash(self._arr)
+        except BaseException as err:  # noqa: BLE001  (re-raised by ``result`` in the caller's thread)
+            self._error = err
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self) -> str:
+        self.join()
+        if self._error is not None:
+            raise self._error
+        return self._hash
+
+
 def put_tensor(backend: Backend, arr: Any, chunk_bytes: int, tmp_name: str,
                known_hash: str | None = None) -> tuple[str, dict[str, str] | None]:
     """Write ``arr`` under its tensor hash unless already there; return the hash and, when this call wrote
@@ -176,25 +207,41 @@ def put_tensor(backend: Backend, arr: Any, chunk_bytes: int, tmp_name: str,
     ``tensor_hash(arr)``, taken from the same bytes (``parse.weights``: while the source digest read the file
     at the stat signature it still has); it saves hashing the array again.
 
-    The array is written to ``tensors/<h[:2]>/<tmp_name>`` first (zarr.json last), then renamed into place.
+    The array is written to ``tensors/<h[:2]>/<tmp_name>`` first (zarr.json last), then renamed into place. A
+    large array of a local cache whose hash is not known is hashed on a thread while its chunks are written, in
+    ``tensors/<BESIDE_SHARD>/<tmp_name>``; the hash names the entry once both are done.
     """
     arr = normalise(arr)
-    h = tensor_hash(arr) if known_hash is None else known_hash
-    final = tensor_rel(h)
-    if backend.exists(f"{final}/zarr.json"):
+    hashing = _HashBeside(arr) if known_hash is None and backend.is_local and arr.nbytes >= HASH_BESIDE_BYTES else None
+    try:
+        return _put_tensor(backend, arr, chunk_bytes, tmp_name, known_hash, hashing)
+    finally:
+        if hashing is not None:
+            hashing.join()  # whatever happened: the thread reads the caller's array (maybe a mapped file)
+
+
+def _put_tensor(backend: Backend, arr: np.ndarray, chunk_bytes: int, tmp_name: str, known_hash: str | None,
+                hashing: _HashBeside | None) -> tuple[str, dict[str, str] | None]:
+    h = known_hash if known_hash is not None or hashing is not None else tensor_hash(arr)
+    if h is not None and backend.exists(f"{tensor_rel(h)}/zarr.json"):
         return h, None
     logical = arr.dtype.name if is_extended(arr.dtype) else None
     arr = arr.view(storage_dtype(arr.dtype))  # zarr has no ml_dtypes types: store their bit patterns
     chunks = chunk_shape(arr.shape, arr.dtype.itemsize, chunk_bytes)
-    tmp = f"tensors/{h[:2]}/{tmp_name}"
+    tmp = f"tensors/{(h or BESIDE_SHARD)[:2]}/{tmp_name}"
     try:
         backend.new_dir(tmp)
         digests = _write_chunk_files(backend, tmp, arr, chunks)
+        if hashing is not None:
+            h = hashing.result()
+            if backend.exists(f"{tensor_rel(h)}/zarr.json"):
+                return h, None  # the same bytes were stored already (the temp is removed below)
+            backend.new_dir(f"tensors/{h[:2]}")  # the entry's shard, where its temp was not
         meta = zarr_plain.array_meta(arr.shape, arr.dtype.name, arr.dtype.itemsize, chunks,
                                      _attrs(h, [digests[n] for n, _ in zarr_plain.chunk_grid(arr.shape, chunks)]
                                             if arr.size else [], logical))
         backend.write_new(f"{tmp}/zarr.json", zarr_plain.dumps(meta))
-        _publish(backend, tmp, final)
+        _publish(backend, tmp, tensor_rel(h))
     finally:
         backend.remove_tree(tmp)  # no-op after a successful rename
     return h, digests

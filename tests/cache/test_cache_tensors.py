@@ -390,3 +390,38 @@ def test_a_pack_this_process_just_stored_is_read_back_without_reading_the_file(t
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # timestamps may be coarser than this test
     with pytest.raises(CacheMiss):
         cache.get_tensor(refs["w1"]["tensor"], pack=pack)
+
+
+def test_a_large_tensor_with_no_hash_given_is_hashed_beside_its_write(tmp_path):
+    import threading
+
+    from bundle_pipeline.cache import tensors
+
+    c = Cache(tmp_path / "cache")
+    arr = sample("float32", (512, 1024), seed=3)  # 2 MiB: at least HASH_BESIDE_BYTES
+    assert arr.nbytes >= tensors.HASH_BESIDE_BYTES
+    h = c.put_tensor(arr)
+    assert h == tensor_hash(arr) and (tmp_path / "cache/tensors" / h[:2] / h / "zarr.json").is_file()
+    assert_same(c.get_tensor(h), arr)
+    assert c.put_tensor(arr.copy()) == h  # stored already: the second write is discarded
+    shard = tmp_path / "cache/tensors" / tensors.BESIDE_SHARD
+    assert not shard.exists() or not any(p.name.startswith(".tmp-") for p in shard.iterdir())
+    assert not [t for t in threading.enumerate() if t.name == "bundle-pipeline-hash"]
+    assert c.verify()["corrupt"] == []
+
+
+def test_a_failed_write_joins_the_hash_beside_it_and_leaves_no_temp(tmp_path, monkeypatch):
+    import threading
+
+    from bundle_pipeline.cache import tensors
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tensors, "_write_chunk_files", full_disk)
+    c = Cache(tmp_path / "cache")
+    with pytest.raises(OSError, match="No space"):
+        c.put_tensor(sample("float32", (512, 1024), seed=4))
+    assert not [t for t in threading.enumerate() if t.name == "bundle-pipeline-hash"]
+    shard = tmp_path / "cache/tensors" / tensors.BESIDE_SHARD
+    assert not shard.exists() or not any(p.name.startswith(".tmp-") for p in shard.iterdir())
