@@ -23,9 +23,12 @@ Two rules keep a stale entry from ever being *recorded*:
 - a file modified less than ``racy_window_ns`` (2 s) before the read started is hashed but not
   recorded: on filesystems with coarse timestamps (1-2 s on ext3/FAT/HFS+/some NFS, a clock
   tick on ext4) a second write in that window could keep the same mtime ("racy git" problem).
-  While one build runs (``one_build``) such a hash is kept in this process's memory for that build
-  only, so the planner's hash of a file edited just before the run also serves the task that reads it:
-  the build already trusts its plan's keys, and the next build hashes the file again.
+  While one build runs (``one_build``) the *range* hashes of such an external-data file are kept in this
+  process's memory for that build only, so the planner's hashes of a weight file edited just before the run
+  also serve the task's lookup. That task checks them: each tensor it reads and stores is hashed from its
+  bytes, and a hash that differs from the range hash the key was made of ends the build (``parse.weights``),
+  so a file rewritten within one timestamp tick cannot file new bytes under the old key. Whole files (the
+  models) are hashed again by their task, as before: parse does not hash the bytes it reads.
 
 The file is rewritten atomically (temp + ``os.replace``) after each new entry, merged with what
 is on disk at that moment, so concurrent processes can at worst lose each other's entries
@@ -82,8 +85,9 @@ _recent: dict[str, list[Any]] = {}  # their hashes of files inside the racy wind
 
 @contextlib.contextmanager
 def one_build() -> Iterator[None]:
-    """Within: the hashes of recently modified files are kept in memory (never on disk) while the file keeps its
-    signature, until the last build running in this process ends; outside, such a file is hashed every time."""
+    """Within: the range hashes of recently modified external-data files are kept in memory (never on disk) while
+    the file keeps its signature, until the last build running in this process ends; outside, such a file is
+    hashed every time. What a task then reads is checked against them (``TaskContext.check_read``)."""
     global _builds
     with _BUILD_GUARD:
         _builds += 1
@@ -100,7 +104,7 @@ def _keep_recent(key: str, value: list[Any]) -> None:
     with _BUILD_GUARD:
         if _builds:
             old = _recent.get(key)
-            if key.startswith(RANGES) and old is not None and old[:4] == value[:4]:
+            if old is not None and old[:4] == value[:4]:
                 value = [*value[:4], {**old[4], **value[4]}]
             _recent[key] = value
 
@@ -198,19 +202,13 @@ class StatState:
             entry = self._loaded().get(abspath)
         if entry is not None and tuple(entry[:4]) == sig:
             return entry[4]
-        recent = _recent_entry(abspath, sig)
-        if recent is not None:
-            return recent[4]
-        h, read_sig, trusted, steady = self._hash_file(abspath)
+        h, read_sig, trusted = self._hash_file(abspath)
         if trusted:
             self._record(abspath, read_sig, h)
-        elif steady:
-            _keep_recent(abspath, [*read_sig, h])
         return h
 
-    def _hash_file(self, path: str) -> tuple[str, Signature, bool, bool]:
-        """Hash a file; also return the signature it had while read, whether to record it, and whether it kept
-        that signature while read (a recent file: kept for this build alone)."""
+    def _hash_file(self, path: str) -> tuple[str, Signature, bool]:
+        """Hash a file; also return the signature it had while read and whether to record it."""
         for _ in range(3):
             start_ns = time.time_ns()
             with open(path, "rb", opener=regular_opener) as f:  # swapped for a FIFO since the stat: refused
@@ -218,8 +216,8 @@ class StatState:
                 h = hash_stream(f)
                 after = signature(os.fstat(f.fileno()))
             if before == after:
-                return h, after, after[1] < start_ns - self.racy_window_ns, True
-        return h, after, False, False  # still being written: use what we read, remember nothing
+                return h, after, after[1] < start_ns - self.racy_window_ns
+        return h, after, False  # still being written: use what we read, remember nothing
 
     def range_hashes(self, path: str | os.PathLike[str], keys: list[str],
                      hash_ranges: Callable[[int, list[str]], dict[str, str]]) -> dict[str, str]:

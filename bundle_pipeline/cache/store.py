@@ -128,10 +128,11 @@ class Cache:
 
     # -- tensors (tensor_store.py) ----------------------------------------------------------------
 
-    def put_tensor(self, arr: np.ndarray, known_hash: str | None = None) -> str:
+    def put_tensor(self, arr: np.ndarray, known_hash: str | None = None, likely_new: bool = False) -> str:
         """Store an array as a zarr array under its ``tensor_hash`` and return the hash; idempotent. ``known_hash``:
-        the caller's ``tensor_hash`` of exactly these bytes (not computed again)."""
-        return tensor_store.put_tensor(self._backend, arr, self.chunk_bytes, known_hash)
+        the caller's ``tensor_hash`` of exactly these bytes (not computed again). ``likely_new``: the caller found
+        no entry for them, so a large one is hashed while it is written (``cache/tensors.py``)."""
+        return tensor_store.put_tensor(self._backend, arr, self.chunk_bytes, known_hash, likely_new)
 
     def get_tensor(self, h: str, verify: bool = True, pack: str | None = None) -> np.ndarray:
         """The array stored under ``h`` (in ``pack``, if given); CacheMiss when missing or corrupt."""

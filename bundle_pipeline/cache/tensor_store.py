@@ -44,7 +44,8 @@ def entry_memo_key(h: str) -> str:
     return hash_json({"entry-sha256": h})
 
 
-def put_tensor(backend: Backend, arr: np.ndarray, chunk_bytes: int, known_hash: str | None = None) -> str:
+def put_tensor(backend: Backend, arr: np.ndarray, chunk_bytes: int, known_hash: str | None = None,
+               likely_new: bool = False) -> str:
     """Store an array as a zarr array under its ``tensor_hash`` (``known_hash`` when the caller has it) and return
     the hash; idempotent.
 
@@ -52,7 +53,7 @@ def put_tensor(backend: Backend, arr: np.ndarray, chunk_bytes: int, known_hash: 
     first bundle that links it hashes nothing: the bytes were just written from memory.
     """
     h, digests = _tensors().put_tensor(backend, arr, chunk_bytes, temp_name(),
-                                       None if known_hash is None else check_hash(known_hash))
+                                       None if known_hash is None else check_hash(known_hash), likely_new)
     if digests is not None and backend.is_local:
         files = _file_stats(backend.path(_tensors().tensor_rel(h)), skip=("zarr.json",))
         if set(files) == set(digests):  # else someone else's copy won the race to publish: verify later

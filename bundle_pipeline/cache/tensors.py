@@ -200,19 +200,22 @@ class _HashBeside:
         return self._hash
 
 
-def put_tensor(backend: Backend, arr: Any, chunk_bytes: int, tmp_name: str,
-               known_hash: str | None = None) -> tuple[str, dict[str, str] | None]:
+def put_tensor(backend: Backend, arr: Any, chunk_bytes: int, tmp_name: str, known_hash: str | None = None,
+               likely_new: bool = False) -> tuple[str, dict[str, str] | None]:
     """Write ``arr`` under its tensor hash unless already there; return the hash and, when this call wrote
     the entry, the sha256 of each chunk file (file name -> digest), else None. ``known_hash`` is the caller's
     ``tensor_hash(arr)``, taken from the same bytes (``parse.weights``: while the source digest read the file
     at the stat signature it still has); it saves hashing the array again.
 
-    The array is written to ``tensors/<h[:2]>/<tmp_name>`` first (zarr.json last), then renamed into place. A
-    large array of a local cache whose hash is not known is hashed on a thread while its chunks are written, in
-    ``tensors/<BESIDE_SHARD>/<tmp_name>``; the hash names the entry once both are done.
+    The array is written to ``tensors/<h[:2]>/<tmp_name>`` first (zarr.json last), then renamed into place.
+    ``likely_new``: the caller found no entry for these bytes (``parse.weights``, a weight file just edited); a large
+    array of a local cache is then hashed on a thread while its chunks are written, in
+    ``tensors/<BESIDE_SHARD>/<tmp_name>``, and the hash names the entry once both are done. Otherwise the hash comes
+    first: an array already stored is not written again.
     """
     arr = normalise(arr)
-    hashing = _HashBeside(arr) if known_hash is None and backend.is_local and arr.nbytes >= HASH_BESIDE_BYTES else None
+    beside = likely_new and known_hash is None and backend.is_local and arr.nbytes >= HASH_BESIDE_BYTES
+    hashing = _HashBeside(arr) if beside else None
     try:
         return _put_tensor(backend, arr, chunk_bytes, tmp_name, known_hash, hashing)
     finally:

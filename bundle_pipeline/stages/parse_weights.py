@@ -46,6 +46,10 @@ def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageCont
     missing = {n: _mapped(ExternalRef.from_json(refs[n]["external"], model_dir), refs[n]["external"], ctx)
                for n in sorted(set(refs) - set(found))}
     stored = ctx.store_tensors(missing)
+    for location, externals in sorted(by_file.items()):  # before anything is recorded under this key
+        read = {n: stored[n]["tensor"] for n in externals if n in stored}
+        if read:
+            ctx.check_read(location, model_dir / location, externals, read)
     for name, ref in stored.items():
         ctx.cache.put_action(memos[name], ref)
     found.update(stored)

@@ -158,4 +158,7 @@ class StageContext(Protocol):
 
     def stored_ranges(self, path: Path, externals: Mapping[str, dict]) -> dict[str, dict]: ...  # large, unchanged
 
+    def check_read(self, location: str, path: Path, externals: Mapping[str, dict],  # what was read is what was
+                   read: Mapping[str, str]) -> None: ...  # keyed: else IO_ERROR (tasks/steps.py)
+
     def placer(self, packs: Mapping[str, str]) -> Any: ...  # pack's tensor bytes from the cache

@@ -57,18 +57,19 @@ def external_digests(refs: dict, model_dir: Path, cache: Cache, where: str) -> d
         if remembered is None:
             changed.append(name)
         else:
-            digests[name] = _ranges_digest(remembered)
+            digests[name] = ranges_digest(remembered)
     with cache.deferred_file_hashes():  # one stat-state save for all of them, not a read-merge-write per file
         digests.update(map_values(lambda file: range_digest(cache, *file, f"{where}: external data"),
                                   {name: files[name] for name in changed}))  # blake3 and reads release the GIL
     return {name: digests[name] for name in files}
 
 
-def _ranges_digest(hashes: dict[str, str]) -> str:
+def ranges_digest(hashes: dict[str, str]) -> str:
+    """A file's source digest from its range hashes (range key -> tensor hash)."""
     return _digest_of_ranges(tuple(sorted(hashes.items())))
 
 
-@lru_cache(maxsize=1 << 14)  # a pure function of the hashes: the plan and the task's lookup ask for each file's
+@lru_cache(maxsize=256)  # a pure function of the hashes: the plan and the task's lookup ask for each file's
 def _digest_of_ranges(items: tuple[tuple[str, str], ...]) -> str:  # (~15 us a canonical JSON + blake3 each)
     return hash_json({"external-ranges": dict(items)})
 
@@ -92,7 +93,7 @@ def range_digest(cache: Cache, path: Path, keys: list[str], where: str) -> str:
     """hash_json of range key -> tensor hash for the ``keys`` ranges of an external-data file (remembered per stat
     signature), or the file's content hash when a range is not a tensor this host can hash in place."""
     try:
-        return _io(lambda: _ranges_digest(cache.range_hashes(path, keys, _hash_ranges)), path, where)
+        return _io(lambda: ranges_digest(cache.range_hashes(path, keys, _hash_ranges)), path, where)
     except _Unhashable:
         return file_digest(cache, path, where)
 

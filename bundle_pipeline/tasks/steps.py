@@ -17,6 +17,7 @@ from .. import dtypes
 from ..cache import Cache, CacheMiss
 from ..cache.packs import SMALL_TENSOR_BYTES, stored_bytes
 from ..cache.tensor_store import EXPORT_VERSION
+from ..errors import BundleIOError
 from ..hashing import hash_json
 from ..ir.external_ranges import range_key
 from ..stages import pack
@@ -24,6 +25,7 @@ from ..stages.stage import TEXT, Input, Ref, Stage
 from ..targets import Target, get_target
 from ..threads import map_values
 from .kernel_cache import KernelCache
+from .sources import ranges_digest
 from .task import Task
 
 
@@ -104,11 +106,11 @@ class TaskContext:
         return {**self.extra, **counts}
 
     def store_tensors(self, loaders: Mapping[str, Any]) -> dict[str, dict]:
-        """Load and store tensors (objects with ``nbytes`` and ``load()``): the small ones in one pack, the big
-        ones each its own entry, one in memory a thread."""
+        """Load and store tensors (objects with ``nbytes`` and ``load()``) the caller found no entry for: the small
+        ones in one pack, the big ones each its own entry, one in memory a thread, hashed while written."""
         small = {n: r for n, r in loaders.items() if r.nbytes <= SMALL_TENSOR_BYTES}
         stored = self.cache.put_tensors({n: r.load() for n, r in small.items()})
-        stored.update(map_values(lambda r: {"tensor": self.cache.put_tensor(*_load_hashed(r))},
+        stored.update(map_values(lambda r: {"tensor": self.cache.put_tensor(*_load_hashed(r), likely_new=True)},
                                  {n: r for n, r in loaders.items() if n not in small}))
         return stored
 
@@ -124,6 +126,25 @@ class TaskContext:
             return {}
         hashes = {name: (known or {}).get(key) for name, key in keys.items()}
         return {name: {"tensor": h} for name, h in hashes.items() if h is not None and self.cache.has_tensor(h)}
+
+    def check_read(self, location: str, path: Path, externals: Mapping[str, dict], read: Mapping[str, str]) -> None:
+        """IO_ERROR when a tensor read from external-data file ``path`` does not hash as its range did when the key's
+        ``file:<location>`` digest was made. ``externals``: every weight ref into the file (name -> ``external``),
+        ``read``: name -> the hash of the bytes stored. Such a file was rewritten while this build ran, within one
+        timestamp tick (its stat unchanged), and what was read must not be recorded under that key. Unchecked when
+        the stat state no longer holds the ranges the digest was made of (the file's stat changed since: the next
+        build sees that)."""
+        keys = {n: range_key(e["offset"], e["dtype"], e["shape"]) for n, e in externals.items()}
+        try:
+            remembered = self.cache.remembered_ranges(path, sorted(set(keys.values())))
+        except OSError:
+            return
+        if remembered is None or ranges_digest(remembered) != self.hashes.get(f"file:{location}"):
+            return
+        changed = sorted(n for n, h in read.items() if remembered.get(keys[n]) != h)
+        if changed:
+            raise BundleIOError(f"{location} changed while this build read it (weight {changed[0]!r} no longer holds "
+                                f"the bytes the build was planned with); run the build again", self.where)
 
     def placer(self, packs: Mapping[str, str]) -> CachePlacer:
         return CachePlacer(self.cache, dict(packs))

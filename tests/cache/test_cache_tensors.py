@@ -392,36 +392,49 @@ def test_a_pack_this_process_just_stored_is_read_back_without_reading_the_file(t
         cache.get_tensor(refs["w1"]["tensor"], pack=pack)
 
 
-def test_a_large_tensor_with_no_hash_given_is_hashed_beside_its_write(tmp_path):
+def test_a_large_new_tensor_is_hashed_beside_its_write_and_a_stored_one_is_not_written_again(tmp_path, monkeypatch):
     import threading
 
     from bundle_pipeline.cache import tensors
 
+    writes: list[str] = []
+    real = tensors._write_chunk_files
+
+    def recording(backend, tmp, arr, chunks):
+        writes.append(tmp)
+        return real(backend, tmp, arr, chunks)
+
+    monkeypatch.setattr(tensors, "_write_chunk_files", recording)
     c = Cache(tmp_path / "cache")
     arr = sample("float32", (512, 1024), seed=3)  # 2 MiB: at least HASH_BESIDE_BYTES
     assert arr.nbytes >= tensors.HASH_BESIDE_BYTES
-    h = c.put_tensor(arr)
+    h = c.put_tensor(arr, likely_new=True)
+    assert writes[0].startswith(f"tensors/{tensors.BESIDE_SHARD}/")  # written before its hash was known
     assert h == tensor_hash(arr) and (tmp_path / "cache/tensors" / h[:2] / h / "zarr.json").is_file()
     assert_same(c.get_tensor(h), arr)
-    assert c.put_tensor(arr.copy()) == h  # stored already: the second write is discarded
+    assert c.put_tensor(arr.copy()) == h and len(writes) == 1  # not said to be new: hashed first, not written
+    assert c.put_tensor(arr.copy(), likely_new=True) == h and len(writes) == 2  # written, then discarded
     shard = tmp_path / "cache/tensors" / tensors.BESIDE_SHARD
-    assert not shard.exists() or not any(p.name.startswith(".tmp-") for p in shard.iterdir())
+    assert not any(p.name.startswith(".tmp-") for p in shard.iterdir())
     assert not [t for t in threading.enumerate() if t.name == "bundle-pipeline-hash"]
     assert c.verify()["corrupt"] == []
 
 
-def test_a_failed_write_joins_the_hash_beside_it_and_leaves_no_temp(tmp_path, monkeypatch):
+def test_a_write_failing_midway_joins_the_hash_beside_it_and_leaves_no_temp(tmp_path, monkeypatch):
     import threading
 
     from bundle_pipeline.cache import tensors
 
-    def full_disk(*args, **kwargs):
+    real = tensors._write_chunk_files
+
+    def full_disk(backend, tmp, arr, chunks):
+        real(backend, tmp, arr, chunks)  # the chunks are on disk, then the next write fails
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(tensors, "_write_chunk_files", full_disk)
     c = Cache(tmp_path / "cache")
     with pytest.raises(OSError, match="No space"):
-        c.put_tensor(sample("float32", (512, 1024), seed=4))
+        c.put_tensor(sample("float32", (512, 1024), seed=4), likely_new=True)
     assert not [t for t in threading.enumerate() if t.name == "bundle-pipeline-hash"]
     shard = tmp_path / "cache/tensors" / tensors.BESIDE_SHARD
-    assert not shard.exists() or not any(p.name.startswith(".tmp-") for p in shard.iterdir())
+    assert shard.is_dir() and not any(p.name.startswith(".tmp-") for p in shard.iterdir())

@@ -182,3 +182,31 @@ def test_inside_one_build_a_recent_file_s_ranges_are_hashed_once_but_never_known
 @pytest.mark.parametrize("offset, dtype, shape", [*RANGES, (2**40, "float8e4m3fn", (2, 2)), (7, 'we"ird\\', [1])])
 def test_a_range_key_is_the_json_it_always_was(offset, dtype, shape):
     assert range_key(offset, dtype, shape) == json.dumps([offset, dtype, list(shape)], separators=(",", ":"))
+
+
+def test_a_weight_file_rewritten_within_one_tick_during_a_build_is_refused_not_recorded(tmp_path):
+    """A file edited just before the run keeps its range hashes for the build; if it is rewritten again with the
+    same stat (same size, mtime and inode) before its task reads it, the bytes read no longer match the key."""
+    from types import SimpleNamespace
+
+    from bundle_pipeline.errors import BundleIOError
+    from bundle_pipeline.tasks.steps import TaskContext
+
+    path = tmp_path / "w.bin"
+    first, second = np.arange(16, dtype="<f4"), np.arange(16, dtype="<f4")[::-1].copy()
+    path.write_bytes(first.tobytes())  # inside the racy window
+    externals = {"w": {"location": "w.bin", "offset": 0, "dtype": "float32", "shape": [16]}}
+    key = range_key(0, "float32", [16])
+    with statstate.one_build():
+        cache = Cache(tmp_path / "c")
+        digest = sources.external_digests({"w": {"external": externals["w"]}}, tmp_path, cache, "graph g")
+        task = SimpleNamespace(graph="g", context={"where": "graph g"})
+        ctx = TaskContext(task, Cache(tmp_path / "c"), digest)
+        ctx.check_read("w.bin", path, externals, {"w": tensor_hash(first)})  # what was planned: fine
+        st = path.stat()
+        with open(path, "r+b") as f:  # rewritten in place, its stat put back
+            f.write(second.tobytes())
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert Cache(tmp_path / "c").remembered_ranges(path, [key]) == {key: tensor_hash(first)}
+        with pytest.raises(BundleIOError, match="changed while this build read it"):
+            ctx.check_read("w.bin", path, externals, {"w": tensor_hash(second)})
