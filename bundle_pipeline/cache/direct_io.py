@@ -27,6 +27,8 @@ import os
 import threading
 from typing import Any
 
+from bundle_pipeline.threads import Beside
+
 ALIGN = 4096  # a multiple of every logical block size O_DIRECT may require here (512 or 4096)
 PIECE_BYTES = 4 << 20  # one buffer a writing thread; a multiple of ALIGN
 DIRECT_MIN_BYTES = 1 << 20  # smaller files are written through the page cache (a few pages: nothing to save)
@@ -143,7 +145,7 @@ def _write_in_place(fd: int, src: memoryview) -> tuple[int, Any]:
     cache. A large source is hashed by a second thread while this one writes (sha256 and the write both let go of
     the GIL: 4 MiB, 2.3 ms of hashing beside 1-3 ms of writing), and hashed again only if the write stopped short."""
     end = len(src) - len(src) % ALIGN
-    ahead = _HashAhead(src[:end]) if end >= HASH_AHEAD_BYTES else None
+    ahead = Beside(hashlib.sha256, src[:end], name="sha256-ahead") if end >= HASH_AHEAD_BYTES else None
     offset = 0
     try:
         while offset < end:
@@ -165,19 +167,6 @@ def _write_in_place(fd: int, src: memoryview) -> tuple[int, Any]:
 
 
 HASH_AHEAD_BYTES = 1 << 20  # below this a thread costs about what it saves
-
-
-class _HashAhead:
-    """The sha256 of a buffer, computed on a thread of its own; ``result()`` waits for it."""
-
-    def __init__(self, data: memoryview) -> None:
-        self._digest = hashlib.sha256()
-        self._thread = threading.Thread(target=self._digest.update, args=(data,), name="sha256-ahead", daemon=True)
-        self._thread.start()
-
-    def result(self) -> Any:
-        self._thread.join()
-        return self._digest
 
 
 def _write_piece(fd: int, view: memoryview, n: int, offset: int, direct: bool) -> bool:

@@ -56,6 +56,7 @@ import numpy as np
 from bundle_pipeline import zarr_plain
 from bundle_pipeline.dtypes import EXTENDED, dtype_from_name, is_extended, storage_dtype
 from bundle_pipeline.hashing import hash_json, tensor_hash
+from bundle_pipeline.threads import Beside
 from bundle_pipeline.zarr_plain import chunk_grid, chunk_shape  # noqa: F401  (chunk_grid: for the cache)
 
 if TYPE_CHECKING:
@@ -173,33 +174,6 @@ HASH_BESIDE_BYTES = 1 << 20  # a tensor to write whose hash is not known yet is 
 BESIDE_SHARD = "00"  # where such a write's temp directory goes before its hash names the entry
 
 
-class _HashBeside:
-    """``tensor_hash(arr)`` on a thread: blake3 and the O_DIRECT write both let go of the GIL, so the hash of a
-    changed 4 MiB tensor (1.3-1.7 ms) no longer comes before its write (2.8-3.5 ms) but beside it."""
-
-    def __init__(self, arr: np.ndarray):
-        import threading
-
-        self._arr, self._hash, self._error = arr, "", None
-        self._thread = threading.Thread(target=self._run, name="bundle-pipeline-hash", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._hash = tensor_hash(self._arr)
-        except BaseException as err:  # noqa: BLE001  (re-raised by ``result`` in the caller's thread)
-            self._error = err
-
-    def join(self) -> None:
-        self._thread.join()
-
-    def result(self) -> str:
-        self.join()
-        if self._error is not None:
-            raise self._error
-        return self._hash
-
-
 def put_tensor(backend: Backend, arr: Any, chunk_bytes: int, tmp_name: str, known_hash: str | None = None,
                likely_new: bool = False) -> tuple[str, dict[str, str] | None]:
     """Write ``arr`` under its tensor hash unless already there; return the hash and, when this call wrote
@@ -215,7 +189,9 @@ def put_tensor(backend: Backend, arr: Any, chunk_bytes: int, tmp_name: str, know
     """
     arr = normalise(arr)
     beside = likely_new and known_hash is None and backend.is_local and arr.nbytes >= HASH_BESIDE_BYTES
-    hashing = _HashBeside(arr) if beside else None
+    # blake3 and the O_DIRECT write both let go of the GIL: a changed 4 MiB tensor's hash (1.3-1.7 ms) no longer
+    # comes before its write (2.8-3.5 ms) but beside it
+    hashing = Beside(tensor_hash, arr, name="bundle-pipeline-hash") if beside else None
     try:
         return _put_tensor(backend, arr, chunk_bytes, tmp_name, known_hash, hashing)
     finally:
@@ -224,7 +200,7 @@ def put_tensor(backend: Backend, arr: Any, chunk_bytes: int, tmp_name: str, know
 
 
 def _put_tensor(backend: Backend, arr: np.ndarray, chunk_bytes: int, tmp_name: str, known_hash: str | None,
-                hashing: _HashBeside | None) -> tuple[str, dict[str, str] | None]:
+                hashing: Beside | None) -> tuple[str, dict[str, str] | None]:
     h = known_hash if known_hash is not None or hashing is not None else tensor_hash(arr)
     if h is not None and backend.exists(f"{tensor_rel(h)}/zarr.json"):
         return h, None

@@ -174,14 +174,13 @@ def stamp(stage: Path, listing: dict[str, str], record: dict[str, Any] | None) -
         return None
     rows = [[f"{rel}/{name}", *row[:3]] for rel, entry in record["arrays"].items()
             for name, row in entry["files"].items()]
-    if len(rows) + sum(1 for path in listing if path.rpartition("/")[0] not in record["arrays"]) != len(listing):
+    others = [path for path in listing if path.rpartition("/")[0] not in record["arrays"]]
+    if len(rows) + len(others) != len(listing):
         return None  # the record and the listing disagree: leave it to the walk
     try:
-        rows += [[path, *identity(os.path.join(stage, path))] for path in listing
-                 if path.rpartition("/")[0] not in record["arrays"]]
+        return tree_stamp(rows + [[path, *identity(os.path.join(stage, path))] for path in others])
     except OSError:
         return None
-    return tree_stamp(rows)
 
 
 def remember(spare: Path | None, record: dict[str, Any] | None) -> None:
