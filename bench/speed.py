@@ -59,7 +59,13 @@ NOTES = [
     "The machine is shared: loadavg_1m_before of each run and the load averages at start and end say how busy.",
     "Figure 3's floor for --workers 2 vs 1 is the machine's own: two CPU-bound Python processes (a loop) run one "
     "after the other, then both at once, right after the builds (serial wall / parallel wall; 2.0 on two free "
-    "cores). ours/peer near 1.0 means the build scales as far as the machine lets any two processes scale.",
+    "cores). ours/peer near 1.0 means the build scales as far as the machine lets any two processes scale. For the "
+    "largest bundle the note adds two --scheduler sync builds of it run side by side (fresh caches; serial / at "
+    "once): this workload's own ceiling, with no scheduler between the copies. The whole-process note says how far "
+    "start-up and close (what wall time adds to build seconds, paid alike by 1 and 2 workers) let the ratio go if "
+    "the build scaled as those two copies did.",
+    "A run's peak RSS is sampled every 20 ms from /proc, reading only the processes of its tree (psutil read every "
+    "process on the machine: 5 % of a core, which --workers 2 paid on its own cores).",
 ]
 EXTRA_VERSIONS = ("ml_dtypes", "pyyaml", "rich")
 

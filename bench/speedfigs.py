@@ -26,6 +26,7 @@ from speedrun import (
     rebuild,
     secs,
     settle,
+    side_by_side,
     wall,
 )
 
@@ -119,13 +120,32 @@ def fig_graphs(ctx: Ctx) -> tuple[dict, list[Row]]:
                             at_most(build_s(rec), GOAL_32_S) if goal else None, note=note))
         one, two = recs["workers1"], recs["workers2"]
         ceiling = out[n]["ceiling"] = speedpeers.parallel_ceiling(ctx.repeat)  # right after: the same drift
+        side = out[n]["side_by_side"] = (side_by_side(ctx, f"graphs-{n}", spec, ("--scheduler", "sync"))
+                                         if n == max(ctx.graphs) else {})
         peer = f"2 CPU-bound processes vs 1: {ceiling['ratio']:.2f}x"
         for what, get in (("build seconds", build_s), ("whole process", wall)):
             v = ratio(get(one), get(two))
             rows.append(Row("3 graphs", f"--workers 2 vs 1, {n} graphs, {what}", v, "x",
                             f">= {GOAL_WORKERS}x" if n == 128 else "-", at_least(v, GOAL_WORKERS) if n == 128 else None,
-                            peer, ratio(v, ceiling["ratio"]), note=f"{secs(get(one))} / {secs(get(two))}"))
+                            peer, ratio(v, ceiling["ratio"]),
+                            note="; ".join([f"{secs(get(one))} / {secs(get(two))}",
+                                            *_scaling_notes(side, what, one, two)])))
     return out, rows
+
+
+def _scaling_notes(side: dict, what: str, one: dict, two: dict) -> list[str]:
+    """What two copies of the build got side by side, and for the whole process the ratio that start-up and
+    close would leave if the build itself scaled that far (they cost --workers 2 what they cost --workers 1)."""
+    if not side or "error" in side:
+        return [f"side by side: {side['error'][:80]}"] if side else []
+    key = "build_ratio" if what == "build seconds" else "wall_ratio"
+    notes = [f"two sync builds side by side {side[key]:.2f}x"]
+    if what == "whole process" and ok(one) and ok(two) and build_s(one) and build_s(two):
+        fixed_two = wall(two) - build_s(two)  # interpreter, imports, starting and closing the cluster
+        bound = wall(one) / (fixed_two + build_s(one) / side["build_ratio"])
+        notes.append(f"start-up and close {secs(wall(one) - build_s(one))} / {secs(fixed_two)}: at most {bound:.2f}x "
+                     f"with the build at {side['build_ratio']:.2f}x")
+    return notes
 
 
 # ---------------------------------------------------------------- 4. and 6.: bundle (a), 1 GiB of external data

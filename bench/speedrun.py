@@ -148,6 +148,42 @@ def cold_rounds(ctx: Ctx, builds: dict[str, tuple[Path, Sequence[str]]]) -> dict
     return recs
 
 
+def side_by_side(ctx: Ctx, label: str, spec: Path, extra: Sequence[str]) -> dict:
+    """How far this machine lets two copies of one build scale: two cold builds of ``spec`` (fresh caches and
+    outputs) one after the other, then both at once, ``ctx.repeat`` rounds. No scheduler sits between them, so
+    the ratios are what the cores give this workload (its memory traffic and page faults included), the ceiling
+    for ``--workers 2`` vs 1 on the same builds. Serial: sums of the two; at once: the later of the two."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    labels = (f"{label} side A", f"{label} side B")
+
+    def once(pair: bool) -> list[dict]:
+        for one in labels:
+            fresh(ctx.cache(one), ctx.out(one))
+        wait_out_racy_window(spec.parent)
+        def run(one: str) -> dict:
+            return cli_run(one, spec, ctx.cache(one), ctx.out(one), extra, ctx.budget_s)
+
+        if not pair:
+            return [run(one) for one in labels]
+        with ThreadPoolExecutor(2) as pool:  # each thread waits for its process: both start together
+            return list(pool.map(run, labels))
+
+    rounds = []
+    for _ in range(ctx.repeat):
+        serial, together = once(False), once(True)
+        if not all(ok(r) and r.get("in_process_s") for r in serial + together):
+            return {"error": next((r["error"] for r in serial + together if "error" in r), "no build seconds")}
+        rounds.append({"serial_wall_s": sum(r["wall_s"] for r in serial),
+                       "together_wall_s": max(r["wall_s"] for r in together),
+                       "serial_build_s": sum(r["in_process_s"] for r in serial),
+                       "together_build_s": max(r["in_process_s"] for r in together)})
+    out: dict = {"rounds": rounds}
+    for what in ("wall", "build"):
+        out[f"{what}_ratio"] = statistics.median(r[f"serial_{what}_s"] / r[f"together_{what}_s"] for r in rounds)
+    return out
+
+
 REBUILD_REPEAT = 5  # no-ops and edits take well under a second: at least this many runs, for a steadier median
 
 

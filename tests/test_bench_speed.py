@@ -4,8 +4,10 @@ started, and a --quick run builds every figure's bundles and reports every figur
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import onnx
@@ -73,6 +75,29 @@ def test_run_measured_timeout_kills_the_command(tmp_path):
     done = measure.run_measured([sys.executable, "-c", "print('{}')"], timeout=30)
     assert not done.timed_out and done.returncode == 0 and done.last_json() == {}
     assert not marker.exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_proc_tree_sampler_sums_the_same_descendants_as_psutil():
+    # a child holding 40 MiB and a grandchild holding 20 MiB, both touched, then waiting on stdin
+    child, grandchild = (f"import sys; b = bytearray({mib} << 20); sys.stdin.read()" for mib in (40, 20))
+    script = (f"import subprocess, sys; c = subprocess.Popen([sys.executable, '-c', {grandchild!r}], "
+              f"stdin=subprocess.PIPE); print('up', flush=True); exec({child!r}); c.stdin.close(); c.wait()")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "up"
+        tree = measure._ProcTree(os.getpid())
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # until the grandchild has touched its bytes: equal and over 60 MiB
+            ours, theirs = tree.rss_kib(), measure._tree_rss_kib(os.getpid())
+            if ours == theirs and ours > 60 << 10:
+                break
+            time.sleep(0.05)
+        assert ours == theirs and ours > 60 << 10
+        assert measure._ProcTree(proc.pid).rss_kib() < ours  # the child itself is not its own descendant
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
 
 
 @pytest.mark.slow
