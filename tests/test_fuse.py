@@ -18,7 +18,6 @@ from bundle_pipeline.pipeline.fuse import (
     fuse,
     group_graph,
     priority,
-    segments,
 )
 from bundle_pipeline.spec import load_spec
 
@@ -152,51 +151,3 @@ def test_on_two_workers_every_codegen_batch_waits_for_every_formats_batch_and_gi
             results[key] = graph[key]({dep: results[dep] for dep in graph[key].dependencies})
     flat = {tid: r for group in results.values() for tid, r in group.items()}
     assert {tid: r.outputs for tid, r in flat.items()} == {r.id: r.outputs for r in plain.tasks}
-
-
-def _run_by_hand(graph: dict) -> dict:
-    """The results of a dask graph of ``execute_group`` Tasks, run in dependency order, flattened by task id."""
-    results: dict = {}
-    while len(results) < len(graph):  # the graph has no cycle
-        ready = [k for k, task in graph.items() if k not in results and set(task.dependencies) <= set(results)]
-        assert ready
-        for key in ready:
-            results[key] = graph[key]({dep: results[dep] for dep in graph[key].dependencies})
-    return {tid: r for group in results.values() for tid, r in group.items()}
-
-
-def test_segments_end_where_the_graphs_wait_for_a_barrier(tmp_path):
-    built = models.shared(tmp_path / "shared")
-    _, dag, _ = prepare([load_spec(built.spec, cache=str(tmp_path / "c"))])
-    order = list(dag.order())
-    parts = segments(dag, order)
-    assert [set(steps(dag, part)) for part in parts] == [
-        {"parse", "parse.weights", "dedupe"}, {"formats.cost", "formats.assign"},
-        {"formats", "tiling", "codegen", "formats.weights", "pack"}]  # pack alone joins the segment before it
-    assert [t for part in parts for t in part] == order
-
-
-def test_after_a_barrier_a_graphs_batches_go_back_to_the_worker_that_ran_it_and_give_the_same_bundle(tmp_path):
-    """Format assignment and a graph's formats task share what this process worked out for the graph: a batch
-    that a barrier before the last waits for is placed on its graphs' worker (loosely: another may take it);
-    tiling and codegen, which only pack waits for, are handed to whichever worker frees up first."""
-    built = models.shared(tmp_path / "shared")
-    plain = build(load_spec(built.spec, cache=str(tmp_path / "plain"), output=str(tmp_path / "plain.bundle")),
-                  scheduler="sync")
-    _, dag, ctxs = prepare([load_spec(built.spec, cache=str(tmp_path / "c"), output=str(tmp_path / "c.bundle"))])
-    workers = [("tcp://a", 1), ("tcp://b", 1)]
-    graphs = sorted({(t.bundle, t.graph) for t in dag.tasks.values() if t.graph is not None})
-    homes = {g: workers[i % 2][0] for i, g in enumerate(graphs)}
-    known: dict = {}
-    for i, part in enumerate(segments(dag, list(dag.order()))):
-        graph, notes = group_graph(dag, part, known, ctxs, workers, homes if i else None)
-        for key, task in graph.items():
-            members = task.args[0].tasks
-            placed = notes[key].get("workers")
-            if i == 0 or members[0].graph is None or steps(dag, [key]) == ["tiling"]:
-                assert placed is None and task.data_producer == (members[0].graph is not None)
-            else:
-                assert placed == [homes[members[0].bundle, members[0].graph]] and notes[key]["allow_other_workers"]
-                assert {homes[m.bundle, m.graph] for m in members} == set(placed) and not task.data_producer
-        known.update(_run_by_hand(graph))
-    assert {tid: r.outputs for tid, r in known.items()} == {r.id: r.outputs for r in plain.tasks}

@@ -21,29 +21,18 @@ For a cluster, ``group_graph`` then shapes the dask graph:
   process (its event loop takes the GIL from the task).
 - **priorities**: a batch's priority is how many barriers still wait for it, so the next barrier's inputs
   run first (``formats`` before the tiling and codegen only ``pack`` waits for).
-- **handed out**: a batch of graphs is queued on the scheduler and given to whichever worker has a
+- **handed out**: every batch of graphs is queued on the scheduler and given to whichever worker has a
   free thread (``_handed_out``). Hints that dealt the batches to the workers by turns left one worker idle
   for up to 0.5 s a stage when the two ran at unequal speeds; with no hints and no queue, the batches that
   read ``dedupe``'s result piled up on the worker holding it.
-- **sent back** (``segments``): the stale tasks are submitted one segment at a time, cut where the graphs wait for
-  a barrier, and a batch of the next segment goes to the worker that ran its graphs' tasks in the one before
-  (``homes``, a loose restriction: the scheduler's work stealing may still move it). That process still holds
-  what they decoded and worked out: ``formats`` reuses the format pass ``formats.cost`` built (``FormatPass.shared``),
-  ``formats.cost`` the structure parse stored. Handed out anywhere, a quarter of the graphs crossed workers at each
-  barrier and their ``formats`` took 1.8x as long. The split between workers follows what each got done in the
-  segment before. Only the work that nothing but ``pack`` waits for (tiling and codegen) is still handed out, so the
-  workers end together beside ``formats.weights``. Each submission costs 10-30 ms between a barrier and the next
-  segment's first task.
 
-State kept: none; ``Group`` lists are built per batch, and the caller keeps the homes between segments.
+State kept: none; ``Group`` lists are built per batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..stages import order
 from ..tasks.runner import BuildContext, execute_task
 from ..tasks.task import Task, TaskResult
 from .dag import TaskGraph
@@ -58,7 +47,6 @@ class Group:
     barriers_after: frozenset[str] = frozenset()  # stale bundle-level tasks that wait for the first one
     reads_groups: set[int] = field(default_factory=set)  # id() of the groups the first one reads from
     rank: float = 0.0  # in [0, 1): among batches of one stage, the larger ones higher (``batched``)
-    home: str | None = None  # the worker that ran these graphs' previous tasks (``segments``), if any
 
     @property
     def key(self) -> str:
@@ -152,8 +140,7 @@ def execute_group(members: Members, ctx: BuildContext,
 BATCHES_PER_SLOT = 4
 
 
-def batched(dag: TaskGraph, groups: list[Group], slots: int,
-            homes: Mapping[tuple[str, str], str] | None = None) -> tuple[list[Group], dict[str, Group]]:
+def batched(dag: TaskGraph, groups: list[Group], slots: int) -> tuple[list[Group], dict[str, Group]]:
     """Groups of different graphs doing the same steps after the same barriers, merged into batches of
     ``batch_sizes`` (graphs are independent of each other: a batch runs its graphs' tasks one graph after
     another). A distributed worker ran a 128-graph build's ~390 single-graph groups about 1.7x slower than the
@@ -161,28 +148,19 @@ def batched(dag: TaskGraph, groups: list[Group], slots: int,
     shapes: dict[tuple, list[Group]] = {}
     for g in groups:
         task = dag.tasks[g.key]
-        home = (homes or {}).get((task.bundle, task.graph)) if _before_a_barrier(dag, g) else None
         shape = (task.bundle, tuple(dag.tasks[t].step for t in g.ids), frozenset(g.bundle_ancestors),
-                 g.barriers_after, home)
+                 g.barriers_after)
         shapes.setdefault(shape if task.graph is not None else (g.key,), []).append(g)
     merged: list[Group] = []
-    for shape, same in shapes.items():
-        home = shape[-1] if len(shape) > 1 else None
-        sizes = batch_sizes(len(same), 1 if home else slots)
+    for same in shapes.values():
+        sizes = batch_sizes(len(same), slots)
         start = 0
         for i, size in enumerate(sizes):
             part = same[start:start + size]
             start += size
             merged.append(Group([t for g in part for t in g.ids], set(part[0].bundle_ancestors),
-                                part[0].barriers_after, rank=(len(sizes) - i) / (len(sizes) + 1), home=home))
+                                part[0].barriers_after, rank=(len(sizes) - i) / (len(sizes) + 1)))
     return merged, {t: g for g in merged for t in g.ids}
-
-
-def _before_a_barrier(dag: TaskGraph, group: Group) -> bool:
-    """Whether a barrier other than the one that writes the bundle waits for the group. Only such groups go back to
-    their graphs' worker: the work only ``pack`` waits for is handed to whichever worker frees up first, so that
-    the workers end together (``formats.weights`` runs on one of them beside it)."""
-    return any(not order.named(dag.tasks[b].step).writes_bundle for b in group.barriers_after)
 
 
 def batch_sizes(n: int, slots: int) -> list[int]:
@@ -200,8 +178,7 @@ def batch_sizes(n: int, slots: int) -> list[int]:
 
 
 def group_graph(dag: TaskGraph, ids: list[str], known: dict[str, TaskResult], ctxs: dict[str, BuildContext],
-                workers: list[tuple[str, int]] | None = None,
-                homes: Mapping[tuple[str, str], str] | None = None) -> tuple[dict[str, tuple], dict[str, dict]]:
+                workers: list[tuple[str, int]] | None = None) -> tuple[dict[str, tuple], dict[str, dict]]:
     """The dask graph of ``ids`` fused: one ``execute_group`` task per group, keyed by its first task id, and each
     group's scheduler annotations. With ``workers`` (the cluster's (address, threads)), groups end where a barrier
     can start early, groups of many graphs are batched (``batched``) and get a ``priority``, and each batch is a
@@ -209,7 +186,7 @@ def group_graph(dag: TaskGraph, ids: list[str], known: dict[str, TaskResult], ct
     slots = sum(n for _, n in workers) if workers else 0
     groups, group_of = fuse(dag, ids, split=slots > 1)
     if workers:
-        groups, group_of = batched(dag, groups, slots, homes)
+        groups, group_of = batched(dag, groups, slots)
     graph, annotations = {}, {}
     first = _nearer_barriers_first(dag, groups) if workers else {}
     for group in groups:
@@ -220,11 +197,8 @@ def group_graph(dag: TaskGraph, ids: list[str], known: dict[str, TaskResult], ct
                                    *first.get(group.key, ())]))
         args = (members, ctxs[members.tasks[0].bundle], *literal)
         if workers:
-            per_graph = dag.tasks[group.key].graph is not None
-            graph[group.key] = _handed_out(group.key, args, keys, per_graph and group.home is None)
+            graph[group.key] = _handed_out(group.key, args, keys, dag.tasks[group.key].graph is not None)
             annotations[group.key] = {"priority": priority(group, dag)}
-            if group.home is not None:
-                annotations[group.key].update(workers=[group.home], allow_other_workers=True)
         else:
             graph[group.key] = (execute_group, *args, *keys)
     return graph, annotations
@@ -254,23 +228,3 @@ def _handed_out(key: str, args: tuple, keys: list[str], per_graph: bool):
     from dask.task_spec import TaskRef
 
     return DaskTask(key, execute_group, *args, *(TaskRef(k) for k in keys), _data_producer=per_graph)
-
-
-def segments(dag: TaskGraph, ids: list[str]) -> list[list[str]]:
-    """``ids`` (stale, topological order) cut where per-graph tasks wait for a bundle-level task (a barrier): the
-    tasks with as many stale barriers upstream, in order. A segment of barriers alone joins the one before it."""
-    batch = set(ids)
-    depth: dict[str, int] = {}
-    for tid in ids:
-        depth[tid] = max((depth[p] + (dag.tasks[p].graph is None) for p in dag.predecessors(tid) if p in batch),
-                         default=0)
-    parts: dict[int, list[str]] = {}
-    for tid in ids:
-        parts.setdefault(depth[tid], []).append(tid)
-    out: list[list[str]] = []
-    for _, part in sorted(parts.items()):
-        if out and all(dag.tasks[t].graph is None for t in part):
-            out[-1].extend(part)
-        else:
-            out.append(part)
-    return out

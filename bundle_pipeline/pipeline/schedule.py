@@ -143,24 +143,12 @@ def _run_batch(get, dag: TaskGraph, ids: list[str], known: dict[str, TaskResult]
 
 def _run_fused(get, dag: TaskGraph, ids: list[str], known: dict[str, TaskResult],
                ctxs: dict[str, BuildContext]) -> dict[str, TaskResult]:
-    """Like ``_run_batch`` on a cluster, with each graph's consecutive tasks in one scheduler task. On several
-    worker threads, one segment at a time (``fuse.segments``): the batches after a barrier go back to the worker
-    that ran their graphs' tasks before it (``homes``), where what those tasks decoded and worked out is kept."""
-    from .fuse import group_graph, segments
-
-    workers = getattr(get, "workers", None)
-    parts = segments(dag, ids) if workers and sum(n for _, n in workers) > 1 else [ids]
-    addresses = {address for address, _ in workers or ()}
+    """Like ``_run_batch`` on a cluster, with each graph's consecutive tasks in one scheduler task."""
+    from .fuse import group_graph
+    graph, annotations = group_graph(dag, ids, known, ctxs, getattr(get, "workers", None))
     done: dict[str, TaskResult] = {}
-    homes: dict[tuple[str, str], str] = {}  # (bundle, graph) -> the worker that ran the graph's latest tasks
-    for part in parts:
-        graph, annotations = group_graph(dag, part, {**known, **done}, ctxs, workers, homes)
-        for results in get(graph, list(graph), annotations):
-            done.update(results)
-            for r in results.values():
-                task = dag.tasks[r.id]
-                if task.graph is not None and r.extra.get("worker") in addresses:
-                    homes[task.bundle, task.graph] = r.extra["worker"]
+    for results in get(graph, list(graph), annotations):
+        done.update(results)
     return {tid: done[tid] for tid in ids}
 
 
