@@ -47,7 +47,9 @@ NOTES = [
     "Every figure is a whole process unless it says 'build seconds' (the `seconds` field of `run --json`: the "
     "build from spec to bundle, without interpreter start-up and imports).",
     "Each cold build uses a fresh --cache and --out, after waiting until its inputs are past the stat state's 2 s "
-    "racy window; edits and no-ops reuse the cold build's cache. No-ops follow one unmeasured settling run.",
+    "racy window; edits and no-ops reuse the cold build's cache. No-ops follow one unmeasured settling run. "
+    "Since 2026-12-04 18:55Z the previous cache and output are renamed aside and deleted when the run ends: deleted "
+    "right before, they slowed the build (this VM's ext4 has no journal and skips inodes freed lately).",
     "--repeat N: every measurement N times (no-ops and edits at least 5), the median run (by wall time) stands, and "
     "for build seconds the median of the runs' build seconds; a build whose first run takes "
     "longer than the repeat cutoff runs once. A build or peer still running after --budget seconds is killed "
@@ -160,7 +162,10 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    return run(parse_args(argv))
+    try:
+        return run(parse_args(argv))
+    finally:  # after every measurement: deleting is what slows the next cold build (``incremental.fresh``)
+        incremental.empty_trash()
 
 
 if __name__ == "__main__":

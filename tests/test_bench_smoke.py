@@ -84,3 +84,19 @@ def test_incremental_benchmark_on_c(tmp_path):
     assert edited == [f"c/parse:{generate.c_edit_graph(0)}"]
     names = {f["name"] for f in payload["figures"]}
     assert "cold (c) speedup, --workers 2 vs 1" in names and "one-graph edit (c), % of cold" in names
+
+
+def test_fresh_puts_caches_aside_and_the_run_deletes_them_at_its_end(tmp_path):
+    """Deleting thousands of files right before a cold build slows it (ext4 without a journal skips inodes freed
+    lately): fresh only renames; empty_trash deletes once the measurements are over."""
+    cache, out = tmp_path / "caches" / "x", tmp_path / "bundles" / "x.bundle"
+    (cache / "objects").mkdir(parents=True)
+    (cache / "objects" / "o").write_bytes(b"1")
+    out.parent.mkdir()
+    out.write_bytes(b"zip")
+    incremental.fresh(cache, out, tmp_path / "never-made")
+    assert not cache.exists() and not out.exists()
+    aside = sorted(p.name.split(".")[0] for t in (cache.parent, out.parent) for p in (t / incremental.TRASH).iterdir())
+    assert aside == ["x", "x"]
+    incremental.empty_trash()
+    assert not (cache.parent / incremental.TRASH).exists() and not (out.parent / incremental.TRASH).exists()
