@@ -48,8 +48,8 @@ NOTES = [
     "build from spec to bundle, without interpreter start-up and imports).",
     "Each cold build uses a fresh --cache and --out, after waiting until its inputs are past the stat state's 2 s "
     "racy window; edits and no-ops reuse the cold build's cache. No-ops follow one unmeasured settling run. "
-    "Since 2026-12-04 18:55Z the previous cache and output are renamed aside and deleted when the run ends: deleted "
-    "right before, they slowed the build (this VM's ext4 has no journal and skips inodes freed lately).",
+    "From run AD (2026-12-04) on, the previous cache and output are renamed aside and deleted when the run ends: "
+    "deleted right before, they slowed the build (this VM's ext4 has no journal and skips inodes freed lately).",
     "--repeat N: every measurement N times (no-ops and edits at least 5), the median run (by wall time) stands, and "
     "for build seconds the median of the runs' build seconds; a build whose first run takes "
     "longer than the repeat cutoff runs once. A build or peer still running after --budget seconds is killed "
