@@ -161,6 +161,7 @@ def side_by_side(ctx: Ctx, label: str, spec: Path, extra: Sequence[str]) -> dict
         for one in labels:
             fresh(ctx.cache(one), ctx.out(one))
         wait_out_racy_window(spec.parent)
+
         def run(one: str) -> dict:
             return cli_run(one, spec, ctx.cache(one), ctx.out(one), extra, ctx.budget_s)
 
