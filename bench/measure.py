@@ -88,8 +88,8 @@ class _ProcTree:
         for p in alive - self.parent.keys():
             self.parent[p] = _parent_of(p)
         inside, total = {self.pid}, 0
-        for p in sorted(alive):  # children have larger pids than their parents, but not after a pid wrap:
-            if self._descends(p, inside):  # _descends walks up instead of trusting the order
+        for p in alive:  # any order: _descends walks up to the root pid (pids are not ordered after a wrap)
+            if self._descends(p, inside):
                 total += _statm_rss_pages(p) * self.PAGE_KIB
         return total
 

@@ -136,8 +136,10 @@ def fig_graphs(ctx: Ctx) -> tuple[dict, list[Row]]:
 def _scaling_notes(side: dict, what: str, one: dict, two: dict) -> list[str]:
     """What two copies of the build got side by side, and for the whole process the ratio that start-up and
     close would leave if the build itself scaled that far (they cost --workers 2 what they cost --workers 1)."""
-    if not side or "error" in side:
-        return [f"side by side: {side['error'][:80]}"] if side else []
+    if not side:
+        return []
+    if "error" in side:
+        return [f"side by side: {side['error'][:80]}"]
     key = "build_ratio" if what == "build seconds" else "wall_ratio"
     notes = [f"two sync builds side by side {side[key]:.2f}x"]
     if what == "whole process" and ok(one) and ok(two) and build_s(one) and build_s(two):
