@@ -209,8 +209,11 @@ def _storage(graphs: list[dict], variables: dict) -> dict:
     return {"constants": dict(sorted(constants.items())), "bindings": bindings, "initial": initial}
 
 
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")  # compiled once: a bundle names thousands of constants
+
+
 def _unique_id(raw: str, used: set[str]) -> str:
-    base = re.sub(r"[^A-Za-z0-9._-]", "_", raw).lstrip("._") or "t"
+    base = _UNSAFE.sub("_", raw).lstrip("._") or "t"
     cid, n = base, 1
     while cid in used:
         n += 1

@@ -60,8 +60,14 @@ def manifest(name: str, target: str, graphs: list[dict], variables: dict, var_fo
                        * itemsize(v["dtype"]),
                        "readers": v["readers"], "writers": v["writers"], "source": v["source"],
                        "initial": storage["initial"].get(n)} for n, v in sorted(variables.items())],
-        "constants": constant_table(storage["constants"]),
+        "constants": storage["constants"] if _laid_out(storage["constants"]) else constant_table(storage["constants"]),
     }
+
+
+def _laid_out(constants: dict[str, dict]) -> bool:
+    """Whether ``constant_table`` placed these already (``formats.weights`` lays them out to build the packed chunks,
+    and hands the table on: 16 ms of a 128-graph pack to do again)."""
+    return all("array" in c for c in constants.values())
 
 
 def constant_table(stored: dict[str, dict]) -> dict[str, dict]:

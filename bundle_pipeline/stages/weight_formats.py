@@ -17,7 +17,8 @@ from . import pack, weight_chunks
 from .parse_weights import tensor_table
 from .stage import BUNDLE, Input, Stage, StageContext, Store
 
-VERSION = "5"  # 5: small constants go straight into the packed array's chunks (no pack of converted tensors)
+VERSION = "6"  # 5: small constants go straight into the packed array's chunks (no pack of converted tensors);
+# 6: the constants come laid out (``pack.constant_table``'s array, offset, nbytes), so pack does not lay them out again
 
 
 def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageContext) -> dict[str, Any]:
@@ -37,7 +38,7 @@ def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageCont
     for sid, (cid, fmt) in sorted(placed.items()):
         const = storage["constants"][cid]
         h = small_hashes[layout[sid]["hash"]] if sid in small else refs[const["hash"], fmt]["tensor"]
-        stored[sid] = {**_entry(const, fmt), "hash": h}
+        stored[sid] = {**layout[sid], "hash": h}  # where it lives, as pack writes it into the manifest
     table = tensor_table({f"{h}@{fmt}": ref for (h, fmt), ref in refs.items()})
     # gc keeps what "tensors" (entries) and "packs" (objects) name: the big constants, the packed array's chunks
     chunk_names = {f"{pack.PACKED_ARRAY}/c.{i}": obj for i, obj in enumerate(chunks)}

@@ -39,6 +39,18 @@ def meta(tensors=TENSORS) -> dict:
     return pack.manifest("demo", "cpu", graphs, variables, {"v": "ND"}, storage)
 
 
+
+def test_constants_laid_out_upstream_go_into_the_manifest_as_they_are():
+    """formats.weights lays the constants out to build the packed chunks and hands the table on: the manifest takes
+    it as given (the same table ``constant_table`` would make, not computed twice)."""
+    fresh = meta()
+    laid = fresh["constants"]
+    storage = {"constants": laid, "bindings": {}, "initial": {}}
+    again = pack.manifest("demo", "cpu", [], {}, {}, storage)
+    assert again["constants"] is laid
+    assert pack.constant_table({k: {f: v for f, v in c.items() if f not in ("array", "offset", "nbytes")}
+                                for k, c in laid.items()}) == laid
+
 def place(by_hash: dict, tmp_path: Path) -> CachePlacer:
     """The cache's placer (hard links) over a fresh cache holding these tensors, each as its own entry."""
     cache = Cache(tmp_path / "tensor-cache", chunk_bytes=1 << 20)  # 1 MiB chunks: the big tensor has several
