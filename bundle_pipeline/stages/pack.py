@@ -60,14 +60,15 @@ def manifest(name: str, target: str, graphs: list[dict], variables: dict, var_fo
                        * itemsize(v["dtype"]),
                        "readers": v["readers"], "writers": v["writers"], "source": v["source"],
                        "initial": storage["initial"].get(n)} for n, v in sorted(variables.items())],
-        "constants": storage["constants"] if _laid_out(storage["constants"]) else constant_table(storage["constants"]),
+        "constants": _table(storage["constants"]),
     }
 
 
-def _laid_out(constants: dict[str, dict]) -> bool:
-    """Whether ``constant_table`` placed these already (``formats.weights`` lays them out to build the packed chunks,
-    and hands the table on: 16 ms of a 128-graph pack to do again)."""
-    return all("array" in c for c in constants.values())
+def _table(constants: dict[str, dict] | zarr_plain.RawJSON) -> dict[str, dict] | zarr_plain.RawJSON:
+    """The manifest's constants: as given when laid out already (``formats.weights`` lays them out to build the
+    packed chunks and hands the table on as its stored JSON, which goes into the manifest undecoded), else laid
+    out now."""
+    return constants if isinstance(constants, zarr_plain.RawJSON) else constant_table(constants)
 
 
 def constant_table(stored: dict[str, dict]) -> dict[str, dict]:
@@ -94,10 +95,31 @@ class Piece:
     at: int
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Where a table's constants live, as pack places them: each array of its own (array path -> tensor hash), and
+    the bytes the packed array spans."""
+
+    arrays: dict[str, str]
+    packed_bytes: int
+
+    @staticmethod
+    def of(table: dict[str, dict]) -> Layout:
+        """The layout of a ``constant_table``."""
+        ends = (c["offset"] + c["nbytes"] for c in table.values() if c["array"] == PACKED_ARRAY)
+        return Layout({c["array"]: c["hash"] for c in table.values() if c["array"] != PACKED_ARRAY},
+                      -(-max(ends, default=0) // PACKED_ALIGN) * PACKED_ALIGN)
+
+    def to_json(self) -> dict:
+        return {"arrays": self.arrays, "packed_bytes": self.packed_bytes}
+
+
 def packed_size(meta: dict) -> tuple[int, int]:
     """The packed array's chunk length and chunk count (0, 0: no packed array)."""
-    ends = (c["offset"] + c["nbytes"] for c in meta["constants"].values() if c["array"] == PACKED_ARRAY)
-    total = -(-max(ends, default=0) // PACKED_ALIGN) * PACKED_ALIGN
+    return _chunking(Layout.of(meta["constants"]).packed_bytes)
+
+
+def _chunking(total: int) -> tuple[int, int]:
     if not total:
         return 0, 0
     size = min(PACKED_CHUNK_BYTES, total)
@@ -150,22 +172,25 @@ def run(meta: dict, placer: Placer, out_path: str, chunks: list[str] | None = No
     return run_stamped(meta, placer, out_path, chunks)[0]
 
 
-def run_stamped(meta: dict, placer: Placer, out_path: str, chunks: list[str] | None = None) -> tuple[str, str | None]:
+def run_stamped(meta: dict, placer: Placer, out_path: str, chunks: list[str] | None = None,
+                layout: Layout | None = None) -> tuple[str, str | None]:
     """Write the bundle described by ``meta`` (from ``manifest``) to ``out_path``; return its digest, and its stat
     fingerprint (``tasks.runner.output_stamp``) when the record of the tree (``pack_spare.describe``) gives it.
 
     ``placer`` puts each stored tensor's zarr array and each chunk of the packed array; the cache
     hard-links what it already holds, so re-packing a directory bundle writes metadata and the chunks an
     edit changed; ``chunks``, when given, are the packed array's chunks as cache objects already (built by
-    ``formats.weights``, ``weight_chunks``), linked in order. The bundle is staged beside the destination and
-    renamed into place, so a failure leaves the previous bundle
-    untouched. A ``.zip`` destination gets the stored-zip form of the same entries, read from the
-    staged (linked) chunk files: no tensor is recomputed.
+    ``formats.weights``, ``weight_chunks``), linked in order; ``layout``, the constants' ``Layout`` when
+    ``meta["constants"]`` is their stored JSON (``RawJSON``), else taken from the table. The bundle is staged
+    beside the destination and renamed into place, so a failure leaves the previous bundle untouched. A ``.zip``
+    destination gets the stored-zip form of the same entries, read from the staged (linked) chunk files: no tensor
+    is recomputed.
     """
     out = Path(canonical(out_path))  # "constants/.." would stage inside the directory it replaces
     check_replaceable(out)  # the build checked it before any task ran; something may have appeared since
     spare = None if out.suffix == ".zip" else placer.spare(out)
-    arrays = {c["array"]: c["hash"] for c in meta["constants"].values() if c["array"] != PACKED_ARRAY}
+    layout = layout or Layout.of(meta["constants"])
+    arrays = layout.arrays
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_stages(out)
@@ -175,7 +200,7 @@ def run_stamped(meta: dict, placer: Placer, out_path: str, chunks: list[str] | N
         raise BundleIOError(f"cannot write bundle: {err}", str(out)) from None
     staged_zip = stage_dir.with_name(stage_dir.name + ".zip.tmp")  # unique per build, like stage_dir
     try:
-        listing = write_directory(stage_dir, meta, placer, chunks, kept)
+        listing = write_directory(stage_dir, meta, placer, chunks, kept, layout)
         stamp = None
         if out.suffix == ".zip":
             write_zip(stage_dir, staged_zip)
@@ -196,7 +221,7 @@ def run_stamped(meta: dict, placer: Placer, out_path: str, chunks: list[str] | N
 
 
 def write_directory(root: Path, meta: dict, placer: Placer, chunks: list[str] | None = None,
-                    kept: pack_spare.Kept | None = None) -> dict[str, str]:
+                    kept: pack_spare.Kept | None = None, layout: Layout | None = None) -> dict[str, str]:
     """Write the bundle's metadata and place its arrays (the packed array's ``chunks``: cache objects, when
     given); return the sha256 of every file written, by relative path (the listing ``listing_digest`` hashes:
     nothing is read back or walked). ``kept``: array directories a reused stage already holds
@@ -205,11 +230,11 @@ def write_directory(root: Path, meta: dict, placer: Placer, chunks: list[str] | 
     known: dict[str, str] = {}
     _write_pieces(root, "zarr.json", zarr_plain.group_pieces(meta), known)
     _write_file(root, "constants/zarr.json", zarr_plain.dumps(zarr_plain.group_meta({})), known)
-    for const in meta["constants"].values():
-        if const["array"] != PACKED_ARRAY:
-            placed = _placed_tensor(placer, const["hash"], root, const["array"], kept)
-            known.update({f"{const['array']}/{rel}": digest for rel, digest in placed.items()})
-    size, count = packed_size(meta)
+    layout = layout or Layout.of(meta["constants"])
+    for array, h in layout.arrays.items():
+        placed = _placed_tensor(placer, h, root, array, kept)
+        known.update({f"{array}/{rel}": digest for rel, digest in placed.items()})
+    size, count = _chunking(layout.packed_bytes)
     if chunks is not None and len(chunks) != count:
         raise ValueError(f"{len(chunks)} chunks given for a packed array of {count}")  # a stage bug
     if count:
@@ -217,6 +242,8 @@ def write_directory(root: Path, meta: dict, placer: Placer, chunks: list[str] | 
         array.mkdir()
         _write_file(root, f"{PACKED_ARRAY}/zarr.json",
                     zarr_plain.dumps(zarr_plain.array_meta((size * count,), "uint8", 1, (size,), {})), known)
+        if chunks is None and isinstance(meta["constants"], zarr_plain.RawJSON):
+            raise ValueError("a stored constant table comes with its packed chunks")  # a stage bug
         pieces = packed_chunks(meta)[1] if chunks is None else None  # chunks given: their layout is not needed
         for i in range(count):
             dest = array / f"c.{i}"
@@ -416,11 +443,13 @@ def _sorted_listing_digest(items: Iterable[tuple[str, str]]) -> str:
 
 
 def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageContext) -> dict[str, Any]:
-    """The programs go into the manifest as the canonical JSON the cache holds, never decoded (``RawJSON``)."""
+    """The programs and the constant table go into the manifest as the canonical JSON the cache holds, never
+    decoded (``RawJSON``)."""
     graphs = [{**g, "program": zarr_plain.RawJSON(inputs["program"][g["name"]])} for g in params["graphs"]]
-    storage = inputs["stored"]
+    storage = {**inputs["stored"], "constants": zarr_plain.RawJSON(inputs["constants"])}  # thousands: not decoded
     meta = manifest(params["name"], params["target"], graphs, inputs["variables"], inputs["var_formats"], storage)
-    digest, stamp = run_stamped(meta, ctx.placer(storage.get("packs", {})), ctx.out, storage.get("chunks"))
+    layout = Layout(storage["layout"]["arrays"], storage["layout"]["packed_bytes"])
+    digest, stamp = run_stamped(meta, ctx.placer(storage.get("packs", {})), ctx.out, storage.get("chunks"), layout)
     if stamp is not None:
         ctx.extra[OUTPUT_STAMP] = stamp  # the runner records it for the no-op's check, instead of walking the tree
     return {"digest": Ref(digest)}
@@ -428,6 +457,7 @@ def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageCont
 
 STAGE = Stage("pack", VERSION, compute, outputs=("digest",),
               inputs=(Input("codegen", "program", form=TEXT), Input("dedupe", "variables"),
-                      Input("formats.assign", "var_formats"), Input("formats.weights", "stored")),
+                      Input("formats.assign", "var_formats"), Input("formats.weights", "stored"),
+                      Input("formats.weights", "constants", form=TEXT)),
               params=("bundle", "target", "graph options"), scope=BUNDLE, writes_bundle=True,
               preload=("bundle_pipeline.cache.tensors",))  # placing arrays: the tensor store's array side

@@ -17,8 +17,9 @@ from . import pack, weight_chunks
 from .parse_weights import tensor_table
 from .stage import BUNDLE, Input, Stage, StageContext, Store
 
-VERSION = "6"  # 5: small constants go straight into the packed array's chunks (no pack of converted tensors);
-# 6: the constants come laid out (``pack.constant_table``'s array, offset, nbytes), so pack does not lay them out again
+VERSION = "7"  # 5: small constants go straight into the packed array's chunks (no pack of converted tensors);
+# 6: the constants come laid out (``pack.constant_table``'s array, offset, nbytes), so pack does not lay them out again;
+# 7: the laid-out table is an output of its own (``constants``), which pack copies into the manifest undecoded
 
 
 def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageContext) -> dict[str, Any]:
@@ -42,9 +43,10 @@ def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageCont
     table = tensor_table({f"{h}@{fmt}": ref for (h, fmt), ref in refs.items()})
     # gc keeps what "tensors" (entries) and "packs" (objects) name: the big constants, the packed array's chunks
     chunk_names = {f"{pack.PACKED_ARRAY}/c.{i}": obj for i, obj in enumerate(chunks)}
-    return {"stored": {"constants": stored, "bindings": bindings, "initial": initial, "chunks": chunks,
-                       "tensors": {r["tensor"]: r["tensor"] for r in refs.values()},
-                       "packs": {**table["packs"], **chunk_names}}}
+    return {"stored": {"layout": pack.Layout.of(stored).to_json(), "bindings": bindings, "initial": initial,
+                       "chunks": chunks, "tensors": {r["tensor"]: r["tensor"] for r in refs.values()},
+                       "packs": {**table["packs"], **chunk_names}},
+            "constants": stored}  # the manifest's table (thousands of entries): pack reads it as stored text
 
 
 def _entry(const: dict, fmt: str) -> dict:
@@ -97,7 +99,7 @@ def converted(cache: Store, storage: dict, wanted: set[tuple[str, str]]) -> dict
     return refs
 
 
-STAGE = Stage("formats.weights", VERSION, compute, outputs=("stored",),
+STAGE = Stage("formats.weights", VERSION, compute, outputs=("stored", "constants"),
               inputs=(Input("formats", "weight_formats"), Input("dedupe", "storage"),
                       Input("formats.assign", "var_formats")),
               params=("graph names",), scope=BUNDLE, preload=("bundle_pipeline.formats",))

@@ -39,18 +39,6 @@ def meta(tensors=TENSORS) -> dict:
     return pack.manifest("demo", "cpu", graphs, variables, {"v": "ND"}, storage)
 
 
-
-def test_constants_laid_out_upstream_go_into_the_manifest_as_they_are():
-    """formats.weights lays the constants out to build the packed chunks and hands the table on: the manifest takes
-    it as given (the same table ``constant_table`` would make, not computed twice)."""
-    fresh = meta()
-    laid = fresh["constants"]
-    storage = {"constants": laid, "bindings": {}, "initial": {}}
-    again = pack.manifest("demo", "cpu", [], {}, {}, storage)
-    assert again["constants"] is laid
-    assert pack.constant_table({k: {f: v for f, v in c.items() if f not in ("array", "offset", "nbytes")}
-                                for k, c in laid.items()}) == laid
-
 def place(by_hash: dict, tmp_path: Path) -> CachePlacer:
     """The cache's placer (hard links) over a fresh cache holding these tensors, each as its own entry."""
     cache = Cache(tmp_path / "tensor-cache", chunk_bytes=1 << 20)  # 1 MiB chunks: the big tensor has several
@@ -203,3 +191,26 @@ def test_a_pack_removes_a_killed_build_s_day_old_stage_and_nothing_else(tmp_path
         os.utime(d, (day_ago, day_ago))
     pack.run(meta(), place(BY_HASH, tmp_path), str(out))
     assert not old_stage.exists() and new_stage.is_dir() and theirs.is_dir() and other.is_dir()
+
+
+def test_a_stored_constant_table_goes_into_the_manifest_as_it_is(tmp_path):
+    """formats.weights lays the constants out to build the packed chunks and hands the table on as stored JSON: the
+    manifest takes it undecoded (``RawJSON``), and the bundle is the same bytes as from the table laid out here."""
+    from bundle_pipeline.hashing import stored_json
+    from bundle_pipeline.zarr_plain import RawJSON, group_document
+
+    fresh = meta()
+    table = fresh["constants"]
+    storage = {"constants": RawJSON(stored_json(table)), "bindings": {"infer": fresh["graphs"][1]["bindings"]},
+               "initial": {"v": "infer.t0"}}
+    graphs = [{k: g[k] for k in ("name", "role", "options", "program")} for g in fresh["graphs"]]
+    variables = {"v": {k: fresh["variables"][0][k] for k in ("shape", "dtype", "readers", "writers", "source")}}
+    given = pack.manifest("demo", "cpu", graphs, variables, {"v": "ND"}, storage)
+    assert given["constants"] is storage["constants"]
+    assert group_document(given) == group_document(fresh)
+    layout = pack.Layout.of(table)
+    assert set(layout.arrays) == {c["array"] for c in table.values() if c["array"] != pack.PACKED_ARRAY}
+    a = pack.run(fresh, place(BY_HASH, tmp_path), str(tmp_path / "a.bundle"))
+    assert pack.run_stamped(fresh, place(BY_HASH, tmp_path), str(tmp_path / "b.bundle"), layout=layout)[0] == a
+    with pytest.raises(ValueError, match="chunks"):  # a stored table comes with its chunks (formats.weights')
+        pack.run_stamped(given, place(BY_HASH, tmp_path), str(tmp_path / "c.bundle"), layout=layout)
