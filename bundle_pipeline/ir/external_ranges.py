@@ -38,6 +38,18 @@ def range_key(offset: int, dtype: str, shape: list[int] | tuple[int, ...]) -> st
     return json.dumps([int(offset), dtype, [int(n) for n in shape]], separators=(",", ":"))
 
 
+def ranges_by_file(refs: dict[str, dict]) -> dict[str, list[str]]:
+    """Each external-data file a graph's weight refs name (its ``location``) -> the sorted ``range_key`` of every
+    range they take from it: all a weight edit's key needs of the refs (``parse`` stores it apart, as ``sources``,
+    so a plan reads a few bytes a graph, ``{}`` for a model without external data, not every weight's ref)."""
+    ranges: dict[str, set[str]] = {}
+    for ref in refs.values():
+        if "external" in ref:
+            e = ref["external"]
+            ranges.setdefault(e["location"], set()).add(range_key(e["offset"], e["dtype"], e["shape"]))
+    return {location: sorted(keys) for location, keys in sorted(ranges.items())}
+
+
 def hash_plain_ranges(fd: int, keys: list[str]) -> dict[str, str] | None:
     """``hashing.tensor_hash`` of each range named by ``range_key`` in file ``fd``, computed from the mapped bytes;
     None when one is not a plain type (``PLAIN_TYPES``) in the file on this little-endian host: the caller then

@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 
     from ..ir.external import ExternalRef
 
-VERSION = "5"  # 2: onnx-checked shapes / outputs are writes / unknown opsets refused; 3, 4: merges of those;
-# 5: the interface dedupe reads is an output of its own
+VERSION = "6"  # 2: onnx-checked shapes / outputs are writes / unknown opsets refused; 3, 4: merges of those;
+# 5: the interface dedupe reads is an output of its own; 6: so are the external ranges parse.weights' key reads
 
 
 @dataclass
@@ -45,8 +45,9 @@ def run(source: str | bytes | os.PathLike, params: dict) -> ParseOutput:
 
 def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageContext) -> dict[str, Any]:
     """Structure + weight refs: inline weights are stored now (the small ones in one pack), external-data
-    ones only located; and the interface ``dedupe`` reads."""
+    ones only located; the interface ``dedupe`` reads, and the external ranges ``parse.weights``' key reads."""
     from ..ir.external import ExternalRef
+    from ..ir.external_ranges import ranges_by_file
 
     src = ctx.source
     result = run(src["bytes"] if "bytes" in src else src["path"], {**params, "graph": ctx.graph, "where": ctx.where})
@@ -54,9 +55,10 @@ def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageCont
     refs: dict[str, dict] = dict(ctx.cache.put_tensors(inline))
     model_dir = Path(src["path"]).parent if "path" in src else Path()
     refs.update({n: {"external": w.to_json(model_dir)} for n, w in result.weights.items() if n not in inline})
-    return {"structure": result.structure, "refs": dict(sorted(refs.items())), "interface": interface(result.structure)}
+    return {"structure": result.structure, "refs": dict(sorted(refs.items())), "interface": interface(result.structure),
+            "sources": ranges_by_file(refs)}
 
 
-STAGE = Stage("parse", VERSION, compute, outputs=("structure", "refs", "interface"),
+STAGE = Stage("parse", VERSION, compute, outputs=("structure", "refs", "interface", "sources"),
               params=("option values", "role"), scope=GRAPH, reads=MODEL,
               preload=("bundle_pipeline.ir.onnx_import", "bundle_pipeline.kernels"))  # onnx, folding's kernels

@@ -74,7 +74,8 @@ def tensor_table(refs: dict[str, dict]) -> dict:
             "packs": {r["tensor"]: r["pack"] for _, r in sorted(refs.items()) if "pack" in r}}
 
 
-STAGE = Stage("parse.weights", VERSION, compute, outputs=("weights",), inputs=(Input("parse", "refs"),),
+STAGE = Stage("parse.weights", VERSION, compute, outputs=("weights",),
+              inputs=(Input("parse", "refs"), Input("parse", "sources")),  # sources: the key's external files
               scope=GRAPH, reads=EXTERNAL_DATA,  # the tensor store's arrays; mapping and writing a large tensor
               preload=("bundle_pipeline.cache.tensors", "bundle_pipeline.ir.external_map",
                        "bundle_pipeline.cache.direct_io"))

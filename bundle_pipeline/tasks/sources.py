@@ -10,7 +10,7 @@ from ..cache import Cache
 from ..errors import BundleIOError
 from ..files import NotRegularFile, describe_error
 from ..hashing import hash_bytes, hash_json
-from ..ir.external_ranges import hash_plain_ranges, range_key
+from ..ir.external_ranges import hash_plain_ranges
 from ..stages.stage import EXTERNAL_DATA, MODEL
 from ..threads import map_values
 
@@ -22,7 +22,7 @@ def file_inputs(reads: str, context: dict, inputs: dict[str, str], cache: Cache)
     if reads == MODEL:
         return {"model": source_digest(src, cache, where)}
     if reads == EXTERNAL_DATA:
-        return external_digests(cache.get_json(inputs["refs"]), Path(src.get("path", ".")).parent, cache, where)
+        return external_digests(cache.get_json(inputs["sources"]), Path(src.get("path", ".")).parent, cache, where)
     raise ValueError(f"unknown kind of user file {reads!r}")  # a declaration bug
 
 
@@ -37,20 +37,16 @@ def source_digest(src: dict, cache: Cache, where: str) -> str:
     return file_digest(cache, Path(src["path"]), where)
 
 
-def external_digests(refs: dict, model_dir: Path, cache: Cache, where: str) -> dict[str, str]:
-    """``file:<location>`` -> content digest for every external-data file the weight refs name.
+def external_digests(ranges: dict[str, list[str]], model_dir: Path, cache: Cache, where: str) -> dict[str, str]:
+    """``file:<location>`` -> content digest for every external-data file of ``ranges`` (``ranges_by_file`` of the
+    weight refs: location -> the sorted range keys taken from it).
 
     The digest is made of the tensor hashes of the ranges the refs take from the file (``range_digest``), which
     is all ``parse.weights`` reads of it: those hashes are the names the tensors are stored under, so a cold
     build hashes each weight byte once (blake3), not once for the file digest and again for the tensor. A file
     whose ranges cannot be taken as tensors (too short, an unknown dtype) gets its whole-content hash, and the
     stage reports the problem when it reads it."""
-    ranges: dict[str, set[str]] = {}
-    for r in refs.values():
-        if "external" in r:
-            e = r["external"]
-            ranges.setdefault(e["location"], set()).add(range_key(e["offset"], e["dtype"], e["shape"]))
-    files = {f"file:{loc}": (model_dir / loc, sorted(keys)) for loc, keys in sorted(ranges.items())}
+    files = {f"file:{loc}": (model_dir / loc, list(keys)) for loc, keys in sorted(ranges.items())}
     digests, changed = {}, []
     for name, (path, keys) in files.items():
         remembered = _io(lambda p=path, k=keys: cache.remembered_ranges(p, k), path, f"{where}: external data")

@@ -15,7 +15,7 @@ from bundle_pipeline.cache import Cache, statstate
 from bundle_pipeline.hashing import hash_bytes, hash_json, tensor_hash
 from bundle_pipeline.ir.external import ExternalRef
 from bundle_pipeline.ir.external_map import MAP_MIN_BYTES, MappedExternal, hash_ranges
-from bundle_pipeline.ir.external_ranges import range_key
+from bundle_pipeline.ir.external_ranges import range_key, ranges_by_file
 from bundle_pipeline.tasks import sources
 
 HOUR_NS = 3600 * 10**9
@@ -125,12 +125,12 @@ def test_the_source_digest_is_made_of_the_range_hashes_or_the_file_hash(tmp_path
             "y": {"external": {"location": "w.bin", "offset": 16, "dtype": "uint8", "shape": [8]}},
             "z": {"tensor": "0" * 64}}
     c = Cache(tmp_path / "c")
-    got = sources.external_digests(refs, tmp_path, c, "g")
+    got = sources.external_digests(ranges_by_file(refs), tmp_path, c, "g")
     hashes = {range_key(0, "float32", [4]): tensor_hash(np.arange(64, dtype=np.uint8)[:16].view(np.float32)),
               range_key(16, "uint8", [8]): tensor_hash(np.arange(16, 24, dtype=np.uint8))}
     assert got == {"file:w.bin": hash_json({"external-ranges": hashes})}
     refs["y"]["external"]["offset"] = 60  # past the end: the file's content hash, the stage reports the problem
-    assert sources.external_digests(refs, tmp_path, c, "g") == {"file:w.bin": hash_bytes(bytes(range(64)))}
+    assert sources.external_digests(ranges_by_file(refs), tmp_path, c, "g") == {"file:w.bin": hash_bytes(bytes(range(64)))}
 
 
 def test_a_graphs_changed_external_files_are_hashed_in_threads_and_saved_once(tmp_path, monkeypatch):
@@ -142,9 +142,9 @@ def test_a_graphs_changed_external_files_are_hashed_in_threads_and_saved_once(tm
     saves: list = []
     write = statstate.StatState._write
     monkeypatch.setattr(statstate.StatState, "_write", lambda self, entries: (saves.append(1), write(self, entries)))
-    got = sources.external_digests(refs, tmp_path, c, "g")
+    got = sources.external_digests(ranges_by_file(refs), tmp_path, c, "g")
     assert len(got) == 5 and len(saves) == 1  # not a read-merge-write of stat.json per file
-    again = sources.external_digests(refs, tmp_path, Cache(tmp_path / "c"), "g")  # a new process: from stat.json
+    again = sources.external_digests(ranges_by_file(refs), tmp_path, Cache(tmp_path / "c"), "g")  # a new process: from stat.json
     assert again == got and len(saves) == 1
 
 
@@ -199,7 +199,7 @@ def test_a_weight_file_rewritten_within_one_tick_during_a_build_is_refused_not_r
     key = range_key(0, "float32", [16])
     with statstate.one_build():
         cache = Cache(tmp_path / "c")
-        digest = sources.external_digests({"w": {"external": externals["w"]}}, tmp_path, cache, "graph g")
+        digest = sources.external_digests(ranges_by_file({"w": {"external": externals["w"]}}), tmp_path, cache, "graph g")
         task = SimpleNamespace(graph="g", context={"where": "graph g"})
         ctx = TaskContext(task, Cache(tmp_path / "c"), digest)
         ctx.check_read("w.bin", path, externals, {"w": tensor_hash(first)})  # what was planned: fine

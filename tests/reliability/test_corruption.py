@@ -101,16 +101,16 @@ def test_corrupt_object_is_rebuilt_and_reported(built, damage):
 
 
 def test_corrupt_entry_needed_while_planning_is_rebuilt(built):
-    """parse.weights reads its parse's weight references to compute its key, before anything runs."""
+    """parse.weights reads its parse's external ranges (``sources``) to compute its key, before anything runs."""
     spec, first, clean = built
-    refs = [p for p in Path(spec.cache, "objects").rglob("*") if p.is_file() and b'"tensor"' in p.read_bytes()
-            and b'"steps"' not in p.read_bytes()]
-    for p in refs:
-        flip(p, 2)
+    hashes = {r.outputs["sources"] for r in first.tasks if "/parse:" in r.id}
+    victims = [Path(spec.cache, "objects", h[:2], h) for h in hashes]
+    for p in victims:
+        flip(p, 1)
     shutil.rmtree(spec.output)
     report = build(spec, scheduler="sync")
     assert report.digest == first.digest and faults.bundle_bytes(Path(spec.output)) == clean
-    assert report.cache_repairs and all(r["missing"] in {p.name for p in refs} for r in report.cache_repairs)
+    assert report.cache_repairs and all(r["missing"] in {p.name for p in victims} for r in report.cache_repairs)
 
 
 def test_cli_reports_repairs_and_verify_finds_damage(built):
