@@ -179,7 +179,8 @@ def test_worked_example_runs_as_written(repo_copy):
     assert "demo/parse:init" in out and "file changed:" in out  # status names the edited file
     report = json.loads(next(line for line in reversed(out.splitlines()) if line.startswith("{")))
     ran = {t["id"] for t in report["tasks"] if t["status"] == "ran"}
-    assert ran == {"demo/parse:init", "demo/parse.weights:init", "demo/dedupe", "demo/formats.weights", "demo/pack"}
+    assert ran == {"demo/parse:init", "demo/parse.weights:init", "demo/dedupe.storage", "demo/formats.weights",
+                   "demo/pack"}
     means = [float(m) for m in re.findall(r"^y: float32\[2, 4\]  mean (\S+)", out, re.M)]
     assert len(means) == 2 and means[0] != means[1]  # the update changed the output
     assert (work / "demo-dag.html").read_text().count("data-task=") == len(report["tasks"])

@@ -31,10 +31,10 @@ def test_each_graph_fuses_into_three_groups_around_the_bundle_barriers(tmp_path)
     _, dag, _ = prepare([load_spec(built.spec, cache=str(tmp_path / "c"))])
     groups, group_of = fuse(dag, list(dag.order()))
     shapes = sorted({tuple(steps(dag, g.ids)) for g in groups})
-    assert shapes == sorted({("parse", "parse.weights"), ("dedupe",), ("formats.cost",), ("formats.assign",),
-                             ("formats", "tiling", "codegen"), ("formats.weights",), ("pack",)})
+    assert shapes == sorted({("parse", "parse.weights"), ("dedupe",), ("dedupe.storage",), ("formats.cost",),
+                             ("formats.assign",), ("formats", "tiling", "codegen"), ("formats.weights",), ("pack",)})
     graphs = {dag.tasks[t].graph for t in dag.order()} - {None}
-    assert len(groups) == 3 * len(graphs) + 4
+    assert len(groups) == 3 * len(graphs) + 5
     for group in groups:  # a later member reads only its group and what the group's first task waits for
         assert len({dag.tasks[t].graph for t in group.ids}) == 1
         for tid in group.ids[1:]:
@@ -44,20 +44,20 @@ def test_each_graph_fuses_into_three_groups_around_the_bundle_barriers(tmp_path)
 
 def test_with_several_workers_formats_ends_its_group_and_groups_are_ranked_and_spread(tmp_path):
     """formats.weights reads each graph's formats but not its tiling or codegen: on a cluster that runs two tasks at
-    once formats ends its group, so that barrier can run beside the codegen. Priorities count the barriers still
-    waiting; per-graph batches alternate between the workers (a hint the scheduler may override)."""
+    once formats ends its group, so that barrier can run beside the codegen (and parse ends its group before
+    parse.weights, which dedupe does not read). Priorities count the barriers still waiting."""
     built = models.shared(tmp_path / "shared")
     _, dag, ctxs = prepare([load_spec(built.spec, cache=str(tmp_path / "c"))])
     groups, group_of = fuse(dag, list(dag.order()), split=True)
     assert {tuple(steps(dag, g.ids)) for g in groups if dag.tasks[g.key].graph is not None} == {
-        ("parse", "parse.weights"), ("formats.cost",), ("formats",), ("tiling", "codegen")}
+        ("parse",), ("parse.weights",), ("formats.cost",), ("formats",), ("tiling", "codegen")}
     for group in groups:  # a later member reads only its group and what the group's first task waits for
         for tid in group.ids[1:]:
             assert all(p in group.ids or p in group.bundle_ancestors or id(group_of[p]) in group.reads_groups
                        for p in dag.predecessors(tid))
     assert {tuple(steps(dag, g.ids)): priority(g, dag) for g in groups} == {
-        ("parse", "parse.weights"): 4, ("dedupe",): 4, ("formats.cost",): 3, ("formats.assign",): 3,
-        ("formats",): 2, ("formats.weights",): 2, ("tiling", "codegen"): 1, ("pack",): 1}
+        ("parse",): 5, ("dedupe",): 5, ("parse.weights",): 3, ("dedupe.storage",): 3, ("formats.cost",): 3,
+        ("formats.assign",): 3, ("formats",): 2, ("formats.weights",): 2, ("tiling", "codegen"): 1, ("pack",): 1}
     workers = [("tcp://a", 1), ("tcp://b", 1)]
     graph, notes = group_graph(dag, list(dag.order()), {}, ctxs, workers)
     assert set(notes) == set(graph) and all(set(n) == {"priority"} for n in notes.values())  # no placement hints

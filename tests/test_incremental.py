@@ -72,7 +72,7 @@ def test_unchanged_tasks_take_their_outputs_from_the_last_build_record_not_one_r
     reads.clear()
     edit_initializer(built.graph("infer_c").path, "c.offset", lambda a: a + 1)
     edited = build(spec)
-    assert ran(edited) == {"parse:infer_c", "parse.weights:infer_c", "dedupe", "formats.weights", "pack"}
+    assert ran(edited) == {"parse:infer_c", "parse.weights:infer_c", "dedupe.storage", "formats.weights", "pack"}
     ran_keys = {t.key for t in edited.tasks if t.status == "ran"}
     assert set(reads) & {t.key for t in edited.tasks} == ran_keys  # the cached tasks' records were not read
     fresh = build(load_spec(built.spec, cache=str(spec.cache) + "-fresh", output=str(spec.output) + "-fresh"))
@@ -83,7 +83,7 @@ def test_weight_only_edit_skips_formats_tiling_codegen(shared_bundle):
     built, spec, first = shared_bundle
     edit_initializer(built.graph("infer_c").path, "c.offset", lambda a: a + 1)
     report = build(spec)
-    assert ran(report) == {"parse:infer_c", "parse.weights:infer_c", "dedupe", "formats.weights", "pack"}
+    assert ran(report) == {"parse:infer_c", "parse.weights:infer_c", "dedupe.storage", "formats.weights", "pack"}
     assert report.digest != first.digest
     feeds = built.feeds(np.random.default_rng(0), "infer_c")
     from oracle import assert_outputs_close, ort_run
@@ -247,7 +247,7 @@ def test_weight_edit_rewrites_only_that_tensors_chunks(tmp_path, builder, var):
     before = {rel: (Path(spec.output) / rel).stat().st_ino for rel in entries(Path(spec.output))}
     var = var or built.variables[0]
     edit_initializer(built.init, f"{var}.init", lambda a: a + 1)
-    assert ran(build(spec)) == {"parse:init", "parse.weights:init", "dedupe", "formats.weights", "pack"}
+    assert ran(build(spec)) == {"parse:init", "parse.weights:init", "dedupe.storage", "formats.weights", "pack"}
     after = {rel: (Path(spec.output) / rel).stat().st_ino for rel in entries(Path(spec.output))}
     changed = {rel for rel in after if before.get(rel) != after[rel] and "/c" in rel}
     assert changed and changed <= chunk_files_of(Path(spec.output), f"init.{var}.init"), changed
@@ -301,7 +301,7 @@ def test_external_data_weight_edit_leaves_the_structure_parse_cached(tmp_path):
     arr = np.fromfile(weight_file, dtype=np.float32)
     (arr + 1).tofile(weight_file)
     report = build(spec)
-    assert ran(report) == {"parse.weights:init", "dedupe", "formats.weights", "pack"}
+    assert ran(report) == {"parse.weights:init", "dedupe.storage", "formats.weights", "pack"}
     np.testing.assert_array_equal(load_bundle(spec.output).variable("w").ravel(), arr + 1)
     stale = CliRunner().invoke(app, ["status", str(built.spec), "--cache", spec.cache, "--json"])
     assert json.loads(stale.stdout.splitlines()[-1]) == {"stale": [], "maybe": []}
@@ -331,14 +331,14 @@ def test_a_large_weight_of_an_unchanged_file_is_found_by_its_range_hash_not_its_
     monkeypatch.setattr(TaskContext, "stored_ranges", lambda self, path, exts: answers.append(
         (Path(path).name, bool(found := real(self, path, exts)))) or found)  # one tensor a file here
     report = build(spec)
-    assert ran(report) == {"parse.weights:init", "dedupe", "formats.weights", "pack"}
+    assert ran(report) == {"parse.weights:init", "dedupe.storage", "formats.weights", "pack"}
     assert sorted(answers) == [("w1.init", False), ("w2.init", True)]  # the edited one is read and stored
     cold = build(load_spec(built.spec, cache=str(tmp_path / "fresh"), output=str(tmp_path / "cold.bundle")))
     assert report.digest == cold.digest
 
 
 def test_small_builds_and_chains_of_reruns_run_in_process_without_loading_dask(tmp_path):
-    """pipeline/serial.py: a weight edit re-runs a chain (parse.weights -> dedupe -> formats.weights -> pack)
+    """pipeline/serial.py: a weight edit re-runs a chain (parse.weights -> dedupe.storage -> formats.weights -> pack)
     and a tiny cold build ends within the serial budget, so dask is never imported; with no budget a cold
     build still runs here, since its ready tasks (several parses) are Python-bound and gain nothing from
     threads. The same bundle every way."""
@@ -363,7 +363,7 @@ def test_small_builds_and_chains_of_reruns_run_in_process_without_loading_dask(t
     report, edit_loaded_dask = run("parallel", budget=0.0)
     assert not edit_loaded_dask  # a chain: never two tasks ready at once
     assert {t["id"].split("/", 1)[1] for t in report["tasks"] if t["status"] == "ran"} == {
-        "parse.weights:init", "dedupe", "formats.weights", "pack"}
+        "parse.weights:init", "dedupe.storage", "formats.weights", "pack"}
     again = build(load_spec(built.spec, cache=str(tmp_path / "fresh"), output=str(tmp_path / "again.bundle")))
     assert again.digest == report["digest"]  # the same bytes as a cold build
 
@@ -432,7 +432,7 @@ def test_weight_edit_inside_an_if_branch_skips_formats_tiling_codegen(tmp_path):
     value.t.CopyFrom(numpy_helper.from_array(new, value.t.name))
     onnx.save(model, tmp_path / "m.onnx")
     report = build(spec)
-    assert ran(report) == {"parse:infer", "parse.weights:infer", "dedupe", "formats.weights", "pack"}
+    assert ran(report) == {"parse:infer", "parse.weights:infer", "dedupe.storage", "formats.weights", "pack"}
     assert report.digest != first.digest
     x = rng.standard_normal((4, 16)).astype(np.float32)
     out = load_bundle(spec.output).run("infer", {"c": np.array(True), "x": x})["y"]

@@ -185,6 +185,6 @@ def test_weight_edit_of_an_initializer_output_is_weight_only(tmp_path):
     result = runner.invoke(app, ["run", str(tmp_path / "bundle.yaml"), "--json"])
     ran = {t["id"].split("/")[1] for t in json.loads(result.output.strip().splitlines()[-1])["tasks"]
            if t["status"] == "ran"}
-    assert ran == {"parse:init", "parse.weights:init", "dedupe", "formats.weights", "pack"}
+    assert ran == {"parse:init", "parse.weights:init", "dedupe.storage", "formats.weights", "pack"}
     bundle = load_bundle(tmp_path / "build" / "edit.bundle")
     np.testing.assert_array_equal(bundle.variable("W"), edited["W"])

@@ -10,9 +10,10 @@ that the group's first task waits for). Within a group the tasks run one after a
 so bundles are the same bytes; the group returns every member's result.
 
 A 32-graph npu bundle has 6 tasks a graph; fused, 3 (parse + parse.weights, formats.cost, formats +
-tiling + codegen), with the bundle-level barriers (dedupe, formats.assign, formats.weights, pack) alone.
-On a cluster that runs several tasks at once, ``formats`` ends its group (``formats.weights`` reads it, not
-the tiling or codegen after it), so that barrier runs beside the other graphs' codegen.
+tiling + codegen), with the bundle-level barriers (dedupe, dedupe.storage, formats.assign, formats.weights,
+pack) alone. On a cluster that runs several tasks at once, a group ends at a task a barrier reads when the
+barrier does not wait for the rest: ``parse`` (``dedupe`` reads its interface, not the weights) and ``formats``
+(``formats.weights`` reads it, not the tiling or codegen after it), so those barriers run beside the rest.
 
 For a cluster, ``group_graph`` then shapes the dask graph:
 - **batches**: groups of different graphs doing the same steps are merged, largest batches first and the last

@@ -1,4 +1,4 @@
-"""dedupe: the bundle's variable table (fusion by name, conflicts) and its constant pool (same bytes once)."""
+"""dedupe: the bundle's variable table (fusion by name, conflicts); ``dedupe.storage`` pools its constants."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from ..errors import GraphInvalid, ParamInvalid, VariableConflict
 from ..ir.steering import ir_steering
 from .stage import BUNDLE, Input, Stage, StageContext
 
-VERSION = "5"  # 2: steering variables refused / writes by assign / type conflicts first; 3, 4: merges of those;
-# 5: reads graph interfaces
+VERSION = "6"  # 2: steering variables refused / writes by assign / type conflicts first; 3, 4: merges of those;
+# 5: reads graph interfaces; 6: the variable table alone (the constant pool is dedupe.storage's)
 
 
 def interface(structure: dict) -> dict:
@@ -36,14 +36,19 @@ def run(graphs: list[dict], params: dict) -> tuple[dict, dict]:
     where the initial value comes from), so format selection keys on it and skips weight-only edits.
     ``storage`` holds the values: the constant pool, each graph's weight bindings and initial values.
     """
+    variables = variable_table(graphs, params)
+    return variables, storage(graphs, variables)
+
+
+def variable_table(graphs: list[dict], params: dict) -> dict:
+    """``run``'s variables: what the graphs' interfaces and the spec say (weights need not be known yet)."""
     assign = params.get("assign") or {}
     graphs = [_indexed(g) for g in graphs]
     writes = {g["name"]: _write_map(g, assign.get(g["name"], {})) for g in graphs}
     touching = _touching(graphs, writes)
     names = _variable_names(graphs, writes, params.get("variables"), touching)
     _check_assigned(graphs, assign, names)
-    variables = {name: _variable(name, touching.get(name, []), writes) for name in sorted(names)}
-    return variables, _storage(graphs, variables)
+    return {name: _variable(name, touching.get(name, []), writes) for name in sorted(names)}
 
 
 def _touching(graphs: list[dict], writes: dict[str, dict[str, str]]) -> dict[str, list[dict]]:
@@ -182,8 +187,10 @@ def _variable(name: str, graphs: list[dict], writes: dict[str, dict[str, str]]) 
             "source": source}
 
 
-def _storage(graphs: list[dict], variables: dict) -> dict:
-    """Pool every distinct tensor once, named after its first user so names survive weight edits."""
+def storage(graphs: list[dict], variables: dict) -> dict:
+    """``run``'s storage: every distinct tensor pooled once, named after its first user so names survive weight
+    edits; ``graphs`` as ``run`` takes them, weights included."""
+    graphs = [{**g, "structure": g["interface"] if "interface" in g else interface(g["structure"])} for g in graphs]
     constants: dict[str, dict] = {}
     by_hash: dict[str, str] = {}
     used_ids: set[str] = set()
@@ -227,18 +234,12 @@ def _show(t: dict) -> str:
 
 
 def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageContext) -> dict[str, Any]:
-    """``run`` over every graph's interface and weight table; the storage also names the tensors and packs
-    that hold the pool's constants."""
-    tables = inputs["weights"]
-    graphs = [{"name": g["name"], "role": g["role"], "interface": inputs["interface"][g["name"]],
-               "weights": tables[g["name"]]["tensors"]} for g in params["graphs"]]
-    variables, storage = run(graphs, params)
-    packs = {h: p for t in tables.values() for h, p in t.get("packs", {}).items()}
-    tensors = {c["hash"]: c["hash"] for c in storage["constants"].values()}
-    storage = {**storage, "tensors": tensors, "packs": {h: packs[h] for h in sorted(tensors) if h in packs}}
-    return {"variables": variables, "storage": storage}
+    """``variable_table`` over every graph's interface: no weight is read, so a weight edit leaves it cached and
+    the per-graph stages after it start without waiting for the constant pool."""
+    graphs = [{"name": g["name"], "role": g["role"], "interface": inputs["interface"][g["name"]]}
+              for g in params["graphs"]]
+    return {"variables": variable_table(graphs, params)}
 
 
-STAGE = Stage("dedupe", VERSION, compute, outputs=("variables", "storage"),
-              inputs=(Input("parse", "interface"), Input("parse.weights", "weights")),
+STAGE = Stage("dedupe", VERSION, compute, outputs=("variables",), inputs=(Input("parse", "interface"),),
               params=("graph roles", "variables", "assigns"), scope=BUNDLE)

@@ -8,12 +8,24 @@ test may insert a stage by patching it.
 
 from __future__ import annotations
 
-from . import codegen, dedupe, formats, formats_assign, formats_cost, pack, parse, parse_weights, tiling, weight_formats
+from . import (
+    codegen,
+    dedupe,
+    dedupe_storage,
+    formats,
+    formats_assign,
+    formats_cost,
+    pack,
+    parse,
+    parse_weights,
+    tiling,
+    weight_formats,
+)
 from .stage import Stage
 
 ORDER: tuple[Stage, ...] = (
-    parse.STAGE, parse_weights.STAGE, dedupe.STAGE, formats_cost.STAGE, formats_assign.STAGE, formats.STAGE,
-    tiling.STAGE, codegen.STAGE, weight_formats.STAGE, pack.STAGE,
+    parse.STAGE, parse_weights.STAGE, dedupe.STAGE, dedupe_storage.STAGE, formats_cost.STAGE, formats_assign.STAGE,
+    formats.STAGE, tiling.STAGE, codegen.STAGE, weight_formats.STAGE, pack.STAGE,
 )
 
 

@@ -100,6 +100,6 @@ def converted(cache: Store, storage: dict, wanted: set[tuple[str, str]]) -> dict
 
 
 STAGE = Stage("formats.weights", VERSION, compute, outputs=("stored", "constants"),
-              inputs=(Input("formats", "weight_formats"), Input("dedupe", "storage"),
+              inputs=(Input("formats", "weight_formats"), Input("dedupe.storage", "storage"),
                       Input("formats.assign", "var_formats")),
               params=("graph names",), scope=BUNDLE, preload=("bundle_pipeline.formats",))
