@@ -60,11 +60,11 @@ def manifest(name: str, target: str, graphs: list[dict], variables: dict, var_fo
                        * itemsize(v["dtype"]),
                        "readers": v["readers"], "writers": v["writers"], "source": v["source"],
                        "initial": storage["initial"].get(n)} for n, v in sorted(variables.items())],
-        "constants": _table(storage["constants"]),
+        "constants": _manifest_constants(storage["constants"]),
     }
 
 
-def _table(constants: dict[str, dict] | zarr_plain.RawJSON) -> dict[str, dict] | zarr_plain.RawJSON:
+def _manifest_constants(constants: dict[str, dict] | zarr_plain.RawJSON) -> dict[str, dict] | zarr_plain.RawJSON:
     """The manifest's constants: as given when laid out already (``formats.weights`` lays them out to build the
     packed chunks and hands the table on as its stored JSON, which goes into the manifest undecoded), else laid
     out now."""
