@@ -1,7 +1,7 @@
 """Serial prefix: stale tasks run here, in order, before dask loads, while a scheduler could not pay for itself.
 
 After a small edit most stale tasks are early cutoffs (their inputs hash as before) and the ones that
-must run form a chain: a weight edit re-runs parse.weights -> dedupe -> formats.weights -> pack, each
+must run form a chain: a weight edit re-runs parse.weights -> dedupe.storage -> formats.weights -> pack, each
 waiting for the one before. Handing a chain to a thread pool buys nothing. A small cold build (a real model
 split into three graphs: 0.1-0.6 s of tasks) could run a few tasks side by side, but on threads these
 Python-bound stages gain little (a 32-graph build measured the same on threads as on sync), while loading
