@@ -38,6 +38,11 @@ def range_key(offset: int, dtype: str, shape: list[int] | tuple[int, ...]) -> st
     return json.dumps([int(offset), dtype, [int(n) for n in shape]], separators=(",", ":"))
 
 
+def ref_range_key(external: dict) -> str:
+    """``range_key`` of a weight ref's ``external`` part (``ExternalRef.to_json``)."""
+    return range_key(external["offset"], external["dtype"], external["shape"])
+
+
 def ranges_by_file(refs: dict[str, dict]) -> dict[str, list[str]]:
     """Each external-data file a graph's weight refs name (its ``location``) -> the sorted ``range_key`` of every
     range they take from it: all a weight edit's key needs of the refs (``parse`` stores it apart, as ``sources``,
@@ -46,7 +51,7 @@ def ranges_by_file(refs: dict[str, dict]) -> dict[str, list[str]]:
     for ref in refs.values():
         if "external" in ref:
             e = ref["external"]
-            ranges.setdefault(e["location"], set()).add(range_key(e["offset"], e["dtype"], e["shape"]))
+            ranges.setdefault(e["location"], set()).add(ref_range_key(e))
     return {location: sorted(keys) for location, keys in sorted(ranges.items())}
 
 

@@ -200,7 +200,7 @@ def run_stamped(meta: dict, placer: Placer, out_path: str, chunks: list[str] | N
         raise BundleIOError(f"cannot write bundle: {err}", str(out)) from None
     staged_zip = stage_dir.with_name(stage_dir.name + ".zip.tmp")  # unique per build, like stage_dir
     try:
-        listing = write_directory(stage_dir, meta, placer, chunks, kept, layout)
+        listing = write_directory(stage_dir, meta, placer, layout, chunks, kept)
         stamp = None
         if out.suffix == ".zip":
             write_zip(stage_dir, staged_zip)
@@ -220,17 +220,17 @@ def run_stamped(meta: dict, placer: Placer, out_path: str, chunks: list[str] | N
             pack_spare.remove(leftover)
 
 
-def write_directory(root: Path, meta: dict, placer: Placer, chunks: list[str] | None = None,
-                    kept: pack_spare.Kept | None = None, layout: Layout | None = None) -> dict[str, str]:
+def write_directory(root: Path, meta: dict, placer: Placer, layout: Layout, chunks: list[str] | None = None,
+                    kept: pack_spare.Kept | None = None) -> dict[str, str]:
     """Write the bundle's metadata and place its arrays (the packed array's ``chunks``: cache objects, when
     given); return the sha256 of every file written, by relative path (the listing ``listing_digest`` hashes:
-    nothing is read back or walked). ``kept``: array directories a reused stage already holds
-    (``pack_spare``), each used when its record or the placer finds it as placed, else replaced."""
+    nothing is read back or walked). ``layout``: where the constants live (``Layout``); ``kept``: array
+    directories a reused stage already holds (``pack_spare``), each used when its record or the placer finds it as
+    placed, else replaced."""
     (root / "constants").mkdir(parents=True, exist_ok=True)
     known: dict[str, str] = {}
     _write_pieces(root, "zarr.json", zarr_plain.group_pieces(meta), known)
     _write_file(root, "constants/zarr.json", zarr_plain.dumps(zarr_plain.group_meta({})), known)
-    layout = layout or Layout.of(meta["constants"])
     for array, h in layout.arrays.items():
         placed = _placed_tensor(placer, h, root, array, kept)
         known.update({f"{array}/{rel}": digest for rel, digest in placed.items()})
@@ -448,7 +448,7 @@ def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageCont
     graphs = [{**g, "program": zarr_plain.RawJSON(inputs["program"][g["name"]])} for g in params["graphs"]]
     storage = {**inputs["stored"], "constants": zarr_plain.RawJSON(inputs["constants"])}  # thousands: not decoded
     meta = manifest(params["name"], params["target"], graphs, inputs["variables"], inputs["var_formats"], storage)
-    layout = Layout(storage["layout"]["arrays"], storage["layout"]["packed_bytes"])
+    layout = Layout(**storage["layout"])
     digest, stamp = run_stamped(meta, ctx.placer(storage.get("packs", {})), ctx.out, storage.get("chunks"), layout)
     if stamp is not None:
         ctx.extra[OUTPUT_STAMP] = stamp  # the runner records it for the no-op's check, instead of walking the tree

@@ -19,7 +19,7 @@ from ..cache.packs import SMALL_TENSOR_BYTES, stored_bytes
 from ..cache.tensor_store import EXPORT_VERSION
 from ..errors import BundleIOError
 from ..hashing import hash_json
-from ..ir.external_ranges import range_key
+from ..ir.external_ranges import ref_range_key
 from ..stages import pack
 from ..stages.stage import TEXT, Input, Ref, Stage
 from ..targets import Target, get_target
@@ -119,7 +119,7 @@ class TaskContext:
         ``store_tensors`` keeps them) whose range hashes the stat state remembers for the file's current stat
         (the hashes the file digest in the key was made of) and whose entries the cache holds: one stat for the
         file, however many tensors it holds. The others are left to the caller's memos."""
-        keys = {name: range_key(e["offset"], e["dtype"], e["shape"]) for name, e in externals.items() if _large(e)}
+        keys = {name: ref_range_key(e) for name, e in externals.items() if _large(e)}
         try:
             known = self.cache.remembered_ranges(path, sorted(set(keys.values()))) if keys else None
         except OSError:  # gone: the memo's way, which reports it
@@ -134,7 +134,7 @@ class TaskContext:
         timestamp tick (its stat unchanged), and what was read must not be recorded under that key. Unchecked when
         the stat state no longer holds the ranges the digest was made of (the file's stat changed since: the next
         build sees that)."""
-        keys = {n: range_key(e["offset"], e["dtype"], e["shape"]) for n, e in externals.items()}
+        keys = {n: ref_range_key(e) for n, e in externals.items()}
         try:
             remembered = self.cache.remembered_ranges(path, sorted(set(keys.values())))
         except OSError:
