@@ -50,6 +50,9 @@ NOTES = [
     "racy window; edits and no-ops reuse the cold build's cache. No-ops follow one unmeasured settling run. "
     "From run AD (2026-12-04) on, the previous cache and output are renamed aside and deleted when the run ends: "
     "deleted right before, they slowed the build (this VM's ext4 has no journal and skips inodes freed lately).",
+    "From run AI on, every series of runs (cold builds, rebuilds, a peer's runs) starts after os.sync(): what the "
+    "runs before it wrote through the page cache reaches the disk then, not during it (ORT's optimised 1 GiB model "
+    "was still being written back during the first weight edits after it: 51-62 ms against 25-33 ms).",
     "--repeat N: every measurement N times (no-ops and edits at least 5), the median run (by wall time) stands, and "
     "for build seconds the median of the runs' build seconds; a build whose first run takes "
     "longer than the repeat cutoff runs once. A build or peer still running after --budget seconds is killed "

@@ -21,6 +21,7 @@ from speedrun import (
     cold_rounds,
     failure,
     fit,
+    flush_writes,
     ok,
     ratio,
     rebuild,
@@ -46,7 +47,9 @@ def _shape(name: str) -> dict[str, list[int]]:
 
 
 def _median(ctx: Ctx, once) -> dict:
-    return peers.median_of(ctx.repeat, once)
+    """A peer's runs, started as our rebuilds are: once what ran before them has reached the disk."""
+    flushed = flush_writes()
+    return {**peers.median_of(ctx.repeat, once), "flush_writes_s": flushed}
 
 
 def _mib(nbytes: float) -> str:

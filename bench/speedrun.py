@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import statistics
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,7 @@ def cold(ctx: Ctx, label: str, spec: Path, extra: Sequence[str] = (), budget: bo
     """Cold builds (fresh cache and output each time, inputs older than the stat state's racy window);
     the bundle and its cache are kept for the figures that reuse them (``ctx.built[label]``)."""
     cache, out = ctx.cache(label), ctx.out(label)
+    flushed = flush_writes()
 
     def once(_: int) -> dict:
         fresh(cache, out)
@@ -121,7 +123,7 @@ def cold(ctx: Ctx, label: str, spec: Path, extra: Sequence[str] = (), budget: bo
     rec = repeated(ctx.repeat, once, ctx.repeat_cutoff_s)
     if "error" not in rec:
         ctx.built[label] = Built(spec, cache, out, tuple(extra))
-    return rec
+    return {**rec, "flush_writes_s": flushed}
 
 
 def cold_rounds(ctx: Ctx, builds: dict[str, tuple[Path, Sequence[str]]]) -> dict[str, dict]:
@@ -129,6 +131,7 @@ def cold_rounds(ctx: Ctx, builds: dict[str, tuple[Path, Sequence[str]]]) -> dict
     drifts slower over minutes (up to 30 % across three 128-graph builds), and run back to back the later label's
     builds took the drift, which skewed the ratios between labels. Per label the median run, as ``cold``."""
     runs: dict[str, list[dict]] = {label: [] for label in builds}
+    flush_writes()
     for _ in range(ctx.repeat):
         for label, (spec, extra) in builds.items():
             done = runs[label]
@@ -190,15 +193,27 @@ REBUILD_REPEAT = 5  # no-ops and edits take well under a second: at least this m
 
 def rebuild(ctx: Ctx, label: str, name: str, before: Callable[[int], object] | None = None) -> dict:
     """Builds reusing ``ctx.built[label]``'s cache (a no-op, or an edit made by ``before(i)`` each time), at least
-    ``REBUILD_REPEAT`` times unless the run repeats nothing (``--repeat 1``, ``--quick``)."""
+    ``REBUILD_REPEAT`` times unless the run repeats nothing (``--repeat 1``, ``--quick``). They start once what
+    the runs before them wrote has reached the disk (``flush_writes``)."""
     b = ctx.built[label]
+    flushed = flush_writes()
 
     def once(i: int) -> dict:
         made = before(i) if before else None
         rec = cli_run(f"{label} {name}", b.spec, b.cache, b.out, b.extra, ctx.budget_s)
         return rec if made is None else {**rec, "edit": made}
 
-    return repeated(max(ctx.repeat, REBUILD_REPEAT) if ctx.repeat > 1 else 1, once, ctx.repeat_cutoff_s)
+    rec = repeated(max(ctx.repeat, REBUILD_REPEAT) if ctx.repeat > 1 else 1, once, ctx.repeat_cutoff_s)
+    return {**rec, "flush_writes_s": flushed}
+
+
+def flush_writes() -> float:
+    """``os.sync()``; its seconds. A run leaves its buffered writes for the kernel to write back later (within 30 s
+    here): ORT's optimised 1 GiB model, written just before the weight edits, was still being written back during
+    the first of them, and their O_DIRECT writes waited behind it (55 and 62 ms against 27-33 ms in run AH)."""
+    start = time.perf_counter()
+    os.sync()
+    return time.perf_counter() - start
 
 
 def settle(ctx: Ctx, label: str) -> dict:
