@@ -21,7 +21,7 @@ from speedrun import (
     cold_rounds,
     failure,
     fit,
-    flush_writes,
+    flushed_first,
     ok,
     ratio,
     rebuild,
@@ -47,9 +47,8 @@ def _shape(name: str) -> dict[str, list[int]]:
 
 
 def _median(ctx: Ctx, once) -> dict:
-    """A peer's runs, started as our rebuilds are: once what ran before them has reached the disk."""
-    flushed = flush_writes()
-    return {**peers.median_of(ctx.repeat, once), "flush_writes_s": flushed}
+    """A peer's runs, started as our series are: once what ran before them has reached the disk."""
+    return flushed_first(lambda: peers.median_of(ctx.repeat, once))
 
 
 def _mib(nbytes: float) -> str:

@@ -112,7 +112,6 @@ def cold(ctx: Ctx, label: str, spec: Path, extra: Sequence[str] = (), budget: bo
     """Cold builds (fresh cache and output each time, inputs older than the stat state's racy window);
     the bundle and its cache are kept for the figures that reuse them (``ctx.built[label]``)."""
     cache, out = ctx.cache(label), ctx.out(label)
-    flushed = flush_writes()
 
     def once(_: int) -> dict:
         fresh(cache, out)
@@ -120,10 +119,10 @@ def cold(ctx: Ctx, label: str, spec: Path, extra: Sequence[str] = (), budget: bo
         return {**cli_run(f"{label} cold", spec, cache, out, extra, ctx.budget_s if budget else None),
                 "racy_wait_s": waited}
 
-    rec = repeated(ctx.repeat, once, ctx.repeat_cutoff_s)
+    rec = flushed_first(lambda: repeated(ctx.repeat, once, ctx.repeat_cutoff_s))
     if "error" not in rec:
         ctx.built[label] = Built(spec, cache, out, tuple(extra))
-    return {**rec, "flush_writes_s": flushed}
+    return rec
 
 
 def cold_rounds(ctx: Ctx, builds: dict[str, tuple[Path, Sequence[str]]]) -> dict[str, dict]:
@@ -131,7 +130,7 @@ def cold_rounds(ctx: Ctx, builds: dict[str, tuple[Path, Sequence[str]]]) -> dict
     drifts slower over minutes (up to 30 % across three 128-graph builds), and run back to back the later label's
     builds took the drift, which skewed the ratios between labels. Per label the median run, as ``cold``."""
     runs: dict[str, list[dict]] = {label: [] for label in builds}
-    flush_writes()
+    flushed = flush_writes()
     for _ in range(ctx.repeat):
         for label, (spec, extra) in builds.items():
             done = runs[label]
@@ -144,7 +143,7 @@ def cold_rounds(ctx: Ctx, builds: dict[str, tuple[Path, Sequence[str]]]) -> dict
             done.append({**cli_run(f"{label} cold", spec, cache, out, extra, ctx.budget_s), "racy_wait_s": waited})
     recs = {}
     for label, done in runs.items():
-        rec = recs[label] = incremental.aggregate(done)
+        rec = recs[label] = {**incremental.aggregate(done), "flush_writes_s": flushed}
         if "error" not in rec:
             rec["in_process_s_all"] = [r["in_process_s"] for r in done]
             ctx.built[label] = Built(builds[label][0], ctx.cache(label), ctx.out(label), tuple(builds[label][1]))
@@ -173,7 +172,7 @@ def side_by_side(ctx: Ctx, label: str, spec: Path, extra: Sequence[str]) -> dict
         with ThreadPoolExecutor(2) as pool:  # each thread waits for its process: both start together
             return list(pool.map(run, labels))
 
-    rounds = []
+    rounds, flushed = [], flush_writes()
     for _ in range(ctx.repeat):
         serial, together = once(False), once(True)
         if not all(ok(r) and r.get("in_process_s") for r in serial + together):
@@ -182,7 +181,7 @@ def side_by_side(ctx: Ctx, label: str, spec: Path, extra: Sequence[str]) -> dict
                        "together_wall_s": max(r["wall_s"] for r in together),
                        "serial_build_s": sum(r["in_process_s"] for r in serial),
                        "together_build_s": max(r["in_process_s"] for r in together)})
-    out: dict = {"rounds": rounds}
+    out: dict = {"rounds": rounds, "flush_writes_s": flushed}
     for what in ("wall", "build"):
         out[f"{what}_ratio"] = statistics.median(r[f"serial_{what}_s"] / r[f"together_{what}_s"] for r in rounds)
     return out
@@ -196,15 +195,21 @@ def rebuild(ctx: Ctx, label: str, name: str, before: Callable[[int], object] | N
     ``REBUILD_REPEAT`` times unless the run repeats nothing (``--repeat 1``, ``--quick``). They start once what
     the runs before them wrote has reached the disk (``flush_writes``)."""
     b = ctx.built[label]
-    flushed = flush_writes()
 
     def once(i: int) -> dict:
         made = before(i) if before else None
         rec = cli_run(f"{label} {name}", b.spec, b.cache, b.out, b.extra, ctx.budget_s)
         return rec if made is None else {**rec, "edit": made}
 
-    rec = repeated(max(ctx.repeat, REBUILD_REPEAT) if ctx.repeat > 1 else 1, once, ctx.repeat_cutoff_s)
-    return {**rec, "flush_writes_s": flushed}
+    return flushed_first(lambda: repeated(max(ctx.repeat, REBUILD_REPEAT) if ctx.repeat > 1 else 1, once,
+                                          ctx.repeat_cutoff_s))
+
+
+def flushed_first(series: Callable[[], dict]) -> dict:
+    """``series()`` (a measured series of runs) started once what ran before it has reached the disk
+    (``flush_writes``); its record notes the flush's seconds."""
+    flushed = flush_writes()
+    return {**series(), "flush_writes_s": flushed}
 
 
 def flush_writes() -> float:

@@ -46,7 +46,7 @@ def external_digests(ranges: dict[str, list[str]], model_dir: Path, cache: Cache
     build hashes each weight byte once (blake3), not once for the file digest and again for the tensor. A file
     whose ranges cannot be taken as tensors (too short, an unknown dtype) gets its whole-content hash, and the
     stage reports the problem when it reads it."""
-    files = {f"file:{loc}": (model_dir / loc, list(keys)) for loc, keys in sorted(ranges.items())}
+    files = {f"file:{loc}": (model_dir / loc, keys) for loc, keys in sorted(ranges.items())}
     digests, changed = {}, []
     for name, (path, keys) in files.items():
         remembered = _io(lambda p=path, k=keys: cache.remembered_ranges(p, k), path, f"{where}: external data")
