@@ -187,10 +187,12 @@ class Cache:
         return self._stat.deferred()
 
     def range_hashes(self, path: str | os.PathLike[str], keys: list[str],
-                     hash_ranges: Callable[[int, list[str]], dict[str, str]]) -> dict[str, str]:
+                     hash_ranges: Callable[[int, list[str]], dict[str, str]],
+                     fingerprint: Callable[[int, list[str]], dict[str, str]] | None = None) -> dict[str, str]:
         """Hashes of named byte ranges of a local file, computed by ``hash_ranges(fd, keys)`` only when its stat
-        changed (``statstate.StatState.range_hashes``)."""
-        return self._stat.range_hashes(path, keys, hash_ranges)
+        changed and, given ``fingerprint``, only for the ranges whose bytes changed too
+        (``statstate.StatState.range_hashes``)."""
+        return self._stat.range_hashes(path, keys, hash_ranges, fingerprint)
 
     def remembered_ranges(self, path: str | os.PathLike[str], keys: list[str]) -> dict[str, str] | None:
         """``range_hashes`` answered from the stat state alone, or None (``statstate.StatState.remembered_ranges``)."""

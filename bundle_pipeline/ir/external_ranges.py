@@ -15,6 +15,7 @@ import os
 import re
 import sys
 
+from ..dtypes import PACKED_BITS
 from ..hashing import tensor_hasher
 
 # numpy's ``dtype.str`` (what ``hashing.tensor_hash`` writes) and item size of the plain numeric types
@@ -25,6 +26,10 @@ PLAIN_TYPES: dict[str, tuple[str, int]] = {
     "bool": ("|b1", 1), "complex64": ("<c8", 8), "complex128": ("<c16", 16),
 }
 
+
+# Bytes an element of the other stored types takes in a file (ONNX packs the sub-byte ones: ``PACKED_BITS``)
+_LOW_PRECISION_BYTES = {"bfloat16": 2, "float8_e4m3fn": 1, "float8_e4m3fnuz": 1, "float8_e5m2": 1,
+                        "float8_e5m2fnuz": 1, "float8_e8m0fnu": 1}
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_]+")  # nothing json.dumps would escape
 
@@ -83,3 +88,35 @@ def _tensor_hash(dtype: str, shape: list[int], data: memoryview) -> str:
     with data:
         h.update(data)
     return h.hexdigest()
+
+
+def fingerprint_ranges(fd: int, keys: list[str]) -> dict[str, str]:
+    """xxh3-128 of the bytes of each range named by ``range_key`` in file ``fd``, for the stat state to tell which
+    ranges of a rewritten file still hold the bytes it hashed (``StatState.range_hashes``). A range outside the
+    file, or of a type whose size in the file is not known here, gets none (it is hashed again)."""
+    import xxhash  # a weight file that changed: not loaded by a no-op
+
+    size = os.fstat(fd).st_size
+    spans = {}
+    for key in keys:
+        offset, dtype, shape = json.loads(key)
+        nbytes = _file_bytes(dtype, math.prod(shape))
+        if nbytes is not None and offset >= 0 and offset + nbytes <= size:
+            spans[key] = (offset, offset + nbytes)
+    if not spans:
+        return {}
+    with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped, memoryview(mapped) as view:
+        prints = {}
+        for key, (start, end) in spans.items():
+            with view[start:end] as piece:
+                prints[key] = xxhash.xxh3_128_hexdigest(piece)
+        return prints
+
+
+def _file_bytes(dtype: str, count: int) -> int | None:
+    if dtype in PLAIN_TYPES:
+        return count * PLAIN_TYPES[dtype][1]
+    if dtype in PACKED_BITS:
+        return -(-count * PACKED_BITS[dtype] // 8)
+    width = _LOW_PRECISION_BYTES.get(dtype)
+    return None if width is None else count * width

@@ -1,9 +1,9 @@
 """parse.weights: a graph's weight table; reads external-data files only when they changed.
 
-The table is ``{"tensors": name -> tensor hash, "packs": tensor hash -> pack}``. An external tensor whose file
-is unchanged is not read again: a large one is found by the range hash the stat state remembers (the name it
-is stored under), a small one by its reference, remembered per (file digest, offset, dtype, shape) (it is in a
-pack). A large one
+The table is ``{"tensors": name -> tensor hash, "packs": tensor hash -> pack}``. An external tensor whose bytes
+are unchanged is not read again: a large one is found by the range hash the stat state remembers (the name it
+is stored under), a small one by its reference (it is in a pack), remembered per range hash, or per (file
+digest, offset, dtype, shape) when the file's digest is not made of range hashes. A large one
 that is read is mapped, not copied (``ir/external_map.py``), and stored under the tensor hash the file digest
 was made of (``tasks/sources.py``) while the file keeps the stat signature it was hashed at: hashed once.
 """
@@ -31,17 +31,20 @@ def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageCont
     for name, ref in refs.items():
         if name not in found:
             by_file.setdefault(ref["external"]["location"], {})[name] = ref["external"]
-    for location, externals in sorted(by_file.items()):  # large ones from unchanged files: no memo to read
-        found.update(ctx.stored_ranges(model_dir / location, externals))
+    remembered: dict[str, str] = {}  # name -> the range hash the file's digest was made of, when remembered
+    for location, externals in sorted(by_file.items()):  # large ones from unchanged ranges: no memo to read
+        stored, remembered_here = ctx.stored_ranges(model_dir / location, externals)
+        found.update(stored)
+        remembered.update(remembered_here)
     memos: dict[str, str] = {}
     for name, ref in refs.items():
         if name in found:
             continue
-        memos[name] = hash_json({"external-tensor": ctx.hashes[f"file:{ref['external']['location']}"],
-                                 "offset": ref["external"]["offset"], "dtype": ref["external"]["dtype"],
-                                 "shape": list(ref["external"]["shape"])})
+        memos[name] = _memo_key(ref["external"], ctx.hashes[f"file:{ref['external']['location']}"],
+                                remembered.get(name))
         record = ctx.cache.get_action(memos[name])
-        if record is not None and ctx.cache.has_tensor(record["tensor"], record.get("pack")):
+        if (record is not None and record["tensor"] == remembered.get(name, record["tensor"])
+                and ctx.cache.has_tensor(record["tensor"], record.get("pack"))):
             found[name] = record
     missing = {n: _mapped(ExternalRef.from_json(refs[n]["external"], model_dir), refs[n]["external"], ctx)
                for n in sorted(set(refs) - set(found))}
@@ -51,9 +54,20 @@ def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageCont
         if read:
             ctx.check_read(location, model_dir / location, externals, read)
     for name, ref in stored.items():
-        ctx.cache.put_action(memos[name], ref)
+        if name not in remembered or ("pack" in ref and ref["tensor"] == remembered[name]):  # (a large one: its
+            ctx.cache.put_action(memos[name], ref)  # range hash finds it; another hash: the file changed since)
     found.update(stored)
     return {"weights": tensor_table(found)}
+
+
+def _memo_key(external: dict, file_digest: str, range_hash: str | None) -> str:
+    """Where the reference of a small tensor (in a pack) is remembered: by its range hash, which names its bytes
+    wherever they lie, so an edit of another weight of a one-file model (onnx's default external-data layout)
+    finds it again; by the file's digest and the range when the file's digest is not made of range hashes."""
+    if range_hash is not None:
+        return hash_json({"stored-tensor": range_hash})
+    return hash_json({"external-tensor": file_digest, "offset": external["offset"], "dtype": external["dtype"],
+                      "shape": list(external["shape"])})
 
 
 def _mapped(ref: Any, external: dict, ctx: StageContext) -> Any:

@@ -10,7 +10,7 @@ from ..cache import Cache
 from ..errors import BundleIOError
 from ..files import NotRegularFile, describe_error
 from ..hashing import hash_bytes, hash_json
-from ..ir.external_ranges import hash_plain_ranges
+from ..ir.external_ranges import fingerprint_ranges, hash_plain_ranges
 from ..stages.stage import EXTERNAL_DATA, MODEL
 from ..threads import map_values
 
@@ -89,7 +89,7 @@ def range_digest(cache: Cache, path: Path, keys: list[str], where: str) -> str:
     """hash_json of range key -> tensor hash for the ``keys`` ranges of an external-data file (remembered per stat
     signature), or the file's content hash when a range is not a tensor this host can hash in place."""
     try:
-        return _io(lambda: ranges_digest(cache.range_hashes(path, keys, _hash_ranges)), path, where)
+        return _io(lambda: ranges_digest(cache.range_hashes(path, keys, _hash_ranges, fingerprint_ranges)), path, where)
     except _Unhashable:
         return file_digest(cache, path, where)
 

@@ -114,18 +114,19 @@ class TaskContext:
                                  {n: r for n, r in loaders.items() if n not in small}))
         return stored
 
-    def stored_ranges(self, path: Path, externals: Mapping[str, dict]) -> dict[str, dict]:
-        """name -> ``{"tensor": h}`` for the large external tensors of one file (each an entry of its own, as
-        ``store_tensors`` keeps them) whose range hashes the stat state remembers for the file's current stat
-        (the hashes the file digest in the key was made of) and whose entries the cache holds: one stat for the
-        file, however many tensors it holds. The others are left to the caller's memos."""
-        keys = {name: ref_range_key(e) for name, e in externals.items() if _large(e)}
+    def stored_ranges(self, path: Path, externals: Mapping[str, dict]) -> tuple[dict[str, dict], dict[str, str]]:
+        """For the external tensors of one file whose range hashes the stat state remembers for the file's current
+        stat (the hashes the file digest in the key was made of): name -> ``{"tensor": h}`` for the large ones the
+        cache holds (each an entry of its own, as ``store_tensors`` keeps them), and name -> range hash for all of
+        them. One stat for the file, however many tensors it holds; the caller's memos find the small ones."""
+        keys = {name: ref_range_key(e) for name, e in externals.items()}
         try:
-            known = self.cache.remembered_ranges(path, sorted(set(keys.values()))) if keys else None
+            known = self.cache.remembered_ranges(path, sorted(set(keys.values()))) or {}
         except OSError:  # gone: the memo's way, which reports it
-            return {}
-        hashes = {name: (known or {}).get(key) for name, key in keys.items()}
-        return {name: {"tensor": h} for name, h in hashes.items() if h is not None and self.cache.has_tensor(h)}
+            return {}, {}
+        hashes = {name: known[key] for name, key in keys.items() if key in known}
+        return ({name: {"tensor": h} for name, h in hashes.items()
+                 if _large(externals[name]) and self.cache.has_tensor(h)}, hashes)
 
     def check_read(self, location: str, path: Path, externals: Mapping[str, dict], read: Mapping[str, str]) -> None:
         """IO_ERROR when a tensor read from external-data file ``path`` does not hash as its range did when the key's

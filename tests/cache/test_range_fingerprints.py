@@ -1,0 +1,128 @@
+"""Range fingerprints: a rewritten external-data file of several weights has only the ranges whose bytes changed
+hashed again; the others keep the tensor hash recorded when their xxh3-128 was the same."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+import xxhash
+
+from bundle_pipeline.cache import Cache, statstate
+from bundle_pipeline.hashing import tensor_hash
+from bundle_pipeline.ir.external_map import hash_ranges
+from bundle_pipeline.ir.external_ranges import fingerprint_ranges, range_key
+
+HOUR_NS = 3600 * 10**9
+
+
+def write_at(path, data: bytes, age_ns: int = HOUR_NS) -> None:
+    """Write ``data`` in place (the same inode) with an mtime ``age_ns`` ago (old: outside the racy window)."""
+    with open(path, "r+b" if path.exists() else "wb") as f:
+        f.write(data)
+    mtime = time.time_ns() - age_ns
+    os.utime(path, ns=(mtime, mtime))
+
+
+def counting(calls: list) -> object:
+    def hashed(fd: int, keys: list[str]) -> dict[str, str]:
+        calls.append(sorted(keys))
+        return hash_ranges(fd, keys)
+    return hashed
+
+
+def three_weights() -> tuple[np.ndarray, list[str]]:
+    data = np.arange(48, dtype="<f4")
+    return data, [range_key(64 * i, "float32", [16]) for i in range(3)]
+
+
+def test_only_the_ranges_whose_bytes_changed_are_hashed_again(tmp_path):
+    path = tmp_path / "w.data"
+    data, keys = three_weights()
+    write_at(path, data.tobytes(), age_ns=2 * HOUR_NS)
+    calls: list = []
+    first = Cache(tmp_path / "c").range_hashes(path, keys, counting(calls), fingerprint_ranges)
+    edited = data.copy()
+    edited[16:32] += 1  # the second weight, written in place: the file's stat changes
+    write_at(path, edited.tobytes())
+    again = Cache(tmp_path / "c").range_hashes(path, keys, counting(calls), fingerprint_ranges)  # a new process
+    assert calls == [sorted(keys), [keys[1]]]
+    assert again == {k: tensor_hash(edited[16 * i:16 * (i + 1)]) for i, k in enumerate(keys)}
+    assert again[keys[0]] == first[keys[0]] and again[keys[1]] != first[keys[1]]
+    sig, remembered = Cache(tmp_path / "c").known_ranges(path)  # recorded whole at the new signature
+    assert sig == statstate.signature(os.stat(path)) and remembered == again
+
+
+def test_a_file_written_again_whole_with_the_same_bytes_hashes_nothing(tmp_path):
+    path = tmp_path / "w.data"
+    data, keys = three_weights()
+    write_at(path, data.tobytes(), age_ns=2 * HOUR_NS)
+    calls: list = []
+    first = Cache(tmp_path / "c").range_hashes(path, keys, counting(calls), fingerprint_ranges)
+    path.unlink()
+    write_at(path, data.tobytes())  # a new inode, the same bytes (an export run again)
+    assert Cache(tmp_path / "c").range_hashes(path, keys, counting(calls), fingerprint_ranges) == first
+    assert len(calls) == 1
+
+
+def test_a_file_of_one_range_is_not_fingerprinted(tmp_path):
+    path = tmp_path / "w.data"
+    write_at(path, bytes(64))
+    Cache(tmp_path / "c").range_hashes(path, [range_key(0, "uint8", [64])], hash_ranges, fingerprint_ranges)
+    entry = json.loads((tmp_path / "c" / "state" / "stat.json").read_bytes())["entries"][statstate.RANGES + str(path)]
+    assert len(entry) == 5  # nothing to tell apart: a changed stat hashes its one range whatever the fingerprint
+
+
+def test_an_edit_inside_the_racy_window_is_compared_with_the_recorded_entry(tmp_path):
+    path = tmp_path / "w.data"
+    data, keys = three_weights()
+    write_at(path, data.tobytes())
+    calls: list = []
+    Cache(tmp_path / "c").range_hashes(path, keys, counting(calls), fingerprint_ranges)
+    for n in (1, 2):  # two edits just before their builds: never recorded, both compared with the old entry
+        edited = data.copy()
+        edited[:16] += n
+        write_at(path, edited.tobytes(), age_ns=0)
+        with statstate.one_build():
+            got = Cache(tmp_path / "c").range_hashes(path, keys, counting(calls), fingerprint_ranges)
+        assert calls[-1] == [keys[0]] and got[keys[0]] == tensor_hash(edited[:16])
+    assert Cache(tmp_path / "c").known_ranges(path)[0] != statstate.signature(os.stat(path))
+
+
+def test_entries_without_fingerprints_still_hold_and_bad_ones_are_dropped(tmp_path):
+    path = tmp_path / "w.data"
+    data, keys = three_weights()
+    write_at(path, data.tobytes())
+    calls: list = []
+    first = Cache(tmp_path / "c").range_hashes(path, keys, counting(calls), fingerprint_ranges)
+    state = tmp_path / "c" / "state" / "stat.json"
+    entries = json.loads(state.read_bytes())["entries"]
+    entry = entries[statstate.RANGES + str(path)]
+    state.write_text(json.dumps({"v": 1, "entries": {statstate.RANGES + str(path): entry[:5]}}))  # an older tool's
+    assert Cache(tmp_path / "c").range_hashes(path, keys, counting(calls), fingerprint_ranges) == first
+    assert len(calls) == 1
+    for bad in ({keys[0]: "not a fingerprint"}, [1]):
+        state.write_text(json.dumps({"v": 1, "entries": {statstate.RANGES + str(path): [*entry[:5], bad]}}))
+        assert Cache(tmp_path / "c").known_ranges(path) is None
+
+
+@pytest.mark.parametrize(("dtype", "shape", "nbytes"), [("float32", [2, 3], 24), ("int4", [5], 3), ("uint2", [5], 2),
+                                                        ("bfloat16", [3], 6), ("float8_e5m2", [4], 4), ("bool", [], 1)])
+def test_a_fingerprint_covers_exactly_the_bytes_of_the_range(tmp_path, dtype, shape, nbytes):
+    path = tmp_path / "w.data"
+    path.write_bytes(bytes(range(40)))
+    key = range_key(7, dtype, shape)
+    with open(path, "rb") as f:
+        assert fingerprint_ranges(f.fileno(), [key]) == {key: xxhash.xxh3_128_hexdigest(bytes(range(7, 7 + nbytes)))}
+
+
+@pytest.mark.parametrize(("offset", "dtype", "shape"), [(36, "float32", [2]), (-1, "uint8", [1]),
+                                                        (0, "no-such-type", [1])])
+def test_a_range_outside_the_file_or_of_an_unknown_type_has_no_fingerprint(tmp_path, offset, dtype, shape):
+    path = tmp_path / "w.data"
+    path.write_bytes(bytes(40))
+    with open(path, "rb") as f:
+        assert fingerprint_ranges(f.fileno(), [range_key(offset, dtype, shape)]) == {}
