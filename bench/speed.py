@@ -6,7 +6,8 @@ Figures (goals from issue 14):
                  last three) on cpu and npu, vs OpenVINO read+reshape+compile_model and ORT optimise+save (<= 1.5x OV)
   3 graphs       cold build of 32 and 128 distinct 40-layer graphs (npu) with sync, threads, --workers 1 and 2
                  (32 graphs <= 1.5 s build seconds; --workers 2 vs 1 on 128 graphs >= 1.7x)
-  4 weight-edit  one-tensor weight edit of the 1 GiB bundle (a) of bench/generate.py (<= 0.03 of cold; <= 0.5 s)
+  4 weight-edit  one-tensor weight edit of the 1 GiB bundle (a) of bench/generate.py (<= 0.03 of cold; <= 0.5 s),
+                 and of (a) saved in onnx's default one-file external-data layout
   5 graph-edit   one-graph edit of the 32-graph bundle of figure 3 (<= 0.10 of cold)
   6 throughput   cold weight bytes / build seconds of (a) (>= 500 MiB/s), beside blake3 and disk write+fsync
   7 scaling      build seconds for 8..512 graphs and 100..10,000 tensors; least-squares slopes

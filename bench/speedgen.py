@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import generate
+import numpy as np
 import onnx
 import yaml
 from generate import _dense, _model, _values, _vi
@@ -282,3 +283,42 @@ def restore_graphs(directory: Path, manifest: dict, names: Sequence[str]) -> Non
     for name in names:
         generate.save(deep_infer(int(name[1:])), directory / f"{name}.onnx", external=False)
     generate.write_manifest(directory, {**manifest, "edited": False})
+
+
+# ---------------------------------------------------------------- bundle (a) in onnx's one-file layout
+
+
+def one_file_layout(a: dict, root: Path) -> dict:
+    """Bundle (a) with each graph's weights in one external-data file, as ``onnx.save_model`` writes them by default
+    (``all_tensors_to_one_file``): ``<graph>.data`` beside ``<graph>.onnx``. The manifest's ``edit`` names the byte
+    range of (a)'s edited tensor in its graph's file."""
+    source = Path(a["spec"]).parent
+    directory = root / "a-one-file"
+    key = {"version": SPEEDGEN_VERSION, "a": {k: a[k] for k in ("generator_version", "scale", "graph_files_bytes")}}
+    if _reusable(directory, key):
+        return generate.read_manifest(directory)
+    _fresh_dir(directory)
+    for graph in a["graph_files_bytes"]:
+        model = onnx.load_model(str(source / f"{graph}.onnx"), load_external_data=True)
+        onnx.save_model(model, str(directory / f"{graph}.onnx"), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location=f"{graph}.data", size_threshold=0)
+    shutil.copyfile(source / "bundle.yaml", directory / "bundle.yaml")
+    edit = a["edit"]
+    infer = onnx.load_model(str(directory / f"{edit['graph']}.onnx"), load_external_data=False)
+    where = next({e.key: e.value for e in t.external_data} for t in infer.graph.initializer if t.name == edit["tensor"])
+    manifest = {"key": key, "spec": str(directory / "bundle.yaml"), "weight_bytes": a["weight_bytes"],
+                "tensors": a["tensors"], "edit": {**edit, "file": where["location"], "offset": int(where["offset"])}}
+    generate.write_manifest(directory, manifest)
+    return manifest
+
+
+def edit_one_file(directory: Path, manifest: dict) -> dict:
+    """Rewrite the edited tensor's range of its graph's one external-data file in place (new values, same size)."""
+    edit = manifest["edit"]
+    path = directory / edit["file"]
+    with open(path, "r+b") as f:
+        f.seek(edit["offset"])
+        old = np.frombuffer(f.read(edit["nbytes"]), dtype="<f4").reshape(edit["shape"])
+        f.seek(edit["offset"])
+        f.write(generate.edited_values(old).astype("<f4").tobytes())
+    return {"rewritten": [path.name], "bytes_rewritten": edit["nbytes"]}

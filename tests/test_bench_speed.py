@@ -129,6 +129,9 @@ def test_quick_speed_run_reports_every_figure(tmp_path):
         f"graphs1/parse:{edit['edit']}"]
     weight = figures["weight-edit"]
     assert 0 < weight["edit"]["ran"] < weight["cold"]["ran"]
+    one_file = weight["one_file"]  # the same edit in onnx's one-file layout: the same tasks re-run
+    assert one_file["edit"]["ran_tasks"] == weight["edit"]["ran_tasks"]
+    assert one_file["cold"]["ran"] == weight["cold"]["ran"]
     assert figures["scaling"]["fit_graphs"] and figures["scaling"]["fit_tensors"]
     for target in ("cpu", "npu"):
         assert figures["real"]["cls"][target]["ran"] > 0
