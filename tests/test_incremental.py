@@ -328,11 +328,54 @@ def test_a_large_weight_of_an_unchanged_file_is_found_by_its_range_hash_not_its_
     (np.fromfile(edited, dtype=np.float32) + 1).tofile(edited)
     answers: list[tuple[str, bool]] = []
     real = TaskContext.stored_ranges
-    monkeypatch.setattr(TaskContext, "stored_ranges", lambda self, path, exts: answers.append(
-        (Path(path).name, bool((found := real(self, path, exts))[0]))) or found)  # one tensor a file here
+    monkeypatch.setattr(TaskContext, "stored_ranges", lambda self, location, path, exts: answers.append(
+        (Path(path).name, bool((found := real(self, location, path, exts))[0]))) or found)  # one tensor a file here
     report = build(spec)
     assert ran(report) == {"parse.weights:init", "dedupe.storage", "formats.weights", "pack"}
     assert sorted(answers) == [("w1.init", False), ("w2.init", True)]  # the edited one is read and stored
+    cold = build(load_spec(built.spec, cache=str(tmp_path / "fresh"), output=str(tmp_path / "cold.bundle")))
+    assert report.digest == cold.digest
+
+
+def test_an_edit_of_one_weight_of_a_one_file_model_stores_only_that_weight(tmp_path, monkeypatch):
+    """onnx's default external-data layout (one file a graph): after an edit of one weight in place, the others
+    are found by their range hashes (fingerprints tell they did not change): the small ones (in a pack) by a memo
+    of their range hash, a large bfloat16 one (not an entry found by range hash alone) likewise."""
+    rng = np.random.default_rng(4)
+    w = numpy_helper.from_array(rng.standard_normal((300, 300)).astype(np.float32), "w")
+    bf = onnx.helper.make_tensor("bf", onnx.TensorProto.BFLOAT16, [300, 450],  # 270 KB: not packed
+                                 rng.integers(0x3F00, 0x3F80, 300 * 450, dtype=np.uint16).tobytes(), raw=True)
+    biases = [numpy_helper.from_array(rng.standard_normal(450 * 5).astype(np.float32).reshape(5, 450), f"b{i}")
+              for i in range(3)]  # above the 1024 elements inlined as constants, under the pack size
+    nodes = [onnx.helper.make_node("Cast", ["bf"], ["bf32"], to=onnx.TensorProto.FLOAT),
+             onnx.helper.make_node("MatMul", ["x", "w"], ["h"]), onnx.helper.make_node("MatMul", ["h", "bf32"], ["g"]),
+             *[onnx.helper.make_node("Add", ["g" if i == 0 else f"a{i - 1}", f"b{i}"], [f"a{i}"]) for i in range(3)]]
+    graph = onnx.helper.make_graph(nodes, "one", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT,
+                                                                                     [5, 300])],
+                                   [onnx.helper.make_tensor_value_info("a2", onnx.TensorProto.FLOAT, [5, 450])],
+                                   [w, bf, *biases])
+    built = models.write_bundle(tmp_path / "one", "one", {"infer": onnx.helper.make_model(
+        graph, opset_imports=[onnx.helper.make_opsetid("", 17)])})
+    for path in (built.init, built.graph().path):
+        onnx.save_model(onnx.load(path), path, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=f"{Path(path).stem}.data", size_threshold=0)
+    monkeypatch.setattr(StatState, "racy_window_ns", 0)  # remember hashes of files written just now
+    spec = load_spec(built.spec, cache=str(tmp_path / "cache"))
+    build(spec)
+    model = onnx.load_model(str(built.graph().path), load_external_data=False)
+    where = next({e.key: e.value for e in t.external_data} for t in model.graph.initializer if t.name == "b1")
+    data = Path(built.graph().path).parent / where["location"]
+    with open(data, "r+b") as f:  # b1 + 1, in place
+        f.seek(int(where["offset"]))
+        old = np.frombuffer(f.read(int(where["length"])), dtype="<f4")
+        f.seek(int(where["offset"]))
+        f.write((old + 1).astype("<f4").tobytes())
+    stored: list[str] = []
+    real = TaskContext.store_tensors
+    monkeypatch.setattr(TaskContext, "store_tensors", lambda self, loaders: stored.extend(loaders) or real(
+        self, loaders))
+    report = build(spec)
+    assert "parse.weights:infer" in ran(report) and stored == ["b1"]
     cold = build(load_spec(built.spec, cache=str(tmp_path / "fresh"), output=str(tmp_path / "cold.bundle")))
     assert report.digest == cold.digest
 

@@ -20,7 +20,7 @@ not read again, as in make, git and Bazel; anything else is re-hashed, streaming
 through one incremental blake3 hasher. Rewriting a file without changing its size, mtime and
 inode (``os.utime`` to the old time) is therefore not noticed, by design.
 
-Two rules keep a stale entry from ever being *recorded*:
+Three rules keep a stale entry from ever being *recorded*:
 
 - a file modified while it was read (signature before != after) is re-read, and never recorded;
 - a file modified less than ``racy_window_ns`` (2 s) before the read started is hashed but not
@@ -32,6 +32,9 @@ Two rules keep a stale entry from ever being *recorded*:
   bytes, and a hash that differs from the range hash the key was made of ends the build (``parse.weights``),
   so a file rewritten within one timestamp tick cannot file new bytes under the old key. Whole files (the
   models) are hashed again by their task, as before: parse does not hash the bytes it reads.
+- a range's hash is taken over from an older signature only when its fingerprint matches one *recorded* with
+  that hash (``_unchanged``), never one kept in memory: a file rewritten within one tick while it was read
+  could pair a fingerprint with the hash of other bytes there, and the pair must not reach the disk.
 
 The file is rewritten atomically (temp + ``os.replace``) after each new entry, merged with what
 is on disk at that moment, so concurrent processes can at worst lose each other's entries
@@ -114,8 +117,9 @@ def _keep_recent(key: str, value: list[Any]) -> None:
 
 
 def _merged(old: list[Any], new: list[Any]) -> list[Any]:
-    """A range entry with the hashes (and fingerprints) of ``old`` and ``new``, both at one signature."""
-    prints = {**_prints(old), **_prints(new)}
+    """A range entry with the hashes (and fingerprints) of ``old`` and ``new``, both at one signature; a range
+    ``new`` hashed keeps only the fingerprint taken with that hash (a fingerprint always goes with its hash)."""
+    prints = {**{k: p for k, p in _prints(old).items() if k not in new[4]}, **_prints(new)}
     return [*new[:4], {**old[4], **new[4]}, *([prints] if prints else [])]
 
 
@@ -163,7 +167,7 @@ def hash_stream(f: Any) -> str:
 def _valid_entries(data: bytes) -> dict[str, list[Any]]:
     try:
         payload = json.loads(data)
-    except ValueError:  # truncated or garbled: start over
+    except (ValueError, RecursionError):  # truncated, garbled or nested past the parser's depth: start over
         return {}
     if not isinstance(payload, dict) or payload.get("v") != STATE_FORMAT:
         return {}
@@ -283,16 +287,12 @@ class StatState:
         forging their own file (a crafted xxh3 collision, as an ``os.utime`` back to the old time, goes unseen)."""
         if not prints:
             return {}
-        with self._lock:
-            entries = [self._loaded().get(RANGES + abspath)]
-        with _BUILD_GUARD:
-            entries.append(_recent.get(RANGES + abspath))
-        same: dict[str, str] = {}
-        for entry in entries:
-            if entry is not None and tuple(entry[:4]) != sig:
-                recorded = _prints(entry)
-                same.update({k: entry[4][k] for k, p in prints.items() if recorded.get(k) == p and k in entry[4]})
-        return same
+        with self._lock:  # recorded entries only: one kept in memory (``_recent``) may pair a fingerprint and a
+            entry = self._loaded().get(RANGES + abspath)  # hash of different bytes (rewritten within a tick)
+        if entry is None or tuple(entry[:4]) == sig:
+            return {}
+        recorded = _prints(entry)
+        return {k: entry[4][k] for k, p in prints.items() if recorded.get(k) == p and k in entry[4]}
 
     def remembered_ranges(self, path: str | os.PathLike[str], keys: list[str]) -> dict[str, str] | None:
         """``range_hashes`` when every range is remembered for the file's current stat (as ``file_hash``: the stat

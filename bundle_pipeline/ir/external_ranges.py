@@ -103,7 +103,7 @@ def fingerprint_ranges(fd: int, keys: list[str]) -> dict[str, str]:
         nbytes = _file_bytes(dtype, math.prod(shape))
         if nbytes is not None and offset >= 0 and offset + nbytes <= size:
             spans[key] = (offset, offset + nbytes)
-    if not spans:
+    if not spans or not size:  # (an empty file cannot be mapped)
         return {}
     with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped, memoryview(mapped) as view:
         prints = {}

@@ -33,7 +33,7 @@ def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageCont
             by_file.setdefault(ref["external"]["location"], {})[name] = ref["external"]
     remembered: dict[str, str] = {}  # name -> the range hash the file's digest was made of, when remembered
     for location, externals in sorted(by_file.items()):  # large ones from unchanged ranges: no memo to read
-        stored, remembered_here = ctx.stored_ranges(model_dir / location, externals)
+        stored, remembered_here = ctx.stored_ranges(location, model_dir / location, externals)
         found.update(stored)
         remembered.update(remembered_here)
     memos: dict[str, str] = {}
@@ -54,8 +54,8 @@ def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageCont
         if read:
             ctx.check_read(location, model_dir / location, externals, read)
     for name, ref in stored.items():
-        if name not in remembered or ("pack" in ref and ref["tensor"] == remembered[name]):  # (a large one: its
-            ctx.cache.put_action(memos[name], ref)  # range hash finds it; another hash: the file changed since)
+        if ref["tensor"] == remembered.get(name, ref["tensor"]):  # else the file changed since: the next build's
+            ctx.cache.put_action(memos[name], ref)
     found.update(stored)
     return {"weights": tensor_table(found)}
 

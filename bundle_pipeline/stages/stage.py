@@ -156,8 +156,8 @@ class StageContext(Protocol):
 
     def store_tensors(self, loaders: Mapping[str, Any]) -> dict[str, dict]: ...  # objects with nbytes, load()
 
-    def stored_ranges(self, path: Path, externals: Mapping[str, dict]  # large ones stored, and the range hashes
-                      ) -> tuple[dict[str, dict], dict[str, str]]: ...  # remembered (tasks/steps.py)
+    def stored_ranges(self, location: str, path: Path, externals: Mapping[str, dict]  # large ones stored, and
+                      ) -> tuple[dict[str, dict], dict[str, str]]: ...  # the key's range hashes (tasks/steps.py)
 
     def check_read(self, location: str, path: Path, externals: Mapping[str, dict],  # what was read is what was
                    read: Mapping[str, str]) -> None: ...  # keyed: else IO_ERROR (tasks/steps.py)

@@ -114,17 +114,21 @@ class TaskContext:
                                  {n: r for n, r in loaders.items() if n not in small}))
         return stored
 
-    def stored_ranges(self, path: Path, externals: Mapping[str, dict]) -> tuple[dict[str, dict], dict[str, str]]:
-        """For the external tensors of one file whose range hashes the stat state remembers for the file's current
-        stat (the hashes the file digest in the key was made of): name -> ``{"tensor": h}`` for the large ones the
-        cache holds (each an entry of its own, as ``store_tensors`` keeps them), and name -> range hash for all of
-        them. One stat for the file, however many tensors it holds; the caller's memos find the small ones."""
+    def stored_ranges(self, location: str, path: Path, externals: Mapping[str, dict]
+                      ) -> tuple[dict[str, dict], dict[str, str]]:
+        """For the external tensors of file ``path`` (``location``), when the stat state remembers for its current
+        stat the range hashes the key's ``file:<location>`` digest was made of: name -> ``{"tensor": h}`` for the
+        large ones the cache holds (each an entry of its own, as ``store_tensors`` keeps them), and name -> range
+        hash for all of them; else nothing. One stat for the file, however many tensors it holds; the caller's
+        memos find the small ones."""
         keys = {name: ref_range_key(e) for name, e in externals.items()}
         try:
-            known = self.cache.remembered_ranges(path, sorted(set(keys.values()))) or {}
+            known = self.cache.remembered_ranges(path, sorted(set(keys.values())))
         except OSError:  # gone: the memo's way, which reports it
             return {}, {}
-        hashes = {name: known[key] for name, key in keys.items() if key in known}
+        if known is None or ranges_digest(known) != self.hashes.get(f"file:{location}"):
+            return {}, {}  # changed since the key was made: what is read is checked (``check_read``), not named
+        hashes = {name: known[key] for name, key in keys.items()}
         return ({name: {"tensor": h} for name, h in hashes.items()
                  if _large(externals[name]) and self.cache.has_tensor(h)}, hashes)
 

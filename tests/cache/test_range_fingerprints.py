@@ -6,15 +6,18 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import xxhash
 
 from bundle_pipeline.cache import Cache, statstate
+from bundle_pipeline.dtypes import EXTENDED_NAMES
 from bundle_pipeline.hashing import tensor_hash
+from bundle_pipeline.ir.external import ExternalRef
 from bundle_pipeline.ir.external_map import hash_ranges
-from bundle_pipeline.ir.external_ranges import fingerprint_ranges, range_key
+from bundle_pipeline.ir.external_ranges import PLAIN_TYPES, _file_bytes, fingerprint_ranges, range_key
 
 HOUR_NS = 3600 * 10**9
 
@@ -27,7 +30,7 @@ def write_at(path, data: bytes, age_ns: int = HOUR_NS) -> None:
     os.utime(path, ns=(mtime, mtime))
 
 
-def counting(calls: list) -> object:
+def counting(calls: list) -> Callable[[int, list[str]], dict[str, str]]:
     def hashed(fd: int, keys: list[str]) -> dict[str, str]:
         calls.append(sorted(keys))
         return hash_ranges(fd, keys)
@@ -126,3 +129,51 @@ def test_a_range_outside_the_file_or_of_an_unknown_type_has_no_fingerprint(tmp_p
     path.write_bytes(bytes(40))
     with open(path, "rb") as f:
         assert fingerprint_ranges(f.fileno(), [range_key(offset, dtype, shape)]) == {}
+
+
+def test_a_fingerprint_kept_only_in_memory_is_never_compared(tmp_path):
+    """Two edits in one build (both inside the racy window): the second is compared with the recorded entry, not
+    with the first edit's, which may pair a fingerprint and a hash of other bytes (rewritten within a tick)."""
+    path = tmp_path / "w.data"
+    data, keys = three_weights()
+    write_at(path, data.tobytes())
+    calls: list = []
+    Cache(tmp_path / "c").range_hashes(path, keys, counting(calls), fingerprint_ranges)
+    first, second = data.copy(), data.copy()
+    first[:16] += 1
+    second[:16] += 1
+    second[16:32] += 1
+    with statstate.one_build():
+        write_at(path, first.tobytes(), age_ns=0)
+        Cache(tmp_path / "c").range_hashes(path, keys, counting(calls), fingerprint_ranges)
+        write_at(path, second.tobytes(), age_ns=0)
+        got = Cache(tmp_path / "c").range_hashes(path, keys, counting(calls), fingerprint_ranges)
+    assert calls[1:] == [[keys[0]], sorted(keys[:2])]  # the first range differs from what was recorded
+    assert got == {k: tensor_hash(second[16 * i:16 * (i + 1)]) for i, k in enumerate(keys)}
+
+
+def test_an_entry_without_fingerprints_at_an_older_signature_means_hashing_again(tmp_path):
+    path = tmp_path / "w.data"
+    data, keys = three_weights()
+    write_at(path, data.tobytes(), age_ns=2 * HOUR_NS)
+    calls: list = []
+    Cache(tmp_path / "c").range_hashes(path, keys, counting(calls), fingerprint_ranges)
+    state = tmp_path / "c" / "state" / "stat.json"
+    entries = json.loads(state.read_bytes())["entries"]
+    entries[statstate.RANGES + str(path)] = entries[statstate.RANGES + str(path)][:5]  # an older tool's entry
+    state.write_text(json.dumps({"v": 1, "entries": entries}))
+    write_at(path, data.tobytes())  # the same bytes, a new mtime
+    Cache(tmp_path / "c").range_hashes(path, keys, counting(calls), fingerprint_ranges)
+    assert calls == [sorted(keys), sorted(keys)]
+
+
+def test_a_hash_taken_again_at_one_signature_drops_the_fingerprint_of_the_old_one():
+    old = [1, 2, 3, 4, {"a": "0" * 64, "b": "1" * 64}, {"a": "2" * 32, "b": "3" * 32}]
+    new = [1, 2, 3, 4, {"a": "4" * 64}]  # "a" hashed again without a fingerprint (a one-range call)
+    assert statstate._merged(old, new) == [1, 2, 3, 4, {"a": "4" * 64, "b": "1" * 64}, {"b": "3" * 32}]
+
+
+@pytest.mark.parametrize("dtype", sorted({*PLAIN_TYPES, *EXTENDED_NAMES}))
+def test_a_fingerprint_spans_the_bytes_the_tensor_takes_in_its_file(dtype):
+    for count in (0, 1, 5, 8):
+        assert _file_bytes(dtype, count) == ExternalRef("", 0, 0, dtype, (count,)).nbytes
