@@ -17,6 +17,7 @@ import sys
 
 from ..dtypes import PACKED_BITS
 from ..hashing import tensor_hasher
+from ..threads import Beside
 
 # numpy's ``dtype.str`` (what ``hashing.tensor_hash`` writes) and item size of the plain numeric types
 PLAIN_TYPES: dict[str, tuple[str, int]] = {
@@ -93,7 +94,9 @@ def _tensor_hash(dtype: str, shape: list[int], data: memoryview) -> str:
 def fingerprint_ranges(fd: int, keys: list[str]) -> dict[str, str]:
     """xxh3-128 of the bytes of each range named by ``range_key`` in file ``fd``, for the stat state to tell which
     ranges of a rewritten file still hold the bytes it hashed (``StatState.range_hashes``). A range outside the
-    file, or of a type whose size in the file is not known here, gets none (it is hashed again)."""
+    file, or of a type whose size in the file is not known here, gets none (it is hashed again). The ranges are
+    split by bytes between one thread a core: mapping the file's pages in costs as much as the hash (a fresh
+    process: 32 ms for 378 MB on one thread, 21-25 ms on two; xxh3 lets go of the GIL)."""
     import xxhash  # a weight file that changed: not loaded by a no-op
 
     size = os.fstat(fd).st_size
@@ -106,11 +109,31 @@ def fingerprint_ranges(fd: int, keys: list[str]) -> dict[str, str]:
     if not spans or not size:  # (an empty file cannot be mapped)
         return {}
     with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped, memoryview(mapped) as view:
-        prints = {}
-        for key, (start, end) in spans.items():
-            with view[start:end] as piece:
-                prints[key] = xxhash.xxh3_128_hexdigest(piece)
-        return prints
+
+        def prints(part: list[str]) -> dict[str, str]:
+            out = {}
+            for key in part:
+                with view[spans[key][0]:spans[key][1]] as piece:
+                    out[key] = xxhash.xxh3_128_hexdigest(piece)
+            return out
+
+        first, *rest = _split_by_bytes(spans, os.cpu_count() or 1)  # threads of their own: the plan has loaded
+        beside = [Beside(prints, part, name="bundle-pipeline-fingerprint") for part in rest]  # no pool (5-8 ms)
+        found = prints(first)
+        for thread in beside:
+            found.update(thread.result())
+        return found
+
+
+def _split_by_bytes(spans: dict[str, tuple[int, int]], n: int) -> list[list[str]]:
+    """The keys of ``spans`` in up to ``n`` runs of about equal bytes (none empty)."""
+    total = sum(end - start for start, end in spans.values())
+    parts: list[list[str]] = [[] for _ in range(n)]
+    done = 0
+    for key, (start, end) in spans.items():  # a range goes to the run its middle byte falls in
+        parts[min(n - 1, (2 * done + end - start) * n // max(2 * total, 1))].append(key)
+        done += end - start
+    return [part for part in parts if part]
 
 
 def _file_bytes(dtype: str, count: int) -> int | None:
