@@ -123,6 +123,21 @@ def _merged(old: list[Any], new: list[Any]) -> list[Any]:
     return [*new[:4], {**old[4], **new[4]}, *([prints] if prints else [])]
 
 
+def _unchanged(earlier: list[Any] | None, prints: dict[str, str]) -> dict[str, str]:
+    """key -> hash for each range of ``prints`` (key -> fingerprint of its bytes now) that ``earlier``, the file's
+    entry at its previous signature, hashed when its bytes had that fingerprint.
+
+    Why: a weight file written in place, or written again whole, changes its stat, and its ranges would all be
+    hashed again (blake3: 49 ms for a 378 MB file here, on both cores) to find the one tensor that changed; xxh3
+    reads it in 12 ms, bounded by memory. The fingerprint answers "the same bytes as when hashed", what the stat
+    signature answers for an untouched file; like the signature it is no defence against someone forging their
+    own file (a crafted xxh3 collision, as an ``os.utime`` back to the old time, goes unseen)."""
+    if earlier is None:
+        return {}
+    recorded = _prints(earlier)
+    return {k: earlier[4][k] for k, p in prints.items() if recorded.get(k) == p and k in earlier[4]}
+
+
 def _prints(entry: list[Any] | None) -> dict[str, str]:
     """A range entry's fingerprints (range key -> xxh3-128 of its bytes), when it has them."""
     return entry[5] if entry is not None and len(entry) > 5 else {}
@@ -141,6 +156,7 @@ def _file_lock(path: str) -> threading.Lock:
         return _FILE_LOCKS.setdefault(os.path.abspath(path), threading.Lock())
 
 Signature = tuple[int, int, int, int]
+RangeHash = Callable[[int, list[str], "dict[str, str] | None"], dict[str, str]]  # (fd, keys, prints to fill)
 
 
 def signature(st: os.stat_result) -> Signature:
@@ -243,16 +259,17 @@ class StatState:
                 return h, after, after[1] < start_ns - self.racy_window_ns
         return h, after, False  # still being written: use what we read, remember nothing
 
-    def range_hashes(self, path: str | os.PathLike[str], keys: list[str],
-                     hash_ranges: Callable[[int, list[str]], dict[str, str]],
+    def range_hashes(self, path: str | os.PathLike[str], keys: list[str], hash_ranges: RangeHash,
                      fingerprint: Callable[[int, list[str]], dict[str, str]] | None = None) -> dict[str, str]:
-        """Hashes of named byte ranges of a local file, key -> hash; ``hash_ranges(fd, keys)`` computes those not
-        remembered for the file's current stat signature (FileNotFoundError, NotRegularFile as ``file_hash``).
+        """Hashes of named byte ranges of a local file, key -> hash; ``hash_ranges(fd, keys, prints)`` computes those
+        not remembered for the file's current stat signature (FileNotFoundError, NotRegularFile as ``file_hash``).
 
         The same rules as ``file_hash``: a file modified while read is read again and nothing recorded, a file
         modified within the racy window is hashed but not recorded. ``fingerprint(fd, keys)``: for a file of
         several ranges, each range's xxh3-128, recorded beside its hash; a range whose fingerprint is the one
-        recorded at the file's previous signature keeps its hash unhashed (``_unchanged``)."""
+        recorded at the file's previous signature keeps its hash unhashed (``_unchanged``). With nothing recorded
+        to compare with, ``hash_ranges`` takes the fingerprints with the hashes, into its ``prints`` dict (one
+        pass over the file; None: none wanted)."""
         abspath = os.path.abspath(os.fspath(path))
         for _ in range(3):
             start_ns = time.time_ns()
@@ -260,10 +277,14 @@ class StatState:
                 before = signature(os.fstat(f.fileno()))
                 known = self._known(abspath, before)
                 missing = [k for k in keys if k not in known]
-                prints = fingerprint(f.fileno(), missing) if fingerprint and missing and len(keys) > 1 else {}
-                same = self._unchanged(abspath, before, prints)
+                printed = fingerprint is not None and len(keys) > 1 and bool(missing)
+                earlier = self._printed_before(abspath, before) if printed else None
+                prints = fingerprint(f.fileno(), missing) if fingerprint and earlier else {}
+                same = _unchanged(earlier, prints)
                 rest = [k for k in missing if k not in same]
-                got = {**same, **(hash_ranges(f.fileno(), rest) if rest else {})}
+                taken: dict[str, str] | None = {} if printed and earlier is None else None
+                got = {**same, **(hash_ranges(f.fileno(), rest, taken) if rest else {})}
+                prints.update(taken or {})
                 after = signature(os.fstat(f.fileno()))
             if before == after:
                 break
@@ -276,23 +297,13 @@ class StatState:
                 _keep_recent(RANGES + abspath, entry)
         return {k: hashes[k] for k in keys}
 
-    def _unchanged(self, abspath: str, sig: Signature, prints: dict[str, str]) -> dict[str, str]:
-        """key -> hash for each range of ``prints`` (key -> fingerprint of its bytes now) that a remembered entry of
-        the file at another signature (the file was written since) hashed when its bytes had that fingerprint.
-
-        Why: a weight file written in place, or written again whole, changes its stat, and its ranges would all be
-        hashed again (blake3: 49 ms for a 378 MB file here, on both cores) to find the one tensor that changed;
-        xxh3 reads it in 12 ms, bounded by memory. The fingerprint answers "the same bytes as when hashed", what
-        the stat signature answers for an untouched file; like the signature it is no defence against someone
-        forging their own file (a crafted xxh3 collision, as an ``os.utime`` back to the old time, goes unseen)."""
-        if not prints:
-            return {}
-        with self._lock:  # recorded entries only: one kept in memory (``_recent``) may pair a fingerprint and a
-            entry = self._loaded().get(RANGES + abspath)  # hash of different bytes (rewritten within a tick)
-        if entry is None or tuple(entry[:4]) == sig:
-            return {}
-        recorded = _prints(entry)
-        return {k: entry[4][k] for k, p in prints.items() if recorded.get(k) == p and k in entry[4]}
+    def _printed_before(self, abspath: str, sig: Signature) -> list[Any] | None:
+        """The file's recorded range entry when it is at another signature than ``sig`` and has fingerprints.
+        Recorded entries only: one kept in memory (``_recent``) may pair a fingerprint and a hash of different
+        bytes (a file rewritten within one tick while it was read)."""
+        with self._lock:
+            entry = self._loaded().get(RANGES + abspath)
+        return entry if entry is not None and tuple(entry[:4]) != sig and _prints(entry) else None
 
     def remembered_ranges(self, path: str | os.PathLike[str], keys: list[str]) -> dict[str, str] | None:
         """``range_hashes`` when every range is remembered for the file's current stat (as ``file_hash``: the stat

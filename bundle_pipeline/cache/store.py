@@ -28,7 +28,7 @@ import bundle_pipeline.cache.tensor_store as tensor_store
 from bundle_pipeline.cache.backend_local import LocalBackend
 from bundle_pipeline.cache.backends import open_backend
 from bundle_pipeline.cache.layout import AREAS, MARKER, CacheMiss, NotACache
-from bundle_pipeline.cache.statstate import OutputState, StatState
+from bundle_pipeline.cache.statstate import OutputState, RangeHash, StatState
 from bundle_pipeline.cache.tensor_store import DEFAULT_CHUNK_BYTES
 from bundle_pipeline.hashing import hash_bytes
 
@@ -186,11 +186,10 @@ class Cache:
         """Within: ``file_hash`` saves the stat state once at the end, not once per new file (the planner)."""
         return self._stat.deferred()
 
-    def range_hashes(self, path: str | os.PathLike[str], keys: list[str],
-                     hash_ranges: Callable[[int, list[str]], dict[str, str]],
+    def range_hashes(self, path: str | os.PathLike[str], keys: list[str], hash_ranges: RangeHash,
                      fingerprint: Callable[[int, list[str]], dict[str, str]] | None = None) -> dict[str, str]:
-        """Hashes of named byte ranges of a local file, computed by ``hash_ranges(fd, keys)`` only when its stat
-        changed and, given ``fingerprint``, only for the ranges whose bytes changed too
+        """Hashes of named byte ranges of a local file, computed by ``hash_ranges(fd, keys, prints)`` only when its
+        stat changed and, given ``fingerprint``, only for the ranges whose bytes changed too
         (``statstate.StatState.range_hashes``)."""
         return self._stat.range_hashes(path, keys, hash_ranges, fingerprint)
 

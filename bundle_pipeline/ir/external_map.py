@@ -31,6 +31,7 @@ from ..errors import BundleIOError
 from ..files import describe_error, open_regular
 from ..hashing import tensor_hash
 from .external import ExternalRef
+from .external_ranges import fingerprint
 
 MAP_MIN_BYTES = 1 << 20  # smaller tensors are read (a map costs a few syscalls and a VMA)
 
@@ -38,11 +39,12 @@ MAP_MIN_BYTES = 1 << 20  # smaller tensors are read (a map costs a few syscalls 
 Signature = tuple[int, int, int, int]  # statstate.signature: size, mtime_ns, inode, device
 
 
-def hash_ranges(fd: int, keys: list[str]) -> dict[str, str] | None:
+def hash_ranges(fd: int, keys: list[str], prints: dict[str, str] | None = None) -> dict[str, str] | None:
     """The tensor hash of each range named by ``external_ranges.range_key`` (JSON ``[offset, dtype, shape]``) in file
     ``fd``, as ``put_tensor`` hashes ``ExternalRef.load()`` of it (sub-byte types unpacked first); None when one
     is not a tensor read that way (outside the file, an unknown dtype, a big-endian host): the caller digests
-    the whole file instead, and the stage reports the problem when it reads the tensor."""
+    the whole file instead, and the stage reports the problem when it reads the tensor. ``prints``: filled with
+    each range's fingerprint (``external_ranges.fingerprint`` of its bytes in the file)."""
     if sys.byteorder != "little":  # external data is little-endian: this host converts it on load
         return None
     size = os.fstat(fd).st_size
@@ -61,6 +63,8 @@ def hash_ranges(fd: int, keys: list[str]) -> dict[str, str] | None:
             out[key] = tensor_hash(_decode(raw, dtype, tuple(shape)))
         except (TypeError, ValueError):  # a dtype numpy cannot view raw bytes as (the stage refuses it)
             return None
+        if prints is not None:
+            prints[key] = fingerprint(raw)
     return out
 
 

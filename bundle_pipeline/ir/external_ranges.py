@@ -14,6 +14,7 @@ import mmap
 import os
 import re
 import sys
+from typing import Any
 
 from ..dtypes import PACKED_BITS
 from ..hashing import tensor_hasher
@@ -61,10 +62,11 @@ def ranges_by_file(refs: dict[str, dict]) -> dict[str, list[str]]:
     return {location: sorted(keys) for location, keys in sorted(ranges.items())}
 
 
-def hash_plain_ranges(fd: int, keys: list[str]) -> dict[str, str] | None:
+def hash_plain_ranges(fd: int, keys: list[str], prints: dict[str, str] | None = None) -> dict[str, str] | None:
     """``hashing.tensor_hash`` of each range named by ``range_key`` in file ``fd``, computed from the mapped bytes;
     None when one is not a plain type (``PLAIN_TYPES``) in the file on this little-endian host: the caller then
-    uses ``external_map.hash_ranges``, which reads the others through numpy (or gives up)."""
+    uses ``external_map.hash_ranges``, which reads the others through numpy (or gives up). ``prints``: filled
+    with each range's fingerprint (``fingerprint``), taken while its bytes are in the CPU's cache."""
     parsed = [json.loads(key) for key in keys]
     if sys.byteorder != "little" or not all(dtype in PLAIN_TYPES for _, dtype, _ in parsed):
         return None
@@ -76,8 +78,13 @@ def hash_plain_ranges(fd: int, keys: list[str]) -> dict[str, str] | None:
     try:
         view = memoryview(mapped) if mapped is not None else memoryview(b"")
         with view:
-            return {key: _tensor_hash(dtype, shape, view[offset:end])
-                    for key, (offset, dtype, shape), end in zip(keys, parsed, ends, strict=True)}
+            hashes = {}
+            for key, (offset, dtype, shape), end in zip(keys, parsed, ends, strict=True):
+                with view[offset:end] as piece:
+                    hashes[key] = _tensor_hash(dtype, shape, piece)
+                    if prints is not None:
+                        prints[key] = fingerprint(piece)
+            return hashes
     finally:
         if mapped is not None:
             mapped.close()
@@ -86,9 +93,15 @@ def hash_plain_ranges(fd: int, keys: list[str]) -> dict[str, str] | None:
 def _tensor_hash(dtype: str, shape: list[int], data: memoryview) -> str:
     """``hashing.tensor_hash`` of a C-order little-endian array of plain type ``dtype`` held in ``data``."""
     h = tensor_hasher(PLAIN_TYPES[dtype][0], shape, len(data))
-    with data:
-        h.update(data)
+    h.update(data)
     return h.hexdigest()
+
+
+def fingerprint(data: Any) -> str:
+    """xxh3-128 of a range's bytes (any buffer): what the stat state compares to tell unchanged ranges."""
+    import xxhash  # a weight file that changed: not loaded by a no-op
+
+    return xxhash.xxh3_128_hexdigest(data)
 
 
 def fingerprint_ranges(fd: int, keys: list[str]) -> dict[str, str]:
@@ -97,8 +110,6 @@ def fingerprint_ranges(fd: int, keys: list[str]) -> dict[str, str]:
     file, or of a type whose size in the file is not known here, gets none (it is hashed again). The ranges are
     split by bytes between one thread a core: mapping the file's pages in costs as much as the hash (a fresh
     process: 32 ms for 378 MB on one thread, 21-25 ms on two; xxh3 lets go of the GIL)."""
-    import xxhash  # a weight file that changed: not loaded by a no-op
-
     size = os.fstat(fd).st_size
     spans = {}
     for key in keys:
@@ -114,7 +125,7 @@ def fingerprint_ranges(fd: int, keys: list[str]) -> dict[str, str]:
             out = {}
             for key in part:
                 with view[spans[key][0]:spans[key][1]] as piece:
-                    out[key] = xxhash.xxh3_128_hexdigest(piece)
+                    out[key] = fingerprint(piece)
             return out
 
         first, *rest = _split_by_bytes(spans, os.cpu_count() or 1)  # threads of their own: the plan has loaded

@@ -74,12 +74,12 @@ class _Unhashable(Exception):
     """A range of an external-data file that is not a tensor this host hashes in place."""
 
 
-def _hash_ranges(fd: int, keys: list[str]) -> dict[str, str]:
-    hashes = hash_plain_ranges(fd, keys)  # no numpy: the plain numeric types, hashed from the mapped file
+def _hash_ranges(fd: int, keys: list[str], prints: dict[str, str] | None = None) -> dict[str, str]:
+    hashes = hash_plain_ranges(fd, keys, prints)  # no numpy: the plain numeric types, hashed from the mapped file
     if hashes is None:
         from ..ir.external_map import hash_ranges  # numpy: bfloat16, float8, packed 4-bit types...
 
-        hashes = hash_ranges(fd, keys)
+        hashes = hash_ranges(fd, keys, prints)
     if hashes is None:
         raise _Unhashable
     return hashes

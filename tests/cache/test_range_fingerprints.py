@@ -31,9 +31,9 @@ def write_at(path, data: bytes, age_ns: int = HOUR_NS) -> None:
 
 
 def counting(calls: list) -> Callable[[int, list[str]], dict[str, str]]:
-    def hashed(fd: int, keys: list[str]) -> dict[str, str]:
+    def hashed(fd: int, keys: list[str], prints: dict[str, str] | None = None) -> dict[str, str]:
         calls.append(sorted(keys))
-        return hash_ranges(fd, keys)
+        return hash_ranges(fd, keys, prints)
     return hashed
 
 
@@ -177,3 +177,18 @@ def test_a_hash_taken_again_at_one_signature_drops_the_fingerprint_of_the_old_on
 def test_a_fingerprint_spans_the_bytes_the_tensor_takes_in_its_file(dtype):
     for count in (0, 1, 5, 8):
         assert _file_bytes(dtype, count) == ExternalRef("", 0, 0, dtype, (count,)).nbytes
+
+
+@pytest.mark.parametrize("keys", [[range_key(0, "float32", [4]), range_key(16, "uint8", [8])],
+                                  [range_key(0, "int4", [5]), range_key(3, "bfloat16", [2, 2])]])
+def test_the_fingerprints_a_hash_pass_takes_are_the_ones_a_fingerprint_pass_takes(tmp_path, keys):
+    """A cold build takes the fingerprints while hashing (one pass); an edit compares them with a pass of its own."""
+    from bundle_pipeline.ir.external_ranges import hash_plain_ranges
+
+    path = tmp_path / "w.data"
+    path.write_bytes(bytes(range(64)))
+    with open(path, "rb") as f:
+        plain, numpy_path = {}, {}
+        hashes = hash_plain_ranges(f.fileno(), keys, plain)
+        assert hash_ranges(f.fileno(), keys, numpy_path) == (hashes or hash_ranges(f.fileno(), keys))
+        assert numpy_path == fingerprint_ranges(f.fileno(), keys) == (plain if hashes is not None else numpy_path)

@@ -28,9 +28,9 @@ def write_old(path, data: bytes) -> None:
 
 
 def counting(calls: list) -> object:
-    def hashed(fd: int, keys: list[str]) -> dict[str, str]:
+    def hashed(fd: int, keys: list[str], prints: dict[str, str] | None = None) -> dict[str, str]:
         calls.append(list(keys))
-        return hash_ranges(fd, keys)
+        return hash_ranges(fd, keys, prints)
     return hashed
 
 
