@@ -80,7 +80,7 @@ READ_BYTES = 8 << 20
 RACY_WINDOW_NS = 2_000_000_000
 MMAP_MIN_BYTES = 16 << 20
 _HASH_RE = re.compile(r"[0-9a-f]{64}")
-_PRINT_RE = re.compile(r"[0-9a-f]{32}")
+_HEX_RE = re.compile(r"[0-9a-f]*")
 RANGES = "ranges\0"  # key prefix of a file's range-hash entry (no absolute path starts with it)
 _FILE_LOCKS: dict[str, threading.Lock] = {}
 _FILE_LOCKS_GUARD = threading.Lock()
@@ -198,17 +198,22 @@ def _valid_entry(key: str, value: Any) -> bool:
             and all(isinstance(x, int) and not isinstance(x, bool) for x in value[:4])):
         return False
     if key.startswith(RANGES):
-        return all(isinstance(part, dict) and all(isinstance(k, str) and valid(h) for k, h in part.items())
-                   for part, valid in zip(value[4:], (_is_hash, _is_print), strict=False))
+        return all(isinstance(part, dict) and _all_hex(part, width)
+                   for part, width in zip(value[4:], (64, 32), strict=False))
     return len(value) == 5 and _is_hash(value[4])
+
+
+def _all_hex(part: dict, width: int) -> bool:
+    """Whether every key of ``part`` is a string and every value ``width`` lowercase hex digits: one scan of them all
+    (a range entry holds one a tensor of the file: thousands, read by every no-op; a match each took twice as long)."""
+    values = part.values()
+    return (all(type(k) is str for k in part) and all(type(v) is str and len(v) == width for v in values)
+            and _HEX_RE.fullmatch("".join(values)) is not None)
 
 
 def _is_hash(value: Any) -> bool:
     return isinstance(value, str) and _HASH_RE.fullmatch(value) is not None
 
-
-def _is_print(value: Any) -> bool:
-    return isinstance(value, str) and _PRINT_RE.fullmatch(value) is not None
 
 
 def _key_path(key: str) -> str:
