@@ -7,6 +7,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,12 +43,18 @@ def three_weights() -> tuple[np.ndarray, list[str]]:
     return data, [range_key(64 * i, "float32", [16]) for i in range(3)]
 
 
-def test_only_the_ranges_whose_bytes_changed_are_hashed_again(tmp_path):
+def hashed_once(tmp_path, age_ns: int = HOUR_NS) -> tuple[Path, np.ndarray, list[str], list, dict[str, str]]:
+    """A file of three float32 weights, written ``age_ns`` ago and hashed once through the cache at ``tmp_path/c``:
+    its path, its values, the range keys, the list of hash calls and the hashes."""
     path = tmp_path / "w.data"
     data, keys = three_weights()
-    write_at(path, data.tobytes(), age_ns=2 * HOUR_NS)
+    write_at(path, data.tobytes(), age_ns=age_ns)
     calls: list = []
-    first = Cache(tmp_path / "c").range_hashes(path, keys, counting(calls), fingerprint_ranges)
+    return path, data, keys, calls, Cache(tmp_path / "c").range_hashes(path, keys, counting(calls), fingerprint_ranges)
+
+
+def test_only_the_ranges_whose_bytes_changed_are_hashed_again(tmp_path):
+    path, data, keys, calls, first = hashed_once(tmp_path, 2 * HOUR_NS)
     edited = data.copy()
     edited[16:32] += 1  # the second weight, written in place: the file's stat changes
     write_at(path, edited.tobytes())
@@ -60,11 +67,7 @@ def test_only_the_ranges_whose_bytes_changed_are_hashed_again(tmp_path):
 
 
 def test_a_file_written_again_whole_with_the_same_bytes_hashes_nothing(tmp_path):
-    path = tmp_path / "w.data"
-    data, keys = three_weights()
-    write_at(path, data.tobytes(), age_ns=2 * HOUR_NS)
-    calls: list = []
-    first = Cache(tmp_path / "c").range_hashes(path, keys, counting(calls), fingerprint_ranges)
+    path, data, keys, calls, first = hashed_once(tmp_path, 2 * HOUR_NS)
     path.unlink()
     write_at(path, data.tobytes())  # a new inode, the same bytes (an export run again)
     assert Cache(tmp_path / "c").range_hashes(path, keys, counting(calls), fingerprint_ranges) == first
@@ -80,11 +83,7 @@ def test_a_file_of_one_range_is_not_fingerprinted(tmp_path):
 
 
 def test_an_edit_inside_the_racy_window_is_compared_with_the_recorded_entry(tmp_path):
-    path = tmp_path / "w.data"
-    data, keys = three_weights()
-    write_at(path, data.tobytes())
-    calls: list = []
-    Cache(tmp_path / "c").range_hashes(path, keys, counting(calls), fingerprint_ranges)
+    path, data, keys, calls, _ = hashed_once(tmp_path)
     for n in (1, 2):  # two edits just before their builds: never recorded, both compared with the old entry
         edited = data.copy()
         edited[:16] += n
@@ -96,11 +95,7 @@ def test_an_edit_inside_the_racy_window_is_compared_with_the_recorded_entry(tmp_
 
 
 def test_entries_without_fingerprints_still_hold_and_bad_ones_are_dropped(tmp_path):
-    path = tmp_path / "w.data"
-    data, keys = three_weights()
-    write_at(path, data.tobytes())
-    calls: list = []
-    first = Cache(tmp_path / "c").range_hashes(path, keys, counting(calls), fingerprint_ranges)
+    path, _, keys, calls, first = hashed_once(tmp_path)
     state = tmp_path / "c" / "state" / "stat.json"
     entries = json.loads(state.read_bytes())["entries"]
     entry = entries[statstate.RANGES + str(path)]
@@ -134,11 +129,7 @@ def test_a_range_outside_the_file_or_of_an_unknown_type_has_no_fingerprint(tmp_p
 def test_a_fingerprint_kept_only_in_memory_is_never_compared(tmp_path):
     """Two edits in one build (both inside the racy window): the second is compared with the recorded entry, not
     with the first edit's, which may pair a fingerprint and a hash of other bytes (rewritten within a tick)."""
-    path = tmp_path / "w.data"
-    data, keys = three_weights()
-    write_at(path, data.tobytes())
-    calls: list = []
-    Cache(tmp_path / "c").range_hashes(path, keys, counting(calls), fingerprint_ranges)
+    path, data, keys, calls, _ = hashed_once(tmp_path)
     first, second = data.copy(), data.copy()
     first[:16] += 1
     second[:16] += 1
@@ -153,11 +144,7 @@ def test_a_fingerprint_kept_only_in_memory_is_never_compared(tmp_path):
 
 
 def test_an_entry_without_fingerprints_at_an_older_signature_means_hashing_again(tmp_path):
-    path = tmp_path / "w.data"
-    data, keys = three_weights()
-    write_at(path, data.tobytes(), age_ns=2 * HOUR_NS)
-    calls: list = []
-    Cache(tmp_path / "c").range_hashes(path, keys, counting(calls), fingerprint_ranges)
+    path, data, keys, calls, _ = hashed_once(tmp_path, 2 * HOUR_NS)
     state = tmp_path / "c" / "state" / "stat.json"
     entries = json.loads(state.read_bytes())["entries"]
     entries[statstate.RANGES + str(path)] = entries[statstate.RANGES + str(path)][:5]  # an older tool's entry
