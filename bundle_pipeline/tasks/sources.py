@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import lru_cache
+from json.encoder import encode_basestring as _json_string  # json.dumps' own spelling of a str (ensure_ascii off)
 from pathlib import Path
 
 from ..cache import Cache
 from ..errors import BundleIOError
 from ..files import NotRegularFile, describe_error
-from ..hashing import hash_bytes, hash_json
+from ..hashing import hash_bytes
 from ..ir.external_ranges import fingerprint_ranges, hash_plain_ranges
 from ..stages.stage import EXTERNAL_DATA, MODEL
 from ..threads import map_values
@@ -66,8 +67,11 @@ def ranges_digest(hashes: dict[str, str]) -> str:
 
 
 @lru_cache(maxsize=256)  # a pure function of the hashes: the plan and the task's lookup ask for each file's
-def _digest_of_ranges(items: tuple[tuple[str, str], ...]) -> str:  # (~15 us a canonical JSON + blake3 each)
-    return hash_json({"external-ranges": dict(items)})
+def _digest_of_ranges(items: tuple[tuple[str, str], ...]) -> str:
+    """``hash_json({"external-ranges": dict(items)})`` (``items`` sorted by key), its canonical JSON written out:
+    a plan asks for one a weight file (168 in bench (a), every no-op), and ``json.dumps`` took 6 of its 9 us."""
+    body = ",".join(f"{_json_string(k)}:{_json_string(h)}" for k, h in items)
+    return hash_bytes(f'{{"external-ranges":{{{body}}}}}'.encode())
 
 
 class _Unhashable(Exception):

@@ -10,6 +10,8 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bundle_pipeline.cache import Cache, statstate
 from bundle_pipeline.hashing import hash_bytes, hash_json, tensor_hash
@@ -212,3 +214,10 @@ def test_a_weight_file_rewritten_within_one_tick_during_a_build_is_refused_not_r
         assert Cache(tmp_path / "c").remembered_ranges(path, [key]) == {key: tensor_hash(first)}
         with pytest.raises(BundleIOError, match="changed while this build read it"):
             ctx.check_read("w.bin", path, externals, {"w": tensor_hash(second)})
+
+
+@given(st.dictionaries(st.text(), st.text(), max_size=5))
+def test_a_files_digest_is_the_hash_of_the_canonical_json_of_its_range_hashes(hashes):
+    """``sources.ranges_digest`` writes the canonical JSON out by hand: it must be ``hash_json``'s, byte for byte
+    (quotes, backslashes, control characters and non-ASCII keys included)."""
+    assert sources.ranges_digest(hashes) == hash_json({"external-ranges": hashes})
