@@ -49,7 +49,7 @@ def _read(memo: Path) -> tuple[Any] | None:
     try:
         payload = json.loads(read_regular(memo, MAX_MEMO_BYTES))
         value, checksum = payload["raw"], payload["sum"]
-    except (OSError, ValueError, TypeError, KeyError):
+    except (OSError, ValueError, TypeError, KeyError, RecursionError):
         return None
     return (value,) if checksum == hash_bytes(_dumps(value)) else None
 

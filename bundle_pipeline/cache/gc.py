@@ -168,7 +168,7 @@ def _named_by(backend: Backend, h: str) -> tuple[set[str], set[str]]:
         return set(), set()  # msgpack or other binary output: never refers to tensors
     try:
         obj = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return set(), set()
     if not isinstance(obj, dict):
         return set(), set()

@@ -111,7 +111,10 @@ def get_json(backend: Backend, h: str) -> Any:
     if found is not None and found[0] is not None and found[0] == stamp(backend, h):
         return found[1]  # this cache's entry, untouched since this process verified it
     data = get_object(backend, h)
-    obj = json.loads(data)
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError):  # the right bytes, but no JSON this tool wrote (nested past the parser's
+        raise CacheMiss(h) from None  # depth, or binary): a miss, as a damaged entry is, never a crash
     RECENT_JSON.put(h, len(data), (stamp(backend, h), obj))
     return obj
 

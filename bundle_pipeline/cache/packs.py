@@ -75,7 +75,10 @@ def decode(blob: bytes) -> dict[str, np.ndarray]:
     if blob[: len(MAGIC)] != MAGIC or len(blob) < len(MAGIC) + 8:
         raise ValueError("not a tensor pack")
     (size,) = struct.unpack("<Q", blob[len(MAGIC) : len(MAGIC) + 8])
-    header = json.loads(blob[len(MAGIC) + 8 : len(MAGIC) + 8 + size])
+    try:
+        header = json.loads(blob[len(MAGIC) + 8 : len(MAGIC) + 8 + size])
+    except RecursionError:
+        raise ValueError("tensor pack header nested past the parser's depth") from None
     start = _aligned(len(MAGIC) + 8 + size)
     if header.get("v") != PACK_VERSION:
         raise ValueError(f"tensor pack version {header.get('v')!r} is not {PACK_VERSION}")

@@ -474,7 +474,7 @@ class OutputState:
     def _read_disk(self) -> dict[str, dict[str, Any]]:
         try:
             payload = json.loads(self._backend.read(self._rel))
-        except (FileNotFoundError, ValueError):
+        except (FileNotFoundError, ValueError, RecursionError):
             return {}
         entries = payload.get("entries") if isinstance(payload, dict) and payload.get("v") == STATE_FORMAT else None
         if not isinstance(entries, dict):

@@ -100,7 +100,7 @@ def damage_errors() -> tuple[type[BaseException], ...]:
     # zarr is imported lazily: a no-op build only stats inputs and reads JSON records
     import zarr.errors
 
-    return (ValueError, TypeError, KeyError, IndexError, AttributeError, zarr.errors.BaseZarrError)
+    return (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError, zarr.errors.BaseZarrError)
 
 
 def tensor_rel(h: str) -> str:
