@@ -332,7 +332,7 @@ class StatState:
         """Range hashes remembered for the file at signature ``sig``: on disk, or by this build (``one_build``)."""
         with self._lock:
             entry = self._loaded().get(RANGES + abspath)
-        known = dict(entry[4]) if entry is not None and tuple(entry[:4]) == sig else {}
+        known = entry[4] if entry is not None and tuple(entry[:4]) == sig else {}  # read-only: no copy
         recent = _recent_entry(RANGES + abspath, sig)
         return known if recent is None else {**known, **recent[4]}
 
