@@ -79,6 +79,8 @@ def decode(blob: bytes) -> dict[str, np.ndarray]:
         header = json.loads(blob[len(MAGIC) + 8 : len(MAGIC) + 8 + size])
     except RecursionError:
         raise ValueError("tensor pack header nested past the parser's depth") from None
+    if not isinstance(header, dict):
+        raise ValueError("tensor pack header is not an object")
     start = _aligned(len(MAGIC) + 8 + size)
     if header.get("v") != PACK_VERSION:
         raise ValueError(f"tensor pack version {header.get('v')!r} is not {PACK_VERSION}")

@@ -64,7 +64,7 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import blake3
@@ -215,7 +215,6 @@ def _is_hash(value: Any) -> bool:
     return isinstance(value, str) and _HASH_RE.fullmatch(value) is not None
 
 
-
 def _key_path(key: str) -> str:
     return key.removeprefix(RANGES)
 
@@ -328,7 +327,7 @@ class StatState:
             entry = self._loaded().get(RANGES + os.path.abspath(os.fspath(path)))
         return None if entry is None else (tuple(entry[:4]), dict(entry[4]))
 
-    def _known(self, abspath: str, sig: Signature) -> dict[str, str]:
+    def _known(self, abspath: str, sig: Signature) -> Mapping[str, str]:
         """Range hashes remembered for the file at signature ``sig``: on disk, or by this build (``one_build``)."""
         with self._lock:
             entry = self._loaded().get(RANGES + abspath)

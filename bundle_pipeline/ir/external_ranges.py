@@ -128,12 +128,26 @@ def fingerprint_ranges(fd: int, keys: list[str]) -> dict[str, str]:
                     out[key] = fingerprint(piece)
             return out
 
-        first, *rest = _split_by_bytes(spans, os.cpu_count() or 1)  # threads of their own: the plan has loaded
-        beside = [Beside(prints, part, name="bundle-pipeline-fingerprint") for part in rest]  # no pool (5-8 ms)
-        found = prints(first)
+        first, *rest = _split_by_bytes(spans, _threads_for(sum(end - start for start, end in spans.values())))
+        beside: list[Beside] = []  # threads of their own: the plan has loaded no pool (5-8 ms to import)
+        try:
+            beside += [Beside(prints, part, name="bundle-pipeline-fingerprint") for part in rest]
+            found = prints(first)
+        finally:
+            for thread in beside:  # every one joined before the mapping closes, whatever happened here
+                thread.join()
         for thread in beside:
             found.update(thread.result())
         return found
+
+
+FINGERPRINT_BYTES_A_THREAD = 32 << 20  # below this a thread of its own costs more than it saves
+
+
+def _threads_for(nbytes: int) -> int:
+    """Threads to fingerprint ``nbytes`` on: one for each 32 MiB, and no more than the cores this process may use."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, nbytes // FINGERPRINT_BYTES_A_THREAD))
 
 
 def _split_by_bytes(spans: dict[str, tuple[int, int]], n: int) -> list[list[str]]:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import xxhash
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bundle_pipeline.cache import Cache, statstate
 from bundle_pipeline.dtypes import EXTENDED_NAMES
@@ -31,7 +32,7 @@ def write_at(path, data: bytes, age_ns: int = HOUR_NS) -> None:
     os.utime(path, ns=(mtime, mtime))
 
 
-def counting(calls: list) -> Callable[[int, list[str]], dict[str, str]]:
+def counting(calls: list) -> statstate.RangeHash:
     def hashed(fd: int, keys: list[str], prints: dict[str, str] | None = None) -> dict[str, str]:
         calls.append(sorted(keys))
         return hash_ranges(fd, keys, prints)
@@ -179,3 +180,50 @@ def test_the_fingerprints_a_hash_pass_takes_are_the_ones_a_fingerprint_pass_take
         hashes = hash_plain_ranges(f.fileno(), keys, plain)
         assert hash_ranges(f.fileno(), keys, numpy_path) == (hashes or hash_ranges(f.fileno(), keys))
         assert numpy_path == fingerprint_ranges(f.fileno(), keys) == (plain if hashes is not None else numpy_path)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 7])
+def test_fingerprints_are_the_same_on_any_number_of_threads(tmp_path, monkeypatch, threads):
+    from bundle_pipeline.ir import external_ranges
+
+    path = tmp_path / "w.data"
+    data = np.random.default_rng(5).standard_normal(4096).astype("<f4")
+    path.write_bytes(data.tobytes())
+    keys = [range_key(4 * start, "float32", [n]) for start, n in ((0, 5), (5, 1000), (1005, 3), (1008, 3088))]
+    with open(path, "rb") as f:
+        monkeypatch.setattr(external_ranges, "_threads_for", lambda nbytes: 1)
+        one = fingerprint_ranges(f.fileno(), keys)
+        monkeypatch.setattr(external_ranges, "_threads_for", lambda nbytes: threads)
+        assert fingerprint_ranges(f.fileno(), keys) == one and len(one) == 4
+
+
+def test_a_failing_fingerprint_thread_is_joined_before_the_mapping_closes(tmp_path, monkeypatch):
+    from bundle_pipeline.ir import external_ranges
+
+    path = tmp_path / "w.data"
+    path.write_bytes(bytes(4096))
+    keys = [range_key(1024 * i, "uint8", [1024]) for i in range(4)]
+    calls = []
+
+    def failing(piece):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # what a Ctrl-C in the planning thread looks like
+        return "0" * 32
+
+    monkeypatch.setattr(external_ranges, "_threads_for", lambda nbytes: 2)
+    monkeypatch.setattr(external_ranges, "fingerprint", failing)
+    with open(path, "rb") as f, pytest.raises(KeyboardInterrupt):  # not a BufferError from closing the mapping
+        fingerprint_ranges(f.fileno(), keys)
+
+
+@given(st.lists(st.integers(0, 50), max_size=30), st.integers(1, 8))
+def test_ranges_split_by_bytes_keep_their_order_and_leave_no_part_empty(sizes, n):
+    from bundle_pipeline.ir.external_ranges import _split_by_bytes
+
+    spans, at = {}, 0
+    for i, size in enumerate(sizes):
+        spans[f"k{i}"] = (at, at + size)
+        at += size
+    parts = _split_by_bytes(spans, n)
+    assert [k for part in parts for k in part] == list(spans) and all(parts) and len(parts) <= n
