@@ -31,7 +31,7 @@ from ..errors import BundleIOError
 from ..files import describe_error, open_regular
 from ..hashing import tensor_hash
 from .external import ExternalRef
-from .external_ranges import fingerprint
+from .external_ranges import fingerprint, release
 
 MAP_MIN_BYTES = 1 << 20  # smaller tensors are read (a map costs a few syscalls and a VMA)
 
@@ -65,6 +65,7 @@ def hash_ranges(fd: int, keys: list[str], prints: dict[str, str] | None = None) 
             return None
         if prints is not None:
             prints[key] = fingerprint(raw)
+        release(mapped if size else None, offset, offset + nbytes)
     return out
 
 
