@@ -227,3 +227,21 @@ def test_ranges_split_by_bytes_keep_their_order_and_leave_no_part_empty(sizes, n
         at += size
     parts = _split_by_bytes(spans, n)
     assert [k for part in parts for k in part] == list(spans) and all(parts) and len(parts) <= n
+
+
+def test_releasing_a_read_range_keeps_the_bytes_of_its_neighbours(tmp_path):
+    """``release`` drops the whole pages inside a range once read; a page shared with the next range stays, and
+    whatever is read again comes back from the page cache unchanged."""
+    import mmap
+
+    from bundle_pipeline.ir.external_ranges import release
+
+    path = tmp_path / "w.data"
+    data = np.random.default_rng(6).integers(0, 256, 5 * mmap.PAGESIZE + 123, dtype=np.uint8).tobytes()
+    path.write_bytes(data)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        for start, end in ((0, 100), (100, 3 * mmap.PAGESIZE + 7), (3 * mmap.PAGESIZE + 7, len(data)), (5, 5)):
+            assert mapped[start:end] == data[start:end]
+            release(mapped, start, end)
+        assert mapped[:] == data
+    release(None, 0, 10)  # an empty file has no mapping
