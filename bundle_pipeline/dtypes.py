@@ -56,6 +56,14 @@ class _Extended(Mapping):
 EXTENDED: Mapping[str, np.dtype] = _Extended()  # name -> dtype
 # Bits per element of the types ONNX packs several to a byte in TensorProto / external data.
 PACKED_BITS: dict[str, int] = {"int4": 4, "uint4": 4, "float4_e2m1fn": 4, "int2": 2, "uint2": 2}
+# Bytes an element of the other ml_dtypes types takes (their numpy itemsize, known without loading ml_dtypes)
+EXTENDED_ITEMSIZE: dict[str, int] = {"bfloat16": 2, "float8_e4m3fn": 1, "float8_e4m3fnuz": 1, "float8_e5m2": 1,
+                                     "float8_e5m2fnuz": 1, "float8_e8m0fnu": 1}
+
+
+def packed_nbytes(name: str, count: int) -> int:
+    """Bytes ``count`` elements of packed type ``name`` (``PACKED_BITS``) take serialised, the last byte padded."""
+    return -(-count * PACKED_BITS[name] // 8)
 
 
 @cache

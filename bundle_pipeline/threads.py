@@ -7,6 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity where the platform has one: a container's share)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def map_values(fn: Callable[[Any], Any], items: dict[str, Any]) -> dict[str, Any]:
     """``{name: fn(value)}`` in name order, on up to one thread a core; one item (or none) runs on this thread."""
     names = sorted(items)
@@ -14,7 +19,7 @@ def map_values(fn: Callable[[Any], Any], items: dict[str, Any]) -> dict[str, Any
         return {n: fn(items[n]) for n in names}
     from concurrent.futures import ThreadPoolExecutor  # not at import: a no-op maps nothing
 
-    with ThreadPoolExecutor(max_workers=min(len(names), os.cpu_count() or 2)) as pool:
+    with ThreadPoolExecutor(max_workers=min(len(names), cores())) as pool:
         return dict(zip(names, pool.map(lambda n: fn(items[n]), names), strict=True))
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dtypes import PACKED_BITS, dtype_from_name, itemsize, unpack_sub_byte
+from ..dtypes import PACKED_BITS, dtype_from_name, itemsize, packed_nbytes, unpack_sub_byte
 from ..errors import BundleIOError, GraphInvalid
 from ..files import describe_error, kind, open_regular
 
@@ -75,7 +75,7 @@ class ExternalRef:
         """Bytes the tensor occupies in the file (int4/uint4/float4/int2/uint2 packed, lowest bits first)."""
         count = math.prod(self.shape)
         if self.dtype in PACKED_BITS:
-            return -(-count * PACKED_BITS[self.dtype] // 8)
+            return packed_nbytes(self.dtype, count)
         return count * itemsize(self.dtype)
 
     def read_raw(self) -> bytearray:

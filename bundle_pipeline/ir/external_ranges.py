@@ -16,9 +16,9 @@ import re
 import sys
 from typing import Any
 
-from ..dtypes import PACKED_BITS
+from ..dtypes import EXTENDED_ITEMSIZE, PACKED_BITS, packed_nbytes
 from ..hashing import tensor_hasher
-from ..threads import Beside
+from ..threads import Beside, cores
 
 # numpy's ``dtype.str`` (what ``hashing.tensor_hash`` writes) and item size of the plain numeric types
 PLAIN_TYPES: dict[str, tuple[str, int]] = {
@@ -28,10 +28,6 @@ PLAIN_TYPES: dict[str, tuple[str, int]] = {
     "bool": ("|b1", 1), "complex64": ("<c8", 8), "complex128": ("<c16", 16),
 }
 
-
-# Bytes an element of the other stored types takes in a file (ONNX packs the sub-byte ones: ``PACKED_BITS``)
-_LOW_PRECISION_BYTES = {"bfloat16": 2, "float8_e4m3fn": 1, "float8_e4m3fnuz": 1, "float8_e5m2": 1,
-                        "float8_e5m2fnuz": 1, "float8_e8m0fnu": 1}
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_]+")  # nothing json.dumps would escape
 
@@ -67,19 +63,18 @@ def hash_plain_ranges(fd: int, keys: list[str], prints: dict[str, str] | None = 
     None when one is not a plain type (``PLAIN_TYPES``) in the file on this little-endian host: the caller then
     uses ``external_map.hash_ranges``, which reads the others through numpy (or gives up). ``prints``: filled
     with each range's fingerprint (``fingerprint``), taken while its bytes are in the CPU's cache."""
-    parsed = [json.loads(key) for key in keys]
-    if sys.byteorder != "little" or not all(dtype in PLAIN_TYPES for _, dtype, _ in parsed):
+    if sys.byteorder != "little":
         return None
     size = os.fstat(fd).st_size
-    ends = [offset + math.prod(shape) * PLAIN_TYPES[dtype][1] for offset, dtype, shape in parsed]
-    if any(offset < 0 or end > size for (offset, _, _), end in zip(parsed, ends, strict=True)):
+    spans = [_span(key, size) for key in keys]
+    if not all(span is not None and span[1] in PLAIN_TYPES for span in spans):
         return None
     mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if size else None
     try:
         view = memoryview(mapped) if mapped is not None else memoryview(b"")
         with view:
             hashes = {}
-            for key, (offset, dtype, shape), end in zip(keys, parsed, ends, strict=True):
+            for key, (offset, dtype, shape, end) in zip(keys, spans, strict=True):
                 with view[offset:end] as piece:
                     hashes[key] = _tensor_hash(dtype, shape, piece)
                     if prints is not None:
@@ -123,12 +118,7 @@ def fingerprint_ranges(fd: int, keys: list[str]) -> dict[str, str]:
     split by bytes between one thread a core: mapping the file's pages in costs as much as the hash (a fresh
     process: 32 ms for 378 MB on one thread, 21-25 ms on two; xxh3 lets go of the GIL)."""
     size = os.fstat(fd).st_size
-    spans = {}
-    for key in keys:
-        offset, dtype, shape = json.loads(key)
-        nbytes = _file_bytes(dtype, math.prod(shape))
-        if nbytes is not None and offset >= 0 and offset + nbytes <= size:
-            spans[key] = (offset, offset + nbytes)
+    spans = {key: (span[0], span[3]) for key in keys if (span := _span(key, size)) is not None}
     if not spans or not size:  # (an empty file cannot be mapped)
         return {}
     with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped, memoryview(mapped) as view:
@@ -159,8 +149,7 @@ FINGERPRINT_BYTES_A_THREAD = 32 << 20  # below this a thread of its own costs mo
 
 def _threads_for(nbytes: int) -> int:
     """Threads to fingerprint ``nbytes`` on: one for each 32 MiB, and no more than the cores this process may use."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, nbytes // FINGERPRINT_BYTES_A_THREAD))
+    return max(1, min(cores(), nbytes // FINGERPRINT_BYTES_A_THREAD))
 
 
 def _split_by_bytes(spans: dict[str, tuple[int, int]], n: int) -> list[list[str]]:
@@ -174,10 +163,17 @@ def _split_by_bytes(spans: dict[str, tuple[int, int]], n: int) -> list[list[str]
     return [part for part in parts if part]
 
 
+def _span(key: str, size: int) -> tuple[int, str, list[int], int] | None:
+    """(offset, dtype, shape, end) of the range ``range_key`` names, when it lies inside a file of ``size`` bytes
+    and its dtype's size in the file is known here; else None."""
+    offset, dtype, shape = json.loads(key)
+    nbytes = _file_bytes(dtype, math.prod(shape))
+    return None if nbytes is None or offset < 0 or offset + nbytes > size else (offset, dtype, shape, offset + nbytes)
+
+
 def _file_bytes(dtype: str, count: int) -> int | None:
-    if dtype in PLAIN_TYPES:
-        return count * PLAIN_TYPES[dtype][1]
+    """Bytes ``count`` elements of ``dtype`` take in an external-data file (``ExternalRef.nbytes``, without numpy)."""
     if dtype in PACKED_BITS:
-        return -(-count * PACKED_BITS[dtype] // 8)
-    width = _LOW_PRECISION_BYTES.get(dtype)
+        return packed_nbytes(dtype, count)
+    width = PLAIN_TYPES[dtype][1] if dtype in PLAIN_TYPES else EXTENDED_ITEMSIZE.get(dtype)
     return None if width is None else count * width
