@@ -198,36 +198,56 @@ def fig_weight_edit(ctx: Ctx) -> tuple[dict, list[Row]]:
                 at_most(wall(edit), GOAL_EDIT_S), f"OV full compile {secs(wall(ov))}" if ov else "",
                 ratio(wall(edit), wall(ov)),
                 f"peers recompile in full; ORT optimise+save {secs(wall(ort))}" if ort else "")]
-    out["one_file"], one_file_row = _one_file_edit(ctx, a["manifest"])
-    return out, [*rows, one_file_row]
+    out["one_file"], one_file_rows = _one_file_edits(ctx, a["manifest"])
+    return out, [*rows, *one_file_rows]
 
 
-def _one_file_edit(ctx: Ctx, a: dict) -> tuple[dict, Row]:
+def _one_file_edits(ctx: Ctx, a: dict) -> tuple[dict, list[Row]]:
     """The same edit of (a) in onnx's default external-data layout (one file a graph, ``speedgen.one_file_layout``):
-    the plan reads the whole rewritten file to find the range that changed."""
+    the plan reads the whole rewritten file to find the range that changed, at a speed set by the page cache. First
+    as just saved (the goal's row), then with the files written again in small pieces (``rewrite_in_pieces``)."""
     manifest = speedgen.one_file_layout(a, ctx.data / "speed")
+    directory = Path(manifest["spec"]).parent
+    data = [directory / name for name in manifest["data_files"]]
+    saved = _one_file_edit(ctx, manifest, "a-one-file")
+    saved["huge_mapped"] = speedgen.huge_mapped_share(directory / manifest["edit"]["file"])
+    pieces = {**speedgen.rewrite_in_pieces(data), **_one_file_edit(ctx, manifest, "a-one-file-pieces")}
+    pieces["huge_mapped"] = speedgen.huge_mapped_share(directory / manifest["edit"]["file"])
+    mib = _mib((directory / manifest["edit"]["file"]).stat().st_size)
+    rows = [_one_file_row(saved, f"the same edit, onnx's one-file layout ({mib} file, just saved): "
+                                 "build s / cold build s", goal=True),
+            _one_file_row(pieces, "the same, the files written in 64 KiB pieces: build s / cold build s",
+                          goal=False)]
+    return {"saved": saved, "pieces": pieces}, rows
+
+
+def _one_file_edit(ctx: Ctx, manifest: dict, label: str) -> dict:
     directory, edit = Path(manifest["spec"]).parent, manifest["edit"]
-    out = {"cold": cold(ctx, "a-one-file", Path(manifest["spec"]))}
+    out = {"cold": cold(ctx, label, Path(manifest["spec"]))}
     if ok(out["cold"]):
         path = directory / edit["file"]
         with open(path, "rb") as f:
             f.seek(edit["offset"])
             original = f.read(edit["nbytes"])
-        incremental.mark_edited(directory, manifest)
         try:
-            out["edit"] = rebuild(ctx, "a-one-file", "weight edit",
-                                  lambda _: speedgen.edit_one_file(directory, manifest))
-        finally:  # the inputs as generated again: the next run reuses them
+            out["edit"] = rebuild(ctx, label, "weight edit", lambda _: speedgen.edit_one_file(directory, manifest))
+        finally:  # the next build of this run sees the inputs as saved
             with open(path, "r+b") as f:
                 f.seek(edit["offset"])
                 f.write(original)
-            generate.write_manifest(directory, manifest)
+    return out
+
+
+def _one_file_row(out: dict, figure: str, goal: bool) -> Row:
     share = ratio(build_s(out.get("edit")), build_s(out["cold"]))
-    mib = _mib((directory / edit["file"]).stat().st_size)
-    return out, Row("4 weight edit", f"the same edit, onnx's one-file layout ({mib} file): build s / cold build s",
-                    share, "", f"<= {GOAL_EDIT_SHARE}", at_most(share, GOAL_EDIT_SHARE),
-                    note=(f"{secs(build_s(out['edit']))} / {secs(build_s(out['cold']))}" if share
-                          else failure(out.get("edit") or out["cold"])))
+    huge = out.get("huge_mapped")
+    mapped = "" if huge is None else f"; {huge:.0%} of the edited file mapped in 2 MiB pages"
+    note = (f"{secs(build_s(out['edit']))} / {secs(build_s(out['cold']))}{mapped}" if share
+            else failure(out.get("edit") or out["cold"]))
+    if goal:
+        return Row("4 weight edit", figure, share, "", f"<= {GOAL_EDIT_SHARE}", at_most(share, GOAL_EDIT_SHARE),
+                   note=note)
+    return Row("4 weight edit", figure, share, "", note=note)
 
 
 def external_data_files(directory: Path) -> list[Path]:
