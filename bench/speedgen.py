@@ -298,7 +298,7 @@ def one_file_layout(a: dict, root: Path) -> dict:
 
     Saved again in every run, as the user who builds and then edits the model has just saved it: what reading a
     whole file costs depends on the page cache's state, which a file kept from an earlier run does not control
-    (``huge_mapped_share``, ``rewrite_in_pieces``)."""
+    (``huge_mapped_share``, ``rewrite``)."""
     source = Path(a["spec"]).parent
     directory = root / "a-one-file"
     key = {"version": SPEEDGEN_VERSION, "a": {k: a[k] for k in ("generator_version", "scale", "graph_files_bytes")}}
@@ -318,17 +318,22 @@ def one_file_layout(a: dict, root: Path) -> dict:
     return manifest
 
 
-def rewrite_in_pieces(paths: Sequence[Path], piece: int = 64 << 10) -> dict:
-    """Write each file again (a new file put in its place, same bytes) in ``piece``-byte writes, as a program that
-    streams its output through a small buffer does. The page cache then holds it in folios no larger than the
-    writes (a save's large writes leave most of it in 2 MiB ones): the state the bench's one-file data was found in,
-    kept from an earlier run, when a whole-file pass took 30-40 ms instead of 12-16."""
+def rewrite(paths: Sequence[Path], piece: int | None = None) -> dict:
+    """Write each file again, same bytes, as a new file put in its place: in one write (``piece`` None), as a save
+    does, or in ``piece``-byte writes, as a program that streams its output through a small buffer does. The page
+    cache then holds the file in folios as large as the writes allow (2 MiB ones for most of a large write, none
+    larger than ``piece`` otherwise): the state a user who has just saved their model has, set by this run
+    rather than left from an earlier one. The one-file data kept from an earlier run was found in small folios,
+    and a whole-file pass over it took 30-40 ms instead of 12-16 (``huge_mapped_share``)."""
     start = time.perf_counter()
     for path in paths:
-        tmp = path.with_name(path.name + ".pieces")
+        tmp = path.with_name(path.name + ".rewrite")
         with open(path, "rb") as src, open(tmp, "wb", buffering=0) as dst:
-            while chunk := src.read(piece):
-                dst.write(chunk)
+            if piece is None:
+                dst.write(src.read())
+            else:
+                while chunk := src.read(piece):
+                    dst.write(chunk)
         os.replace(tmp, path)
     return {"piece_bytes": piece, "rewrite_s": time.perf_counter() - start}
 
