@@ -1,4 +1,5 @@
-"""Inputs of bench/speed.py, deterministic and re-used once generated (under bench/data/speed/):
+"""Inputs of bench/speed.py, deterministic and re-used once generated (under bench/data/speed/), but for the
+one-file layout of bundle (a), saved again in every run (``one_file_layout``):
 
 - real models from pinned PyPI wheels (PP-OCR det, magika, rapidocr cls, silero-vad), each split by our CLI
   (`bundle-pipeline split`) into init/update/infer, and a "combo" bundle of magika + cls + silero together
@@ -311,9 +312,10 @@ def one_file_layout(a: dict, root: Path) -> dict:
     edit = a["edit"]
     infer = onnx.load_model(str(directory / f"{edit['graph']}.onnx"), load_external_data=False)
     where = next({e.key: e.value for e in t.external_data} for t in infer.graph.initializer if t.name == edit["tensor"])
-    manifest = {"key": key, "spec": str(directory.resolve() / "bundle.yaml"), "weight_bytes": a["weight_bytes"],
+    manifest = {"key": key, "spec": str(directory / "bundle.yaml"), "weight_bytes": a["weight_bytes"],
                 "tensors": a["tensors"], "edit": {**edit, "file": where["location"], "offset": int(where["offset"])},
-                "data_files": sorted(f"{graph}.data" for graph in a["graph_files_bytes"])}
+                "data_files": sorted({f for graph in a["graph_files_bytes"]
+                                      for f in generate.external_files(directory / f"{graph}.onnx").values()})}
     generate.write_manifest(directory, manifest)
     return manifest
 
@@ -322,51 +324,68 @@ def rewrite(paths: Sequence[Path], piece: int | None = None) -> dict:
     """Write each file again, same bytes, as a new file put in its place: in one write (``piece`` None), as a save
     does, or in ``piece``-byte writes, as a program that streams its output through a small buffer does. The page
     cache then holds the file in folios as large as the writes allow (2 MiB ones for most of a large write, none
-    larger than ``piece`` otherwise): the state a user who has just saved their model has, set by this run
-    rather than left from an earlier one. The one-file data kept from an earlier run was found in small folios,
-    and a whole-file pass over it took 30-40 ms instead of 12-16 (``huge_mapped_share``)."""
+    larger than ``piece`` otherwise): a state this run sets rather than one left by an earlier run and the time
+    since (``huge_mapped_share``). A failed write leaves the file as it was."""
     start = time.perf_counter()
     for path in paths:
         tmp = path.with_name(path.name + ".rewrite")
-        with open(path, "rb") as src, open(tmp, "wb", buffering=0) as dst:
-            if piece is None:
-                dst.write(src.read())
-            else:
-                while chunk := src.read(piece):
-                    dst.write(chunk)
-        os.replace(tmp, path)
+        try:
+            with open(path, "rb") as src, open(tmp, "wb", buffering=0) as dst:
+                while chunk := src.read(piece if piece is not None else -1):
+                    _write_all(dst, chunk)
+                    if piece is None:
+                        break
+            if tmp.stat().st_size != path.stat().st_size:
+                raise OSError(f"{tmp}: wrote {tmp.stat().st_size} of {path.stat().st_size} bytes")
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     return {"piece_bytes": piece, "rewrite_s": time.perf_counter() - start}
+
+
+def _write_all(raw, data: bytes) -> None:
+    """All of ``data`` to an unbuffered file: one ``write`` may take less (Linux writes at most 2 GiB a call)."""
+    view = memoryview(data)
+    while view:
+        view = view[raw.write(view):]
 
 
 def huge_mapped_share(path: Path) -> float | None:
     """The share of ``path``'s bytes a fresh read-only mapping of it maps with 2 MiB page-table entries, when its
     pages are in the page cache (Linux ``/proc/self/smaps``; None elsewhere). Mapping a 360 MiB file's pages a
-    4 KiB entry each took a fresh process 30 ms of the 40 ms a whole-file pass took; in 2 MiB entries, almost
-    nothing (the pass 12 ms, at memory speed). The kernel (ext4 with large folios, Linux 6.16+) keeps a file in
-    2 MiB folios where ``write`` left them, and maps those so."""
+    4 KiB entry each took a fresh process ~30 ms of a whole-file pass and unmapping them 15 more; in 2 MiB entries,
+    almost nothing (the pass 12-14 ms, at memory speed). The kernel (ext4 with large folios, Linux 6.16+) keeps a
+    file in 2 MiB folios where ``write`` left them, and maps those so."""
     smaps = Path("/proc/self/smaps")
     size = path.stat().st_size
     if not smaps.exists() or size == 0:
         return None
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
         pages = np.frombuffer(mapped, dtype=np.uint8)
-        int(pages[::mmap.PAGESIZE].sum())  # faults every page in (one byte each)
-        del pages  # before the mapping closes
-        entry = _smaps_entry(smaps.read_text(), str(path.resolve()))
-    return None if entry is None else entry.get("FilePmdMapped", 0) * 1024 / size
+        try:
+            start = pages.ctypes.data  # the mapping's address: its smaps header starts with it
+            int(pages[::mmap.PAGESIZE].sum())  # faults every page in (one byte each)
+        finally:
+            del pages  # before the mapping closes, whatever happened
+        entry = _smaps_entry(smaps.read_text(), start)
+    return None if entry is None or "FilePmdMapped" not in entry else entry["FilePmdMapped"] * 1024 / size
 
 
-def _smaps_entry(text: str, name: str) -> dict[str, int] | None:
-    """The kB fields of the first mapping of file ``name`` in a ``/proc/self/smaps`` text."""
+def _smaps_entry(text: str, start: int) -> dict[str, int] | None:
+    """The kB fields of the mapping at address ``start`` in a ``/proc/self/smaps`` text: found by its address, as
+    its path may be printed otherwise than ``Path`` spells it (escaped, or with spaces)."""
     found: dict[str, int] | None = None
     for line in text.splitlines():
-        fields = line.split()
-        if len(fields) >= 5 and "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's header
+        first = line.split(maxsplit=1)[0] if line.strip() else ""
+        if "-" in first and not first.endswith(":"):  # a mapping's header: "start-end perms offset dev inode [path]"
             if found is not None:
                 return found
-            found = {} if " ".join(fields[5:]) == name else None
-        elif found is not None and len(fields) == 3 and fields[2] == "kB":
-            found[fields[0].rstrip(":")] = int(fields[1])
+            found = {} if first.split("-")[0] == f"{start:x}" else None
+        elif found is not None:
+            fields = line.split()
+            if len(fields) == 3 and fields[2] == "kB":
+                found[fields[0].rstrip(":")] = int(fields[1])
     return found
 
 

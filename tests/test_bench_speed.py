@@ -68,7 +68,10 @@ def test_tensor_bundle_holds_distinct_tensors(tmp_path):
 
 
 SMAPS = """\
-7f3711400000-7f3727c3c000 r--s 00000000 fe:00 5447686                    /data/infer.data
+55d0c2a4e000-55d0c2a6f000 rw-p 00000000 00:00 0                          [heap]
+Size:                132 kB
+FilePmdMapped:         0 kB
+7f3711400000-7f3727c3c000 r--s 00000000 fe:00 5447686                    /data/two  spaces.data
 Size:             368880 kB
 Rss:              368880 kB
 FilePmdMapped:    309248 kB
@@ -76,21 +79,51 @@ VmFlags: rd mr me ms
 7f3727c3c000-7f3727f3c000 rw-p 00000000 00:00 0
 Size:               3072 kB
 FilePmdMapped:         0 kB
+7f3727f3c000-7f3727f3d000 r--p 00000000 fe:00 5447687                    /data/gone.data (deleted)
+Size:                  4 kB
 """
 
 
-def test_smaps_entry_is_the_named_mapping_only():
-    """An anonymous mapping's header has no name: its fields must not be read as the file's."""
-    assert speedgen._smaps_entry(SMAPS, "/data/infer.data") == {"Size": 368880, "Rss": 368880,
-                                                                  "FilePmdMapped": 309248}
-    assert speedgen._smaps_entry(SMAPS, "/data/other.data") is None
+def test_smaps_entry_is_the_mapping_at_the_address_only():
+    """Found by address: a path with spaces, [heap], an anonymous mapping after it and VmFlags do not confuse it."""
+    assert speedgen._smaps_entry(SMAPS, 0x7f3711400000) == {"Size": 368880, "Rss": 368880, "FilePmdMapped": 309248}
+    assert speedgen._smaps_entry(SMAPS, 0x7f3727f3c000) == {"Size": 4}
+    assert speedgen._smaps_entry(SMAPS, 0x7f0000000000) is None
 
 
-def test_huge_mapped_share_is_a_share_or_none(tmp_path):
-    path = tmp_path / "w.data"
+def test_huge_mapped_share_reads_this_process_mapping(tmp_path):
+    path = tmp_path / "two  spaces.data"
     path.write_bytes(os.urandom(3 << 20))
     share = speedgen.huge_mapped_share(path)
-    assert share is None or 0.0 <= share <= 1.0
+    if Path("/proc/self/smaps").exists():  # Linux: the mapping is found (a lookup that misses would say None)
+        assert share is not None and 0.0 <= share <= 1.0
+    else:
+        assert share is None
+
+
+@pytest.mark.parametrize("piece", [None, 4096, 3 << 20])
+def test_rewrite_keeps_the_bytes_in_a_new_file(tmp_path, piece):
+    path = tmp_path / "w.data"
+    data = os.urandom((5 << 20) + 123)
+    path.write_bytes(data)
+    before = path.stat().st_ino
+    speedgen.rewrite([path], piece)
+    assert path.read_bytes() == data and path.stat().st_ino != before
+    assert [p.name for p in tmp_path.iterdir()] == ["w.data"]
+
+
+def test_rewrite_that_fails_leaves_the_file_and_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "w.data"
+    data = os.urandom(1 << 20)
+    path.write_bytes(data)
+
+    def short(raw, chunk):  # the disk fills up after the first piece
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(speedgen, "_write_all", short)
+    with pytest.raises(OSError):
+        speedgen.rewrite([path], 4096)
+    assert path.read_bytes() == data and [p.name for p in tmp_path.iterdir()] == ["w.data"]
 
 
 def test_run_measured_timeout_kills_the_command(tmp_path):
