@@ -302,7 +302,6 @@ def one_file_layout(a: dict, root: Path) -> dict:
     (``huge_mapped_share``, ``rewrite``)."""
     source = Path(a["spec"]).parent
     directory = root / "a-one-file"
-    key = {"version": SPEEDGEN_VERSION, "a": {k: a[k] for k in ("generator_version", "scale", "graph_files_bytes")}}
     _fresh_dir(directory)
     for graph in a["graph_files_bytes"]:
         model = onnx.load_model(str(source / f"{graph}.onnx"), load_external_data=True)
@@ -312,7 +311,7 @@ def one_file_layout(a: dict, root: Path) -> dict:
     edit = a["edit"]
     infer = onnx.load_model(str(directory / f"{edit['graph']}.onnx"), load_external_data=False)
     where = next({e.key: e.value for e in t.external_data} for t in infer.graph.initializer if t.name == edit["tensor"])
-    manifest = {"key": key, "spec": str(directory / "bundle.yaml"), "weight_bytes": a["weight_bytes"],
+    manifest = {"spec": str(directory / "bundle.yaml"), "weight_bytes": a["weight_bytes"],
                 "tensors": a["tensors"], "edit": {**edit, "file": where["location"], "offset": int(where["offset"])},
                 "data_files": sorted({f for graph in a["graph_files_bytes"]
                                       for f in generate.external_files(directory / f"{graph}.onnx").values()})}
@@ -331,10 +330,8 @@ def rewrite(paths: Sequence[Path], piece: int | None = None) -> dict:
         tmp = path.with_name(path.name + ".rewrite")
         try:
             with open(path, "rb") as src, open(tmp, "wb", buffering=0) as dst:
-                while chunk := src.read(piece if piece is not None else -1):
+                while chunk := src.read(piece or -1):  # -1: the whole file, then b"" at its end
                     _write_all(dst, chunk)
-                    if piece is None:
-                        break
             if tmp.stat().st_size != path.stat().st_size:
                 raise OSError(f"{tmp}: wrote {tmp.stat().st_size} of {path.stat().st_size} bytes")
             os.replace(tmp, path)

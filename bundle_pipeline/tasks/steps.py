@@ -121,14 +121,9 @@ class TaskContext:
         large ones the cache holds (each an entry of its own, as ``store_tensors`` keeps them), and name -> range
         hash for all of them; else nothing. One stat for the file, however many tensors it holds; the caller's
         memos find the small ones."""
-        keys = {name: ref_range_key(e) for name, e in externals.items()}
-        try:
-            known = self.cache.remembered_ranges(path, sorted(set(keys.values())))
-        except OSError:  # gone: the memo's way, which reports it
-            return {}, {}
-        if known is None or ranges_digest(known) != self.hashes.get(f"file:{location}"):
+        hashes = self._keyed_ranges(location, path, externals)
+        if hashes is None:
             return {}, {}  # changed since the key was made: what is read is checked (``check_read``), not named
-        hashes = {name: known[key] for name, key in keys.items()}
         return ({name: {"tensor": h} for name, h in hashes.items()
                  if _large(externals[name]) and self.cache.has_tensor(h)}, hashes)
 
@@ -139,17 +134,24 @@ class TaskContext:
         timestamp tick (its stat unchanged), and what was read must not be recorded under that key. Unchecked when
         the stat state no longer holds the ranges the digest was made of (the file's stat changed since: the next
         build sees that)."""
-        keys = {n: ref_range_key(e) for n, e in externals.items()}
-        try:
-            remembered = self.cache.remembered_ranges(path, sorted(set(keys.values())))
-        except OSError:
-            return
-        if remembered is None or ranges_digest(remembered) != self.hashes.get(f"file:{location}"):
-            return
-        changed = sorted(n for n, h in read.items() if remembered.get(keys[n]) != h)
+        hashes = self._keyed_ranges(location, path, externals)
+        changed = sorted(n for n, h in read.items() if hashes is not None and hashes[n] != h)
         if changed:
             raise BundleIOError(f"{location} changed while this build read it (weight {changed[0]!r} no longer holds "
                                 f"the bytes the build was planned with); run the build again", self.where)
+
+    def _keyed_ranges(self, location: str, path: Path, externals: Mapping[str, dict]) -> dict[str, str] | None:
+        """name -> range hash of each weight of ``externals`` in file ``path``, when the stat state remembers, for the
+        file's current stat, the range hashes the key's ``file:<location>`` digest was made of; else None (the file
+        changed since, or is gone)."""
+        keys = {name: ref_range_key(e) for name, e in externals.items()}
+        try:
+            known = self.cache.remembered_ranges(path, sorted(set(keys.values())))
+        except OSError:  # gone: the memo's way (or the next build's), which reports it
+            return None
+        if known is None or ranges_digest(known) != self.hashes.get(f"file:{location}"):
+            return None
+        return {name: known[key] for name, key in keys.items()}
 
     def placer(self, packs: Mapping[str, str]) -> CachePlacer:
         return CachePlacer(self.cache, dict(packs))
