@@ -10,10 +10,9 @@ State kept, per process: the writes in flight by (cache root, tensor hash), and 
 
 - Every read of a local entry (``tensor_store``: has, get, export, place, verify) first ``wait``s for its write and
   raises the write's error (a ``BundleIOError``).
-- A task that started writes has its action record written once they succeeded (``after``), by the thread of the
-  last one to finish (a thread a record, started while the writes keep both cores busy, waited up to 4 ms to be
-  scheduled): a record never names an unwritten entry; a build that fails or is killed mid-write leaves a tensor to
-  store again, not a record naming nothing.
+- A task that started writes has its action record written once they succeeded (``after``): a record never names an
+  unwritten entry; a build that fails or is killed mid-write leaves a tensor to store again, not a record naming
+  nothing.
 - ``allowed()`` waits for every write and record before it returns, so nothing is in flight once a build's tasks
   are done. Outside it (cluster workers, whose readers run in other processes) every entry is written before the
   task that stored it returns, as before.
@@ -29,40 +28,12 @@ from contextlib import contextmanager
 
 from bundle_pipeline.errors import BundleIOError
 from bundle_pipeline.files import describe_error
-from bundle_pipeline.threads import cores
+from bundle_pipeline.threads import Beside, cores
 
 _LOCK = threading.Lock()
 _allowed = 0  # callers of ``allowed()`` now inside it
-_writes: dict[tuple[str, str], Write] = {}  # (cache root, tensor hash) -> its write, until drained
-_records: list[tuple[list[Write], Callable[[], None]]] = []  # records waiting for their task's writes
-_record_errors: list[BaseException] = []  # a record that could not be written, for ``drain``
-
-
-class Write:
-    """An entry's write on a thread of its own; ``result()`` waits for it and raises its error (an IO_ERROR)."""
-
-    def __init__(self, write: Callable[[], None], what: str) -> None:
-        self._write, self._what = write, what
-        self._done = threading.Event()
-        self.error: BaseException | None = None
-        threading.Thread(target=self._run, name="bundle-pipeline-write-behind", daemon=True).start()
-
-    def _run(self) -> None:
-        try:
-            _reported(self._write, self._what)()
-        except BaseException as err:  # noqa: BLE001  (re-raised by ``result`` wherever the entry is read)
-            self.error = err
-        finally:
-            self._done.set()
-            _write_ready_records()
-
-    def finished(self) -> bool:
-        return self._done.is_set()
-
-    def result(self) -> None:
-        self._done.wait()
-        if self.error is not None:
-            raise self.error
+_writes: dict[tuple[str, str], Beside] = {}  # (cache root, tensor hash) -> its write, until drained
+_records: list[Beside] = []  # records waiting for their task's writes
 
 
 def max_in_flight() -> int:
@@ -98,18 +69,19 @@ def enabled() -> bool:
     return _allowed > 0
 
 
-def start(root: str, h: str, write: Callable[[], None]) -> Write | None:
+def start(root: str, h: str, write: Callable[[], None]) -> Beside | None:
     """Run ``write`` (which stores entry ``h`` of cache ``root``) on a thread of its own when writes may go behind
     and fewer than ``max_in_flight()`` do; the job, or None when the caller must write now."""
     with _LOCK:
-        busy = sum(1 for job in _writes.values() if not job.finished())
+        busy = sum(1 for job in _writes.values() if job.running())
         if not _allowed or busy >= max_in_flight():
             return None
-        job = _writes[root, h] = Write(write, f"tensor {h}")
+        job = Beside(_reported(write, f"tensor {h}"), name="bundle-pipeline-write-behind")
+        _writes[root, h] = job
         return job
 
 
-def writing(root: str, h: str) -> Write | None:
+def writing(root: str, h: str) -> Beside | None:
     """The write of entry ``h`` of cache ``root`` when it went behind and is not drained yet, else None."""
     return _writes.get((root, h))
 
@@ -121,45 +93,34 @@ def wait(root: str, h: str) -> None:
         job.result()
 
 
-def after(jobs: list[Write], then: Callable[[], None]) -> None:
-    """``then()`` once every job succeeded: now when all have, else by the last one to finish (``drain`` waits for
-    that); never when one failed (its error is raised where the entry is read, and by ``drain``)."""
-    with _LOCK:
-        if not all(job.finished() for job in jobs):
-            _records.append((jobs, then))
-            return
-    if all(job.error is None for job in jobs):
-        _reported(then, "a task's record")()
+def after(jobs: list[Beside], then: Callable[[], None]) -> None:
+    """``then()`` once every job succeeded: now when there are none, else on a thread of its own (``drain``
+    waits for it); never when one failed (its error is raised where the entry is read, and by ``drain``)."""
+    if not jobs:
+        then()
+        return
 
+    def once_written() -> None:
+        for job in jobs:
+            job.result()
+        _reported(then, "record")()
 
-def _write_ready_records() -> None:
-    """Write the waiting records whose writes all finished (dropping those with a failed one)."""
     with _LOCK:
-        ready = [(jobs, then) for jobs, then in _records if all(job.finished() for job in jobs)]
-        _records[:] = [r for r in _records if r not in ready]
-    for jobs, then in ready:
-        if all(job.error is None for job in jobs):
-            try:
-                _reported(then, "a task's record")()
-            except BaseException as err:  # noqa: BLE001  (raised by ``drain``)
-                with _LOCK:
-                    _record_errors.append(err)
+        _records.append(Beside(once_written, name="bundle-pipeline-record-behind"))
 
 
 def drain(quiet: bool = False) -> None:
-    """Wait for every write (each writes the records waiting on it); forget them; raise the first error (a write's,
-    else a record's) unless ``quiet``."""
+    """Wait for every write and waiting record; forget them; raise the first error unless ``quiet``."""
     with _LOCK:
-        jobs = list(_writes.values())
+        jobs = [*_writes.values(), *_records]
+        _writes.clear()
+        _records.clear()
     first: BaseException | None = None
     for job in jobs:
-        job._done.wait()
-        first = first or job.error
-    with _LOCK:
-        for key in [k for k, job in _writes.items() if job in jobs]:
-            del _writes[key]
-        errors, _record_errors[:] = list(_record_errors), []
-    first = first or (errors[0] if errors else None)
+        try:
+            job.result()
+        except BaseException as err:  # noqa: BLE001  (every job is waited for before the first error is raised)
+            first = first or err
     if first is not None and not quiet:
         raise first
 

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     import numpy as np
 
-    from bundle_pipeline.cache.behind import Write
+    from bundle_pipeline.threads import Beside
 
 # The names other packages and tests take from here; the layout names are the on-disk contract.
 __all__ = ["AREAS", "DEFAULT_CHUNK_BYTES", "MARKER", "Cache", "CacheMiss", "NotACache"]
@@ -131,7 +131,7 @@ class Cache:
     # -- tensors (tensor_store.py) ----------------------------------------------------------------
 
     def put_tensor(self, arr: np.ndarray, known_hash: str | None = None, likely_new: bool = False,
-                   started: list[Write] | None = None) -> str:
+                   started: list[Beside] | None = None) -> str:
         """Store an array as a zarr array under its ``tensor_hash`` and return the hash; idempotent. ``known_hash``:
         the caller's ``tensor_hash`` of exactly these bytes (not computed again). ``likely_new``: the caller found
         no entry for them, so a large one is hashed while it is written (``cache/tensors.py``), or, given

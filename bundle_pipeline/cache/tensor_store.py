@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from bundle_pipeline.cache.backends import Backend
+    from bundle_pipeline.threads import Beside
 
 # Tensor entries are content-addressed whole (an edited tensor is a new entry), so chunks bound memory and
 # files, not rewrites: 16 MiB keeps a 1 GiB model to a few hundred files (each costs a create, 0.1-0.5 ms).
@@ -46,7 +47,7 @@ def entry_memo_key(h: str) -> str:
 
 
 def put_tensor(backend: Backend, arr: np.ndarray, chunk_bytes: int, known_hash: str | None = None,
-               likely_new: bool = False, started: list[behind.Write] | None = None) -> str:
+               likely_new: bool = False, started: list[Beside] | None = None) -> str:
     """Store an array as a zarr array under its ``tensor_hash`` (``known_hash`` when the caller has it) and return
     the hash; idempotent.
 
@@ -72,7 +73,7 @@ def _put_now(backend: Backend, arr: np.ndarray, chunk_bytes: int, known_hash: st
     return h
 
 
-def _put_behind(backend: Backend, arr: Any, chunk_bytes: int, started: list[behind.Write]) -> str | None:
+def _put_behind(backend: Backend, arr: Any, chunk_bytes: int, started: list[Beside]) -> str | None:
     """``put_tensor`` of a large new array with its entry written behind (``behind.py``): hashed now, written on a
     thread; None when it is small or writes may not go behind now (the caller stores it as usual)."""
     tensors = _tensors()

@@ -15,7 +15,6 @@ from typing import Any
 
 from .. import dtypes
 from ..cache import Cache, CacheMiss
-from ..cache.behind import Write
 from ..cache.packs import SMALL_TENSOR_BYTES, stored_bytes
 from ..cache.tensor_store import EXPORT_VERSION
 from ..errors import BundleIOError
@@ -24,14 +23,14 @@ from ..ir.external_ranges import ref_range_key
 from ..stages import pack
 from ..stages.stage import TEXT, Input, Ref, Stage
 from ..targets import Target, get_target
-from ..threads import map_values
+from ..threads import Beside, map_values
 from .kernel_cache import KernelCache
 from .sources import ranges_digest
 from .task import Task
 
 
 def run_stage(stage: Stage, task: Task, cache: Cache, hashes: dict[str, str],
-              started: list[Write] | None = None) -> tuple[dict[str, str], dict]:
+              started: list[Beside] | None = None) -> tuple[dict[str, str], dict]:
     """Run ``stage`` for ``task`` on the inputs whose content hashes are ``hashes``; its outputs stored.
     ``started``: collects the tensor writes that went behind the task (``cache/behind.py``); None: none may."""
     ctx = TaskContext(task, cache, hashes, started)
@@ -73,7 +72,7 @@ class Inputs(Mapping):
 class TaskContext:
     """``StageContext`` for one task (see ``stages/stage.py``)."""
 
-    def __init__(self, task: Task, cache: Cache, hashes: dict[str, str], started: list[Write] | None = None):
+    def __init__(self, task: Task, cache: Cache, hashes: dict[str, str], started: list[Beside] | None = None):
         self.task, self.cache, self.hashes, self.started = task, cache, hashes, started
         self.graph = task.graph
         self.extra: dict[str, Any] = {}
