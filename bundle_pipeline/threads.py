@@ -43,9 +43,6 @@ class Beside:
     def join(self) -> None:
         self._thread.join()
 
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
     def result(self) -> Any:
         self.join()
         if self._error is not None:

@@ -7,7 +7,6 @@ import dataclasses
 import json
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import models
@@ -481,55 +480,3 @@ def test_weight_edit_inside_an_if_branch_skips_formats_tiling_codegen(tmp_path):
     x = rng.standard_normal((4, 16)).astype(np.float32)
     out = load_bundle(spec.output).run("infer", {"c": np.array(True), "x": x})["y"]
     np.testing.assert_allclose(out, x @ new, rtol=1e-5, atol=1e-5)
-
-
-def large_external_weight_bundle(tmp_path: Path):
-    """One MatMul whose 1 MiB weight (large enough to be written behind, ``cache/behind.py``) is external data."""
-    rng = np.random.default_rng(5)
-    w = numpy_helper.from_array(rng.standard_normal((512, 512)).astype(np.float32), "w")
-    graph = onnx.helper.make_graph(
-        [onnx.helper.make_node("MatMul", ["x", "w"], ["y"])], "big",
-        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 512])],
-        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 512])], [w])
-    infer = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
-    built = models.write_bundle(tmp_path / "big", "big", {"infer": infer})
-    for path in (built.init, built.graph().path):
-        onnx.save_model(onnx.load(path), path, save_as_external_data=True, all_tensors_to_one_file=False,
-                        size_threshold=0)
-    return built, built.init.parent / "w.init"
-
-
-def test_an_edited_large_weight_is_written_behind_its_task_and_its_record_waits_for_the_write(tmp_path, monkeypatch):
-    """cache/behind.py: the edit's new entry is written while dedupe.storage and formats.weights run; a write that
-    fails ends the build with an IO_ERROR, leaves the bundle and no record of parse.weights, so the next build
-    stores the tensor again."""
-    from bundle_pipeline.cache import behind, tensor_store
-    from bundle_pipeline.errors import BundleIOError
-
-    built, weight_file = large_external_weight_bundle(tmp_path)
-    spec = load_spec(built.spec, cache=str(tmp_path / "cache"))
-    build(spec)
-    arr = np.fromfile(weight_file, dtype=np.float32)
-    (arr + 1).tofile(weight_file)  # just written: its hash is not known before parse.weights reads it
-    real, behind_writes = tensor_store._put_now, []
-
-    def full_disk(*args):
-        behind_writes.append(threading.current_thread().name)
-        if threading.current_thread().name == "bundle-pipeline-write-behind":
-            raise OSError(28, "No space left on device")
-        return real(*args)
-
-    monkeypatch.setattr(tensor_store, "_put_now", full_disk)
-    with pytest.raises(BundleIOError, match="No space left on device"):
-        build(spec)
-    assert "bundle-pipeline-write-behind" in behind_writes
-    np.testing.assert_array_equal(load_bundle(spec.output).variable("w").ravel(), arr)  # the last bundle stands
-    monkeypatch.setattr(tensor_store, "_put_now", real)
-    started = []
-    monkeypatch.setattr(behind, "start", lambda *a, real_start=behind.start: started.append(a[1]) or real_start(*a))
-    report = build(spec)
-    # the failed build recorded nothing naming the unwritten entry: no repair, the tensor stored again
-    assert "parse.weights:init" in ran(report) and len(started) == 1 and report.cache_repairs == []
-    np.testing.assert_array_equal(load_bundle(spec.output).variable("w").ravel(), arr + 1)
-    cold = build(load_spec(built.spec, cache=str(tmp_path / "fresh"), output=str(tmp_path / "cold.bundle")))
-    assert report.digest == cold.digest

@@ -37,8 +37,6 @@ if TYPE_CHECKING:
 
     import numpy as np
 
-    from bundle_pipeline.threads import Beside
-
 # The names other packages and tests take from here; the layout names are the on-disk contract.
 __all__ = ["AREAS", "DEFAULT_CHUNK_BYTES", "MARKER", "Cache", "CacheMiss", "NotACache"]
 
@@ -130,13 +128,11 @@ class Cache:
 
     # -- tensors (tensor_store.py) ----------------------------------------------------------------
 
-    def put_tensor(self, arr: np.ndarray, known_hash: str | None = None, likely_new: bool = False,
-                   started: list[Beside] | None = None) -> str:
+    def put_tensor(self, arr: np.ndarray, known_hash: str | None = None, likely_new: bool = False) -> str:
         """Store an array as a zarr array under its ``tensor_hash`` and return the hash; idempotent. ``known_hash``:
         the caller's ``tensor_hash`` of exactly these bytes (not computed again). ``likely_new``: the caller found
-        no entry for them, so a large one is hashed while it is written (``cache/tensors.py``), or, given
-        ``started`` (a task's list of them), written behind the task when the build allows it (``cache/behind.py``)."""
-        return tensor_store.put_tensor(self._backend, arr, self.chunk_bytes, known_hash, likely_new, started)
+        no entry for them, so a large one is hashed while it is written (``cache/tensors.py``)."""
+        return tensor_store.put_tensor(self._backend, arr, self.chunk_bytes, known_hash, likely_new)
 
     def get_tensor(self, h: str, verify: bool = True, pack: str | None = None) -> np.ndarray:
         """The array stored under ``h`` (in ``pack``, if given); CacheMiss when missing or corrupt."""

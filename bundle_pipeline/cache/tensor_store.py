@@ -14,7 +14,6 @@ import struct
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from bundle_pipeline.cache import behind
 from bundle_pipeline.cache.actions import get_action, put_action
 from bundle_pipeline.cache.backend_local import link_or_copy
 from bundle_pipeline.cache.layout import CacheMiss, check_hash, object_rel, temp_name
@@ -28,7 +27,6 @@ if TYPE_CHECKING:
     import numpy as np
 
     from bundle_pipeline.cache.backends import Backend
-    from bundle_pipeline.threads import Beside
 
 # Tensor entries are content-addressed whole (an edited tensor is a new entry), so chunks bound memory and
 # files, not rewrites: 16 MiB keeps a 1 GiB model to a few hundred files (each costs a create, 0.1-0.5 ms).
@@ -47,54 +45,21 @@ def entry_memo_key(h: str) -> str:
 
 
 def put_tensor(backend: Backend, arr: np.ndarray, chunk_bytes: int, known_hash: str | None = None,
-               likely_new: bool = False, started: list[Beside] | None = None) -> str:
+               likely_new: bool = False) -> str:
     """Store an array as a zarr array under its ``tensor_hash`` (``known_hash`` when the caller has it) and return
     the hash; idempotent.
 
     A local entry written here has its files' sha256 recorded at once (``entry_sha256``'s memo), so the
-    first bundle that links it hashes nothing: the bytes were just written from memory. ``started``: where a
-    task collects the writes that went behind it (``behind.py``): a large array the caller found no entry for
-    (``likely_new``) is then hashed now and written on a thread while the build goes on, when a build allows it.
+    first bundle that links it hashes nothing: the bytes were just written from memory.
     """
-    if started is not None and likely_new and known_hash is None and backend.is_local:
-        h = _put_behind(backend, arr, chunk_bytes, started)
-        if h is not None:
-            return h
-    return _put_now(backend, arr, chunk_bytes, None if known_hash is None else check_hash(known_hash), likely_new)
-
-
-def _put_now(backend: Backend, arr: np.ndarray, chunk_bytes: int, known_hash: str | None, likely_new: bool) -> str:
-    h, digests = _tensors().put_tensor(backend, arr, chunk_bytes, temp_name(), known_hash, likely_new)
+    h, digests = _tensors().put_tensor(backend, arr, chunk_bytes, temp_name(),
+                                       None if known_hash is None else check_hash(known_hash), likely_new)
     if digests is not None and backend.is_local:
         files = _file_stats(backend.path(_tensors().tensor_rel(h)), skip=("zarr.json",))
         if set(files) == set(digests):  # else someone else's copy won the race to publish: verify later
             put_action(backend, entry_memo_key(h), {"stats": {rel: st for rel, (st, _) in files.items()},
                                                     "sha256": digests})
     return h
-
-
-def _put_behind(backend: Backend, arr: Any, chunk_bytes: int, started: list[Beside]) -> str | None:
-    """``put_tensor`` of a large new array with its entry written behind (``behind.py``): hashed now, written on a
-    thread; None when it is small or writes may not go behind now (the caller stores it as usual)."""
-    tensors = _tensors()
-    arr = tensors.normalise(arr)
-    if arr.nbytes < tensors.HASH_BESIDE_BYTES or not behind.enabled():
-        return None
-    h = tensor_hash(arr)
-    job = behind.writing(backend.root, h)  # the same bytes, stored by another task a moment ago
-    if job is None and not backend.exists(f"{tensors.tensor_rel(h)}/zarr.json"):
-        job = behind.start(backend.root, h, lambda: _put_now(backend, arr, chunk_bytes, h, False))
-        if job is None:  # enough writes behind already: this one now
-            _put_now(backend, arr, chunk_bytes, h, False)
-    if job is not None:
-        started.append(job)
-    return h
-
-
-def _settled(backend: Backend, h: str) -> None:
-    """Wait for entry ``h``'s write when it went behind (``behind.py``); its error, if it failed."""
-    if backend.is_local:
-        behind.wait(backend.root, h)
 
 
 def get_tensor(backend: Backend, h: str, verify: bool = True, pack: str | None = None) -> np.ndarray:
@@ -106,8 +71,7 @@ def get_tensor(backend: Backend, h: str, verify: bool = True, pack: str | None =
         if found is None:
             raise CacheMiss(h)
         return found
-    _settled(backend, check_hash(h))
-    arr = _tensors().get_tensor(backend, h, verify=verify)
+    arr = _tensors().get_tensor(backend, check_hash(h), verify=verify)
     if arr is None:
         raise CacheMiss(h)
     return arr
@@ -137,13 +101,11 @@ def has_tensor(backend: Backend, h: str, pack: str | None = None) -> bool:
     """Whether a published entry, or the pack said to hold it, exists (unverified)."""
     if pack is not None:
         return has_object(backend, pack)
-    _settled(backend, check_hash(h))
-    return backend.exists(f"{_tensors().tensor_rel(h)}/zarr.json")
+    return backend.exists(f"{_tensors().tensor_rel(check_hash(h))}/zarr.json")
 
 
 def entry_intact(backend: Backend, h: str) -> bool:
     """Whether tensor entry ``h`` is there and hashes to its name (``cache verify``)."""
-    _settled(backend, h)
     return _tensors().get_tensor(backend, h, verify=True, missing_is_corrupt=True) is not None
 
 
@@ -203,8 +165,7 @@ def export_tensor(backend: Backend, h: str, dest: str | os.PathLike[str], chunk_
         with open(os.path.join(dest, "zarr.json"), "wb") as f:
             f.write(doc)
         return {**digests, "zarr.json": sha256_hex(doc)}
-    _settled(backend, check_hash(h))
-    remembered = _export_remembered(backend, h, dest, chunk_bytes)
+    remembered = _export_remembered(backend, check_hash(h), dest, chunk_bytes)
     if remembered is not None:
         return remembered
     meta = tensors.entry_meta(backend, h)
@@ -284,8 +245,7 @@ def placed_tensor(backend: Backend, h: str, dest: str | os.PathLike[str], chunk_
     None (``dest`` is left as it is)."""
     if not backend.is_local:
         return None
-    _settled(backend, check_hash(h))
-    record = get_action(backend, export_memo_key(h, chunk_bytes))
+    record = get_action(backend, export_memo_key(check_hash(h), chunk_bytes))
     if record is None or "doc_object" not in record:
         return None
     try:
@@ -346,8 +306,7 @@ def _verified(backend: Backend, h: str) -> bool:
 
 def tensor_chunks(backend: Backend, h: str) -> list[str]:
     """The sha256 of each stored chunk file, in chunk (C) order; CacheMiss when missing or damaged."""
-    _settled(backend, check_hash(h))
-    hashes = _tensors().chunk_sha256(backend, h)
+    hashes = _tensors().chunk_sha256(backend, check_hash(h))
     if hashes is None:
         raise CacheMiss(h)
     return hashes

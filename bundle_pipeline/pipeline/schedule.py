@@ -60,17 +60,6 @@ def run_stale(dag: TaskGraph, stale: list[str], resolved: dict[str, TaskResult],
     """Execute the stale tasks; return their results by task id and the seconds spent setting up (loading
     the scheduler and the compilers the stale steps use, starting worker processes, connecting).
     ``recorded``: the plan's records of the last build by bundle and key, for the lookups made in this process."""
-    if not _same_process(scheduler, workers):
-        return _run_stale(dag, stale, resolved, ctxs, scheduler, workers, on_event, recorded)
-    from ..cache import behind
-
-    with behind.allowed():  # every task runs here: a new tensor's entry may be written while the next tasks run
-        return _run_stale(dag, stale, resolved, ctxs, scheduler, workers, on_event, recorded)
-
-
-def _run_stale(dag: TaskGraph, stale: list[str], resolved: dict[str, TaskResult], ctxs: dict[str, BuildContext],
-               scheduler: str | None, workers: int | None, on_event: Observer | None,
-               recorded: dict[str, dict[str, dict]] | None) -> tuple[dict[str, TaskResult], float]:
     notify = on_event or (lambda event: None)
     remote = scheduler is not None and scheduler.startswith("tcp://")
     done: dict[str, TaskResult] = {}
@@ -105,11 +94,6 @@ def _run_stale(dag: TaskGraph, stale: list[str], resolved: dict[str, TaskResult]
                 run = _run_batch if client_side else _run_fused
                 done.update(run(here if client_side else get, dag, ids, {**resolved, **done}, ctxs))
     return done, setup
-
-
-def _same_process(scheduler: str | None, workers: int | None) -> bool:
-    """Every task runs in this process: the synchronous or threaded scheduler (not a cluster, not processes)."""
-    return scheduler in ("sync", "threads") or (scheduler is None and workers is None)
 
 
 def _in_process(scheduler: str | None, workers: int | None) -> bool:

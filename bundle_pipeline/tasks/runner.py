@@ -28,8 +28,7 @@ Faults
   machines or two output paths building one bundle from one cache do not invalidate each other.
 - **A killed build or worker** leaves at worst temp files (``.tmp-*``, which no reader looks at and
   ``cache gc`` removes) and outputs without an action record (harmless: they are content-addressed).
-  A task's record is written last, after its outputs, so a record never names an unwritten output; a tensor
-  written behind its task (``cache/behind.py``) holds the task's record back until it is written.
+  A task's record is written last, after its outputs, so a record never names an unwritten output.
 """
 
 from __future__ import annotations
@@ -43,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from ..cache import Cache, CacheMiss, behind
+from ..cache import Cache, CacheMiss
 from ..errors import BundleIOError, GraphInvalid
 from ..files import tree_stamp
 from ..hashing import hash_json
@@ -135,11 +134,10 @@ def execute_task(task: Task, ctx: BuildContext, *upstream_results: TaskResult,
         from .steps import run_stage  # the cache glue and what it imports load only when a task really runs
 
         stage = order.named(task.step)
-        started: list = []  # tensor writes that went behind the task: its record waits for them (cache/behind.py)
-        (outputs, extra), seconds = timed(run_stage, stage, task, cache, found.inputs, started)
+        (outputs, extra), seconds = timed(run_stage, stage, task, cache, found.inputs)
         record = {"task": task.id, "outputs": outputs, "seconds": seconds, "inputs": found.inputs,
                   "params": task.params, "version": task.version, "target": get_target(ctx.target).fingerprint}
-        behind.after(started, lambda: cache.put_action(found.key, record))
+        cache.put_action(found.key, record)
         if stage.writes_bundle:  # this machine's output: recorded locally, not in the shared record
             out = task.context["out"]  # pack knows the stamp of the tree it wrote when it described it: no walk
             cache.record_output(out, {"key": found.key, "stamp": extra.pop(OUTPUT_STAMP, None) or output_stamp(out)})

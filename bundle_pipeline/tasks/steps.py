@@ -1,6 +1,6 @@
 """The glue between the cache and every stage: load its inputs, call ``Stage.compute``, store its outputs.
 
-``run_stage(stage, task, cache, hashes, started) -> (outputs, extra)``: inputs and outputs are content hashes by name,
+``run_stage(stage, task, cache, hashes) -> (outputs, extra)``: inputs and outputs are content hashes by name,
 so only hashes leave a task and a scheduler moves references, never arrays. What a stage may ask of the cache
 besides (``StageContext``) is implemented here: kernel-level memos, storing loaded tensors, placing a bundle's
 tensor bytes.
@@ -23,17 +23,15 @@ from ..ir.external_ranges import ref_range_key
 from ..stages import pack
 from ..stages.stage import TEXT, Input, Ref, Stage
 from ..targets import Target, get_target
-from ..threads import Beside, map_values
+from ..threads import map_values
 from .kernel_cache import KernelCache
 from .sources import ranges_digest
 from .task import Task
 
 
-def run_stage(stage: Stage, task: Task, cache: Cache, hashes: dict[str, str],
-              started: list[Beside] | None = None) -> tuple[dict[str, str], dict]:
-    """Run ``stage`` for ``task`` on the inputs whose content hashes are ``hashes``; its outputs stored.
-    ``started``: collects the tensor writes that went behind the task (``cache/behind.py``); None: none may."""
-    ctx = TaskContext(task, cache, hashes, started)
+def run_stage(stage: Stage, task: Task, cache: Cache, hashes: dict[str, str]) -> tuple[dict[str, str], dict]:
+    """Run ``stage`` for ``task`` on the inputs whose content hashes are ``hashes``; its outputs stored."""
+    ctx = TaskContext(task, cache, hashes)
     produced = stage.compute(Inputs(stage, task, cache, hashes), task.params, ctx)
     outputs = {name: value.address if isinstance(value, Ref) else cache.put_json(value)
                for name, value in produced.items()}
@@ -72,8 +70,8 @@ class Inputs(Mapping):
 class TaskContext:
     """``StageContext`` for one task (see ``stages/stage.py``)."""
 
-    def __init__(self, task: Task, cache: Cache, hashes: dict[str, str], started: list[Beside] | None = None):
-        self.task, self.cache, self.hashes, self.started = task, cache, hashes, started
+    def __init__(self, task: Task, cache: Cache, hashes: dict[str, str]):
+        self.task, self.cache, self.hashes = task, cache, hashes
         self.graph = task.graph
         self.extra: dict[str, Any] = {}
         self.memos: list[KernelCache] = []
@@ -109,12 +107,10 @@ class TaskContext:
 
     def store_tensors(self, loaders: Mapping[str, Any]) -> dict[str, dict]:
         """Load and store tensors (objects with ``nbytes`` and ``load()``) the caller found no entry for: the small
-        ones in one pack, the big ones each its own entry, one in memory a thread, hashed while written (or written
-        behind the task, ``cache/behind.py``)."""
+        ones in one pack, the big ones each its own entry, one in memory a thread, hashed while written."""
         small = {n: r for n, r in loaders.items() if r.nbytes <= SMALL_TENSOR_BYTES}
         stored = self.cache.put_tensors({n: r.load() for n, r in small.items()})
-        stored.update(map_values(lambda r: {"tensor": self.cache.put_tensor(*_load_hashed(r), likely_new=True,
-                                                                            started=self.started)},
+        stored.update(map_values(lambda r: {"tensor": self.cache.put_tensor(*_load_hashed(r), likely_new=True)},
                                  {n: r for n, r in loaders.items() if n not in small}))
         return stored
 
