@@ -81,6 +81,17 @@ def edited_values(original: np.ndarray) -> np.ndarray:
     return new
 
 
+def edit_in_place(path: Path, offset: int, shape: Sequence[int]) -> None:
+    """The weight edit of a float32 tensor at ``offset`` of external-data file ``path``, written over it in place
+    (``edited_values`` of the bytes there; same size, so only the range changes)."""
+    nbytes = math.prod(shape) * 4
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        old = np.frombuffer(f.read(nbytes), dtype="<f4").reshape(shape)
+        f.seek(offset)
+        f.write(edited_values(old).astype("<f4").tobytes())
+
+
 # ---------------------------------------------------------------- graph pieces
 
 

@@ -389,10 +389,5 @@ def _smaps_entry(text: str, start: int) -> dict[str, int] | None:
 def edit_one_file(directory: Path, manifest: dict) -> dict:
     """Rewrite the edited tensor's range of its graph's one external-data file in place (new values, same size)."""
     edit = manifest["edit"]
-    path = directory / edit["file"]
-    with open(path, "r+b") as f:
-        f.seek(edit["offset"])
-        old = np.frombuffer(f.read(edit["nbytes"]), dtype="<f4").reshape(edit["shape"])
-        f.seek(edit["offset"])
-        f.write(generate.edited_values(old).astype("<f4").tobytes())
-    return {"rewritten": [path.name], "bytes_rewritten": edit["nbytes"]}
+    generate.edit_in_place(directory / edit["file"], edit["offset"], edit["shape"])
+    return {"rewritten": [edit["file"]], "bytes_rewritten": edit["nbytes"]}

@@ -281,14 +281,8 @@ class StatState:
                 before = signature(os.fstat(f.fileno()))
                 known = self._known(abspath, before)
                 missing = [k for k in keys if k not in known]
-                printed = fingerprint is not None and len(keys) > 1 and bool(missing)
-                earlier = self._printed_before(abspath, before) if printed else None
-                prints = fingerprint(f.fileno(), missing) if fingerprint and earlier else {}
-                same = _unchanged(earlier, prints)
-                rest = [k for k in missing if k not in same]
-                taken: dict[str, str] | None = {} if printed and earlier is None else None
-                got = {**same, **(hash_ranges(f.fileno(), rest, taken) if rest else {})}
-                prints.update(taken or {})
+                got, prints = self._hash_missing(f.fileno(), abspath, before, missing, hash_ranges,
+                                                 fingerprint if len(keys) > 1 else None)
                 after = signature(os.fstat(f.fileno()))
             if before == after:
                 break
@@ -300,6 +294,23 @@ class StatState:
             else:
                 _keep_recent(RANGES + abspath, entry)
         return {k: hashes[k] for k in keys}
+
+    def _hash_missing(self, fd: int, abspath: str, sig: Signature, missing: list[str], hash_ranges: RangeHash,
+                      fingerprint: Callable[[int, list[str]], dict[str, str]] | None
+                      ) -> tuple[dict[str, str], dict[str, str]]:
+        """The hashes of the ``missing`` ranges of file ``fd`` (at signature ``sig``) and the fingerprints to record
+        with them: those whose fingerprint matches the one recorded at the file's previous signature keep their
+        recorded hash, the rest are hashed; with no fingerprints recorded, ``hash_ranges`` takes them while it
+        hashes. ``fingerprint`` None: no fingerprints (a file of one range)."""
+        if not missing:
+            return {}, {}
+        earlier = self._printed_before(abspath, sig) if fingerprint is not None else None
+        prints = fingerprint(fd, missing) if fingerprint is not None and earlier is not None else {}
+        same = _unchanged(earlier, prints)
+        rest = [k for k in missing if k not in same]
+        taken: dict[str, str] | None = {} if fingerprint is not None and earlier is None else None
+        got = {**same, **(hash_ranges(fd, rest, taken) if rest else {})}
+        return got, {**prints, **(taken or {})}
 
     def _printed_before(self, abspath: str, sig: Signature) -> list[Any] | None:
         """The file's recorded range entry when it is at another signature than ``sig`` and has fingerprints.
