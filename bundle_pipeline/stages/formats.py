@@ -25,7 +25,7 @@ from ..targets import Target
 from .format_pass import FormatPass, natural_format, same_layout  # noqa: F401  (same_layout: part of the stage's API)
 from .stage import GRAPH, Input, Stage, StageContext
 
-VERSION = "4"  # 4: format costs measured per graph (formats.cost)
+VERSION = "5"  # 4: format costs measured per graph (formats.cost); 5: none for a variable with one possible format
 
 
 def assign(structures: dict[str, dict], variables: dict, target: Target,
@@ -45,13 +45,16 @@ def costs(fp: FormatPass, graph: str, variables: dict, target: Target) -> dict[s
     A cost is measured, not estimated: the bytes the per-graph insertion adds with the variable in that format
     (so a conversion that an elementwise kernel merely moves downstream still counts); ``FormatPass.
     transdata_bytes`` replays only the nodes that change. Every format the target has that fits the shape is
-    measured, because another reader may propose it."""
+    measured, because another reader may propose it. A variable whose shape fits no format but the standard
+    layouts (every variable on the cpu target, vectors on the npu) has nothing to weigh and no entry."""
     table: dict[str, dict] = {}
     for name, var in sorted(variables.items()):
         if graph not in var["readers"]:
             continue
         shape = tuple(var["shape"])
-        formats = [f for f in target.formats if f not in STANDARD and accepts(f, shape)]
+        formats = alternatives(shape, target)
+        if not formats:
+            continue
         table[name] = {"wanted": sorted(_wanted_formats(name, fp)),
                        "reads": {f: fp.transdata_bytes({name: f})
                                  for f in [natural_format(len(shape), target), *formats]}}
@@ -70,6 +73,9 @@ def choose(costs: dict[str, dict[str, dict]], variables: dict, target: Target) -
     for name, var in variables.items():
         shape = tuple(var["shape"])
         natural = natural_format(len(shape), target)
+        if not alternatives(shape, target):  # ``costs`` measured nothing for it
+            chosen[name] = natural
+            continue
         tables = [costs[g][name] for g in var["readers"]]
         wanted = {f for t in tables for f in t["wanted"]}
         candidates = [natural, *sorted(f for f in wanted if f not in STANDARD and accepts(f, shape))]
@@ -83,6 +89,11 @@ def choose(costs: dict[str, dict[str, dict]], variables: dict, target: Target) -
 
         chosen[name] = natural if len(candidates) == 1 else min(candidates, key=cost)
     return chosen
+
+
+def alternatives(shape: tuple[int, ...], target: Target) -> list[str]:
+    """The formats besides the standard layouts that a variable of ``shape`` may be stored in on ``target``."""
+    return [f for f in target.formats if f not in STANDARD and accepts(f, shape)]
 
 
 def _wanted_formats(name: str, fp: FormatPass) -> set[str]:

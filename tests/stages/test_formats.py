@@ -96,6 +96,36 @@ agraph (float[1,2,5,5] x, float[4,2,3,3] k, float[2,3] a, float[3,4] w) => (floa
     assert transdatas(s) == []
 
 
+def test_a_variable_with_one_possible_format_is_not_measured(monkeypatch):
+    """Every cpu variable, and a vector on the npu, can only be stored in its standard layout: format assignment
+    gives it that layout without replaying any reader (a Sum reading thousands of them took most of a build)."""
+    from bundle_pipeline.stages.format_pass import FormatPass
+
+    structures, variables = bundle({
+        "update": ("update", """
+agraph (float[16] b_new, float[32,48] w_new) => (float[16] b, float[32,48] w) {
+  b = Identity(b_new)
+  w = Identity(w_new)
+}"""),
+        "infer": ("infer", """
+agraph (float[16,16] x, float[16] b, float[32,48] w, float[16,32] a) => (float[16,16] y, float[16,48] z) {
+  y = Add(x, b)
+  z = MatMul(a, w)
+}"""),
+    })
+    measured = []
+    original = FormatPass.transdata_bytes
+    monkeypatch.setattr(FormatPass, "transdata_bytes", lambda self, vf: measured.append(vf) or original(self, vf))
+    cpu = get_target("cpu")
+    assert formats.costs(FormatPass(structures["infer"], cpu), "infer", variables, cpu) == {}
+    assert formats.assign(structures, variables, cpu) == {"b": "ND", "w": "ND"}
+    assert measured == []
+    table = formats.costs(FormatPass(structures["infer"], NPU), "infer", variables, NPU)
+    assert sorted(table) == ["w"] and sorted(table["w"]["reads"]) == sorted(["ND", NZ])
+    assert formats.assign(structures, variables, NPU) == {"b": "ND", "w": NZ}
+    assert {v for vf in measured for v in vf} == {"w"}
+
+
 def test_cpu_target_update_writing_a_4d_variable_needs_no_transdata():
     structures, variables = bundle({
         "update": ("update", "agraph (float[4,2,3,3] k_new) => (float[4,2,3,3] k) { k = Identity(k_new) }"),
