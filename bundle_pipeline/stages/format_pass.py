@@ -201,7 +201,6 @@ class FormatPass:
         self._plans: dict[tuple, Plan] = {}
         self._node_facts: dict[int, NodeFacts | None] = {}
         self._sizes: dict[tuple[str, str], int] = {}
-        self._input_positions: dict[int, dict[str, int]] = {}
         self.full_passes = 0  # how often the whole pass ran (format assignment must not scale with candidates)
         self.base_initial = self.initial({})
 
@@ -412,7 +411,10 @@ class FormatPass:
             i = heapq.heappop(queue)
             if i in replayed:
                 continue
-            base, position = self.base[i], self._positions(i)
+            base, inputs = self.base[i], self.graph.nodes[i].inputs
+            # where each input first appears (what inputs.index answers): a Sum of 51 inputs replayed for each of
+            # its 50 variables made 255,000 list scans
+            position = {x: k for k, x in reversed(list(enumerate(inputs)))}
 
             def state(x: str, base: Step = base, position: dict[str, int] = position) -> State:
                 return override[x] if x in override else base.seen[position[x]]
@@ -432,15 +434,6 @@ class FormatPass:
                     if r > i:
                         heapq.heappush(queue, r)
         return replayed
-
-    def _positions(self, i: int) -> dict[str, int]:
-        """Where each input of node ``i`` first appears among its inputs: what ``inputs.index`` answers, in one
-        lookup (a Sum of 51 inputs replayed for each of its 50 variables made 255,000 list scans)."""
-        found = self._input_positions.get(i)
-        if found is None:
-            inputs = self.graph.nodes[i].inputs
-            found = self._input_positions[i] = {x: k for k, x in reversed(list(enumerate(inputs)))}
-        return found
 
     def _final_format(self, value: str, replayed: dict[int, Step], start: Mapping[str, State]) -> str:
         """The format ``value`` ends in: its producer's, else its last reader's decision, else its start."""
