@@ -11,9 +11,10 @@ from .stage import GRAPH, Input, Stage, StageContext
 
 
 def compute(inputs: Mapping[str, Any], params: Mapping[str, Any], ctx: StageContext) -> dict[str, Any]:
-    """A graph that reads no variable is not even parsed."""
+    """A graph that reads no variable with a choice of formats (none on the cpu target) is not even parsed."""
     variables = inputs["variables"]
-    if not any(ctx.graph in v["readers"] for v in variables.values()):
+    if not any(ctx.graph in v["readers"] and formats.alternatives(tuple(v["shape"]), ctx.target)
+               for v in variables.values()):
         return {"costs": {}}
     fp = FormatPass.shared(ctx.hashes["structure"], inputs["structure"], ctx.target)
     return {"costs": formats.costs(fp, ctx.graph, variables, ctx.target)}
