@@ -113,6 +113,16 @@ def storage_dtype(dtype: np.dtype | str) -> np.dtype:
     return np.dtype(f"uint{8 * dtype.itemsize}") if is_extended(dtype) else dtype
 
 
+def stored_bytes(arr: np.ndarray) -> memoryview:
+    """The bytes a tensor is stored as (packs, the bundle's packed array): C-order little-endian values, ml_dtypes
+    types as their bit patterns."""
+    if sys.byteorder == "little" and arr.dtype.isnative and arr.flags.c_contiguous and arr.size and not is_extended(
+            arr.dtype):
+        return memoryview(arr).cast("B")  # the common case, in a tenth of the time (thousands of small tensors)
+    stored = storage_dtype(arr.dtype)
+    return memoryview(arr.view(stored).astype(stored.newbyteorder("<"), copy=False).reshape(-1).view("u1"))
+
+
 def hash_key(dtype: np.dtype) -> str:
     """The dtype's part of a tensor hash: numpy's ``str`` ('<f4') as always, the name for ml_dtypes types,
     whose ``str`` is an anonymous '<V1' shared by every 1-byte type (float8 variants would hash alike)."""

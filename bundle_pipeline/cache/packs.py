@@ -27,6 +27,7 @@ import struct
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from ..dtypes import stored_bytes
 from ..hashing import canonical_json
 from .recent import Recent
 
@@ -38,14 +39,6 @@ ALIGN = 64
 SMALL_TENSOR_BYTES = 256 << 10  # tensors up to this size are packed; larger ones get an entry of their own
 DECODED_CACHE_BYTES = 256 << 20
 PACK_VERSION = 1
-
-
-def stored_bytes(arr: np.ndarray) -> memoryview:
-    """The bytes a tensor is stored as: C-order little-endian values (ml_dtypes types: their bit patterns)."""
-    from ..dtypes import storage_dtype
-
-    stored = storage_dtype(arr.dtype)
-    return memoryview(arr.view(stored).astype(stored.newbyteorder("<"), copy=False).reshape(-1).view("u1"))
 
 
 def encode(arrays: Mapping[str, np.ndarray]) -> bytes:

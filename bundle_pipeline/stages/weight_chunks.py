@@ -12,18 +12,17 @@ by its record, which also names the content hash of every converted constant it 
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
+from ..dtypes import stored_bytes
 from ..hashing import hash_json
 from ..layouts import STANDARD
 from . import pack
 from .stage import Store
 
 VERSION = "1"  # bump when a chunk's bytes change for the same pieces
-_LITTLE = sys.byteorder == "little"
 
 
 def source_name(h: str, fmt: str) -> str:
@@ -96,21 +95,11 @@ def _chunk_bytes(pieces: list[pack.Piece], size: int, converter: _Converter) -> 
     for p in pieces:
         if p.at > pos:
             parts.append(_zeros(size)[: p.at - pos])
-        parts.append(_stored_bytes(converter.get(p.tensor))[p.start : p.start + p.length])
+        parts.append(stored_bytes(converter.get(p.tensor))[p.start : p.start + p.length])
         pos = p.at + p.length
     if pos < size:
         parts.append(_zeros(size)[: size - pos])
     return b"".join(parts), converter.hashes(names)
-
-
-def _stored_bytes(arr: Any) -> memoryview:
-    """C-order little-endian bytes (ml_dtypes types: their bit patterns), as ``cache.packs`` stores tensors."""
-    from ..dtypes import is_extended, storage_dtype
-
-    if _LITTLE and arr.dtype.isnative and arr.flags.c_contiguous and not is_extended(arr.dtype):
-        return memoryview(arr).cast("B")  # the common case, in a tenth of the time (thousands of constants)
-    stored = storage_dtype(arr.dtype)
-    return memoryview(arr.view(stored).astype(stored.newbyteorder("<"), copy=False).reshape(-1).view("u1"))
 
 
 @lru_cache(maxsize=2)

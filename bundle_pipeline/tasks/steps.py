@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import dtypes
 from ..cache import Cache, CacheMiss
-from ..cache.packs import SMALL_TENSOR_BYTES, stored_bytes
+from ..cache.packs import SMALL_TENSOR_BYTES
 from ..cache.tensor_store import EXPORT_VERSION
 from ..errors import BundleIOError
 from ..hashing import hash_json
@@ -210,7 +210,7 @@ class CachePlacer:
         buf = bytearray(size)
         arrays = self.cache.get_tensors({p.tensor: self.packs.get(p.tensor) for p in pieces})
         for p in pieces:
-            raw = stored_bytes(arrays[p.tensor])
+            raw = dtypes.stored_bytes(arrays[p.tensor])
             buf[p.at : p.at + p.length] = raw[p.start : p.start + p.length]
         data = bytes(buf)
         obj = self.cache.put_object(data)
