@@ -116,8 +116,8 @@ def storage_dtype(dtype: np.dtype | str) -> np.dtype:
 def stored_bytes(arr: np.ndarray) -> memoryview:
     """The bytes a tensor is stored as (packs, the bundle's packed array): C-order little-endian values, ml_dtypes
     types as their bit patterns."""
-    if sys.byteorder == "little" and arr.dtype.isnative and arr.flags.c_contiguous and arr.size and not is_extended(
-            arr.dtype):
+    plain = sys.byteorder == "little" and arr.dtype.isnative and not is_extended(arr.dtype)
+    if plain and arr.flags.c_contiguous and arr.size:  # (a view with a 0 in its shape cannot be cast)
         return memoryview(arr).cast("B")  # the common case, in a tenth of the time (thousands of small tensors)
     stored = storage_dtype(arr.dtype)
     return memoryview(arr.view(stored).astype(stored.newbyteorder("<"), copy=False).reshape(-1).view("u1"))

@@ -135,7 +135,9 @@ class TaskContext:
         the stat state no longer holds the ranges the digest was made of (the file's stat changed since: the next
         build sees that)."""
         hashes = self._keyed_ranges(location, path, externals)
-        changed = sorted(n for n, h in read.items() if hashes is not None and hashes[n] != h)
+        if hashes is None:
+            return
+        changed = sorted(n for n, h in read.items() if hashes[n] != h)
         if changed:
             raise BundleIOError(f"{location} changed while this build read it (weight {changed[0]!r} no longer holds "
                                 f"the bytes the build was planned with); run the build again", self.where)
